@@ -1,0 +1,97 @@
+//! TTLs, checked at compile time: `"5m"`, `"1h 30m"`, or whole seconds.
+
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::{Expr, ExprLit, Lit};
+
+use crate::errors::Errors;
+
+/// A checked duration and where it was written.
+pub(crate) struct Ttl {
+    pub(crate) millis: u64,
+    pub(crate) span: Span,
+}
+
+/// Parses the value of a duration option named `what`.
+pub(crate) fn parse_ttl(errors: &mut Errors, what: &str, value: &Expr) -> Option<Ttl> {
+    let err = |span: Span, msg: String| syn::Error::new(span, msg);
+    let duration = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => match humantime::parse_duration(s.value().trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(err(
+                    s.span(),
+                    format!(
+                        "`{what} = {:?}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h 30m\", or a number of seconds",
+                        s.value()
+                    ),
+                ));
+                return None;
+            }
+        },
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => match i.base10_parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => {
+                errors.push(err(
+                    i.span(),
+                    format!("`{what}` in seconds must be a whole number that fits in u64"),
+                ));
+                return None;
+            }
+        },
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            ..
+        }) => {
+            errors.push(syn::Error::new_spanned(
+                value,
+                format!("`{what}` cannot be negative"),
+            ));
+            return None;
+        }
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(f), ..
+        }) => {
+            errors.push(err(
+                f.span(),
+                format!("`{what}` in seconds must be a whole number; for fractions write a string such as \"1500ms\""),
+            ));
+            return None;
+        }
+        other => {
+            errors.push(syn::Error::new_spanned(
+                other,
+                format!("`{what}` takes a literal: a string such as \"5m\" or a number of seconds"),
+            ));
+            return None;
+        }
+    };
+    let span = match value {
+        Expr::Lit(l) => l.lit.span(),
+        _ => Span::call_site(),
+    };
+    if duration.is_zero() {
+        errors.push(err(
+            span,
+            format!("`{what}` must be greater than zero: a zero TTL would cache nothing"),
+        ));
+        return None;
+    }
+    if duration < Duration::from_millis(1) {
+        errors.push(err(
+            span,
+            format!("`{what}` must be at least 1ms: backends keep time in milliseconds"),
+        ));
+        return None;
+    }
+    let Ok(millis) = u64::try_from(duration.as_millis()) else {
+        errors.push(err(span, format!("`{what}` is too long")));
+        return None;
+    };
+    Some(Ttl { millis, span })
+}

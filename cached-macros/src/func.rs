@@ -1,0 +1,231 @@
+//! What `#[cached]` needs to know about the function it wraps, and the
+//! checks that the function is one it can wrap.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned as _;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+use crate::errors::Errors;
+
+/// How the return type maps onto what is cached.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Shape {
+    /// `T`: the value is cached.
+    Plain,
+    /// `Option<T>`: `Some` is cached, `None` only with `cache_none`.
+    Option,
+    /// `Result<T, E>`: `Ok` is cached; `Err` goes back to the caller.
+    Result,
+    /// `Result<Option<T>, E>`.
+    ResultOption,
+}
+
+/// The parts of a function the expansion uses.
+pub(crate) struct FnInfo {
+    /// Whether it takes `&self`.
+    pub(crate) has_self: bool,
+    /// Parameter names in order, `self` excluded.
+    pub(crate) params: Vec<Ident>,
+    pub(crate) shape: Shape,
+    /// The type whose values are stored (`T` of every shape).
+    pub(crate) value_ty: Type,
+}
+
+/// Checks `f` and describes it; every problem goes to `errors`.
+pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
+    let sig = &f.sig;
+    let before = errors.len();
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            format!(
+                "#[cached] works on `async fn` only; `{}` is not async",
+                sig.ident
+            ),
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "#[cached] does not support `extern` functions",
+        ));
+    }
+    if let Some(v) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(
+            v,
+            "#[cached] does not support variadic functions",
+        ));
+    }
+    for param in &sig.generics.params {
+        match param {
+            syn::GenericParam::Lifetime(_) => {}
+            other => errors.push(syn::Error::new_spanned(
+                other,
+                "#[cached] does not support generic functions: the key and the stored type must be \
+                 known at compile time; cache a non-generic function that calls this one",
+            )),
+        }
+    }
+
+    let mut has_self = false;
+    let mut params = Vec::new();
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(r) => {
+                if r.reference.is_none() || r.mutability.is_some() || r.colon_token.is_some() {
+                    errors.push(syn::Error::new_spanned(
+                        r,
+                        "#[cached] methods must take `&self`: the cache is shared, so the method must be \
+                         callable through a shared reference",
+                    ));
+                }
+                has_self = true;
+            }
+            FnArg::Typed(pt) => {
+                if let Type::ImplTrait(it) = &*pt.ty {
+                    errors.push(syn::Error::new_spanned(
+                        it,
+                        "#[cached] does not support `impl Trait` parameters (they make the function generic); \
+                         take a concrete type",
+                    ));
+                }
+                match &*pt.pat {
+                    Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                        params.push(pi.ident.clone())
+                    }
+                    other => errors.push(syn::Error::new_spanned(
+                        other,
+                        "#[cached] needs every parameter to be a plain name (`id: u64`), \
+                         so it can be used in the key and passed to the function",
+                    )),
+                }
+            }
+        }
+    }
+
+    let ret = match &sig.output {
+        ReturnType::Default => {
+            errors.push(syn::Error::new(
+                sig.paren_token.span.close(),
+                "#[cached] needs a return value to cache; this function returns `()`",
+            ));
+            None
+        }
+        ReturnType::Type(_, ty) => Some(&**ty),
+    };
+    let (shape, value_ty) = match ret {
+        Some(ty) => classify(ty),
+        None => (Shape::Plain, syn::parse_quote!(())),
+    };
+    if let Some(why) = not_storable(&value_ty) {
+        errors.push(syn::Error::new(value_ty.span(), why));
+    }
+    (errors.len() == before).then_some(FnInfo {
+        has_self,
+        params,
+        shape,
+        value_ty,
+    })
+}
+
+/// Splits a return type into its shape and the stored type.
+pub(crate) fn classify(ty: &Type) -> (Shape, Type) {
+    if let Some(ok) = generic_arg(ty, "Result") {
+        return match generic_arg(ok, "Option") {
+            Some(inner) => (Shape::ResultOption, inner.clone()),
+            None => (Shape::Result, ok.clone()),
+        };
+    }
+    match generic_arg(ty, "Option") {
+        Some(inner) => (Shape::Option, inner.clone()),
+        None => (Shape::Plain, ty.clone()),
+    }
+}
+
+/// The first type argument of `ty` when its last path segment is `name`.
+fn generic_arg<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
+    let Type::Path(tp) = ty else { return None };
+    if tp.qself.is_some() {
+        return None;
+    }
+    let last = tp.path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    })
+}
+
+/// Types that can never be stored, with the reason in words.
+fn not_storable(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Reference(r) => {
+            let lifetime = r
+                .lifetime
+                .as_ref()
+                .map(|l| format!("{l} "))
+                .unwrap_or_default();
+            let mutability = if r.mutability.is_some() { "mut " } else { "" };
+            let elem = quote::ToTokens::to_token_stream(&r.elem);
+            Some(format!(
+                "#[cached] cannot cache a borrowed value `&{lifetime}{mutability}{elem}`: a cached value \
+                 outlives the call, so return an owned type (e.g. `String` for `&str`, `Vec<T>` for `&[T]`)"
+            ))
+        }
+        Type::ImplTrait(_) => Some(
+            "#[cached] cannot cache an `impl Trait` return type: name the concrete type".into(),
+        ),
+        Type::Tuple(t) if t.elems.is_empty() => {
+            Some("#[cached] needs a return value to cache; this function returns `()`".into())
+        }
+        Type::Paren(p) => not_storable(&p.elem),
+        Type::Group(g) => not_storable(&g.elem),
+        _ => None,
+    }
+}
+
+/// The span to blame for a missing `cache = ...` on a free function.
+pub(crate) fn name_span(f: &ItemFn) -> Span {
+    f.sig.ident.span()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(src: &str) -> (Shape, String) {
+        let ty: Type = syn::parse_str(src).expect("type parses");
+        let (s, t) = classify(&ty);
+        (s, quote::ToTokens::to_token_stream(&t).to_string())
+    }
+
+    #[test]
+    fn classifies_every_return_shape() {
+        assert_eq!(shape("Placement"), (Shape::Plain, "Placement".into()));
+        assert_eq!(
+            shape("Option<Placement>"),
+            (Shape::Option, "Placement".into())
+        );
+        assert_eq!(
+            shape("Result<Placement, DbError>"),
+            (Shape::Result, "Placement".into())
+        );
+        assert_eq!(
+            shape("anyhow::Result<Placement>"),
+            (Shape::Result, "Placement".into())
+        );
+        assert_eq!(
+            shape("Result<Option<Vec<u8>>, E>"),
+            (Shape::ResultOption, "Vec < u8 >".into())
+        );
+        assert_eq!(
+            shape("std::option::Option<u8>"),
+            (Shape::Option, "u8".into())
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The `#[cached]` attribute. Depend on `cached-runtime`, which re-exports it
+//! and provides everything the expansion calls.
+//!
+//! The crate is split by phase: [`attr`] parses the options, [`func`] checks
+//! the function, [`template`] reads key templates, and [`expand`] generates
+//! code. Errors from every phase are collected and reported together.
+
+mod attr;
+mod duration;
+mod errors;
+mod expand;
+mod func;
+mod template;
+
+use proc_macro::TokenStream;
+use quote::ToTokens as _;
+
+use crate::attr::{CachedArgs, KeySpec, RawArgs, missing};
+use crate::errors::Errors;
+use crate::func::Shape;
+
+/// Caches an `async fn`'s result: cache-aside, in one attribute.
+///
+/// ```ignore
+/// #[cached(prefix = "placement", ttl = "5m", key = placement_id)]
+/// async fn get_by_id(&self, placement_id: Uuid) -> Result<Option<Placement>, DbError> { … }
+/// ```
+///
+/// The function keeps its name, signature, visibility, docs and attributes;
+/// a twin named `{name}_uncached` runs the body without the cache.
+///
+/// # Options
+///
+/// | option | meaning |
+/// | --- | --- |
+/// | `prefix = "placement"` | **required.** The key prefix: keys are `{namespace}:{prefix}:{key}`. |
+/// | `ttl = "5m"` or `ttl = 300` | **required.** How long a value is kept: a duration (`"30s"`, `"5m"`, `"1h 30m"`) or whole seconds. A small random jitter is added. |
+/// | `key = <expr>` | The key part: any expression over the parameters whose value is a `KeyPart` (integers, strings, UUIDs, tuples of them, `hashed(&query)`). Default: every parameter but `self`, joined with `:`. |
+/// | `key = "video:{video_id}"` | A key template; placeholders must name parameters (checked at compile time). `{{` and `}}` are literal braces. |
+/// | `cache = <expr>` | Where the `Cache` is. Default `self.cache`; required on free functions (e.g. a `static CACHE: LazyLock<Cache>`). |
+/// | `cache_none = "30s"` | Also cache `None` (negative caching), for this long. Only for `Option<T>` and `Result<Option<T>, E>` returns. |
+/// | `name = "placements"` | The name in stats and metrics. Default: the prefix. |
+/// | `crate = "path::to::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
+///
+/// # Return types
+///
+/// `T` is cached. `Option<T>`: `None` is not cached unless `cache_none`.
+/// `Result<T, E>`: only `Ok` is cached; an `Err` goes back to the caller
+/// unchanged. `Result<Option<T>, E>` combines both. The value type must be
+/// `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`.
+///
+/// # Failures
+///
+/// A cache failure never reaches the caller: a backend error, timeout or an
+/// unreadable entry is a miss, and the function body runs.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    cached_impl(args.into(), item.into()).into()
+}
+
+fn cached_impl(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut errors = Errors::default();
+    let raw = match syn::parse2::<RawArgs>(args) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let func = match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let e = syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "#[cached] goes on an `async fn` (a free function or a method taking `&self`)",
+            );
+            let mut out = e.to_compile_error();
+            out.extend(item);
+            return out;
+        }
+    };
+
+    let args = match raw {
+        Some(raw) => {
+            let args = CachedArgs::from_raw(raw, &mut errors);
+            if args.prefix.is_none() {
+                errors.push(missing("prefix", "prefix = \"...\""));
+            }
+            if args.ttl.is_none() {
+                errors.push(missing("ttl", "ttl = \"5m\""));
+            }
+            args
+        }
+        None => CachedArgs::default(),
+    };
+    let info = func::analyse(&func, &mut errors);
+
+    let mut template = None;
+    if let Some(info) = &info {
+        if let Some(none) = &args.cache_none
+            && matches!(info.shape, Shape::Plain | Shape::Result)
+        {
+            errors.push(syn::Error::new(
+                none.span,
+                "`cache_none` is for functions that return `Option<T>` or `Result<Option<T>, E>`; \
+                     this one never returns `None`",
+            ));
+        }
+        if !info.has_self && args.cache.is_none() {
+            errors.push(syn::Error::new(
+                func::name_span(&func),
+                format!(
+                    "#[cached] on a free function needs `cache = <expr>`: `{}` has no `self.cache` \
+                     (e.g. `cache = CACHE` with `static CACHE: LazyLock<Cache>`)",
+                    func.sig.ident
+                ),
+            ));
+        }
+        if let Some(KeySpec::Template(lit)) = &args.key {
+            match template::parse(lit) {
+                Ok(pieces) => {
+                    for piece in &pieces {
+                        if let template::Piece::Param(name) = piece
+                            && !info.params.iter().any(|p| p == name)
+                        {
+                            let list = info
+                                .params
+                                .iter()
+                                .map(|p| format!("`{p}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            let list = if list.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                list
+                            };
+                            errors.push(syn::Error::new(
+                                    lit.span(),
+                                    format!(
+                                        "key template names `{{{name}}}`, which is not a parameter of `{}`; \
+                                         parameters: {list}",
+                                        func.sig.ident
+                                    ),
+                                ));
+                        }
+                    }
+                    template = Some(pieces);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+
+    match (errors.combined(), info) {
+        (None, Some(info)) => expand::expand(expand::Plan {
+            func,
+            info,
+            args,
+            template,
+        }),
+        (err, _) => with_errors(func, err),
+    }
+}
+
+/// The function unchanged, with the errors at the top of its body: callers
+/// still resolve, so the user sees only the errors that matter.
+fn with_errors(mut func: syn::ItemFn, err: Option<syn::Error>) -> proc_macro2::TokenStream {
+    if let Some(err) = err {
+        let tokens = err.to_compile_error();
+        func.block
+            .stmts
+            .insert(0, syn::Stmt::Item(syn::Item::Verbatim(tokens)));
+    }
+    func.into_token_stream()
+}

@@ -1,0 +1,188 @@
+//! What `#[cached]` expansions call. Not a public API: it changes with the
+//! macro, which is pinned to this crate's exact version.
+
+use std::convert::Infallible;
+
+pub use std::time::Duration;
+
+pub use crate::key::{KeyBuilder, hashed};
+use crate::{Cache, Cacheable};
+
+/// Everything a call site knows at compile time.
+#[derive(Debug)]
+pub struct Site {
+    /// The stats and metrics name.
+    pub name: &'static str,
+    /// The key prefix.
+    pub prefix: &'static str,
+    /// How long a value is kept.
+    pub ttl: Duration,
+    /// How long a `None` is kept (`cache_none`); not cached without it.
+    pub none_ttl: Option<Duration>,
+}
+
+/// Starts the key of a call: `{namespace}:{prefix}:`.
+#[inline]
+pub fn key(cache: &Cache, site: &Site) -> KeyBuilder {
+    KeyBuilder::new(cache.namespace(), site.prefix)
+}
+
+/// Cache-aside for a plain `T` or `Result<T, E>` return.
+#[inline]
+pub async fn cached<V, E, F, Fut>(
+    cache: &Cache,
+    site: &'static Site,
+    key: String,
+    load: F,
+) -> Result<V, E>
+where
+    V: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<V, E>>,
+{
+    let counters = cache.counters(site.name);
+    cache
+        .load_through(key, &counters, |_| Some(site.ttl), load)
+        .await
+}
+
+/// Cache-aside for an `Option<T>` or `Result<Option<T>, E>` return: `None`
+/// is kept only for `cache_none`.
+#[inline]
+pub async fn cached_option<T, E, F, Fut>(
+    cache: &Cache,
+    site: &'static Site,
+    key: String,
+    load: F,
+) -> Result<Option<T>, E>
+where
+    Option<T>: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
+    let counters = cache.counters(site.name);
+    let ttl_of = |v: &Option<T>| {
+        if v.is_some() {
+            Some(site.ttl)
+        } else {
+            site.none_ttl
+        }
+    };
+    cache.load_through(key, &counters, ttl_of, load).await
+}
+
+/// Lifts an infallible body into the `Result` the runtime works with.
+#[inline]
+pub async fn infallible<T>(body: impl Future<Output = T>) -> Result<T, Infallible> {
+    Ok(body.await)
+}
+
+/// Takes the value out of a `Result` that cannot be an error.
+#[inline]
+pub fn into_ok<T>(result: Result<T, Infallible>) -> T {
+    match result {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}
+
+/// Borrows the cache named by the attribute (`self.cache`, a static, an
+/// `Arc<Cache>`...).
+#[inline]
+pub fn as_cache<C: AsCache + ?Sized>(c: &C) -> &Cache {
+    c.as_cache()
+}
+
+/// Anything the attribute can find a [`Cache`] in.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `cached_runtime::Cache`",
+    label = "the attribute looks for the cache here",
+    note = "`#[cached]` uses `self.cache` by default; point it at a `Cache` with `cache = <expr>`"
+)]
+pub trait AsCache {
+    /// The cache.
+    fn as_cache(&self) -> &Cache;
+}
+
+impl AsCache for Cache {
+    fn as_cache(&self) -> &Cache {
+        self
+    }
+}
+
+impl<C: AsCache + ?Sized> AsCache for &C {
+    fn as_cache(&self) -> &Cache {
+        (**self).as_cache()
+    }
+}
+
+impl<C: AsCache + ?Sized> AsCache for std::sync::Arc<C> {
+    fn as_cache(&self) -> &Cache {
+        (**self).as_cache()
+    }
+}
+
+impl<C: AsCache, F: FnOnce() -> C> AsCache for std::sync::LazyLock<C, F> {
+    fn as_cache(&self) -> &Cache {
+        std::sync::LazyLock::force(self).as_cache()
+    }
+}
+
+impl<C: AsCache> AsCache for std::sync::OnceLock<C> {
+    fn as_cache(&self) -> &Cache {
+        match self.get() {
+            Some(c) => c.as_cache(),
+            None => panic!("#[cached]: the cache's OnceLock was read before it was set"),
+        }
+    }
+}
+
+/// Compile-time checks spanned at the user's types, so a missing trait is
+/// reported in words at the return type, not deep in generated code.
+pub mod check {
+    use crate::KeyPart;
+
+    /// The cached type must serialize.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be cached: it does not implement `serde::Serialize`",
+        label = "cached values are stored as JSON, so this type must implement `Serialize`",
+        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to the type"
+    )]
+    pub trait Serializable {}
+    impl<T: serde::Serialize + ?Sized> Serializable for T {}
+
+    /// The cached type must deserialize into an owned value.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be cached: it does not implement `serde::de::DeserializeOwned`",
+        label = "cached values are read back from JSON, so this type must implement `Deserialize` without borrowing",
+        note = "add `#[derive(serde::Deserialize)]` to the type; a type that borrows (`&str`, `Cow<'a, _>`) cannot be cached"
+    )]
+    pub trait Deserializable {}
+    impl<T: serde::de::DeserializeOwned> Deserializable for T {}
+
+    /// The cached type must be `Clone`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be cached: it does not implement `Clone`",
+        label = "hits and shared loads hand out copies, so this type must implement `Clone`",
+        note = "add `#[derive(Clone)]` to the type"
+    )]
+    pub trait Cloneable {}
+    impl<T: Clone> Cloneable for T {}
+
+    /// The cached type must be shareable across tasks.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be cached: it is not `Send + Sync + 'static`",
+        label = "cached values are shared between tasks and threads",
+        note = "use `Arc` instead of `Rc`, and owned data instead of borrows"
+    )]
+    pub trait Shareable {}
+    impl<T: Send + Sync + 'static> Shareable for T {}
+
+    /// Asserts every requirement on a cached type.
+    #[inline(always)]
+    pub fn cacheable<T: Serializable + Deserializable + Cloneable + Shareable>() {}
+
+    /// Asserts a key part.
+    #[inline(always)]
+    pub fn key_part<T: KeyPart + ?Sized>(_: &T) {}
+}

@@ -1,0 +1,124 @@
+//! The Redis backend: one auto-reconnecting multiplexed connection
+//! (redis-rs `ConnectionManager`) shared by every caller, so concurrent
+//! requests pipeline on one socket.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{BackendError, Lookup};
+use crate::Cacheable;
+use crate::codec::{self, EntryMeta};
+
+pub(crate) struct RedisBackend {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    // Made on first use, inside the caller's Tokio runtime, so building a
+    // `Cache` needs neither a runtime nor a reachable server.
+    conn: OnceLock<ConnectionManager>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = self.client.get_connection_info();
+        f.debug_struct("RedisBackend")
+            .field("addr", &info.addr().to_string())
+            .field("connected", &self.conn.get().is_some())
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    pub(crate) fn new(client: redis::Client, connect_timeout: Duration) -> Self {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            // Reconnect attempts are cheap and bounded; the cache's own timeout
+            // bounds what a caller waits, so the manager needs no response
+            // timeout of its own.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        RedisBackend {
+            client,
+            config,
+            conn: OnceLock::new(),
+        }
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, BackendError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let made =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                .map_err(BackendError::Redis)?;
+        // Two first callers may both make one; the loser's is dropped unused.
+        Ok(self.conn.get_or_init(|| made).clone())
+    }
+
+    pub(crate) async fn get<T: Cacheable>(
+        &self,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Lookup<T>, BackendError> {
+        let mut conn = self.conn()?;
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        let bytes: Option<Vec<u8>> = run(timeout, cmd.query_async(&mut conn)).await?;
+        Ok(match bytes {
+            None => Lookup::Absent,
+            Some(bytes) => match codec::decode::<T>(&bytes) {
+                Ok((value, meta)) => Lookup::Found(value, meta),
+                Err(e) => Lookup::Unreadable(e),
+            },
+        })
+    }
+
+    pub(crate) async fn set<T: Cacheable>(
+        &self,
+        key: &str,
+        value: &T,
+        meta: &EntryMeta,
+        keep_for: Duration,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
+        let mut conn = self.conn()?;
+        let px = u64::try_from(keep_for.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .arg("PX")
+            .arg(px)
+            .to_owned();
+        run::<()>(timeout, cmd.query_async(&mut conn)).await
+    }
+
+    pub(crate) async fn delete(&self, key: &str, timeout: Duration) -> Result<(), BackendError> {
+        let mut conn = self.conn()?;
+        let cmd = redis::cmd("UNLINK").arg(key).to_owned();
+        run::<i64>(timeout, cmd.query_async(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
+        let mut conn = self.conn()?;
+        run::<String>(timeout, redis::cmd("PING").query_async(&mut conn))
+            .await
+            .map(drop)
+    }
+}
+
+async fn run<T>(
+    timeout: Duration,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BackendError::Redis(e)),
+        Err(_) => Err(BackendError::Timeout),
+    }
+}

@@ -1,0 +1,451 @@
+//! The [`Cache`] handle, its builder, and get-or-load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::Cacheable;
+use crate::backend::{Backend, BackendError, Lookup, memory::MemoryBackend, redis::RedisBackend};
+use crate::codec::EntryMeta;
+use crate::error::{BuildError, CacheError};
+use crate::stats::{CacheStats, Counters, LogLimiter, Registry};
+
+/// The default time one backend operation may take before the cache gives up
+/// on it and the caller falls through to its loader.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(50);
+/// The default time to establish a backend connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// The default namespace: the first segment of every key.
+pub const DEFAULT_NAMESPACE: &str = "cache";
+/// The default bound on the number of entries of the memory backend.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+/// The default TTL jitter: up to this fraction of the TTL is added at random.
+pub const DEFAULT_TTL_JITTER: f64 = 0.1;
+
+/// A cache: a backend, a namespace and the policies around them.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`; build one at startup and share it.
+/// The `#[cached]` attribute finds it at `self.cache` unless told otherwise.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use cached_runtime::Cache;
+///
+/// let cache = Cache::memory();
+/// cache.set("greeting:en", &"hello".to_string(), Duration::from_secs(60)).await;
+/// assert_eq!(cache.get::<String>("greeting:en").await.as_deref(), Some("hello"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    namespace: String,
+    op_timeout: Duration,
+    ttl_jitter: f64,
+    stats: Registry,
+    warnings: LogLimiter,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend)
+            .field("namespace", &self.inner.namespace)
+            .field("op_timeout", &self.inner.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A builder with the defaults: memory backend, namespace `cache`,
+    /// 50 ms operation timeout.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// An in-process cache with the default settings.
+    pub fn memory() -> Cache {
+        // The default settings are valid, so this cannot fail.
+        Cache::from_parts(
+            Backend::Memory(MemoryBackend::new(DEFAULT_MAX_ENTRIES)),
+            CacheBuilder::default(),
+        )
+    }
+
+    /// Redis when `REDIS_URL` is set, memory otherwise; other settings default.
+    ///
+    /// Fails only on a malformed `REDIS_URL`; an unreachable server is not an
+    /// error (the cache falls through to the loaders until it is reachable).
+    pub fn from_env() -> Result<Cache, BuildError> {
+        Cache::builder().from_env().build()
+    }
+
+    fn from_parts(backend: Backend, b: CacheBuilder) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                backend,
+                namespace: b.namespace,
+                op_timeout: b.op_timeout,
+                ttl_jitter: b.ttl_jitter,
+                stats: Registry::default(),
+                warnings: LogLimiter::default(),
+            }),
+        }
+    }
+
+    /// The namespace every key of this cache starts with.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// `"memory"` or `"redis"`.
+    pub fn backend_kind(&self) -> &'static str {
+        self.inner.backend.kind()
+    }
+
+    /// The full key stored for `key`: `{namespace}:{key}`.
+    pub fn full_key(&self, key: &str) -> String {
+        if self.inner.namespace.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}:{key}", self.inner.namespace)
+        }
+    }
+
+    /// Reads `key` (relative to the namespace). Absent, expired, unreadable
+    /// and failed reads are all `None`; failures are logged and counted.
+    pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
+        let full = self.full_key(key);
+        let counters = self.inner.stats.counters(name_of(key));
+        self.read(&full, &counters).await.ok().flatten()
+    }
+
+    /// Writes `value` under `key` (relative to the namespace) for `ttl`
+    /// (plus the cache's jitter). A failed write is logged and counted.
+    pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) {
+        let full = self.full_key(key);
+        let counters = self.inner.stats.counters(name_of(key));
+        self.write(&full, value, ttl, Duration::ZERO, &counters)
+            .await;
+    }
+
+    /// Removes `key` (relative to the namespace). A failure is logged and counted.
+    pub async fn delete(&self, key: &str) {
+        let full = self.full_key(key);
+        if let Err(e) = self
+            .inner
+            .backend
+            .delete(&full, self.inner.op_timeout)
+            .await
+        {
+            let counters = self.inner.stats.counters(name_of(key));
+            self.backend_failed(&full, "delete", &e, &counters);
+        }
+    }
+
+    /// Returns the value under `key`, or runs `load`, caches its `Ok` value
+    /// for `ttl` and returns it. A loader error is returned as is and nothing
+    /// is cached. This is what `#[cached]` does, without the macro.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cached_runtime::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// let v: Result<u32, std::io::Error> =
+    ///     cache.get_or_load("answer", Duration::from_secs(5), || async { Ok(42) }).await;
+    /// assert_eq!(v.unwrap(), 42);
+    /// # }
+    /// ```
+    pub async fn get_or_load<T, E, F, Fut>(&self, key: &str, ttl: Duration, load: F) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let full = self.full_key(key);
+        let counters = self.inner.stats.counters(name_of(key));
+        self.load_through(full, &counters, |_| Some(ttl), load)
+            .await
+    }
+
+    /// Checks that the backend answers within the operation timeout.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.inner
+            .backend
+            .ping(self.inner.op_timeout)
+            .await
+            .map_err(CacheError)
+    }
+
+    /// A snapshot of the counters of every cache name used so far, by name.
+    pub fn stats(&self) -> Vec<CacheStats> {
+        self.inner.stats.snapshot()
+    }
+
+    /// The counters of one cache name, if it has been used.
+    pub fn stats_for(&self, name: &str) -> Option<CacheStats> {
+        self.stats().into_iter().find(|s| s.name == name)
+    }
+
+    pub(crate) fn counters(&self, name: &str) -> Arc<Counters> {
+        self.inner.stats.counters(name)
+    }
+
+    /// Cache-aside on a full key: read, else load and write back what
+    /// `ttl_of` says to keep (`None`: do not cache this value).
+    pub(crate) async fn load_through<T, E, F, Fut>(
+        &self,
+        key: String,
+        counters: &Counters,
+        ttl_of: impl FnOnce(&T) -> Option<Duration>,
+        load: F,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let read = self.read::<T>(&key, counters).await;
+        if let Ok(Some(value)) = read {
+            return Ok(value);
+        }
+        Counters::add(&counters.loads);
+        let started = Instant::now();
+        let value = match load().await {
+            Ok(v) => v,
+            Err(e) => {
+                Counters::add(&counters.load_errors);
+                return Err(e);
+            }
+        };
+        // After a failed read the backend is likely unhealthy: skip the
+        // write-back rather than make the caller wait out a second timeout.
+        if read.is_ok()
+            && let Some(ttl) = ttl_of(&value)
+        {
+            self.write(&key, &value, ttl, started.elapsed(), counters)
+                .await;
+        }
+        Ok(value)
+    }
+
+    /// A typed read: `Ok(Some)` on a fresh hit, `Ok(None)` on a miss,
+    /// `Err(())` when the backend failed (already logged and counted).
+    async fn read<T: Cacheable>(&self, key: &str, counters: &Counters) -> Result<Option<T>, ()> {
+        let started = Instant::now();
+        let found = self
+            .inner
+            .backend
+            .get::<T>(key, self.inner.op_timeout)
+            .await;
+        let hit = match found {
+            Ok(Lookup::Found(value, meta)) if !meta.is_expired(now_ms()) => Ok(Some(value)),
+            Ok(Lookup::Found(..) | Lookup::Absent) => Ok(None),
+            Ok(Lookup::Unreadable(why)) => {
+                Counters::add(&counters.errors);
+                if let Some(held_back) = self.inner.warnings.allow(now_ms()) {
+                    tracing::warn!(cache_key = %key, reason = %why, held_back, "unreadable cache entry treated as a miss; it will be overwritten");
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.backend_failed(key, "get", &e, counters);
+                Err(())
+            }
+        };
+        let is_hit = matches!(hit, Ok(Some(_)));
+        Counters::add(if is_hit {
+            &counters.hits
+        } else {
+            &counters.misses
+        });
+        tracing::debug!(
+            cache_key = %key,
+            hit = is_hit,
+            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            "cache get"
+        );
+        hit
+    }
+
+    async fn write<T: Cacheable>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        load_time: Duration,
+        counters: &Counters,
+    ) {
+        let ttl = self.jittered(ttl);
+        let now = now_ms();
+        let expires_ms = now.saturating_add(duration_ms(ttl));
+        let meta = EntryMeta {
+            created_ms: now,
+            load_us: u32::try_from(load_time.as_micros()).unwrap_or(u32::MAX),
+            expires_ms,
+            stale_until_ms: expires_ms,
+        };
+        if let Err(e) = self
+            .inner
+            .backend
+            .set(key, value, &meta, ttl, self.inner.op_timeout)
+            .await
+        {
+            self.backend_failed(key, "set", &e, counters);
+        }
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.inner.ttl_jitter <= 0.0 {
+            return ttl;
+        }
+        ttl + ttl.mul_f64(self.inner.ttl_jitter * fastrand::f64())
+    }
+
+    fn backend_failed(&self, key: &str, op: &'static str, e: &BackendError, counters: &Counters) {
+        Counters::add(&counters.errors);
+        if let Some(held_back) = self.inner.warnings.allow(now_ms()) {
+            tracing::warn!(cache_key = %key, op, kind = e.kind(), error = %e, held_back, "cache backend failed; serving from the loader");
+        }
+    }
+}
+
+/// The stats name of a typed-API key: its first segment.
+fn name_of(key: &str) -> &str {
+    key.split(':').next().unwrap_or(key)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(duration_ms)
+        .unwrap_or(0)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Builds a [`Cache`]. Every setting has a default; see [`Cache::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `.build()`"]
+pub struct CacheBuilder {
+    redis_url: Option<String>,
+    namespace: String,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    ttl_jitter: f64,
+    max_entries: u64,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            redis_url: None,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ttl_jitter: DEFAULT_TTL_JITTER,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Keep entries in process (moka). The default.
+    pub fn memory(mut self) -> Self {
+        self.redis_url = None;
+        self
+    }
+
+    /// Keep entries in Redis at `url` (`redis://` or, with the `tls` feature,
+    /// `rediss://`).
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Redis when the `REDIS_URL` environment variable is set and not empty,
+    /// memory otherwise.
+    pub fn from_env(mut self) -> Self {
+        self.redis_url = std::env::var("REDIS_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty());
+        self
+    }
+
+    /// The first segment of every key: an application and version tag.
+    /// Changing it retires every old entry at once (say, after a deploy that
+    /// changes a cached type). Empty means no namespace segment.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long one backend operation may take before the caller gives up on
+    /// the cache and uses its loader. Default 50 ms.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// How long establishing a connection may take. Default 250 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Up to this fraction of each TTL is added at random, so that entries
+    /// written together do not expire together. Default 0.1; 0 turns it off.
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.ttl_jitter = fraction;
+        self
+    }
+
+    /// The most entries the memory backend keeps (least recently and
+    /// frequently used go first). Default 100,000.
+    pub fn max_entries(mut self, entries: u64) -> Self {
+        self.max_entries = entries;
+        self
+    }
+
+    /// Builds the cache. Needs no running server: a Redis connection is made
+    /// on first use and re-made whenever it drops.
+    pub fn build(self) -> Result<Cache, BuildError> {
+        if self.op_timeout.is_zero() {
+            return Err(BuildError::InvalidSetting(
+                "op_timeout must be greater than zero".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(BuildError::InvalidSetting(
+                "connect_timeout must be greater than zero".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.ttl_jitter) {
+            return Err(BuildError::InvalidSetting(format!(
+                "ttl_jitter must be between 0 and 1, got {}",
+                self.ttl_jitter
+            )));
+        }
+        if self.max_entries == 0 {
+            return Err(BuildError::InvalidSetting(
+                "max_entries must be at least 1".into(),
+            ));
+        }
+        let backend = match &self.redis_url {
+            None => Backend::Memory(MemoryBackend::new(self.max_entries)),
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(BuildError::InvalidUrl)?;
+                Backend::Redis(Box::new(RedisBackend::new(client, self.connect_timeout)))
+            }
+        };
+        Ok(Cache::from_parts(backend, self))
+    }
+}

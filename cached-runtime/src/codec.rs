@@ -1,0 +1,200 @@
+//! The stored form of an entry on byte backends (Redis): a fixed binary header
+//! followed by the value's serde_json payload.
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  magic 0xCA
+//!      1     1  format version (1)
+//!      2     8  type fingerprint (XXH3-64 of the Rust type name), LE
+//!     10     8  created at, unix ms, LE
+//!     18     4  load time, µs, LE (saturating)
+//!     22     8  logical expiry, unix ms, LE
+//!     30     8  stale-until (end of the stale window), unix ms, LE
+//!     38     …  serde_json payload
+//! ```
+//!
+//! Anything else under a key (garbage, another format, an older version, a
+//! value of another type) decodes to an error that the cache treats as a miss:
+//! logged, counted and overwritten by the next load.
+
+use std::time::Duration;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+const MAGIC: u8 = 0xCA;
+/// The envelope format this build reads and writes.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 38;
+
+/// What the cache knows about a stored value besides the value itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// When the value was written, unix ms.
+    pub created_ms: u64,
+    /// How long the load that produced it took, µs.
+    pub load_us: u32,
+    /// Logical expiry, unix ms: past it the value is stale.
+    pub expires_ms: u64,
+    /// End of the stale window, unix ms (equal to `expires_ms` without one).
+    pub stale_until_ms: u64,
+}
+
+impl EntryMeta {
+    /// The recorded load time.
+    pub fn load_time(&self) -> Duration {
+        Duration::from_micros(u64::from(self.load_us))
+    }
+
+    /// Whether the value is past its logical expiry at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_ms
+    }
+}
+
+/// Why stored bytes could not be read as the requested type.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// Too short, or no magic byte: not written by this framework.
+    NotAnEnvelope,
+    /// Written by another format version.
+    Version(u8),
+    /// Written for another Rust type.
+    TypeMismatch,
+    /// The payload does not deserialize as the type.
+    Payload(serde_json::Error),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::NotAnEnvelope => f.write_str("not a cache envelope"),
+            DecodeError::Version(v) => {
+                write!(f, "envelope format version {v}, expected {FORMAT_VERSION}")
+            }
+            DecodeError::TypeMismatch => f.write_str("stored for another type"),
+            DecodeError::Payload(e) => write!(f, "payload does not deserialize: {e}"),
+        }
+    }
+}
+
+/// A stable fingerprint of `T`, written into every envelope.
+pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
+    xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes())
+}
+
+/// Encodes `value` with its metadata.
+pub(crate) fn encode<T: Serialize>(
+    value: &T,
+    meta: &EntryMeta,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 256);
+    out.push(MAGIC);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&type_fingerprint::<T>().to_le_bytes());
+    out.extend_from_slice(&meta.created_ms.to_le_bytes());
+    out.extend_from_slice(&meta.load_us.to_le_bytes());
+    out.extend_from_slice(&meta.expires_ms.to_le_bytes());
+    out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+/// Reads only the header: enough to judge freshness without the payload.
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
+    if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
+        return Err(DecodeError::NotAnEnvelope);
+    }
+    if bytes[1] != FORMAT_VERSION {
+        return Err(DecodeError::Version(bytes[1]));
+    }
+    Ok(EntryMeta {
+        created_ms: read_u64(bytes, 10),
+        load_us: u32::from_le_bytes([bytes[18], bytes[19], bytes[20], bytes[21]]),
+        expires_ms: read_u64(bytes, 22),
+        stale_until_ms: read_u64(bytes, 30),
+    })
+}
+
+/// Decodes an envelope written for `T`.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, EntryMeta), DecodeError> {
+    let meta = decode_meta(bytes)?;
+    if read_u64(bytes, 2) != type_fingerprint::<T>() {
+        return Err(DecodeError::TypeMismatch);
+    }
+    let value = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(DecodeError::Payload)?;
+    Ok((value, meta))
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            created_ms: 1,
+            load_us: 2,
+            expires_ms: 3,
+            stale_until_ms: 4,
+        }
+    }
+
+    #[test]
+    fn round_trips_value_and_meta() {
+        let bytes = encode(&("x".to_string(), 5u32), &meta()).expect("encodes");
+        let (v, m): ((String, u32), _) = decode(&bytes).expect("decodes");
+        assert_eq!(v, ("x".to_string(), 5));
+        assert_eq!(m, meta());
+    }
+
+    #[test]
+    fn another_type_is_a_type_mismatch() {
+        let bytes = encode(&5u32, &meta()).expect("encodes");
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(DecodeError::TypeMismatch)
+        ));
+    }
+
+    #[test]
+    fn garbage_and_short_input_are_not_envelopes() {
+        assert!(matches!(
+            decode::<u32>(b""),
+            Err(DecodeError::NotAnEnvelope)
+        ));
+        assert!(matches!(
+            decode::<u32>(&[0u8; 64]),
+            Err(DecodeError::NotAnEnvelope)
+        ));
+        assert!(matches!(
+            decode::<u32>(b"{\"plain\":\"json written by someone else\"}"),
+            Err(DecodeError::NotAnEnvelope)
+        ));
+    }
+
+    #[test]
+    fn another_format_version_is_rejected() {
+        let mut bytes = encode(&5u32, &meta()).expect("encodes");
+        bytes[1] = 0;
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(DecodeError::Version(0))
+        ));
+    }
+
+    #[test]
+    fn corrupt_payload_is_a_payload_error() {
+        let mut bytes = encode(&5u32, &meta()).expect("encodes");
+        bytes.truncate(HEADER_LEN);
+        bytes.extend_from_slice(b"{not json");
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+}

@@ -1,0 +1,81 @@
+//! Cache-aside for `async fn`s in one attribute, on memory or Redis.
+//!
+//! ```
+//! use cached_runtime::{cached, Cache};
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct Placement { id: u64 }
+//! # #[derive(Debug)] struct DbError;
+//!
+//! struct PlacementService { cache: Cache }
+//!
+//! impl PlacementService {
+//!     /// Loads a placement; cached for five minutes under `placement:{id}`.
+//!     #[cached(prefix = "placement", ttl = "5m", key = placement_id)]
+//!     async fn get_by_id(&self, placement_id: u64) -> Result<Option<Placement>, DbError> {
+//!         Ok(Some(Placement { id: placement_id })) // the database query
+//!     }
+//! }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let service = PlacementService { cache: Cache::memory() };
+//! let first = service.get_by_id(7).await.unwrap();   // a miss: runs the query
+//! let again = service.get_by_id(7).await.unwrap();   // a hit
+//! assert_eq!(first.map(|p| p.id), again.map(|p| p.id));
+//! assert_eq!(service.cache.stats_for("placement").unwrap().hits, 1);
+//! # }
+//! ```
+//!
+//! What the attribute gives, and what this crate does behind it:
+//!
+//! - **Keys** `{namespace}:{prefix}:{key}`, built from typed [`KeyPart`]s;
+//!   user text is escaped so it cannot widen a pattern. [`hashed`] turns a
+//!   query struct into a stable 128-bit key part.
+//! - **Return types**: `T` is cached; `Option<T>` caches `Some` (and `None`
+//!   with `cache_none = "30s"`); `Result<T, E>` caches `Ok` and hands `Err`
+//!   back unchanged; `Result<Option<T>, E>` combines both.
+//! - **Backends**: memory (moka, the default) and Redis (one auto-reconnecting
+//!   multiplexed connection). Chosen when the [`Cache`] is built, e.g. by
+//!   [`Cache::from_env`] from `REDIS_URL`; annotated code does not change.
+//! - **Failures never reach the caller**: every backend operation has a short
+//!   timeout; an error or an unreadable entry is a miss, logged (rate-limited)
+//!   and counted in [`Cache::stats`].
+//!
+//! See the attribute's own documentation, [`cached`], for every option.
+
+#![deny(missing_docs)]
+
+mod backend;
+mod cache;
+mod codec;
+mod error;
+mod key;
+mod stats;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use cache::{
+    Cache, CacheBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ENTRIES, DEFAULT_NAMESPACE,
+    DEFAULT_OP_TIMEOUT, DEFAULT_TTL_JITTER,
+};
+pub use codec::EntryMeta;
+pub use error::{BuildError, CacheError};
+pub use key::{Hashed, KeyPart, hashed, push_escaped};
+pub use stats::CacheStats;
+
+#[doc(inline)]
+pub use cached_macros::cached;
+
+/// What a cached value must be: serializable (to be stored), deserializable
+/// (to be read back), `Clone` (a memory hit and a shared load hand out copies)
+/// and shareable across tasks.
+///
+/// Implemented for every type that meets those bounds; nothing to implement
+/// by hand.
+pub trait Cacheable:
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+
+impl<T> Cacheable for T where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}

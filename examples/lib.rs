@@ -1,0 +1,1 @@
+//! Runnable examples of cached-runtime: see `quickstart.rs`.
