@@ -71,6 +71,9 @@ pub(crate) struct CachedArgs {
     pub(crate) cache_none: Option<Ttl>,
     pub(crate) name: Option<LitStr>,
     pub(crate) krate: Option<syn::Path>,
+    /// Every option written, valid or not: an invalid `ttl` is not also
+    /// reported as missing.
+    pub(crate) seen: Vec<String>,
 }
 
 /// A slot that reports its own duplicates, so no option checks that by hand.
@@ -90,6 +93,7 @@ impl CachedArgs {
     pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
         let mut args = CachedArgs::default();
         for RawArg { name, value } in raw.0 {
+            args.seen.push(name.to_string());
             match name.to_string().as_str() {
                 "prefix" => {
                     if let Some(lit) = string_lit(errors, &name, &value) {

@@ -105,7 +105,7 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         None => quote_spanned!(fn_name.span()=> #p::as_cache(&self.cache)),
     };
 
-    let parts = key_parts(&args, &info, template.as_deref(), &p);
+    let (key_prelude, parts) = key_parts(&args, &info, template.as_deref(), &p);
 
     let (runner, lifted) = match info.shape {
         Shape::Plain => (quote!(cached), true),
@@ -118,7 +118,14 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
     } else {
         quote!(move || #call)
     };
-    let invoke = quote!(#p::#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader).await);
+    // `(&&Runner).cached(..)` resolves to the caching impl when the value
+    // type is cacheable, and to a plain call otherwise; the spanned check
+    // above is then the one error the user sees, not a wall of bounds.
+    let invoke = quote! {{
+        #[allow(unused_imports)]
+        use #p::{CacheRun as _, PlainRun as _};
+        (&&#p::Runner::<#value_ty>::NEW).#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader).await
+    }};
     let result = if lifted {
         quote!(#p::into_ok(#invoke))
     } else {
@@ -140,6 +147,7 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
             let __cached_key = {
                 #[allow(unused_imports)]
                 use #p::hashed;
+                #key_prelude
                 #p::key(__cached_cache, &__CACHED_SITE) #parts .finish()
             };
             #result
@@ -151,32 +159,43 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
     }
 }
 
-/// The `.part(..)` / `.literal(..)` chain of the key.
+/// The `.part(..)` / `.literal(..)` chain of the key, and statements to run
+/// before it.
 fn key_parts(
     args: &CachedArgs,
     info: &FnInfo,
     template: Option<&[Piece]>,
     p: &TokenStream,
-) -> TokenStream {
+) -> (TokenStream, TokenStream) {
     match (&args.key, template) {
-        (Some(KeySpec::Template(lit)), Some(pieces)) => pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::Literal(text) => quote!(.literal(#text)),
-                Piece::Param(name) => {
-                    let ident = Ident::new(name, lit.span());
-                    quote_spanned!(lit.span()=> .part(&#ident))
-                }
-            })
-            .collect(),
-        (Some(KeySpec::Expr(e)), _) => {
-            let span = e.span();
-            quote_spanned!(span=> .part({ let __part = &(#e); #p::check::key_part(__part); __part }))
+        (Some(KeySpec::Template(lit)), Some(pieces)) => {
+            let chain = pieces
+                .iter()
+                .map(|piece| match piece {
+                    Piece::Literal(text) => quote!(.literal(#text)),
+                    Piece::Param(name) => {
+                        let ident = Ident::new(name, lit.span());
+                        quote_spanned!(lit.span()=> .part(&#ident))
+                    }
+                })
+                .collect();
+            (TokenStream::new(), chain)
         }
-        _ => info
-            .params
-            .iter()
-            .map(|ident| quote_spanned!(ident.span()=> .part(&#ident)))
-            .collect(),
+        (Some(KeySpec::Expr(e)), _) => {
+            // Bound to a local first so temporaries in the expression
+            // (`hashed(&q)`, a tuple) live until the key is finished.
+            let bind = quote_spanned! {e.span()=>
+                let __cached_part = &(#e);
+                #p::check::key_part(__cached_part);
+            };
+            (bind, quote!(.part(__cached_part)))
+        }
+        _ => {
+            let chain = info
+                .params
+                .iter()
+                .map(|ident| quote_spanned!(ident.span()=> .part(&#ident)));
+            (TokenStream::new(), chain.collect())
+        }
     }
 }

@@ -86,10 +86,11 @@ fn cached_impl(
     let args = match raw {
         Some(raw) => {
             let args = CachedArgs::from_raw(raw, &mut errors);
-            if args.prefix.is_none() {
+            let seen = |o: &str| args.seen.iter().any(|s| s == o);
+            if !seen("prefix") {
                 errors.push(missing("prefix", "prefix = \"...\""));
             }
-            if args.ttl.is_none() {
+            if !seen("ttl") {
                 errors.push(missing("ttl", "ttl = \"5m\""));
             }
             args

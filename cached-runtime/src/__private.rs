@@ -2,6 +2,7 @@
 //! macro, which is pinned to this crate's exact version.
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
 
 pub use std::time::Duration;
 
@@ -27,49 +28,118 @@ pub fn key(cache: &Cache, site: &Site) -> KeyBuilder {
     KeyBuilder::new(cache.namespace(), site.prefix)
 }
 
-/// Cache-aside for a plain `T` or `Result<T, E>` return.
-#[inline]
-pub async fn cached<V, E, F, Fut>(
-    cache: &Cache,
-    site: &'static Site,
-    key: String,
-    load: F,
-) -> Result<V, E>
-where
-    V: Cacheable,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<V, E>>,
-{
-    let counters = cache.counters(site.name);
-    cache
-        .load_through(key, &counters, |_| Some(site.ttl), load)
-        .await
+/// Picks how a call site runs: [`CacheRun`] when the value type is
+/// [`Cacheable`], [`PlainRun`] otherwise (autoref specialization).
+#[derive(Debug)]
+pub struct Runner<T>(PhantomData<fn() -> T>);
+
+impl<T> Runner<T> {
+    /// The one value of this marker.
+    pub const NEW: Runner<T> = Runner(PhantomData);
 }
 
-/// Cache-aside for an `Option<T>` or `Result<Option<T>, E>` return: `None`
-/// is kept only for `cache_none`.
-#[inline]
-pub async fn cached_option<T, E, F, Fut>(
-    cache: &Cache,
-    site: &'static Site,
-    key: String,
-    load: F,
-) -> Result<Option<T>, E>
-where
-    Option<T>: Cacheable,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Option<T>, E>>,
-{
-    let counters = cache.counters(site.name);
-    let ttl_of = |v: &Option<T>| {
-        if v.is_some() {
-            Some(site.ttl)
-        } else {
-            site.none_ttl
-        }
-    };
-    cache.load_through(key, &counters, ttl_of, load).await
+/// The caching path, chosen when the value type is cacheable.
+pub trait CacheRun<T> {
+    /// Cache-aside for a plain `T` or `Result<T, E>` return.
+    fn cached<E, F, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        load: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>;
+
+    /// Cache-aside for an `Option<T>` or `Result<Option<T>, E>` return:
+    /// `None` is kept only for `cache_none`.
+    fn cached_option<E, F, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        load: F,
+    ) -> impl Future<Output = Result<Option<T>, E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>;
 }
+
+impl<T: Cacheable> CacheRun<T> for &Runner<T> {
+    #[inline]
+    async fn cached<E, F, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        load: F,
+    ) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let counters = cache.counters(site.name);
+        cache
+            .load_through(key, &counters, |_| Some(site.ttl), load)
+            .await
+    }
+
+    #[inline]
+    async fn cached_option<E, F, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        load: F,
+    ) -> Result<Option<T>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let counters = cache.counters(site.name);
+        let ttl_of = |v: &Option<T>| {
+            if v.is_some() {
+                Some(site.ttl)
+            } else {
+                site.none_ttl
+            }
+        };
+        cache.load_through(key, &counters, ttl_of, load).await
+    }
+}
+
+/// The fallback when the value type is not cacheable. A program never runs
+/// it: `check::cacheable` fails to compile first, with a readable error.
+pub trait PlainRun<T> {
+    /// Runs the loader.
+    fn cached<E, F, Fut>(&self, cache: &Cache, site: &'static Site, key: String, load: F) -> Fut
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let _ = (cache, site, key);
+        load()
+    }
+
+    /// Runs the loader.
+    fn cached_option<E, F, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        load: F,
+    ) -> Fut
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let _ = (cache, site, key);
+        load()
+    }
+}
+
+impl<T> PlainRun<T> for Runner<T> {}
 
 /// Lifts an infallible body into the `Result` the runtime works with.
 #[inline]

@@ -1,0 +1,26 @@
+#![allow(dead_code)]
+
+use cached_runtime::{cached, Cache};
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Placement {
+    id: u64,
+}
+
+struct Service {
+    cache: Cache,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Report {
+    total: u64,
+}
+
+impl Service {
+    #[cached(prefix = "report", ttl = "5m", key = id)]
+    async fn report(&self, id: u64) -> Report {
+        Report { total: id }
+    }
+}
+
+fn main() {}
