@@ -1,1 +1,257 @@
-//! Test support.
+//! Test support: real `redis-server` processes on free loopback ports, which
+//! a test can freeze, thaw, kill and restart to inject faults.
+//!
+//! No mocks: every Redis test talks to a real server that it owns, so tests
+//! share no state and can run in parallel.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` process owned by one test, stopped when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    frozen: bool,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits until it answers.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is not installed (the message says how to install
+    /// it), or when no server comes up: tests never skip silently.
+    pub fn start() -> RedisServer {
+        // A port can be taken between choosing and binding it; try a few.
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+            let mut server = RedisServer {
+                port: free_port(),
+                child: None,
+                dir,
+                frozen: false,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server did not start on a free loopback port; its log:\n{last_log}");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Starts the process on `self.port`; on failure returns its log.
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed, and these tests need a real one.\n\
+                 Install it (Debian/Ubuntu: `apt-get install redis-server`), or run `scripts/test`, \
+                 which installs it."
+            ),
+            Err(e) => panic!("could not run redis-server: {e}"),
+        };
+        self.child = Some(child);
+        self.frozen = false;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_exited)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(std::fs::read_to_string(self.log_path()).unwrap_or_default());
+            }
+            if self.ping() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        self.stop();
+        Err(format!("no answer to PING within {READY_TIMEOUT:?}\n{log}"))
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server answers PING within 200 ms (a plain socket, so it
+    /// works while the caller's runtime is busy).
+    pub fn ping(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Runs one command on a fresh connection and returns its reply.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached or the reply is not a `T`.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).expect("valid URL");
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connects to the test redis-server");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+            .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+    }
+
+    /// Writes raw bytes under `key`, bypassing every envelope.
+    pub fn set_raw(&self, key: &str, value: &[u8]) {
+        let client = redis::Client::open(self.url()).expect("valid URL");
+        let mut conn = client
+            .get_connection()
+            .expect("connects to the test redis-server");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut conn)
+            .expect("SET");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status()
+                .expect("`kill` runs");
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+        self.frozen = true;
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+        self.frozen = false;
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the server again on the same port, empty, and waits for it.
+    ///
+    /// # Panics
+    ///
+    /// When it does not come back.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The old socket may linger a moment after the kill.
+                Err(log) if Instant::now() < deadline => {
+                    let _ = log;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(log) => panic!("redis-server did not restart on port {}:\n{log}", self.port),
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.frozen {
+            self.signal("-CONT");
+            self.frozen = false;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free loopback port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_answers_freezes_and_restarts() {
+        let mut server = RedisServer::start();
+        assert!(server.ping());
+        server.freeze();
+        assert!(!server.ping(), "a frozen server must not answer");
+        server.thaw();
+        assert!(server.ping());
+        server.cmd::<()>(&["SET", "k", "v"]);
+        server.kill();
+        assert!(!server.ping());
+        server.restart();
+        assert!(server.ping());
+        assert_eq!(
+            server.cmd::<Option<String>>(&["GET", "k"]),
+            None,
+            "a restarted server is empty"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! What `#[cached]` does at run time, on both backends: the same suite runs
+//! against the memory backend and against a real `redis-server`.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cached_runtime::{Cache, cached};
+use cached_tests::RedisServer;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Placement {
+    id: u64,
+    video_id: u64,
+    label: String,
+}
+
+#[derive(Debug, PartialEq)]
+struct DbError(&'static str);
+
+/// A service whose "database" counts its queries.
+struct Service {
+    cache: Cache,
+    queries: AtomicU32,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Service {
+    fn new(cache: Cache) -> Self {
+        Service {
+            cache,
+            queries: AtomicU32::new(0),
+            fail: Default::default(),
+        }
+    }
+
+    fn queries(&self) -> u32 {
+        self.queries.load(Ordering::SeqCst)
+    }
+
+    fn query(&self) -> Result<(), DbError> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            Err(DbError("down"))
+        } else {
+            Ok(())
+        }
+    }
+
+    #[cached(prefix = "placement", ttl = "5m", key = placement_id)]
+    async fn get_by_id(&self, placement_id: u64) -> Result<Option<Placement>, DbError> {
+        self.query()?;
+        Ok((placement_id != 0).then(|| Placement {
+            id: placement_id,
+            video_id: 7,
+            label: format!("p{placement_id}"),
+        }))
+    }
+
+    #[cached(prefix = "negative", ttl = "5m", key = id, cache_none = "30s")]
+    async fn maybe(&self, id: u64) -> Option<u64> {
+        let _ = self.query();
+        id.is_multiple_of(2).then_some(id)
+    }
+
+    #[cached(prefix = "plain", ttl = "5m")]
+    async fn label(&self, id: u64, lang: String) -> String {
+        let _ = self.query();
+        format!("{lang}:{id}")
+    }
+
+    #[cached(prefix = "list", ttl = "2m", key = "video:{video_id}:placements")]
+    async fn by_video(&self, video_id: u64, trace_id: String) -> Vec<u64> {
+        let _ = (self.query(), trace_id);
+        vec![video_id, video_id + 1]
+    }
+
+    #[cached(prefix = "short", ttl = "300ms", key = id)]
+    async fn short_lived(&self, id: u64) -> u64 {
+        let _ = self.query();
+        id
+    }
+
+    #[cached(prefix = "search", ttl = "1m", key = hashed(&query))]
+    async fn search(&self, query: Query) -> Vec<u64> {
+        let _ = self.query();
+        vec![query.limit]
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Query {
+    video_id: u64,
+    text: String,
+    limit: u64,
+}
+
+async fn suite(cache: Cache) {
+    cache_aside_loads_once_then_hits(Service::new(cache.clone())).await;
+    errors_go_to_the_caller_and_are_not_cached(Service::new(cache.clone())).await;
+    none_is_cached_only_with_cache_none(Service::new(cache.clone())).await;
+    keys_come_from_parameters_templates_and_hashes(Service::new(cache.clone())).await;
+    entries_expire_after_their_ttl(Service::new(cache.clone())).await;
+    uncached_twin_bypasses_the_cache(Service::new(cache)).await;
+}
+
+async fn cache_aside_loads_once_then_hits(s: Service) {
+    let first = s.get_by_id(42).await.expect("loads");
+    assert_eq!(first.as_ref().map(|p| p.id), Some(42));
+    for _ in 0..3 {
+        assert_eq!(s.get_by_id(42).await.expect("hit"), first);
+    }
+    assert_eq!(s.queries(), 1, "three calls after the first must be hits");
+    let stats = s.cache.stats_for("placement").expect("stats recorded");
+    assert!(stats.hits >= 3 && stats.loads >= 1, "{stats:?}");
+}
+
+async fn errors_go_to_the_caller_and_are_not_cached(s: Service) {
+    s.fail.store(true, Ordering::SeqCst);
+    assert_eq!(s.get_by_id(500).await, Err(DbError("down")));
+    s.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        s.get_by_id(500).await.expect("recovers").map(|p| p.id),
+        Some(500)
+    );
+    assert_eq!(s.queries(), 2, "an error must not be cached");
+    // `Ok(None)` is not cached without `cache_none`.
+    assert_eq!(s.get_by_id(0).await, Ok(None));
+    assert_eq!(s.get_by_id(0).await, Ok(None));
+    assert_eq!(s.queries(), 4);
+}
+
+async fn none_is_cached_only_with_cache_none(s: Service) {
+    assert_eq!(s.maybe(3).await, None);
+    assert_eq!(s.maybe(3).await, None);
+    assert_eq!(s.queries(), 1, "cache_none keeps the None");
+    assert_eq!(s.maybe(4).await, Some(4));
+    assert_eq!(s.maybe(4).await, Some(4));
+    assert_eq!(s.queries(), 2);
+}
+
+async fn keys_come_from_parameters_templates_and_hashes(s: Service) {
+    // Every parameter forms the key when none is given.
+    assert_eq!(s.label(1, "en".into()).await, "en:1");
+    assert_eq!(s.label(1, "fr".into()).await, "fr:1");
+    assert_eq!(s.label(1, "en".into()).await, "en:1");
+    assert_eq!(s.queries(), 2);
+    assert!(
+        s.cache.get::<String>("plain:1:en").await.is_some(),
+        "key is {{prefix}}:{{a}}:{{b}}"
+    );
+
+    // A template ignores parameters it does not name.
+    assert_eq!(s.by_video(9, "t1".into()).await, vec![9, 10]);
+    assert_eq!(s.by_video(9, "t2".into()).await, vec![9, 10]);
+    assert_eq!(s.queries(), 3);
+    assert_eq!(
+        s.cache.get::<Vec<u64>>("list:video:9:placements").await,
+        Some(vec![9, 10])
+    );
+
+    // Equal queries share a hashed key; different ones do not.
+    let q = Query {
+        video_id: 1,
+        text: "a*b".into(),
+        limit: 5,
+    };
+    s.search(q.clone()).await;
+    s.search(q.clone()).await;
+    assert_eq!(s.queries(), 4);
+    s.search(Query { limit: 6, ..q }).await;
+    assert_eq!(s.queries(), 5);
+}
+
+async fn entries_expire_after_their_ttl(s: Service) {
+    assert_eq!(s.short_lived(1).await, 1);
+    assert_eq!(s.short_lived(1).await, 1);
+    assert_eq!(s.queries(), 1);
+    // ttl 300 ms plus at most 10% jitter.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(s.short_lived(1).await, 1);
+    assert_eq!(s.queries(), 2, "the entry must have expired");
+}
+
+async fn uncached_twin_bypasses_the_cache(s: Service) {
+    s.get_by_id(77).await.expect("loads");
+    s.get_by_id_uncached(77).await.expect("loads");
+    s.get_by_id_uncached(77).await.expect("loads");
+    assert_eq!(s.queries(), 3, "the twin always runs the body");
+}
+
+#[tokio::test]
+async fn macro_semantics_on_memory() {
+    suite(Cache::builder().namespace("t").build().expect("builds")).await;
+}
+
+#[tokio::test]
+async fn macro_semantics_on_redis() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .namespace("t")
+        .build()
+        .expect("builds");
+    suite(cache).await;
+}
+
+#[tokio::test]
+async fn redis_keys_are_namespace_prefix_key() {
+    let server = RedisServer::start();
+    let s = Service::new(
+        Cache::builder()
+            .redis(server.url())
+            .namespace("app-v2")
+            .build()
+            .expect("builds"),
+    );
+    s.get_by_id(5).await.expect("loads");
+    let mut conn = redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connects");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS");
+    assert_eq!(keys, vec!["app-v2:placement:5".to_string()]);
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg("app-v2:placement:5")
+        .query(&mut conn)
+        .expect("PTTL");
+    assert!(
+        (300_000..=330_000).contains(&ttl_ms),
+        "5 min plus at most 10% jitter, got {ttl_ms} ms"
+    );
+}
+
+static SHARED: LazyLock<Cache> = LazyLock::new(Cache::memory);
+static LOADS: AtomicU32 = AtomicU32::new(0);
+
+#[cached(prefix = "square", ttl = "1m", key = n, cache = SHARED)]
+async fn square(n: u64) -> u64 {
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    n * n
+}
+
+#[tokio::test]
+async fn free_functions_use_the_named_cache() {
+    assert_eq!(square(12).await, 144);
+    assert_eq!(square(12).await, 144);
+    assert_eq!(LOADS.load(Ordering::SeqCst), 1);
+    assert_eq!(SHARED.get::<u64>("square:12").await, Some(144));
+}
+
+#[tokio::test]
+async fn user_text_in_keys_cannot_widen_a_pattern() {
+    let s = Service::new(Cache::memory());
+    assert_eq!(s.label(1, "*".into()).await, "*:1");
+    // The `*` is stored escaped, so it names only itself.
+    assert!(s.cache.get::<String>(r"plain:1:\*").await.is_some());
+}
