@@ -71,6 +71,12 @@ pub(crate) struct CachedArgs {
     pub(crate) cache_none: Option<Ttl>,
     pub(crate) name: Option<LitStr>,
     pub(crate) krate: Option<syn::Path>,
+    pub(crate) lock: Option<syn::LitBool>,
+    pub(crate) lease: Option<Ttl>,
+    pub(crate) wait: Option<Ttl>,
+    pub(crate) stale: Option<Ttl>,
+    /// XFetch's beta and where it was written.
+    pub(crate) early_refresh: Option<(f64, proc_macro2::Span)>,
     /// Every option written, valid or not: an invalid `ttl` is not also
     /// reported as missing.
     pub(crate) seen: Vec<String>,
@@ -124,6 +130,30 @@ impl CachedArgs {
                     set(errors, &mut args.key, &name, spec);
                 }
                 "cache" => set(errors, &mut args.cache, &name, value),
+                "lock" => match &value {
+                    Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => {
+                        set(errors, &mut args.lock, &name, b.clone());
+                    }
+                    other => errors.push(syn::Error::new_spanned(
+                        other,
+                        "`lock` takes `true` or `false` (`lock = false` turns off single flight and leases)",
+                    )),
+                },
+                "lease" | "wait" | "stale" => {
+                    if let Some(d) = duration::parse_ttl(errors, &name.to_string(), &value) {
+                        let slot = match name.to_string().as_str() {
+                            "lease" => &mut args.lease,
+                            "wait" => &mut args.wait,
+                            _ => &mut args.stale,
+                        };
+                        set(errors, slot, &name, d);
+                    }
+                }
+                "early_refresh" => {
+                    if let Some(beta) = parse_beta(errors, &value) {
+                        set(errors, &mut args.early_refresh, &name, beta);
+                    }
+                }
                 "name" => {
                     if let Some(lit) = string_lit(errors, &name, &value) {
                         if lit.value().trim().is_empty() {
@@ -147,6 +177,40 @@ impl CachedArgs {
             }
         }
         args
+    }
+}
+
+/// `early_refresh = true` (beta 1.0), `= false` (off: `None` beta 0), or a
+/// positive beta such as `2.0` (refresh earlier).
+fn parse_beta(errors: &mut Errors, value: &Expr) -> Option<(f64, proc_macro2::Span)> {
+    let bad = |errors: &mut Errors| {
+        errors.push(syn::Error::new_spanned(
+            value,
+            "`early_refresh` takes `true` (beta 1.0) or a positive beta such as `2.0`; \
+             a larger beta refreshes earlier",
+        ));
+        None
+    };
+    match value {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Bool(b),
+            ..
+        }) => Some((if b.value { 1.0 } else { 0.0 }, b.span)),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Float(f),
+            ..
+        }) => match f.base10_parse::<f64>() {
+            Ok(beta) if beta.is_finite() && beta > 0.0 => Some((beta, f.span())),
+            _ => bad(errors),
+        },
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) => match i.base10_parse::<u32>() {
+            Ok(beta) if beta > 0 => Some((f64::from(beta), i.span())),
+            _ => bad(errors),
+        },
+        _ => bad(errors),
     }
 }
 

@@ -78,7 +78,14 @@ pub(crate) fn parse_ttl(errors: &mut Errors, what: &str, value: &Expr) -> Option
     if duration.is_zero() {
         errors.push(err(
             span,
-            format!("`{what}` must be greater than zero: a zero TTL would cache nothing"),
+            format!(
+                "`{what}` must be greater than zero{}",
+                if what == "ttl" {
+                    ": a zero TTL would cache nothing"
+                } else {
+                    ""
+                }
+            ),
         ));
         return None;
     }

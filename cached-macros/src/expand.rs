@@ -100,6 +100,30 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    let duration = |t: &Option<crate::duration::Ttl>, default: TokenStream| match t {
+        Some(t) => {
+            let ms = t.millis;
+            quote!(#p::Duration::from_millis(#ms))
+        }
+        None => default,
+    };
+    let lock = args.lock.as_ref().is_none_or(|l| l.value);
+    let lease = duration(
+        &args.lease,
+        quote!(#p::Policy::new(#p::Duration::ZERO).lease),
+    );
+    let wait = duration(&args.wait, quote!(#p::Policy::new(#p::Duration::ZERO).wait));
+    let stale = duration(&args.stale, quote!(#p::Duration::ZERO));
+    let beta = args
+        .early_refresh
+        .as_ref()
+        .map(|(b, _)| *b)
+        .filter(|b| *b > 0.0);
+    let early_refresh = match beta {
+        Some(b) => quote!(::core::option::Option::Some(#b)),
+        None => quote!(::core::option::Option::None),
+    };
+
     let cache_expr = match &args.cache {
         Some(e) => quote_spanned!(e.span()=> #p::as_cache(&(#e))),
         None => quote_spanned!(fn_name.span()=> #p::as_cache(&self.cache)),
@@ -113,10 +137,71 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         Shape::Result => (quote!(cached), false),
         Shape::ResultOption => (quote!(cached_option), false),
     };
-    let loader = if lifted {
-        quote!(move || #p::infallible(#call))
+    // With a stale window or early refresh, a load may run after the caller
+    // has returned, so it needs its own copies of `self` and the arguments.
+    let background = args.stale.is_some() || beta.is_some();
+    let (loader, refresh, refresh_checks) = if background {
+        let cloned = params
+            .iter()
+            .map(|p| quote!(::core::clone::Clone::clone(&#p)));
+        let fg_call = if info.has_self {
+            quote!(self.#twin_name(#(#cloned),*))
+        } else {
+            quote!(#twin_name(#(#cloned),*))
+        };
+        let loader = if lifted {
+            quote!(|| #p::infallible(#fg_call))
+        } else {
+            quote!(|| #fg_call)
+        };
+        let span = args
+            .stale
+            .as_ref()
+            .map(|t| t.span)
+            .or(args.early_refresh.as_ref().map(|(_, s)| *s))
+            .unwrap_or_else(proc_macro2::Span::call_site);
+        // Spanned like the check below, so a service that is not `Clone`
+        // gets one worded error rather than two.
+        let (this, bg_call) = if info.has_self {
+            (
+                quote_spanned!(span=> let __cached_this = #p::check::refresh_copy(self);),
+                quote!(__cached_this.#twin_name(#(#params),*)),
+            )
+        } else {
+            (TokenStream::new(), call.clone())
+        };
+        let finish = if lifted {
+            quote!(::core::option::Option::Some(#bg_call.await))
+        } else {
+            quote!(#bg_call.await.ok())
+        };
+        let refresh = quote! {
+            ::core::option::Option::Some(&|| -> #p::Refresh<_> {
+                #this
+                #(let #params = ::core::clone::Clone::clone(&#params);)*
+                ::std::boxed::Box::pin(async move { #finish })
+            })
+        };
+        let self_check = if info.has_self {
+            quote_spanned!(span=> #p::check::refreshable_service::<Self>();)
+        } else {
+            TokenStream::new()
+        };
+        let arg_checks = params
+            .iter()
+            .map(|param| quote_spanned!(param.span()=> #p::check::refreshable_arg(&#param);));
+        (loader, refresh, quote!(#self_check #(#arg_checks)*))
     } else {
-        quote!(move || #call)
+        let loader = if lifted {
+            quote!(move || #p::infallible(#call))
+        } else {
+            quote!(move || #call)
+        };
+        (
+            loader,
+            quote!(::core::option::Option::None),
+            TokenStream::new(),
+        )
     };
     // `(&&Runner).cached(..)` resolves to the caching impl when the value
     // type is cacheable, and to a plain call otherwise; the spanned check
@@ -124,7 +209,9 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
     let invoke = quote! {{
         #[allow(unused_imports)]
         use #p::{CacheRun as _, PlainRun as _};
-        (&&#p::Runner::<#value_ty>::NEW).#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader).await
+        (&&#p::Runner::<#value_ty>::NEW)
+            .#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh)
+            .await
     }};
     let result = if lifted {
         quote!(#p::into_ok(#invoke))
@@ -132,16 +219,34 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         invoke
     };
 
+    // `cache = conn` names a parameter the body itself may not use: keep the
+    // twin free of an unused-variable warning that the user did not cause.
+    let mut block = block;
+    if let Some(syn::Expr::Path(path)) = &args.cache
+        && let Some(ident) = path.path.get_ident()
+        && params.contains(ident)
+    {
+        block.stmts.insert(0, syn::parse_quote!(let _ = &#ident;));
+    }
+
     quote! {
         #(#attrs)*
         #[allow(clippy::redundant_closure, clippy::used_underscore_binding)]
         #vis #wrapper_sig {
             #check
+            #refresh_checks
             static __CACHED_SITE: #p::Site = #p::Site {
                 name: #name,
                 prefix: #prefix,
-                ttl: #p::Duration::from_millis(#ttl_ms),
-                none_ttl: #none_ttl,
+                policy: #p::Policy {
+                    ttl: #p::Duration::from_millis(#ttl_ms),
+                    none_ttl: #none_ttl,
+                    lock: #lock,
+                    lease: #lease,
+                    wait: #wait,
+                    stale: #stale,
+                    early_refresh: #early_refresh,
+                },
             };
             let __cached_cache: &#krate::Cache = #cache_expr;
             let __cached_key = {
@@ -182,13 +287,29 @@ fn key_parts(
             (TokenStream::new(), chain)
         }
         (Some(KeySpec::Expr(e)), _) => {
-            // Bound to a local first so temporaries in the expression
-            // (`hashed(&q)`, a tuple) live until the key is finished.
-            let bind = quote_spanned! {e.span()=>
-                let __cached_part = &(#e);
-                #p::check::key_part(__cached_part);
+            // A tuple is taken apart, each element borrowed: `(id, lang)` as
+            // a value would move `lang` before the function gets it. It
+            // makes the same key a tuple part would (`id:lang`).
+            let elems: Vec<&syn::Expr> = match e {
+                syn::Expr::Tuple(t) if !t.elems.is_empty() => t.elems.iter().collect(),
+                other => vec![other],
             };
-            (bind, quote!(.part(__cached_part)))
+            // Each part is bound to a local first, so temporaries in it
+            // (`hashed(&q)`) live until the key is finished.
+            // Named with the element's span, so a part that is not a `KeyPart`
+            // is reported at the user's expression.
+            let names: Vec<Ident> = elems
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Ident::new(&format!("__cached_part{i}"), e.span()))
+                .collect();
+            let bind = elems.iter().zip(&names).map(|(e, name)| {
+                quote_spanned! {e.span()=>
+                    let #name = &(#e);
+                    #p::check::key_part(#name);
+                }
+            });
+            (quote!(#(#bind)*), quote!(#(.part(#names))*))
         }
         _ => {
             let chain = info

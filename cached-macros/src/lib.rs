@@ -110,6 +110,29 @@ fn cached_impl(
                      this one never returns `None`",
             ));
         }
+        if args.lock.as_ref().is_some_and(|l| !l.value) {
+            for (what, given) in [("lease", &args.lease), ("wait", &args.wait)] {
+                if let Some(t) = given {
+                    errors.push(syn::Error::new(
+                        t.span,
+                        format!("`{what}` has no effect with `lock = false`: there is no lease to hold or wait for"),
+                    ));
+                }
+            }
+        }
+        if args.stale.is_some() || args.early_refresh.as_ref().is_some_and(|(b, _)| *b > 0.0) {
+            for arg in &func.sig.inputs {
+                if let syn::FnArg::Typed(pt) = arg
+                    && borrows(&pt.ty)
+                {
+                    errors.push(syn::Error::new_spanned(
+                        &pt.ty,
+                        "with `stale` or `early_refresh`, arguments must be owned (e.g. `String` for `&str`): \
+                         a background refresh runs after the caller has returned, with its own copies",
+                    ));
+                }
+            }
+        }
         if !info.has_self && args.cache.is_none() {
             errors.push(syn::Error::new(
                 func::name_span(&func),
@@ -164,6 +187,24 @@ fn cached_impl(
         }),
         (err, _) => with_errors(func, err),
     }
+}
+
+/// Whether a type holds a borrow (a reference or a named lifetime).
+fn borrows(ty: &syn::Type) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
+            self.0 = true;
+        }
+        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
+            if l.ident != "static" {
+                self.0 = true;
+            }
+        }
+    }
+    let mut finder = Finder(false);
+    syn::visit::Visit::visit_type(&mut finder, ty);
+    finder.0
 }
 
 /// The function unchanged, with the errors at the top of its body: callers

@@ -9,6 +9,8 @@ pub use std::time::Duration;
 pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
+pub use crate::load::{Policy, Refresh, keep_option, keep_value};
+
 /// Everything a call site knows at compile time.
 #[derive(Debug)]
 pub struct Site {
@@ -16,10 +18,8 @@ pub struct Site {
     pub name: &'static str,
     /// The key prefix.
     pub prefix: &'static str,
-    /// How long a value is kept.
-    pub ttl: Duration,
-    /// How long a `None` is kept (`cache_none`); not cached without it.
-    pub none_ttl: Option<Duration>,
+    /// TTLs, locking, stale window, early refresh.
+    pub policy: Policy,
 }
 
 /// Starts the key of a call: `{namespace}:{prefix}:`.
@@ -47,6 +47,7 @@ pub trait CacheRun<T> {
         site: &'static Site,
         key: String,
         load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
     ) -> impl Future<Output = Result<T, E>>
     where
         F: FnOnce() -> Fut,
@@ -60,6 +61,7 @@ pub trait CacheRun<T> {
         site: &'static Site,
         key: String,
         load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
     ) -> impl Future<Output = Result<Option<T>, E>>
     where
         F: FnOnce() -> Fut,
@@ -74,6 +76,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         site: &'static Site,
         key: String,
         load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
     ) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
@@ -81,7 +84,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
     {
         let counters = cache.counters(site.name);
         cache
-            .load_through(key, &counters, |_| Some(site.ttl), load)
+            .load_through(key, &counters, &site.policy, keep_value, load, refresh)
             .await
     }
 
@@ -92,20 +95,16 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         site: &'static Site,
         key: String,
         load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
     ) -> Result<Option<T>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let counters = cache.counters(site.name);
-        let ttl_of = |v: &Option<T>| {
-            if v.is_some() {
-                Some(site.ttl)
-            } else {
-                site.none_ttl
-            }
-        };
-        cache.load_through(key, &counters, ttl_of, load).await
+        cache
+            .load_through(key, &counters, &site.policy, keep_option, load, refresh)
+            .await
     }
 }
 
@@ -113,12 +112,19 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
 /// it: `check::cacheable` fails to compile first, with a readable error.
 pub trait PlainRun<T> {
     /// Runs the loader.
-    fn cached<E, F, Fut>(&self, cache: &Cache, site: &'static Site, key: String, load: F) -> Fut
+    fn cached<E, F, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+    ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let _ = (cache, site, key);
+        let _ = (cache, site, key, refresh);
         load()
     }
 
@@ -129,12 +135,13 @@ pub trait PlainRun<T> {
         site: &'static Site,
         key: String,
         load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
     ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let _ = (cache, site, key);
+        let _ = (cache, site, key, refresh);
         load()
     }
 }
@@ -247,6 +254,38 @@ pub mod check {
     )]
     pub trait Shareable {}
     impl<T: Send + Sync + 'static> Shareable for T {}
+
+    /// A service whose method refreshes in the background.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` must be `Clone + Send + Sync + 'static` for `stale` or `early_refresh`",
+        label = "a background refresh calls the method after its caller has returned, on a copy of the service",
+        note = "keep the service's state behind `Arc`s and derive `Clone`; the copy is made only when a refresh starts"
+    )]
+    pub trait RefreshableService {}
+    impl<T: Clone + Send + Sync + 'static> RefreshableService for T {}
+
+    /// An argument of a method that refreshes in the background.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` must be `Clone + Send + Sync + 'static` for `stale` or `early_refresh`",
+        label = "a background refresh owns a copy of every argument",
+        note = "take owned arguments (`String`, not `&str`) on functions with `stale` or `early_refresh`"
+    )]
+    pub trait RefreshableArg {}
+    impl<T: Clone + Send + Sync + 'static> RefreshableArg for T {}
+
+    /// Asserts the service can be copied into a background refresh.
+    #[inline(always)]
+    pub fn refreshable_service<T: RefreshableService + ?Sized>() {}
+
+    /// The service's copy for a background refresh.
+    #[inline(always)]
+    pub fn refresh_copy<T: RefreshableService + Clone>(service: &T) -> T {
+        service.clone()
+    }
+
+    /// Asserts an argument can be copied into a background refresh.
+    #[inline(always)]
+    pub fn refreshable_arg<T: RefreshableArg>(_: &T) {}
 
     /// Asserts every requirement on a cached type.
     #[inline(always)]

@@ -7,6 +7,7 @@ use crate::Cacheable;
 use crate::backend::{Backend, BackendError, Lookup, memory::MemoryBackend, redis::RedisBackend};
 use crate::codec::EntryMeta;
 use crate::error::{BuildError, CacheError};
+use crate::load::{Flights, Policy, Read, keep_value};
 use crate::stats::{CacheStats, Counters, LogLimiter, Registry};
 
 /// The default time one backend operation may take before the cache gives up
@@ -48,6 +49,7 @@ struct Inner {
     ttl_jitter: f64,
     stats: Registry,
     warnings: LogLimiter,
+    flights: Flights,
 }
 
 impl std::fmt::Debug for Cache {
@@ -93,6 +95,7 @@ impl Cache {
                 ttl_jitter: b.ttl_jitter,
                 stats: Registry::default(),
                 warnings: LogLimiter::default(),
+                flights: Flights::default(),
             }),
         }
     }
@@ -121,7 +124,10 @@ impl Cache {
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
-        self.read(&full, &counters).await.ok().flatten()
+        match self.read::<T>(&full, &counters, true).await {
+            Read::Fresh(value, _) => Some(value),
+            Read::Stale(_) | Read::Miss | Read::Failed => None,
+        }
     }
 
     /// Writes `value` under `key` (relative to the namespace) for `ttl`
@@ -129,7 +135,7 @@ impl Cache {
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
-        self.write(&full, value, ttl, Duration::ZERO, &counters)
+        self.write(&full, value, ttl, Duration::ZERO, Duration::ZERO, &counters)
             .await;
     }
 
@@ -149,7 +155,9 @@ impl Cache {
 
     /// Returns the value under `key`, or runs `load`, caches its `Ok` value
     /// for `ttl` and returns it. A loader error is returned as is and nothing
-    /// is cached. This is what `#[cached]` does, without the macro.
+    /// is cached. Concurrent callers of one key share one load, and across
+    /// processes one caller holds a lease while the others wait for its
+    /// value. This is what `#[cached]` does, without the macro.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -170,7 +178,7 @@ impl Cache {
     {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
-        self.load_through(full, &counters, |_| Some(ttl), load)
+        self.load_through(full, &counters, &Policy::new(ttl), keep_value, load, None)
             .await
     }
 
@@ -197,91 +205,82 @@ impl Cache {
         self.inner.stats.counters(name)
     }
 
-    /// Cache-aside on a full key: read, else load and write back what
-    /// `ttl_of` says to keep (`None`: do not cache this value).
-    pub(crate) async fn load_through<T, E, F, Fut>(
-        &self,
-        key: String,
-        counters: &Counters,
-        ttl_of: impl FnOnce(&T) -> Option<Duration>,
-        load: F,
-    ) -> Result<T, E>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let read = self.read::<T>(&key, counters).await;
-        if let Ok(Some(value)) = read {
-            return Ok(value);
-        }
-        Counters::add(&counters.loads);
-        let started = Instant::now();
-        let value = match load().await {
-            Ok(v) => v,
-            Err(e) => {
-                Counters::add(&counters.load_errors);
-                return Err(e);
-            }
-        };
-        // After a failed read the backend is likely unhealthy: skip the
-        // write-back rather than make the caller wait out a second timeout.
-        if read.is_ok()
-            && let Some(ttl) = ttl_of(&value)
-        {
-            self.write(&key, &value, ttl, started.elapsed(), counters)
-                .await;
-        }
-        Ok(value)
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.inner.flights
     }
 
-    /// A typed read: `Ok(Some)` on a fresh hit, `Ok(None)` on a miss,
-    /// `Err(())` when the backend failed (already logged and counted).
-    async fn read<T: Cacheable>(&self, key: &str, counters: &Counters) -> Result<Option<T>, ()> {
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.inner.op_timeout
+    }
+
+    pub(crate) fn warnings(&self) -> &LogLimiter {
+        &self.inner.warnings
+    }
+
+    /// A typed read. `count`: record a hit or miss (polls do not).
+    pub(crate) async fn read<T: Cacheable>(
+        &self,
+        key: &str,
+        counters: &Counters,
+        count: bool,
+    ) -> Read<T> {
         let started = Instant::now();
         let found = self
             .inner
             .backend
             .get::<T>(key, self.inner.op_timeout)
             .await;
-        let hit = match found {
-            Ok(Lookup::Found(value, meta)) if !meta.is_expired(now_ms()) => Ok(Some(value)),
-            Ok(Lookup::Found(..) | Lookup::Absent) => Ok(None),
+        let read = match found {
+            Ok(Lookup::Found(value, meta)) => {
+                let now = now_ms();
+                if !meta.is_expired(now) {
+                    Read::Fresh(value, meta)
+                } else if now < meta.stale_until_ms {
+                    Read::Stale(value)
+                } else {
+                    Read::Miss
+                }
+            }
+            Ok(Lookup::Absent) => Read::Miss,
             Ok(Lookup::Unreadable(why)) => {
                 Counters::add(&counters.errors);
                 if let Some(held_back) = self.inner.warnings.allow(now_ms()) {
                     tracing::warn!(cache_key = %key, reason = %why, held_back, "unreadable cache entry treated as a miss; it will be overwritten");
                 }
-                Ok(None)
+                Read::Miss
             }
             Err(e) => {
                 self.backend_failed(key, "get", &e, counters);
-                Err(())
+                Read::Failed
             }
         };
-        let is_hit = matches!(hit, Ok(Some(_)));
-        Counters::add(if is_hit {
-            &counters.hits
-        } else {
-            &counters.misses
-        });
-        tracing::debug!(
-            cache_key = %key,
-            hit = is_hit,
-            latency_ms = started.elapsed().as_secs_f64() * 1e3,
-            "cache get"
-        );
-        hit
+        if count {
+            let hit = matches!(read, Read::Fresh(..) | Read::Stale(..));
+            Counters::add(if hit {
+                &counters.hits
+            } else {
+                &counters.misses
+            });
+            tracing::debug!(
+                cache_key = %key,
+                hit,
+                latency_ms = started.elapsed().as_secs_f64() * 1e3,
+                "cache get"
+            );
+        }
+        read
     }
 
-    async fn write<T: Cacheable>(
+    fn entry_meta(
         &self,
-        key: &str,
-        value: &T,
         ttl: Duration,
+        stale: Duration,
         load_time: Duration,
-        counters: &Counters,
-    ) {
+    ) -> (EntryMeta, Duration) {
         let ttl = self.jittered(ttl);
         let now = now_ms();
         let expires_ms = now.saturating_add(duration_ms(ttl));
@@ -289,15 +288,58 @@ impl Cache {
             created_ms: now,
             load_us: u32::try_from(load_time.as_micros()).unwrap_or(u32::MAX),
             expires_ms,
-            stale_until_ms: expires_ms,
+            stale_until_ms: expires_ms.saturating_add(duration_ms(stale)),
         };
+        (meta, ttl + stale)
+    }
+
+    /// An unconditional write.
+    pub(crate) async fn write<T: Cacheable>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        stale: Duration,
+        load_time: Duration,
+        counters: &Counters,
+    ) {
+        let (meta, keep_for) = self.entry_meta(ttl, stale, load_time);
         if let Err(e) = self
             .inner
             .backend
-            .set(key, value, &meta, ttl, self.inner.op_timeout)
+            .set(key, value, &meta, keep_for, self.inner.op_timeout)
             .await
         {
             self.backend_failed(key, "set", &e, counters);
+        }
+    }
+
+    /// A write that lands only while `token` holds the key's lease.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn write_leased<T: Cacheable>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        stale: Duration,
+        load_time: Duration,
+        token: u64,
+        counters: &Counters,
+    ) {
+        let (meta, keep_for) = self.entry_meta(ttl, stale, load_time);
+        let timeout = self.inner.op_timeout;
+        match self
+            .inner
+            .backend
+            .set_if_leased(key, value, &meta, keep_for, token, timeout)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                Counters::add(&counters.leases_lost);
+                tracing::debug!(cache_key = %key, "lease lost (invalidated or expired) before the write; not stored");
+            }
+            Err(e) => self.backend_failed(key, "set", &e, counters),
         }
     }
 
@@ -308,7 +350,13 @@ impl Cache {
         ttl + ttl.mul_f64(self.inner.ttl_jitter * fastrand::f64())
     }
 
-    fn backend_failed(&self, key: &str, op: &'static str, e: &BackendError, counters: &Counters) {
+    pub(crate) fn backend_failed(
+        &self,
+        key: &str,
+        op: &'static str,
+        e: &BackendError,
+        counters: &Counters,
+    ) {
         Counters::add(&counters.errors);
         if let Some(held_back) = self.inner.warnings.allow(now_ms()) {
             tracing::warn!(cache_key = %key, op, kind = e.kind(), error = %e, held_back, "cache backend failed; serving from the loader");

@@ -47,6 +47,7 @@ mod cache;
 mod codec;
 mod error;
 mod key;
+mod load;
 mod stats;
 
 #[doc(hidden)]

@@ -12,6 +12,12 @@ pub(crate) struct Counters {
     pub(crate) loads: AtomicU64,
     pub(crate) load_errors: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) early_refreshes: AtomicU64,
+    pub(crate) stale_refreshes: AtomicU64,
+    pub(crate) wait_timeouts: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
 }
 
 impl Counters {
@@ -56,6 +62,12 @@ impl Registry {
                 loads: c.loads.load(Relaxed),
                 load_errors: c.load_errors.load(Relaxed),
                 errors: c.errors.load(Relaxed),
+                coalesced: c.coalesced.load(Relaxed),
+                stale_served: c.stale_served.load(Relaxed),
+                early_refreshes: c.early_refreshes.load(Relaxed),
+                stale_refreshes: c.stale_refreshes.load(Relaxed),
+                wait_timeouts: c.wait_timeouts.load(Relaxed),
+                leases_lost: c.leases_lost.load(Relaxed),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -65,7 +77,7 @@ impl Registry {
 
 /// A snapshot of one cache name's counters since the [`Cache`](crate::Cache)
 /// was built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
     /// The cache name: the `name` option of the attribute, else its prefix.
@@ -81,6 +93,19 @@ pub struct CacheStats {
     /// Backend failures (timeouts, connection errors, unreadable values),
     /// none of which reached a caller.
     pub errors: u64,
+    /// Callers that shared another caller's load in this process.
+    pub coalesced: u64,
+    /// Values served past their TTL, inside their `stale` window.
+    pub stale_served: u64,
+    /// Background refreshes started early (XFetch).
+    pub early_refreshes: u64,
+    /// Background refreshes of stale values.
+    pub stale_refreshes: u64,
+    /// Waits for another caller's load that hit their bound.
+    pub wait_timeouts: u64,
+    /// Loads whose lease was gone when they came to write (an invalidation
+    /// or expiry), so their possibly old value was not stored.
+    pub leases_lost: u64,
 }
 
 impl CacheStats {
@@ -131,8 +156,7 @@ mod tests {
             hits: 3,
             misses: 1,
             loads: 1,
-            load_errors: 0,
-            errors: 0,
+            ..CacheStats::default()
         };
         assert!((s.hit_rate() - 0.75).abs() < 1e-12);
         let empty = CacheStats {

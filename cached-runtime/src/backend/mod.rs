@@ -60,6 +60,26 @@ pub(crate) enum Lookup<T> {
     Unreadable(DecodeError),
 }
 
+/// What an attempt to take a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseOutcome {
+    /// The lease is ours: load and write.
+    Acquired,
+    /// Another caller holds it: wait for its value.
+    Held,
+    /// A value is already there (asked with `only_if_absent`): read it.
+    ValuePresent,
+}
+
+/// The key under which the lease on `key` lives. A suffix rather than a
+/// prefix, so a pattern that removes `key` removes its lease too.
+pub(crate) fn lease_key(key: &str) -> String {
+    let mut k = String::with_capacity(key.len() + 8);
+    k.push_str(key);
+    k.push_str(":~lease");
+    k
+}
+
 /// The backend a [`Cache`](crate::Cache) was built with.
 #[derive(Debug)]
 pub(crate) enum Backend {
@@ -110,6 +130,63 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.delete(key, timeout).await,
+        }
+    }
+
+    /// Takes the lease on `key` for `ttl` with `token`, unless another holder
+    /// has it, or (with `only_if_absent`) a value is already there.
+    pub(crate) async fn acquire_lease(
+        &self,
+        key: &str,
+        token: u64,
+        ttl: Duration,
+        only_if_absent: bool,
+        timeout: Duration,
+    ) -> Result<LeaseOutcome, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(m.acquire_lease(key, token, ttl, only_if_absent)),
+            Backend::Redis(r) => {
+                r.acquire_lease(key, token, ttl, only_if_absent, timeout)
+                    .await
+            }
+        }
+    }
+
+    /// Writes the value only while `token` still holds the lease, and ends
+    /// the lease. `Ok(false)`: the lease was lost (invalidated, or expired),
+    /// so the value, possibly read before a write, is not stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn set_if_leased<T: Cacheable>(
+        &self,
+        key: &str,
+        value: &T,
+        meta: &EntryMeta,
+        keep_for: Duration,
+        token: u64,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(m.set_if_leased(key, value, *meta, keep_for, token)),
+            Backend::Redis(r) => {
+                r.set_if_leased(key, value, meta, keep_for, token, timeout)
+                    .await
+            }
+        }
+    }
+
+    /// Ends the lease if `token` still holds it (compare-and-delete).
+    pub(crate) async fn release_lease(
+        &self,
+        key: &str,
+        token: u64,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(m) => {
+                m.release_lease(key, token);
+                Ok(())
+            }
+            Backend::Redis(r) => r.release_lease(key, token, timeout).await,
         }
     }
 

@@ -1,0 +1,500 @@
+//! Get-or-load: the same semantics on every backend.
+//!
+//! 1. A fresh hit returns at once. Near its expiry one caller, cluster-wide,
+//!    refreshes it in the background (XFetch, Vattani et al., VLDB 2015).
+//! 2. A stale hit (past its TTL, inside its `stale` window) is served while
+//!    one caller refreshes it in the background, and keeps being served if
+//!    the refresh fails.
+//! 3. On a miss, callers in one process share one load (single flight), and
+//!    across processes one caller holds a lease on the key; the others poll
+//!    for its value, at an interval that grows with the wait, up to a bound
+//!    after which they load for themselves rather than hang.
+//! 4. The leaseholder's write succeeds only while its lease is valid: an
+//!    invalidation destroys the lease, so a load that read the source before
+//!    a write can never store the old value afterwards.
+//! 5. A caller dropped mid-load, or a loader that panics, wakes every waiter
+//!    and releases its lease.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::Cacheable;
+use crate::backend::LeaseOutcome;
+use crate::cache::{Cache, now_ms};
+use crate::codec::EntryMeta;
+use crate::stats::Counters;
+
+/// How a call site loads: everything that is not the key or the loader.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// How long a value is fresh.
+    pub ttl: Duration,
+    /// How long a `None` is kept (`cache_none`); `None`: not kept.
+    pub none_ttl: Option<Duration>,
+    /// Single flight and leases on a miss (`lock = false` turns them off).
+    pub lock: bool,
+    /// How long a lease lives if its holder never ends it (a crash).
+    pub lease: Duration,
+    /// The longest a caller waits for another's load before loading itself.
+    pub wait: Duration,
+    /// How long past its TTL a value may still be served (zero: never).
+    pub stale: Duration,
+    /// XFetch's beta: `Some` turns probabilistic early refresh on.
+    pub early_refresh: Option<f64>,
+}
+
+impl Policy {
+    /// Defaults for a TTL: locking on, a 10 s lease, a 5 s wait, no stale
+    /// window, no early refresh.
+    pub const fn new(ttl: Duration) -> Policy {
+        Policy {
+            ttl,
+            none_ttl: None,
+            lock: true,
+            lease: Duration::from_secs(10),
+            wait: Duration::from_secs(5),
+            stale: Duration::ZERO,
+            early_refresh: None,
+        }
+    }
+}
+
+/// How long to keep a loaded value (`None`: do not cache it).
+pub type KeepFn<T> = fn(&T, &Policy) -> Option<Duration>;
+
+/// Every value for the policy's TTL.
+pub fn keep_value<T>(_: &T, policy: &Policy) -> Option<Duration> {
+    Some(policy.ttl)
+}
+
+/// `Some` for the TTL, `None` for `cache_none` (or not at all).
+pub fn keep_option<T>(value: &Option<T>, policy: &Policy) -> Option<Duration> {
+    if value.is_some() {
+        Some(policy.ttl)
+    } else {
+        policy.none_ttl
+    }
+}
+
+/// A load that can run after its caller has returned: a background refresh.
+/// `None` means the load failed (its error is not needed: the old value is
+/// kept and served).
+pub type Refresh<T> = Pin<Box<dyn Future<Output = Option<T>> + Send + 'static>>;
+
+/// What a finished flight tells its waiters.
+#[derive(Clone)]
+enum Landed {
+    Running,
+    Value(Arc<dyn Any + Send + Sync>),
+    /// The load returned an error, which only its own caller receives.
+    Failed,
+    /// The leader went away (cancelled, panicked, or lost the lease race).
+    Abandoned,
+}
+
+/// In-process single flight: one load per key at a time.
+#[derive(Default)]
+pub(crate) struct Flights {
+    running: Mutex<HashMap<String, watch::Receiver<Landed>>>,
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flights").finish_non_exhaustive()
+    }
+}
+
+enum Role {
+    Lead(FlightGuard),
+    Wait(watch::Receiver<Landed>),
+}
+
+impl Flights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Landed>>> {
+        // Every change is one insert or remove: a poisoned map is consistent.
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn join_or_lead(&self, cache: &Cache, key: &str) -> Role {
+        let mut running = self.lock();
+        if let Some(rx) = running.get(key) {
+            return Role::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(Landed::Running);
+        running.insert(key.to_owned(), rx);
+        Role::Lead(FlightGuard {
+            cache: cache.clone(),
+            key: key.to_owned(),
+            tx: Some(tx),
+            lease: None,
+        })
+    }
+
+    /// Leads only if nobody else is loading the key.
+    fn try_lead(&self, cache: &Cache, key: &str) -> Option<FlightGuard> {
+        match self.join_or_lead(cache, key) {
+            Role::Lead(guard) => Some(guard),
+            Role::Wait(_) => None,
+        }
+    }
+}
+
+/// The leader's side of a flight. Dropping it unfinished (cancellation, a
+/// panic) tells the waiters to go on without it and releases its lease.
+struct FlightGuard {
+    cache: Cache,
+    key: String,
+    tx: Option<watch::Sender<Landed>>,
+    lease: Option<u64>,
+}
+
+impl FlightGuard {
+    fn land(&mut self, landed: Landed) {
+        if let Some(tx) = self.tx.take() {
+            self.cache.flights().lock().remove(&self.key);
+            let _ = tx.send(landed);
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.land(Landed::Abandoned);
+        if let Some(token) = self.lease.take() {
+            // Cannot await in drop: release from a task, if a runtime runs.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let cache = self.cache.clone();
+                let key = std::mem::take(&mut self.key);
+                handle.spawn(async move { cache.release_lease(&key, token).await });
+            }
+        }
+    }
+}
+
+/// What a read found.
+pub(crate) enum Read<T> {
+    Fresh(T, EntryMeta),
+    Stale(T),
+    Miss,
+    /// The backend failed (already logged and counted).
+    Failed,
+}
+
+/// XFetch: refresh early when `now - delta * beta * ln(rand) >= expiry`,
+/// `delta` being how long the last load took.
+fn early_refresh_due(meta: &EntryMeta, beta: f64, now_ms: u64) -> bool {
+    let delta_ms = f64::from(meta.load_us) / 1000.0;
+    // 1 - f64() is in (0, 1], so ln is finite and <= 0.
+    let gap = -delta_ms * beta * (1.0 - fastrand::f64()).ln();
+    now_ms as f64 + gap >= meta.expires_ms as f64
+}
+
+/// How long to sleep before polling again for another process's value:
+/// an eighth of the time waited so far, within [2 ms, 50 ms], so polling
+/// adds at most about an eighth to a wait, and little load to Redis.
+fn poll_interval(waited: Duration) -> Duration {
+    (waited / 8).clamp(Duration::from_millis(2), Duration::from_millis(50))
+}
+
+impl Cache {
+    /// Get-or-load on a full key (the module docs give the semantics).
+    pub(crate) async fn load_through<T, E, F, Fut>(
+        &self,
+        key: String,
+        counters: &Arc<Counters>,
+        policy: &Policy,
+        keep: KeepFn<T>,
+        load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.read::<T>(&key, counters, true).await {
+            Read::Fresh(value, meta) => {
+                if let (Some(beta), Some(refresh)) = (policy.early_refresh, refresh)
+                    && early_refresh_due(&meta, beta, now_ms())
+                {
+                    self.refresh_in_background(key, counters, *policy, keep, refresh, true);
+                }
+                return Ok(value);
+            }
+            Read::Stale(value) => {
+                Counters::add(&counters.stale_served);
+                if let Some(refresh) = refresh {
+                    self.refresh_in_background(key, counters, *policy, keep, refresh, false);
+                }
+                return Ok(value);
+            }
+            Read::Miss => {}
+            // The backend is failing: go straight to the source, and do not
+            // make the caller wait out more timeouts on a write.
+            Read::Failed => return self.run_loader(counters, load).await.map(|(v, _)| v),
+        }
+        if !policy.lock {
+            let (value, took) = self.run_loader(counters, load).await?;
+            if let Some(ttl) = keep(&value, policy) {
+                self.write(&key, &value, ttl, policy.stale, took, counters)
+                    .await;
+            }
+            return Ok(value);
+        }
+        loop {
+            match self.flights().join_or_lead(self, &key) {
+                Role::Lead(guard) => {
+                    return self.lead(key, guard, counters, policy, keep, load).await;
+                }
+                Role::Wait(mut rx) => {
+                    Counters::add(&counters.coalesced);
+                    let landed = match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
+                        Ok(landed) => landed.clone(),
+                        Err(_) => Landed::Abandoned,
+                    };
+                    match landed {
+                        Landed::Value(any) => match any.downcast_ref::<T>() {
+                            Some(v) => return Ok(v.clone()),
+                            // Another call site shares this key with another type.
+                            None => return self.run_loader(counters, load).await.map(|(v, _)| v),
+                        },
+                        // The leader's error went to the leader; this caller
+                        // tries the source itself rather than fail unasked.
+                        Landed::Failed => {
+                            return self.run_loader(counters, load).await.map(|(v, _)| v);
+                        }
+                        Landed::Abandoned | Landed::Running => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The flight leader: take the lease (or wait for its holder's value),
+    /// load, write while the lease holds, and hand the value to the waiters.
+    async fn lead<T, E, F, Fut>(
+        &self,
+        key: String,
+        mut guard: FlightGuard,
+        counters: &Arc<Counters>,
+        policy: &Policy,
+        keep: KeepFn<T>,
+        load: F,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let token = fastrand::u64(1..);
+        let started = Instant::now();
+        let mut may_write = false;
+        loop {
+            let outcome = self
+                .backend()
+                .acquire_lease(&key, token, policy.lease, true, self.op_timeout())
+                .await;
+            match outcome {
+                Ok(LeaseOutcome::Acquired) => {
+                    guard.lease = Some(token);
+                    may_write = true;
+                    break;
+                }
+                Ok(LeaseOutcome::Held | LeaseOutcome::ValuePresent) => {}
+                Err(e) => {
+                    self.backend_failed(&key, "lease", &e, counters);
+                    break;
+                }
+            }
+            if started.elapsed() >= policy.wait {
+                Counters::add(&counters.wait_timeouts);
+                break;
+            }
+            tokio::time::sleep(poll_interval(started.elapsed())).await;
+            if let Read::Fresh(value, _) | Read::Stale(value) =
+                self.read::<T>(&key, counters, false).await
+            {
+                guard.land(Landed::Value(Arc::new(value.clone())));
+                return Ok(value);
+            }
+        }
+
+        let result = self.run_loader(counters, load).await;
+        match &result {
+            Ok((value, took)) => {
+                if may_write {
+                    match keep(value, policy) {
+                        Some(ttl) => {
+                            self.write_leased(
+                                &key,
+                                value,
+                                ttl,
+                                policy.stale,
+                                *took,
+                                token,
+                                counters,
+                            )
+                            .await;
+                        }
+                        None => self.release_lease(&key, token).await,
+                    }
+                    guard.lease.take();
+                }
+                guard.land(Landed::Value(Arc::new(value.clone())));
+            }
+            Err(_) => {
+                if may_write {
+                    self.release_lease(&key, token).await;
+                    guard.lease.take();
+                }
+                guard.land(Landed::Failed);
+            }
+        }
+        result.map(|(v, _)| v)
+    }
+
+    /// Refreshes `key` from a task of its own: one refresh per key in this
+    /// process (the flight) and across processes (the lease, taken even
+    /// though a value is present).
+    fn refresh_in_background<T: Cacheable>(
+        &self,
+        key: String,
+        counters: &Arc<Counters>,
+        policy: Policy,
+        keep: KeepFn<T>,
+        refresh: &(dyn Fn() -> Refresh<T> + Send + Sync),
+        early: bool,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut guard) = self.flights().try_lead(self, &key) else {
+            return;
+        };
+        let load = refresh();
+        let cache = self.clone();
+        let counters = Arc::clone(counters);
+        runtime.spawn(async move {
+            let token = fastrand::u64(1..);
+            let lease = cache
+                .backend()
+                .acquire_lease(&key, token, policy.lease, false, cache.op_timeout())
+                .await;
+            if !matches!(lease, Ok(LeaseOutcome::Acquired)) {
+                return; // another process refreshes it; the guard lands Abandoned
+            }
+            guard.lease = Some(token);
+            Counters::add(if early { &counters.early_refreshes } else { &counters.stale_refreshes });
+            let loaded = cache.run_loader(&counters, || async { load.await.ok_or(()) }).await;
+            match loaded {
+                Ok((value, took)) => {
+                    match keep(&value, &policy) {
+                        Some(ttl) => {
+                            cache
+                                .write_leased(&key, &value, ttl, policy.stale, took, token, &counters)
+                                .await;
+                        }
+                        None => cache.release_lease(&key, token).await,
+                    }
+                    guard.lease.take();
+                    guard.land(Landed::Value(Arc::new(value)));
+                }
+                Err(_) => {
+                    // Fail-safe: the old value stays until its stale window ends.
+                    cache.release_lease(&key, token).await;
+                    guard.lease.take();
+                    if let Some(held_back) = cache.warnings().allow(now_ms()) {
+                        tracing::warn!(cache_key = %key, held_back, "background refresh failed; serving the previous value");
+                    }
+                }
+            }
+        });
+    }
+
+    async fn run_loader<T, E, F, Fut>(
+        &self,
+        counters: &Counters,
+        load: F,
+    ) -> Result<(T, Duration), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        Counters::add(&counters.loads);
+        let started = Instant::now();
+        match load().await {
+            Ok(v) => Ok((v, started.elapsed())),
+            Err(e) => {
+                Counters::add(&counters.load_errors);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn release_lease(&self, key: &str, token: u64) {
+        if let Err(e) = self
+            .backend()
+            .release_lease(key, token, self.op_timeout())
+            .await
+        {
+            tracing::debug!(cache_key = %key, error = %e, "lease release failed; it expires on its own");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_interval_grows_with_the_wait_within_bounds() {
+        assert_eq!(poll_interval(Duration::ZERO), Duration::from_millis(2));
+        assert_eq!(
+            poll_interval(Duration::from_millis(80)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            poll_interval(Duration::from_secs(10)),
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn xfetch_is_never_due_far_from_expiry_and_always_due_past_it() {
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 20_000,
+            expires_ms: 1_000_000,
+            stale_until_ms: 1_000_000,
+        };
+        // 20 ms loads, 1000 s left: the chance is e^-(1000000/20), i.e. none.
+        assert!((0..10_000).all(|_| !early_refresh_due(&meta, 1.0, 0)));
+        assert!((0..100).all(|_| early_refresh_due(&meta, 1.0, 1_000_000)));
+    }
+
+    #[test]
+    fn xfetch_fires_more_often_closer_to_expiry() {
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 20_000,
+            expires_ms: 1_000,
+            stale_until_ms: 1_000,
+        };
+        let rate = |now| {
+            (0..20_000)
+                .filter(|_| early_refresh_due(&meta, 1.0, now))
+                .count()
+        };
+        let (far, near) = (rate(900), rate(990));
+        assert!(far < near, "{far} >= {near}");
+        // P(due) = exp(-gap/delta): 100 ms left of 20 ms loads ~ e^-5 ~ 0.7%.
+        assert!(far < 400, "{far}");
+    }
+}

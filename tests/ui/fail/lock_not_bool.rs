@@ -1,0 +1,21 @@
+#![allow(dead_code)]
+
+use cached_runtime::{cached, Cache};
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Placement {
+    id: u64,
+}
+
+struct Service {
+    cache: Cache,
+}
+
+impl Service {
+    #[cached(prefix = "placement", ttl = "5m", key = id, lock = "no")]
+    async fn get(&self, id: u64) -> Placement {
+        Placement { id }
+    }
+}
+
+fn main() {}

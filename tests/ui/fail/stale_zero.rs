@@ -1,0 +1,22 @@
+#![allow(dead_code)]
+
+use cached_runtime::{cached, Cache};
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Placement {
+    id: u64,
+}
+
+#[derive(Clone)]
+struct Service {
+    cache: Cache,
+}
+
+impl Service {
+    #[cached(prefix = "placement", ttl = "5m", key = id, stale = "0s")]
+    async fn get(&self, id: u64) -> Placement {
+        Placement { id }
+    }
+}
+
+fn main() {}
