@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("warning: Redis does not answer ({e}); every call will go to the loader");
         }
         // Start from a cold key so the first call is a miss on every run.
-        cache.delete("placement:42").await;
+        let _ = cache.invalidate("placement:42").await;
     }
     let service = PlacementService {
         cache,

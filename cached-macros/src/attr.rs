@@ -10,16 +10,52 @@ use syn::{Expr, Ident, LitStr, Token};
 use crate::duration::{self, Ttl};
 use crate::errors::Errors;
 
-/// The options `#[cached]` knows, in the order the docs list them.
-pub(crate) const CACHED_OPTIONS: &[&str] = &[
-    "prefix",
-    "ttl",
-    "key",
-    "cache",
-    "cache_none",
-    "name",
-    "crate",
-];
+/// Which attribute is being expanded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// `#[cached]`: cache-aside.
+    Cached,
+    /// `#[cache_put]`: write-through.
+    Put,
+    /// `#[cache_evict]`: invalidation.
+    Evict,
+}
+
+impl Kind {
+    /// The attribute's name, as users write it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Cached => "cached",
+            Kind::Put => "cache_put",
+            Kind::Evict => "cache_evict",
+        }
+    }
+
+    /// The options this attribute knows, in the order the docs list them.
+    pub(crate) fn options(self) -> &'static [&'static str] {
+        match self {
+            Kind::Cached => &[
+                "prefix",
+                "ttl",
+                "key",
+                "cache",
+                "cache_none",
+                "tags",
+                "name",
+                "lock",
+                "lease",
+                "wait",
+                "stale",
+                "early_refresh",
+                "crate",
+            ],
+            Kind::Put => &[
+                "prefix", "ttl", "key", "cache", "tags", "stale", "name", "crate",
+            ],
+            Kind::Evict => &["keys", "patterns", "prefixes", "tags", "cache", "crate"],
+        }
+    }
+}
 
 /// One `name = value` pair as written.
 pub(crate) struct RawArg {
@@ -61,9 +97,17 @@ pub(crate) enum KeySpec {
     Expr(Expr),
 }
 
-/// The validated options of `#[cached]`.
+/// The validated options of an attribute.
 #[derive(Default)]
-pub(crate) struct CachedArgs {
+pub(crate) struct Args {
+    /// `tags = [..]`: templates.
+    pub(crate) tags: Vec<LitStr>,
+    /// `keys = [..]` of `#[cache_evict]`: templates.
+    pub(crate) keys: Vec<LitStr>,
+    /// `patterns = [..]`: glob templates.
+    pub(crate) patterns: Vec<LitStr>,
+    /// `prefixes = [..]`: every key under each.
+    pub(crate) prefixes: Vec<LitStr>,
     pub(crate) prefix: Option<LitStr>,
     pub(crate) ttl: Option<Ttl>,
     pub(crate) key: Option<KeySpec>,
@@ -82,25 +126,44 @@ pub(crate) struct CachedArgs {
     pub(crate) seen: Vec<String>,
 }
 
-/// A slot that reports its own duplicates, so no option checks that by hand.
-fn set<T>(errors: &mut Errors, slot: &mut Option<T>, name: &Ident, value: T) {
-    if slot.is_some() {
-        errors.push(syn::Error::new(
-            name.span(),
-            format!("duplicate option `{name}`: give it once"),
-        ));
-    } else {
-        *slot = Some(value);
-    }
+/// Fills an option's slot; duplicates were reported when the pair was read.
+fn set<T>(_errors: &mut Errors, slot: &mut Option<T>, _name: &Ident, value: T) {
+    *slot = Some(value);
 }
 
-impl CachedArgs {
+impl Args {
     /// Reads every pair, collecting all errors instead of stopping at the first.
-    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
-        let mut args = CachedArgs::default();
+    pub(crate) fn from_raw(raw: RawArgs, kind: Kind, errors: &mut Errors) -> Args {
+        let mut args = Args::default();
         for RawArg { name, value } in raw.0 {
-            args.seen.push(name.to_string());
-            match name.to_string().as_str() {
+            let option = name.to_string();
+            if !kind.options().contains(&option.as_str()) {
+                errors.push(unknown_option(&name, &option, kind));
+                // "did you mean `ttl`?" is enough; do not also report `ttl`
+                // as missing.
+                if let Some(meant) = nearest(&option, kind.options()) {
+                    args.seen.push(meant.to_owned());
+                }
+                continue;
+            }
+            if args.seen.contains(&option) {
+                errors.push(syn::Error::new(
+                    name.span(),
+                    format!("duplicate option `{name}`: give it once"),
+                ));
+                continue;
+            }
+            args.seen.push(option.clone());
+            match option.as_str() {
+                "tags" | "keys" | "patterns" | "prefixes" => {
+                    let list = string_list(errors, &name, &value);
+                    match option.as_str() {
+                        "tags" => args.tags = list,
+                        "keys" => args.keys = list,
+                        "patterns" => args.patterns = list,
+                        _ => args.prefixes = list,
+                    }
+                }
                 "prefix" => {
                     if let Some(lit) = string_lit(errors, &name, &value) {
                         if let Some(why) = bad_prefix(&lit.value()) {
@@ -132,7 +195,7 @@ impl CachedArgs {
                 "cache" => set(errors, &mut args.cache, &name, value),
                 "lock" => match &value {
                     Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => {
-                        set(errors, &mut args.lock, &name, b.clone());
+                        args.lock = Some(b.clone());
                     }
                     other => errors.push(syn::Error::new_spanned(
                         other,
@@ -173,7 +236,7 @@ impl CachedArgs {
                         }
                     }
                 }
-                other => errors.push(unknown_option(&name, other, CACHED_OPTIONS)),
+                _ => unreachable!("every option of Kind::options is handled above"),
             }
         }
         args
@@ -214,6 +277,31 @@ fn parse_beta(errors: &mut Errors, value: &Expr) -> Option<(f64, proc_macro2::Sp
     }
 }
 
+/// `["a:{x}", "b"]`: a list of string literals.
+fn string_list(errors: &mut Errors, name: &Ident, value: &Expr) -> Vec<LitStr> {
+    let Expr::Array(array) = value else {
+        errors.push(syn::Error::new_spanned(
+            value,
+            format!("`{name}` takes a list of strings, e.g. `{name} = [\"video:{{video_id}}\"]`"),
+        ));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for elem in &array.elems {
+        match elem {
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => out.push(s.clone()),
+            other => errors.push(syn::Error::new_spanned(
+                other,
+                format!("`{name}` takes string literals only"),
+            )),
+        }
+    }
+    out
+}
+
 fn string_lit(errors: &mut Errors, name: &Ident, value: &Expr) -> Option<LitStr> {
     match value {
         Expr::Lit(syn::ExprLit {
@@ -245,7 +333,8 @@ fn bad_prefix(prefix: &str) -> Option<String> {
 }
 
 /// "unknown option `tll`; did you mean `ttl`?" with the valid list.
-pub(crate) fn unknown_option(name: &Ident, given: &str, valid: &[&str]) -> syn::Error {
+pub(crate) fn unknown_option(name: &Ident, given: &str, kind: Kind) -> syn::Error {
+    let valid = kind.options();
     let list = valid
         .iter()
         .map(|o| format!("`{o}`"))
@@ -256,7 +345,10 @@ pub(crate) fn unknown_option(name: &Ident, given: &str, valid: &[&str]) -> syn::
         .unwrap_or_default();
     syn::Error::new(
         name.span(),
-        format!("unknown option `{given}`{hint}\nexpected one of: {list}"),
+        format!(
+            "unknown option `{given}` for #[{}]{hint}\nexpected one of: {list}",
+            kind.name()
+        ),
     )
 }
 
@@ -284,10 +376,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// An error at the attribute itself, for options that are missing.
-pub(crate) fn missing(what: &str, example: &str) -> syn::Error {
+pub(crate) fn missing(kind: Kind, what: &str, example: &str) -> syn::Error {
     syn::Error::new(
         Span::call_site(),
-        format!("missing `{what}`: add `{example}` to #[cached(...)]"),
+        format!("missing {what}: add `{example}` to #[{}(...)]", kind.name()),
     )
 }
 
@@ -297,9 +389,11 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_option() {
-        assert_eq!(nearest("tll", CACHED_OPTIONS), Some("ttl"));
-        assert_eq!(nearest("prefx", CACHED_OPTIONS), Some("prefix"));
-        assert_eq!(nearest("cache_nones", CACHED_OPTIONS), Some("cache_none"));
-        assert_eq!(nearest("zzzzzzzz", CACHED_OPTIONS), None);
+        let options = Kind::Cached.options();
+        assert_eq!(nearest("tll", options), Some("ttl"));
+        assert_eq!(nearest("prefx", options), Some("prefix"));
+        assert_eq!(nearest("cache_nones", options), Some("cache_none"));
+        assert_eq!(nearest("zzzzzzzz", options), None);
+        assert_eq!(nearest("key", Kind::Evict.options()), Some("keys"));
     }
 }

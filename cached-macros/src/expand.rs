@@ -1,51 +1,72 @@
-//! Turns a checked `async fn` into a cache-aside wrapper plus its uncached
-//! twin. Nothing here parses again or reports user errors; `attr` and `func`
-//! have done that.
+//! Turns a checked `async fn` into its wrapper plus the uncached twin.
+//! Nothing here parses again or reports user errors; `attr`, `func` and the
+//! template checks have done that.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
-use syn::{FnArg, Ident, ItemFn, Pat};
+use syn::{FnArg, Ident, ItemFn, LitStr, Pat};
 
-use crate::attr::{CachedArgs, KeySpec};
+use crate::Templates;
+use crate::attr::{Args, KeySpec, Kind};
 use crate::func::{FnInfo, Shape};
 use crate::template::Piece;
 
 /// Everything the expansion needs, all checked.
 pub(crate) struct Plan {
+    pub(crate) kind: Kind,
     pub(crate) func: ItemFn,
     pub(crate) info: FnInfo,
-    pub(crate) args: CachedArgs,
-    /// The key template's pieces, when the key is a template.
-    pub(crate) template: Option<Vec<Piece>>,
+    pub(crate) args: Args,
+    pub(crate) templates: Templates,
 }
 
-// Input:
-//     #[cached(prefix = "placement", ttl = "5m", key = id)]
-//     pub async fn get(&self, id: u64) -> Result<Option<P>, E> { body }
-// Output:
-//     pub async fn get(&self, id: u64) -> Result<Option<P>, E> {
-//         check::cacheable::<P>();                       // spanned at `P`
-//         static SITE: Site = Site { name, prefix, ttl, none_ttl };
-//         let cache = as_cache(&self.cache);
-//         let key = key(cache, &SITE).part(&(id)).finish();
-//         cached_option(cache, &SITE, key, move || self.get_uncached(id)).await
-//     }
-//     /// (doc)
-//     pub async fn get_uncached(&self, id: u64) -> Result<Option<P>, E> { body }
+/// What every expansion shares: names, paths and the twin.
+struct Parts {
+    p: TokenStream,
+    krate: syn::Path,
+    call: TokenStream,
+    twin: TokenStream,
+    wrapper_attrs: Vec<syn::Attribute>,
+    wrapper_sig: syn::Signature,
+    vis: syn::Visibility,
+    cache_expr: TokenStream,
+}
+
 pub(crate) fn expand(plan: Plan) -> TokenStream {
+    let parts = parts(&plan);
+    let body = match plan.kind {
+        Kind::Cached => cached_body(&plan, &parts),
+        Kind::Put => put_body(&plan, &parts),
+        Kind::Evict => evict_body(&plan, &parts),
+    };
+    let Parts {
+        wrapper_attrs,
+        wrapper_sig,
+        vis,
+        twin,
+        ..
+    } = parts;
+    quote! {
+        #(#wrapper_attrs)*
+        #[allow(clippy::redundant_closure, clippy::used_underscore_binding)]
+        #vis #wrapper_sig {
+            #body
+        }
+
+        #twin
+    }
+}
+
+fn parts(plan: &Plan) -> Parts {
     let Plan {
-        func,
-        info,
-        args,
-        template,
+        func, info, args, ..
     } = plan;
     let krate = args
         .krate
         .clone()
         .unwrap_or_else(|| syn::parse_quote!(::cached_runtime));
     let p = quote!(#krate::__private);
-
     let ItemFn {
         attrs,
         vis,
@@ -55,6 +76,7 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
     let fn_name = &sig.ident;
     let twin_name = format_ident!("{}_uncached", fn_name);
 
+    // The twin: the original body under `{name}_uncached`.
     let mut twin_sig = sig.clone();
     twin_sig.ident = twin_name.clone();
     let twin_attrs = attrs.iter().filter(|a| !a.path().is_ident("doc"));
@@ -62,6 +84,18 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         " `{fn_name}` without the cache: runs the function body, neither reading nor writing the cache. \
          For callers that must see the source of truth."
     );
+    // A parameter the attribute uses (in a key, a template, `cache = conn`)
+    // is used, even if the body does not read it: keep the twin free of an
+    // unused-variable warning that the user did not cause.
+    let mut block = block.clone();
+    for ident in used_by_attribute(plan) {
+        block.stmts.insert(0, syn::parse_quote!(let _ = &#ident;));
+    }
+    let twin = quote! {
+        #[doc = #twin_doc]
+        #(#twin_attrs)*
+        #vis #twin_sig #block
+    };
 
     // The wrapper passes every argument on by value, so `mut` on a parameter
     // belongs to the twin's body only.
@@ -80,56 +114,238 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
     } else {
         quote!(#twin_name(#(#params),*))
     };
-
-    let value_ty = &info.value_ty;
-    let check = quote_spanned! {value_ty.span()=>
-        #p::check::cacheable::<#value_ty>();
+    // Bound with `let` first, so a temporary in the expression
+    // (`cache = self.cache()`) lives as long as the call.
+    let cache_expr = match &args.cache {
+        Some(e) => quote_spanned!(e.span()=> let __cached_cache_src = &(#e);),
+        None => quote_spanned!(fn_name.span()=> let __cached_cache_src = &self.cache;),
     };
+    Parts {
+        p,
+        krate,
+        call,
+        twin,
+        wrapper_attrs: attrs.clone(),
+        wrapper_sig,
+        vis: vis.clone(),
+        cache_expr,
+    }
+}
 
-    let prefix = args.prefix.as_ref().map(|l| l.value()).unwrap_or_default();
+/// The parameters the attribute itself reads: in key expressions, in
+/// templates, in `cache = ...`.
+fn used_by_attribute(plan: &Plan) -> Vec<Ident> {
+    struct Idents<'p>(&'p [Ident], Vec<Ident>);
+    impl<'ast> syn::visit::Visit<'ast> for Idents<'_> {
+        fn visit_ident(&mut self, i: &'ast Ident) {
+            if self.0.contains(i) && !self.1.contains(i) {
+                self.1.push(i.clone());
+            }
+        }
+    }
+    let params = &plan.info.params;
+    let mut found = Idents(params, Vec::new());
+    if let Some(KeySpec::Expr(e)) = &plan.args.key {
+        syn::visit::Visit::visit_expr(&mut found, e);
+    }
+    if let Some(e) = &plan.args.cache {
+        syn::visit::Visit::visit_expr(&mut found, e);
+    }
+    let t = &plan.templates;
+    let templates = t
+        .key
+        .iter()
+        .chain(&t.tags)
+        .chain(&t.keys)
+        .chain(&t.patterns)
+        .chain(&t.prefixes);
+    for (_, pieces) in templates {
+        for piece in pieces {
+            if let Piece::Param(name) = piece
+                && let Some(ident) = params.iter().find(|p| *p == name)
+                && !found.1.contains(ident)
+            {
+                found.1.push(ident.clone());
+            }
+        }
+    }
+    found.1
+}
+
+/// `static __CACHED_SITE: Site = ...;`
+fn site(args: &Args, p: &TokenStream) -> TokenStream {
+    let prefix = args.prefix.as_ref().map(LitStr::value).unwrap_or_default();
     let name = args
         .name
         .as_ref()
-        .map_or_else(|| prefix.clone(), |l| l.value());
-    let ttl_ms = args.ttl.as_ref().map_or(0, |t| t.millis);
-    let none_ttl = match &args.cache_none {
-        Some(t) => {
-            let ms = t.millis;
-            quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms)))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-
-    let duration = |t: &Option<crate::duration::Ttl>, default: TokenStream| match t {
+        .map_or_else(|| prefix.clone(), LitStr::value);
+    let ms = |t: &Option<crate::duration::Ttl>, default: TokenStream| match t {
         Some(t) => {
             let ms = t.millis;
             quote!(#p::Duration::from_millis(#ms))
         }
         None => default,
     };
+    let ttl = ms(&args.ttl, quote!(#p::Duration::ZERO));
+    let none_ttl = match &args.cache_none {
+        Some(_) => {
+            let d = ms(&args.cache_none, TokenStream::new());
+            quote!(::core::option::Option::Some(#d))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let lock = args.lock.as_ref().is_none_or(|l| l.value);
-    let lease = duration(
+    let lease = ms(
         &args.lease,
         quote!(#p::Policy::new(#p::Duration::ZERO).lease),
     );
-    let wait = duration(&args.wait, quote!(#p::Policy::new(#p::Duration::ZERO).wait));
-    let stale = duration(&args.stale, quote!(#p::Duration::ZERO));
-    let beta = args
-        .early_refresh
-        .as_ref()
-        .map(|(b, _)| *b)
-        .filter(|b| *b > 0.0);
-    let early_refresh = match beta {
+    let wait = ms(&args.wait, quote!(#p::Policy::new(#p::Duration::ZERO).wait));
+    let stale = ms(&args.stale, quote!(#p::Duration::ZERO));
+    let early_refresh = match beta(args) {
         Some(b) => quote!(::core::option::Option::Some(#b)),
         None => quote!(::core::option::Option::None),
     };
+    quote! {
+        static __CACHED_SITE: #p::Site = #p::Site {
+            name: #name,
+            prefix: #prefix,
+            policy: #p::Policy {
+                ttl: #ttl,
+                none_ttl: #none_ttl,
+                lock: #lock,
+                lease: #lease,
+                wait: #wait,
+                stale: #stale,
+                early_refresh: #early_refresh,
+            },
+        };
+    }
+}
 
-    let cache_expr = match &args.cache {
-        Some(e) => quote_spanned!(e.span()=> #p::as_cache(&(#e))),
-        None => quote_spanned!(fn_name.span()=> #p::as_cache(&self.cache)),
+fn beta(args: &Args) -> Option<f64> {
+    args.early_refresh
+        .as_ref()
+        .map(|(b, _)| *b)
+        .filter(|b| *b > 0.0)
+}
+
+/// `let __cached_key = ...;` for `#[cached]` and `#[cache_put]`.
+fn key(plan: &Plan, p: &TokenStream) -> TokenStream {
+    let (prelude, chain) = match (&plan.args.key, &plan.templates.key) {
+        (Some(KeySpec::Template(_)), Some((lit, pieces))) => {
+            (TokenStream::new(), chain(lit, pieces))
+        }
+        (Some(KeySpec::Expr(e)), _) => {
+            // A tuple is taken apart, each element borrowed: `(id, lang)` as
+            // a value would move `lang` before the function gets it. It
+            // makes the same key a tuple part would (`id:lang`).
+            let elems: Vec<&syn::Expr> = match e {
+                syn::Expr::Tuple(t) if !t.elems.is_empty() => t.elems.iter().collect(),
+                other => vec![other],
+            };
+            // Each part is bound to a local first, so temporaries in it
+            // (`hashed(&q)`) live until the key is finished; the local is
+            // named with the element's span, so a part that is not a
+            // `KeyPart` is reported at the user's expression.
+            let names: Vec<Ident> = elems
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Ident::new(&format!("__cached_part{i}"), e.span()))
+                .collect();
+            let bind = elems.iter().zip(&names).map(|(e, name)| {
+                quote_spanned! {e.span()=>
+                    let #name = &(#e);
+                    #p::check::key_part(#name);
+                }
+            });
+            (quote!(#(#bind)*), quote!(#(.part(#names))*))
+        }
+        _ => {
+            let chain = plan
+                .info
+                .params
+                .iter()
+                .map(|ident| quote_spanned!(ident.span()=> .part(&#ident)));
+            (TokenStream::new(), chain.collect())
+        }
     };
+    quote! {
+        let __cached_key = {
+            #[allow(unused_imports)]
+            use #p::hashed;
+            #prelude
+            #p::key(__cached_cache, &__CACHED_SITE) #chain .finish()
+        };
+    }
+}
 
-    let (key_prelude, parts) = key_parts(&args, &info, template.as_deref(), &p);
+/// The `.literal(..)` / `.part(..)` chain of a checked template.
+fn chain(lit: &LitStr, pieces: &[Piece]) -> TokenStream {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Literal(text) => quote!(.literal(#text)),
+            Piece::Param(name) => {
+                let ident = Ident::new(name, lit.span());
+                quote_spanned!(lit.span()=> .part(&#ident))
+            }
+        })
+        .collect()
+}
+
+/// `[String; N]` of full keys from templates, each started by `start`.
+fn full_keys(list: &[(LitStr, Vec<Piece>)], start: &TokenStream, suffix: &str) -> TokenStream {
+    let items = list.iter().map(|(lit, pieces)| {
+        let chain = chain(lit, pieces);
+        let suffix = (!suffix.is_empty()).then(|| quote!(.literal(#suffix)));
+        quote!(#start #chain #suffix .finish())
+    });
+    quote!([#(#items),*])
+}
+
+/// The value type check, spanned at the user's type.
+fn value_check(info: &FnInfo, p: &TokenStream) -> TokenStream {
+    let value_ty = &info.value_ty;
+    quote_spanned! {value_ty.span()=>
+        #p::check::cacheable::<#value_ty>();
+    }
+}
+
+// Input:
+//     #[cached(prefix = "placement", ttl = "5m", key = id)]
+//     pub async fn get(&self, id: u64) -> Result<Option<P>, E> { body }
+// Output:
+//     pub async fn get(&self, id: u64) -> Result<Option<P>, E> {
+//         check::cacheable::<P>();                       // spanned at `P`
+//         static __CACHED_SITE: Site = Site { name, prefix, policy };
+//         let __cached_cache = as_cache(&self.cache);
+//         let __cached_key = key(cache, &SITE).part(&(id)).finish();
+//         let __cached_tags = [/* tag templates */];
+//         (&&Runner::<P>::NEW).cached_option(cache, &SITE, key,
+//             move || self.get_uncached(id), None, __cached_tags).await
+//     }
+//     /// (doc)
+//     pub async fn get_uncached(&self, id: u64) -> Result<Option<P>, E> { body }
+fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
+    let Plan {
+        info,
+        args,
+        templates,
+        ..
+    } = plan;
+    let Parts {
+        p,
+        krate,
+        call,
+        cache_expr,
+        ..
+    } = parts;
+    let params = &info.params;
+    let value_ty = &info.value_ty;
+    let check = value_check(info, p);
+    let site = site(args, p);
+    let key = key(plan, p);
+    let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
 
     let (runner, lifted) = match info.shape {
         Shape::Plain => (quote!(cached), true),
@@ -137,10 +353,12 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         Shape::Result => (quote!(cached), false),
         Shape::ResultOption => (quote!(cached_option), false),
     };
+
     // With a stale window or early refresh, a load may run after the caller
     // has returned, so it needs its own copies of `self` and the arguments.
-    let background = args.stale.is_some() || beta.is_some();
+    let background = args.stale.is_some() || beta(args).is_some();
     let (loader, refresh, refresh_checks) = if background {
+        let twin_name = format_ident!("{}_uncached", plan.func.sig.ident);
         let cloned = params
             .iter()
             .map(|p| quote!(::core::clone::Clone::clone(&#p)));
@@ -159,7 +377,7 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
             .as_ref()
             .map(|t| t.span)
             .or(args.early_refresh.as_ref().map(|(_, s)| *s))
-            .unwrap_or_else(proc_macro2::Span::call_site);
+            .unwrap_or_else(Span::call_site);
         // Spanned like the check below, so a service that is not `Clone`
         // gets one worded error rather than two.
         let (this, bg_call) = if info.has_self {
@@ -203,6 +421,7 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
             TokenStream::new(),
         )
     };
+
     // `(&&Runner).cached(..)` resolves to the caching impl when the value
     // type is cacheable, and to a plain call otherwise; the spanned check
     // above is then the one error the user sees, not a wall of bounds.
@@ -210,7 +429,7 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         #[allow(unused_imports)]
         use #p::{CacheRun as _, PlainRun as _};
         (&&#p::Runner::<#value_ty>::NEW)
-            .#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh)
+            .#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, __cached_tags)
             .await
     }};
     let result = if lifted {
@@ -218,105 +437,140 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
     } else {
         invoke
     };
-
-    // `cache = conn` names a parameter the body itself may not use: keep the
-    // twin free of an unused-variable warning that the user did not cause.
-    let mut block = block;
-    if let Some(syn::Expr::Path(path)) = &args.cache
-        && let Some(ident) = path.path.get_ident()
-        && params.contains(ident)
-    {
-        block.stmts.insert(0, syn::parse_quote!(let _ = &#ident;));
-    }
-
     quote! {
-        #(#attrs)*
-        #[allow(clippy::redundant_closure, clippy::used_underscore_binding)]
-        #vis #wrapper_sig {
-            #check
-            #refresh_checks
-            static __CACHED_SITE: #p::Site = #p::Site {
-                name: #name,
-                prefix: #prefix,
-                policy: #p::Policy {
-                    ttl: #p::Duration::from_millis(#ttl_ms),
-                    none_ttl: #none_ttl,
-                    lock: #lock,
-                    lease: #lease,
-                    wait: #wait,
-                    stale: #stale,
-                    early_refresh: #early_refresh,
-                },
-            };
-            let __cached_cache: &#krate::Cache = #cache_expr;
-            let __cached_key = {
-                #[allow(unused_imports)]
-                use #p::hashed;
-                #key_prelude
-                #p::key(__cached_cache, &__CACHED_SITE) #parts .finish()
-            };
-            #result
-        }
-
-        #[doc = #twin_doc]
-        #(#twin_attrs)*
-        #vis #twin_sig #block
+        #check
+        #refresh_checks
+        #site
+        #cache_expr
+        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        #key
+        let __cached_tags: &[::std::string::String] = &#tags;
+        #result
     }
 }
 
-/// The `.part(..)` / `.literal(..)` chain of the key, and statements to run
-/// before it.
-fn key_parts(
-    args: &CachedArgs,
-    info: &FnInfo,
-    template: Option<&[Piece]>,
-    p: &TokenStream,
-) -> (TokenStream, TokenStream) {
-    match (&args.key, template) {
-        (Some(KeySpec::Template(lit)), Some(pieces)) => {
-            let chain = pieces
-                .iter()
-                .map(|piece| match piece {
-                    Piece::Literal(text) => quote!(.literal(#text)),
-                    Piece::Param(name) => {
-                        let ident = Ident::new(name, lit.span());
-                        quote_spanned!(lit.span()=> .part(&#ident))
-                    }
-                })
-                .collect();
-            (TokenStream::new(), chain)
+// Input:
+//     #[cache_put(prefix = "placement", ttl = "5m", key = id)]
+//     async fn update(&self, id: u64, data: D) -> Result<P, E> { body }
+// Output:
+//     async fn update(&self, id: u64, data: D) -> Result<P, E> {
+//         (checks, site, cache, key and tags as for #[cached])
+//         let __cached_result = self.update_uncached(id, data).await;
+//         if let Ok(v) = &__cached_result { (&&Runner::<P>::NEW).put(.., Some(v), ..).await }
+//         __cached_result
+//     }
+fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
+    let Plan {
+        info,
+        args,
+        templates,
+        ..
+    } = plan;
+    let Parts {
+        p,
+        krate,
+        call,
+        cache_expr,
+        ..
+    } = parts;
+    let value_ty = &info.value_ty;
+    let check = value_check(info, p);
+    let site = site(args, p);
+    let key = key(plan, p);
+    let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
+    let put = |value: TokenStream| {
+        quote! {{
+            #[allow(unused_imports)]
+            use #p::{CachePut as _, PlainPut as _};
+            (&&#p::Runner::<#value_ty>::NEW)
+                .put(__cached_cache, &__CACHED_SITE, __cached_key, #value, __cached_tags)
+                .await;
+        }}
+    };
+    let (some, none) = (
+        put(quote!(::core::option::Option::Some(__cached_value))),
+        put(quote!(::core::option::Option::None)),
+    );
+    let store = match info.shape {
+        Shape::Plain => quote!({ let __cached_value = &__cached_result; #some }),
+        Shape::Option => quote! {
+            match &__cached_result {
+                ::core::option::Option::Some(__cached_value) => #some,
+                ::core::option::Option::None => #none,
+            }
+        },
+        Shape::Result => quote! {
+            if let ::core::result::Result::Ok(__cached_value) = &__cached_result #some
+        },
+        Shape::ResultOption => quote! {
+            match &__cached_result {
+                ::core::result::Result::Ok(::core::option::Option::Some(__cached_value)) => #some,
+                ::core::result::Result::Ok(::core::option::Option::None) => #none,
+                ::core::result::Result::Err(_) => {}
+            }
+        },
+    };
+    quote! {
+        #check
+        #site
+        #cache_expr
+        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        #key
+        let __cached_tags: &[::std::string::String] = &#tags;
+        let __cached_result = #call.await;
+        #store
+        __cached_result
+    }
+}
+
+// Input:
+//     #[cache_evict(keys = ["placement:{id}"], patterns = ["video:{vid}:*"])]
+//     async fn delete(&self, id: u64, vid: u64) -> Result<(), E> { body }
+// Output:
+//     async fn delete(&self, id: u64, vid: u64) -> Result<(), E> {
+//         let __cached_cache = as_cache(&self.cache);
+//         let keys = [template(cache).literal("placement:").part(&id).finish()];
+//         let patterns = [...]; let tags = [...];
+//         let __cached_result = self.delete_uncached(id, vid).await;
+//         if __cached_result.is_ok() { evict(cache, &keys, &patterns, &tags).await }
+//         __cached_result
+//     }
+fn evict_body(plan: &Plan, parts: &Parts) -> TokenStream {
+    let Plan {
+        info, templates, ..
+    } = plan;
+    let Parts {
+        p,
+        krate,
+        call,
+        cache_expr,
+        ..
+    } = parts;
+    let start = quote!(#p::template(__cached_cache));
+    let keys = full_keys(&templates.keys, &start, "");
+    let mut patterns: Vec<(LitStr, Vec<Piece>)> = templates.patterns.clone();
+    // A prefix is the pattern `{prefix}:*`.
+    patterns.extend(templates.prefixes.iter().map(|(lit, pieces)| {
+        let mut pieces = pieces.clone();
+        pieces.push(Piece::Literal(":*".into()));
+        (lit.clone(), pieces)
+    }));
+    let patterns = full_keys(&patterns, &quote!(#p::pattern(__cached_cache)), "");
+    let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
+    let succeeded = match info.shape {
+        Shape::Result | Shape::ResultOption => quote!(__cached_result.is_ok()),
+        Shape::Plain | Shape::Option => quote!(true),
+    };
+    quote! {
+        #cache_expr
+        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        let __cached_keys: &[::std::string::String] = &#keys;
+        let __cached_patterns: &[::std::string::String] = &#patterns;
+        let __cached_tags: &[::std::string::String] = &#tags;
+        let __cached_result = #call.await;
+        if #succeeded {
+            #p::evict(__cached_cache, __cached_keys, __cached_patterns, __cached_tags).await;
         }
-        (Some(KeySpec::Expr(e)), _) => {
-            // A tuple is taken apart, each element borrowed: `(id, lang)` as
-            // a value would move `lang` before the function gets it. It
-            // makes the same key a tuple part would (`id:lang`).
-            let elems: Vec<&syn::Expr> = match e {
-                syn::Expr::Tuple(t) if !t.elems.is_empty() => t.elems.iter().collect(),
-                other => vec![other],
-            };
-            // Each part is bound to a local first, so temporaries in it
-            // (`hashed(&q)`) live until the key is finished.
-            // Named with the element's span, so a part that is not a `KeyPart`
-            // is reported at the user's expression.
-            let names: Vec<Ident> = elems
-                .iter()
-                .enumerate()
-                .map(|(i, e)| Ident::new(&format!("__cached_part{i}"), e.span()))
-                .collect();
-            let bind = elems.iter().zip(&names).map(|(e, name)| {
-                quote_spanned! {e.span()=>
-                    let #name = &(#e);
-                    #p::check::key_part(#name);
-                }
-            });
-            (quote!(#(#bind)*), quote!(#(.part(#names))*))
-        }
-        _ => {
-            let chain = info
-                .params
-                .iter()
-                .map(|ident| quote_spanned!(ident.span()=> .part(&#ident)));
-            (TokenStream::new(), chain.collect())
-        }
+        __cached_result
     }
 }

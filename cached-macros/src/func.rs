@@ -5,6 +5,7 @@ use proc_macro2::Span;
 use syn::spanned::Spanned as _;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
+use crate::attr::Kind;
 use crate::errors::Errors;
 
 /// How the return type maps onto what is cached.
@@ -32,14 +33,18 @@ pub(crate) struct FnInfo {
 }
 
 /// Checks `f` and describes it; every problem goes to `errors`.
-pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
+/// For `#[cached]` and `#[cache_put]` the result is stored, which rules out
+/// `()` and borrowed return types.
+pub(crate) fn analyse(f: &ItemFn, kind: Kind, errors: &mut Errors) -> Option<FnInfo> {
+    let stores = kind != Kind::Evict;
+    let attr = kind.name();
     let sig = &f.sig;
     let before = errors.len();
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(
             sig.fn_token.span,
             format!(
-                "#[cached] works on `async fn` only; `{}` is not async",
+                "#[{attr}] works on `async fn` only; `{}` is not async",
                 sig.ident
             ),
         ));
@@ -47,13 +52,13 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
     if let Some(abi) = &sig.abi {
         errors.push(syn::Error::new_spanned(
             abi,
-            "#[cached] does not support `extern` functions",
+            format!("#[{attr}] does not support `extern` functions"),
         ));
     }
     if let Some(v) = &sig.variadic {
         errors.push(syn::Error::new_spanned(
             v,
-            "#[cached] does not support variadic functions",
+            format!("#[{attr}] does not support variadic functions"),
         ));
     }
     for param in &sig.generics.params {
@@ -61,8 +66,10 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
             syn::GenericParam::Lifetime(_) => {}
             other => errors.push(syn::Error::new_spanned(
                 other,
-                "#[cached] does not support generic functions: the key and the stored type must be \
-                 known at compile time; cache a non-generic function that calls this one",
+                format!(
+                    "#[{attr}] does not support generic functions: the key and the stored type must be \
+                     known at compile time; cache a non-generic function that calls this one"
+                ),
             )),
         }
     }
@@ -75,8 +82,10 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
                 if r.reference.is_none() || r.mutability.is_some() || r.colon_token.is_some() {
                     errors.push(syn::Error::new_spanned(
                         r,
-                        "#[cached] methods must take `&self`: the cache is shared, so the method must be \
-                         callable through a shared reference",
+                        format!(
+                            "#[{attr}] methods must take `&self`: the cache is shared, so the method must be \
+                             callable through a shared reference"
+                        ),
                     ));
                 }
                 has_self = true;
@@ -85,8 +94,10 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
                 if let Type::ImplTrait(it) = &*pt.ty {
                     errors.push(syn::Error::new_spanned(
                         it,
-                        "#[cached] does not support `impl Trait` parameters (they make the function generic); \
-                         take a concrete type",
+                        format!(
+                            "#[{attr}] does not support `impl Trait` parameters (they make the function \
+                             generic); take a concrete type"
+                        ),
                     ));
                 }
                 match &*pt.pat {
@@ -95,8 +106,10 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
                     }
                     other => errors.push(syn::Error::new_spanned(
                         other,
-                        "#[cached] needs every parameter to be a plain name (`id: u64`), \
-                         so it can be used in the key and passed to the function",
+                        format!(
+                            "#[{attr}] needs every parameter to be a plain name (`id: u64`), \
+                             so it can be used in the key and passed to the function"
+                        ),
                     )),
                 }
             }
@@ -104,10 +117,11 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
     }
 
     let ret = match &sig.output {
+        ReturnType::Default if !stores => None,
         ReturnType::Default => {
             errors.push(syn::Error::new(
                 sig.paren_token.span.close(),
-                "#[cached] needs a return value to cache; this function returns `()`",
+                format!("#[{attr}] needs a return value to cache; this function returns `()`"),
             ));
             None
         }
@@ -117,7 +131,10 @@ pub(crate) fn analyse(f: &ItemFn, errors: &mut Errors) -> Option<FnInfo> {
         Some(ty) => classify(ty),
         None => (Shape::Plain, syn::parse_quote!(())),
     };
-    if let Some(why) = not_storable(&value_ty) {
+    if stores
+        && ret.is_some()
+        && let Some(why) = not_storable(&value_ty, attr)
+    {
         errors.push(syn::Error::new(value_ty.span(), why));
     }
     (errors.len() == before).then_some(FnInfo {
@@ -162,7 +179,7 @@ fn generic_arg<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
 }
 
 /// Types that can never be stored, with the reason in words.
-fn not_storable(ty: &Type) -> Option<String> {
+fn not_storable(ty: &Type, attr: &str) -> Option<String> {
     match ty {
         Type::Reference(r) => {
             let lifetime = r
@@ -173,18 +190,18 @@ fn not_storable(ty: &Type) -> Option<String> {
             let mutability = if r.mutability.is_some() { "mut " } else { "" };
             let elem = quote::ToTokens::to_token_stream(&r.elem);
             Some(format!(
-                "#[cached] cannot cache a borrowed value `&{lifetime}{mutability}{elem}`: a cached value \
+                "#[{attr}] cannot cache a borrowed value `&{lifetime}{mutability}{elem}`: a cached value \
                  outlives the call, so return an owned type (e.g. `String` for `&str`, `Vec<T>` for `&[T]`)"
             ))
         }
-        Type::ImplTrait(_) => Some(
-            "#[cached] cannot cache an `impl Trait` return type: name the concrete type".into(),
-        ),
-        Type::Tuple(t) if t.elems.is_empty() => {
-            Some("#[cached] needs a return value to cache; this function returns `()`".into())
-        }
-        Type::Paren(p) => not_storable(&p.elem),
-        Type::Group(g) => not_storable(&g.elem),
+        Type::ImplTrait(_) => Some(format!(
+            "#[{attr}] cannot cache an `impl Trait` return type: name the concrete type"
+        )),
+        Type::Tuple(t) if t.elems.is_empty() => Some(format!(
+            "#[{attr}] needs a return value to cache; this function returns `()`"
+        )),
+        Type::Paren(p) => not_storable(&p.elem, attr),
+        Type::Group(g) => not_storable(&g.elem, attr),
         _ => None,
     }
 }

@@ -1,9 +1,10 @@
-//! The `#[cached]` attribute. Depend on `cached-runtime`, which re-exports it
-//! and provides everything the expansion calls.
+//! The `#[cached]`, `#[cache_put]` and `#[cache_evict]` attributes. Depend on
+//! `cached-runtime`, which re-exports them and provides everything the
+//! expansions call.
 //!
-//! The crate is split by phase: [`attr`] parses the options, [`func`] checks
-//! the function, [`template`] reads key templates, and [`expand`] generates
-//! code. Errors from every phase are collected and reported together.
+//! The crate is split by phase: `attr` parses the options, `func` checks the
+//! function, `template` reads key templates, and `expand` generates code.
+//! Errors from every phase are collected and reported together.
 
 mod attr;
 mod duration;
@@ -15,7 +16,7 @@ mod template;
 use proc_macro::TokenStream;
 use quote::ToTokens as _;
 
-use crate::attr::{CachedArgs, KeySpec, RawArgs, missing};
+use crate::attr::{Args, KeySpec, Kind, RawArgs, missing};
 use crate::errors::Errors;
 use crate::func::Shape;
 
@@ -55,10 +56,56 @@ use crate::func::Shape;
 /// unreadable entry is a miss, and the function body runs.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    cached_impl(args.into(), item.into()).into()
+    run(Kind::Cached, args.into(), item.into()).into()
 }
 
-fn cached_impl(
+/// Write-through: runs the function, then stores its result under the key.
+///
+/// ```ignore
+/// #[cache_put(prefix = "placement", ttl = "5m", key = placement_id)]
+/// async fn update(&self, placement_id: Uuid, data: PlacementUpdate) -> Result<Placement, DbError> { … }
+/// ```
+///
+/// An `Ok`, `Some` or plain result is stored under `{namespace}:{prefix}:{key}`
+/// exactly as `#[cached]` with the same `prefix` and `key` would store it
+/// (a `Placement` written here is a hit for a `#[cached]` function returning
+/// `Option<Placement>`), and any lease on the key is destroyed, so a load
+/// that read the old row cannot write it back afterwards. `None` invalidates
+/// the key; an `Err` changes nothing.
+///
+/// Options: `prefix`, `ttl`, `key`, `cache`, `tags`, `stale`, `name`,
+/// `crate`, as for [`cached`].
+#[proc_macro_attribute]
+pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Put, args.into(), item.into()).into()
+}
+
+/// Invalidation: runs the function, then, if it succeeded, removes entries.
+///
+/// ```ignore
+/// #[cache_evict(keys = ["placement:{placement_id}", "video:{video_id}:placements"])]
+/// async fn delete(&self, placement_id: Uuid, video_id: Uuid) -> Result<(), DbError> { … }
+/// ```
+///
+/// | option | removes |
+/// | --- | --- |
+/// | `keys = ["placement:{id}"]` | those keys (relative to the namespace), and their leases |
+/// | `patterns = ["video:{video_id}:*"]` | every key matching the glob (SCAN + UNLINK in batches on Redis); parameter values are escaped, so they match only themselves |
+/// | `prefixes = ["placements"]` | every key of a `#[cached]` prefix |
+/// | `tags = ["video:{video_id}"]` | every entry cached with that tag |
+/// | `cache = <expr>`, `crate = "…"` | as for [`cached`] |
+///
+/// Placeholders must name parameters (checked at compile time). For a
+/// `Result` the entries are removed only after `Ok`; the removal destroys
+/// leases, so loads in flight cannot store what they read before the change.
+/// A failed removal is logged and counted, and the result is returned as is.
+#[proc_macro_attribute]
+pub fn cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Evict, args.into(), item.into()).into()
+}
+
+fn run(
+    kind: Kind,
     args: proc_macro2::TokenStream,
     item: proc_macro2::TokenStream,
 ) -> proc_macro2::TokenStream {
@@ -75,7 +122,10 @@ fn cached_impl(
         Err(_) => {
             let e = syn::Error::new(
                 proc_macro2::Span::call_site(),
-                "#[cached] goes on an `async fn` (a free function or a method taking `&self`)",
+                format!(
+                    "#[{}] goes on an `async fn` (a free function or a method taking `&self`)",
+                    kind.name()
+                ),
             );
             let mut out = e.to_compile_error();
             out.extend(item);
@@ -85,21 +135,37 @@ fn cached_impl(
 
     let args = match raw {
         Some(raw) => {
-            let args = CachedArgs::from_raw(raw, &mut errors);
+            let args = Args::from_raw(raw, kind, &mut errors);
             let seen = |o: &str| args.seen.iter().any(|s| s == o);
-            if !seen("prefix") {
-                errors.push(missing("prefix", "prefix = \"...\""));
-            }
-            if !seen("ttl") {
-                errors.push(missing("ttl", "ttl = \"5m\""));
+            match kind {
+                Kind::Cached | Kind::Put => {
+                    if !seen("prefix") {
+                        errors.push(missing(kind, "`prefix`", "prefix = \"...\""));
+                    }
+                    if !seen("ttl") {
+                        errors.push(missing(kind, "`ttl`", "ttl = \"5m\""));
+                    }
+                }
+                Kind::Evict => {
+                    if !["keys", "patterns", "prefixes", "tags"]
+                        .iter()
+                        .any(|o| seen(o))
+                    {
+                        errors.push(missing(
+                            kind,
+                            "what to evict",
+                            "keys = [\"placement:{placement_id}\"]",
+                        ));
+                    }
+                }
             }
             args
         }
-        None => CachedArgs::default(),
+        None => Args::default(),
     };
-    let info = func::analyse(&func, &mut errors);
+    let info = func::analyse(&func, kind, &mut errors);
 
-    let mut template = None;
+    let mut templates = Templates::default();
     if let Some(info) = &info {
         if let Some(none) = &args.cache_none
             && matches!(info.shape, Shape::Plain | Shape::Result)
@@ -107,7 +173,7 @@ fn cached_impl(
             errors.push(syn::Error::new(
                 none.span,
                 "`cache_none` is for functions that return `Option<T>` or `Result<Option<T>, E>`; \
-                     this one never returns `None`",
+                 this one never returns `None`",
             ));
         }
         if args.lock.as_ref().is_some_and(|l| !l.value) {
@@ -120,7 +186,9 @@ fn cached_impl(
                 }
             }
         }
-        if args.stale.is_some() || args.early_refresh.as_ref().is_some_and(|(b, _)| *b > 0.0) {
+        if kind == Kind::Cached
+            && (args.stale.is_some() || args.early_refresh.as_ref().is_some_and(|(b, _)| *b > 0.0))
+        {
             for arg in &func.sig.inputs {
                 if let syn::FnArg::Typed(pt) = arg
                     && borrows(&pt.ty)
@@ -137,56 +205,83 @@ fn cached_impl(
             errors.push(syn::Error::new(
                 func::name_span(&func),
                 format!(
-                    "#[cached] on a free function needs `cache = <expr>`: `{}` has no `self.cache` \
+                    "#[{}] on a free function needs `cache = <expr>`: `{}` has no `self.cache` \
                      (e.g. `cache = CACHE` with `static CACHE: LazyLock<Cache>`)",
+                    kind.name(),
                     func.sig.ident
                 ),
             ));
         }
+        let mut check = |lit: &syn::LitStr| check_template(lit, info, &func.sig.ident, &mut errors);
         if let Some(KeySpec::Template(lit)) = &args.key {
-            match template::parse(lit) {
-                Ok(pieces) => {
-                    for piece in &pieces {
-                        if let template::Piece::Param(name) = piece
-                            && !info.params.iter().any(|p| p == name)
-                        {
-                            let list = info
-                                .params
-                                .iter()
-                                .map(|p| format!("`{p}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ");
-                            let list = if list.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                list
-                            };
-                            errors.push(syn::Error::new(
-                                    lit.span(),
-                                    format!(
-                                        "key template names `{{{name}}}`, which is not a parameter of `{}`; \
-                                         parameters: {list}",
-                                        func.sig.ident
-                                    ),
-                                ));
-                        }
-                    }
-                    template = Some(pieces);
-                }
-                Err(e) => errors.push(e),
-            }
+            templates.key = check(lit);
         }
+        templates.tags = args.tags.iter().filter_map(&mut check).collect();
+        templates.keys = args.keys.iter().filter_map(&mut check).collect();
+        templates.patterns = args.patterns.iter().filter_map(&mut check).collect();
+        templates.prefixes = args.prefixes.iter().filter_map(&mut check).collect();
     }
 
     match (errors.combined(), info) {
         (None, Some(info)) => expand::expand(expand::Plan {
+            kind,
             func,
             info,
             args,
-            template,
+            templates,
         }),
         (err, _) => with_errors(func, err),
     }
+}
+
+/// Parses a template and checks its placeholders against the parameters.
+fn check_template(
+    lit: &syn::LitStr,
+    info: &func::FnInfo,
+    fn_name: &syn::Ident,
+    errors: &mut Errors,
+) -> Option<(syn::LitStr, Vec<template::Piece>)> {
+    let pieces = match template::parse(lit) {
+        Ok(pieces) => pieces,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let mut ok = true;
+    for piece in &pieces {
+        if let template::Piece::Param(name) = piece
+            && !info.params.iter().any(|p| p == name)
+        {
+            let list = info
+                .params
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let list = if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list
+            };
+            errors.push(syn::Error::new(
+                lit.span(),
+                format!("template names `{{{name}}}`, which is not a parameter of `{fn_name}`; parameters: {list}"),
+            ));
+            ok = false;
+        }
+    }
+    ok.then(|| (lit.clone(), pieces))
+}
+
+/// Every checked template of an attribute, with the literal it came from.
+#[derive(Default)]
+pub(crate) struct Templates {
+    pub(crate) key: Option<(syn::LitStr, Vec<template::Piece>)>,
+    pub(crate) tags: Vec<(syn::LitStr, Vec<template::Piece>)>,
+    pub(crate) keys: Vec<(syn::LitStr, Vec<template::Piece>)>,
+    pub(crate) patterns: Vec<(syn::LitStr, Vec<template::Piece>)>,
+    pub(crate) prefixes: Vec<(syn::LitStr, Vec<template::Piece>)>,
 }
 
 /// Whether a type holds a borrow (a reference or a named lifetime).

@@ -4,7 +4,7 @@
 use syn::LitStr;
 
 /// One piece of a template.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Piece {
     /// Text written as is.
     Literal(String),

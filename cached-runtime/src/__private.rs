@@ -9,6 +9,8 @@ pub use std::time::Duration;
 pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
+use crate::cache::Keep;
+use crate::load::{Call, option_from_item, option_item, plain_from_item, plain_item};
 pub use crate::load::{Policy, Refresh, keep_option, keep_value};
 
 /// Everything a call site knows at compile time.
@@ -48,6 +50,7 @@ pub trait CacheRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        tags: &[String],
     ) -> impl Future<Output = Result<T, E>>
     where
         F: FnOnce() -> Fut,
@@ -62,10 +65,100 @@ pub trait CacheRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
+        tags: &[String],
     ) -> impl Future<Output = Result<Option<T>, E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>;
+}
+
+/// Write-through for `#[cache_put]`, on the same dispatch as [`CacheRun`].
+pub trait CachePut<T> {
+    /// Stores `value` under `key` and destroys any lease on it; `None`
+    /// invalidates the key instead (the thing is gone).
+    fn put(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        value: Option<&T>,
+        tags: &[String],
+    ) -> impl Future<Output = ()>;
+}
+
+impl<T: Cacheable> CachePut<T> for &Runner<T> {
+    async fn put(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        value: Option<&T>,
+        tags: &[String],
+    ) {
+        match value {
+            Some(value) => {
+                let counters = cache.counters(site.name);
+                let keep = Keep {
+                    ttl: site.policy.ttl,
+                    stale: site.policy.stale,
+                    load_time: Duration::ZERO,
+                };
+                cache.write(&key, Some(value), keep, tags, &counters).await;
+            }
+            None => {
+                let _ = cache.invalidate_full(&[key]).await;
+            }
+        }
+    }
+}
+
+/// The fallback of [`CachePut`]; never runs (see [`PlainRun`]).
+pub trait PlainPut<T> {
+    /// Does nothing.
+    fn put(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        key: String,
+        value: Option<&T>,
+        tags: &[String],
+    ) -> impl Future<Output = ()> {
+        let _ = (cache, site, key, value, tags);
+        std::future::ready(())
+    }
+}
+
+impl<T> PlainPut<T> for Runner<T> {}
+
+/// What `#[cache_evict]` removes once the function has succeeded: full keys,
+/// full glob patterns and full tag keys. Failures are logged and counted
+/// by the cache; the caller's result is returned regardless.
+pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[String]) {
+    let _ = cache.invalidate_full(keys).await;
+    for pattern in patterns {
+        let _ = cache.invalidate_pattern_full(pattern).await;
+    }
+    for tag in tags {
+        let _ = cache.invalidate_tag_full(tag).await;
+    }
+}
+
+/// Starts a tag of a call: `{namespace}:~tag:`.
+#[inline]
+pub fn tag(cache: &Cache) -> KeyBuilder {
+    KeyBuilder::new(cache.namespace(), "~tag")
+}
+
+/// Starts a key template relative to the namespace.
+#[inline]
+pub fn template(cache: &Cache) -> KeyBuilder {
+    KeyBuilder::new(cache.namespace(), "")
+}
+
+/// Starts a pattern template relative to the namespace: parts are escaped.
+#[inline]
+pub fn pattern(cache: &Cache) -> KeyBuilder {
+    KeyBuilder::pattern(cache.namespace())
 }
 
 impl<T: Cacheable> CacheRun<T> for &Runner<T> {
@@ -77,6 +170,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        tags: &[String],
     ) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
@@ -84,7 +178,19 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
     {
         let counters = cache.counters(site.name);
         cache
-            .load_through(key, &counters, &site.policy, keep_value, load, refresh)
+            .load_through(
+                Call {
+                    key,
+                    counters: &counters,
+                    policy: &site.policy,
+                    keep: keep_value,
+                    tags,
+                    item: plain_item,
+                    from_item: plain_from_item,
+                },
+                load,
+                refresh,
+            )
             .await
     }
 
@@ -96,6 +202,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
+        tags: &[String],
     ) -> Result<Option<T>, E>
     where
         F: FnOnce() -> Fut,
@@ -103,7 +210,19 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
     {
         let counters = cache.counters(site.name);
         cache
-            .load_through(key, &counters, &site.policy, keep_option, load, refresh)
+            .load_through(
+                Call {
+                    key,
+                    counters: &counters,
+                    policy: &site.policy,
+                    keep: keep_option,
+                    tags,
+                    item: option_item,
+                    from_item: option_from_item,
+                },
+                load,
+                refresh,
+            )
             .await
     }
 }
@@ -119,12 +238,13 @@ pub trait PlainRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        tags: &[String],
     ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let _ = (cache, site, key, refresh);
+        let _ = (cache, site, key, refresh, tags);
         load()
     }
 
@@ -136,12 +256,13 @@ pub trait PlainRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
+        tags: &[String],
     ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let _ = (cache, site, key, refresh);
+        let _ = (cache, site, key, refresh, tags);
         load()
     }
 }

@@ -1,13 +1,13 @@
 //! The [`Cache`] handle, its builder, and get-or-load.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Cacheable;
 use crate::backend::{Backend, BackendError, Lookup, memory::MemoryBackend, redis::RedisBackend};
 use crate::codec::EntryMeta;
 use crate::error::{BuildError, CacheError};
-use crate::load::{Flights, Policy, Read, keep_value};
+use crate::load::{Call, Flights, Policy, Read, keep_value, plain_from_item, plain_item};
 use crate::stats::{CacheStats, Counters, LogLimiter, Registry};
 
 /// The default time one backend operation may take before the cache gives up
@@ -125,31 +125,125 @@ impl Cache {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
         match self.read::<T>(&full, &counters, true).await {
-            Read::Fresh(value, _) => Some(value),
+            Read::Fresh(value, _) => value,
             Read::Stale(_) | Read::Miss | Read::Failed => None,
         }
     }
 
     /// Writes `value` under `key` (relative to the namespace) for `ttl`
-    /// (plus the cache's jitter). A failed write is logged and counted.
+    /// (plus the cache's jitter): a write-through, so it also destroys any
+    /// lease on the key and no load in flight can overwrite it with an older
+    /// value. A failed write is logged and counted.
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
-        self.write(&full, value, ttl, Duration::ZERO, Duration::ZERO, &counters)
-            .await;
+        let keep = Keep {
+            ttl,
+            stale: Duration::ZERO,
+            load_time: Duration::ZERO,
+        };
+        self.write(&full, Some(value), keep, &[], &counters).await;
     }
 
-    /// Removes `key` (relative to the namespace). A failure is logged and counted.
-    pub async fn delete(&self, key: &str) {
-        let full = self.full_key(key);
-        if let Err(e) = self
+    /// The full key of a tag's index: `{namespace}:~tag:{tag}`.
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        self.full_key(&format!("~tag:{tag}"))
+    }
+
+    /// Removes the entry under `key` (relative to the namespace) and
+    /// destroys any lease on it, so a load already in flight cannot write the
+    /// value it read before the change. Returns the backend's error, which
+    /// is also logged and counted; cached calls never see it.
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        self.invalidate_many([key]).await
+    }
+
+    /// [`invalidate`](Cache::invalidate) for several keys, in one round trip.
+    pub async fn invalidate_many<I, K>(&self, keys: I) -> Result<(), CacheError>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .map(|k| self.full_key(k.as_ref()))
+            .collect();
+        self.invalidate_full(&keys).await
+    }
+
+    /// Removes every entry whose key (relative to the namespace) matches the
+    /// glob `pattern` (Redis syntax: `*`, `?`, `[a-z]`, `\\x`), with SCAN and
+    /// UNLINK in batches on Redis (never `KEYS`). Returns how many keys were
+    /// removed. Text from users belongs in a key part or
+    /// [`push_escaped`](crate::push_escaped), never raw in a pattern.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        let mut full = String::with_capacity(self.inner.namespace.len() + pattern.len() + 1);
+        if !self.inner.namespace.is_empty() {
+            crate::push_escaped(&mut full, &self.inner.namespace);
+            full.push(':');
+        }
+        full.push_str(pattern);
+        self.invalidate_pattern_full(&full).await
+    }
+
+    /// Removes every entry cached with `tag` (the `tags` option of
+    /// `#[cached]`), including entries whose loads were in flight. Returns how
+    /// many entries were removed.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
+        self.invalidate_tag_full(&self.tag_key(tag)).await
+    }
+
+    pub(crate) async fn invalidate_full(&self, keys: &[String]) -> Result<(), CacheError> {
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        let result = self
             .inner
             .backend
-            .delete(&full, self.inner.op_timeout)
-            .await
-        {
-            let counters = self.inner.stats.counters(name_of(key));
-            self.backend_failed(&full, "delete", &e, &counters);
+            .invalidate(keys, self.inner.op_timeout)
+            .await;
+        self.invalidated(first, "invalidate", result.map(|()| keys.len() as u64))
+            .map(drop)
+    }
+
+    pub(crate) async fn invalidate_pattern_full(&self, pattern: &str) -> Result<u64, CacheError> {
+        let result = self
+            .inner
+            .backend
+            .invalidate_pattern(pattern, self.inner.op_timeout)
+            .await;
+        self.invalidated(pattern, "invalidate_pattern", result)
+    }
+
+    pub(crate) async fn invalidate_tag_full(&self, tag: &str) -> Result<u64, CacheError> {
+        let result = self
+            .inner
+            .backend
+            .invalidate_tag(tag, self.inner.op_timeout)
+            .await;
+        self.invalidated(tag, "invalidate_tag", result)
+    }
+
+    fn invalidated(
+        &self,
+        key: &str,
+        op: &'static str,
+        result: Result<u64, BackendError>,
+    ) -> Result<u64, CacheError> {
+        let relative = key
+            .strip_prefix(self.inner.namespace.as_str())
+            .and_then(|k| k.strip_prefix(':'))
+            .unwrap_or(key);
+        let counters = self.inner.stats.counters(name_of(relative));
+        match result {
+            Ok(n) => {
+                Counters::add(&counters.invalidations);
+                Ok(n)
+            }
+            Err(e) => {
+                self.backend_failed(key, op, &e, &counters);
+                Err(CacheError(e))
+            }
         }
     }
 
@@ -178,8 +272,17 @@ impl Cache {
     {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
-        self.load_through(full, &counters, &Policy::new(ttl), keep_value, load, None)
-            .await
+        let policy = Policy::new(ttl);
+        let call = Call {
+            key: full,
+            counters: &counters,
+            policy: &policy,
+            keep: keep_value,
+            tags: &[],
+            item: plain_item,
+            from_item: plain_from_item,
+        };
+        self.load_through(call, load, None).await
     }
 
     /// Checks that the backend answers within the operation timeout.
@@ -221,14 +324,14 @@ impl Cache {
         &self.inner.warnings
     }
 
-    /// A typed read. `count`: record a hit or miss (polls do not).
+    /// A raw read of the stored item (`None` inside: an absence marker).
+    /// `count`: record a hit or miss (polls do not).
     pub(crate) async fn read<T: Cacheable>(
         &self,
         key: &str,
         counters: &Counters,
         count: bool,
-    ) -> Read<T> {
-        let started = Instant::now();
+    ) -> Read<Option<T>> {
         let found = self
             .inner
             .backend
@@ -259,55 +362,52 @@ impl Cache {
             }
         };
         if count {
-            let hit = matches!(read, Read::Fresh(..) | Read::Stale(..));
-            Counters::add(if hit {
-                &counters.hits
-            } else {
-                &counters.misses
-            });
-            tracing::debug!(
-                cache_key = %key,
-                hit,
-                latency_ms = started.elapsed().as_secs_f64() * 1e3,
-                "cache get"
-            );
+            self.count_read(key, counters, &read);
         }
         read
     }
 
-    fn entry_meta(
-        &self,
-        ttl: Duration,
-        stale: Duration,
-        load_time: Duration,
-    ) -> (EntryMeta, Duration) {
-        let ttl = self.jittered(ttl);
+    pub(crate) fn count_read<V>(&self, key: &str, counters: &Counters, read: &Read<V>) {
+        let hit = matches!(read, Read::Fresh(..) | Read::Stale(..));
+        Counters::add(if hit {
+            &counters.hits
+        } else {
+            &counters.misses
+        });
+        if matches!(read, Read::Stale(..)) {
+            Counters::add(&counters.stale_served);
+        }
+        tracing::debug!(cache_key = %key, hit, "cache get");
+    }
+
+    fn entry_meta(&self, keep: Keep) -> (EntryMeta, Duration) {
+        let ttl = self.jittered(keep.ttl);
         let now = now_ms();
         let expires_ms = now.saturating_add(duration_ms(ttl));
         let meta = EntryMeta {
             created_ms: now,
-            load_us: u32::try_from(load_time.as_micros()).unwrap_or(u32::MAX),
+            load_us: u32::try_from(keep.load_time.as_micros()).unwrap_or(u32::MAX),
             expires_ms,
-            stale_until_ms: expires_ms.saturating_add(duration_ms(stale)),
+            stale_until_ms: expires_ms.saturating_add(duration_ms(keep.stale)),
         };
-        (meta, ttl + stale)
+        (meta, ttl + keep.stale)
     }
 
-    /// An unconditional write.
+    /// A write-through: stores the value and destroys the key's lease.
     pub(crate) async fn write<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
-        ttl: Duration,
-        stale: Duration,
-        load_time: Duration,
+        value: Option<&T>,
+        keep: Keep,
+        tags: &[String],
         counters: &Counters,
     ) {
-        let (meta, keep_for) = self.entry_meta(ttl, stale, load_time);
+        let (meta, keep_for) = self.entry_meta(keep);
+        let timeout = self.inner.op_timeout;
         if let Err(e) = self
             .inner
             .backend
-            .set(key, value, &meta, keep_for, self.inner.op_timeout)
+            .put(key, value, &meta, keep_for, tags, timeout)
             .await
         {
             self.backend_failed(key, "set", &e, counters);
@@ -315,23 +415,21 @@ impl Cache {
     }
 
     /// A write that lands only while `token` holds the key's lease.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write_leased<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
-        ttl: Duration,
-        stale: Duration,
-        load_time: Duration,
+        value: Option<&T>,
+        keep: Keep,
         token: u64,
+        tags: &[String],
         counters: &Counters,
     ) {
-        let (meta, keep_for) = self.entry_meta(ttl, stale, load_time);
+        let (meta, keep_for) = self.entry_meta(keep);
         let timeout = self.inner.op_timeout;
         match self
             .inner
             .backend
-            .set_if_leased(key, value, &meta, keep_for, token, timeout)
+            .set_if_leased(key, value, &meta, keep_for, token, tags, timeout)
             .await
         {
             Ok(true) => {}
@@ -362,6 +460,14 @@ impl Cache {
             tracing::warn!(cache_key = %key, op, kind = e.kind(), error = %e, held_back, "cache backend failed; serving from the loader");
         }
     }
+}
+
+/// How long a written value lives, and what to record about its load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keep {
+    pub(crate) ttl: Duration,
+    pub(crate) stale: Duration,
+    pub(crate) load_time: Duration,
 }
 
 /// The stats name of a typed-API key: its first segment.

@@ -10,7 +10,8 @@
 //!     18     4  load time, µs, LE (saturating)
 //!     22     8  logical expiry, unix ms, LE
 //!     30     8  stale-until (end of the stale window), unix ms, LE
-//!     38     …  serde_json payload
+//!     38     1  flags: bit 0 set = a cached `None` (no payload follows)
+//!     39     …  serde_json payload
 //! ```
 //!
 //! Anything else under a key (garbage, another format, an older version, a
@@ -24,7 +25,8 @@ use serde::{Serialize, de::DeserializeOwned};
 const MAGIC: u8 = 0xCA;
 /// The envelope format this build reads and writes.
 pub(crate) const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 38;
+const HEADER_LEN: usize = 39;
+const FLAG_NONE: u8 = 1;
 
 /// What the cache knows about a stored value besides the value itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +84,9 @@ pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
     xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes())
 }
 
-/// Encodes `value` with its metadata.
+/// Encodes `value` (`None`: a cached absence) with its metadata.
 pub(crate) fn encode<T: Serialize>(
-    value: &T,
+    value: Option<&T>,
     meta: &EntryMeta,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + 256);
@@ -95,7 +97,13 @@ pub(crate) fn encode<T: Serialize>(
     out.extend_from_slice(&meta.load_us.to_le_bytes());
     out.extend_from_slice(&meta.expires_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
-    serde_json::to_writer(&mut out, value)?;
+    match value {
+        Some(v) => {
+            out.push(0);
+            serde_json::to_writer(&mut out, v)?;
+        }
+        None => out.push(FLAG_NONE),
+    }
     Ok(out)
 }
 
@@ -115,14 +123,19 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
     })
 }
 
-/// Decodes an envelope written for `T`.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, EntryMeta), DecodeError> {
+/// Decodes an envelope written for `T`; `None` is a cached absence.
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(Option<T>, EntryMeta), DecodeError> {
     let meta = decode_meta(bytes)?;
     if read_u64(bytes, 2) != type_fingerprint::<T>() {
         return Err(DecodeError::TypeMismatch);
     }
+    if bytes[38] & FLAG_NONE != 0 {
+        return Ok((None, meta));
+    }
     let value = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(DecodeError::Payload)?;
-    Ok((value, meta))
+    Ok((Some(value), meta))
 }
 
 fn read_u64(bytes: &[u8], at: usize) -> u64 {
@@ -146,15 +159,23 @@ mod tests {
 
     #[test]
     fn round_trips_value_and_meta() {
-        let bytes = encode(&("x".to_string(), 5u32), &meta()).expect("encodes");
-        let (v, m): ((String, u32), _) = decode(&bytes).expect("decodes");
-        assert_eq!(v, ("x".to_string(), 5));
+        let bytes = encode(Some(&("x".to_string(), 5u32)), &meta()).expect("encodes");
+        let (v, m): (Option<(String, u32)>, _) = decode(&bytes).expect("decodes");
+        assert_eq!(v, Some(("x".to_string(), 5)));
         assert_eq!(m, meta());
     }
 
     #[test]
+    fn a_cached_none_round_trips_without_payload() {
+        let bytes = encode::<u32>(None, &meta()).expect("encodes");
+        assert_eq!(bytes.len(), HEADER_LEN);
+        let (v, _) = decode::<u32>(&bytes).expect("decodes");
+        assert_eq!(v, None);
+    }
+
+    #[test]
     fn another_type_is_a_type_mismatch() {
-        let bytes = encode(&5u32, &meta()).expect("encodes");
+        let bytes = encode(Some(&5u32), &meta()).expect("encodes");
         assert!(matches!(
             decode::<u64>(&bytes),
             Err(DecodeError::TypeMismatch)
@@ -179,7 +200,7 @@ mod tests {
 
     #[test]
     fn another_format_version_is_rejected() {
-        let mut bytes = encode(&5u32, &meta()).expect("encodes");
+        let mut bytes = encode(Some(&5u32), &meta()).expect("encodes");
         bytes[1] = 0;
         assert!(matches!(
             decode::<u32>(&bytes),
@@ -189,7 +210,7 @@ mod tests {
 
     #[test]
     fn corrupt_payload_is_a_payload_error() {
-        let mut bytes = encode(&5u32, &meta()).expect("encodes");
+        let mut bytes = encode(Some(&5u32), &meta()).expect("encodes");
         bytes.truncate(HEADER_LEN);
         bytes.extend_from_slice(b"{not json");
         assert!(matches!(

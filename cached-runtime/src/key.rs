@@ -1,7 +1,9 @@
 //! Cache keys: `{namespace}:{prefix}:{key}`, built from typed key parts.
 //!
-//! User text inside a key is escaped so that it can never widen a pattern
-//! invalidation: a key part of `*` removes only its own entries.
+//! Keys hold user text as it is (only `\\` and `~` are escaped, so a `None`
+//! part stays distinct). When a part goes into a *pattern*, its text is
+//! glob-escaped, so it can never widen an invalidation: a key part of `*`
+//! removes only its own entries.
 
 use std::fmt::Write as _;
 
@@ -20,16 +22,28 @@ use serde::Serialize;
     note = "implement `cached_runtime::KeyPart` for `{Self}`, or write `key = hashed(&...)`"
 )]
 pub trait KeyPart {
-    /// Appends this part to `out`. Text must go through [`push_escaped`].
+    /// Appends this part to `out`. Text must go through [`push_key_text`].
     fn write_key_part(&self, out: &mut String);
 }
 
-/// Appends `text` to `out`, escaping the characters Redis glob patterns give
-/// meaning to (`*`, `?`, `[`, `]`, `\`), so user text matches only itself,
-/// and `~` (which stands for `None`), so no text collides with it.
+/// Appends user text to a key: as it is, but for `\\` and `~`, which get a
+/// backslash (`~` alone stands for `None`).
+pub fn push_key_text(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if matches!(c, '\\' | '~') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Appends `text` to a glob pattern so that it matches only itself: the
+/// characters Redis patterns give meaning to (`*`, `?`, `[`, `]`, `\\`) get a
+/// backslash. Use it for user text in a hand-written
+/// [`invalidate_pattern`](crate::Cache::invalidate_pattern).
 pub fn push_escaped(out: &mut String, text: &str) {
     for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '~') {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             out.push('\\');
         }
         out.push(c);
@@ -52,27 +66,27 @@ key_part_display!(
 
 impl KeyPart for char {
     fn write_key_part(&self, out: &mut String) {
-        push_escaped(out, self.encode_utf8(&mut [0; 4]));
+        push_key_text(out, self.encode_utf8(&mut [0; 4]));
     }
 }
 
 impl KeyPart for str {
     #[inline]
     fn write_key_part(&self, out: &mut String) {
-        push_escaped(out, self);
+        push_key_text(out, self);
     }
 }
 
 impl KeyPart for String {
     #[inline]
     fn write_key_part(&self, out: &mut String) {
-        push_escaped(out, self);
+        push_key_text(out, self);
     }
 }
 
 impl KeyPart for std::borrow::Cow<'_, str> {
     fn write_key_part(&self, out: &mut String) {
-        push_escaped(out, self);
+        push_key_text(out, self);
     }
 }
 
@@ -197,12 +211,14 @@ pub fn hashed<T: Serialize + ?Sized>(value: &T) -> Hashed {
     Hashed(xxhash_rust::xxh3::xxh3_128(&canonical))
 }
 
-/// Builds a full key: `{namespace}:{prefix}:{parts}`.
+/// Builds a full key, `{namespace}:{prefix}:{parts}`, or a glob pattern in
+/// which parts match only themselves.
 #[derive(Debug)]
 #[doc(hidden)]
 pub struct KeyBuilder {
     buf: String,
     first: bool,
+    pattern: bool,
 }
 
 impl KeyBuilder {
@@ -210,15 +226,32 @@ impl KeyBuilder {
     #[inline]
     pub fn new(namespace: &str, prefix: &str) -> Self {
         let mut buf = String::with_capacity(namespace.len() + prefix.len() + 48);
+        for segment in [namespace, prefix] {
+            if !segment.is_empty() {
+                buf.push_str(segment);
+                buf.push(':');
+            }
+        }
+        KeyBuilder {
+            buf,
+            first: true,
+            pattern: false,
+        }
+    }
+
+    /// Starts a pattern under `namespace` (matched literally); literal text
+    /// added later keeps its glob meaning, parts are escaped.
+    pub fn pattern(namespace: &str) -> Self {
+        let mut buf = String::with_capacity(namespace.len() + 48);
         if !namespace.is_empty() {
-            buf.push_str(namespace);
+            push_escaped(&mut buf, namespace);
             buf.push(':');
         }
-        if !prefix.is_empty() {
-            buf.push_str(prefix);
-            buf.push(':');
+        KeyBuilder {
+            buf,
+            first: true,
+            pattern: true,
         }
-        KeyBuilder { buf, first: true }
     }
 
     /// Appends a typed key part, `:`-separated from the previous one.
@@ -228,11 +261,17 @@ impl KeyBuilder {
             self.buf.push(':');
         }
         self.first = false;
-        part.write_key_part(&mut self.buf);
+        if self.pattern {
+            let mut text = String::new();
+            part.write_key_part(&mut text);
+            push_escaped(&mut self.buf, &text);
+        } else {
+            part.write_key_part(&mut self.buf);
+        }
         self
     }
 
-    /// Appends literal text from a key template, unescaped.
+    /// Appends literal text from a template, as written.
     #[inline]
     pub fn literal(mut self, text: &str) -> Self {
         self.first = true;
@@ -257,9 +296,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_glob_metacharacters_in_text_parts() {
-        let key = KeyBuilder::new("ns", "p").part("a*b?[c]\\").finish();
-        assert_eq!(key, r"ns:p:a\*b\?\[c\]\\");
+    fn keys_keep_user_text_and_patterns_escape_it() {
+        let key = KeyBuilder::new("ns", "p").part("a*b?[c]").finish();
+        assert_eq!(key, "ns:p:a*b?[c]");
+        let pattern = KeyBuilder::pattern("ns")
+            .literal("p:")
+            .part("a*b?[c]")
+            .literal(":*")
+            .finish();
+        assert_eq!(pattern, r"ns:p:a\*b\?\[c\]:*");
+        assert!(crate::glob::matches(&pattern, "ns:p:a*b?[c]:x"));
+        assert!(!crate::glob::matches(&pattern, "ns:p:anything:x"));
+    }
+
+    #[test]
+    fn none_and_the_text_tilde_differ() {
+        let none = KeyBuilder::new("", "p").part(&None::<&str>).finish();
+        let tilde = KeyBuilder::new("", "p").part(&Some("~")).finish();
+        assert_ne!(none, tilde);
+        let backslash = KeyBuilder::new("", "p").part(r"a\b").finish();
+        assert_eq!(backslash, r"p:a\\b");
+        let pattern = KeyBuilder::pattern("").literal("p:").part(r"a\b").finish();
+        assert!(crate::glob::matches(&pattern, &backslash));
     }
 
     #[test]

@@ -46,6 +46,7 @@ mod backend;
 mod cache;
 mod codec;
 mod error;
+mod glob;
 mod key;
 mod load;
 mod stats;
@@ -59,11 +60,11 @@ pub use cache::{
 };
 pub use codec::EntryMeta;
 pub use error::{BuildError, CacheError};
-pub use key::{Hashed, KeyPart, hashed, push_escaped};
+pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text};
 pub use stats::CacheStats;
 
 #[doc(inline)]
-pub use cached_macros::cached;
+pub use cached_macros::{cache_evict, cache_put, cached};
 
 /// What a cached value must be: serializable (to be stored), deserializable
 /// (to be read back), `Clone` (a memory hit and a shared load hand out copies)

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::Cacheable;
 use crate::backend::LeaseOutcome;
-use crate::cache::{Cache, now_ms};
+use crate::cache::{Cache, Keep, now_ms};
 use crate::codec::EntryMeta;
 use crate::stats::Counters;
 
@@ -203,35 +203,92 @@ fn poll_interval(waited: Duration) -> Duration {
     (waited / 8).clamp(Duration::from_millis(2), Duration::from_millis(50))
 }
 
+/// One get-or-load call: everything but the loader.
+///
+/// `V` is what the caller gets (`T`, or `Option<T>` for functions that
+/// return an `Option`); `T` is what is stored. Every call site of a key
+/// stores the same `T`, so `#[cache_put]` on `-> Placement` and `#[cached]`
+/// on `-> Option<Placement>` share entries; a cached `None` is a marker.
+pub(crate) struct Call<'a, V, T> {
+    pub(crate) key: String,
+    pub(crate) counters: &'a Arc<Counters>,
+    pub(crate) policy: &'a Policy,
+    pub(crate) keep: KeepFn<V>,
+    /// Full tag keys the entry is recorded under.
+    pub(crate) tags: &'a [String],
+    /// What to store for a value (`None`: the absence marker).
+    pub(crate) item: fn(&V) -> Option<&T>,
+    /// What a stored item means to this caller (`None`: nothing usable,
+    /// e.g. an absence marker for a function that never returns `None`).
+    pub(crate) from_item: fn(Option<T>) -> Option<V>,
+}
+
+impl<V, T> Call<'_, V, T> {
+    fn keep(&self, value: &V, load_time: Duration) -> Option<Keep> {
+        (self.keep)(value, self.policy).map(|ttl| Keep {
+            ttl,
+            stale: self.policy.stale,
+            load_time,
+        })
+    }
+
+    /// How long a tag must outlive a lease taken now: the longest the entry
+    /// may then live.
+    fn tag_for(&self) -> Duration {
+        self.policy.ttl.mul_f64(1.0 + MAX_JITTER) + self.policy.stale + self.policy.lease
+    }
+}
+
+/// `V = T`: every stored item is a value; an absence marker is not.
+pub fn plain_item<T>(value: &T) -> Option<&T> {
+    Some(value)
+}
+
+/// `V = T`: see [`plain_item`].
+pub fn plain_from_item<T>(item: Option<T>) -> Option<T> {
+    item
+}
+
+/// `V = Option<T>`: `None` is stored as the absence marker.
+pub fn option_item<T>(value: &Option<T>) -> Option<&T> {
+    value.as_ref()
+}
+
+/// `V = Option<T>`: see [`option_item`].
+pub fn option_from_item<T>(item: Option<T>) -> Option<Option<T>> {
+    Some(item)
+}
+
+/// The most TTL jitter a cache can add (`ttl_jitter` is at most 1).
+const MAX_JITTER: f64 = 1.0;
+
 impl Cache {
-    /// Get-or-load on a full key (the module docs give the semantics).
-    pub(crate) async fn load_through<T, E, F, Fut>(
+    /// Get-or-load (the module docs give the semantics).
+    pub(crate) async fn load_through<V, T, E, F, Fut>(
         &self,
-        key: String,
-        counters: &Arc<Counters>,
-        policy: &Policy,
-        keep: KeepFn<T>,
+        call: Call<'_, V, T>,
         load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
-    ) -> Result<T, E>
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) -> Result<V, E>
     where
+        V: Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<V, E>>,
     {
-        match self.read::<T>(&key, counters, true).await {
+        let counters = call.counters;
+        match self.read_as(&call, true).await {
             Read::Fresh(value, meta) => {
-                if let (Some(beta), Some(refresh)) = (policy.early_refresh, refresh)
+                if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
                     && early_refresh_due(&meta, beta, now_ms())
                 {
-                    self.refresh_in_background(key, counters, *policy, keep, refresh, true);
+                    self.refresh_in_background(&call, refresh, true);
                 }
                 return Ok(value);
             }
             Read::Stale(value) => {
-                Counters::add(&counters.stale_served);
                 if let Some(refresh) = refresh {
-                    self.refresh_in_background(key, counters, *policy, keep, refresh, false);
+                    self.refresh_in_background(&call, refresh, false);
                 }
                 return Ok(value);
             }
@@ -240,19 +297,17 @@ impl Cache {
             // make the caller wait out more timeouts on a write.
             Read::Failed => return self.run_loader(counters, load).await.map(|(v, _)| v),
         }
-        if !policy.lock {
+        if !call.policy.lock {
             let (value, took) = self.run_loader(counters, load).await?;
-            if let Some(ttl) = keep(&value, policy) {
-                self.write(&key, &value, ttl, policy.stale, took, counters)
+            if let Some(keep) = call.keep(&value, took) {
+                self.write(&call.key, (call.item)(&value), keep, call.tags, counters)
                     .await;
             }
             return Ok(value);
         }
         loop {
-            match self.flights().join_or_lead(self, &key) {
-                Role::Lead(guard) => {
-                    return self.lead(key, guard, counters, policy, keep, load).await;
-                }
+            match self.flights().join_or_lead(self, &call.key) {
+                Role::Lead(guard) => return self.lead(&call, guard, load).await,
                 Role::Wait(mut rx) => {
                     Counters::add(&counters.coalesced);
                     let landed = match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
@@ -260,7 +315,7 @@ impl Cache {
                         Err(_) => Landed::Abandoned,
                     };
                     match landed {
-                        Landed::Value(any) => match any.downcast_ref::<T>() {
+                        Landed::Value(any) => match any.downcast_ref::<V>() {
                             Some(v) => return Ok(v.clone()),
                             // Another call site shares this key with another type.
                             None => return self.run_loader(counters, load).await.map(|(v, _)| v),
@@ -279,37 +334,49 @@ impl Cache {
 
     /// The flight leader: take the lease (or wait for its holder's value),
     /// load, write while the lease holds, and hand the value to the waiters.
-    async fn lead<T, E, F, Fut>(
+    async fn lead<V, T, E, F, Fut>(
         &self,
-        key: String,
+        call: &Call<'_, V, T>,
         mut guard: FlightGuard,
-        counters: &Arc<Counters>,
-        policy: &Policy,
-        keep: KeepFn<T>,
         load: F,
-    ) -> Result<T, E>
+    ) -> Result<V, E>
     where
+        V: Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<V, E>>,
     {
+        let (key, counters, policy) = (&call.key, call.counters, call.policy);
         let token = fastrand::u64(1..);
         let started = Instant::now();
-        let mut may_write = false;
+        let mut leased = false;
+        // Until something is seen under the key that this caller cannot use
+        // (an absence marker for a function that never returns `None`, a
+        // value just past its expiry), the lease is taken only if it is empty.
+        let mut only_if_absent = true;
         loop {
             let outcome = self
                 .backend()
-                .acquire_lease(&key, token, policy.lease, true, self.op_timeout())
+                .acquire_lease(
+                    key,
+                    token,
+                    policy.lease,
+                    only_if_absent,
+                    call.tags,
+                    call.tag_for(),
+                    self.op_timeout(),
+                )
                 .await;
             match outcome {
                 Ok(LeaseOutcome::Acquired) => {
                     guard.lease = Some(token);
-                    may_write = true;
+                    leased = true;
                     break;
                 }
-                Ok(LeaseOutcome::Held | LeaseOutcome::ValuePresent) => {}
+                Ok(LeaseOutcome::ValuePresent) => only_if_absent = false,
+                Ok(LeaseOutcome::Held) => {}
                 Err(e) => {
-                    self.backend_failed(&key, "lease", &e, counters);
+                    self.backend_failed(key, "lease", &e, counters);
                     break;
                 }
             }
@@ -318,40 +385,39 @@ impl Cache {
                 break;
             }
             tokio::time::sleep(poll_interval(started.elapsed())).await;
-            if let Read::Fresh(value, _) | Read::Stale(value) =
-                self.read::<T>(&key, counters, false).await
-            {
+            if let Read::Fresh(value, _) | Read::Stale(value) = self.read_as(call, false).await {
                 guard.land(Landed::Value(Arc::new(value.clone())));
                 return Ok(value);
             }
         }
 
+        // Without the lease (the backend failed, or the wait ran out) the
+        // value is returned but not stored: only a leaseholder may write.
         let result = self.run_loader(counters, load).await;
         match &result {
             Ok((value, took)) => {
-                if may_write {
-                    match keep(value, policy) {
-                        Some(ttl) => {
+                if leased {
+                    match call.keep(value, *took) {
+                        Some(keep) => {
                             self.write_leased(
-                                &key,
-                                value,
-                                ttl,
-                                policy.stale,
-                                *took,
+                                key,
+                                (call.item)(value),
+                                keep,
                                 token,
+                                call.tags,
                                 counters,
                             )
                             .await;
                         }
-                        None => self.release_lease(&key, token).await,
+                        None => self.release_lease(key, token).await,
                     }
                     guard.lease.take();
                 }
                 guard.land(Landed::Value(Arc::new(value.clone())));
             }
             Err(_) => {
-                if may_write {
-                    self.release_lease(&key, token).await;
+                if leased {
+                    self.release_lease(key, token).await;
                     guard.lease.take();
                 }
                 guard.land(Landed::Failed);
@@ -360,32 +426,42 @@ impl Cache {
         result.map(|(v, _)| v)
     }
 
-    /// Refreshes `key` from a task of its own: one refresh per key in this
+    /// Refreshes the key from a task of its own: one refresh per key in this
     /// process (the flight) and across processes (the lease, taken even
     /// though a value is present).
-    fn refresh_in_background<T: Cacheable>(
+    fn refresh_in_background<V, T>(
         &self,
-        key: String,
-        counters: &Arc<Counters>,
-        policy: Policy,
-        keep: KeepFn<T>,
-        refresh: &(dyn Fn() -> Refresh<T> + Send + Sync),
+        call: &Call<'_, V, T>,
+        refresh: &(dyn Fn() -> Refresh<V> + Send + Sync),
         early: bool,
-    ) {
+    ) where
+        V: Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(mut guard) = self.flights().try_lead(self, &key) else {
+        let Some(mut guard) = self.flights().try_lead(self, &call.key) else {
             return;
         };
         let load = refresh();
         let cache = self.clone();
-        let counters = Arc::clone(counters);
+        let counters = Arc::clone(call.counters);
+        let (key, policy, keep, tags) = (
+            call.key.clone(),
+            *call.policy,
+            call.keep,
+            call.tags.to_vec(),
+        );
+        let (item, from_item) = (call.item, call.from_item);
+        let tag_for = call.tag_for();
         runtime.spawn(async move {
+            let call = Call { key, counters: &counters, policy: &policy, keep, tags: &tags, item, from_item };
+            let key = &call.key;
             let token = fastrand::u64(1..);
             let lease = cache
                 .backend()
-                .acquire_lease(&key, token, policy.lease, false, cache.op_timeout())
+                .acquire_lease(key, token, policy.lease, false, &tags, tag_for, cache.op_timeout())
                 .await;
             if !matches!(lease, Ok(LeaseOutcome::Acquired)) {
                 return; // another process refreshes it; the guard lands Abandoned
@@ -395,20 +471,18 @@ impl Cache {
             let loaded = cache.run_loader(&counters, || async { load.await.ok_or(()) }).await;
             match loaded {
                 Ok((value, took)) => {
-                    match keep(&value, &policy) {
-                        Some(ttl) => {
-                            cache
-                                .write_leased(&key, &value, ttl, policy.stale, took, token, &counters)
-                                .await;
+                    match call.keep(&value, took) {
+                        Some(keep) => {
+                            cache.write_leased(key, (call.item)(&value), keep, token, &tags, &counters).await;
                         }
-                        None => cache.release_lease(&key, token).await,
+                        None => cache.release_lease(key, token).await,
                     }
                     guard.lease.take();
                     guard.land(Landed::Value(Arc::new(value)));
                 }
-                Err(_) => {
+                Err(()) => {
                     // Fail-safe: the old value stays until its stale window ends.
-                    cache.release_lease(&key, token).await;
+                    cache.release_lease(key, token).await;
                     guard.lease.take();
                     if let Some(held_back) = cache.warnings().allow(now_ms()) {
                         tracing::warn!(cache_key = %key, held_back, "background refresh failed; serving the previous value");
@@ -416,6 +490,27 @@ impl Cache {
                 }
             }
         });
+    }
+
+    /// A read, as this caller's value type. `count`: record hit or miss.
+    async fn read_as<V, T: Cacheable>(&self, call: &Call<'_, V, T>, count: bool) -> Read<V> {
+        let read = self.read::<T>(&call.key, call.counters, false).await;
+        let read = match read {
+            Read::Fresh(item, meta) => match (call.from_item)(item) {
+                Some(v) => Read::Fresh(v, meta),
+                None => Read::Miss,
+            },
+            Read::Stale(item) => match (call.from_item)(item) {
+                Some(v) => Read::Stale(v),
+                None => Read::Miss,
+            },
+            Read::Miss => Read::Miss,
+            Read::Failed => Read::Failed,
+        };
+        if count {
+            self.count_read(&call.key, call.counters, &read);
+        }
+        read
     }
 
     async fn run_loader<T, E, F, Fut>(

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) stale_refreshes: AtomicU64,
     pub(crate) wait_timeouts: AtomicU64,
     pub(crate) leases_lost: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
 }
 
 impl Counters {
@@ -68,6 +69,7 @@ impl Registry {
                 stale_refreshes: c.stale_refreshes.load(Relaxed),
                 wait_timeouts: c.wait_timeouts.load(Relaxed),
                 leases_lost: c.leases_lost.load(Relaxed),
+                invalidations: c.invalidations.load(Relaxed),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -106,6 +108,8 @@ pub struct CacheStats {
     /// Loads whose lease was gone when they came to write (an invalidation
     /// or expiry), so their possibly old value was not stored.
     pub leases_lost: u64,
+    /// Invalidations (by key, pattern or tag) that reached the backend.
+    pub invalidations: u64,
 }
 
 impl CacheStats {

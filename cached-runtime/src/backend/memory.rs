@@ -5,7 +5,7 @@
 //! key reads as unreadable, exactly as a foreign value does on Redis.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use crate::codec::{DecodeError, EntryMeta};
 struct MemEntry(Arc<MemInner>);
 
 struct MemInner {
-    value: Box<dyn Any + Send + Sync>,
+    /// `None`: a cached absence.
+    value: Option<Box<dyn Any + Send + Sync>>,
     meta: EntryMeta,
     keep_for: Duration,
 }
@@ -49,9 +50,28 @@ impl moka::Expiry<String, MemEntry> for KeepFor {
 
 pub(crate) struct MemoryBackend {
     entries: Moka<String, MemEntry>,
-    // Leases, and every write that must see them, go through this lock, so
-    // "check the lease, then store" is atomic against an invalidation.
-    leases: Mutex<HashMap<String, (u64, Instant)>>,
+    // Leases and tags, and every write or invalidation that must see them,
+    // go through this lock, so "check the lease, then store" is atomic
+    // against an invalidation.
+    state: Mutex<MemState>,
+}
+
+#[derive(Default)]
+struct MemState {
+    leases: HashMap<String, (u64, Instant)>,
+    /// Tag key -> entry keys.
+    tags: HashMap<String, HashSet<String>>,
+}
+
+impl MemState {
+    fn tag(&mut self, key: &str, tags: &[String]) {
+        for tag in tags {
+            self.tags
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.to_owned());
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -70,48 +90,100 @@ impl MemoryBackend {
             .build();
         MemoryBackend {
             entries,
-            leases: Mutex::default(),
+            state: Mutex::default(),
         }
     }
 
     #[inline]
     pub(crate) fn get<T: Cacheable>(&self, key: &str) -> Lookup<T> {
-        match self.entries.get(key) {
-            None => Lookup::Absent,
-            Some(entry) => match entry.0.value.downcast_ref::<T>() {
-                Some(v) => Lookup::Found(v.clone(), entry.0.meta),
+        let Some(entry) = self.entries.get(key) else {
+            return Lookup::Absent;
+        };
+        match &entry.0.value {
+            None => Lookup::Found(None, entry.0.meta),
+            Some(any) => match any.downcast_ref::<T>() {
+                Some(v) => Lookup::Found(Some(v.clone()), entry.0.meta),
                 None => Lookup::Unreadable(DecodeError::TypeMismatch),
             },
         }
     }
 
-    pub(crate) fn set<T: Cacheable>(
+    fn insert<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
+        value: Option<&T>,
         meta: EntryMeta,
         keep_for: Duration,
     ) {
+        let value = value.map(|v| Box::new(v.clone()) as Box<dyn Any + Send + Sync>);
         let entry = MemEntry(Arc::new(MemInner {
-            value: Box::new(value.clone()),
+            value,
             meta,
             keep_for,
         }));
         self.entries.insert(key.to_owned(), entry);
     }
 
-    /// Removes the value and destroys any lease on it, so a load in flight
-    /// cannot write an older value back.
-    pub(crate) fn delete(&self, key: &str) {
-        let mut leases = self.lock_leases();
-        leases.remove(key);
-        self.entries.invalidate(key);
+    /// A write-through: stores the value and destroys any lease on the key,
+    /// so a load in flight cannot overwrite it with what it read before.
+    pub(crate) fn put<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        meta: EntryMeta,
+        keep_for: Duration,
+        tags: &[String],
+    ) {
+        let mut state = self.lock_state();
+        state.leases.remove(key);
+        state.tag(key, tags);
+        self.insert(key, value, meta, keep_for);
     }
 
-    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
-        // A panic while holding this lock leaves the map consistent (every
-        // change is one insert or remove), so a poisoned lock is still usable.
-        self.leases
+    /// Removes the values and destroys any leases on them.
+    pub(crate) fn invalidate(&self, keys: &[String]) {
+        let mut state = self.lock_state();
+        for key in keys {
+            state.leases.remove(key);
+            self.entries.invalidate(key);
+        }
+    }
+
+    /// Removes every entry (and lease) whose key matches the glob `pattern`.
+    pub(crate) fn invalidate_pattern(&self, pattern: &str) -> u64 {
+        let mut state = self.lock_state();
+        state
+            .leases
+            .retain(|k, _| !crate::glob::matches(pattern, k));
+        let mut removed = 0;
+        for (key, _) in self.entries.iter() {
+            if crate::glob::matches(pattern, &key) {
+                self.entries.invalidate(key.as_str());
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every entry recorded under the tag key, and their leases.
+    pub(crate) fn invalidate_tag(&self, tag: &str) -> u64 {
+        let mut state = self.lock_state();
+        let keys = state.tags.remove(tag).unwrap_or_default();
+        let mut removed = 0;
+        for key in keys {
+            state.leases.remove(&key);
+            if self.entries.contains_key(&key) {
+                removed += 1;
+            }
+            self.entries.invalidate(&key);
+        }
+        removed
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, MemState> {
+        // A panic while holding this lock leaves the state consistent (every
+        // change is an insert or a remove), so a poisoned lock is still usable.
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -122,10 +194,11 @@ impl MemoryBackend {
         token: u64,
         ttl: Duration,
         only_if_absent: bool,
+        tags: &[String],
     ) -> LeaseOutcome {
-        let mut leases = self.lock_leases();
+        let mut state = self.lock_state();
         let now = Instant::now();
-        if let Some((_, until)) = leases.get(key)
+        if let Some((_, until)) = state.leases.get(key)
             && *until > now
         {
             return LeaseOutcome::Held;
@@ -133,23 +206,29 @@ impl MemoryBackend {
         if only_if_absent && self.entries.contains_key(key) {
             return LeaseOutcome::ValuePresent;
         }
-        leases.insert(key.to_owned(), (token, now + ttl));
+        state.leases.insert(key.to_owned(), (token, now + ttl));
+        // Tagged when the load starts, not when it ends, so a tag
+        // invalidation in between finds the lease and destroys it.
+        state.tag(key, tags);
         LeaseOutcome::Acquired
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn set_if_leased<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
+        value: Option<&T>,
         meta: EntryMeta,
         keep_for: Duration,
         token: u64,
+        tags: &[String],
     ) -> bool {
-        let mut leases = self.lock_leases();
-        match leases.get(key) {
+        let mut state = self.lock_state();
+        match state.leases.get(key) {
             Some((held, until)) if *held == token && *until > Instant::now() => {
-                leases.remove(key);
-                self.set(key, value, meta, keep_for);
+                state.leases.remove(key);
+                state.tag(key, tags);
+                self.insert(key, value, meta, keep_for);
                 true
             }
             _ => false,
@@ -157,9 +236,13 @@ impl MemoryBackend {
     }
 
     pub(crate) fn release_lease(&self, key: &str, token: u64) {
-        let mut leases = self.lock_leases();
-        if leases.get(key).is_some_and(|(held, _)| *held == token) {
-            leases.remove(key);
+        let mut state = self.lock_state();
+        if state
+            .leases
+            .get(key)
+            .is_some_and(|(held, _)| *held == token)
+        {
+            state.leases.remove(key);
         }
     }
 }

@@ -52,8 +52,9 @@ impl std::fmt::Display for BackendError {
 /// The outcome of a typed read.
 #[derive(Debug)]
 pub(crate) enum Lookup<T> {
-    /// A value of the requested type, with its metadata.
-    Found(T, EntryMeta),
+    /// A value of the requested type (`None`: a cached absence), with its
+    /// metadata.
+    Found(Option<T>, EntryMeta),
     /// Nothing under the key.
     Absent,
     /// Something is there that is not a value of this type and format.
@@ -74,11 +75,15 @@ pub(crate) enum LeaseOutcome {
 /// The key under which the lease on `key` lives. A suffix rather than a
 /// prefix, so a pattern that removes `key` removes its lease too.
 pub(crate) fn lease_key(key: &str) -> String {
-    let mut k = String::with_capacity(key.len() + 8);
+    let mut k = String::with_capacity(key.len() + LEASE_SUFFIX.len());
     k.push_str(key);
-    k.push_str(":~lease");
+    k.push_str(LEASE_SUFFIX);
     k
 }
+
+/// What a lease key ends with. Text parts of keys escape `~`, so no entry
+/// key ends with it.
+pub(crate) const LEASE_SUFFIX: &str = ":~lease";
 
 /// The backend a [`Cache`](crate::Cache) was built with.
 #[derive(Debug)]
@@ -106,47 +111,81 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn set<T: Cacheable>(
+    /// A write-through that destroys the key's lease and records its tags.
+    pub(crate) async fn put<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
+        value: Option<&T>,
         meta: &EntryMeta,
         keep_for: Duration,
+        tags: &[String],
         timeout: Duration,
     ) -> Result<(), BackendError> {
         match self {
             Backend::Memory(m) => {
-                m.set(key, value, *meta, keep_for);
+                m.put(key, value, *meta, keep_for, tags);
                 Ok(())
             }
-            Backend::Redis(r) => r.set(key, value, meta, keep_for, timeout).await,
+            Backend::Redis(r) => r.put(key, value, meta, keep_for, tags, timeout).await,
         }
     }
 
-    pub(crate) async fn delete(&self, key: &str, timeout: Duration) -> Result<(), BackendError> {
+    /// Removes the values and destroys their leases.
+    pub(crate) async fn invalidate(
+        &self,
+        keys: &[String],
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
         match self {
             Backend::Memory(m) => {
-                m.delete(key);
+                m.invalidate(keys);
                 Ok(())
             }
-            Backend::Redis(r) => r.delete(key, timeout).await,
+            Backend::Redis(r) => r.invalidate(keys, timeout).await,
+        }
+    }
+
+    /// Removes every entry whose full key matches the glob; returns how many.
+    pub(crate) async fn invalidate_pattern(
+        &self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(m.invalidate_pattern(pattern)),
+            Backend::Redis(r) => r.invalidate_pattern(pattern, timeout).await,
+        }
+    }
+
+    /// Removes every entry recorded under the full tag key.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(m.invalidate_tag(tag)),
+            Backend::Redis(r) => r.invalidate_tag(tag, timeout).await,
         }
     }
 
     /// Takes the lease on `key` for `ttl` with `token`, unless another holder
     /// has it, or (with `only_if_absent`) a value is already there.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn acquire_lease(
         &self,
         key: &str,
         token: u64,
         ttl: Duration,
         only_if_absent: bool,
+        tags: &[String],
+        tag_for: Duration,
         timeout: Duration,
     ) -> Result<LeaseOutcome, BackendError> {
         match self {
-            Backend::Memory(m) => Ok(m.acquire_lease(key, token, ttl, only_if_absent)),
+            Backend::Memory(m) => Ok(m.acquire_lease(key, token, ttl, only_if_absent, tags)),
             Backend::Redis(r) => {
-                r.acquire_lease(key, token, ttl, only_if_absent, timeout)
+                r.acquire_lease(key, token, ttl, only_if_absent, tags, tag_for, timeout)
                     .await
             }
         }
@@ -159,16 +198,17 @@ impl Backend {
     pub(crate) async fn set_if_leased<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
+        value: Option<&T>,
         meta: &EntryMeta,
         keep_for: Duration,
         token: u64,
+        tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         match self {
-            Backend::Memory(m) => Ok(m.set_if_leased(key, value, *meta, keep_for, token)),
+            Backend::Memory(m) => Ok(m.set_if_leased(key, value, *meta, keep_for, token, tags)),
             Backend::Redis(r) => {
-                r.set_if_leased(key, value, meta, keep_for, token, timeout)
+                r.set_if_leased(key, value, meta, keep_for, token, tags, timeout)
                     .await
             }
         }

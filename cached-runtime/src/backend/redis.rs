@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{BackendError, LeaseOutcome, Lookup, lease_key};
+use super::{BackendError, LEASE_SUFFIX, LeaseOutcome, Lookup, lease_key};
+
+/// Keys per SCAN/SSCAN round trip, and so per UNLINK: small enough that no
+/// single command holds the server for long.
+const SCAN_BATCH: u64 = 500;
 use crate::Cacheable;
 use crate::codec::{self, EntryMeta};
 
@@ -74,36 +78,125 @@ impl RedisBackend {
         })
     }
 
-    pub(crate) async fn set<T: Cacheable>(
+    /// A write-through: stores the value, destroys any lease on the key (so a
+    /// load in flight cannot overwrite it with what it read before), and
+    /// records the key under its tags.
+    pub(crate) async fn put<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
+        value: Option<&T>,
         meta: &EntryMeta,
         keep_for: Duration,
+        tags: &[String],
         timeout: Duration,
     ) -> Result<(), BackendError> {
         let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
         let mut conn = self.conn()?;
-        let px = u64::try_from(keep_for.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let cmd = redis::cmd("SET")
-            .arg(key)
-            .arg(bytes)
-            .arg("PX")
-            .arg(px)
-            .to_owned();
-        run::<()>(timeout, cmd.query_async(&mut conn)).await
+        let mut call = PUT.key(key);
+        call.key(lease_key(key));
+        for tag in tags {
+            call.key(tag);
+        }
+        call.arg(bytes).arg(millis(keep_for));
+        run::<i64>(timeout, call.invoke_async(&mut conn))
+            .await
+            .map(drop)
     }
 
-    /// Removes the value and its lease, so a load in flight cannot write an
-    /// older value back.
-    pub(crate) async fn delete(&self, key: &str, timeout: Duration) -> Result<(), BackendError> {
+    /// Removes the values and their leases, so no load in flight can write
+    /// an older value back.
+    pub(crate) async fn invalidate(
+        &self,
+        keys: &[String],
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn()?;
-        let cmd = redis::cmd("UNLINK").arg(key).arg(lease_key(key)).to_owned();
+        let mut cmd = redis::cmd("UNLINK");
+        for key in keys {
+            cmd.arg(key).arg(lease_key(key));
+        }
         run::<i64>(timeout, cmd.query_async(&mut conn))
             .await
             .map(drop)
+    }
+
+    /// SCAN + UNLINK in batches (never KEYS): each round trip does bounded
+    /// work, so a large invalidation never blocks the server.
+    pub(crate) async fn invalidate_pattern(
+        &self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut conn = self.conn()?;
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) =
+                run(timeout, scan.query_async(&mut conn)).await?;
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                for key in &keys {
+                    unlink.arg(key);
+                    if !key.ends_with(LEASE_SUFFIX) {
+                        unlink.arg(lease_key(key));
+                    }
+                }
+                let n: u64 = run(timeout, unlink.query_async(&mut conn)).await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes every entry recorded under the tag, in SSCAN batches. A key
+    /// is dropped from the tag only once its entry is gone, so a failed or
+    /// partial invalidation leaves the rest for the next one.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut conn = self.conn()?;
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let scan = redis::cmd("SSCAN")
+                .arg(tag)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) =
+                run(timeout, scan.query_async(&mut conn)).await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let unlink = pipe.cmd("UNLINK");
+                for key in &keys {
+                    unlink.arg(key).arg(lease_key(key));
+                }
+                pipe.cmd("SREM").arg(tag).arg(&keys).ignore();
+                let (n,): (u64,) = run(timeout, pipe.query_async(&mut conn)).await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 
     pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
@@ -114,27 +207,53 @@ impl RedisBackend {
     }
 }
 
-/// KEYS: value, lease. ARGV: token, lease ms, only-if-absent (1/0).
-/// Returns 1 acquired, 0 held by another, 2 a value is present.
+/// Records KEYS[1] under each tag set KEYS[first..], keeping each set at
+/// least `ms` (ARGV[ms_arg]) so it outlives its members.
+const TAG_LUA: &str = r"
+local function tag(first, ms)
+  for i = first, #KEYS do
+    redis.call('SADD', KEYS[i], KEYS[1])
+    if redis.call('PTTL', KEYS[i]) < tonumber(ms) then redis.call('PEXPIRE', KEYS[i], ms) end
+  end
+end
+";
+
+/// KEYS: value, lease, tags... ARGV: token, lease ms, only-if-absent (1/0),
+/// tag ms. Returns 1 acquired, 0 held by another, 2 a value is present.
+/// Tags are recorded when the load starts, so a tag invalidation while it
+/// runs finds the key and destroys the lease.
 static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
-          if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-          return 0",
-    )
+    redis::Script::new(&format!(
+        "{TAG_LUA}
+        if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
+        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+        tag(3, ARGV[4])
+        return 1"
+    ))
 });
 
-/// KEYS: value, lease. ARGV: token, envelope, keep ms.
+/// KEYS: value, lease, tags... ARGV: envelope, keep ms. A write-through.
+static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{TAG_LUA}
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        redis.call('DEL', KEYS[2])
+        tag(3, ARGV[2])
+        return 1"
+    ))
+});
+
+/// KEYS: value, lease, tags... ARGV: token, envelope, keep ms.
 /// Stores only while the token holds the lease, then ends the lease.
 static SET_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"if redis.call('GET', KEYS[2]) == ARGV[1] then
-            redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-            redis.call('DEL', KEYS[2])
-            return 1
-          end
-          return 0",
-    )
+    redis::Script::new(&format!(
+        "{TAG_LUA}
+        if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        redis.call('DEL', KEYS[2])
+        tag(3, ARGV[3])
+        return 1"
+    ))
 });
 
 /// KEYS: lease. ARGV: token. Compare-and-delete: only the holder ends it.
@@ -150,20 +269,27 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl RedisBackend {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn acquire_lease(
         &self,
         key: &str,
         token: u64,
         ttl: Duration,
         only_if_absent: bool,
+        tags: &[String],
+        tag_for: Duration,
         timeout: Duration,
     ) -> Result<LeaseOutcome, BackendError> {
         let mut conn = self.conn()?;
         let mut call = ACQUIRE.key(key);
-        call.key(lease_key(key))
-            .arg(token)
+        call.key(lease_key(key));
+        for tag in tags {
+            call.key(tag);
+        }
+        call.arg(token)
             .arg(millis(ttl))
-            .arg(if only_if_absent { "1" } else { "0" });
+            .arg(if only_if_absent { "1" } else { "0" })
+            .arg(millis(tag_for));
         let outcome: i64 = run(timeout, call.invoke_async(&mut conn)).await?;
         Ok(match outcome {
             1 => LeaseOutcome::Acquired,
@@ -172,22 +298,25 @@ impl RedisBackend {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn set_if_leased<T: Cacheable>(
         &self,
         key: &str,
-        value: &T,
+        value: Option<&T>,
         meta: &EntryMeta,
         keep_for: Duration,
         token: u64,
+        tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
         let mut conn = self.conn()?;
         let mut call = SET_IF_LEASED.key(key);
-        call.key(lease_key(key))
-            .arg(token)
-            .arg(bytes)
-            .arg(millis(keep_for));
+        call.key(lease_key(key));
+        for tag in tags {
+            call.key(tag);
+        }
+        call.arg(token).arg(bytes).arg(millis(keep_for));
         let stored: i64 = run(timeout, call.invoke_async(&mut conn)).await?;
         Ok(stored == 1)
     }

@@ -1,0 +1,21 @@
+#![allow(dead_code, unused_imports)]
+
+use cached_runtime::{cache_evict, cache_put, Cache};
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Placement {
+    id: u64,
+}
+
+struct Service {
+    cache: Cache,
+}
+
+impl Service {
+    #[cache_put(prefix = "placement", ttl = "5m", key = id, stale = "1h", lock = false)]
+    async fn update(&self, id: u64) -> Placement {
+        Placement { id }
+    }
+}
+
+fn main() {}
