@@ -218,6 +218,7 @@ fn site(args: &Args, p: &TokenStream) -> TokenStream {
                 stale: #stale,
                 early_refresh: #early_refresh,
             },
+            counters: #p::SiteCounters::new(),
         };
     }
 }

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 
 pub use std::time::Duration;
 
@@ -10,8 +11,9 @@ pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
 use crate::cache::Keep;
-use crate::load::{Call, option_from_item, option_item, plain_from_item, plain_item};
+use crate::load::{Call, CountersRef, option_from_item, option_item, plain_from_item, plain_item};
 pub use crate::load::{Policy, Refresh, keep_option, keep_value};
+use crate::stats::Counters;
 
 /// Everything a call site knows at compile time.
 #[derive(Debug)]
@@ -22,6 +24,37 @@ pub struct Site {
     pub prefix: &'static str,
     /// TTLs, locking, stale window, early refresh.
     pub policy: Policy,
+    /// The counters of the first cache this site served, kept here so a hit
+    /// takes no lock and no reference count (both contended under load).
+    pub counters: SiteCounters,
+}
+
+/// See [`Site::counters`].
+#[derive(Debug)]
+pub struct SiteCounters(OnceLock<(u64, Arc<Counters>)>);
+
+impl SiteCounters {
+    /// Empty until the first call.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> SiteCounters {
+        SiteCounters(OnceLock::new())
+    }
+}
+
+impl Site {
+    /// The counters of `cache` for this site: from the site for the cache it
+    /// first served, from the cache's registry for any other.
+    fn counters(&'static self, cache: &Cache) -> CountersRef<'static> {
+        let (id, counters) = self
+            .counters
+            .0
+            .get_or_init(|| (cache.id(), cache.counters(self.name)));
+        if *id == cache.id() {
+            CountersRef::Borrowed(counters)
+        } else {
+            CountersRef::Owned(cache.counters(self.name))
+        }
+    }
 }
 
 /// Starts the key of a call: `{namespace}:{prefix}:`.
@@ -97,7 +130,7 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
     ) {
         match value {
             Some(value) => {
-                let counters = cache.counters(site.name);
+                let counters = site.counters(cache);
                 let keep = Keep {
                     ttl: site.policy.ttl,
                     stale: site.policy.stale,
@@ -161,9 +194,12 @@ pub fn pattern(cache: &Cache) -> KeyBuilder {
     KeyBuilder::pattern(cache.namespace())
 }
 
+// Plain functions returning the get-or-load future itself, not `async fn`s
+// awaiting it: one layer less in every call's future, which is copied and
+// allocated on every hit.
 impl<T: Cacheable> CacheRun<T> for &Runner<T> {
     #[inline]
-    async fn cached<E, F, Fut>(
+    fn cached<E, F, Fut>(
         &self,
         cache: &Cache,
         site: &'static Site,
@@ -171,31 +207,25 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
         tags: &[String],
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let counters = cache.counters(site.name);
-        cache
-            .load_through(
-                Call {
-                    key,
-                    counters: &counters,
-                    policy: &site.policy,
-                    keep: keep_value,
-                    tags,
-                    item: plain_item,
-                    from_item: plain_from_item,
-                },
-                load,
-                refresh,
-            )
-            .await
+        let call = Call {
+            key,
+            counters: site.counters(cache),
+            policy: &site.policy,
+            keep: keep_value,
+            tags,
+            item: plain_item,
+            from_item: plain_from_item,
+        };
+        cache.load_through(call, load, refresh)
     }
 
     #[inline]
-    async fn cached_option<E, F, Fut>(
+    fn cached_option<E, F, Fut>(
         &self,
         cache: &Cache,
         site: &'static Site,
@@ -203,27 +233,21 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
         tags: &[String],
-    ) -> Result<Option<T>, E>
+    ) -> impl Future<Output = Result<Option<T>, E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let counters = cache.counters(site.name);
-        cache
-            .load_through(
-                Call {
-                    key,
-                    counters: &counters,
-                    policy: &site.policy,
-                    keep: keep_option,
-                    tags,
-                    item: option_item,
-                    from_item: option_from_item,
-                },
-                load,
-                refresh,
-            )
-            .await
+        let call = Call {
+            key,
+            counters: site.counters(cache),
+            policy: &site.policy,
+            keep: keep_option,
+            tags,
+            item: option_item,
+            from_item: option_from_item,
+        };
+        cache.load_through(call, load, refresh)
     }
 }
 

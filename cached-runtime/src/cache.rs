@@ -7,7 +7,9 @@ use crate::Cacheable;
 use crate::backend::{Backend, BackendError, Lookup, memory::MemoryBackend, redis::RedisBackend};
 use crate::codec::EntryMeta;
 use crate::error::{BuildError, CacheError};
-use crate::load::{Call, Flights, Policy, Read, keep_value, plain_from_item, plain_item};
+use crate::load::{
+    Call, CountersRef, Flights, Policy, Read, keep_value, plain_from_item, plain_item,
+};
 use crate::stats::{CacheStats, Counters, LogLimiter, Registry};
 
 /// The default time one backend operation may take before the cache gives up
@@ -43,6 +45,8 @@ pub struct Cache {
 }
 
 struct Inner {
+    /// Unique for the process's lifetime (an address could be reused).
+    id: u64,
     backend: Backend,
     namespace: String,
     op_timeout: Duration,
@@ -87,8 +91,10 @@ impl Cache {
     }
 
     fn from_parts(backend: Backend, b: CacheBuilder) -> Cache {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Cache {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 backend,
                 namespace: b.namespace,
                 op_timeout: b.op_timeout,
@@ -275,7 +281,7 @@ impl Cache {
         let policy = Policy::new(ttl);
         let call = Call {
             key: full,
-            counters: &counters,
+            counters: CountersRef::Borrowed(&counters),
             policy: &policy,
             keep: keep_value,
             tags: &[],
@@ -306,6 +312,10 @@ impl Cache {
 
     pub(crate) fn counters(&self, name: &str) -> Arc<Counters> {
         self.inner.stats.counters(name)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     pub(crate) fn flights(&self) -> &Flights {

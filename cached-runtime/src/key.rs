@@ -50,19 +50,26 @@ pub fn push_escaped(out: &mut String, text: &str) {
     }
 }
 
-macro_rules! key_part_display {
+macro_rules! key_part_integer {
     ($($t:ty),*) => {$(
         impl KeyPart for $t {
             #[inline]
             fn write_key_part(&self, out: &mut String) {
-                let _ = write!(out, "{self}");
+                // itoa, not `fmt`: a key is built on every call, hits included.
+                out.push_str(itoa::Buffer::new().format(*self));
             }
         }
     )*};
 }
-key_part_display!(
-    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool
+key_part_integer!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
 );
+
+impl KeyPart for bool {
+    fn write_key_part(&self, out: &mut String) {
+        out.push_str(if *self { "true" } else { "false" });
+    }
+}
 
 impl KeyPart for char {
     fn write_key_part(&self, out: &mut String) {

@@ -211,7 +211,7 @@ fn poll_interval(waited: Duration) -> Duration {
 /// on `-> Option<Placement>` share entries; a cached `None` is a marker.
 pub(crate) struct Call<'a, V, T> {
     pub(crate) key: String,
-    pub(crate) counters: &'a Arc<Counters>,
+    pub(crate) counters: CountersRef<'a>,
     pub(crate) policy: &'a Policy,
     pub(crate) keep: KeepFn<V>,
     /// Full tag keys the entry is recorded under.
@@ -236,6 +236,24 @@ impl<V, T> Call<'_, V, T> {
     /// may then live.
     fn tag_for(&self) -> Duration {
         self.policy.ttl.mul_f64(1.0 + MAX_JITTER) + self.policy.stale + self.policy.lease
+    }
+}
+
+/// A call's counters: borrowed from its call site, or owned.
+#[derive(Debug)]
+pub(crate) enum CountersRef<'a> {
+    Borrowed(&'a Arc<Counters>),
+    Owned(Arc<Counters>),
+}
+
+impl std::ops::Deref for CountersRef<'_> {
+    type Target = Arc<Counters>;
+
+    fn deref(&self) -> &Arc<Counters> {
+        match self {
+            CountersRef::Borrowed(c) => c,
+            CountersRef::Owned(c) => c,
+        }
     }
 }
 
@@ -276,7 +294,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let counters = call.counters;
+        let counters = &*call.counters;
         match self.read_as(&call, true).await {
             Read::Fresh(value, meta) => {
                 if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
@@ -295,8 +313,27 @@ impl Cache {
             Read::Miss => {}
             // The backend is failing: go straight to the source, and do not
             // make the caller wait out more timeouts on a write.
-            Read::Failed => return self.run_loader(counters, load).await.map(|(v, _)| v),
+            Read::Failed => {
+                return Box::pin(self.run_loader(counters, load))
+                    .await
+                    .map(|(v, _)| v);
+            }
         }
+        // Boxed: the miss path's state (leases, the loader, the write) would
+        // otherwise make every hit's future kilobytes large, which costs a
+        // hit its allocation and copy (seen in `concurrent_hit`).
+        Box::pin(self.miss(call, load)).await
+    }
+
+    /// Everything after a miss: single flight, the lease, the load.
+    async fn miss<V, T, E, F, Fut>(&self, call: Call<'_, V, T>, load: F) -> Result<V, E>
+    where
+        V: Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let counters = &*call.counters;
         if !call.policy.lock {
             let (value, took) = self.run_loader(counters, load).await?;
             if let Some(keep) = call.keep(&value, took) {
@@ -346,7 +383,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let (key, counters, policy) = (&call.key, call.counters, call.policy);
+        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
         let token = fastrand::u64(1..);
         let started = Instant::now();
         let mut leased = false;
@@ -446,7 +483,7 @@ impl Cache {
         };
         let load = refresh();
         let cache = self.clone();
-        let counters = Arc::clone(call.counters);
+        let counters = Arc::clone(&call.counters);
         let (key, policy, keep, tags) = (
             call.key.clone(),
             *call.policy,
@@ -456,7 +493,15 @@ impl Cache {
         let (item, from_item) = (call.item, call.from_item);
         let tag_for = call.tag_for();
         runtime.spawn(async move {
-            let call = Call { key, counters: &counters, policy: &policy, keep, tags: &tags, item, from_item };
+            let call = Call {
+                key,
+                counters: CountersRef::Borrowed(&counters),
+                policy: &policy,
+                keep,
+                tags: &tags,
+                item,
+                from_item,
+            };
             let key = &call.key;
             let token = fastrand::u64(1..);
             let lease = cache
@@ -494,7 +539,7 @@ impl Cache {
 
     /// A read, as this caller's value type. `count`: record hit or miss.
     async fn read_as<V, T: Cacheable>(&self, call: &Call<'_, V, T>, count: bool) -> Read<V> {
-        let read = self.read::<T>(&call.key, call.counters, false).await;
+        let read = self.read::<T>(&call.key, &call.counters, false).await;
         let read = match read {
             Read::Fresh(item, meta) => match (call.from_item)(item) {
                 Some(v) => Read::Fresh(v, meta),
@@ -508,7 +553,7 @@ impl Cache {
             Read::Failed => Read::Failed,
         };
         if count {
-            self.count_read(&call.key, call.counters, &read);
+            self.count_read(&call.key, &call.counters, &read);
         }
         read
     }
