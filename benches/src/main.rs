@@ -1,1 +1,114 @@
-fn main() {}
+//! The benchmark harness: this framework beside the alternatives, in one run.
+//!
+//! ```text
+//! cargo run --release -p cached-bench                 # every scenario
+//! cargo run --release -p cached-bench -- seq_hit ...  # only those named
+//! ```
+//!
+//! Starts its own `redis-server` on a free loopback port (or uses
+//! `REDIS_URL`), prints a table on stderr and one JSON object per
+//! measurement on stdout.
+
+mod fixture;
+mod harness;
+mod scenarios;
+mod systems;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use harness::{Redis, Row};
+
+type Scenario = for<'a> fn(&'a Redis) -> Pin<Box<dyn Future<Output = Vec<Row>> + 'a>>;
+
+/// Every scenario, in the order a full run takes them.
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("memory_hit", |r| Box::pin(scenarios::hits::memory_hit(r))),
+    ("seq_hit", |r| Box::pin(scenarios::hits::seq_hit(r))),
+    ("concurrent_hit", |r| {
+        Box::pin(scenarios::hits::concurrent_hit(r))
+    }),
+    ("stampede", |r| Box::pin(scenarios::stampede::stampede(r))),
+    ("stampede_processes", |r| {
+        Box::pin(scenarios::stampede::stampede_processes(r))
+    }),
+    ("hot_key_expiry", |r| {
+        Box::pin(scenarios::stampede::hot_key_expiry(r))
+    }),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start a Tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    // `__profile SYSTEM N`: N sequential hits, for an instruction profiler.
+    if args.first().map(String::as_str) == Some("__profile") {
+        let system = args.get(1).cloned().unwrap_or_default();
+        let n: u32 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+        let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(scenarios::hits::profile(&redis, &system, n));
+        return;
+    }
+
+    // A child process of a multi-process scenario.
+    if args.first().map(String::as_str) == Some("__child") {
+        if let [_, _, system, url, start_at] = args.as_slice() {
+            let start_at = start_at.parse().unwrap_or(0);
+            runtime.block_on(scenarios::stampede::child(system, url, start_at));
+            return;
+        }
+        eprintln!("usage: __child SCENARIO SYSTEM URL START_AT_MS");
+        std::process::exit(2);
+    }
+
+    let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+    let chosen: Vec<&(&str, Scenario)> = if args.is_empty() {
+        SCENARIOS.iter().collect()
+    } else {
+        let mut chosen = Vec::new();
+        for a in &args {
+            match SCENARIOS.iter().find(|(n, _)| n == a) {
+                Some(s) => chosen.push(s),
+                None => {
+                    eprintln!("unknown scenario `{a}`; valid: {}", names.join(", "));
+                    std::process::exit(2);
+                }
+            }
+        }
+        chosen
+    };
+
+    let redis = match Redis::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let _ = systems::CACHED_CRATE_URL.set(redis.url.clone());
+    eprintln!(
+        "redis: {}   value: {} bytes of JSON",
+        redis.url,
+        fixture::json_len()
+    );
+
+    let mut all = Vec::new();
+    for (name, scenario) in chosen {
+        eprintln!("running {name} ...");
+        let rows = runtime.block_on(scenario(&redis));
+        for row in &rows {
+            println!("{}", row.json());
+        }
+        all.extend(rows);
+    }
+    eprintln!("{}", harness::table(&all));
+}

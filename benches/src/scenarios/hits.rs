@@ -1,0 +1,281 @@
+//! `memory_hit`, `seq_hit`, `concurrent_hit`: the cost of a hit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cached_runtime::Cache;
+
+use crate::fixture::{Placement, json_len};
+use crate::harness::{Redis, Row, median};
+use crate::systems::{This, cached_crate_get, hand_written_get, raw_get};
+
+const REPEATS: usize = 5;
+
+/// A warm key read in a loop on one task; median over repeats, in ns.
+async fn time_loop<F, Fut>(ops: u32, mut op: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let started = Instant::now();
+        for _ in 0..ops {
+            op().await;
+        }
+        samples.push(started.elapsed().as_nanos() as f64 / f64::from(ops));
+    }
+    median(samples)
+}
+
+pub async fn memory_hit(_redis: &Redis) -> Vec<Row> {
+    const OPS: u32 = 1_000_000;
+    let this = This::new(Cache::memory(), Duration::ZERO);
+    this.get(1).await;
+    let this_ns = time_loop(OPS, || async {
+        std::hint::black_box(this.get(std::hint::black_box(1)).await);
+    })
+    .await;
+
+    let moka: moka::future::Cache<u64, Placement> = moka::future::Cache::new(100_000);
+    moka.insert(1, Placement::sample(1)).await;
+    let moka_ns = time_loop(OPS, || async {
+        std::hint::black_box(moka.get(&std::hint::black_box(1)).await);
+    })
+    .await;
+
+    vec![
+        Row::new("memory_hit", "this")
+            .with("ns_per_op", this_ns)
+            .with("ratio_vs_moka", this_ns / moka_ns)
+            .with("value_bytes", json_len() as u64),
+        Row::new("memory_hit", "moka")
+            .with("ns_per_op", moka_ns)
+            .with("value_bytes", json_len() as u64),
+    ]
+}
+
+/// A boxed operation, so systems of different types can take turns.
+type Op<'a> = Box<dyn FnMut() -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>> + 'a>;
+
+/// Times each system's loop in turn, round after round, so that drift in
+/// the machine's speed falls on every system alike; medians in ns.
+async fn interleaved(ops: u32, systems: &mut [Op<'_>]) -> Vec<f64> {
+    let mut samples = vec![Vec::with_capacity(REPEATS); systems.len()];
+    for _ in 0..REPEATS {
+        for (i, op) in systems.iter_mut().enumerate() {
+            let started = Instant::now();
+            for _ in 0..ops {
+                op().await;
+            }
+            samples[i].push(started.elapsed().as_nanos() as f64 / f64::from(ops));
+        }
+    }
+    samples.into_iter().map(median).collect()
+}
+
+pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
+    const OPS: u32 = 4_000;
+    let manager = || async {
+        redis::aio::ConnectionManager::new(redis.client())
+            .await
+            .expect("connects")
+    };
+
+    let this = This::new(redis_cache(redis), Duration::ZERO);
+    this.get(1).await;
+    let raw = manager().await;
+    let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
+    redis.cmd::<()>(&[
+        "SET",
+        "raw:placement:1",
+        std::str::from_utf8(&json).expect("utf-8"),
+    ]);
+    let hand = manager().await;
+    let _ = cached_crate_get(1).await;
+
+    let mut systems: Vec<Op<'_>> = vec![
+        Box::new(|| {
+            let this = this.clone();
+            Box::pin(async move {
+                std::hint::black_box(this.get(1).await);
+            })
+        }),
+        Box::new(|| {
+            let mut c = raw.clone();
+            Box::pin(async move {
+                std::hint::black_box(raw_get(&mut c, "raw:placement:1").await);
+            })
+        }),
+        Box::new(|| {
+            let mut c = hand.clone();
+            Box::pin(async move {
+                let load = || async { Placement::sample(1) };
+                std::hint::black_box(
+                    hand_written_get(&mut c, "hand:placement:1", 3600, load).await,
+                );
+            })
+        }),
+        Box::new(|| {
+            Box::pin(async {
+                let _ = std::hint::black_box(cached_crate_get(1).await);
+            })
+        }),
+    ];
+    let ns = interleaved(OPS, &mut systems).await;
+    let raw_ns = ns[1];
+    ["this", "raw_redis", "hand_written", "cached_crate"]
+        .iter()
+        .zip(ns)
+        .map(|(system, ns)| {
+            Row::new("seq_hit", *system)
+                .with("us_per_op", ns / 1000.0)
+                .with("ratio_vs_raw_redis", ns / raw_ns)
+        })
+        .collect()
+}
+
+/// A shareable operation for the throughput runs.
+type SharedOp = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// 64 tasks hitting one warm key for 2 s, each system in turn, round after
+/// round (as `interleaved`); median ops/s per system.
+async fn throughput(systems: &[SharedOp]) -> Vec<f64> {
+    const TASKS: usize = 64;
+    const RUN: Duration = Duration::from_secs(2);
+    let mut samples = vec![Vec::new(); systems.len()];
+    for _ in 0..3 {
+        for (i, op) in systems.iter().enumerate() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let count = Arc::new(AtomicU64::new(0));
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            op().await;
+                            n += 1;
+                        }
+                        count.fetch_add(n, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            let started = Instant::now();
+            tokio::time::sleep(RUN).await;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                let _ = t.await;
+            }
+            samples[i].push(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    if std::env::var("BENCH_SAMPLES").is_ok() {
+        eprintln!("samples: {samples:?}");
+    }
+    samples.into_iter().map(median).collect()
+}
+
+pub async fn concurrent_hit(redis: &Redis) -> Vec<Row> {
+    // Shared through one `Arc`, as raw shares its one connection handle.
+    let this = Arc::new(This::new(redis_cache(redis), Duration::ZERO));
+    if std::env::var("BENCH_SAMPLES").is_ok() {
+        let raw = redis::aio::ConnectionManager::new(redis.client())
+            .await
+            .expect("connects");
+        let mut c = raw.clone();
+        eprintln!(
+            "future sizes: this.get {} typed get {} raw_get {} placement {}",
+            std::mem::size_of_val(&this.get(1)),
+            std::mem::size_of_val(&this.cache.get::<Placement>("k")),
+            std::mem::size_of_val(&raw_get(&mut c, "k")),
+            std::mem::size_of::<Placement>()
+        );
+    }
+    this.get(1).await;
+    let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
+    redis.cmd::<()>(&[
+        "SET",
+        "raw:placement:1",
+        std::str::from_utf8(&json).expect("utf-8"),
+    ]);
+    let raw = redis::aio::ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    let hand = redis::aio::ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    let _ = cached_crate_get(1).await;
+
+    let systems: Vec<SharedOp> = vec![
+        Arc::new(move || {
+            let this = this.clone();
+            Box::pin(async move {
+                std::hint::black_box(this.get(1).await);
+            })
+        }),
+        Arc::new(move || {
+            let mut c = raw.clone();
+            Box::pin(async move {
+                std::hint::black_box(raw_get(&mut c, "raw:placement:1").await);
+            })
+        }),
+        Arc::new(move || {
+            let mut c = hand.clone();
+            Box::pin(async move {
+                let load = || async { Placement::sample(1) };
+                std::hint::black_box(
+                    hand_written_get(&mut c, "hand:placement:1", 3600, load).await,
+                );
+            })
+        }),
+        Arc::new(|| {
+            Box::pin(async {
+                let _ = std::hint::black_box(cached_crate_get(1).await);
+            })
+        }),
+    ];
+    let ops = throughput(&systems).await;
+    let raw_ops = ops[1];
+    ["this", "raw_redis", "hand_written", "cached_crate"]
+        .iter()
+        .zip(ops)
+        .map(|(system, ops)| {
+            Row::new("concurrent_hit", *system)
+                .with("ops_per_s", ops)
+                .with("ratio_vs_raw_redis", ops / raw_ops)
+                .with("tasks", 64)
+        })
+        .collect()
+}
+
+pub fn redis_cache(redis: &Redis) -> Cache {
+    Cache::builder()
+        .redis(redis.url.as_str())
+        .namespace("bench")
+        .build()
+        .expect("a valid URL")
+}
+
+/// N sequential hits of one system, nothing else (see `__profile`).
+pub async fn profile(redis: &Redis, system: &str, n: u32) {
+    let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
+    redis.cmd::<()>(&[
+        "SET",
+        "raw:placement:1",
+        std::str::from_utf8(&json).expect("utf-8"),
+    ]);
+    let this = This::new(redis_cache(redis), Duration::ZERO);
+    this.get(1).await;
+    let mut raw = redis::aio::ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    for _ in 0..n {
+        if system == "this" {
+            std::hint::black_box(this.get(1).await);
+        } else {
+            std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
+        }
+    }
+}

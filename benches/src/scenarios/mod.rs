@@ -1,0 +1,4 @@
+//! The scenarios, by issue: hits (the foundation), stampedes.
+
+pub mod hits;
+pub mod stampede;
