@@ -18,6 +18,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,7 +101,17 @@ enum Landed {
 /// In-process single flight: one load per key at a time.
 #[derive(Default)]
 pub(crate) struct Flights {
-    running: Mutex<HashMap<String, watch::Receiver<Landed>>>,
+    running: Mutex<HashMap<String, Flight>>,
+    /// Miss flights running: while zero (nearly always), a call need not
+    /// look for one before reading, and a hit takes no lock.
+    misses: AtomicUsize,
+}
+
+struct Flight {
+    landed: watch::Receiver<Landed>,
+    /// A load after a miss (joinable before reading), or a background
+    /// refresh (whose callers read the current value instead).
+    miss: bool,
 }
 
 impl std::fmt::Debug for Flights {
@@ -115,20 +126,23 @@ enum Role {
 }
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Landed>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         // Every change is one insert or remove: a poisoned map is consistent.
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn join_or_lead(&self, cache: &Cache, key: &str) -> Role {
+    fn join_or_lead(&self, cache: &Cache, key: &str, miss: bool) -> Role {
         let mut running = self.lock();
-        if let Some(rx) = running.get(key) {
-            return Role::Wait(rx.clone());
+        if let Some(flight) = running.get(key) {
+            return Role::Wait(flight.landed.clone());
         }
-        let (tx, rx) = watch::channel(Landed::Running);
-        running.insert(key.to_owned(), rx);
+        let (tx, landed) = watch::channel(Landed::Running);
+        running.insert(key.to_owned(), Flight { landed, miss });
+        if miss {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
         Role::Lead(FlightGuard {
             cache: cache.clone(),
             key: key.to_owned(),
@@ -137,12 +151,41 @@ impl Flights {
         })
     }
 
-    /// Leads only if nobody else is loading the key.
+    /// The miss flight running for `key`, if any: a caller can wait for its
+    /// value without reading the backend first (the stampede case).
+    fn miss_in_flight(&self, key: &str) -> Option<watch::Receiver<Landed>> {
+        if self.misses.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let running = self.lock();
+        running
+            .get(key)
+            .filter(|f| f.miss)
+            .map(|f| f.landed.clone())
+    }
+
+    fn remove(&self, key: &str) {
+        if let Some(flight) = self.lock().remove(key)
+            && flight.miss
+        {
+            self.misses.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Leads a background refresh only if nobody else is loading the key.
     fn try_lead(&self, cache: &Cache, key: &str) -> Option<FlightGuard> {
-        match self.join_or_lead(cache, key) {
+        match self.join_or_lead(cache, key, false) {
             Role::Lead(guard) => Some(guard),
             Role::Wait(_) => None,
         }
+    }
+}
+
+/// Waits for a flight to land.
+async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
+    match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
+        Ok(landed) => landed.clone(),
+        Err(_) => Landed::Abandoned,
     }
 }
 
@@ -158,7 +201,7 @@ struct FlightGuard {
 impl FlightGuard {
     fn land(&mut self, landed: Landed) {
         if let Some(tx) = self.tx.take() {
-            self.cache.flights().lock().remove(&self.key);
+            self.cache.flights().remove(&self.key);
             let _ = tx.send(landed);
         }
     }
@@ -295,6 +338,18 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         let counters = &*call.counters;
+        // A load of this key is already running here: wait for it rather
+        // than add a read to the pile (1000 callers of a cold key would
+        // otherwise queue 1000 reads ahead of the one load).
+        // Failed, abandoned, or another type: go the usual way.
+        if call.policy.lock
+            && let Some(rx) = self.flights().miss_in_flight(&call.key)
+            && let Landed::Value(any) = Box::pin(landing(rx)).await
+            && let Some(v) = any.downcast_ref::<V>()
+        {
+            Counters::add(&counters.coalesced);
+            return Ok(v.clone());
+        }
         match self.read_as(&call, true).await {
             Read::Fresh(value, meta) => {
                 if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
@@ -343,14 +398,11 @@ impl Cache {
             return Ok(value);
         }
         loop {
-            match self.flights().join_or_lead(self, &call.key) {
+            match self.flights().join_or_lead(self, &call.key, true) {
                 Role::Lead(guard) => return self.lead(&call, guard, load).await,
-                Role::Wait(mut rx) => {
+                Role::Wait(rx) => {
                     Counters::add(&counters.coalesced);
-                    let landed = match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
-                        Ok(landed) => landed.clone(),
-                        Err(_) => Landed::Abandoned,
-                    };
+                    let landed = landing(rx).await;
                     match landed {
                         Landed::Value(any) => match any.downcast_ref::<V>() {
                             Some(v) => return Ok(v.clone()),
