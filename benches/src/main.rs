@@ -35,6 +35,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("hot_key_expiry", |r| {
         Box::pin(scenarios::stampede::hot_key_expiry(r))
     }),
+    ("stale_set_race", |r| {
+        Box::pin(scenarios::invalidation::stale_set_race(r))
+    }),
+    ("invalidate_pattern", |r| {
+        Box::pin(scenarios::invalidation::invalidate_pattern(r))
+    }),
 ];
 
 fn main() {

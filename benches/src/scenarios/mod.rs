@@ -1,4 +1,5 @@
-//! The scenarios, by issue: hits (the foundation), stampedes.
+//! The scenarios, by issue: hits (the foundation), stampedes, invalidation.
 
 pub mod hits;
+pub mod invalidation;
 pub mod stampede;
