@@ -379,11 +379,11 @@ impl Cache {
 
     pub(crate) fn count_read<V>(&self, key: &str, counters: &Counters, read: &Read<V>) {
         let hit = matches!(read, Read::Fresh(..) | Read::Stale(..));
-        Counters::add(if hit {
-            &counters.hits
+        if hit {
+            counters.hits.add();
         } else {
-            &counters.misses
-        });
+            counters.misses.add();
+        }
         if matches!(read, Read::Stale(..)) {
             Counters::add(&counters.stale_served);
         }

@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 /// One cache name's counters. Opaque outside the crate.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
+    /// Every read counts here, from every thread: striped.
+    pub(crate) hits: Striped,
+    pub(crate) misses: Striped,
     pub(crate) loads: AtomicU64,
     pub(crate) load_errors: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -26,6 +27,35 @@ impl Counters {
     #[inline]
     pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+}
+
+const STRIPES: usize = 8;
+
+/// A counter split over cache lines, one per thread (modulo 8), so threads
+/// counting hits at once do not fight over one line.
+#[derive(Debug, Default)]
+pub(crate) struct Striped([Stripe; STRIPES]);
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+impl Striped {
+    #[inline]
+    pub(crate) fn add(&self) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, Relaxed) % STRIPES
+            };
+        }
+        let i = STRIPE.with(|s| *s);
+        self.0[i].0.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
     }
 }
 
@@ -59,8 +89,8 @@ impl Registry {
             .iter()
             .map(|(name, c)| CacheStats {
                 name: name.to_string(),
-                hits: c.hits.load(Relaxed),
-                misses: c.misses.load(Relaxed),
+                hits: c.hits.load(),
+                misses: c.misses.load(),
                 loads: c.loads.load(Relaxed),
                 load_errors: c.load_errors.load(Relaxed),
                 errors: c.errors.load(Relaxed),
