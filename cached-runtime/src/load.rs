@@ -485,6 +485,9 @@ impl Cache {
         let result = self.run_loader(counters, load).await;
         match &result {
             Ok((value, took)) => {
+                // Waiters get the value first; the write's round trip is the
+                // leader's alone.
+                guard.land(Landed::Value(Arc::new(value.clone())));
                 if leased {
                     match call.keep(value, *took) {
                         Some(keep) => {
@@ -502,14 +505,13 @@ impl Cache {
                     }
                     guard.lease.take();
                 }
-                guard.land(Landed::Value(Arc::new(value.clone())));
             }
             Err(_) => {
+                guard.land(Landed::Failed);
                 if leased {
                     self.release_lease(key, token).await;
                     guard.lease.take();
                 }
-                guard.land(Landed::Failed);
             }
         }
         result.map(|(v, _)| v)

@@ -511,3 +511,46 @@ async fn pattern_invalidation_visits_every_key_in_batches() {
     let left: usize = redis::cmd("DBSIZE").query(&mut conn).expect("DBSIZE");
     assert_eq!(left, 1, "only the key outside the pattern remains");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_after_a_failed_one_removes_old_and_new_entries() {
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .namespace("t")
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .expect("builds");
+    let s = Service::new(cache.clone());
+    s.get(1, 101).await.expect("loads");
+    s.get(3, 101).await.expect("loads");
+
+    // The first invalidation fails: the server does not answer.
+    server.freeze();
+    assert!(
+        cache.invalidate_tag("video:101").await.is_err(),
+        "a frozen server cannot invalidate"
+    );
+    server.thaw();
+    assert!(
+        cache.get::<Placement>("placement:1").await.is_some(),
+        "the failed invalidation removed nothing"
+    );
+
+    // An entry tagged after the failure, then a second invalidation.
+    s.get(5, 101).await.expect("loads");
+    assert_eq!(
+        cache
+            .invalidate_tag("video:101")
+            .await
+            .expect("invalidates"),
+        3
+    );
+    for id in [1, 3, 5] {
+        assert_eq!(
+            cache.get::<Placement>(&format!("placement:{id}")).await,
+            None,
+            "placement {id}"
+        );
+    }
+}

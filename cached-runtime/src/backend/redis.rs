@@ -21,6 +21,10 @@ pub(crate) struct RedisBackend {
     // Made on first use, inside the caller's Tokio runtime, so building a
     // `Cache` needs neither a runtime nor a reachable server.
     conn: OnceLock<ConnectionManager>,
+    // Leases and guarded writes travel on a connection of their own: on the
+    // shared one, a stampede's leader queued its lease request behind every
+    // other caller's read before its load could start.
+    control: OnceLock<ConnectionManager>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -49,18 +53,29 @@ impl RedisBackend {
             client,
             config,
             conn: OnceLock::new(),
+            control: OnceLock::new(),
         }
     }
 
+    /// The connection for reads, writes and invalidations.
     fn conn(&self) -> Result<ConnectionManager, BackendError> {
-        if let Some(c) = self.conn.get() {
+        self.lazy(&self.conn)
+    }
+
+    /// The connection for lease traffic.
+    fn control(&self) -> Result<ConnectionManager, BackendError> {
+        self.lazy(&self.control)
+    }
+
+    fn lazy(&self, slot: &OnceLock<ConnectionManager>) -> Result<ConnectionManager, BackendError> {
+        if let Some(c) = slot.get() {
             return Ok(c.clone());
         }
         let made =
             ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
                 .map_err(BackendError::Redis)?;
         // Two first callers may both make one; the loser's is dropped unused.
-        Ok(self.conn.get_or_init(|| made).clone())
+        Ok(slot.get_or_init(|| made).clone())
     }
 
     pub(crate) async fn get<T: Cacheable>(
@@ -285,7 +300,7 @@ impl RedisBackend {
         tag_for: Duration,
         timeout: Duration,
     ) -> Result<LeaseOutcome, BackendError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.control()?;
         let mut call = ACQUIRE.key(key);
         call.key(lease_key(key));
         for tag in tags {
@@ -315,7 +330,7 @@ impl RedisBackend {
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
-        let mut conn = self.conn()?;
+        let mut conn = self.control()?;
         let mut call = SET_IF_LEASED.key(key);
         call.key(lease_key(key));
         for tag in tags {
@@ -332,7 +347,7 @@ impl RedisBackend {
         token: u64,
         timeout: Duration,
     ) -> Result<(), BackendError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.control()?;
         let mut call = RELEASE.key(lease_key(key));
         call.arg(token);
         run::<i64>(timeout, call.invoke_async(&mut conn))
