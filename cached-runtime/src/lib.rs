@@ -47,6 +47,9 @@ mod cache;
 mod codec;
 mod error;
 mod glob;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod key;
 mod load;
 mod stats;
