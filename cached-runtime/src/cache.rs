@@ -1,10 +1,11 @@
 //! The [`Cache`] handle, its builder, and get-or-load.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Cacheable;
 use crate::backend::{Backend, BackendError, Lookup, memory::MemoryBackend, redis::RedisBackend};
+use crate::breaker::{Breaker, CircuitBreaker};
 use crate::codec::EntryMeta;
 use crate::error::{BuildError, CacheError};
 use crate::load::{
@@ -23,6 +24,8 @@ pub const DEFAULT_NAMESPACE: &str = "cache";
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 /// The default TTL jitter: up to this fraction of the TTL is added at random.
 pub const DEFAULT_TTL_JITTER: f64 = 0.1;
+/// The default size limit of one stored value (its encoded form), 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// A cache: a backend, a namespace and the policies around them.
 ///
@@ -51,6 +54,7 @@ struct Inner {
     namespace: String,
     op_timeout: Duration,
     ttl_jitter: f64,
+    strict: bool,
     stats: Registry,
     warnings: LogLimiter,
     flights: Flights,
@@ -99,6 +103,7 @@ impl Cache {
                 namespace: b.namespace,
                 op_timeout: b.op_timeout,
                 ttl_jitter: b.ttl_jitter,
+                strict: b.strict,
                 stats: Registry::default(),
                 warnings: LogLimiter::default(),
                 flights: Flights::default(),
@@ -203,47 +208,59 @@ impl Cache {
         let Some(first) = keys.first() else {
             return Ok(());
         };
+        let started = Instant::now();
         let result = self
             .inner
             .backend
             .invalidate(keys, self.inner.op_timeout)
             .await;
-        self.invalidated(first, "invalidate", result.map(|()| keys.len() as u64))
-            .map(drop)
+        self.invalidated(
+            first,
+            "invalidate",
+            started,
+            result.map(|()| keys.len() as u64),
+        )
+        .map(drop)
     }
 
     pub(crate) async fn invalidate_pattern_full(&self, pattern: &str) -> Result<u64, CacheError> {
+        let started = Instant::now();
         let result = self
             .inner
             .backend
             .invalidate_pattern(pattern, self.inner.op_timeout)
             .await;
-        self.invalidated(pattern, "invalidate_pattern", result)
+        self.invalidated(pattern, "invalidate_pattern", started, result)
     }
 
     pub(crate) async fn invalidate_tag_full(&self, tag: &str) -> Result<u64, CacheError> {
+        let started = Instant::now();
         let result = self
             .inner
             .backend
             .invalidate_tag(tag, self.inner.op_timeout)
             .await;
-        self.invalidated(tag, "invalidate_tag", result)
+        self.invalidated(tag, "invalidate_tag", started, result)
     }
 
     fn invalidated(
         &self,
         key: &str,
         op: &'static str,
+        started: Instant,
         result: Result<u64, BackendError>,
     ) -> Result<u64, CacheError> {
+        let took = started.elapsed();
         let relative = key
             .strip_prefix(self.inner.namespace.as_str())
             .and_then(|k| k.strip_prefix(':'))
             .unwrap_or(key);
         let counters = self.inner.stats.counters(name_of(relative));
+        counters.latency_invalidate.record(took);
+        tracing::debug!(cache_key = %key, op, latency_ms = took.as_secs_f64() * 1e3, ok = result.is_ok(), "cache invalidation");
         match result {
             Ok(n) => {
-                Counters::add(&counters.invalidations);
+                counters.invalidations.add();
                 Ok(n)
             }
             Err(e) => {
@@ -300,6 +317,12 @@ impl Cache {
             .map_err(CacheError)
     }
 
+    /// Whether the circuit breaker in front of the backend is open: calls
+    /// are skipping the backend and going to their loaders. For health pages.
+    pub fn breaker_open(&self) -> bool {
+        self.inner.backend.breaker_open()
+    }
+
     /// A snapshot of the counters of every cache name used so far, by name.
     pub fn stats(&self) -> Vec<CacheStats> {
         self.inner.stats.snapshot()
@@ -342,11 +365,27 @@ impl Cache {
         counters: &Counters,
         count: bool,
     ) -> Read<Option<T>> {
+        let (read, took) = self.read_timed(key, counters).await;
+        if count {
+            self.count_read(key, counters, &read, took);
+        }
+        read
+    }
+
+    /// A raw read, and how long the backend took (recorded as latency).
+    pub(crate) async fn read_timed<T: Cacheable>(
+        &self,
+        key: &str,
+        counters: &Counters,
+    ) -> (Read<Option<T>>, Duration) {
+        let started = Instant::now();
         let found = self
             .inner
             .backend
             .get::<T>(key, self.inner.op_timeout)
             .await;
+        let took = started.elapsed();
+        counters.latency_get.record(took);
         let read = match found {
             Ok(Lookup::Found(value, meta)) => {
                 let now = now_ms();
@@ -360,7 +399,13 @@ impl Cache {
             }
             Ok(Lookup::Absent) => Read::Miss,
             Ok(Lookup::Unreadable(why)) => {
-                Counters::add(&counters.errors);
+                counters.errors.add();
+                metrics_error(counters, "unreadable");
+                if self.inner.strict {
+                    panic!(
+                        "cache entry {key:?} is unreadable ({why}); strict mode surfaces what is otherwise a logged miss"
+                    );
+                }
                 if let Some(held_back) = self.inner.warnings.allow(now_ms()) {
                     tracing::warn!(cache_key = %key, reason = %why, held_back, "unreadable cache entry treated as a miss; it will be overwritten");
                 }
@@ -371,13 +416,16 @@ impl Cache {
                 Read::Failed
             }
         };
-        if count {
-            self.count_read(key, counters, &read);
-        }
-        read
+        (read, took)
     }
 
-    pub(crate) fn count_read<V>(&self, key: &str, counters: &Counters, read: &Read<V>) {
+    pub(crate) fn count_read<V>(
+        &self,
+        key: &str,
+        counters: &Counters,
+        read: &Read<V>,
+        took: Duration,
+    ) {
         let hit = matches!(read, Read::Fresh(..) | Read::Stale(..));
         if hit {
             counters.hits.add();
@@ -385,9 +433,9 @@ impl Cache {
             counters.misses.add();
         }
         if matches!(read, Read::Stale(..)) {
-            Counters::add(&counters.stale_served);
+            counters.stale_served.add();
         }
-        tracing::debug!(cache_key = %key, hit, "cache get");
+        tracing::debug!(cache_key = %key, hit, latency_ms = took.as_secs_f64() * 1e3, "cache get");
     }
 
     fn entry_meta(&self, keep: Keep) -> (EntryMeta, Duration) {
@@ -414,12 +462,14 @@ impl Cache {
     ) {
         let (meta, keep_for) = self.entry_meta(keep);
         let timeout = self.inner.op_timeout;
-        if let Err(e) = self
+        let started = Instant::now();
+        let result = self
             .inner
             .backend
             .put(key, value, &meta, keep_for, tags, timeout)
-            .await
-        {
+            .await;
+        self.wrote(key, counters, started, "cache set");
+        if let Err(e) = result {
             self.backend_failed(key, "set", &e, counters);
         }
     }
@@ -436,19 +486,27 @@ impl Cache {
     ) {
         let (meta, keep_for) = self.entry_meta(keep);
         let timeout = self.inner.op_timeout;
-        match self
+        let started = Instant::now();
+        let result = self
             .inner
             .backend
             .set_if_leased(key, value, &meta, keep_for, token, tags, timeout)
-            .await
-        {
+            .await;
+        self.wrote(key, counters, started, "cache set (leased)");
+        match result {
             Ok(true) => {}
             Ok(false) => {
-                Counters::add(&counters.leases_lost);
+                counters.leases_lost.add();
                 tracing::debug!(cache_key = %key, "lease lost (invalidated or expired) before the write; not stored");
             }
             Err(e) => self.backend_failed(key, "set", &e, counters),
         }
+    }
+
+    fn wrote(&self, key: &str, counters: &Counters, started: Instant, what: &'static str) {
+        let took = started.elapsed();
+        counters.latency_set.record(took);
+        tracing::debug!(cache_key = %key, latency_ms = took.as_secs_f64() * 1e3, "{what}");
     }
 
     fn jittered(&self, ttl: Duration) -> Duration {
@@ -465,11 +523,31 @@ impl Cache {
         e: &BackendError,
         counters: &Counters,
     ) {
-        Counters::add(&counters.errors);
+        match e {
+            // The breaker logged its opening; each skip is only counted.
+            BackendError::Skipped => {
+                counters.skipped.add();
+                return;
+            }
+            BackendError::TooLarge(_) => counters.oversize.add(),
+            _ => counters.errors.add(),
+        }
+        metrics_error(counters, e.kind());
+        if self.inner.strict {
+            panic!(
+                "cache backend failed on {op} of {key:?}: {e}; strict mode surfaces what is otherwise logged and skipped"
+            );
+        }
         if let Some(held_back) = self.inner.warnings.allow(now_ms()) {
             tracing::warn!(cache_key = %key, op, kind = e.kind(), error = %e, held_back, "cache backend failed; serving from the loader");
         }
     }
+}
+
+/// `cache_errors_total{cache, kind}`: rare, so looked up each time.
+fn metrics_error(counters: &Counters, kind: &'static str) {
+    metrics::counter!("cache_errors_total", "cache" => counters.name().to_owned(), "kind" => kind)
+        .increment(1);
 }
 
 /// How long a written value lives, and what to record about its load.
@@ -506,6 +584,9 @@ pub struct CacheBuilder {
     connect_timeout: Duration,
     ttl_jitter: f64,
     max_entries: u64,
+    max_value_bytes: usize,
+    breaker: CircuitBreaker,
+    strict: bool,
 }
 
 impl Default for CacheBuilder {
@@ -517,6 +598,9 @@ impl Default for CacheBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ttl_jitter: DEFAULT_TTL_JITTER,
             max_entries: DEFAULT_MAX_ENTRIES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            breaker: CircuitBreaker::default(),
+            strict: false,
         }
     }
 }
@@ -579,6 +663,29 @@ impl CacheBuilder {
         self
     }
 
+    /// The largest value (encoded, in bytes) stored on Redis. A larger one is
+    /// not stored (and an older value under its key is removed); each is
+    /// logged and counted as `oversize`. Default 1 MiB. The memory backend
+    /// keeps values unencoded and does not measure them.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The circuit breaker in front of Redis. See [`CircuitBreaker`].
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// For tests: a backend failure, an unreadable entry or an oversize value
+    /// panics at the call instead of being logged, counted and skipped. Never
+    /// turn this on in production: it makes the cache a point of failure.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
     /// Builds the cache. Needs no running server: a Redis connection is made
     /// on first use and re-made whenever it drops.
     pub fn build(self) -> Result<Cache, BuildError> {
@@ -603,11 +710,25 @@ impl CacheBuilder {
                 "max_entries must be at least 1".into(),
             ));
         }
+        if self.breaker.failures > 0
+            && (self.breaker.min_backoff.is_zero()
+                || self.breaker.max_backoff < self.breaker.min_backoff)
+        {
+            return Err(BuildError::InvalidSetting(
+                "circuit_breaker: min_backoff must be above zero and at most max_backoff".into(),
+            ));
+        }
         let backend = match &self.redis_url {
             None => Backend::Memory(MemoryBackend::new(self.max_entries)),
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(BuildError::InvalidUrl)?;
-                Backend::Redis(Box::new(RedisBackend::new(client, self.connect_timeout)))
+                let breaker = Breaker::new(self.breaker, self.namespace.clone());
+                Backend::Redis(Box::new(RedisBackend::new(
+                    client,
+                    self.connect_timeout,
+                    breaker,
+                    self.max_value_bytes,
+                )))
             }
         };
         Ok(Cache::from_parts(backend, self))

@@ -64,6 +64,8 @@ pub(crate) enum DecodeError {
     TypeMismatch,
     /// The payload does not deserialize as the type.
     Payload(serde_json::Error),
+    /// The key holds a Redis value of another kind (a list, a hash...).
+    WrongKind,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -75,6 +77,7 @@ impl std::fmt::Display for DecodeError {
             }
             DecodeError::TypeMismatch => f.write_str("stored for another type"),
             DecodeError::Payload(e) => write!(f, "payload does not deserialize: {e}"),
+            DecodeError::WrongKind => f.write_str("a Redis value of another kind (WRONGTYPE)"),
         }
     }
 }

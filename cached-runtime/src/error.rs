@@ -38,7 +38,8 @@ impl std::error::Error for BuildError {
 pub struct CacheError(pub(crate) BackendError);
 
 impl CacheError {
-    /// A short label for the failure: `timeout`, `connection`, `redis` or `encode`.
+    /// A short label for the failure: `timeout`, `connection`,
+    /// `redis`, `encode`, `too_large` or `circuit_open`.
     pub fn kind(&self) -> &'static str {
         self.0.kind()
     }
@@ -55,7 +56,7 @@ impl std::error::Error for CacheError {
         match &self.0 {
             BackendError::Redis(e) => Some(e),
             BackendError::Encode(e) => Some(e),
-            BackendError::Timeout => None,
+            BackendError::Timeout | BackendError::TooLarge(_) | BackendError::Skipped => None,
         }
     }
 }

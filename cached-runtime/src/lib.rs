@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod breaker;
 mod cache;
 mod codec;
 mod error;
@@ -57,14 +58,15 @@ mod stats;
 #[doc(hidden)]
 pub mod __private;
 
+pub use breaker::CircuitBreaker;
 pub use cache::{
-    Cache, CacheBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ENTRIES, DEFAULT_NAMESPACE,
-    DEFAULT_OP_TIMEOUT, DEFAULT_TTL_JITTER,
+    Cache, CacheBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_TTL_JITTER,
 };
 pub use codec::EntryMeta;
 pub use error::{BuildError, CacheError};
 pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text};
-pub use stats::CacheStats;
+pub use stats::{CacheStats, names as metric_names};
 
 #[doc(inline)]
 pub use cached_macros::{cache_evict, cache_put, cached};

@@ -347,7 +347,7 @@ impl Cache {
             && let Landed::Value(any) = Box::pin(landing(rx)).await
             && let Some(v) = any.downcast_ref::<V>()
         {
-            Counters::add(&counters.coalesced);
+            counters.coalesced.add();
             return Ok(v.clone());
         }
         match self.read_as(&call, true).await {
@@ -401,7 +401,7 @@ impl Cache {
             match self.flights().join_or_lead(self, &call.key, true) {
                 Role::Lead(guard) => return self.lead(&call, guard, load).await,
                 Role::Wait(rx) => {
-                    Counters::add(&counters.coalesced);
+                    counters.coalesced.add();
                     let landed = landing(rx).await;
                     match landed {
                         Landed::Value(any) => match any.downcast_ref::<V>() {
@@ -444,6 +444,7 @@ impl Cache {
         // value just past its expiry), the lease is taken only if it is empty.
         let mut only_if_absent = true;
         loop {
+            let asked = Instant::now();
             let outcome = self
                 .backend()
                 .acquire_lease(
@@ -456,6 +457,7 @@ impl Cache {
                     self.op_timeout(),
                 )
                 .await;
+            counters.latency_lease.record(asked.elapsed());
             match outcome {
                 Ok(LeaseOutcome::Acquired) => {
                     guard.lease = Some(token);
@@ -470,7 +472,7 @@ impl Cache {
                 }
             }
             if started.elapsed() >= policy.wait {
-                Counters::add(&counters.wait_timeouts);
+                counters.wait_timeouts.add();
                 break;
             }
             tokio::time::sleep(poll_interval(started.elapsed())).await;
@@ -566,7 +568,7 @@ impl Cache {
                 return; // another process refreshes it; the guard lands Abandoned
             }
             guard.lease = Some(token);
-            Counters::add(if early { &counters.early_refreshes } else { &counters.stale_refreshes });
+            if early { counters.early_refreshes.add() } else { counters.stale_refreshes.add() };
             let loaded = cache.run_loader(&counters, || async { load.await.ok_or(()) }).await;
             match loaded {
                 Ok((value, took)) => {
@@ -593,7 +595,7 @@ impl Cache {
 
     /// A read, as this caller's value type. `count`: record hit or miss.
     async fn read_as<V, T: Cacheable>(&self, call: &Call<'_, V, T>, count: bool) -> Read<V> {
-        let read = self.read::<T>(&call.key, &call.counters, false).await;
+        let (read, took) = self.read_timed::<T>(&call.key, &call.counters).await;
         let read = match read {
             Read::Fresh(item, meta) => match (call.from_item)(item) {
                 Some(v) => Read::Fresh(v, meta),
@@ -607,7 +609,7 @@ impl Cache {
             Read::Failed => Read::Failed,
         };
         if count {
-            self.count_read(&call.key, &call.counters, &read);
+            self.count_read(&call.key, &call.counters, &read, took);
         }
         read
     }
@@ -621,12 +623,15 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        Counters::add(&counters.loads);
+        counters.loads.add();
         let started = Instant::now();
-        match load().await {
-            Ok(v) => Ok((v, started.elapsed())),
+        let result = load().await;
+        let took = started.elapsed();
+        counters.load_seconds.record(took);
+        match result {
+            Ok(v) => Ok((v, took)),
             Err(e) => {
-                Counters::add(&counters.load_errors);
+                counters.load_errors.add();
                 Err(e)
             }
         }

@@ -5,28 +5,139 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
-/// One cache name's counters. Opaque outside the crate.
-#[derive(Debug, Default)]
+/// One cache name's counters and metric handles. Opaque outside the crate.
+///
+/// Each count is kept twice: in an atomic, for [`Cache::stats`](crate::Cache::stats)
+/// (which needs no exporter), and in a `metrics` handle registered when the
+/// name is first used, so that recording costs no registry lookup. Install a
+/// metrics recorder before the first cached call: handles made before it
+/// record nothing.
+#[derive(Debug)]
 pub struct Counters {
+    name: Box<str>,
     /// Every read counts here, from every thread: striped.
     pub(crate) hits: Striped,
     pub(crate) misses: Striped,
-    pub(crate) loads: AtomicU64,
-    pub(crate) load_errors: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) stale_served: AtomicU64,
-    pub(crate) early_refreshes: AtomicU64,
-    pub(crate) stale_refreshes: AtomicU64,
-    pub(crate) wait_timeouts: AtomicU64,
-    pub(crate) leases_lost: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
+    pub(crate) loads: Tally,
+    pub(crate) load_errors: Tally,
+    pub(crate) errors: Tally,
+    pub(crate) coalesced: Tally,
+    pub(crate) stale_served: Tally,
+    pub(crate) early_refreshes: Tally,
+    pub(crate) stale_refreshes: Tally,
+    pub(crate) wait_timeouts: Tally,
+    pub(crate) leases_lost: Tally,
+    pub(crate) invalidations: Tally,
+    pub(crate) skipped: Tally,
+    pub(crate) oversize: Tally,
+    /// `cache_latency_seconds{op}`.
+    pub(crate) latency_get: Histogram,
+    pub(crate) latency_set: Histogram,
+    pub(crate) latency_lease: Histogram,
+    pub(crate) latency_invalidate: Histogram,
+    /// `cache_load_seconds`.
+    pub(crate) load_seconds: Histogram,
 }
 
+/// The metric names, all labelled `cache` (the cache name). Errors also carry
+/// `kind`; latency carries `op` (`get`, `set`, `lease`, `invalidate`).
+pub mod names {
+    /// Reads answered from the cache (fresh or stale).
+    pub const HITS: &str = "cache_hits_total";
+    /// Reads that found nothing usable.
+    pub const MISSES: &str = "cache_misses_total";
+    /// Backend operation latency, by `op` (histogram, seconds).
+    pub const LATENCY: &str = "cache_latency_seconds";
+    /// Backend failures and unreadable entries, by `kind`.
+    pub const ERRORS: &str = "cache_errors_total";
+    /// Loader runs.
+    pub const LOADS: &str = "cache_loads_total";
+    /// Loader runs that returned an error.
+    pub const LOAD_ERRORS: &str = "cache_load_errors_total";
+    /// Loader run time (histogram, seconds).
+    pub const LOAD_SECONDS: &str = "cache_load_seconds";
+    /// Callers that shared another caller's load.
+    pub const COALESCED: &str = "cache_coalesced_total";
+    /// Values served past their TTL (stale-while-revalidate, fail-safe).
+    pub const STALE_SERVED: &str = "cache_stale_served_total";
+    /// Background refreshes started early (XFetch).
+    pub const EARLY_REFRESHES: &str = "cache_early_refreshes_total";
+    /// Background refreshes of stale values.
+    pub const STALE_REFRESHES: &str = "cache_stale_refreshes_total";
+    /// Waits for another caller's load that hit their bound.
+    pub const WAIT_TIMEOUTS: &str = "cache_wait_timeouts_total";
+    /// Loads whose lease was gone at write time (not stored).
+    pub const LEASES_LOST: &str = "cache_leases_lost_total";
+    /// Invalidations (by key, pattern or tag) that reached the backend.
+    pub const INVALIDATIONS: &str = "cache_invalidations_total";
+    /// Operations that skipped the backend while the breaker was open.
+    pub const SKIPPED: &str = "cache_skipped_total";
+    /// Values over `max_value_bytes`, not stored.
+    pub const OVERSIZE: &str = "cache_oversize_total";
+    /// 1 while the circuit breaker is open, 0 while closed (label `cache`:
+    /// the namespace).
+    pub const BREAKER_STATE: &str = "cache_breaker_state";
+    /// Breaker transitions, by `to` (`open`, `closed`).
+    pub const BREAKER_TRANSITIONS: &str = "cache_breaker_transitions_total";
+}
+
+use metrics::{Counter, Histogram};
+
 impl Counters {
+    pub(crate) fn new(name: &str) -> Counters {
+        let label = || name.to_owned();
+        let tally = |metric: &'static str| Tally {
+            count: AtomicU64::new(0),
+            metric: metrics::counter!(metric, "cache" => label()),
+        };
+        let latency =
+            |op: &'static str| metrics::histogram!(names::LATENCY, "cache" => label(), "op" => op);
+        Counters {
+            name: name.into(),
+            hits: Striped::new(metrics::counter!(names::HITS, "cache" => label())),
+            misses: Striped::new(metrics::counter!(names::MISSES, "cache" => label())),
+            loads: tally(names::LOADS),
+            load_errors: tally(names::LOAD_ERRORS),
+            errors: tally(names::ERRORS),
+            coalesced: tally(names::COALESCED),
+            stale_served: tally(names::STALE_SERVED),
+            early_refreshes: tally(names::EARLY_REFRESHES),
+            stale_refreshes: tally(names::STALE_REFRESHES),
+            wait_timeouts: tally(names::WAIT_TIMEOUTS),
+            leases_lost: tally(names::LEASES_LOST),
+            invalidations: tally(names::INVALIDATIONS),
+            skipped: tally(names::SKIPPED),
+            oversize: tally(names::OVERSIZE),
+            latency_get: latency("get"),
+            latency_set: latency("set"),
+            latency_lease: latency("lease"),
+            latency_invalidate: latency("invalidate"),
+            load_seconds: metrics::histogram!(names::LOAD_SECONDS, "cache" => label()),
+        }
+    }
+
+    /// The cache name these count for.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One count: an atomic for stats, a metrics handle for the exporter.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    count: AtomicU64,
+    metric: Counter,
+}
+
+impl Tally {
     #[inline]
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub(crate) fn add(&self) {
+        self.count.fetch_add(1, Relaxed);
+        self.metric.increment(1);
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.count.load(Relaxed)
     }
 }
 
@@ -34,14 +145,24 @@ const STRIPES: usize = 8;
 
 /// A counter split over cache lines, one per thread (modulo 8), so threads
 /// counting hits at once do not fight over one line.
-#[derive(Debug, Default)]
-pub(crate) struct Striped([Stripe; STRIPES]);
+#[derive(Debug)]
+pub(crate) struct Striped {
+    stripes: [Stripe; STRIPES],
+    metric: Counter,
+}
 
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Stripe(AtomicU64);
 
 impl Striped {
+    fn new(metric: Counter) -> Striped {
+        Striped {
+            stripes: Default::default(),
+            metric,
+        }
+    }
+
     #[inline]
     pub(crate) fn add(&self) {
         thread_local! {
@@ -51,11 +172,12 @@ impl Striped {
             };
         }
         let i = STRIPE.with(|s| *s);
-        self.0[i].0.fetch_add(1, Relaxed);
+        self.stripes[i].0.fetch_add(1, Relaxed);
+        self.metric.increment(1);
     }
 
     pub(crate) fn load(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
+        self.stripes.iter().map(|s| s.0.load(Relaxed)).sum()
     }
 }
 
@@ -77,7 +199,10 @@ impl Registry {
             .by_name
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(map.entry(name.into()).or_default())
+        Arc::clone(
+            map.entry(name.into())
+                .or_insert_with(|| Arc::new(Counters::new(name))),
+        )
     }
 
     pub(crate) fn snapshot(&self) -> Vec<CacheStats> {
@@ -91,16 +216,18 @@ impl Registry {
                 name: name.to_string(),
                 hits: c.hits.load(),
                 misses: c.misses.load(),
-                loads: c.loads.load(Relaxed),
-                load_errors: c.load_errors.load(Relaxed),
-                errors: c.errors.load(Relaxed),
-                coalesced: c.coalesced.load(Relaxed),
-                stale_served: c.stale_served.load(Relaxed),
-                early_refreshes: c.early_refreshes.load(Relaxed),
-                stale_refreshes: c.stale_refreshes.load(Relaxed),
-                wait_timeouts: c.wait_timeouts.load(Relaxed),
-                leases_lost: c.leases_lost.load(Relaxed),
-                invalidations: c.invalidations.load(Relaxed),
+                loads: c.loads.load(),
+                load_errors: c.load_errors.load(),
+                errors: c.errors.load(),
+                coalesced: c.coalesced.load(),
+                stale_served: c.stale_served.load(),
+                early_refreshes: c.early_refreshes.load(),
+                stale_refreshes: c.stale_refreshes.load(),
+                wait_timeouts: c.wait_timeouts.load(),
+                leases_lost: c.leases_lost.load(),
+                invalidations: c.invalidations.load(),
+                skipped: c.skipped.load(),
+                oversize: c.oversize.load(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -141,6 +268,11 @@ pub struct CacheStats {
     pub leases_lost: u64,
     /// Invalidations (by key, pattern or tag) that reached the backend.
     pub invalidations: u64,
+    /// Backend operations skipped because the circuit breaker was open
+    /// (the callers went straight to their loaders).
+    pub skipped: u64,
+    /// Values not stored because they were over `max_value_bytes`.
+    pub oversize: u64,
 }
 
 impl CacheStats {

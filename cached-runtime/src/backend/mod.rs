@@ -21,6 +21,11 @@ pub(crate) enum BackendError {
     Redis(::redis::RedisError),
     /// The value could not be encoded for storage.
     Encode(serde_json::Error),
+    /// The encoded value is larger than the cache's `max_value_bytes`: not
+    /// stored (and any older value under the key removed).
+    TooLarge(usize),
+    /// The circuit breaker is open: the backend was not asked.
+    Skipped,
 }
 
 impl BackendError {
@@ -35,6 +40,37 @@ impl BackendError {
             }
             BackendError::Redis(_) => "redis",
             BackendError::Encode(_) => "encode",
+            BackendError::TooLarge(_) => "too_large",
+            BackendError::Skipped => "circuit_open",
+        }
+    }
+
+    /// Whether the failure says the backend is unwell (and counts towards
+    /// opening the circuit breaker), rather than something wrong with one
+    /// key or value.
+    pub(crate) fn is_outage(&self) -> bool {
+        use ::redis::{ErrorKind, ServerErrorKind};
+        match self {
+            BackendError::Timeout => true,
+            BackendError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Io
+                            | ErrorKind::AuthenticationFailed
+                            | ErrorKind::ClusterConnectionNotFound
+                            | ErrorKind::Server(
+                                ServerErrorKind::BusyLoading
+                                    | ServerErrorKind::TryAgain
+                                    | ServerErrorKind::ClusterDown
+                                    | ServerErrorKind::MasterDown
+                                    | ServerErrorKind::ReadOnly
+                            )
+                    )
+            }
+            BackendError::Encode(_) | BackendError::TooLarge(_) | BackendError::Skipped => false,
         }
     }
 }
@@ -45,6 +81,13 @@ impl std::fmt::Display for BackendError {
             BackendError::Timeout => f.write_str("backend operation timed out"),
             BackendError::Redis(e) => write!(f, "redis: {e}"),
             BackendError::Encode(e) => write!(f, "value does not serialize: {e}"),
+            BackendError::TooLarge(n) => {
+                write!(
+                    f,
+                    "value of {n} bytes is over the cache's max_value_bytes; not stored"
+                )
+            }
+            BackendError::Skipped => f.write_str("circuit breaker open; backend skipped"),
         }
     }
 }
@@ -227,6 +270,14 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.release_lease(key, token, timeout).await,
+        }
+    }
+
+    /// Whether the circuit breaker is open (always false in memory).
+    pub(crate) fn breaker_open(&self) -> bool {
+        match self {
+            Backend::Memory(_) => false,
+            Backend::Redis(r) => r.breaker_open(),
         }
     }
 

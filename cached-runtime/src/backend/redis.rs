@@ -2,7 +2,7 @@
 //! (redis-rs `ConnectionManager`) shared by every caller, so concurrent
 //! requests pipeline on one socket.
 
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -13,7 +13,8 @@ use super::{BackendError, LEASE_SUFFIX, LeaseOutcome, Lookup, lease_key};
 /// single command holds the server for long.
 const SCAN_BATCH: u64 = 500;
 use crate::Cacheable;
-use crate::codec::{self, EntryMeta};
+use crate::breaker::{Admit, Breaker};
+use crate::codec::{self, DecodeError, EntryMeta};
 
 pub(crate) struct RedisBackend {
     client: redis::Client,
@@ -25,6 +26,19 @@ pub(crate) struct RedisBackend {
     // shared one, a stampede's leader queued its lease request behind every
     // other caller's read before its load could start.
     control: OnceLock<ConnectionManager>,
+    breaker: Arc<Breaker>,
+    /// The largest encoded value stored.
+    max_value_bytes: usize,
+}
+
+/// Whether an operation waits on the circuit breaker. Reads, leases and
+/// loaders' writes do: skipping them costs a hit at most. Write-throughs
+/// and invalidations do not: skipping one would leave an old value behind
+/// for when the backend is back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Breaker,
+    Always,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -33,12 +47,18 @@ impl std::fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("addr", &info.addr().to_string())
             .field("connected", &self.conn.get().is_some())
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
 
 impl RedisBackend {
-    pub(crate) fn new(client: redis::Client, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        client: redis::Client,
+        connect_timeout: Duration,
+        breaker: Breaker,
+        max_value_bytes: usize,
+    ) -> Self {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             // The cache's own timeout bounds everything a caller waits,
@@ -54,7 +74,68 @@ impl RedisBackend {
             config,
             conn: OnceLock::new(),
             control: OnceLock::new(),
+            breaker: Arc::new(breaker),
+            max_value_bytes,
         }
+    }
+
+    pub(crate) fn breaker_open(&self) -> bool {
+        !self.breaker.is_closed()
+    }
+
+    /// Runs one operation within `timeout`, through the breaker, and tells
+    /// the breaker how it went.
+    async fn run<T>(
+        &self,
+        gate: Gate,
+        timeout: Duration,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        if gate == Gate::Breaker {
+            match self.breaker.admit() {
+                Admit::Pass => {}
+                Admit::Skip => return Err(BackendError::Skipped),
+                Admit::SkipAndProbe => {
+                    self.probe(timeout);
+                    return Err(BackendError::Skipped);
+                }
+            }
+        }
+        let result = run(timeout, fut).await;
+        match &result {
+            Err(e) if e.is_outage() => self.breaker.failed(),
+            // An answer, even an error about one key, means the server is up.
+            _ => self.breaker.succeeded(),
+        }
+        result
+    }
+
+    /// Tests the backend with a PING from a task of its own, so that no
+    /// caller waits on it.
+    fn probe(&self, timeout: Duration) {
+        let breaker = Arc::clone(&self.breaker);
+        let (Ok(runtime), Ok(mut conn)) = (tokio::runtime::Handle::try_current(), self.conn())
+        else {
+            breaker.probed(false);
+            return;
+        };
+        runtime.spawn(async move {
+            let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut conn)).await;
+            breaker.probed(pong.is_ok());
+        });
+    }
+
+    /// The encoded value, if it is within the size limit.
+    fn encode<T: Cacheable>(
+        &self,
+        value: Option<&T>,
+        meta: &EntryMeta,
+    ) -> Result<Vec<u8>, BackendError> {
+        let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
+        if bytes.len() > self.max_value_bytes {
+            return Err(BackendError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
     }
 
     /// The connection for reads, writes and invalidations.
@@ -88,7 +169,13 @@ impl RedisBackend {
         cmd.arg(key);
         // Boxed: the timer inside is cache-line aligned and would make every
         // hit's future large and over-aligned (seen under `concurrent_hit`).
-        let bytes: Option<Vec<u8>> = Box::pin(run(timeout, cmd.query_async(&mut conn))).await?;
+        let bytes: Option<Vec<u8>> =
+            match Box::pin(self.run(Gate::Breaker, timeout, cmd.query_async(&mut conn))).await {
+                Err(BackendError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                    return Ok(Lookup::Unreadable(DecodeError::WrongKind));
+                }
+                other => other?,
+            };
         Ok(match bytes {
             None => Lookup::Absent,
             Some(bytes) => match codec::decode::<T>(&bytes) {
@@ -110,15 +197,25 @@ impl RedisBackend {
         tags: &[String],
         timeout: Duration,
     ) -> Result<(), BackendError> {
-        let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
+        let bytes = match self.encode(value, meta) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The new value cannot be stored; the old one must not stay.
+                self.invalidate(&[key.to_owned()], timeout).await?;
+                return Err(e);
+            }
+        };
         let mut conn = self.conn()?;
-        let mut call = PUT.key(key);
-        call.key(lease_key(key));
+        let mut call = redis::cmd("EVAL");
+        call.arg(PUT_LUA.as_str())
+            .arg(2 + tags.len())
+            .arg(key)
+            .arg(lease_key(key));
         for tag in tags {
-            call.key(tag);
+            call.arg(tag);
         }
         call.arg(bytes).arg(millis(keep_for));
-        run::<i64>(timeout, call.invoke_async(&mut conn))
+        self.run::<i64>(Gate::Always, timeout, call.query_async(&mut conn))
             .await
             .map(drop)
     }
@@ -138,7 +235,7 @@ impl RedisBackend {
         for key in keys {
             cmd.arg(key).arg(lease_key(key));
         }
-        run::<i64>(timeout, cmd.query_async(&mut conn))
+        self.run::<i64>(Gate::Always, timeout, cmd.query_async(&mut conn))
             .await
             .map(drop)
     }
@@ -161,8 +258,9 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH)
                 .to_owned();
-            let (next, keys): (u64, Vec<String>) =
-                run(timeout, scan.query_async(&mut conn)).await?;
+            let (next, keys): (u64, Vec<String>) = self
+                .run(Gate::Always, timeout, scan.query_async(&mut conn))
+                .await?;
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
                 for key in &keys {
@@ -171,7 +269,9 @@ impl RedisBackend {
                         unlink.arg(lease_key(key));
                     }
                 }
-                let n: u64 = run(timeout, unlink.query_async(&mut conn)).await?;
+                let n: u64 = self
+                    .run(Gate::Always, timeout, unlink.query_async(&mut conn))
+                    .await?;
                 removed += n;
             }
             if next == 0 {
@@ -199,8 +299,9 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH)
                 .to_owned();
-            let (next, keys): (u64, Vec<String>) =
-                run(timeout, scan.query_async(&mut conn)).await?;
+            let (next, keys): (u64, Vec<String>) = self
+                .run(Gate::Always, timeout, scan.query_async(&mut conn))
+                .await?;
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
@@ -209,7 +310,9 @@ impl RedisBackend {
                     unlink.arg(key).arg(lease_key(key));
                 }
                 pipe.cmd("SREM").arg(tag).arg(&keys).ignore();
-                let (n,): (u64,) = run(timeout, pipe.query_async(&mut conn)).await?;
+                let (n,): (u64,) = self
+                    .run(Gate::Always, timeout, pipe.query_async(&mut conn))
+                    .await?;
                 removed += n;
             }
             if next == 0 {
@@ -221,9 +324,13 @@ impl RedisBackend {
 
     pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
         let mut conn = self.conn()?;
-        run::<String>(timeout, redis::cmd("PING").query_async(&mut conn))
-            .await
-            .map(drop)
+        self.run::<String>(
+            Gate::Always,
+            timeout,
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -253,14 +360,19 @@ static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 /// KEYS: value, lease, tags... ARGV: envelope, keep ms. A write-through.
-static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+///
+/// Sent whole with EVAL, not EVALSHA: a write-through must land even when
+/// its caller stopped waiting (a frozen server runs it when it wakes), and
+/// EVALSHA on a server that lost its script cache (a restart) answers
+/// NOSCRIPT, which only a caller still waiting would retry.
+static PUT_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "{TAG_LUA}
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
         redis.call('DEL', KEYS[2])
         tag(3, ARGV[2])
         return 1"
-    ))
+    )
 });
 
 /// KEYS: value, lease, tags... ARGV: token, envelope, keep ms.
@@ -310,7 +422,9 @@ impl RedisBackend {
             .arg(millis(ttl))
             .arg(if only_if_absent { "1" } else { "0" })
             .arg(millis(tag_for));
-        let outcome: i64 = run(timeout, call.invoke_async(&mut conn)).await?;
+        let outcome: i64 = self
+            .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
+            .await?;
         Ok(match outcome {
             1 => LeaseOutcome::Acquired,
             2 => LeaseOutcome::ValuePresent,
@@ -329,7 +443,14 @@ impl RedisBackend {
         tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
-        let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
+        let bytes = match self.encode(value, meta) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Not stored: end the lease so that others load at once.
+                self.release_lease(key, token, timeout).await?;
+                return Err(e);
+            }
+        };
         let mut conn = self.control()?;
         let mut call = SET_IF_LEASED.key(key);
         call.key(lease_key(key));
@@ -337,7 +458,9 @@ impl RedisBackend {
             call.key(tag);
         }
         call.arg(token).arg(bytes).arg(millis(keep_for));
-        let stored: i64 = run(timeout, call.invoke_async(&mut conn)).await?;
+        let stored: i64 = self
+            .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
+            .await?;
         Ok(stored == 1)
     }
 
@@ -350,7 +473,7 @@ impl RedisBackend {
         let mut conn = self.control()?;
         let mut call = RELEASE.key(lease_key(key));
         call.arg(token);
-        run::<i64>(timeout, call.invoke_async(&mut conn))
+        self.run::<i64>(Gate::Breaker, timeout, call.invoke_async(&mut conn))
             .await
             .map(drop)
     }

@@ -1,0 +1,317 @@
+//! The circuit breaker in front of a remote backend.
+//!
+//! Closed: every operation goes to the backend; failures in a row are
+//! counted, and `failures` of them open the breaker. Open: reads, leases and
+//! loaders' writes skip the backend at once (the caller goes straight to its
+//! loader, with no added wait). Once the backoff has passed, one probe (a
+//! `PING` from a task of its own, so that no caller pays for it) tests the
+//! backend: an answer closes the breaker, a failure doubles the backoff up to
+//! its bound. Any operation that succeeds while open (a write-through or an
+//! invalidation, which are always attempted) closes it too.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::stats::names;
+
+/// Circuit-breaker settings of a [`CacheBuilder`](crate::CacheBuilder).
+///
+/// ```
+/// use std::time::Duration;
+/// use cached_runtime::{Cache, CircuitBreaker};
+///
+/// let cache = Cache::builder()
+///     .circuit_breaker(CircuitBreaker {
+///         failures: 3,
+///         ..CircuitBreaker::default()
+///     })
+///     .build()
+///     .unwrap();
+/// # drop(cache);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Failures in a row (timeouts, connection errors, an unavailable
+    /// server) that open the breaker. 0 turns the breaker off.
+    pub failures: u32,
+    /// How long the breaker stays open before the first probe.
+    pub min_backoff: Duration,
+    /// The longest wait between two probes (each failed probe doubles it).
+    /// Bounds how long after the backend's recovery the cache is used again.
+    pub max_backoff: Duration,
+}
+
+impl Default for CircuitBreaker {
+    /// 5 failures in a row; probes after 100 ms, then at most every second.
+    fn default() -> Self {
+        CircuitBreaker {
+            failures: 5,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// No breaker: every operation goes to the backend and waits out its
+    /// timeout.
+    pub const fn disabled() -> Self {
+        CircuitBreaker {
+            failures: 0,
+            min_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+/// Open, with a probe running.
+const PROBING: u8 = 2;
+
+/// What [`Breaker::admit`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Go to the backend.
+    Pass,
+    /// Skip it.
+    Skip,
+    /// Skip it, and start the probe (this caller won the right to).
+    SkipAndProbe,
+}
+
+pub(crate) struct Breaker {
+    settings: CircuitBreaker,
+    /// Labels its logs and metrics.
+    name: String,
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// When the next probe may start, ms since `epoch`.
+    probe_at_ms: AtomicU64,
+    backoff: Mutex<Duration>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state_name())
+            .field("failures", &self.failures.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(settings: CircuitBreaker, name: String) -> Breaker {
+        let breaker = Breaker {
+            settings,
+            name,
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            probe_at_ms: AtomicU64::new(0),
+            backoff: Mutex::new(settings.min_backoff),
+            epoch: Instant::now(),
+        };
+        breaker.export_state(CLOSED);
+        breaker
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether an operation may go to the backend now. One atomic load while
+    /// closed.
+    #[inline]
+    pub(crate) fn admit(&self) -> Admit {
+        match self.state.load(Relaxed) {
+            CLOSED => Admit::Pass,
+            OPEN if self.now_ms() >= self.probe_at_ms.load(Relaxed)
+                && self
+                    .state
+                    .compare_exchange(OPEN, PROBING, Relaxed, Relaxed)
+                    .is_ok() =>
+            {
+                Admit::SkipAndProbe
+            }
+            _ => Admit::Skip,
+        }
+    }
+
+    /// Whether the breaker is letting operations through.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Relaxed) == CLOSED
+    }
+
+    /// An operation that reached the backend succeeded.
+    #[inline]
+    pub(crate) fn succeeded(&self) {
+        // Reads of a healthy backend write nothing shared.
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+        }
+        if self.state.load(Relaxed) != CLOSED {
+            self.close();
+        }
+    }
+
+    /// An operation failed in a way that says the backend is unwell.
+    pub(crate) fn failed(&self) {
+        if self.settings.failures == 0 {
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+        if failures >= self.settings.failures
+            && self
+                .state
+                .compare_exchange(CLOSED, OPEN, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let backoff = self.settings.min_backoff;
+            *self.backoff_lock() = backoff;
+            self.arm(backoff);
+            self.export_state(OPEN);
+            tracing::warn!(
+                cache = %self.name,
+                failures,
+                retry_in_ms = backoff.as_millis() as u64,
+                "cache circuit breaker opened: calls skip the backend and go to their loaders"
+            );
+        }
+    }
+
+    /// What the probe found.
+    pub(crate) fn probed(&self, ok: bool) {
+        if ok {
+            self.close();
+            return;
+        }
+        let backoff = {
+            let mut backoff = self.backoff_lock();
+            *backoff = (*backoff * 2).min(self.settings.max_backoff);
+            *backoff
+        };
+        self.arm(backoff);
+        // Only from PROBING: an operation that succeeded meanwhile closed it.
+        if self
+            .state
+            .compare_exchange(PROBING, OPEN, Relaxed, Relaxed)
+            .is_ok()
+        {
+            tracing::debug!(cache = %self.name, retry_in_ms = backoff.as_millis() as u64, "cache backend still unavailable");
+        }
+    }
+
+    fn arm(&self, backoff: Duration) {
+        let at = self
+            .now_ms()
+            .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        self.probe_at_ms.store(at, Relaxed);
+    }
+
+    fn close(&self) {
+        let was = self.state.swap(CLOSED, Relaxed);
+        if was != CLOSED {
+            self.failures.store(0, Relaxed);
+            self.export_state(CLOSED);
+            tracing::info!(cache = %self.name, "cache circuit breaker closed: the backend answers again");
+        }
+    }
+
+    fn backoff_lock(&self) -> std::sync::MutexGuard<'_, Duration> {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state.load(Relaxed) {
+            CLOSED => "closed",
+            OPEN => "open",
+            _ => "probing",
+        }
+    }
+
+    /// `cache_breaker_state` (0 closed, 1 open) and
+    /// `cache_breaker_transitions_total{to}`.
+    fn export_state(&self, state: u8) {
+        let open = if state == CLOSED { 0.0 } else { 1.0 };
+        metrics::gauge!(names::BREAKER_STATE, "cache" => self.name.clone()).set(open);
+        let to = if state == CLOSED { "closed" } else { "open" };
+        metrics::counter!(names::BREAKER_TRANSITIONS, "cache" => self.name.clone(), "to" => to)
+            .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(failures: u32) -> Breaker {
+        Breaker::new(
+            CircuitBreaker {
+                failures,
+                min_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(50),
+            },
+            "test".into(),
+        )
+    }
+
+    #[test]
+    fn opens_after_failures_in_a_row_only() {
+        let b = breaker(3);
+        b.failed();
+        b.failed();
+        b.succeeded();
+        b.failed();
+        b.failed();
+        assert_eq!(b.admit(), Admit::Pass);
+        b.failed();
+        assert_eq!(b.admit(), Admit::Skip);
+    }
+
+    #[test]
+    fn one_probe_after_the_backoff_and_recovery() {
+        let b = breaker(1);
+        b.failed();
+        assert_eq!(b.admit(), Admit::Skip);
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(b.admit(), Admit::SkipAndProbe);
+        assert_eq!(b.admit(), Admit::Skip, "one probe at a time");
+        b.probed(false);
+        // Backoff doubled to 40 ms: not yet.
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(b.admit(), Admit::Skip);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.admit(), Admit::SkipAndProbe);
+        b.probed(true);
+        assert_eq!(b.admit(), Admit::Pass);
+        assert!(b.is_closed());
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_resets_on_reopening() {
+        let b = breaker(1);
+        b.failed();
+        for _ in 0..5 {
+            b.state.store(PROBING, Relaxed);
+            b.probed(false);
+        }
+        assert_eq!(*b.backoff_lock(), Duration::from_millis(50));
+        b.succeeded();
+        assert!(b.is_closed());
+        b.failed();
+        assert_eq!(*b.backoff_lock(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn disabled_never_opens() {
+        let b = breaker(0);
+        for _ in 0..100 {
+            b.failed();
+        }
+        assert_eq!(b.admit(), Admit::Pass);
+    }
+}

@@ -1,0 +1,111 @@
+//! The circuit breaker: opens after failures in a row, skips the backend
+//! while open (no added wait), probes in the background with backoff,
+//! closes on its own; write-throughs and invalidations are still attempted
+//! while it is open, so that no old value survives the outage.
+
+use std::time::{Duration, Instant};
+
+use cached_runtime::CircuitBreaker;
+use cached_tests::RedisServer;
+
+use crate::support::{OP, Placement, Service, builder, key, median, service, timed, until_hit};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_breaker_every_call_waits_out_the_timeout() {
+    // The control: what the breaker saves.
+    let mut server = RedisServer::start();
+    let s = Service::new(
+        builder(&server)
+            .circuit_breaker(CircuitBreaker::disabled())
+            .build()
+            .expect("cache"),
+    );
+    server.freeze();
+    let mut took = Vec::new();
+    for _ in 0..8 {
+        let (got, t) = timed(Duration::from_secs(2), s.get(1)).await;
+        assert_eq!(got, Ok(Placement::row(1)));
+        took.push(t);
+    }
+    assert!(median(took) >= OP, "each call waits for the frozen server");
+    assert!(!s.cache.breaker_open());
+    server.thaw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_after_the_configured_failures_and_probes_until_the_server_is_back() {
+    let mut server = RedisServer::start();
+    let s = Service::new(
+        builder(&server)
+            .circuit_breaker(CircuitBreaker {
+                failures: 3,
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(400),
+            })
+            .build()
+            .expect("cache"),
+    );
+    until_hit(&s, 1, Duration::from_secs(2)).await;
+    server.freeze();
+    for i in 0..3 {
+        assert!(!s.cache.breaker_open(), "open after {i} failures");
+        let _ = s.get(1).await;
+    }
+    assert!(s.cache.breaker_open(), "3 failures in a row open it");
+    // Stays open over several probes while the server is frozen.
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        let (got, t) = timed(Duration::from_secs(1), s.get(1)).await;
+        assert_eq!(got, Ok(Placement::row(1)));
+        assert!(t < OP, "a probe must not make a caller wait: {t:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(s.cache.breaker_open());
+    server.thaw();
+    // The next probe is at most max_backoff away.
+    let thawed = Instant::now();
+    while s.cache.breaker_open() {
+        assert!(
+            thawed.elapsed() < Duration::from_secs(2),
+            "the breaker never closed"
+        );
+        let _ = s.get(1).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until_hit(&s, 1, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_an_outage_are_not_lost_when_the_server_comes_back() {
+    let mut server = RedisServer::start();
+    let s = service(&server);
+    until_hit(&s, 1, Duration::from_secs(2)).await;
+    until_hit(&s, 2, Duration::from_secs(2)).await;
+    server.freeze();
+    for _ in 0..10 {
+        let _ = s.get(1).await;
+    }
+    assert!(s.cache.breaker_open());
+    // Both are attempted although the breaker is open: they reach the
+    // server when it wakes, so neither old row survives the outage.
+    let renamed = s.rename(1, "renamed".into()).await.expect("renamed");
+    assert_eq!(s.delete(2).await, Ok(()));
+    server.thaw();
+    let thawed = Instant::now();
+    while s.cache.breaker_open() {
+        assert!(thawed.elapsed() < Duration::from_secs(3), "never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = s.get(3).await;
+    }
+    let loads = s.loads();
+    assert_eq!(s.get(1).await, Ok(renamed), "the write-through landed");
+    assert_eq!(s.loads(), loads, "and is a hit");
+    assert_eq!(
+        server.cmd::<i64>(&["EXISTS", &key(2)]),
+        0,
+        "the eviction landed"
+    );
+    let loads = s.loads();
+    assert_eq!(s.get(2).await, Ok(Placement::row(2)));
+    assert_eq!(s.loads(), loads + 1, "so the next read loads");
+}
