@@ -49,7 +49,7 @@ async fn opens_after_the_configured_failures_and_probes_until_the_server_is_back
     server.freeze();
     for i in 0..3 {
         assert!(!s.cache.breaker_open(), "open after {i} failures");
-        let _ = s.get(1).await;
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
     }
     assert!(s.cache.breaker_open(), "3 failures in a row open it");
     // Stays open over several probes while the server is frozen.
@@ -69,7 +69,7 @@ async fn opens_after_the_configured_failures_and_probes_until_the_server_is_back
             thawed.elapsed() < Duration::from_secs(2),
             "the breaker never closed"
         );
-        let _ = s.get(1).await;
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     until_hit(&s, 1, Duration::from_secs(1)).await;
@@ -83,13 +83,14 @@ async fn writes_during_an_outage_are_not_lost_when_the_server_comes_back() {
     until_hit(&s, 2, Duration::from_secs(2)).await;
     server.freeze();
     for _ in 0..10 {
-        let _ = s.get(1).await;
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
     }
     assert!(s.cache.breaker_open());
     // Both are attempted although the breaker is open: they reach the
     // server when it wakes, so neither old row survives the outage.
-    let renamed = s.rename(1, "renamed".into()).await.expect("renamed");
-    assert_eq!(s.delete(2).await, Ok(()));
+    let (renamed, _) = timed(Duration::from_secs(2), s.rename(1, "renamed".into())).await;
+    let renamed = renamed.expect("renamed");
+    assert_eq!(timed(Duration::from_secs(2), s.delete(2)).await.0, Ok(()));
     server.thaw();
     let thawed = Instant::now();
     while s.cache.breaker_open() {

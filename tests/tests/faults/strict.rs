@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use cached_tests::RedisServer;
 
-use crate::support::{Placement, Service, builder, key};
+use std::time::Duration;
+
+use crate::support::{Placement, Service, builder, key, timed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_surfaces_an_unreadable_entry() {
@@ -18,7 +20,8 @@ async fn strict_mode_surfaces_an_unreadable_entry() {
         let s = s.clone();
         tokio::spawn(async move { s.get(1).await })
     };
-    let err = call.await.expect_err("strict mode panics");
+    let (joined, _) = timed(Duration::from_secs(5), call).await;
+    let err = joined.expect_err("strict mode panics");
     assert!(err.is_panic());
     // Not strict: the same entry is a quiet miss.
     let lenient = Service::new(builder(&server).build().expect("cache"));
@@ -36,6 +39,7 @@ async fn strict_mode_surfaces_a_frozen_server() {
         let s = s.clone();
         tokio::spawn(async move { s.get(1).await })
     };
-    assert!(call.await.expect_err("strict mode panics").is_panic());
+    let (joined, _) = timed(Duration::from_secs(5), call).await;
+    assert!(joined.expect_err("strict mode panics").is_panic());
     server.thaw();
 }

@@ -1,0 +1,327 @@
+//! Observability: the metrics recorded through the `metrics` facade (with a
+//! test recorder), the `stats()` arithmetic, and the `tracing` events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use cached_runtime::{Cache, CircuitBreaker, cache_evict, cached, metric_names as names};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use serde::{Deserialize, Serialize};
+
+/// What the recorder saw, accumulated (a snapshot drains it, gauges
+/// included, and tests run in parallel): counters summed, the highest value
+/// of each gauge, histograms' samples.
+#[derive(Default)]
+struct Seen {
+    counters: HashMap<String, u64>,
+    gauge_max: HashMap<String, f64>,
+    samples: HashMap<String, Vec<f64>>,
+}
+
+struct Recorded {
+    snapshotter: Snapshotter,
+    seen: Mutex<Seen>,
+}
+
+/// Installs the test recorder once per test binary, before any cache is
+/// used (handles made before a recorder exists record nothing).
+fn recorder() -> &'static Recorded {
+    static RECORDED: OnceLock<Recorded> = OnceLock::new();
+    RECORDED.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this binary");
+        Recorded {
+            snapshotter,
+            seen: Mutex::default(),
+        }
+    })
+}
+
+/// `name{k=v,...}`, labels sorted.
+fn id(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+fn collect() -> std::sync::MutexGuard<'static, Seen> {
+    let r = recorder();
+    let mut seen = r.seen.lock().expect("seen");
+    for (key, _, _, value) in r.snapshotter.snapshot().into_vec() {
+        let k = key.key();
+        let labels: Vec<(&str, &str)> = k.labels().map(|l| (l.key(), l.value())).collect();
+        let name = id(k.name(), &labels);
+        match value {
+            DebugValue::Counter(n) => *seen.counters.entry(name).or_default() += n,
+            DebugValue::Gauge(g) => {
+                let max = seen.gauge_max.entry(name).or_insert(f64::MIN);
+                *max = max.max(g.into_inner());
+            }
+            DebugValue::Histogram(xs) => seen
+                .samples
+                .entry(name)
+                .or_default()
+                .extend(xs.into_iter().map(|x| x.into_inner())),
+        }
+    }
+    seen
+}
+
+fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
+    collect()
+        .counters
+        .get(&id(name, labels))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn samples(name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    collect()
+        .samples
+        .get(&id(name, labels))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn gauge_max(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    collect().gauge_max.get(&id(name, labels)).copied()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Row {
+    id: u64,
+    secret: String,
+}
+
+#[derive(Debug)]
+struct DbError;
+
+struct Service {
+    cache: Cache,
+}
+
+impl Service {
+    #[cached(prefix = "obs_rows", ttl = "5m", key = id)]
+    async fn get(&self, id: u64) -> Result<Row, DbError> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(Row {
+            id,
+            secret: "do-not-log-me".into(),
+        })
+    }
+
+    #[cached(prefix = "obs_traced", ttl = "5m", key = id)]
+    async fn traced(&self, id: u64) -> Row {
+        Row {
+            id,
+            secret: "do-not-log-me".into(),
+        }
+    }
+
+    #[cached(prefix = "obs_stats", ttl = "5m", key = id)]
+    async fn stats_row(&self, id: u64) -> u64 {
+        id
+    }
+
+    #[cached(prefix = "obs_down_rows", ttl = "5m", key = id)]
+    async fn down_row(&self, id: u64) -> u64 {
+        id
+    }
+
+    #[cached(prefix = "obs_named", name = "renamed", ttl = "5m", key = id)]
+    async fn named(&self, id: u64) -> u64 {
+        id
+    }
+
+    #[cached(prefix = "obs_fail", ttl = "5m", key = id)]
+    async fn failing(&self, id: u64) -> Result<u64, DbError> {
+        let _ = id;
+        Err(DbError)
+    }
+
+    #[cached(prefix = "obs_slow", ttl = "5m", key = id)]
+    async fn slow(&self, id: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        id
+    }
+
+    #[cache_evict(keys = ["obs_rows:{id}"])]
+    async fn forget(&self, id: u64) {
+        let _ = id;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_misses_loads_and_latency_are_recorded_per_cache_name() {
+    recorder();
+    let s = Service {
+        cache: Cache::memory(),
+    };
+    for _ in 0..3 {
+        s.get(1).await.expect("row");
+    }
+    let cache = [("cache", "obs_rows")];
+    assert_eq!(counter(names::HITS, &cache), 2);
+    assert_eq!(counter(names::MISSES, &cache), 1);
+    assert_eq!(counter(names::LOADS, &cache), 1);
+    let loads = samples(names::LOAD_SECONDS, &cache);
+    assert_eq!(loads.len(), 1);
+    assert!(loads[0] >= 0.005, "the load took 5 ms: {loads:?}");
+    let gets = samples(names::LATENCY, &[("cache", "obs_rows"), ("op", "get")]);
+    assert!(gets.len() >= 3, "{gets:?}");
+    assert!(
+        gets.iter().all(|s| *s < 0.005),
+        "a memory get is fast: {gets:?}"
+    );
+
+    // The `name` option labels a site instead of its prefix.
+    s.named(1).await;
+    s.named(1).await;
+    assert_eq!(counter(names::HITS, &[("cache", "renamed")]), 1);
+    assert_eq!(counter(names::MISSES, &[("cache", "obs_named")]), 0);
+
+    s.forget(1).await;
+    assert_eq!(counter(names::INVALIDATIONS, &cache), 1);
+    assert!(
+        !samples(
+            names::LATENCY,
+            &[("cache", "obs_rows"), ("op", "invalidate")]
+        )
+        .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_errors_and_coalesced_waiters_are_counted() {
+    recorder();
+    let s = Arc::new(Service {
+        cache: Cache::memory(),
+    });
+    assert!(s.failing(1).await.is_err());
+    assert_eq!(counter(names::LOAD_ERRORS, &[("cache", "obs_fail")]), 1);
+
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.slow(1).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("no panic"), 1);
+    }
+    let slow = [("cache", "obs_slow")];
+    assert_eq!(counter(names::LOADS, &slow), 1);
+    assert_eq!(counter(names::COALESCED, &slow), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_errors_by_kind_and_the_breaker_state_are_exported() {
+    recorder();
+    // Nothing listens there: connection errors, then the breaker opens.
+    let port = cached_tests::free_port();
+    let cache = Cache::builder()
+        .redis(format!("redis://127.0.0.1:{port}"))
+        .namespace("obs_down")
+        .op_timeout(Duration::from_millis(50))
+        .circuit_breaker(CircuitBreaker {
+            failures: 2,
+            ..CircuitBreaker::default()
+        })
+        .build()
+        .expect("cache");
+    let s = Service { cache };
+    for _ in 0..6 {
+        assert_eq!(s.down_row(2).await, 2, "the loader answers");
+    }
+    assert!(s.cache.breaker_open());
+    let seen = collect();
+    let errors: u64 = seen
+        .counters
+        .iter()
+        .filter(|(k, _)| k.starts_with(names::ERRORS) && k.contains("cache=obs_down_rows,"))
+        .map(|(_, n)| n)
+        .sum();
+    drop(seen);
+    assert!(errors >= 2, "errors by kind were recorded");
+    assert!(counter(names::SKIPPED, &[("cache", "obs_down_rows")]) >= 1);
+    assert_eq!(
+        gauge_max(names::BREAKER_STATE, &[("cache", "obs_down")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        counter(
+            names::BREAKER_TRANSITIONS,
+            &[("cache", "obs_down"), ("to", "open")]
+        ),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_a_snapshot_per_name_with_a_hit_rate() {
+    let s = Service {
+        cache: Cache::memory(),
+    };
+    assert!(s.cache.stats().is_empty(), "nothing before the first call");
+    for id in [1, 1, 1, 2] {
+        s.stats_row(id).await;
+    }
+    let stats = s.cache.stats_for("obs_stats").expect("stats");
+    assert_eq!((stats.hits, stats.misses, stats.loads), (2, 2, 2));
+    assert!((stats.hit_rate() - 0.5).abs() < 1e-12);
+    assert_eq!(stats.errors, 0);
+    s.named(3).await;
+    let names: Vec<String> = s.cache.stats().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["obs_stats", "renamed"], "sorted by name");
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn each_read_is_a_debug_event_with_key_hit_and_latency_and_no_value() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let s = Service {
+            cache: Cache::memory(),
+        };
+        s.traced(9).await;
+        s.traced(9).await;
+    });
+    let logged = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
+    let gets: Vec<&str> = logged.lines().filter(|l| l.contains("cache get")).collect();
+    assert_eq!(gets.len(), 2, "{logged}");
+    assert!(gets[0].contains("cache_key=cache:obs_traced:9") && gets[0].contains("hit=false"));
+    assert!(gets[1].contains("hit=true") && gets[1].contains("latency_ms="));
+    assert!(logged.contains("cache set"), "{logged}");
+    assert!(
+        !logged.contains("do-not-log-me"),
+        "a value's content was logged"
+    );
+}
