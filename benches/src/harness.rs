@@ -24,6 +24,12 @@ impl Redis {
                 _dir: None,
             });
         }
+        Redis::start_own()
+    }
+
+    /// Starts a server of this run's own on a free loopback port (for
+    /// scenarios that freeze it), whatever `REDIS_URL` says.
+    pub fn start_own() -> Result<Redis, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
@@ -55,6 +61,24 @@ impl Redis {
 
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url.as_str()).expect("a valid URL")
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGSTOP: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
     }
 
     /// Runs one command (for setup: FLUSHALL, CONFIG SET, SLOWLOG ...).

@@ -41,6 +41,13 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("invalidate_pattern", |r| {
         Box::pin(scenarios::invalidation::invalidate_pattern(r))
     }),
+    ("redis_frozen", |r| {
+        Box::pin(scenarios::faults::redis_frozen(r))
+    }),
+    // Last: it installs a metrics recorder for the rest of the run.
+    ("memory_hit_metrics", |r| {
+        Box::pin(scenarios::hits::memory_hit_metrics(r))
+    }),
 ];
 
 fn main() {

@@ -273,6 +273,11 @@ impl Backend {
         }
     }
 
+    /// Whether operations leave the process (and are worth timing).
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self, Backend::Redis(_))
+    }
+
     /// Whether the circuit breaker is open (always false in memory).
     pub(crate) fn breaker_open(&self) -> bool {
         match self {
