@@ -24,7 +24,7 @@ use crate::func::Shape;
 ///
 /// ```ignore
 /// #[cached(prefix = "placement", ttl = "5m", key = placement_id)]
-/// async fn get_by_id(&self, placement_id: Uuid) -> Result<Option<Placement>, DbError> { … }
+/// async fn get_by_id(&self, placement_id: Uuid) -> Result<Option<Placement>, DbError> { /* … */ }
 /// ```
 ///
 /// The function keeps its name, signature, visibility, docs and attributes;
@@ -63,7 +63,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// ```ignore
 /// #[cache_put(prefix = "placement", ttl = "5m", key = placement_id)]
-/// async fn update(&self, placement_id: Uuid, data: PlacementUpdate) -> Result<Placement, DbError> { … }
+/// async fn update(&self, placement_id: Uuid, data: PlacementUpdate) -> Result<Placement, DbError> { /* … */ }
 /// ```
 ///
 /// An `Ok`, `Some` or plain result is stored under `{namespace}:{prefix}:{key}`
@@ -84,7 +84,7 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// ```ignore
 /// #[cache_evict(keys = ["placement:{placement_id}", "video:{video_id}:placements"])]
-/// async fn delete(&self, placement_id: Uuid, video_id: Uuid) -> Result<(), DbError> { … }
+/// async fn delete(&self, placement_id: Uuid, video_id: Uuid) -> Result<(), DbError> { /* … */ }
 /// ```
 ///
 /// | option | removes |

@@ -29,7 +29,7 @@ pub struct Site {
     pub counters: SiteCounters,
 }
 
-/// See [`Site::counters`].
+/// See the `counters` field of [`Site`].
 #[derive(Debug)]
 pub struct SiteCounters(OnceLock<(u64, Arc<Counters>)>);
 
