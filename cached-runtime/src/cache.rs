@@ -255,6 +255,8 @@ impl Cache {
             .strip_prefix(self.inner.namespace.as_str())
             .and_then(|k| k.strip_prefix(':'))
             .unwrap_or(key);
+        // A tag's invalidations count under the tag's first segment.
+        let relative = relative.strip_prefix("~tag:").unwrap_or(relative);
         let counters = self.inner.stats.counters(name_of(relative));
         counters.latency_invalidate.record(took);
         tracing::debug!(cache_key = %key, op, latency_ms = took.as_secs_f64() * 1e3, ok = result.is_ok(), "cache invalidation");

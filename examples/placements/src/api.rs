@@ -1,0 +1,290 @@
+//! The HTTP API: axum handlers a few lines each, over `PlacementService`.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cached_runtime::http::{
+    CacheHeaders, ConditionalRequest, private_max_age, public_max_age, strong_etag, weak_etag,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::db::{DbError, PlacementQuery, PlacementUpdate};
+use crate::service::PlacementService;
+
+/// The largest request body accepted (a placement update is a few dozen
+/// bytes).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The longest placement name accepted.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The page size of `GET /placements` when none is asked, and the largest.
+pub const DEFAULT_LIMIT: u32 = 20;
+pub const MAX_LIMIT: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: PlacementService,
+    pub metrics: PrometheusHandle,
+    /// Serve every read from the database (the `_uncached` twins): the
+    /// baseline for measuring what the cache gives.
+    pub bypass: bool,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/placements/{id}",
+            get(get_placement)
+                .put(put_placement)
+                .delete(delete_placement),
+        )
+        .route("/placements", get(query_placements))
+        .route("/videos/{id}/placements", get(video_placements))
+        .route("/public/products", get(products))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Every error answer: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound(&'static str),
+    /// A rejected body or query, with the status axum chose (400, 413, 415,
+    /// 422).
+    Rejected(StatusCode, String),
+    /// The database failed: 503, and nothing was cached.
+    Unavailable(DbError),
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        ApiError::Unavailable(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::Rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::Rejected(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what.to_owned()),
+            ApiError::Rejected(status, m) => (status, m),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable; try again".to_owned(),
+                )
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("id must be a positive integer, got {raw:?}")))
+}
+
+/// `GET /placements/{id}`: cache-aside, `Cache-Control: private,
+/// max-age=60`, an ETag from the row's version, 304 for a current copy.
+async fn get_placement(
+    State(app): State<AppState>,
+    cond: ConditionalRequest,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let found = if app.bypass {
+        app.service.get_by_id_uncached(id).await?
+    } else {
+        app.service.get_by_id(id).await?
+    };
+    let p = found.ok_or(ApiError::NotFound("no such placement"))?;
+    let caching = CacheHeaders::new()
+        .etag(strong_etag(p.version))
+        .cache_control(private_max_age(Duration::from_secs(60)));
+    Ok(cond.respond(caching, || Json(p)).into_response())
+}
+
+/// `PUT /placements/{id}`: write-through; the new version is readable at once.
+async fn put_placement(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<PlacementUpdate>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Json(update) = body?;
+    if let Some(name) = &update.name {
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS {
+            return Err(ApiError::BadRequest(format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+    }
+    if update.position_sec.is_some_and(|s| s < 0) {
+        return Err(ApiError::BadRequest(
+            "position_sec must not be negative".into(),
+        ));
+    }
+    let p = app
+        .service
+        .update(id, update)
+        .await?
+        .ok_or(ApiError::NotFound("no such placement"))?;
+    let caching = CacheHeaders::new().etag(strong_etag(p.version));
+    Ok((caching, Json(p)).into_response())
+}
+
+/// `DELETE /placements/{id}`: delete, then evict.
+async fn delete_placement(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    if app.service.delete(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("no such placement"))
+    }
+}
+
+/// `GET /videos/{id}/placements`.
+async fn video_placements(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let video_id = parse_id(&id)?;
+    let list = if app.bypass {
+        app.service.by_video_uncached(video_id).await?
+    } else {
+        app.service.by_video(video_id).await?
+    };
+    Ok(Json(list).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryParams {
+    video_id: Option<i64>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+/// `GET /placements?video_id=&limit=&offset=`: cached under a hash of the
+/// normalised query.
+async fn query_placements(
+    State(app): State<AppState>,
+    params: Result<Query<QueryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let query = PlacementQuery {
+        video_id: params.video_id,
+        limit,
+        offset: params.offset.unwrap_or(0),
+    };
+    let rows = if app.bypass {
+        app.service.query_uncached(query).await?
+    } else {
+        app.service.query(query).await?
+    };
+    Ok(Json(rows).into_response())
+}
+
+/// `GET /public/products`: `Cache-Control: public, max-age=3600` and a
+/// weak ETag from the content.
+async fn products(
+    State(app): State<AppState>,
+    cond: ConditionalRequest,
+) -> Result<Response, ApiError> {
+    let products = if app.bypass {
+        app.service.products_uncached().await?
+    } else {
+        app.service.products().await?
+    };
+    let body =
+        serde_json::to_vec(&products).map_err(|e| ApiError::Unavailable(DbError(e.to_string())))?;
+    let caching = CacheHeaders::new()
+        .etag(weak_etag(&body))
+        .cache_control(public_max_age(Duration::from_secs(3600)));
+    Ok(cond
+        .respond(caching, || {
+            ([(header::CONTENT_TYPE, "application/json")], body)
+        })
+        .into_response())
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /health`: liveness, the database, and the cache's stats per name.
+async fn health(State(app): State<AppState>) -> Response {
+    let cache = &app.service.cache;
+    let stats: Vec<_> = cache
+        .stats()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "hits": s.hits,
+                "misses": s.misses,
+                "hit_rate": s.hit_rate(),
+                "loads": s.loads,
+                "errors": s.errors,
+                "skipped": s.skipped,
+            })
+        })
+        .collect();
+    let database_ok = app.service.db().ping().await;
+    let status = if database_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if database_ok { "ok" } else { "degraded" },
+        "database": { "kind": app.service.db().kind(), "ok": database_ok },
+        "cache": {
+            "backend": cache.backend_kind(),
+            "breaker_open": cache.breaker_open(),
+            "bypass": app.bypass,
+            "stats": stats,
+        },
+    });
+    (status, Json(body)).into_response()
+}

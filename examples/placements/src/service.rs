@@ -1,0 +1,103 @@
+//! `PlacementService`: the seed guide's service, each cache pattern one
+//! attribute. No cache code is written by hand here.
+
+use std::sync::Arc;
+
+use cached_runtime::{Cache, cache_evict, cache_put, cached};
+
+use crate::db::{Db, DbError, Placement, PlacementQuery, PlacementUpdate, Product};
+
+#[derive(Debug, Clone)]
+pub struct PlacementService {
+    pub cache: Cache,
+    db: Arc<Db>,
+}
+
+impl PlacementService {
+    pub fn new(cache: Cache, db: Db) -> PlacementService {
+        PlacementService {
+            cache,
+            db: Arc::new(db),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Cache-aside, 5 minutes; an unknown id is remembered for 30 s
+    /// (negative caching), so a scan of missing ids does not reach the
+    /// database each time.
+    #[cached(prefix = "placement", ttl = "5m", key = id, cache_none = "30s")]
+    pub async fn get_by_id(&self, id: i64) -> Result<Option<Placement>, DbError> {
+        self.db.placement(id).await
+    }
+
+    /// Write-through: the updated row replaces the cached one (and ends any
+    /// load in flight for it, so an older read cannot be stored after this).
+    #[cache_put(prefix = "placement", ttl = "5m", key = id)]
+    async fn update_row(
+        &self,
+        id: i64,
+        update: PlacementUpdate,
+    ) -> Result<Option<Placement>, DbError> {
+        self.db.update(id, &update).await
+    }
+
+    /// Updates a placement; its video's list and every query result go.
+    pub async fn update(
+        &self,
+        id: i64,
+        update: PlacementUpdate,
+    ) -> Result<Option<Placement>, DbError> {
+        let updated = self.update_row(id, update).await?;
+        if let Some(p) = &updated {
+            self.lists_changed(p.video_id).await;
+        }
+        Ok(updated)
+    }
+
+    #[cache_evict(keys = ["video:{video_id}:placements"], tags = ["placements"])]
+    async fn lists_changed(&self, video_id: i64) {
+        let _ = video_id;
+    }
+
+    /// Deletes, then evicts: the row first, so that no reader can load the
+    /// old row between the eviction and the delete (the seed guide reads
+    /// the row after deleting it to find what to evict, and evicts first).
+    /// `false`: there was no such placement.
+    pub async fn delete(&self, id: i64) -> Result<bool, DbError> {
+        match self.db.delete(id).await? {
+            Some(video_id) => {
+                self.evict_deleted(id, video_id).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    #[cache_evict(keys = ["placement:{id}", "video:{video_id}:placements"], tags = ["placements"])]
+    async fn evict_deleted(&self, id: i64, video_id: i64) {
+        let _ = (id, video_id);
+    }
+
+    /// A video's placements, cached 90 s, evicted by any write to one of
+    /// them.
+    #[cached(prefix = "video", ttl = "90s", key = "{video_id}:placements")]
+    pub async fn by_video(&self, video_id: i64) -> Result<Vec<Placement>, DbError> {
+        self.db.by_video(video_id).await
+    }
+
+    /// A query, cached under a stable hash of its parameters; every write
+    /// evicts the `placements` tag, so no result outlives a change.
+    #[cached(prefix = "placements_query", ttl = "1m", key = hashed(&query), tags = ["placements"])]
+    pub async fn query(&self, query: PlacementQuery) -> Result<Vec<Placement>, DbError> {
+        self.db.query(&query).await
+    }
+
+    /// The public catalogue, cached for an hour.
+    #[cached(prefix = "products", ttl = "1h", key = "all")]
+    pub async fn products(&self) -> Result<Vec<Product>, DbError> {
+        self.db.products().await
+    }
+}

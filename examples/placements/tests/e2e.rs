@@ -1,0 +1,377 @@
+//! End to end: the real service, in process on a free port, over a real
+//! SQLite file and a real `redis-server`, driven over HTTP.
+
+use std::time::{Duration, Instant};
+
+use cached_placements::{Config, Running, start};
+use cached_tests::RedisServer;
+use reqwest::{Client, StatusCode, header};
+use serde_json::{Value, json};
+
+struct Env {
+    running: Running,
+    client: Client,
+    // Dropped last: the service's database and Redis.
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn with(redis: Option<&RedisServer>) -> Env {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            database_url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("db.sqlite").display()
+            ),
+            redis_url: redis.map(RedisServer::url),
+            bypass: false,
+        };
+        let running = start(&config).await.expect("the service starts");
+        let client = Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        Env {
+            running,
+            client,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.running.url())
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("answers")
+    }
+
+    async fn json(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.get(path).await;
+        let status = r.status();
+        (status, r.json().await.expect("a JSON body"))
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("answers");
+        let status = r.status();
+        (status, r.json().await.expect("a JSON body"))
+    }
+
+    fn stats(&self, name: &str) -> cached_runtime::CacheStats {
+        self.running
+            .service
+            .cache
+            .stats_for(name)
+            .unwrap_or_default()
+    }
+}
+
+/// The value of one Prometheus sample line, e.g.
+/// `cache_hits_total{cache="placement"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_then_hits_and_both_show_in_metrics_and_health() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    let hits = r#"cache_hits_total{cache="placement"}"#;
+    let before = sample(&env.get("/metrics").await.text().await.expect("text"), hits);
+
+    let (status, first) = env.json("/placements/3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["id"], 3);
+    let (_, again) = env.json("/placements/3").await;
+    assert_eq!(again, first);
+    let s = env.stats("placement");
+    assert_eq!((s.misses, s.hits, s.loads), (1, 1, 1));
+    assert_eq!(redis.cmd::<i64>(&["EXISTS", "placements:placement:3"]), 1);
+
+    let metrics = env.get("/metrics").await.text().await.expect("text");
+    assert!(sample(&metrics, hits) >= before + 1.0, "{metrics}");
+    assert!(metrics.contains("cache_misses_total{cache=\"placement\"}"));
+    assert!(metrics.contains("cache_latency_seconds"));
+
+    let (status, health) = env.json("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["cache"]["backend"], "redis");
+    let placement = health["cache"]["stats"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "placement"))
+        .cloned()
+        .expect("placement stats");
+    assert_eq!(placement["hit_rate"], 0.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etag_and_cache_control_then_304_for_a_current_copy() {
+    let env = Env::with(None).await;
+    let r = env.get("/placements/4").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "private, max-age=60");
+    let etag = r.headers()[header::ETAG].clone();
+    assert_eq!(etag, "\"1\"");
+
+    let r = env
+        .client
+        .get(env.url("/placements/4"))
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()[header::ETAG], etag);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "private, max-age=60");
+    assert!(r.bytes().await.expect("body").is_empty());
+
+    let r = env.get("/public/products").await;
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=3600");
+    let weak = r.headers()[header::ETAG].clone();
+    assert!(weak.to_str().expect("ascii").starts_with("W/\""));
+    let r = env
+        .client
+        .get(env.url("/public/products"))
+        .header(header::IF_NONE_MATCH, weak)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_is_visible_at_once_and_changes_the_etag() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    let (_, before) = env.json("/placements/12").await;
+    assert_eq!(before["version"], 1);
+    let (status, updated) = env
+        .put(
+            "/placements/12",
+            json!({ "name": "renamed", "position_sec": 45 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(updated["version"], 2);
+    let loads = env.stats("placement").loads;
+    let r = env
+        .client
+        .get(env.url("/placements/12"))
+        .header(header::IF_NONE_MATCH, "\"1\"")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), StatusCode::OK, "the old ETag is not current");
+    assert_eq!(r.headers()[header::ETAG], "\"2\"");
+    let now: Value = r.json().await.expect("json");
+    assert_eq!(now, updated);
+    assert_eq!(
+        env.stats("placement").loads,
+        loads,
+        "served from the write-through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_then_404_and_the_lists_forget_it() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    let ids = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|p| p["id"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    let (_, list) = env.json("/videos/1/placements").await;
+    assert!(ids(&list).contains(&5));
+    let (_, query) = env.json("/placements?video_id=1&limit=50").await;
+    assert!(ids(&query).contains(&5));
+    assert_eq!(env.json("/placements/5").await.0, StatusCode::OK);
+
+    let r = env
+        .client
+        .delete(env.url("/placements/5"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(env.json("/placements/5").await.0, StatusCode::NOT_FOUND);
+    let (_, list) = env.json("/videos/1/placements").await;
+    assert!(!ids(&list).contains(&5), "the list was evicted: {list}");
+    let (_, query) = env.json("/placements?video_id=1&limit=50").await;
+    assert!(!ids(&query).contains(&5), "the query was evicted: {query}");
+    let again = env
+        .client
+        .delete(env.url("/placements/5"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_evicts_its_videos_list() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    let name_of = |v: &Value, id: i64| {
+        v.as_array()
+            .and_then(|a| a.iter().find(|p| p["id"] == id))
+            .map(|p| p["name"].clone())
+    };
+    let (_, list) = env.json("/videos/2/placements").await;
+    assert_eq!(name_of(&list, 13), Some(json!("video 2 break 3")));
+    let (status, _) = env.put("/placements/13", json!({ "name": "moved" })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = env.json("/videos/2/placements").await;
+    assert_eq!(name_of(&list, 13), Some(json!("moved")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_4xx_with_a_json_error_never_a_500() {
+    let env = Env::with(None).await;
+    for (path, want) in [
+        ("/placements/abc", StatusCode::BAD_REQUEST),
+        ("/placements/-4", StatusCode::BAD_REQUEST),
+        ("/placements/99999999999999999999", StatusCode::BAD_REQUEST),
+        ("/placements/424242", StatusCode::NOT_FOUND),
+        ("/videos/x/placements", StatusCode::BAD_REQUEST),
+        ("/placements?limit=1000", StatusCode::BAD_REQUEST),
+        ("/placements?limit=-1", StatusCode::BAD_REQUEST),
+        ("/placements?video_id=one", StatusCode::BAD_REQUEST),
+        ("/placements?nonsense=1", StatusCode::BAD_REQUEST),
+        ("/no/such/route", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = env.json(path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    let put = |body: reqwest::Body, content_type: &'static str| {
+        env.client
+            .put(env.url("/placements/1"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+    };
+    for (body, content_type, want) in [
+        (
+            "{\"name\":".to_owned(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "{\"name\": 7}".to_owned(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "{\"colour\": \"red\"}".to_owned(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "{\"name\": \"\"}".to_owned(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "{\"position_sec\": -5}".to_owned(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "{\"name\": \"x\"}".to_owned(),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            format!("{{\"name\": \"{}\"}}", "x".repeat(64 * 1024)),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let r = put(body.clone().into(), content_type)
+            .await
+            .expect("answers");
+        let status = r.status();
+        let json: Value = r.json().await.expect("a JSON error");
+        assert_eq!(status, want, "{body:.40}: {json}");
+        assert!(json["error"].is_string());
+    }
+    // Nothing above changed the row.
+    assert_eq!(env.json("/placements/1").await.1["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failure_is_503_and_nothing_is_cached() {
+    let env = Env::with(None).await;
+    env.running.service.db().close().await;
+    let (status, body) = env.json("/placements/7").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].is_string());
+    let cached: Option<Value> = env.running.service.cache.get("placement:7").await;
+    assert_eq!(cached, None);
+    assert_eq!(
+        env.json("/placements/7").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        env.stats("placement").load_errors,
+        2,
+        "each call went to the database"
+    );
+    assert_eq!(env.json("/health").await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_answers_while_redis_is_frozen_and_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    let (_, expected) = env.json("/placements/21").await;
+
+    redis.freeze();
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (status, body) = env.json("/placements/21").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, expected);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "20 requests took {:?} with Redis frozen",
+        started.elapsed()
+    );
+    // A write while frozen is answered, and reaches Redis when it wakes.
+    let (status, updated) = env.put("/placements/21", json!({ "name": "frozen" })).await;
+    assert_eq!(status, StatusCode::OK);
+    redis.thaw();
+    assert_eq!(env.json("/placements/21").await.1, updated);
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let loads = env.stats("placement").loads;
+        let (status, body) = env.json("/placements/21").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, updated, "the database's row, through whichever path");
+        if env.stats("placement").loads == loads {
+            break; // a hit from the restarted Redis
+        }
+        assert!(Instant::now() < deadline, "no hits after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
