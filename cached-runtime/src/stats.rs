@@ -46,7 +46,9 @@ pub mod names {
     pub const HITS: &str = "cache_hits_total";
     /// Reads that found nothing usable.
     pub const MISSES: &str = "cache_misses_total";
-    /// Backend operation latency, by `op` (histogram, seconds).
+    /// Backend operation latency, by `op` (histogram, seconds). Redis only;
+    /// reads (`op="get"`) are sampled one in 16, or all while debug events
+    /// are enabled.
     pub const LATENCY: &str = "cache_latency_seconds";
     /// Backend failures and unreadable entries, by `kind`.
     pub const ERRORS: &str = "cache_errors_total";

@@ -1,5 +1,6 @@
 //! Observability: the metrics recorded through the `metrics` facade (with a
-//! test recorder), the `stats()` arithmetic, and the `tracing` events.
+//! test recorder) and the `stats()` arithmetic (`tracing_events.rs` has the
+//! `tracing` events).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -114,14 +115,6 @@ impl Service {
         })
     }
 
-    #[cached(prefix = "obs_traced", ttl = "5m", key = id)]
-    async fn traced(&self, id: u64) -> Row {
-        Row {
-            id,
-            secret: "do-not-log-me".into(),
-        }
-    }
-
     #[cached(prefix = "obs_timed", ttl = "5m", key = id)]
     async fn timed_row(&self, id: u64) -> u64 {
         id
@@ -205,16 +198,18 @@ async fn redis_operations_are_timed_by_op() {
     let s = Service {
         cache: Cache::builder().redis(server.url()).build().expect("cache"),
     };
-    for _ in 0..3 {
+    // Reads are timed one in 16: 400 of them leave (15/16)^400 ~ 1e-11
+    // chance of no sample at all.
+    for _ in 0..400 {
         s.timed_row(1).await;
     }
     let op = |op| samples(names::LATENCY, &[("cache", "obs_timed"), ("op", op)]);
     let gets = op("get");
-    assert!(gets.len() >= 3, "{gets:?}");
+    assert!(!gets.is_empty() && gets.len() < 400, "{}", gets.len());
     assert!(gets.iter().all(|s| *s > 0.0 && *s < 1.0), "{gets:?}");
     assert_eq!(op("set").len(), 1, "one leased write");
     assert_eq!(op("lease").len(), 1, "one lease taken");
-    assert_eq!(counter(names::HITS, &[("cache", "obs_timed")]), 2);
+    assert_eq!(counter(names::HITS, &[("cache", "obs_timed")]), 399);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,52 +294,4 @@ async fn stats_are_a_snapshot_per_name_with_a_hit_rate() {
     s.named(3).await;
     let names: Vec<String> = s.cache.stats().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["obs_stats", "renamed"], "sorted by name");
-}
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn each_redis_read_is_a_debug_event_with_key_hit_and_latency_and_no_value() {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = cached_tests::RedisServer::start();
-    runtime.block_on(async {
-        let s = Service {
-            cache: Cache::builder().redis(server.url()).build().expect("cache"),
-        };
-        s.traced(9).await;
-        s.traced(9).await;
-    });
-    let logged = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
-    let gets: Vec<&str> = logged.lines().filter(|l| l.contains("cache get")).collect();
-    assert_eq!(gets.len(), 2, "{logged}");
-    assert!(gets[0].contains("cache_key=cache:obs_traced:9") && gets[0].contains("hit=false"));
-    assert!(gets[1].contains("hit=true") && gets[1].contains("latency_ms="));
-    assert!(logged.contains("cache set"), "{logged}");
-    assert!(
-        !logged.contains("do-not-log-me"),
-        "a value's content was logged"
-    );
 }
