@@ -1,13 +1,14 @@
 //! The circuit breaker in front of a remote backend.
 //!
 //! Closed: every operation goes to the backend; failures in a row are
-//! counted, and `failures` of them open the breaker. Open: reads, leases and
-//! loaders' writes skip the backend at once (the caller goes straight to its
+//! counted, and `failures` of them open the breaker. Open: reads and lease
+//! requests skip the backend at once (the caller goes straight to its
 //! loader, with no added wait). Once the backoff has passed, one probe (a
 //! `PING` from a task of its own, so that no caller pays for it) tests the
 //! backend: an answer closes the breaker, a failure doubles the backoff up to
-//! its bound. Any operation that succeeds while open (a write-through or an
-//! invalidation, which are always attempted) closes it too.
+//! its bound. Any operation that succeeds while open (a write-through, an
+//! invalidation or a leaseholder's write, which are always attempted)
+//! closes it too.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -113,7 +114,7 @@ impl Breaker {
             backoff: Mutex::new(settings.min_backoff),
             epoch: Instant::now(),
         };
-        breaker.export_state(CLOSED);
+        breaker.export_state();
         breaker
     }
 
@@ -162,16 +163,23 @@ impl Breaker {
             return;
         }
         let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
-        if failures >= self.settings.failures
-            && self
-                .state
-                .compare_exchange(CLOSED, OPEN, Relaxed, Relaxed)
-                .is_ok()
+        if failures < self.settings.failures || self.state.load(Relaxed) != CLOSED {
+            return;
+        }
+        let backoff = self.settings.min_backoff;
+        // Armed before the state changes, so that no caller sees it open
+        // with the last cycle's probe time and probes at once.
         {
-            let backoff = self.settings.min_backoff;
-            *self.backoff_lock() = backoff;
+            let mut current = self.backoff_lock();
+            *current = backoff;
             self.arm(backoff);
-            self.export_state(OPEN);
+        }
+        if self
+            .state
+            .compare_exchange(CLOSED, OPEN, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.export_state();
             tracing::warn!(
                 cache = %self.name,
                 failures,
@@ -214,7 +222,7 @@ impl Breaker {
         let was = self.state.swap(CLOSED, Relaxed);
         if was != CLOSED {
             self.failures.store(0, Relaxed);
-            self.export_state(CLOSED);
+            self.export_state();
             tracing::info!(cache = %self.name, "cache circuit breaker closed: the backend answers again");
         }
     }
@@ -234,12 +242,18 @@ impl Breaker {
     }
 
     /// `cache_breaker_state` (0 closed, 1 open) and
-    /// `cache_breaker_transitions_total{to}`.
-    fn export_state(&self, state: u8) {
-        let open = if state == CLOSED { 0.0 } else { 1.0 };
-        metrics::gauge!(names::BREAKER_STATE, "cache" => self.name.clone()).set(open);
-        let to = if state == CLOSED { "closed" } else { "open" };
-        metrics::counter!(names::BREAKER_TRANSITIONS, "cache" => self.name.clone(), "to" => to)
+    /// `cache_breaker_transitions_total{to}`, labelled with the namespace.
+    /// The state exported is the one current after the change, so that a
+    /// transition racing another leaves the gauge right.
+    fn export_state(&self) {
+        let closed = self.state.load(Relaxed) == CLOSED;
+        metrics::gauge!(names::BREAKER_STATE, "namespace" => self.name.clone()).set(if closed {
+            0.0
+        } else {
+            1.0
+        });
+        let to = if closed { "closed" } else { "open" };
+        metrics::counter!(names::BREAKER_TRANSITIONS, "namespace" => self.name.clone(), "to" => to)
             .increment(1);
     }
 }

@@ -260,7 +260,9 @@ impl Cache {
         // A tag's invalidations count under the tag's first segment.
         let relative = relative.strip_prefix("~tag:").unwrap_or(relative);
         let counters = self.inner.stats.counters(name_of(relative));
-        counters.latency_invalidate.record(took);
+        if self.inner.backend.is_remote() {
+            counters.latency_invalidate.record(took);
+        }
         tracing::debug!(cache_key = %key, op, latency_ms = took.as_secs_f64() * 1e3, ok = result.is_ok(), "cache invalidation");
         match result {
             Ok(n) => {
@@ -523,7 +525,9 @@ impl Cache {
 
     fn wrote(&self, key: &str, counters: &Counters, started: Instant, what: &'static str) {
         let took = started.elapsed();
-        counters.latency_set.record(took);
+        if self.inner.backend.is_remote() {
+            counters.latency_set.record(took);
+        }
         tracing::debug!(cache_key = %key, latency_ms = took.as_secs_f64() * 1e3, "{what}");
     }
 

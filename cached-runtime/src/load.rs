@@ -368,11 +368,7 @@ impl Cache {
             Read::Miss => {}
             // The backend is failing: go straight to the source, and do not
             // make the caller wait out more timeouts on a write.
-            Read::Failed => {
-                return Box::pin(self.run_loader(counters, load))
-                    .await
-                    .map(|(v, _)| v);
-            }
+            Read::Failed => return Box::pin(self.load_without_backend(&call, load)).await,
         }
         // Boxed: the miss path's state (leases, the loader, the write) would
         // otherwise make every hit's future kilobytes large, which costs a
@@ -380,8 +376,72 @@ impl Cache {
         Box::pin(self.miss(call, load)).await
     }
 
+    /// The backend failed (or the breaker is open): callers of the key in
+    /// this process still share one load, but no lease is asked for and
+    /// nothing is written, so no caller waits on the backend again.
+    async fn load_without_backend<V, T, E, F, Fut>(
+        &self,
+        call: &Call<'_, V, T>,
+        mut load: F,
+    ) -> Result<V, E>
+    where
+        V: Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let counters = &*call.counters;
+        if !call.policy.lock {
+            return self.run_loader(counters, load).await.map(|(v, _)| v);
+        }
+        loop {
+            match self.flights().join_or_lead(self, &call.key, true) {
+                Role::Lead(mut guard) => {
+                    let result = self.run_loader(counters, load).await;
+                    guard.land(match &result {
+                        Ok((value, _)) => Landed::Value(Arc::new(value.clone())),
+                        Err(_) => Landed::Failed,
+                    });
+                    return result.map(|(v, _)| v);
+                }
+                Role::Wait(rx) => match self.follow(rx, counters, load).await {
+                    Ok(result) => return result,
+                    Err(again) => load = again,
+                },
+            }
+        }
+    }
+
+    /// Waits for the flight another caller leads and takes its value; after
+    /// an error, or a value of another type, loads for itself. `Err(load)`:
+    /// the leader went away, try again.
+    async fn follow<V, E, F, Fut>(
+        &self,
+        rx: watch::Receiver<Landed>,
+        counters: &Counters,
+        load: F,
+    ) -> Result<Result<V, E>, F>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        counters.coalesced.add();
+        match landing(rx).await {
+            Landed::Value(any) => match any.downcast_ref::<V>() {
+                Some(v) => Ok(Ok(v.clone())),
+                // Another call site shares this key with another type.
+                None => Ok(self.run_loader(counters, load).await.map(|(v, _)| v)),
+            },
+            // The leader's error went to the leader; this caller tries the
+            // source itself rather than fail unasked.
+            Landed::Failed => Ok(self.run_loader(counters, load).await.map(|(v, _)| v)),
+            Landed::Abandoned | Landed::Running => Err(load),
+        }
+    }
+
     /// Everything after a miss: single flight, the lease, the load.
-    async fn miss<V, T, E, F, Fut>(&self, call: Call<'_, V, T>, load: F) -> Result<V, E>
+    async fn miss<V, T, E, F, Fut>(&self, call: Call<'_, V, T>, mut load: F) -> Result<V, E>
     where
         V: Clone + Send + Sync + 'static,
         T: Cacheable,
@@ -400,23 +460,10 @@ impl Cache {
         loop {
             match self.flights().join_or_lead(self, &call.key, true) {
                 Role::Lead(guard) => return self.lead(&call, guard, load).await,
-                Role::Wait(rx) => {
-                    counters.coalesced.add();
-                    let landed = landing(rx).await;
-                    match landed {
-                        Landed::Value(any) => match any.downcast_ref::<V>() {
-                            Some(v) => return Ok(v.clone()),
-                            // Another call site shares this key with another type.
-                            None => return self.run_loader(counters, load).await.map(|(v, _)| v),
-                        },
-                        // The leader's error went to the leader; this caller
-                        // tries the source itself rather than fail unasked.
-                        Landed::Failed => {
-                            return self.run_loader(counters, load).await.map(|(v, _)| v);
-                        }
-                        Landed::Abandoned | Landed::Running => continue,
-                    }
-                }
+                Role::Wait(rx) => match self.follow(rx, counters, load).await {
+                    Ok(result) => return result,
+                    Err(again) => load = again,
+                },
             }
         }
     }
@@ -457,14 +504,27 @@ impl Cache {
                     self.op_timeout(),
                 )
                 .await;
-            counters.latency_lease.record(asked.elapsed());
+            if self.backend().is_remote() && outcome.is_ok() {
+                counters.latency_lease.record(asked.elapsed());
+            }
             match outcome {
                 Ok(LeaseOutcome::Acquired) => {
                     guard.lease = Some(token);
                     leased = true;
                     break;
                 }
-                Ok(LeaseOutcome::ValuePresent) => only_if_absent = false,
+                Ok(LeaseOutcome::ValuePresent) => {
+                    // Written since this caller's read (take it), or not
+                    // usable here (unreadable, expired: ask again at once).
+                    only_if_absent = false;
+                    if let Read::Fresh(value, _) | Read::Stale(value) =
+                        self.read_as(call, false).await
+                    {
+                        guard.land(Landed::Value(Arc::new(value.clone())));
+                        return Ok(value);
+                    }
+                    continue;
+                }
                 Ok(LeaseOutcome::Held) => {}
                 Err(e) => {
                     self.backend_failed(key, "lease", &e, counters);

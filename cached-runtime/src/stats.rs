@@ -39,7 +39,8 @@ pub struct Counters {
     pub(crate) load_seconds: Histogram,
 }
 
-/// The metric names, all labelled `cache` (the cache name). Errors also carry
+/// The metric names, labelled `cache` (the cache name) but for the
+/// breaker's. Errors also carry
 /// `kind`; latency carries `op` (`get`, `set`, `lease`, `invalidate`).
 pub mod names {
     /// Reads answered from the cache (fresh or stale).
@@ -76,10 +77,10 @@ pub mod names {
     pub const SKIPPED: &str = "cache_skipped_total";
     /// Values over `max_value_bytes`, not stored.
     pub const OVERSIZE: &str = "cache_oversize_total";
-    /// 1 while the circuit breaker is open, 0 while closed (label `cache`:
-    /// the namespace).
+    /// 1 while the circuit breaker is open, 0 while closed (labelled
+    /// `namespace`, not `cache`: one breaker serves every cache name).
     pub const BREAKER_STATE: &str = "cache_breaker_state";
-    /// Breaker transitions, by `to` (`open`, `closed`).
+    /// Breaker transitions, by `to` (`open`, `closed`); labelled `namespace`.
     pub const BREAKER_TRANSITIONS: &str = "cache_breaker_transitions_total";
 }
 
@@ -100,7 +101,11 @@ impl Counters {
             misses: Striped::new(metrics::counter!(names::MISSES, "cache" => label())),
             loads: tally(names::LOADS),
             load_errors: tally(names::LOAD_ERRORS),
-            errors: tally(names::ERRORS),
+            // Exported by kind where it is counted (`cache_errors_total{kind}`).
+            errors: Tally {
+                count: AtomicU64::new(0),
+                metric: Counter::noop(),
+            },
             coalesced: tally(names::COALESCED),
             stale_served: tally(names::STALE_SERVED),
             early_refreshes: tally(names::EARLY_REFRESHES),

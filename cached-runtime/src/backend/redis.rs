@@ -31,10 +31,22 @@ pub(crate) struct RedisBackend {
     max_value_bytes: usize,
 }
 
-/// Whether an operation waits on the circuit breaker. Reads, leases and
-/// loaders' writes do: skipping them costs a hit at most. Write-throughs
-/// and invalidations do not: skipping one would leave an old value behind
-/// for when the backend is back.
+/// Tells the breaker how its probe went, or that it failed if dropped first.
+struct ProbeReport(Option<Arc<Breaker>>);
+
+impl Drop for ProbeReport {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.take() {
+            breaker.probed(false);
+        }
+    }
+}
+
+/// Whether an operation waits on the circuit breaker. Reads and lease
+/// requests do: skipping them costs a hit at most, and the caller goes to
+/// its loader. Write-throughs, invalidations, and a leaseholder's write or
+/// release do not: skipping one would leave an old value behind for when
+/// the backend is back, or a lease that others wait on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Gate {
     Breaker,
@@ -119,9 +131,14 @@ impl RedisBackend {
             breaker.probed(false);
             return;
         };
+        // Reports a failure if the task is dropped unfinished (its runtime
+        // shut down): the breaker must not wait for a probe forever.
+        let mut report = ProbeReport(Some(breaker));
         runtime.spawn(async move {
             let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut conn)).await;
-            breaker.probed(pong.is_ok());
+            if let Some(breaker) = report.0.take() {
+                breaker.probed(pong.is_ok());
+            }
         });
     }
 
@@ -388,6 +405,16 @@ static SET_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
     ))
 });
 
+/// KEYS: value, lease. ARGV: token. Removes the value and ends the lease,
+/// only while the token holds it (a load whose value cannot be stored).
+static DROP_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+          redis.call('DEL', KEYS[1], KEYS[2])
+          return 1",
+    )
+});
+
 /// KEYS: lease. ARGV: token. Compare-and-delete: only the holder ends it.
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -446,8 +473,18 @@ impl RedisBackend {
         let bytes = match self.encode(value, meta) {
             Ok(bytes) => bytes,
             Err(e) => {
-                // Not stored: end the lease so that others load at once.
-                self.release_lease(key, token, timeout).await?;
+                // Not stored: the value there is older than this load, so it
+                // goes too (if the lease still holds), and the lease ends so
+                // that others load at once.
+                let mut conn = self.control()?;
+                let mut call = DROP_IF_LEASED.key(key);
+                call.key(lease_key(key)).arg(token);
+                if let Err(dropped) = self
+                    .run::<i64>(Gate::Always, timeout, call.invoke_async(&mut conn))
+                    .await
+                {
+                    tracing::debug!(cache_key = %key, error = %dropped, "could not drop an entry after an oversize load; it expires on its own");
+                }
                 return Err(e);
             }
         };
@@ -459,7 +496,7 @@ impl RedisBackend {
         }
         call.arg(token).arg(bytes).arg(millis(keep_for));
         let stored: i64 = self
-            .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
+            .run(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await?;
         Ok(stored == 1)
     }
@@ -473,7 +510,7 @@ impl RedisBackend {
         let mut conn = self.control()?;
         let mut call = RELEASE.key(lease_key(key));
         call.arg(token);
-        self.run::<i64>(Gate::Breaker, timeout, call.invoke_async(&mut conn))
+        self.run::<i64>(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await
             .map(drop)
     }

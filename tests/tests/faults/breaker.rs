@@ -3,6 +3,7 @@
 //! closes on its own; write-throughs and invalidations are still attempted
 //! while it is open, so that no old value survives the outage.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cached_runtime::CircuitBreaker;
@@ -109,4 +110,76 @@ async fn writes_during_an_outage_are_not_lost_when_the_server_comes_back() {
     let loads = s.loads();
     assert_eq!(s.get(2).await, Ok(Placement::row(2)));
     assert_eq!(s.loads(), loads + 1, "so the next read loads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_open_callers_of_one_key_still_share_one_load() {
+    let mut server = RedisServer::start();
+    let s = Arc::new(service(&server));
+    server.freeze();
+    for _ in 0..6 {
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
+    }
+    assert!(s.cache.breaker_open());
+    let loads = s.loads();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { timed(Duration::from_secs(2), s.slow(2)).await.0 })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.expect("no panic"), Placement::row(2));
+    }
+    assert_eq!(
+        s.loads() - loads,
+        1,
+        "the database sees one load, not one per caller"
+    );
+    server.thaw();
+}
+
+#[test]
+fn a_probe_cut_off_by_its_runtime_ending_does_not_leave_the_breaker_waiting() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    };
+    let mut server = RedisServer::start();
+    let s = Service::new(
+        builder(&server)
+            .circuit_breaker(CircuitBreaker {
+                failures: 1,
+                min_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(100),
+            })
+            .build()
+            .expect("cache"),
+    );
+    runtime().block_on(async {
+        let _ = s.get(1).await; // connects
+    });
+    server.freeze();
+    // A runtime that opens the breaker, starts a probe (its PING hangs on
+    // the frozen server), and ends with the probe in flight.
+    runtime().block_on(async {
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
+        assert!(s.cache.breaker_open());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
+    });
+    server.thaw();
+    runtime().block_on(async {
+        let started = Instant::now();
+        while s.cache.breaker_open() {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the breaker still waits for a probe that will never report"
+            );
+            let _ = timed(Duration::from_secs(2), s.get(1)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 }

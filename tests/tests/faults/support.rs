@@ -53,6 +53,14 @@ impl Service {
         Ok(Placement::row(id))
     }
 
+    /// A 50 ms load.
+    #[cached(prefix = "slow", ttl = "5m", key = id)]
+    pub async fn slow(&self, id: u64) -> Placement {
+        self.loads.fetch_add(1, SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Placement::row(id)
+    }
+
     /// A row `len` bytes large (to test the size limit).
     #[cached(prefix = "big", ttl = "5m", key = id)]
     pub async fn big(&self, id: u64, len: usize) -> Placement {
