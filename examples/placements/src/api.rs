@@ -139,9 +139,9 @@ async fn put_placement(
     let Json(update) = body?;
     if let Some(name) = &update.name {
         let chars = name.chars().count();
-        if chars == 0 || chars > MAX_NAME_CHARS {
+        if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
             return Err(ApiError::BadRequest(format!(
-                "name must be 1 to {MAX_NAME_CHARS} characters"
+                "name must be 1 to {MAX_NAME_CHARS} printable characters"
             )));
         }
     }

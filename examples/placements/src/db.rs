@@ -68,6 +68,9 @@ pub const SAMPLE_VIDEOS: i64 = 20;
 /// Placements per sample video (ids `1..=SAMPLE_VIDEOS * PER_VIDEO`).
 pub const PER_VIDEO: i64 = 10;
 
+/// A database transaction.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
@@ -178,9 +181,16 @@ impl Db {
         Ok(row.as_ref().map(placement).transpose()?)
     }
 
-    /// Applies the update and bumps the version; `None`: no such row.
+    /// A transaction, for a write that must hold its row's lock while the
+    /// cache is told about it.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Applies the update and bumps the version, inside `tx` (which then
+    /// holds the row's lock until it ends); `None`: no such row.
     pub async fn update(
-        &self,
+        tx: &mut Tx,
         id: i64,
         update: &PlacementUpdate,
     ) -> Result<Option<Placement>, DbError> {
@@ -195,7 +205,7 @@ impl Db {
         .bind(update.name.clone())
         .bind(update.position_sec)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut **tx)
         .await?;
         Ok(row.as_ref().map(placement).transpose()?)
     }

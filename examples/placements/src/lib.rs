@@ -101,6 +101,7 @@ pub struct Running {
     pub service: PlacementService,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    upkeep: JoinHandle<()>,
 }
 
 impl Running {
@@ -114,6 +115,7 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.upkeep.abort();
         self.task
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -131,6 +133,16 @@ impl Running {
 /// Opens the database, builds the cache, binds and serves.
 pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     let metrics = metrics();
+    // The recorder keeps histogram samples until upkeep folds them in;
+    // without a scraper they would pile up.
+    let upkeep_handle = metrics.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep_handle.run_upkeep();
+        }
+    });
     let db = Db::open(&config.database_url).await?;
     let mut cache = Cache::builder().namespace("placements");
     if let Some(url) = &config.redis_url {
@@ -157,5 +169,6 @@ pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error
         service,
         stop: Some(stop),
         task,
+        upkeep,
     })
 }

@@ -33,28 +33,44 @@ impl PlacementService {
         self.db.placement(id).await
     }
 
-    /// Write-through: the updated row replaces the cached one (and ends any
-    /// load in flight for it, so an older read cannot be stored after this).
-    #[cache_put(prefix = "placement", ttl = "5m", key = id)]
-    async fn update_row(
-        &self,
-        id: i64,
-        update: PlacementUpdate,
-    ) -> Result<Option<Placement>, DbError> {
-        self.db.update(id, &update).await
-    }
-
-    /// Updates a placement; its video's list and every query result go.
+    /// Updates a placement: write-through, then its video's list and every
+    /// query result go.
+    ///
+    /// The cache is written while the transaction holds the row's lock, so
+    /// two updates (or an update and a delete) reach the cache in the order
+    /// they reach the database: written after the commit, a slower first
+    /// update could overwrite a faster second one, or bring back a row just
+    /// deleted. If the commit then fails, the entry is evicted.
     pub async fn update(
         &self,
         id: i64,
         update: PlacementUpdate,
     ) -> Result<Option<Placement>, DbError> {
-        let updated = self.update_row(id, update).await?;
-        if let Some(p) = &updated {
+        let mut tx = self.db.begin().await?;
+        let row = Db::update(&mut tx, id, &update).await?;
+        let row = self.write_through(id, row).await;
+        if let Err(e) = tx.commit().await {
+            self.forget(id).await;
+            return Err(e.into());
+        }
+        if let Some(p) = &row {
             self.lists_changed(p.video_id).await;
         }
-        Ok(updated)
+        Ok(row)
+    }
+
+    /// Write-through: the updated row replaces the cached one (and ends any
+    /// load in flight for it, so an older read cannot be stored after this);
+    /// `None` (no such row) evicts it.
+    #[cache_put(prefix = "placement", ttl = "5m", key = id)]
+    async fn write_through(&self, id: i64, row: Option<Placement>) -> Option<Placement> {
+        let _ = id;
+        row
+    }
+
+    #[cache_evict(keys = ["placement:{id}"])]
+    async fn forget(&self, id: i64) {
+        let _ = id;
     }
 
     #[cache_evict(keys = ["video:{video_id}:placements"], tags = ["placements"])]

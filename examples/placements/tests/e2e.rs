@@ -294,6 +294,11 @@ async fn bad_requests_get_a_4xx_with_a_json_error_never_a_500() {
             StatusCode::BAD_REQUEST,
         ),
         (
+            "{\"name\": \"a\\u0000b\"}".to_owned(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             "{\"name\": \"x\"}".to_owned(),
             "text/plain",
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
