@@ -179,7 +179,7 @@ pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[
 /// Starts a tag of a call: `{namespace}:~tag:`.
 #[inline]
 pub fn tag(cache: &Cache) -> KeyBuilder {
-    KeyBuilder::new(cache.namespace(), "~tag")
+    KeyBuilder::new(cache.namespace(), crate::cache::TAG_PREFIX)
 }
 
 /// Starts a key template relative to the namespace.

@@ -160,7 +160,7 @@ impl Cache {
 
     /// The full key of a tag's index: `{namespace}:~tag:{tag}`.
     pub(crate) fn tag_key(&self, tag: &str) -> String {
-        self.full_key(&format!("~tag:{tag}"))
+        self.full_key(&format!("{TAG_PREFIX}:{tag}"))
     }
 
     /// Removes the entry under `key` (relative to the namespace) and
@@ -258,7 +258,10 @@ impl Cache {
             .and_then(|k| k.strip_prefix(':'))
             .unwrap_or(key);
         // A tag's invalidations count under the tag's first segment.
-        let relative = relative.strip_prefix("~tag:").unwrap_or(relative);
+        let relative = relative
+            .strip_prefix(TAG_PREFIX)
+            .and_then(|t| t.strip_prefix(':'))
+            .unwrap_or(relative);
         let counters = self.inner.stats.counters(name_of(relative));
         if self.inner.backend.is_remote() {
             counters.latency_invalidate.record(took);
@@ -571,6 +574,10 @@ fn metrics_error(counters: &Counters, kind: &'static str) {
     metrics::counter!("cache_errors_total", "cache" => counters.name().to_owned(), "kind" => kind)
         .increment(1);
 }
+
+/// The prefix of tag index keys (`{namespace}:~tag:{tag}`). Text parts of
+/// keys escape `~`, so no entry key starts with it.
+pub(crate) const TAG_PREFIX: &str = "~tag";
 
 /// How long a written value lives, and what to record about its load.
 #[derive(Debug, Clone, Copy)]

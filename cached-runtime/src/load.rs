@@ -320,6 +320,24 @@ pub fn option_from_item<T>(item: Option<T>) -> Option<Option<T>> {
     Some(item)
 }
 
+/// What asking for a lease came to.
+enum Leasing<V> {
+    /// This caller holds it: load and write.
+    Ours,
+    /// Another caller's value arrived meanwhile.
+    Value(V),
+    /// The backend failed or the wait ran out: load, but do not write.
+    NotOurs,
+}
+
+/// Whether a miss goes through the backend (lease, write) or, when the
+/// backend has just failed, only through the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Backend,
+    LoaderOnly,
+}
+
 /// The most TTL jitter a cache can add (`ttl_jitter` is at most 1).
 const MAX_JITTER: f64 = 1.0;
 
@@ -366,50 +384,15 @@ impl Cache {
                 return Ok(value);
             }
             Read::Miss => {}
-            // The backend is failing: go straight to the source, and do not
-            // make the caller wait out more timeouts on a write.
-            Read::Failed => return Box::pin(self.load_without_backend(&call, load)).await,
+            // The backend is failing (or the breaker is open): callers here
+            // still share one load, but none waits on the backend again for
+            // a lease or a write.
+            Read::Failed => return Box::pin(self.miss(call, load, Via::LoaderOnly)).await,
         }
         // Boxed: the miss path's state (leases, the loader, the write) would
         // otherwise make every hit's future kilobytes large, which costs a
         // hit its allocation and copy (seen in `concurrent_hit`).
-        Box::pin(self.miss(call, load)).await
-    }
-
-    /// The backend failed (or the breaker is open): callers of the key in
-    /// this process still share one load, but no lease is asked for and
-    /// nothing is written, so no caller waits on the backend again.
-    async fn load_without_backend<V, T, E, F, Fut>(
-        &self,
-        call: &Call<'_, V, T>,
-        mut load: F,
-    ) -> Result<V, E>
-    where
-        V: Clone + Send + Sync + 'static,
-        T: Cacheable,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-    {
-        let counters = &*call.counters;
-        if !call.policy.lock {
-            return self.run_loader(counters, load).await.map(|(v, _)| v);
-        }
-        loop {
-            match self.flights().join_or_lead(self, &call.key, true) {
-                Role::Lead(mut guard) => {
-                    let result = self.run_loader(counters, load).await;
-                    guard.land(match &result {
-                        Ok((value, _)) => Landed::Value(Arc::new(value.clone())),
-                        Err(_) => Landed::Failed,
-                    });
-                    return result.map(|(v, _)| v);
-                }
-                Role::Wait(rx) => match self.follow(rx, counters, load).await {
-                    Ok(result) => return result,
-                    Err(again) => load = again,
-                },
-            }
-        }
+        Box::pin(self.miss(call, load, Via::Backend)).await
     }
 
     /// Waits for the flight another caller leads and takes its value; after
@@ -441,7 +424,12 @@ impl Cache {
     }
 
     /// Everything after a miss: single flight, the lease, the load.
-    async fn miss<V, T, E, F, Fut>(&self, call: Call<'_, V, T>, mut load: F) -> Result<V, E>
+    async fn miss<V, T, E, F, Fut>(
+        &self,
+        call: Call<'_, V, T>,
+        mut load: F,
+        via: Via,
+    ) -> Result<V, E>
     where
         V: Clone + Send + Sync + 'static,
         T: Cacheable,
@@ -451,7 +439,9 @@ impl Cache {
         let counters = &*call.counters;
         if !call.policy.lock {
             let (value, took) = self.run_loader(counters, load).await?;
-            if let Some(keep) = call.keep(&value, took) {
+            if via == Via::Backend
+                && let Some(keep) = call.keep(&value, took)
+            {
                 self.write(&call.key, (call.item)(&value), keep, call.tags, counters)
                     .await;
             }
@@ -459,7 +449,7 @@ impl Cache {
         }
         loop {
             match self.flights().join_or_lead(self, &call.key, true) {
-                Role::Lead(guard) => return self.lead(&call, guard, load).await,
+                Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
                 Role::Wait(rx) => match self.follow(rx, counters, load).await {
                     Ok(result) => return result,
                     Err(again) => load = again,
@@ -470,11 +460,13 @@ impl Cache {
 
     /// The flight leader: take the lease (or wait for its holder's value),
     /// load, write while the lease holds, and hand the value to the waiters.
+    /// `Via::LoaderOnly`: no lease, no write, only the value to the waiters.
     async fn lead<V, T, E, F, Fut>(
         &self,
         call: &Call<'_, V, T>,
         mut guard: FlightGuard,
         load: F,
+        via: Via,
     ) -> Result<V, E>
     where
         V: Clone + Send + Sync + 'static,
@@ -482,65 +474,22 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
+        let (key, counters) = (&call.key, &*call.counters);
         let token = fastrand::u64(1..);
-        let started = Instant::now();
-        let mut leased = false;
-        // Until something is seen under the key that this caller cannot use
-        // (an absence marker for a function that never returns `None`, a
-        // value just past its expiry), the lease is taken only if it is empty.
-        let mut only_if_absent = true;
-        loop {
-            let asked = Instant::now();
-            let outcome = self
-                .backend()
-                .acquire_lease(
-                    key,
-                    token,
-                    policy.lease,
-                    only_if_absent,
-                    call.tags,
-                    call.tag_for(),
-                    self.op_timeout(),
-                )
-                .await;
-            if self.backend().is_remote() && outcome.is_ok() {
-                counters.latency_lease.record(asked.elapsed());
-            }
-            match outcome {
-                Ok(LeaseOutcome::Acquired) => {
+        let leased = match via {
+            Via::LoaderOnly => false,
+            Via::Backend => match self.take_lease(call, token).await {
+                Leasing::Ours => {
                     guard.lease = Some(token);
-                    leased = true;
-                    break;
+                    true
                 }
-                Ok(LeaseOutcome::ValuePresent) => {
-                    // Written since this caller's read (take it), or not
-                    // usable here (unreadable, expired: ask again at once).
-                    only_if_absent = false;
-                    if let Read::Fresh(value, _) | Read::Stale(value) =
-                        self.read_as(call, false).await
-                    {
-                        guard.land(Landed::Value(Arc::new(value.clone())));
-                        return Ok(value);
-                    }
-                    continue;
+                Leasing::Value(value) => {
+                    guard.land(Landed::Value(Arc::new(value.clone())));
+                    return Ok(value);
                 }
-                Ok(LeaseOutcome::Held) => {}
-                Err(e) => {
-                    self.backend_failed(key, "lease", &e, counters);
-                    break;
-                }
-            }
-            if started.elapsed() >= policy.wait {
-                counters.wait_timeouts.add();
-                break;
-            }
-            tokio::time::sleep(poll_interval(started.elapsed())).await;
-            if let Read::Fresh(value, _) | Read::Stale(value) = self.read_as(call, false).await {
-                guard.land(Landed::Value(Arc::new(value.clone())));
-                return Ok(value);
-            }
-        }
+                Leasing::NotOurs => false,
+            },
+        };
 
         // Without the lease (the backend failed, or the wait ran out) the
         // value is returned but not stored: only a leaseholder may write.
@@ -577,6 +526,60 @@ impl Cache {
             }
         }
         result.map(|(v, _)| v)
+    }
+
+    /// Asks for the key's lease until it is ours, a usable value appears
+    /// (another process's load landed), the backend fails, or the wait
+    /// runs out.
+    async fn take_lease<V, T>(&self, call: &Call<'_, V, T>, token: u64) -> Leasing<V>
+    where
+        V: Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
+        let started = Instant::now();
+        // Until something is seen under the key that this caller cannot use
+        // (an absence marker for a function that never returns `None`, a
+        // value just past its expiry), the lease is taken only if it is empty.
+        let mut only_if_absent = true;
+        loop {
+            let asked = Instant::now();
+            let outcome = self
+                .backend()
+                .acquire_lease(
+                    key,
+                    token,
+                    policy.lease,
+                    only_if_absent,
+                    call.tags,
+                    call.tag_for(),
+                    self.op_timeout(),
+                )
+                .await;
+            if self.backend().is_remote() && outcome.is_ok() {
+                counters.latency_lease.record(asked.elapsed());
+            }
+            match outcome {
+                Ok(LeaseOutcome::Acquired) => return Leasing::Ours,
+                // Written since this caller's read (take it), or not usable
+                // here (unreadable, expired): read, then ask again, at once.
+                Ok(LeaseOutcome::ValuePresent) => only_if_absent = false,
+                Ok(LeaseOutcome::Held) => {
+                    if started.elapsed() >= policy.wait {
+                        counters.wait_timeouts.add();
+                        return Leasing::NotOurs;
+                    }
+                    tokio::time::sleep(poll_interval(started.elapsed())).await;
+                }
+                Err(e) => {
+                    self.backend_failed(key, "lease", &e, counters);
+                    return Leasing::NotOurs;
+                }
+            }
+            if let Read::Fresh(value, _) | Read::Stale(value) = self.read_as(call, false).await {
+                return Leasing::Value(value);
+            }
+        }
     }
 
     /// Refreshes the key from a task of its own: one refresh per key in this
