@@ -63,12 +63,14 @@ fn main() {
         }
     };
 
-    // `__profile SYSTEM N`: N sequential hits, for an instruction profiler.
-    if args.first().map(String::as_str) == Some("__profile") {
+    // `__profile SYSTEM N`: N sequential hits, for an instruction profiler;
+    // `__profile_concurrent SYSTEM N`: the same shared among 64 tasks.
+    if let Some(mode @ ("__profile" | "__profile_concurrent")) = args.first().map(String::as_str) {
+        let concurrent = mode == "__profile_concurrent";
         let system = args.get(1).cloned().unwrap_or_default();
         let n: u32 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
         let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
-        runtime.block_on(scenarios::hits::profile(&redis, &system, n));
+        runtime.block_on(scenarios::hits::profile(&redis, &system, n, concurrent));
         return;
     }
 

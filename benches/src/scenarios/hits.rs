@@ -321,8 +321,9 @@ pub fn redis_cache(redis: &Redis) -> Cache {
         .expect("a valid URL")
 }
 
-/// N sequential hits of one system, nothing else (see `__profile`).
-pub async fn profile(redis: &Redis, system: &str, n: u32) {
+/// N hits of one system, nothing else (see `__profile`): in sequence, or
+/// shared among 64 tasks.
+pub async fn profile(redis: &Redis, system: &str, n: u32, concurrent: bool) {
     let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
     redis.cmd::<()>(&[
         "SET",
@@ -334,11 +335,32 @@ pub async fn profile(redis: &Redis, system: &str, n: u32) {
     let mut raw = redis::aio::ConnectionManager::new(redis.client())
         .await
         .expect("connects");
-    for _ in 0..n {
-        if system == "this" {
-            std::hint::black_box(this.get(1).await);
-        } else {
-            std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
+    if !concurrent {
+        for _ in 0..n {
+            if system == "this" {
+                std::hint::black_box(this.get(1).await);
+            } else {
+                std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
+            }
         }
+        return;
+    }
+    let this = Arc::new(this);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (this, mut raw, system) = (this.clone(), raw.clone(), system.to_owned());
+            tokio::spawn(async move {
+                for _ in 0..n / 64 {
+                    if system == "this" {
+                        std::hint::black_box(this.get(1).await);
+                    } else {
+                        std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
     }
 }
