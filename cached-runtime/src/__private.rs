@@ -11,8 +11,8 @@ pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
 use crate::cache::Keep;
-use crate::load::{Call, CountersRef, option_from_item, option_item, plain_from_item, plain_item};
-pub use crate::load::{Policy, Refresh, keep_option, keep_value};
+use crate::load::{Call, CountersRef};
+pub use crate::load::{Policy, Refresh};
 use crate::stats::Counters;
 
 /// Everything a call site knows at compile time.
@@ -212,14 +212,12 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let call = Call {
+        let call: Call<'_, T, T> = Call {
             key,
             counters: site.counters(cache),
             policy: &site.policy,
-            keep: keep_value,
             tags,
-            item: plain_item,
-            from_item: plain_from_item,
+            shape: PhantomData,
         };
         cache.load_through(call, load, refresh)
     }
@@ -238,14 +236,12 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let call = Call {
+        let call: Call<'_, Option<T>, T> = Call {
             key,
             counters: site.counters(cache),
             policy: &site.policy,
-            keep: keep_option,
             tags,
-            item: option_item,
-            from_item: option_from_item,
+            shape: PhantomData,
         };
         cache.load_through(call, load, refresh)
     }

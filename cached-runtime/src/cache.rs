@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Cacheable;
-use crate::backend::{Backend, BackendError, Lookup, memory::MemoryBackend, redis::RedisBackend};
+use crate::backend::{
+    Backend, BackendError, Fetched, Lookup, memory::MemoryBackend, redis::RedisBackend,
+};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::codec::EntryMeta;
 use crate::error::{BuildError, CacheError};
-use crate::load::{
-    Call, CountersRef, Flights, Policy, Read, keep_value, plain_from_item, plain_item,
-};
+use crate::load::{Call, CountersRef, Flights, Policy, Read};
+
 use crate::stats::{CacheStats, Counters, LogLimiter, Registry};
 
 /// The default time one backend operation may take before the cache gives up
@@ -305,14 +306,12 @@ impl Cache {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
         let policy = Policy::new(ttl);
-        let call = Call {
+        let call: Call<'_, T, T> = Call {
             key: full,
             counters: CountersRef::Borrowed(&counters),
             policy: &policy,
-            keep: keep_value,
             tags: &[],
-            item: plain_item,
-            from_item: plain_from_item,
+            shape: std::marker::PhantomData,
         };
         self.load_through(call, load, None).await
     }
@@ -392,19 +391,37 @@ impl Cache {
         key: &str,
         counters: &Counters,
     ) -> (Read<Option<T>>, Option<Duration>) {
+        let (fetched, took) = self.fetch_timed(key, counters).await;
+        (self.interpret(key, counters, fetched), took)
+    }
+
+    /// The undecoded half of [`Cache::read_timed`].
+    pub(crate) async fn fetch_timed(
+        &self,
+        key: &str,
+        counters: &Counters,
+    ) -> (Result<Fetched, BackendError>, Option<Duration>) {
         let timed = self.inner.backend.is_remote()
             && (fastrand::u32(..LATENCY_SAMPLE) == 0 || tracing::enabled!(tracing::Level::DEBUG));
         let started = timed.then(Instant::now);
-        let found = self
-            .inner
-            .backend
-            .get::<T>(key, self.inner.op_timeout)
-            .await;
+        let fetched = self.inner.backend.fetch(key, self.inner.op_timeout).await;
         let took = started.map(|s| s.elapsed());
         if let Some(took) = took {
             counters.latency_get.record(took);
         }
-        let read = match found {
+        (fetched, took)
+    }
+
+    /// The decoding half of [`Cache::read_timed`]: what a fetched entry
+    /// means now.
+    #[inline(always)]
+    pub(crate) fn interpret<T: Cacheable>(
+        &self,
+        key: &str,
+        counters: &Counters,
+        fetched: Result<Fetched, BackendError>,
+    ) -> Read<Option<T>> {
+        match fetched.map(Fetched::open::<T>) {
             Ok(Lookup::Found(value, meta)) => {
                 let now = now_ms();
                 if !meta.is_expired(now) {
@@ -433,8 +450,7 @@ impl Cache {
                 self.backend_failed(key, "get", &e, counters);
                 Read::Failed
             }
-        };
-        (read, took)
+        }
     }
 
     pub(crate) fn count_read<V>(

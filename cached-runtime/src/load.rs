@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::Cacheable;
-use crate::backend::LeaseOutcome;
+use crate::backend::{BackendError, Fetched, LeaseOutcome};
 use crate::cache::{Cache, Keep, now_ms};
 use crate::codec::EntryMeta;
 use crate::stats::Counters;
@@ -65,20 +65,54 @@ impl Policy {
     }
 }
 
-/// How long to keep a loaded value (`None`: do not cache it).
-pub type KeepFn<T> = fn(&T, &Policy) -> Option<Duration>;
-
-/// Every value for the policy's TTL.
-pub fn keep_value<T>(_: &T, policy: &Policy) -> Option<Duration> {
-    Some(policy.ttl)
+/// How a call site's value maps to the item stored under its key: `V = T`
+/// for functions returning a value, `V = Option<T>` for those returning an
+/// `Option` (`None` is stored, if at all, as an absence marker). Resolved at
+/// compile time, so a hit's value is moved, not passed through a function
+/// pointer.
+pub trait Shape<T>: Sized {
+    /// What to store for this value (`None`: the absence marker).
+    fn item(&self) -> Option<&T>;
+    /// What a stored item means to this caller (`None`: nothing usable, e.g.
+    /// an absence marker for a function that never returns `None`).
+    fn from_item(item: Option<T>) -> Option<Self>;
+    /// How long to keep this value (`None`: do not cache it).
+    fn keep_for(&self, policy: &Policy) -> Option<Duration>;
 }
 
-/// `Some` for the TTL, `None` for `cache_none` (or not at all).
-pub fn keep_option<T>(value: &Option<T>, policy: &Policy) -> Option<Duration> {
-    if value.is_some() {
+/// Every value is stored, for the policy's TTL.
+impl<T> Shape<T> for T {
+    #[inline(always)]
+    fn item(&self) -> Option<&T> {
+        Some(self)
+    }
+    #[inline(always)]
+    fn from_item(item: Option<T>) -> Option<T> {
+        item
+    }
+    #[inline(always)]
+    fn keep_for(&self, policy: &Policy) -> Option<Duration> {
         Some(policy.ttl)
-    } else {
-        policy.none_ttl
+    }
+}
+
+/// `Some` for the TTL; `None` as a marker, only with `cache_none`.
+impl<T> Shape<T> for Option<T> {
+    #[inline(always)]
+    fn item(&self) -> Option<&T> {
+        self.as_ref()
+    }
+    #[inline(always)]
+    fn from_item(item: Option<T>) -> Option<Option<T>> {
+        Some(item)
+    }
+    #[inline(always)]
+    fn keep_for(&self, policy: &Policy) -> Option<Duration> {
+        if self.is_some() {
+            Some(policy.ttl)
+        } else {
+            policy.none_ttl
+        }
     }
 }
 
@@ -256,19 +290,15 @@ pub(crate) struct Call<'a, V, T> {
     pub(crate) key: String,
     pub(crate) counters: CountersRef<'a>,
     pub(crate) policy: &'a Policy,
-    pub(crate) keep: KeepFn<V>,
     /// Full tag keys the entry is recorded under.
     pub(crate) tags: &'a [String],
-    /// What to store for a value (`None`: the absence marker).
-    pub(crate) item: fn(&V) -> Option<&T>,
-    /// What a stored item means to this caller (`None`: nothing usable,
-    /// e.g. an absence marker for a function that never returns `None`).
-    pub(crate) from_item: fn(Option<T>) -> Option<V>,
+    /// How `V` maps to `T` ([`Shape`]).
+    pub(crate) shape: std::marker::PhantomData<fn(V) -> T>,
 }
 
-impl<V, T> Call<'_, V, T> {
+impl<V: Shape<T>, T> Call<'_, V, T> {
     fn keep(&self, value: &V, load_time: Duration) -> Option<Keep> {
-        (self.keep)(value, self.policy).map(|ttl| Keep {
+        value.keep_for(self.policy).map(|ttl| Keep {
             ttl,
             stale: self.policy.stale,
             load_time,
@@ -298,26 +328,6 @@ impl std::ops::Deref for CountersRef<'_> {
             CountersRef::Owned(c) => c,
         }
     }
-}
-
-/// `V = T`: every stored item is a value; an absence marker is not.
-pub fn plain_item<T>(value: &T) -> Option<&T> {
-    Some(value)
-}
-
-/// `V = T`: see [`plain_item`].
-pub fn plain_from_item<T>(item: Option<T>) -> Option<T> {
-    item
-}
-
-/// `V = Option<T>`: `None` is stored as the absence marker.
-pub fn option_item<T>(value: &Option<T>) -> Option<&T> {
-    value.as_ref()
-}
-
-/// `V = Option<T>`: see [`option_item`].
-pub fn option_from_item<T>(item: Option<T>) -> Option<Option<T>> {
-    Some(item)
 }
 
 /// What asking for a lease came to.
@@ -350,7 +360,7 @@ impl Cache {
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
     ) -> Result<V, E>
     where
-        V: Clone + Send + Sync + 'static,
+        V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -368,7 +378,8 @@ impl Cache {
             counters.coalesced.add();
             return Ok(v.clone());
         }
-        match self.read_as(&call, true).await {
+        let (fetched, took) = self.fetch_timed(&call.key, counters).await;
+        match self.open_as(&call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
                     && early_refresh_due(&meta, beta, now_ms())
@@ -431,7 +442,7 @@ impl Cache {
         via: Via,
     ) -> Result<V, E>
     where
-        V: Clone + Send + Sync + 'static,
+        V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -442,7 +453,7 @@ impl Cache {
             if via == Via::Backend
                 && let Some(keep) = call.keep(&value, took)
             {
-                self.write(&call.key, (call.item)(&value), keep, call.tags, counters)
+                self.write(&call.key, value.item(), keep, call.tags, counters)
                     .await;
             }
             return Ok(value);
@@ -469,7 +480,7 @@ impl Cache {
         via: Via,
     ) -> Result<V, E>
     where
-        V: Clone + Send + Sync + 'static,
+        V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -502,15 +513,8 @@ impl Cache {
                 if leased {
                     match call.keep(value, *took) {
                         Some(keep) => {
-                            self.write_leased(
-                                key,
-                                (call.item)(value),
-                                keep,
-                                token,
-                                call.tags,
-                                counters,
-                            )
-                            .await;
+                            self.write_leased(key, value.item(), keep, token, call.tags, counters)
+                                .await;
                         }
                         None => self.release_lease(key, token).await,
                     }
@@ -533,7 +537,7 @@ impl Cache {
     /// runs out.
     async fn take_lease<V, T>(&self, call: &Call<'_, V, T>, token: u64) -> Leasing<V>
     where
-        V: Clone + Send + Sync + 'static,
+        V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
     {
         let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
@@ -591,7 +595,7 @@ impl Cache {
         refresh: &(dyn Fn() -> Refresh<V> + Send + Sync),
         early: bool,
     ) where
-        V: Clone + Send + Sync + 'static,
+        V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -603,23 +607,15 @@ impl Cache {
         let load = refresh();
         let cache = self.clone();
         let counters = Arc::clone(&call.counters);
-        let (key, policy, keep, tags) = (
-            call.key.clone(),
-            *call.policy,
-            call.keep,
-            call.tags.to_vec(),
-        );
-        let (item, from_item) = (call.item, call.from_item);
+        let (key, policy, tags) = (call.key.clone(), *call.policy, call.tags.to_vec());
         let tag_for = call.tag_for();
         runtime.spawn(async move {
-            let call = Call {
+            let call: Call<'_, V, T> = Call {
                 key,
                 counters: CountersRef::Borrowed(&counters),
                 policy: &policy,
-                keep,
                 tags: &tags,
-                item,
-                from_item,
+                shape: std::marker::PhantomData,
             };
             let key = &call.key;
             let token = fastrand::u64(1..);
@@ -637,7 +633,7 @@ impl Cache {
                 Ok((value, took)) => {
                     match call.keep(&value, took) {
                         Some(keep) => {
-                            cache.write_leased(key, (call.item)(&value), keep, token, &tags, &counters).await;
+                            cache.write_leased(key, value.item(), keep, token, &tags, &counters).await;
                         }
                         None => cache.release_lease(key, token).await,
                     }
@@ -657,14 +653,31 @@ impl Cache {
     }
 
     /// A read, as this caller's value type. `count`: record hit or miss.
-    async fn read_as<V, T: Cacheable>(&self, call: &Call<'_, V, T>, count: bool) -> Read<V> {
-        let (read, took) = self.read_timed::<T>(&call.key, &call.counters).await;
-        let read = match read {
-            Read::Fresh(item, meta) => match (call.from_item)(item) {
+    async fn read_as<V: Shape<T>, T: Cacheable>(
+        &self,
+        call: &Call<'_, V, T>,
+        count: bool,
+    ) -> Read<V> {
+        let (fetched, took) = self.fetch_timed(&call.key, &call.counters).await;
+        self.open_as(call, fetched, took, count)
+    }
+
+    /// What a fetched entry means to this caller. Synchronous, so that a
+    /// hit's value is made in the caller's own frame (see [`Fetched`]).
+    #[inline(always)]
+    fn open_as<V: Shape<T>, T: Cacheable>(
+        &self,
+        call: &Call<'_, V, T>,
+        fetched: Result<Fetched, BackendError>,
+        took: Option<Duration>,
+        count: bool,
+    ) -> Read<V> {
+        let read = match self.interpret::<T>(&call.key, &call.counters, fetched) {
+            Read::Fresh(item, meta) => match V::from_item(item) {
                 Some(v) => Read::Fresh(v, meta),
                 None => Read::Miss,
             },
-            Read::Stale(item) => match (call.from_item)(item) {
+            Read::Stale(item) => match V::from_item(item) {
                 Some(v) => Read::Stale(v),
                 None => Read::Miss,
             },

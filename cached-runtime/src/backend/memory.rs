@@ -11,12 +11,27 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
 
-use super::{LeaseOutcome, Lookup};
+use super::{Fetched, LeaseOutcome, Lookup};
 use crate::Cacheable;
 use crate::codec::{DecodeError, EntryMeta};
 
+/// One stored entry, shared by every reader.
 #[derive(Clone)]
-struct MemEntry(Arc<MemInner>);
+pub(crate) struct MemEntry(Arc<MemInner>);
+
+impl MemEntry {
+    /// The entry as a value of type `T`.
+    #[inline]
+    pub(crate) fn open<T: Cacheable>(&self) -> Lookup<T> {
+        match &self.0.value {
+            None => Lookup::Found(None, self.0.meta),
+            Some(any) => match any.downcast_ref::<T>() {
+                Some(v) => Lookup::Found(Some(v.clone()), self.0.meta),
+                None => Lookup::Unreadable(DecodeError::TypeMismatch),
+            },
+        }
+    }
+}
 
 struct MemInner {
     /// `None`: a cached absence.
@@ -95,16 +110,10 @@ impl MemoryBackend {
     }
 
     #[inline]
-    pub(crate) fn get<T: Cacheable>(&self, key: &str) -> Lookup<T> {
-        let Some(entry) = self.entries.get(key) else {
-            return Lookup::Absent;
-        };
-        match &entry.0.value {
-            None => Lookup::Found(None, entry.0.meta),
-            Some(any) => match any.downcast_ref::<T>() {
-                Some(v) => Lookup::Found(Some(v.clone()), entry.0.meta),
-                None => Lookup::Unreadable(DecodeError::TypeMismatch),
-            },
+    pub(crate) fn fetch(&self, key: &str) -> Fetched {
+        match self.entries.get(key) {
+            Some(entry) => Fetched::Memory(entry),
+            None => Fetched::Absent,
         }
     }
 

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{BackendError, LEASE_SUFFIX, LeaseOutcome, Lookup, lease_key};
+use super::{BackendError, Fetched, LEASE_SUFFIX, LeaseOutcome, lease_key};
 
 /// Keys per SCAN/SSCAN round trip, and so per UNLINK: small enough that no
 /// single command holds the server for long.
 const SCAN_BATCH: u64 = 500;
 use crate::Cacheable;
 use crate::breaker::{Admit, Breaker};
-use crate::codec::{self, DecodeError, EntryMeta};
+use crate::codec::{self, EntryMeta};
 
 pub(crate) struct RedisBackend {
     client: redis::Client,
@@ -176,30 +176,31 @@ impl RedisBackend {
         Ok(slot.get_or_init(|| made).clone())
     }
 
-    pub(crate) async fn get<T: Cacheable>(
+    pub(crate) async fn fetch(
         &self,
         key: &str,
         timeout: Duration,
-    ) -> Result<Lookup<T>, BackendError> {
+    ) -> Result<Fetched, BackendError> {
+        use redis::aio::ConnectionLike as _;
         let mut conn = self.conn()?;
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
+        // Sized up front, and the reply taken apart by hand rather than
+        // through `query_async`: this is every hit's path.
+        let mut cmd = redis::Cmd::with_capacity(2, 3 + key.len());
+        cmd.arg("GET").arg(key);
         // Boxed: the timer inside is cache-line aligned and would make every
         // hit's future large and over-aligned (seen under `concurrent_hit`).
-        let bytes: Option<Vec<u8>> =
-            match Box::pin(self.run(Gate::Breaker, timeout, cmd.query_async(&mut conn))).await {
-                Err(BackendError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
-                    return Ok(Lookup::Unreadable(DecodeError::WrongKind));
-                }
-                other => other?,
-            };
-        Ok(match bytes {
-            None => Lookup::Absent,
-            Some(bytes) => match codec::decode::<T>(&bytes) {
-                Ok((value, meta)) => Lookup::Found(value, meta),
-                Err(e) => Lookup::Unreadable(e),
+        let reply =
+            Box::pin(self.run(Gate::Breaker, timeout, conn.req_packed_command(&cmd))).await?;
+        match reply {
+            redis::Value::Nil => Ok(Fetched::Absent),
+            redis::Value::BulkString(bytes) => Ok(Fetched::Encoded(bytes)),
+            // The server answered; an error about this key is not an outage.
+            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
+            other => match other.extract_error() {
+                Err(e) => Err(BackendError::Redis(e)),
+                Ok(_) => Ok(Fetched::WrongKind),
             },
-        })
+        }
     }
 
     /// A write-through: stores the value, destroys any lease on the key (so a
