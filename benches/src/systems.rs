@@ -42,6 +42,13 @@ impl This {
         self.load(id).await
     }
 
+    /// `get` without single flight, so without shared reads: every call
+    /// is its own GET (`concurrent_hit`'s `this_unshared`).
+    #[cached(prefix = "placement", ttl = "1h", key = id, lock = false)]
+    pub async fn get_unshared(&self, id: u64) -> Placement {
+        self.load(id).await
+    }
+
     #[cached(prefix = "hot", ttl = "1s", key = id, early_refresh = true)]
     pub async fn get_early(&self, id: u64) -> Placement {
         self.load(id).await

@@ -217,6 +217,11 @@ impl Cache {
             .backend
             .invalidate(keys, self.inner.op_timeout)
             .await;
+        // After the backend has answered: a read begun before then may have
+        // seen the old value, and no caller from now on may share it.
+        for key in keys {
+            self.flights().detach(key);
+        }
         self.invalidated(
             first,
             "invalidate",
@@ -233,6 +238,7 @@ impl Cache {
             .backend
             .invalidate_pattern(pattern, self.inner.op_timeout)
             .await;
+        self.flights().detach_all();
         self.invalidated(pattern, "invalidate_pattern", started, result)
     }
 
@@ -243,6 +249,7 @@ impl Cache {
             .backend
             .invalidate_tag(tag, self.inner.op_timeout)
             .await;
+        self.flights().detach_all();
         self.invalidated(tag, "invalidate_tag", started, result)
     }
 
@@ -507,6 +514,8 @@ impl Cache {
             .backend
             .put(key, value, &meta, keep_for, tags, timeout)
             .await;
+        // As for an invalidation: callers from now on read the new value.
+        self.flights().detach(key);
         self.wrote(key, counters, started, "cache set");
         if let Err(e) = result {
             self.backend_failed(key, "set", &e, counters);

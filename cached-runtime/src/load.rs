@@ -125,26 +125,47 @@ pub type Refresh<T> = Pin<Box<dyn Future<Output = Option<T>> + Send + 'static>>;
 #[derive(Clone)]
 enum Landed {
     Running,
+    /// A loaded value.
     Value(Arc<dyn Any + Send + Sync>),
+    /// A value the leader read from the backend (a shared hit).
+    Hit(Arc<dyn Any + Send + Sync>, Shared),
     /// The load returned an error, which only its own caller receives.
     Failed,
     /// The leader went away (cancelled, panicked, or lost the lease race).
     Abandoned,
 }
 
-/// In-process single flight: one load per key at a time.
+/// What kind of value a flight hands its waiters.
+#[derive(Debug, Clone, Copy)]
+enum Shared {
+    /// Loaded after a miss.
+    Loaded,
+    /// A fresh hit, with its metadata (each waiter decides on an early
+    /// refresh as if it had read it).
+    Fresh(EntryMeta),
+    /// A hit past its TTL, inside its stale window.
+    Stale,
+}
+
+/// In-process single flight: one read and at most one load per key at a
+/// time.
 #[derive(Default)]
 pub(crate) struct Flights {
     running: Mutex<HashMap<String, Flight>>,
-    /// Miss flights running: while zero (nearly always), a call need not
-    /// look for one before reading, and a hit takes no lock.
+    /// Joinable flights running: while zero, a call on the memory backend
+    /// need not look for one before reading, and its hit takes no lock.
     misses: AtomicUsize,
+    /// Numbers flights, so that a leader whose flight was detached (by a
+    /// write or an invalidation) never removes its successor.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 struct Flight {
+    id: u64,
     landed: watch::Receiver<Landed>,
-    /// A load after a miss (joinable before reading), or a background
-    /// refresh (whose callers read the current value instead).
+    /// A get-or-load (its read, then its load after a miss), which callers
+    /// join; or a background refresh, whose callers read the current value
+    /// instead.
     miss: bool,
 }
 
@@ -172,17 +193,61 @@ impl Flights {
         if let Some(flight) = running.get(key) {
             return Role::Wait(flight.landed.clone());
         }
+        Role::Lead(self.lead(&mut running, cache, key, miss))
+    }
+
+    /// Joins or leads the get-or-load of `key`, read included; `None` while
+    /// a background refresh runs (its callers read the current value).
+    fn join_or_lead_read(&self, cache: &Cache, key: &str) -> Option<Role> {
+        let mut running = self.lock();
+        match running.get(key) {
+            Some(flight) if flight.miss => Some(Role::Wait(flight.landed.clone())),
+            Some(_) => None,
+            None => Some(Role::Lead(self.lead(&mut running, cache, key, true))),
+        }
+    }
+
+    fn lead(
+        &self,
+        running: &mut HashMap<String, Flight>,
+        cache: &Cache,
+        key: &str,
+        miss: bool,
+    ) -> FlightGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, landed) = watch::channel(Landed::Running);
-        running.insert(key.to_owned(), Flight { landed, miss });
+        running.insert(key.to_owned(), Flight { id, landed, miss });
         if miss {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
-        Role::Lead(FlightGuard {
+        FlightGuard {
             cache: cache.clone(),
             key: key.to_owned(),
+            id,
             tx: Some(tx),
             lease: None,
-        })
+        }
+    }
+
+    /// Lets callers from now on start afresh rather than join a flight
+    /// for `key` that began before a write or an invalidation of it (its
+    /// read may have seen the old value). Its own waiters still get its
+    /// result: they called before the change was done.
+    pub(crate) fn detach(&self, key: &str) {
+        let mut running = self.lock();
+        if let Some(flight) = running.remove(key)
+            && flight.miss
+        {
+            self.misses.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Flights::detach`] for every key (a pattern or tag invalidation).
+    pub(crate) fn detach_all(&self) {
+        let mut running = self.lock();
+        let joinable = running.values().filter(|f| f.miss).count();
+        running.clear();
+        self.misses.fetch_sub(joinable, Ordering::Relaxed);
     }
 
     /// The miss flight running for `key`, if any: a caller can wait for its
@@ -198,8 +263,11 @@ impl Flights {
             .map(|f| f.landed.clone())
     }
 
-    fn remove(&self, key: &str) {
-        if let Some(flight) = self.lock().remove(key)
+    /// Removes flight `id`, if it is still the one registered for `key`.
+    fn remove(&self, key: &str, id: u64) {
+        let mut running = self.lock();
+        if running.get(key).is_some_and(|f| f.id == id)
+            && let Some(flight) = running.remove(key)
             && flight.miss
         {
             self.misses.fetch_sub(1, Ordering::Relaxed);
@@ -228,6 +296,7 @@ async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
 struct FlightGuard {
     cache: Cache,
     key: String,
+    id: u64,
     tx: Option<watch::Sender<Landed>>,
     lease: Option<u64>,
 }
@@ -235,8 +304,24 @@ struct FlightGuard {
 impl FlightGuard {
     fn land(&mut self, landed: Landed) {
         if let Some(tx) = self.tx.take() {
-            self.cache.flights().remove(&self.key);
+            self.cache.flights().remove(&self.key, self.id);
             let _ = tx.send(landed);
+        }
+    }
+
+    /// Hands a value to the waiters, made only if there are any: the map's
+    /// receiver is gone once the flight is removed, so none can join after
+    /// the count is read.
+    fn land_with<V: Clone + Send + Sync + 'static>(&mut self, value: &V, shared: Shared) {
+        if let Some(tx) = self.tx.take() {
+            self.cache.flights().remove(&self.key, self.id);
+            if tx.receiver_count() > 0 {
+                let value: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
+                let _ = tx.send(match shared {
+                    Shared::Loaded => Landed::Value(value),
+                    hit => Landed::Hit(value, hit),
+                });
+            }
         }
     }
 }
@@ -366,10 +451,37 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         let counters = &*call.counters;
+        let mut load = load;
+        // On Redis, callers of one key in this process share one read, and
+        // after a miss its one load: 1000 callers of a cold key would
+        // otherwise queue 1000 reads ahead of the leader's lease and load.
+        if call.policy.lock
+            && self.backend().is_remote()
+            && let Some(role) = self.flights().join_or_lead_read(self, &call.key)
+        {
+            match role {
+                Role::Lead(guard) => return self.lead_read(call, guard, load, refresh).await,
+                Role::Wait(rx) => {
+                    counters.coalesced.add();
+                    let landed = Box::pin(landing(rx)).await;
+                    if let Landed::Hit(any, shared) = &landed
+                        && let Some(value) = any.downcast_ref::<V>()
+                    {
+                        self.shared_hit(&call, *shared, refresh);
+                        return Ok(value.clone());
+                    }
+                    match Box::pin(self.settle(landed, counters, load, true)).await {
+                        Ok(result) => return result,
+                        // The leader went away, or the hit was of another
+                        // type: go the usual way.
+                        Err(again) => load = again,
+                    }
+                }
+            }
+        }
         // A load of this key is already running here: wait for it rather
-        // than add a read to the pile (1000 callers of a cold key would
-        // otherwise queue 1000 reads ahead of the one load).
-        // Failed, abandoned, or another type: go the usual way.
+        // than add a read to the pile. Failed, abandoned, or another type:
+        // go the usual way.
         if call.policy.lock
             && let Some(rx) = self.flights().miss_in_flight(&call.key)
             && let Landed::Value(any) = Box::pin(landing(rx)).await
@@ -409,11 +521,14 @@ impl Cache {
     /// Waits for the flight another caller leads and takes its value; after
     /// an error, or a value of another type, loads for itself. `Err(load)`:
     /// the leader went away, try again.
+    /// `count`: this caller has not read the backend, so record what it got
+    /// as its hit or miss.
     async fn follow<V, E, F, Fut>(
         &self,
         rx: watch::Receiver<Landed>,
         counters: &Counters,
         load: F,
+        count: bool,
     ) -> Result<Result<V, E>, F>
     where
         V: Clone + Send + Sync + 'static,
@@ -421,7 +536,29 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         counters.coalesced.add();
-        match landing(rx).await {
+        self.settle(landing(rx).await, counters, load, count).await
+    }
+
+    /// What a waiter does with what its flight landed.
+    async fn settle<V, E, F, Fut>(
+        &self,
+        landed: Landed,
+        counters: &Counters,
+        load: F,
+        count: bool,
+    ) -> Result<Result<V, E>, F>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        if count && matches!(landed, Landed::Value(_) | Landed::Failed) {
+            counters.misses.add();
+        }
+        match landed {
+            // A hit of another type (another call site shares the key):
+            // read for itself.
+            Landed::Hit(..) => Err(load),
             Landed::Value(any) => match any.downcast_ref::<V>() {
                 Some(v) => Ok(Ok(v.clone())),
                 // Another call site shares this key with another type.
@@ -431,6 +568,74 @@ impl Cache {
             // source itself rather than fail unasked.
             Landed::Failed => Ok(self.run_loader(counters, load).await.map(|(v, _)| v)),
             Landed::Abandoned | Landed::Running => Err(load),
+        }
+    }
+
+    /// A waiter's share of its leader's hit: counted as its own, with the
+    /// refresh it would have started had it read the value itself.
+    fn shared_hit<V, T>(
+        &self,
+        call: &Call<'_, V, T>,
+        shared: Shared,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        call.counters.hits.add();
+        match shared {
+            Shared::Fresh(meta) => {
+                if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
+                    && early_refresh_due(&meta, beta, now_ms())
+                {
+                    self.refresh_in_background(call, refresh, true);
+                }
+            }
+            Shared::Stale => {
+                call.counters.stale_served.add();
+                if let Some(refresh) = refresh {
+                    self.refresh_in_background(call, refresh, false);
+                }
+            }
+            Shared::Loaded => {}
+        }
+    }
+
+    /// The leader of a key's flight on Redis: reads, hands a hit to the
+    /// callers who joined, or goes on to lead the load after a miss.
+    async fn lead_read<V, T, E, F, Fut>(
+        &self,
+        call: Call<'_, V, T>,
+        mut guard: FlightGuard,
+        load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) -> Result<V, E>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let (fetched, took) = self.fetch_timed(&call.key, &call.counters).await;
+        match self.open_as(&call, fetched, took, true) {
+            Read::Fresh(value, meta) => {
+                guard.land_with(&value, Shared::Fresh(meta));
+                if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
+                    && early_refresh_due(&meta, beta, now_ms())
+                {
+                    self.refresh_in_background(&call, refresh, true);
+                }
+                Ok(value)
+            }
+            Read::Stale(value) => {
+                guard.land_with(&value, Shared::Stale);
+                if let Some(refresh) = refresh {
+                    self.refresh_in_background(&call, refresh, false);
+                }
+                Ok(value)
+            }
+            Read::Miss => Box::pin(self.lead(&call, guard, load, Via::Backend)).await,
+            Read::Failed => Box::pin(self.lead(&call, guard, load, Via::LoaderOnly)).await,
         }
     }
 
@@ -461,7 +666,7 @@ impl Cache {
         loop {
             match self.flights().join_or_lead(self, &call.key, true) {
                 Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
-                Role::Wait(rx) => match self.follow(rx, counters, load).await {
+                Role::Wait(rx) => match self.follow(rx, counters, load, false).await {
                     Ok(result) => return result,
                     Err(again) => load = again,
                 },
@@ -495,7 +700,7 @@ impl Cache {
                     true
                 }
                 Leasing::Value(value) => {
-                    guard.land(Landed::Value(Arc::new(value.clone())));
+                    guard.land_with(&value, Shared::Loaded);
                     return Ok(value);
                 }
                 Leasing::NotOurs => false,
@@ -509,7 +714,7 @@ impl Cache {
             Ok((value, took)) => {
                 // Waiters get the value first; the write's round trip is the
                 // leader's alone.
-                guard.land(Landed::Value(Arc::new(value.clone())));
+                guard.land_with(value, Shared::Loaded);
                 if leased {
                     match call.keep(value, *took) {
                         Some(keep) => {
@@ -727,6 +932,36 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_flight_is_not_joined_and_its_leader_leaves_its_successor() {
+        let cache = Cache::memory();
+        let flights = cache.flights();
+        let Some(Role::Lead(mut first)) = flights.join_or_lead_read(&cache, "k") else {
+            panic!("the first caller leads");
+        };
+        assert!(matches!(
+            flights.join_or_lead_read(&cache, "k"),
+            Some(Role::Wait(_))
+        ));
+        flights.detach("k");
+        let Some(Role::Lead(_second)) = flights.join_or_lead_read(&cache, "k") else {
+            panic!("a caller after the detach leads a new flight");
+        };
+        first.land(Landed::Abandoned);
+        assert!(
+            matches!(flights.join_or_lead_read(&cache, "k"), Some(Role::Wait(_))),
+            "the first leader, landing late, left its successor in place"
+        );
+    }
+
+    #[test]
+    fn a_background_refresh_is_not_joined_by_readers() {
+        let cache = Cache::memory();
+        let flights = cache.flights();
+        let _refresh = flights.try_lead(&cache, "k").expect("leads the refresh");
+        assert!(flights.join_or_lead_read(&cache, "k").is_none());
+    }
 
     #[test]
     fn poll_interval_grows_with_the_wait_within_bounds() {

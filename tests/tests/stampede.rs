@@ -655,3 +655,84 @@ async fn early_refresh_fires_once_for_many_callers_on_redis() {
         .expect("builds");
     early_refresh_fires_once_for_many_callers(cache).await;
 }
+
+// ---- shared reads ----------------------------------------------------------
+
+/// How many GETs the server has answered.
+fn get_calls(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn patient_cache(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis(server.url())
+        .namespace("t")
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .expect("builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_of_a_warm_key_share_one_read_on_redis() {
+    let server = RedisServer::start();
+    let svc = Svc::new(patient_cache(&server), Duration::ZERO);
+    assert_eq!(svc.slow(7).await, Ok(1));
+    assert_eq!(svc.unlocked(7).await, Ok(1));
+
+    // The server holds every command back while 100 callers arrive: all
+    // but the first find its read in flight and wait for it.
+    let before = get_calls(&server);
+    server.cmd::<()>(&["CLIENT", "PAUSE", "300", "ALL"]);
+    let tasks = (0..100)
+        .map(|_| {
+            let s = svc.clone();
+            tokio::spawn(async move { s.slow(7).await })
+        })
+        .collect();
+    for value in join_all(tasks).await {
+        assert_eq!(value, Ok(1));
+    }
+    assert_eq!(get_calls(&server) - before, 1, "one GET for 100 callers");
+    let stats = svc.cache.stats_for("slow").expect("stats");
+    assert_eq!((stats.hits, stats.misses), (100, 1), "{stats:?}");
+    assert_eq!(svc.loads(), 2);
+
+    // The control: `lock = false` opts out of sharing, and each caller reads.
+    let before = get_calls(&server);
+    server.cmd::<()>(&["CLIENT", "PAUSE", "300", "ALL"]);
+    let tasks = (0..100)
+        .map(|_| {
+            let s = svc.clone();
+            tokio::spawn(async move { s.unlocked(7).await })
+        })
+        .collect();
+    for value in join_all(tasks).await {
+        assert_eq!(value, Ok(1));
+    }
+    assert_eq!(get_calls(&server) - before, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_an_invalidation_never_shares_a_read_from_before_it() {
+    let server = RedisServer::start();
+    let svc = Svc::new(patient_cache(&server), Duration::ZERO);
+    assert_eq!(svc.slow(8).await, Ok(1));
+    svc.version.store(2, SeqCst);
+
+    // A read is held in flight; the invalidation queues behind it.
+    server.cmd::<()>(&["CLIENT", "PAUSE", "300", "ALL"]);
+    let early = {
+        let s = svc.clone();
+        tokio::spawn(async move { s.slow(8).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    svc.cache.invalidate("slow:8").await.expect("invalidates");
+    // Whether or not the early read has landed, this caller starts afresh.
+    assert_eq!(svc.slow(8).await, Ok(2), "the value after the invalidation");
+    assert_eq!(early.await.expect("completes"), Ok(1), "it began before");
+}
