@@ -14,6 +14,12 @@
 //!    a write can never store the old value afterwards.
 //! 5. A caller dropped mid-load, or a loader that panics, wakes every waiter
 //!    and releases its lease.
+//!
+//! On Redis the single flight begins before the read: callers of one key in
+//! one process share its GET, and after a miss the same flight goes on to
+//! the lease and the load. A write-through or invalidation in the process
+//! detaches the key's flight, so that no caller starting after it shares a
+//! read begun before it.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -37,7 +43,8 @@ pub struct Policy {
     pub ttl: Duration,
     /// How long a `None` is kept (`cache_none`); `None`: not kept.
     pub none_ttl: Option<Duration>,
-    /// Single flight and leases on a miss (`lock = false` turns them off).
+    /// Single flight (shared reads on Redis, one load per key) and leases
+    /// (`lock = false` turns them off).
     pub lock: bool,
     /// How long a lease lives if its holder never ends it (a crash).
     pub lease: Duration,
@@ -152,21 +159,23 @@ enum Shared {
 #[derive(Default)]
 pub(crate) struct Flights {
     running: Mutex<HashMap<String, Flight>>,
-    /// Joinable flights running: while zero, a call on the memory backend
-    /// need not look for one before reading, and its hit takes no lock.
+    /// Background refreshes running, by key and flight id: one per key at a
+    /// time, kept apart from `running` because nobody waits for one (and a
+    /// refresh may start while callers share a read).
+    refreshing: Mutex<HashMap<String, u64>>,
+    /// Flights in `running`: while zero, a call on the memory backend need
+    /// not look for one before reading, and its hit takes no lock.
     misses: AtomicUsize,
     /// Numbers flights, so that a leader whose flight was detached (by a
     /// write or an invalidation) never removes its successor.
     next_id: std::sync::atomic::AtomicU64,
 }
 
+/// A get-or-load (its read on Redis, then its load after a miss), which
+/// callers join.
 struct Flight {
     id: u64,
     landed: watch::Receiver<Landed>,
-    /// A get-or-load (its read, then its load after a miss), which callers
-    /// join; or a background refresh, whose callers read the current value
-    /// instead.
-    miss: bool,
 }
 
 impl std::fmt::Debug for Flights {
@@ -188,45 +197,24 @@ impl Flights {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn join_or_lead(&self, cache: &Cache, key: &str, miss: bool) -> Role {
+    /// Joins the get-or-load of `key` running in this process, or leads it.
+    fn join_or_lead(&self, cache: &Cache, key: &str) -> Role {
         let mut running = self.lock();
         if let Some(flight) = running.get(key) {
             return Role::Wait(flight.landed.clone());
         }
-        Role::Lead(self.lead(&mut running, cache, key, miss))
-    }
-
-    /// Joins or leads the get-or-load of `key`, read included; `None` while
-    /// a background refresh runs (its callers read the current value).
-    fn join_or_lead_read(&self, cache: &Cache, key: &str) -> Option<Role> {
-        let mut running = self.lock();
-        match running.get(key) {
-            Some(flight) if flight.miss => Some(Role::Wait(flight.landed.clone())),
-            Some(_) => None,
-            None => Some(Role::Lead(self.lead(&mut running, cache, key, true))),
-        }
-    }
-
-    fn lead(
-        &self,
-        running: &mut HashMap<String, Flight>,
-        cache: &Cache,
-        key: &str,
-        miss: bool,
-    ) -> FlightGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, landed) = watch::channel(Landed::Running);
-        running.insert(key.to_owned(), Flight { id, landed, miss });
-        if miss {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-        }
-        FlightGuard {
+        running.insert(key.to_owned(), Flight { id, landed });
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        Role::Lead(FlightGuard {
             cache: cache.clone(),
             key: key.to_owned(),
             id,
+            refresh: false,
             tx: Some(tx),
             lease: None,
-        }
+        })
     }
 
     /// Lets callers from now on start afresh rather than join a flight
@@ -234,20 +222,17 @@ impl Flights {
     /// read may have seen the old value). Its own waiters still get its
     /// result: they called before the change was done.
     pub(crate) fn detach(&self, key: &str) {
-        let mut running = self.lock();
-        if let Some(flight) = running.remove(key)
-            && flight.miss
-        {
+        if self.lock().remove(key).is_some() {
             self.misses.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// [`Flights::detach`] for every key (a pattern or tag invalidation).
+    /// Background refreshes go on: their writes need their leases.
     pub(crate) fn detach_all(&self) {
         let mut running = self.lock();
-        let joinable = running.values().filter(|f| f.miss).count();
+        self.misses.fetch_sub(running.len(), Ordering::Relaxed);
         running.clear();
-        self.misses.fetch_sub(joinable, Ordering::Relaxed);
     }
 
     /// The miss flight running for `key`, if any: a caller can wait for its
@@ -257,29 +242,47 @@ impl Flights {
             return None;
         }
         let running = self.lock();
-        running
-            .get(key)
-            .filter(|f| f.miss)
-            .map(|f| f.landed.clone())
+        running.get(key).map(|f| f.landed.clone())
     }
 
     /// Removes flight `id`, if it is still the one registered for `key`.
-    fn remove(&self, key: &str, id: u64) {
+    fn remove(&self, key: &str, id: u64, refresh: bool) {
+        if refresh {
+            let mut refreshing = self
+                .refreshing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if refreshing.get(key) == Some(&id) {
+                refreshing.remove(key);
+            }
+            return;
+        }
         let mut running = self.lock();
-        if running.get(key).is_some_and(|f| f.id == id)
-            && let Some(flight) = running.remove(key)
-            && flight.miss
-        {
+        if running.get(key).is_some_and(|f| f.id == id) {
+            running.remove(key);
             self.misses.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Leads a background refresh only if nobody else is loading the key.
+    /// Leads a background refresh of `key`, unless one is running here.
     fn try_lead(&self, cache: &Cache, key: &str) -> Option<FlightGuard> {
-        match self.join_or_lead(cache, key, false) {
-            Role::Lead(guard) => Some(guard),
-            Role::Wait(_) => None,
+        let mut refreshing = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if refreshing.contains_key(key) {
+            return None;
         }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        refreshing.insert(key.to_owned(), id);
+        Some(FlightGuard {
+            cache: cache.clone(),
+            key: key.to_owned(),
+            id,
+            refresh: true,
+            tx: None,
+            lease: None,
+        })
     }
 }
 
@@ -297,14 +300,22 @@ struct FlightGuard {
     cache: Cache,
     key: String,
     id: u64,
+    /// A background refresh (nobody waits for it) rather than a get-or-load.
+    refresh: bool,
     tx: Option<watch::Sender<Landed>>,
     lease: Option<u64>,
 }
 
 impl FlightGuard {
     fn land(&mut self, landed: Landed) {
+        // Once only: a refresh has no channel, a flight gives its up here.
+        if self.id != u64::MAX {
+            self.cache
+                .flights()
+                .remove(&self.key, self.id, self.refresh);
+            self.id = u64::MAX;
+        }
         if let Some(tx) = self.tx.take() {
-            self.cache.flights().remove(&self.key, self.id);
             let _ = tx.send(landed);
         }
     }
@@ -314,7 +325,10 @@ impl FlightGuard {
     /// the count is read.
     fn land_with<V: Clone + Send + Sync + 'static>(&mut self, value: &V, shared: Shared) {
         if let Some(tx) = self.tx.take() {
-            self.cache.flights().remove(&self.key, self.id);
+            self.cache
+                .flights()
+                .remove(&self.key, self.id, self.refresh);
+            self.id = u64::MAX;
             if tx.receiver_count() > 0 {
                 let value: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
                 let _ = tx.send(match shared {
@@ -455,14 +469,10 @@ impl Cache {
         // On Redis, callers of one key in this process share one read, and
         // after a miss its one load: 1000 callers of a cold key would
         // otherwise queue 1000 reads ahead of the leader's lease and load.
-        if call.policy.lock
-            && self.backend().is_remote()
-            && let Some(role) = self.flights().join_or_lead_read(self, &call.key)
-        {
-            match role {
+        if call.policy.lock && self.backend().is_remote() {
+            match self.flights().join_or_lead(self, &call.key) {
                 Role::Lead(guard) => return self.lead_read(call, guard, load, refresh).await,
                 Role::Wait(rx) => {
-                    counters.coalesced.add();
                     let landed = Box::pin(landing(rx)).await;
                     if let Landed::Hit(any, shared) = &landed
                         && let Some(value) = any.downcast_ref::<V>()
@@ -535,7 +545,6 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        counters.coalesced.add();
         self.settle(landing(rx).await, counters, load, count).await
     }
 
@@ -552,21 +561,34 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        if count && matches!(landed, Landed::Value(_) | Landed::Failed) {
-            counters.misses.add();
-        }
+        let hit = matches!(landed, Landed::Hit(..));
         match landed {
-            // A hit of another type (another call site shares the key):
-            // read for itself.
-            Landed::Hit(..) => Err(load),
-            Landed::Value(any) => match any.downcast_ref::<V>() {
-                Some(v) => Ok(Ok(v.clone())),
+            Landed::Hit(any, _) | Landed::Value(any) => {
+                if let Some(v) = any.downcast_ref::<V>() {
+                    counters.coalesced.add();
+                    if count {
+                        if hit {
+                            counters.hits.add()
+                        } else {
+                            counters.misses.add()
+                        }
+                    }
+                    return Ok(Ok(v.clone()));
+                }
                 // Another call site shares this key with another type.
-                None => Ok(self.run_loader(counters, load).await.map(|(v, _)| v)),
-            },
+                if count {
+                    counters.misses.add();
+                }
+                Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
+            }
             // The leader's error went to the leader; this caller tries the
             // source itself rather than fail unasked.
-            Landed::Failed => Ok(self.run_loader(counters, load).await.map(|(v, _)| v)),
+            Landed::Failed => {
+                if count {
+                    counters.misses.add();
+                }
+                Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
+            }
             Landed::Abandoned | Landed::Running => Err(load),
         }
     }
@@ -583,6 +605,7 @@ impl Cache {
         T: Cacheable,
     {
         call.counters.hits.add();
+        call.counters.coalesced.add();
         match shared {
             Shared::Fresh(meta) => {
                 if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
@@ -664,7 +687,7 @@ impl Cache {
             return Ok(value);
         }
         loop {
-            match self.flights().join_or_lead(self, &call.key, true) {
+            match self.flights().join_or_lead(self, &call.key) {
                 Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
                 Role::Wait(rx) => match self.follow(rx, counters, load, false).await {
                     Ok(result) => return result,
@@ -937,30 +960,38 @@ mod tests {
     fn a_detached_flight_is_not_joined_and_its_leader_leaves_its_successor() {
         let cache = Cache::memory();
         let flights = cache.flights();
-        let Some(Role::Lead(mut first)) = flights.join_or_lead_read(&cache, "k") else {
+        let Role::Lead(mut first) = flights.join_or_lead(&cache, "k") else {
             panic!("the first caller leads");
         };
-        assert!(matches!(
-            flights.join_or_lead_read(&cache, "k"),
-            Some(Role::Wait(_))
-        ));
+        assert!(matches!(flights.join_or_lead(&cache, "k"), Role::Wait(_)));
         flights.detach("k");
-        let Some(Role::Lead(_second)) = flights.join_or_lead_read(&cache, "k") else {
+        let Role::Lead(_second) = flights.join_or_lead(&cache, "k") else {
             panic!("a caller after the detach leads a new flight");
         };
         first.land(Landed::Abandoned);
         assert!(
-            matches!(flights.join_or_lead_read(&cache, "k"), Some(Role::Wait(_))),
+            matches!(flights.join_or_lead(&cache, "k"), Role::Wait(_)),
             "the first leader, landing late, left its successor in place"
         );
     }
 
     #[test]
-    fn a_background_refresh_is_not_joined_by_readers() {
+    fn refreshes_run_one_per_key_beside_shared_reads() {
         let cache = Cache::memory();
         let flights = cache.flights();
-        let _refresh = flights.try_lead(&cache, "k").expect("leads the refresh");
-        assert!(flights.join_or_lead_read(&cache, "k").is_none());
+        let refresh = flights.try_lead(&cache, "k").expect("leads the refresh");
+        assert!(flights.try_lead(&cache, "k").is_none(), "one at a time");
+        // Readers still share a read while it runs, and start a new one.
+        let Role::Lead(_read) = flights.join_or_lead(&cache, "k") else {
+            panic!("a reader leads its own flight");
+        };
+        flights.detach_all();
+        assert!(flights.try_lead(&cache, "k").is_none(), "not detached");
+        drop(refresh);
+        assert!(
+            flights.try_lead(&cache, "k").is_some(),
+            "ended when dropped"
+        );
     }
 
     #[test]

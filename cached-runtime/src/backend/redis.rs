@@ -189,18 +189,18 @@ impl RedisBackend {
         cmd.arg("GET").arg(key);
         // Boxed: the timer inside is cache-line aligned and would make every
         // hit's future large and over-aligned (seen under `concurrent_hit`).
-        let reply =
-            Box::pin(self.run(Gate::Breaker, timeout, conn.req_packed_command(&cmd))).await?;
-        match reply {
-            redis::Value::Nil => Ok(Fetched::Absent),
-            redis::Value::BulkString(bytes) => Ok(Fetched::Encoded(bytes)),
-            // The server answered; an error about this key is not an outage.
-            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
-            other => match other.extract_error() {
-                Err(e) => Err(BackendError::Redis(e)),
-                Ok(_) => Ok(Fetched::WrongKind),
-            },
-        }
+        // The reply is taken apart inside the breaker's watch, so that an
+        // error reply (LOADING, MASTERDOWN) counts as the outage it is.
+        let read = async {
+            match conn.req_packed_command(&cmd).await? {
+                redis::Value::Nil => Ok(Fetched::Absent),
+                redis::Value::BulkString(bytes) => Ok(Fetched::Encoded(bytes)),
+                // An answer about this key, not an outage.
+                redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
+                other => other.extract_error().map(|_| Fetched::WrongKind),
+            }
+        };
+        Box::pin(self.run(Gate::Breaker, timeout, read)).await
     }
 
     /// A write-through: stores the value, destroys any lease on the key (so a
