@@ -54,8 +54,18 @@ impl RedisServer {
 
     /// Starts the process on `self.port`; on failure returns its log.
     fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_with(&[], RedisServer::ping)
+    }
+
+    /// Starts the process with `extra` arguments and waits until `ready`.
+    fn spawn_with(
+        &mut self,
+        extra: &[&str],
+        ready: fn(&RedisServer) -> bool,
+    ) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(extra)
             .args([
                 "--save",
                 "",
@@ -91,7 +101,7 @@ impl RedisServer {
                 self.child = None;
                 return Err(std::fs::read_to_string(self.log_path()).unwrap_or_default());
             }
-            if self.ping() {
+            if ready(self) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -124,6 +134,21 @@ impl RedisServer {
         }
         let mut buf = [0u8; 7];
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Whether the server answers PING at all (`+PONG`, or an error such as
+    /// `-LOADING` while it reads its data).
+    pub fn answers(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first).is_ok() && matches!(&first, b"+" | b"-")
     }
 
     /// Runs one command on a fresh connection and returns its reply.
@@ -196,6 +221,28 @@ impl RedisServer {
             match self.spawn() {
                 Ok(()) => return,
                 // The old socket may linger a moment after the kill.
+                Err(log) if Instant::now() < deadline => {
+                    let _ = log;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(log) => panic!("redis-server did not restart on port {}:\n{log}", self.port),
+            }
+        }
+    }
+
+    /// Starts the server again on the same port with `extra` arguments
+    /// (`--key-load-delay`, say), returning as soon as it answers, which may
+    /// be while it is still loading its data.
+    ///
+    /// # Panics
+    ///
+    /// When it does not come back.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.spawn_with(extra, RedisServer::answers) {
+                Ok(()) => return,
                 Err(log) if Instant::now() < deadline => {
                     let _ = log;
                     std::thread::sleep(Duration::from_millis(50));

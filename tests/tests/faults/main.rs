@@ -10,6 +10,7 @@ mod support;
 mod breaker;
 mod frozen;
 mod garbage;
+mod loading;
 mod oversize;
 mod refused;
 mod restart;
