@@ -22,7 +22,9 @@
 //! read begun before it.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,11 +160,11 @@ enum Shared {
 /// time.
 #[derive(Default)]
 pub(crate) struct Flights {
-    running: Mutex<HashMap<String, Flight>>,
+    running: Mutex<HashMap<String, Flight, FlightHasher>>,
     /// Background refreshes running, by key and flight id: one per key at a
     /// time, kept apart from `running` because nobody waits for one (and a
     /// refresh may start while callers share a read).
-    refreshing: Mutex<HashMap<String, u64>>,
+    refreshing: Mutex<HashMap<String, u64, FlightHasher>>,
     /// Flights in `running`: while zero, a call on the memory backend need
     /// not look for one before reading, and its hit takes no lock.
     misses: AtomicUsize,
@@ -171,11 +173,31 @@ pub(crate) struct Flights {
     next_id: std::sync::atomic::AtomicU64,
 }
 
+/// Every Redis hit hashes its key into `running` twice: SipHash cost more
+/// than the rest of the bookkeeping (seen in `seq_hit`'s profile). The map
+/// holds only keys in flight, so collisions cannot pile up.
+type FlightHasher = foldhash::fast::RandomState;
+
 /// A get-or-load (its read on Redis, then its load after a miss), which
 /// callers join.
 struct Flight {
     id: u64,
-    landed: watch::Receiver<Landed>,
+    /// Made when the first waiter joins: a flight nobody joins (nearly
+    /// every hit) costs no channel.
+    tx: Option<watch::Sender<Landed>>,
+}
+
+impl Flight {
+    fn subscribe(&mut self) -> watch::Receiver<Landed> {
+        match &self.tx {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(Landed::Running);
+                self.tx = Some(tx);
+                rx
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Flights {
@@ -184,13 +206,13 @@ impl std::fmt::Debug for Flights {
     }
 }
 
-enum Role {
-    Lead(FlightGuard),
+enum Role<'a> {
+    Lead(FlightGuard<'a>),
     Wait(watch::Receiver<Landed>),
 }
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight, FlightHasher>> {
         // Every change is one insert or remove: a poisoned map is consistent.
         self.running
             .lock()
@@ -198,29 +220,31 @@ impl Flights {
     }
 
     /// Joins the get-or-load of `key` running in this process, or leads it.
-    fn join_or_lead(&self, cache: &Cache, key: &str) -> Role {
+    fn join_or_lead<'a>(&self, cache: &'a Cache, key: &'a str) -> Role<'a> {
         let mut running = self.lock();
-        if let Some(flight) = running.get(key) {
-            return Role::Wait(flight.landed.clone());
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, landed) = watch::channel(Landed::Running);
-        running.insert(key.to_owned(), Flight { id, landed });
+        let id = match running.entry(key.to_owned()) {
+            Entry::Occupied(mut flight) => return Role::Wait(flight.get_mut().subscribe()),
+            Entry::Vacant(slot) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                slot.insert(Flight { id, tx: None });
+                id
+            }
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
         Role::Lead(FlightGuard {
-            cache: cache.clone(),
-            key: key.to_owned(),
+            cache: Cow::Borrowed(cache),
+            key: Cow::Borrowed(key),
             id,
             refresh: false,
-            tx: Some(tx),
+            landed: false,
             lease: None,
         })
     }
 
     /// Lets callers from now on start afresh rather than join a flight
     /// for `key` that began before a write or an invalidation of it (its
-    /// read may have seen the old value). Its own waiters still get its
-    /// result: they called before the change was done.
+    /// read may have seen the old value). Its waiters, told it went away,
+    /// read afresh too.
     pub(crate) fn detach(&self, key: &str) {
         if self.lock().remove(key).is_some() {
             self.misses.fetch_sub(1, Ordering::Relaxed);
@@ -235,18 +259,18 @@ impl Flights {
         running.clear();
     }
 
-    /// The miss flight running for `key`, if any: a caller can wait for its
+    /// The flight running for `key`, if any: a caller can wait for its
     /// value without reading the backend first (the stampede case).
     fn miss_in_flight(&self, key: &str) -> Option<watch::Receiver<Landed>> {
         if self.misses.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let running = self.lock();
-        running.get(key).map(|f| f.landed.clone())
+        self.lock().get_mut(key).map(Flight::subscribe)
     }
 
-    /// Removes flight `id`, if it is still the one registered for `key`.
-    fn remove(&self, key: &str, id: u64, refresh: bool) {
+    /// Removes flight `id`, if it is still the one registered for `key`, and
+    /// returns its channel if anyone joined it.
+    fn remove(&self, key: &str, id: u64, refresh: bool) -> Option<watch::Sender<Landed>> {
         if refresh {
             let mut refreshing = self
                 .refreshing
@@ -255,17 +279,22 @@ impl Flights {
             if refreshing.get(key) == Some(&id) {
                 refreshing.remove(key);
             }
-            return;
+            return None;
         }
         let mut running = self.lock();
-        if running.get(key).is_some_and(|f| f.id == id) {
-            running.remove(key);
+        // One lookup in the usual case; a successor (after a detach) is put
+        // back.
+        let (owned, flight) = running.remove_entry(key)?;
+        if flight.id == id {
             self.misses.fetch_sub(1, Ordering::Relaxed);
+            return flight.tx;
         }
+        running.insert(owned, flight);
+        None
     }
 
     /// Leads a background refresh of `key`, unless one is running here.
-    fn try_lead(&self, cache: &Cache, key: &str) -> Option<FlightGuard> {
+    fn try_lead(&self, cache: &Cache, key: &str) -> Option<FlightGuard<'static>> {
         let mut refreshing = self
             .refreshing
             .lock()
@@ -276,11 +305,11 @@ impl Flights {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         refreshing.insert(key.to_owned(), id);
         Some(FlightGuard {
-            cache: cache.clone(),
-            key: key.to_owned(),
+            cache: Cow::Owned(cache.clone()),
+            key: Cow::Owned(key.to_owned()),
             id,
             refresh: true,
-            tx: None,
+            landed: false,
             lease: None,
         })
     }
@@ -296,58 +325,58 @@ async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
 
 /// The leader's side of a flight. Dropping it unfinished (cancellation, a
 /// panic) tells the waiters to go on without it and releases its lease.
-struct FlightGuard {
-    cache: Cache,
-    key: String,
+/// Borrows the call's cache and key; a background refresh's owns them.
+struct FlightGuard<'a> {
+    cache: Cow<'a, Cache>,
+    key: Cow<'a, str>,
     id: u64,
     /// A background refresh (nobody waits for it) rather than a get-or-load.
     refresh: bool,
-    tx: Option<watch::Sender<Landed>>,
+    landed: bool,
     lease: Option<u64>,
 }
 
-impl FlightGuard {
+impl FlightGuard<'_> {
+    /// Ends the flight (once): later callers start their own, and those who
+    /// joined get `landed`.
     fn land(&mut self, landed: Landed) {
-        // Once only: a refresh has no channel, a flight gives its up here.
-        if self.id != u64::MAX {
-            self.cache
-                .flights()
-                .remove(&self.key, self.id, self.refresh);
-            self.id = u64::MAX;
-        }
-        if let Some(tx) = self.tx.take() {
+        if let Some(tx) = self.end() {
             let _ = tx.send(landed);
         }
     }
 
-    /// Hands a value to the waiters, made only if there are any: the map's
-    /// receiver is gone once the flight is removed, so none can join after
-    /// the count is read.
+    /// Ends the flight and hands a value to the waiters, made only if there
+    /// are any: once the flight is out of the map, none can join.
     fn land_with<V: Clone + Send + Sync + 'static>(&mut self, value: &V, shared: Shared) {
-        if let Some(tx) = self.tx.take() {
-            self.cache
-                .flights()
-                .remove(&self.key, self.id, self.refresh);
-            self.id = u64::MAX;
-            if tx.receiver_count() > 0 {
-                let value: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
-                let _ = tx.send(match shared {
-                    Shared::Loaded => Landed::Value(value),
-                    hit => Landed::Hit(value, hit),
-                });
-            }
+        if let Some(tx) = self.end()
+            && tx.receiver_count() > 0
+        {
+            let value: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
+            let _ = tx.send(match shared {
+                Shared::Loaded => Landed::Value(value),
+                hit => Landed::Hit(value, hit),
+            });
         }
+    }
+
+    fn end(&mut self) -> Option<watch::Sender<Landed>> {
+        if std::mem::replace(&mut self.landed, true) {
+            return None;
+        }
+        self.cache
+            .flights()
+            .remove(&self.key, self.id, self.refresh)
     }
 }
 
-impl Drop for FlightGuard {
+impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
         self.land(Landed::Abandoned);
         if let Some(token) = self.lease.take() {
             // Cannot await in drop: release from a task, if a runtime runs.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let cache = self.cache.clone();
-                let key = std::mem::take(&mut self.key);
+                let cache = self.cache.clone().into_owned();
+                let key = std::mem::take(&mut self.key).into_owned();
                 handle.spawn(async move { cache.release_lease(&key, token).await });
             }
         }
@@ -471,7 +500,7 @@ impl Cache {
         // otherwise queue 1000 reads ahead of the leader's lease and load.
         if call.policy.lock && self.backend().is_remote() {
             match self.flights().join_or_lead(self, &call.key) {
-                Role::Lead(guard) => return self.lead_read(call, guard, load, refresh).await,
+                Role::Lead(guard) => return self.lead_read(&call, guard, load, refresh).await,
                 Role::Wait(rx) => {
                     let landed = Box::pin(landing(rx)).await;
                     if let Landed::Hit(any, shared) = &landed
@@ -628,8 +657,8 @@ impl Cache {
     /// callers who joined, or goes on to lead the load after a miss.
     async fn lead_read<V, T, E, F, Fut>(
         &self,
-        call: Call<'_, V, T>,
-        mut guard: FlightGuard,
+        call: &Call<'_, V, T>,
+        mut guard: FlightGuard<'_>,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
     ) -> Result<V, E>
@@ -640,25 +669,25 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         let (fetched, took) = self.fetch_timed(&call.key, &call.counters).await;
-        match self.open_as(&call, fetched, took, true) {
+        match self.open_as(call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 guard.land_with(&value, Shared::Fresh(meta));
                 if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
                     && early_refresh_due(&meta, beta, now_ms())
                 {
-                    self.refresh_in_background(&call, refresh, true);
+                    self.refresh_in_background(call, refresh, true);
                 }
                 Ok(value)
             }
             Read::Stale(value) => {
                 guard.land_with(&value, Shared::Stale);
                 if let Some(refresh) = refresh {
-                    self.refresh_in_background(&call, refresh, false);
+                    self.refresh_in_background(call, refresh, false);
                 }
                 Ok(value)
             }
-            Read::Miss => Box::pin(self.lead(&call, guard, load, Via::Backend)).await,
-            Read::Failed => Box::pin(self.lead(&call, guard, load, Via::LoaderOnly)).await,
+            Read::Miss => Box::pin(self.lead(call, guard, load, Via::Backend)).await,
+            Read::Failed => Box::pin(self.lead(call, guard, load, Via::LoaderOnly)).await,
         }
     }
 
@@ -703,7 +732,7 @@ impl Cache {
     async fn lead<V, T, E, F, Fut>(
         &self,
         call: &Call<'_, V, T>,
-        mut guard: FlightGuard,
+        mut guard: FlightGuard<'_>,
         load: F,
         via: Via,
     ) -> Result<V, E>
