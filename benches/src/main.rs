@@ -63,8 +63,9 @@ fn main() {
         }
     };
 
-    // `__profile SYSTEM N`: N sequential hits, for an instruction profiler;
-    // `__profile_concurrent SYSTEM N`: the same shared among 64 tasks.
+    // `__profile SYSTEM N`: N sequential hits of `this`, `this_unshared` or
+    // `raw`, for an instruction profiler; `__profile_concurrent SYSTEM N`:
+    // the same shared among 64 tasks.
     if let Some(mode @ ("__profile" | "__profile_concurrent")) = args.first().map(String::as_str) {
         let concurrent = mode == "__profile_concurrent";
         let system = args.get(1).cloned().unwrap_or_default();

@@ -355,6 +355,8 @@ pub async fn profile(redis: &Redis, system: &str, n: u32, concurrent: bool) {
         for _ in 0..n {
             if system == "this" {
                 std::hint::black_box(this.get(1).await);
+            } else if system == "this_unshared" {
+                std::hint::black_box(this.get_unshared(1).await);
             } else {
                 std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
             }
@@ -369,6 +371,8 @@ pub async fn profile(redis: &Redis, system: &str, n: u32, concurrent: bool) {
                 for _ in 0..n / 64 {
                     if system == "this" {
                         std::hint::black_box(this.get(1).await);
+                    } else if system == "this_unshared" {
+                        std::hint::black_box(this.get_unshared(1).await);
                     } else {
                         std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
                     }
