@@ -24,7 +24,6 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -222,14 +221,11 @@ impl Flights {
     /// Joins the get-or-load of `key` running in this process, or leads it.
     fn join_or_lead<'a>(&self, cache: &'a Cache, key: &'a str) -> Role<'a> {
         let mut running = self.lock();
-        let id = match running.entry(key.to_owned()) {
-            Entry::Occupied(mut flight) => return Role::Wait(flight.get_mut().subscribe()),
-            Entry::Vacant(slot) => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                slot.insert(Flight { id, tx: None });
-                id
-            }
-        };
+        if let Some(flight) = running.get_mut(key) {
+            return Role::Wait(flight.subscribe());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        running.insert(key.to_owned(), Flight { id, tx: None });
         self.misses.fetch_add(1, Ordering::Relaxed);
         Role::Lead(FlightGuard {
             cache: Cow::Borrowed(cache),
@@ -499,22 +495,26 @@ impl Cache {
         // after a miss its one load: 1000 callers of a cold key would
         // otherwise queue 1000 reads ahead of the leader's lease and load.
         if call.policy.lock && self.backend().is_remote() {
-            match self.flights().join_or_lead(self, &call.key) {
-                Role::Lead(guard) => return self.lead_read(&call, guard, load, refresh).await,
-                Role::Wait(rx) => {
-                    let landed = Box::pin(landing(rx)).await;
-                    if let Landed::Hit(any, shared) = &landed
-                        && let Some(value) = any.downcast_ref::<V>()
-                    {
+            // Each round waits for another flight to land: only a leader
+            // that went away (cancelled, or detached) brings another.
+            loop {
+                let rx = match self.flights().join_or_lead(self, &call.key) {
+                    Role::Lead(guard) => return self.lead_read(&call, guard, load, refresh).await,
+                    Role::Wait(rx) => rx,
+                };
+                let landed = Box::pin(landing(rx)).await;
+                if let Landed::Hit(any, shared) = &landed {
+                    if let Some(value) = any.downcast_ref::<V>() {
                         self.shared_hit(&call, *shared, refresh);
                         return Ok(value.clone());
                     }
-                    match Box::pin(self.settle(landed, counters, load, true)).await {
-                        Ok(result) => return result,
-                        // The leader went away, or the hit was of another
-                        // type: go the usual way.
-                        Err(again) => load = again,
-                    }
+                    // A hit of another type (another call site shares the
+                    // key): read for itself.
+                    break;
+                }
+                match Box::pin(self.settle(landed, counters, load, true)).await {
+                    Ok(result) => return result,
+                    Err(again) => load = again,
                 }
             }
         }
@@ -527,6 +527,7 @@ impl Cache {
             && let Some(v) = any.downcast_ref::<V>()
         {
             counters.coalesced.add();
+            counters.misses.add();
             return Ok(v.clone());
         }
         let (fetched, took) = self.fetch_timed(&call.key, counters).await;
@@ -895,7 +896,9 @@ impl Cache {
                         None => cache.release_lease(key, token).await,
                     }
                     guard.lease.take();
-                    guard.land(Landed::Value(Arc::new(value)));
+                    // Nobody waits for a refresh: ending it frees the key
+                    // for the next one.
+                    let _ = guard.end();
                 }
                 Err(()) => {
                     // Fail-safe: the old value stays until its stale window ends.

@@ -260,7 +260,8 @@ pub struct CacheStats {
     /// Backend failures (timeouts, connection errors, unreadable values),
     /// none of which reached a caller.
     pub errors: u64,
-    /// Callers that shared another caller's load in this process.
+    /// Callers that used another caller's read or load in this process
+    /// (counted as well as their hit or miss).
     pub coalesced: u64,
     /// Values served past their TTL, inside their `stale` window.
     pub stale_served: u64,

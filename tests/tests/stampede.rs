@@ -736,3 +736,44 @@ async fn a_caller_after_an_invalidation_never_shares_a_read_from_before_it() {
     assert_eq!(svc.slow(8).await, Ok(2), "the value after the invalidation");
     assert_eq!(early.await.expect("completes"), Ok(1), "it began before");
 }
+
+static MIXED_LOADS: AtomicU32 = AtomicU32::new(0);
+
+#[cached(prefix = "mixed", ttl = "1m", key = id, cache = cache)]
+async fn mixed_value(cache: &Cache, id: u64) -> u64 {
+    MIXED_LOADS.fetch_add(1, SeqCst);
+    id
+}
+
+#[cached(prefix = "mixed", ttl = "1m", key = id, cache = cache)]
+async fn mixed_option(cache: &Cache, id: u64) -> Option<u64> {
+    MIXED_LOADS.fetch_add(1, SeqCst);
+    Some(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_of_two_return_types_on_one_key_each_get_a_hit() {
+    let server = RedisServer::start();
+    let cache = patient_cache(&server);
+    assert_eq!(mixed_value(&cache, 3).await, 3);
+    assert_eq!(MIXED_LOADS.load(SeqCst), 1);
+    // A caller handed a hit it cannot use (the other return type) reads
+    // the entry for itself: nobody goes to the source.
+    server.cmd::<()>(&["CLIENT", "PAUSE", "200", "ALL"]);
+    let tasks = (0..20)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    Some(mixed_value(&cache, 3).await)
+                } else {
+                    mixed_option(&cache, 3).await
+                }
+            })
+        })
+        .collect();
+    for got in join_all(tasks).await {
+        assert_eq!(got, Some(3));
+    }
+    assert_eq!(MIXED_LOADS.load(SeqCst), 1, "all hits");
+}
