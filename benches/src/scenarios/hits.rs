@@ -114,11 +114,15 @@ pub async fn memory_hit_metrics(_redis: &Redis) -> Vec<Row> {
 /// A boxed operation, so systems of different types can take turns.
 type Op<'a> = Box<dyn FnMut() -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>> + 'a>;
 
+/// Rounds of `seq_hit`: each a loop of every system in turn.
+const SEQ_ROUNDS: usize = 9;
+
 /// Times each system's loop in turn, round after round, so that drift in
-/// the machine's speed falls on every system alike; medians in ns.
-async fn interleaved(ops: u32, systems: &mut [Op<'_>]) -> Vec<f64> {
-    let mut samples = vec![Vec::with_capacity(REPEATS); systems.len()];
-    for _ in 0..REPEATS {
+/// the machine's speed falls on every system alike; ns per op, per system
+/// and round.
+async fn interleaved(ops: u32, systems: &mut [Op<'_>]) -> Vec<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(SEQ_ROUNDS); systems.len()];
+    for _ in 0..SEQ_ROUNDS {
         for (i, op) in systems.iter_mut().enumerate() {
             let started = Instant::now();
             for _ in 0..ops {
@@ -127,7 +131,16 @@ async fn interleaved(ops: u32, systems: &mut [Op<'_>]) -> Vec<f64> {
             samples[i].push(started.elapsed().as_nanos() as f64 / f64::from(ops));
         }
     }
-    samples.into_iter().map(median).collect()
+    samples
+}
+
+/// The median of each round's `samples / baseline` (runs made moments
+/// apart, so the machine's drift cancels out), and the lowest and highest.
+fn paired_ratios(samples: &[f64], baseline: &[f64]) -> (f64, f64, f64) {
+    let mut ratios: Vec<f64> = samples.iter().zip(baseline).map(|(s, b)| s / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let (low, high) = (ratios[0], ratios[ratios.len() - 1]);
+    (median(ratios), low, high)
 }
 
 pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
@@ -158,6 +171,12 @@ pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
             })
         }),
         Box::new(|| {
+            let this = this.clone();
+            Box::pin(async move {
+                std::hint::black_box(this.get_unshared(1).await);
+            })
+        }),
+        Box::new(|| {
             let mut c = raw.clone();
             Box::pin(async move {
                 std::hint::black_box(raw_get(&mut c, "raw:placement:1").await);
@@ -178,17 +197,29 @@ pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
             })
         }),
     ];
-    let ns = interleaved(OPS, &mut systems).await;
-    let raw_ns = ns[1];
-    ["this", "raw_redis", "hand_written", "cached_crate"]
-        .iter()
-        .zip(ns)
-        .map(|(system, ns)| {
-            Row::new("seq_hit", *system)
-                .with("us_per_op", ns / 1000.0)
-                .with("ratio_vs_raw_redis", ns / raw_ns)
-        })
-        .collect()
+    let samples = interleaved(OPS, &mut systems).await;
+    let raw = samples[2].clone();
+    // `this_unshared` (`lock = false`) reads without the single flight; in
+    // one task at a time nobody shares a read, so the two differ only by
+    // the flight's bookkeeping.
+    [
+        "this",
+        "this_unshared",
+        "raw_redis",
+        "hand_written",
+        "cached_crate",
+    ]
+    .iter()
+    .zip(samples)
+    .map(|(system, ns)| {
+        let (ratio, low, high) = paired_ratios(&ns, &raw);
+        Row::new("seq_hit", *system)
+            .with("us_per_op", median(ns) / 1000.0)
+            .with("ratio_vs_raw_redis", ratio)
+            .with("ratio_min", low)
+            .with("ratio_max", high)
+    })
+    .collect()
 }
 
 /// A shareable operation for the throughput runs.
@@ -314,14 +345,10 @@ pub async fn concurrent_hit(redis: &Redis) -> Vec<Row> {
     .iter()
     .zip(samples)
     .map(|(system, ops)| {
-        // Each round's ratio pairs runs made moments apart, so drift in
-        // the machine's speed (two cores shared with Redis) cancels out.
-        let mut ratios: Vec<f64> = ops.iter().zip(&raw).map(|(o, r)| o / r).collect();
-        ratios.sort_by(f64::total_cmp);
-        let (low, high) = (ratios[0], ratios[ratios.len() - 1]);
+        let (ratio, low, high) = paired_ratios(&ops, &raw);
         Row::new("concurrent_hit", *system)
             .with("ops_per_s", median(ops))
-            .with("ratio_vs_raw_redis", median(ratios))
+            .with("ratio_vs_raw_redis", ratio)
             .with("ratio_min", low)
             .with("ratio_max", high)
             .with("tasks", 64)
