@@ -533,17 +533,11 @@ impl Cache {
         let (fetched, took) = self.fetch_timed(&call.key, counters).await;
         match self.open_as(&call, fetched, took, true) {
             Read::Fresh(value, meta) => {
-                if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
-                    && early_refresh_due(&meta, beta, now_ms())
-                {
-                    self.refresh_in_background(&call, refresh, true);
-                }
+                self.refresh_after_hit(&call, Shared::Fresh(meta), refresh);
                 return Ok(value);
             }
             Read::Stale(value) => {
-                if let Some(refresh) = refresh {
-                    self.refresh_in_background(&call, refresh, false);
-                }
+                self.refresh_after_hit(&call, Shared::Stale, refresh);
                 return Ok(value);
             }
             Read::Miss => {}
@@ -558,27 +552,10 @@ impl Cache {
         Box::pin(self.miss(call, load, Via::Backend)).await
     }
 
-    /// Waits for the flight another caller leads and takes its value; after
-    /// an error, or a value of another type, loads for itself. `Err(load)`:
-    /// the leader went away, try again.
-    /// `count`: this caller has not read the backend, so record what it got
-    /// as its hit or miss.
-    async fn follow<V, E, F, Fut>(
-        &self,
-        rx: watch::Receiver<Landed>,
-        counters: &Counters,
-        load: F,
-        count: bool,
-    ) -> Result<Result<V, E>, F>
-    where
-        V: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-    {
-        self.settle(landing(rx).await, counters, load, count).await
-    }
-
-    /// What a waiter does with what its flight landed.
+    /// What a waiter does with what its flight landed: takes its value;
+    /// after an error, or a value of another type, loads for itself.
+    /// `Err(load)`: the leader went away, try again. `count`: this caller
+    /// has not read the backend, so record what it got as its hit or miss.
     async fn settle<V, E, F, Fut>(
         &self,
         landed: Landed,
@@ -636,20 +613,33 @@ impl Cache {
     {
         call.counters.hits.add();
         call.counters.coalesced.add();
+        if matches!(shared, Shared::Stale) {
+            call.counters.stale_served.add();
+        }
+        self.refresh_after_hit(call, shared, refresh);
+    }
+
+    /// After a hit: near its expiry an early refresh (XFetch), past it a
+    /// stale refresh, each in the background and one per key at a time.
+    fn refresh_after_hit<V, T>(
+        &self,
+        call: &Call<'_, V, T>,
+        shared: Shared,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        let Some(refresh) = refresh else { return };
         match shared {
             Shared::Fresh(meta) => {
-                if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
+                if let Some(beta) = call.policy.early_refresh
                     && early_refresh_due(&meta, beta, now_ms())
                 {
                     self.refresh_in_background(call, refresh, true);
                 }
             }
-            Shared::Stale => {
-                call.counters.stale_served.add();
-                if let Some(refresh) = refresh {
-                    self.refresh_in_background(call, refresh, false);
-                }
-            }
+            Shared::Stale => self.refresh_in_background(call, refresh, false),
             Shared::Loaded => {}
         }
     }
@@ -673,18 +663,12 @@ impl Cache {
         match self.open_as(call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 guard.land_with(&value, Shared::Fresh(meta));
-                if let (Some(beta), Some(refresh)) = (call.policy.early_refresh, refresh)
-                    && early_refresh_due(&meta, beta, now_ms())
-                {
-                    self.refresh_in_background(call, refresh, true);
-                }
+                self.refresh_after_hit(call, Shared::Fresh(meta), refresh);
                 Ok(value)
             }
             Read::Stale(value) => {
                 guard.land_with(&value, Shared::Stale);
-                if let Some(refresh) = refresh {
-                    self.refresh_in_background(call, refresh, false);
-                }
+                self.refresh_after_hit(call, Shared::Stale, refresh);
                 Ok(value)
             }
             Read::Miss => Box::pin(self.lead(call, guard, load, Via::Backend)).await,
@@ -719,7 +703,8 @@ impl Cache {
         loop {
             match self.flights().join_or_lead(self, &call.key) {
                 Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
-                Role::Wait(rx) => match self.follow(rx, counters, load, false).await {
+                Role::Wait(rx) => match self.settle(landing(rx).await, counters, load, false).await
+                {
                     Ok(result) => return result,
                     Err(again) => load = again,
                 },

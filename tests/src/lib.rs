@@ -124,31 +124,25 @@ impl RedisServer {
     /// Whether the server answers PING within 200 ms (a plain socket, so it
     /// works while the caller's runtime is busy).
     pub fn ping(&self) -> bool {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        self.ping_reply::<7>().is_some_and(|r| &r == b"+PONG\r\n")
     }
 
     /// Whether the server answers PING at all (`+PONG`, or an error such as
     /// `-LOADING` while it reads its data).
     pub fn answers(&self) -> bool {
+        self.ping_reply::<1>()
+            .is_some_and(|r| matches!(&r, b"+" | b"-"))
+    }
+
+    /// The first `N` bytes of the server's answer to PING, within 200 ms.
+    fn ping_reply<const N: usize>(&self) -> Option<[u8; N]> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
-        };
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut first = [0u8; 1];
-        s.read_exact(&mut first).is_ok() && matches!(&first, b"+" | b"-")
+        s.write_all(b"PING\r\n").ok()?;
+        let mut buf = [0u8; N];
+        s.read_exact(&mut buf).ok()?;
+        Some(buf)
     }
 
     /// Runs one command on a fresh connection and returns its reply.

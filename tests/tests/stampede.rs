@@ -686,35 +686,31 @@ async fn concurrent_callers_of_a_warm_key_share_one_read_on_redis() {
 
     // The server holds every command back while 100 callers arrive: all
     // but the first find its read in flight and wait for it.
-    let before = get_calls(&server);
-    server.cmd::<()>(&["CLIENT", "PAUSE", "300", "ALL"]);
-    let tasks = (0..100)
-        .map(|_| {
-            let s = svc.clone();
-            tokio::spawn(async move { s.slow(7).await })
-        })
-        .collect();
-    for value in join_all(tasks).await {
-        assert_eq!(value, Ok(1));
-    }
-    assert_eq!(get_calls(&server) - before, 1, "one GET for 100 callers");
+    let gets = paused_gets(&server, &svc, |s| async move { s.slow(7).await }).await;
+    assert_eq!(gets, 1, "one GET for 100 callers");
     let stats = svc.cache.stats_for("slow").expect("stats");
     assert_eq!((stats.hits, stats.misses), (100, 1), "{stats:?}");
     assert_eq!(svc.loads(), 2);
 
     // The control: `lock = false` opts out of sharing, and each caller reads.
-    let before = get_calls(&server);
+    let gets = paused_gets(&server, &svc, |s| async move { s.unlocked(7).await }).await;
+    assert_eq!(gets, 100);
+}
+
+/// Starts 100 callers of `call` while the server holds every command back
+/// for 300 ms; checks each got `Ok(1)` and returns how many GETs it served.
+async fn paused_gets<F, Fut>(server: &RedisServer, svc: &Svc, call: F) -> u64
+where
+    F: Fn(Svc) -> Fut,
+    Fut: Future<Output = Result<u64, String>> + Send + 'static,
+{
+    let before = get_calls(server);
     server.cmd::<()>(&["CLIENT", "PAUSE", "300", "ALL"]);
-    let tasks = (0..100)
-        .map(|_| {
-            let s = svc.clone();
-            tokio::spawn(async move { s.unlocked(7).await })
-        })
-        .collect();
+    let tasks = (0..100).map(|_| tokio::spawn(call(svc.clone()))).collect();
     for value in join_all(tasks).await {
         assert_eq!(value, Ok(1));
     }
-    assert_eq!(get_calls(&server) - before, 100);
+    get_calls(server) - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

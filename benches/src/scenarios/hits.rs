@@ -143,6 +143,36 @@ fn paired_ratios(samples: &[f64], baseline: &[f64]) -> (f64, f64, f64) {
     (median(ratios), low, high)
 }
 
+/// The systems of `seq_hit` and `concurrent_hit`, in the order they run.
+const HIT_SYSTEMS: [&str; 5] = [
+    "this",
+    "this_unshared",
+    "raw_redis",
+    "hand_written",
+    "cached_crate",
+];
+
+/// One row per system of [`HIT_SYSTEMS`]: `figure` adds its median sample,
+/// then the paired ratios to `raw_redis`.
+fn hit_rows(
+    scenario: &'static str,
+    samples: Vec<Vec<f64>>,
+    figure: impl Fn(Row, f64) -> Row,
+) -> Vec<Row> {
+    let raw = samples[2].clone();
+    HIT_SYSTEMS
+        .iter()
+        .zip(samples)
+        .map(|(system, samples)| {
+            let (ratio, low, high) = paired_ratios(&samples, &raw);
+            figure(Row::new(scenario, *system), median(samples))
+                .with("ratio_vs_raw_redis", ratio)
+                .with("ratio_min", low)
+                .with("ratio_max", high)
+        })
+        .collect()
+}
+
 pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
     const OPS: u32 = 4_000;
     let manager = || async {
@@ -198,28 +228,12 @@ pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
         }),
     ];
     let samples = interleaved(OPS, &mut systems).await;
-    let raw = samples[2].clone();
     // `this_unshared` (`lock = false`) reads without the single flight; in
     // one task at a time nobody shares a read, so the two differ only by
     // the flight's bookkeeping.
-    [
-        "this",
-        "this_unshared",
-        "raw_redis",
-        "hand_written",
-        "cached_crate",
-    ]
-    .iter()
-    .zip(samples)
-    .map(|(system, ns)| {
-        let (ratio, low, high) = paired_ratios(&ns, &raw);
-        Row::new("seq_hit", *system)
-            .with("us_per_op", median(ns) / 1000.0)
-            .with("ratio_vs_raw_redis", ratio)
-            .with("ratio_min", low)
-            .with("ratio_max", high)
+    hit_rows("seq_hit", samples, |row, ns| {
+        row.with("us_per_op", ns / 1000.0)
     })
-    .collect()
 }
 
 /// A shareable operation for the throughput runs.
@@ -331,29 +345,12 @@ pub async fn concurrent_hit(redis: &Redis) -> Vec<Row> {
         }),
     ];
     let samples = throughput(&systems).await;
-    let raw = samples[2].clone();
     // `this` shares one GET among the callers of a key that arrive while it
     // is in flight; `this_unshared` (`lock = false`) reads once per call,
     // which is the cost of a hit itself.
-    [
-        "this",
-        "this_unshared",
-        "raw_redis",
-        "hand_written",
-        "cached_crate",
-    ]
-    .iter()
-    .zip(samples)
-    .map(|(system, ops)| {
-        let (ratio, low, high) = paired_ratios(&ops, &raw);
-        Row::new("concurrent_hit", *system)
-            .with("ops_per_s", median(ops))
-            .with("ratio_vs_raw_redis", ratio)
-            .with("ratio_min", low)
-            .with("ratio_max", high)
-            .with("tasks", 64)
+    hit_rows("concurrent_hit", samples, |row, ops| {
+        row.with("ops_per_s", ops).with("tasks", 64)
     })
-    .collect()
 }
 
 pub fn redis_cache(redis: &Redis) -> Cache {
@@ -380,13 +377,7 @@ pub async fn profile(redis: &Redis, system: &str, n: u32, concurrent: bool) {
         .expect("connects");
     if !concurrent {
         for _ in 0..n {
-            if system == "this" {
-                std::hint::black_box(this.get(1).await);
-            } else if system == "this_unshared" {
-                std::hint::black_box(this.get_unshared(1).await);
-            } else {
-                std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
-            }
+            profile_op(&this, &mut raw, system).await;
         }
         return;
     }
@@ -396,18 +387,21 @@ pub async fn profile(redis: &Redis, system: &str, n: u32, concurrent: bool) {
             let (this, mut raw, system) = (this.clone(), raw.clone(), system.to_owned());
             tokio::spawn(async move {
                 for _ in 0..n / 64 {
-                    if system == "this" {
-                        std::hint::black_box(this.get(1).await);
-                    } else if system == "this_unshared" {
-                        std::hint::black_box(this.get_unshared(1).await);
-                    } else {
-                        std::hint::black_box(raw_get(&mut raw, "raw:placement:1").await);
-                    }
+                    profile_op(&this, &mut raw, &system).await;
                 }
             })
         })
         .collect();
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// One hit of `system` for [`profile`].
+async fn profile_op(this: &This, raw: &mut redis::aio::ConnectionManager, system: &str) {
+    match system {
+        "this" => drop(std::hint::black_box(this.get(1).await)),
+        "this_unshared" => drop(std::hint::black_box(this.get_unshared(1).await)),
+        _ => drop(std::hint::black_box(raw_get(raw, "raw:placement:1").await)),
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use cached_runtime::CircuitBreaker;
 use cached_tests::RedisServer;
 
-use crate::support::{OP, Placement, Service, builder, key, median, service, timed, until_hit};
+use crate::support::{
+    OP, Placement, Service, builder, key, median, service, timed, until_hit, with_breaker,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_breaker_every_call_waits_out_the_timeout() {
@@ -36,16 +38,7 @@ async fn without_a_breaker_every_call_waits_out_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opens_after_the_configured_failures_and_probes_until_the_server_is_back() {
     let mut server = RedisServer::start();
-    let s = Service::new(
-        builder(&server)
-            .circuit_breaker(CircuitBreaker {
-                failures: 3,
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_millis(400),
-            })
-            .build()
-            .expect("cache"),
-    );
+    let s = with_breaker(&server, 3, 100, 400);
     until_hit(&s, 1, Duration::from_secs(2)).await;
     server.freeze();
     for i in 0..3 {
@@ -148,16 +141,7 @@ fn a_probe_cut_off_by_its_runtime_ending_does_not_leave_the_breaker_waiting() {
             .expect("a runtime")
     };
     let mut server = RedisServer::start();
-    let s = Service::new(
-        builder(&server)
-            .circuit_breaker(CircuitBreaker {
-                failures: 1,
-                min_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(100),
-            })
-            .build()
-            .expect("cache"),
-    );
+    let s = with_breaker(&server, 1, 50, 100);
     runtime().block_on(async {
         let _ = s.get(1).await; // connects
     });

@@ -5,24 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use cached_runtime::CircuitBreaker;
 use cached_tests::RedisServer;
 
-use crate::support::{OP, Placement, Service, builder, timed, until_hit};
+use crate::support::{OP, Placement, timed, until_hit, with_breaker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_loading_its_data_opens_the_breaker_and_callers_get_the_loader() {
     let mut server = RedisServer::start();
-    let s = Service::new(
-        builder(&server)
-            .circuit_breaker(CircuitBreaker {
-                failures: 3,
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_millis(200),
-            })
-            .build()
-            .expect("cache"),
-    );
+    let s = with_breaker(&server, 3, 100, 200);
     until_hit(&s, 1, Duration::from_secs(2)).await;
     // 2,000 keys of 1,100 bytes, each held up 1 ms as it is read back, the
     // server answering clients after every kilobyte: two seconds or more

@@ -95,6 +95,21 @@ pub fn service(server: &RedisServer) -> Service {
     Service::new(builder(server).build().expect("a valid cache"))
 }
 
+/// A service whose breaker opens after `failures` in a row and probes
+/// between `min_ms` and `max_ms` apart.
+pub fn with_breaker(server: &RedisServer, failures: u32, min_ms: u64, max_ms: u64) -> Service {
+    Service::new(
+        builder(server)
+            .circuit_breaker(cached_runtime::CircuitBreaker {
+                failures,
+                min_backoff: Duration::from_millis(min_ms),
+                max_backoff: Duration::from_millis(max_ms),
+            })
+            .build()
+            .expect("a valid cache"),
+    )
+}
+
 /// The Redis key of placement `id`.
 pub fn key(id: u64) -> String {
     format!("t:placement:{id}")
