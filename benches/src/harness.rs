@@ -1,84 +1,60 @@
 //! What every scenario shares: the Redis server, figures, the table.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use cached_tests::RedisServer;
 
 use serde_json::{Map, Value};
 
 /// A `redis-server` for the run (or the one `REDIS_URL` names).
 pub struct Redis {
     pub url: String,
-    child: Option<Child>,
-    _dir: Option<tempfile::TempDir>,
+    /// The server this run started (the tests' own support), if any.
+    own: Option<RedisServer>,
 }
 
 impl Redis {
     /// Uses `REDIS_URL` if set, else starts a server on a free loopback port.
-    pub fn start() -> Result<Redis, String> {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Ok(Redis {
-                url,
-                child: None,
-                _dir: None,
-            });
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is not installed (the message says how to install
+    /// it) or does not come up.
+    pub fn start() -> Redis {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => Redis { url, own: None },
+            Err(_) => Redis::start_own(),
         }
-        Redis::start_own()
     }
 
     /// Starts a server of this run's own on a free loopback port (for
     /// scenarios that freeze it), whatever `REDIS_URL` says.
-    pub fn start_own() -> Result<Redis, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run redis-server ({e}); install it (apt-get install redis-server) or set REDIS_URL"))?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let redis = Redis {
-            url,
-            child: Some(child),
-            _dir: Some(dir),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if redis.client().get_connection().is_ok() {
-                return Ok(redis);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    pub fn start_own() -> Redis {
+        let own = RedisServer::start();
+        Redis {
+            url: own.url(),
+            own: Some(own),
         }
-        Err("redis-server did not come up".into())
     }
 
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url.as_str()).expect("a valid URL")
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &child.id().to_string()])
-                .status();
+    /// SIGSTOP (a server of this run's own): connections stay open, nothing
+    /// answers.
+    pub fn freeze(&mut self) {
+        if let Some(own) = &mut self.own {
+            own.freeze();
         }
     }
 
-    /// SIGSTOP: connections stay open, nothing answers.
-    pub fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
     /// SIGCONT.
-    pub fn thaw(&self) {
-        self.signal("-CONT");
+    pub fn thaw(&mut self) {
+        if let Some(own) = &mut self.own {
+            own.thaw();
+        }
     }
 
     /// Runs one command (for setup: FLUSHALL, CONFIG SET, SLOWLOG ...).
@@ -90,18 +66,6 @@ impl Redis {
         }
         cmd.query(&mut conn)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -70,7 +70,7 @@ fn main() {
         let concurrent = mode == "__profile_concurrent";
         let system = args.get(1).cloned().unwrap_or_default();
         let n: u32 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
-        let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+        let redis = Redis::start();
         runtime.block_on(scenarios::hits::profile(&redis, &system, n, concurrent));
         return;
     }
@@ -103,13 +103,7 @@ fn main() {
         chosen
     };
 
-    let redis = match Redis::start() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
-        }
-    };
+    let redis = Redis::start();
     let _ = systems::CACHED_CRATE_URL.set(redis.url.clone());
     eprintln!(
         "redis: {}   value: {} bytes of JSON",

@@ -209,19 +209,7 @@ impl RedisServer {
     ///
     /// When it does not come back.
     pub fn restart(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                // The old socket may linger a moment after the kill.
-                Err(log) if Instant::now() < deadline => {
-                    let _ = log;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(log) => panic!("redis-server did not restart on port {}:\n{log}", self.port),
-            }
-        }
+        self.respawn(&[], RedisServer::ping);
     }
 
     /// Starts the server again on the same port with `extra` arguments
@@ -232,13 +220,18 @@ impl RedisServer {
     ///
     /// When it does not come back.
     pub fn restart_with(&mut self, extra: &[&str]) {
+        self.respawn(extra, RedisServer::answers);
+    }
+
+    /// Stops the server and starts it again on the same port until `ready`.
+    fn respawn(&mut self, extra: &[&str], ready: fn(&RedisServer) -> bool) {
         self.stop();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match self.spawn_with(extra, RedisServer::answers) {
+            match self.spawn_with(extra, ready) {
                 Ok(()) => return,
-                Err(log) if Instant::now() < deadline => {
-                    let _ = log;
+                // The old socket may linger a moment after the kill.
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(log) => panic!("redis-server did not restart on port {}:\n{log}", self.port),

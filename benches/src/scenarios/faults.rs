@@ -101,7 +101,7 @@ where
 /// breaker is open (systems without one: `None`).
 async fn run_system<F, Fut>(
     system: &str,
-    server: &Redis,
+    server: &mut Redis,
     probe: &Probe,
     mut call: F,
     open: Option<&(dyn Fn() -> bool + Sync)>,
@@ -173,7 +173,7 @@ pub async fn redis_frozen(_: &Redis) -> Vec<Row> {
     let mut rows = Vec::new();
 
     // `this` first, alone, with the defaults.
-    let server = Redis::start_own().unwrap_or_else(|e| panic!("{e}"));
+    let mut server = Redis::start_own();
     let service = ThisService {
         cache: Cache::builder()
             .redis(server.url.as_str())
@@ -188,7 +188,7 @@ pub async fn redis_frozen(_: &Redis) -> Vec<Row> {
     rows.push(
         run_system(
             "this",
-            &server,
+            &mut server,
             &probe,
             || async { service.get(ID).await == expected },
             Some(&open),
@@ -203,8 +203,8 @@ pub async fn redis_frozen(_: &Redis) -> Vec<Row> {
 
     // The anchors wait out timeouts of hundreds of ms per call: run them
     // side by side, each against a server of its own.
-    let hand_server = Redis::start_own().unwrap_or_else(|e| panic!("{e}"));
-    let crate_server = Redis::start_own().unwrap_or_else(|e| panic!("{e}"));
+    let mut hand_server = Redis::start_own();
+    let mut crate_server = Redis::start_own();
     let _ = systems::CACHED_CRATE_FROZEN_URL.set(crate_server.url.clone());
     let hand = async {
         // redis-rs defaults, as the seed's code would use them.
@@ -216,7 +216,7 @@ pub async fn redis_frozen(_: &Redis) -> Vec<Row> {
         let expected = Placement::sample(ID);
         run_system(
             "hand_written",
-            &hand_server,
+            &mut hand_server,
             &probe,
             || {
                 let mut conn = conn.clone();
@@ -234,7 +234,7 @@ pub async fn redis_frozen(_: &Redis) -> Vec<Row> {
         let expected = Placement::sample(ID);
         run_system(
             "cached_crate",
-            &crate_server,
+            &mut crate_server,
             &CACHED_CRATE_PROBE,
             || {
                 let expected = &expected;

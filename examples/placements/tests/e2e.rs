@@ -51,6 +51,24 @@ impl Env {
             .expect("answers")
     }
 
+    /// A conditional GET: `If-None-Match: etag`.
+    async fn get_if_none_match(&self, path: &str, etag: header::HeaderValue) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header(header::IF_NONE_MATCH, etag)
+            .send()
+            .await
+            .expect("answers")
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("answers")
+    }
+
     async fn json(&self, path: &str) -> (StatusCode, Value) {
         let r = self.get(path).await;
         let status = r.status();
@@ -129,13 +147,7 @@ async fn etag_and_cache_control_then_304_for_a_current_copy() {
     let etag = r.headers()[header::ETAG].clone();
     assert_eq!(etag, "\"1\"");
 
-    let r = env
-        .client
-        .get(env.url("/placements/4"))
-        .header(header::IF_NONE_MATCH, etag.clone())
-        .send()
-        .await
-        .expect("answers");
+    let r = env.get_if_none_match("/placements/4", etag.clone()).await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(r.headers()[header::ETAG], etag);
     assert_eq!(r.headers()[header::CACHE_CONTROL], "private, max-age=60");
@@ -145,13 +157,7 @@ async fn etag_and_cache_control_then_304_for_a_current_copy() {
     assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=3600");
     let weak = r.headers()[header::ETAG].clone();
     assert!(weak.to_str().expect("ascii").starts_with("W/\""));
-    let r = env
-        .client
-        .get(env.url("/public/products"))
-        .header(header::IF_NONE_MATCH, weak)
-        .send()
-        .await
-        .expect("answers");
+    let r = env.get_if_none_match("/public/products", weak).await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 }
 
@@ -171,12 +177,8 @@ async fn a_put_is_visible_at_once_and_changes_the_etag() {
     assert_eq!(updated["version"], 2);
     let loads = env.stats("placement").loads;
     let r = env
-        .client
-        .get(env.url("/placements/12"))
-        .header(header::IF_NONE_MATCH, "\"1\"")
-        .send()
-        .await
-        .expect("answers");
+        .get_if_none_match("/placements/12", header::HeaderValue::from_static("\"1\""))
+        .await;
     assert_eq!(r.status(), StatusCode::OK, "the old ETag is not current");
     assert_eq!(r.headers()[header::ETAG], "\"2\"");
     let now: Value = r.json().await.expect("json");
@@ -203,24 +205,14 @@ async fn a_delete_then_404_and_the_lists_forget_it() {
     assert!(ids(&query).contains(&5));
     assert_eq!(env.json("/placements/5").await.0, StatusCode::OK);
 
-    let r = env
-        .client
-        .delete(env.url("/placements/5"))
-        .send()
-        .await
-        .expect("answers");
+    let r = env.delete("/placements/5").await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(env.json("/placements/5").await.0, StatusCode::NOT_FOUND);
     let (_, list) = env.json("/videos/1/placements").await;
     assert!(!ids(&list).contains(&5), "the list was evicted: {list}");
     let (_, query) = env.json("/placements?video_id=1&limit=50").await;
     assert!(!ids(&query).contains(&5), "the query was evicted: {query}");
-    let again = env
-        .client
-        .delete(env.url("/placements/5"))
-        .send()
-        .await
-        .expect("answers");
+    let again = env.delete("/placements/5").await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
 }
 

@@ -10,7 +10,8 @@ use cached_runtime::CircuitBreaker;
 use cached_tests::RedisServer;
 
 use crate::support::{
-    OP, Placement, Service, builder, key, median, service, timed, until_hit, with_breaker,
+    OP, Placement, Service, builder, key, median, service, timed, until_closed, until_hit,
+    with_breaker,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,15 +58,7 @@ async fn opens_after_the_configured_failures_and_probes_until_the_server_is_back
     assert!(s.cache.breaker_open());
     server.thaw();
     // The next probe is at most max_backoff away.
-    let thawed = Instant::now();
-    while s.cache.breaker_open() {
-        assert!(
-            thawed.elapsed() < Duration::from_secs(2),
-            "the breaker never closed"
-        );
-        let _ = timed(Duration::from_secs(2), s.get(1)).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_closed(&s, 1, Duration::from_secs(2), "the breaker never closed").await;
     until_hit(&s, 1, Duration::from_secs(1)).await;
 }
 
@@ -86,12 +79,7 @@ async fn writes_during_an_outage_are_not_lost_when_the_server_comes_back() {
     let renamed = renamed.expect("renamed");
     assert_eq!(timed(Duration::from_secs(2), s.delete(2)).await.0, Ok(()));
     server.thaw();
-    let thawed = Instant::now();
-    while s.cache.breaker_open() {
-        assert!(thawed.elapsed() < Duration::from_secs(3), "never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let _ = s.get(3).await;
-    }
+    until_closed(&s, 3, Duration::from_secs(3), "never closed").await;
     let loads = s.loads();
     assert_eq!(s.get(1).await, Ok(renamed), "the write-through landed");
     assert_eq!(s.loads(), loads, "and is a hit");
@@ -155,15 +143,10 @@ fn a_probe_cut_off_by_its_runtime_ending_does_not_leave_the_breaker_waiting() {
         let _ = timed(Duration::from_secs(2), s.get(1)).await;
     });
     server.thaw();
-    runtime().block_on(async {
-        let started = Instant::now();
-        while s.cache.breaker_open() {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "the breaker still waits for a probe that will never report"
-            );
-            let _ = timed(Duration::from_secs(2), s.get(1)).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    runtime().block_on(until_closed(
+        &s,
+        1,
+        Duration::from_secs(3),
+        "the breaker still waits for a probe that will never report",
+    ));
 }

@@ -8,10 +8,9 @@ use cached_tests::RedisServer;
 
 use crate::support::{Placement, key, service, until_hit};
 
-async fn is_a_counted_miss_then_overwritten(bytes: &[u8]) {
-    let server = RedisServer::start();
+async fn is_a_counted_miss_then_overwritten(server: &RedisServer, bytes: &[u8]) {
     server.set_raw(&key(1), bytes);
-    let s = service(&server);
+    let s = service(server);
     assert_eq!(s.get(1).await, Ok(Placement::row(1)), "{bytes:?}");
     until_hit(&s, 1, Duration::from_secs(2)).await;
     assert_eq!(s.loads(), 1, "{bytes:?} was overwritten by the first load");
@@ -21,17 +20,19 @@ async fn is_a_counted_miss_then_overwritten(bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes() {
-    is_a_counted_miss_then_overwritten(b"\xff\x00not json at all\x13\x37").await;
+    is_a_counted_miss_then_overwritten(&RedisServer::start(), b"\xff\x00not json at all\x13\x37")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_json_written_by_another_program() {
-    is_a_counted_miss_then_overwritten(br#"{"id":1,"name":"placement 1"}"#).await;
+    is_a_counted_miss_then_overwritten(&RedisServer::start(), br#"{"id":1,"name":"placement 1"}"#)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_envelope() {
-    is_a_counted_miss_then_overwritten(&[0xCA, 1, 0, 0]).await;
+    is_a_counted_miss_then_overwritten(&RedisServer::start(), &[0xCA, 1, 0, 0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +40,7 @@ async fn an_envelope_of_an_older_version() {
     let mut old = vec![0xCA, 0];
     old.extend_from_slice(&[0; 37]);
     old.extend_from_slice(br#"{"id":1}"#);
-    is_a_counted_miss_then_overwritten(&old).await;
+    is_a_counted_miss_then_overwritten(&RedisServer::start(), &old).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +52,7 @@ async fn a_valid_envelope_whose_payload_is_broken() {
     let len = stored.len();
     stored.truncate(len - 5);
     drop(s);
-    is_a_counted_miss_then_overwritten(&stored).await;
+    is_a_counted_miss_then_overwritten(&server, &stored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,6 @@ async fn hits_resume_after_a_restart_that_kept_the_data_without_a_load() {
     let s = service(&server);
     until_hit(&s, 1, Duration::from_secs(2)).await;
     server.cmd::<()>(&["SAVE"]);
-    server.kill();
     server.restart();
     assert_eq!(
         server.cmd::<i64>(&["EXISTS", &key(1)]),

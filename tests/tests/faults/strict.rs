@@ -7,15 +7,13 @@ use cached_tests::RedisServer;
 
 use std::time::Duration;
 
-use crate::support::{Placement, Service, builder, key, timed};
+use crate::support::{Placement, key, service, service_with, timed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_surfaces_an_unreadable_entry() {
     let server = RedisServer::start();
     server.set_raw(&key(1), b"garbage");
-    let s = Arc::new(Service::new(
-        builder(&server).strict(true).build().expect("cache"),
-    ));
+    let s = Arc::new(service_with(&server, |b| b.strict(true)));
     let call = {
         let s = s.clone();
         tokio::spawn(async move { s.get(1).await })
@@ -24,16 +22,14 @@ async fn strict_mode_surfaces_an_unreadable_entry() {
     let err = joined.expect_err("strict mode panics");
     assert!(err.is_panic());
     // Not strict: the same entry is a quiet miss.
-    let lenient = Service::new(builder(&server).build().expect("cache"));
+    let lenient = service(&server);
     assert_eq!(lenient.get(1).await, Ok(Placement::row(1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_surfaces_a_frozen_server() {
     let mut server = RedisServer::start();
-    let s = Arc::new(Service::new(
-        builder(&server).strict(true).build().expect("cache"),
-    ));
+    let s = Arc::new(service_with(&server, |b| b.strict(true)));
     server.freeze();
     let call = {
         let s = s.clone();

@@ -92,22 +92,27 @@ pub fn builder(server: &RedisServer) -> CacheBuilder {
 }
 
 pub fn service(server: &RedisServer) -> Service {
-    Service::new(builder(server).build().expect("a valid cache"))
+    service_with(server, |b| b)
+}
+
+/// A service on `server` whose cache [`builder`] is adjusted by `adjust`.
+pub fn service_with(
+    server: &RedisServer,
+    adjust: impl FnOnce(CacheBuilder) -> CacheBuilder,
+) -> Service {
+    Service::new(adjust(builder(server)).build().expect("a valid cache"))
 }
 
 /// A service whose breaker opens after `failures` in a row and probes
 /// between `min_ms` and `max_ms` apart.
 pub fn with_breaker(server: &RedisServer, failures: u32, min_ms: u64, max_ms: u64) -> Service {
-    Service::new(
-        builder(server)
-            .circuit_breaker(cached_runtime::CircuitBreaker {
-                failures,
-                min_backoff: Duration::from_millis(min_ms),
-                max_backoff: Duration::from_millis(max_ms),
-            })
-            .build()
-            .expect("a valid cache"),
-    )
+    service_with(server, |b| {
+        b.circuit_breaker(cached_runtime::CircuitBreaker {
+            failures,
+            min_backoff: Duration::from_millis(min_ms),
+            max_backoff: Duration::from_millis(max_ms),
+        })
+    })
 }
 
 /// The Redis key of placement `id`.
@@ -142,6 +147,17 @@ pub async fn until_hit(s: &Service, id: u64, limit: Duration) -> Duration {
             s.cache.stats()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Calls `get(id)` until the breaker has closed; fails with `why` after
+/// `limit`.
+pub async fn until_closed(s: &Service, id: u64, limit: Duration, why: &str) {
+    let started = Instant::now();
+    while s.cache.breaker_open() {
+        assert!(started.elapsed() < limit, "{why}");
+        let _ = timed(Duration::from_secs(2), s.get(id)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
