@@ -50,9 +50,9 @@ impl Site {
             .0
             .get_or_init(|| (cache.id(), cache.counters(self.name)));
         if *id == cache.id() {
-            CountersRef::Borrowed(counters)
+            std::borrow::Cow::Borrowed(counters)
         } else {
-            CountersRef::Owned(cache.counters(self.name))
+            std::borrow::Cow::Owned(cache.counters(self.name))
         }
     }
 }

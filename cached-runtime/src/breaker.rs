@@ -119,7 +119,7 @@ impl Breaker {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        crate::cache::duration_ms(self.epoch.elapsed())
     }
 
     /// Whether an operation may go to the backend now. One atomic load while
@@ -214,7 +214,7 @@ impl Breaker {
     fn arm(&self, backoff: Duration) {
         let at = self
             .now_ms()
-            .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+            .saturating_add(crate::cache::duration_ms(backoff));
         self.probe_at_ms.store(at, Relaxed);
     }
 
@@ -228,9 +228,7 @@ impl Breaker {
     }
 
     fn backoff_lock(&self) -> std::sync::MutexGuard<'_, Duration> {
-        self.backoff
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.backoff)
     }
 
     fn state_name(&self) -> &'static str {

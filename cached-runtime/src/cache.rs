@@ -10,7 +10,7 @@ use crate::backend::{
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::codec::EntryMeta;
 use crate::error::{BuildError, CacheError};
-use crate::load::{Call, CountersRef, Flights, Policy, Read};
+use crate::load::{Call, Flights, Policy, Read};
 
 use crate::stats::{CacheStats, Counters, LogLimiter, Registry};
 
@@ -138,7 +138,10 @@ impl Cache {
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.inner.stats.counters(name_of(key));
-        match self.read::<T>(&full, &counters, true).await {
+        let (fetched, took) = self.fetch_timed(&full, &counters).await;
+        let read = self.interpret::<T>(&full, &counters, fetched);
+        self.count_read(&full, &counters, &read, took);
+        match read {
             Read::Fresh(value, _) => value,
             Read::Stale(_) | Read::Miss | Read::Failed => None,
         }
@@ -219,9 +222,7 @@ impl Cache {
             .await;
         // After the backend has answered: a read begun before then may have
         // seen the old value, and no caller from now on may share it.
-        for key in keys {
-            self.flights().detach(key);
-        }
+        self.flights().detach(keys);
         self.invalidated(
             first,
             "invalidate",
@@ -315,7 +316,7 @@ impl Cache {
         let policy = Policy::new(ttl);
         let call: Call<'_, T, T> = Call {
             key: full,
-            counters: CountersRef::Borrowed(&counters),
+            counters: std::borrow::Cow::Borrowed(&counters),
             policy: &policy,
             tags: &[],
             shape: std::marker::PhantomData,
@@ -372,37 +373,12 @@ impl Cache {
         &self.inner.warnings
     }
 
-    /// A raw read of the stored item (`None` inside: an absence marker).
-    /// `count`: record a hit or miss (polls do not).
-    pub(crate) async fn read<T: Cacheable>(
-        &self,
-        key: &str,
-        counters: &Counters,
-        count: bool,
-    ) -> Read<Option<T>> {
-        let (read, took) = self.read_timed(key, counters).await;
-        if count {
-            self.count_read(key, counters, &read, took);
-        }
-        read
-    }
-
-    /// A raw read, and how long the backend took (recorded as latency).
-    /// Reads of the memory backend are not timed: they take a fraction of a
+    /// Reads the entry under `key`, undecoded, and how long the backend took
+    /// (recorded as latency). Reads of the memory backend are not timed: they take a fraction of a
     /// microsecond, and the two clock reads would add a fifth to a hit.
     /// Redis reads are timed one in [`LATENCY_SAMPLE`] (every one while debug
     /// events are on): the distribution needs no more, and a hit's CPU time
     /// is what 64 concurrent callers share.
-    pub(crate) async fn read_timed<T: Cacheable>(
-        &self,
-        key: &str,
-        counters: &Counters,
-    ) -> (Read<Option<T>>, Option<Duration>) {
-        let (fetched, took) = self.fetch_timed(key, counters).await;
-        (self.interpret(key, counters, fetched), took)
-    }
-
-    /// The undecoded half of [`Cache::read_timed`].
     pub(crate) async fn fetch_timed(
         &self,
         key: &str,
@@ -419,8 +395,8 @@ impl Cache {
         (fetched, took)
     }
 
-    /// The decoding half of [`Cache::read_timed`]: what a fetched entry
-    /// means now.
+    /// What an entry [`Cache::fetch_timed`] brought back means now (`None`
+    /// inside a hit: an absence marker).
     #[inline(always)]
     pub(crate) fn interpret<T: Cacheable>(
         &self,
@@ -515,7 +491,7 @@ impl Cache {
             .put(key, value, &meta, keep_for, tags, timeout)
             .await;
         // As for an invalidation: callers from now on read the new value.
-        self.flights().detach(key);
+        self.flights().detach(&[key]);
         self.wrote(key, counters, started, "cache set");
         if let Err(e) = result {
             self.backend_failed(key, "set", &e, counters);
@@ -596,7 +572,7 @@ impl Cache {
 
 /// `cache_errors_total{cache, kind}`: rare, so looked up each time.
 fn metrics_error(counters: &Counters, kind: &'static str) {
-    metrics::counter!("cache_errors_total", "cache" => counters.name().to_owned(), "kind" => kind)
+    metrics::counter!(crate::stats::names::ERRORS, "cache" => counters.name().to_owned(), "kind" => kind)
         .increment(1);
 }
 
@@ -624,7 +600,7 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn duration_ms(d: Duration) -> u64 {
+pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

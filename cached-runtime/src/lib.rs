@@ -71,6 +71,15 @@ pub use stats::{CacheStats, names as metric_names};
 #[doc(inline)]
 pub use cached_macros::{cache_evict, cache_put, cached};
 
+/// Locks `mutex`, poisoned or not: every lock in this crate guards state
+/// that each change leaves consistent (one insert, remove or assignment), so
+/// a panic elsewhere while it was held leaves nothing half done.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What a cached value must be: serializable (to be stored), deserializable
 /// (to be read back), `Clone` (a memory hit and a shared load hand out copies)
 /// and shareable across tasks.

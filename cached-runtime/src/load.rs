@@ -23,7 +23,7 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,10 +160,10 @@ enum Shared {
 #[derive(Default)]
 pub(crate) struct Flights {
     running: Mutex<HashMap<String, Flight, FlightHasher>>,
-    /// Background refreshes running, by key and flight id: one per key at a
-    /// time, kept apart from `running` because nobody waits for one (and a
-    /// refresh may start while callers share a read).
-    refreshing: Mutex<HashMap<String, u64, FlightHasher>>,
+    /// Keys with a background refresh running: one per key at a time, kept
+    /// apart from `running` because nobody waits for one (and a refresh may
+    /// start while callers share a read). Nothing detaches a refresh.
+    refreshing: Mutex<HashSet<String, FlightHasher>>,
     /// Flights in `running`: while zero, a call on the memory backend need
     /// not look for one before reading, and its hit takes no lock.
     misses: AtomicUsize,
@@ -212,10 +212,7 @@ enum Role<'a> {
 
 impl Flights {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight, FlightHasher>> {
-        // Every change is one insert or remove: a poisoned map is consistent.
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.running)
     }
 
     /// Joins the get-or-load of `key` running in this process, or leads it.
@@ -241,9 +238,16 @@ impl Flights {
     /// for `key` that began before a write or an invalidation of it (its
     /// read may have seen the old value). Its waiters, told it went away,
     /// read afresh too.
-    pub(crate) fn detach(&self, key: &str) {
-        if self.lock().remove(key).is_some() {
-            self.misses.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn detach<K: AsRef<str>>(&self, keys: &[K]) {
+        // Nearly always nothing is in flight: no lock.
+        if self.misses.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut running = self.lock();
+        for key in keys {
+            if running.remove(key.as_ref()).is_some() {
+                self.misses.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -266,17 +270,7 @@ impl Flights {
 
     /// Removes flight `id`, if it is still the one registered for `key`, and
     /// returns its channel if anyone joined it.
-    fn remove(&self, key: &str, id: u64, refresh: bool) -> Option<watch::Sender<Landed>> {
-        if refresh {
-            let mut refreshing = self
-                .refreshing
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if refreshing.get(key) == Some(&id) {
-                refreshing.remove(key);
-            }
-            return None;
-        }
+    fn remove(&self, key: &str, id: u64) -> Option<watch::Sender<Landed>> {
         let mut running = self.lock();
         // One lookup in the usual case; a successor (after a detach) is put
         // back.
@@ -291,19 +285,13 @@ impl Flights {
 
     /// Leads a background refresh of `key`, unless one is running here.
     fn try_lead(&self, cache: &Cache, key: &str) -> Option<FlightGuard<'static>> {
-        let mut refreshing = self
-            .refreshing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if refreshing.contains_key(key) {
+        if !crate::lock(&self.refreshing).insert(key.to_owned()) {
             return None;
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        refreshing.insert(key.to_owned(), id);
         Some(FlightGuard {
             cache: Cow::Owned(cache.clone()),
             key: Cow::Owned(key.to_owned()),
-            id,
+            id: 0,
             refresh: true,
             landed: false,
             lease: None,
@@ -325,6 +313,7 @@ async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
 struct FlightGuard<'a> {
     cache: Cow<'a, Cache>,
     key: Cow<'a, str>,
+    /// Its flight's number in `running` (a refresh has none).
     id: u64,
     /// A background refresh (nobody waits for it) rather than a get-or-load.
     refresh: bool,
@@ -359,9 +348,12 @@ impl FlightGuard<'_> {
         if std::mem::replace(&mut self.landed, true) {
             return None;
         }
-        self.cache
-            .flights()
-            .remove(&self.key, self.id, self.refresh)
+        let flights = self.cache.flights();
+        if self.refresh {
+            crate::lock(&flights.refreshing).remove(&*self.key);
+            return None;
+        }
+        flights.remove(&self.key, self.id)
     }
 }
 
@@ -437,22 +429,7 @@ impl<V: Shape<T>, T> Call<'_, V, T> {
 }
 
 /// A call's counters: borrowed from its call site, or owned.
-#[derive(Debug)]
-pub(crate) enum CountersRef<'a> {
-    Borrowed(&'a Arc<Counters>),
-    Owned(Arc<Counters>),
-}
-
-impl std::ops::Deref for CountersRef<'_> {
-    type Target = Arc<Counters>;
-
-    fn deref(&self) -> &Arc<Counters> {
-        match self {
-            CountersRef::Borrowed(c) => c,
-            CountersRef::Owned(c) => c,
-        }
-    }
-}
+pub(crate) type CountersRef<'a> = Cow<'a, Arc<Counters>>;
 
 /// What asking for a lease came to.
 enum Leasing<V> {
@@ -568,36 +545,24 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let hit = matches!(landed, Landed::Hit(..));
-        match landed {
-            Landed::Hit(any, _) | Landed::Value(any) => {
-                if let Some(v) = any.downcast_ref::<V>() {
-                    counters.coalesced.add();
-                    if count {
-                        if hit {
-                            counters.hits.add()
-                        } else {
-                            counters.misses.add()
-                        }
-                    }
-                    return Ok(Ok(v.clone()));
-                }
-                // Another call site shares this key with another type.
-                if count {
-                    counters.misses.add();
-                }
-                Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
-            }
-            // The leader's error went to the leader; this caller tries the
-            // source itself rather than fail unasked.
-            Landed::Failed => {
-                if count {
-                    counters.misses.add();
-                }
-                Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
-            }
-            Landed::Abandoned | Landed::Running => Err(load),
+        let any = match landed {
+            Landed::Abandoned | Landed::Running => return Err(load),
+            Landed::Hit(any, _) | Landed::Value(any) => Some(any),
+            Landed::Failed => None,
+        };
+        // A hit reaches here only from `miss`, whose callers counted their
+        // own read.
+        if count {
+            counters.misses.add();
         }
+        if let Some(v) = any.as_deref().and_then(|a| a.downcast_ref::<V>()) {
+            counters.coalesced.add();
+            return Ok(Ok(v.clone()));
+        }
+        // The leader's error went to the leader, or another call site shares
+        // this key with another type: this caller tries the source itself
+        // rather than fail unasked.
+        Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
     }
 
     /// A waiter's share of its leader's hit: counted as its own, with the
@@ -728,7 +693,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let (key, counters) = (&call.key, &*call.counters);
+        let counters = &*call.counters;
         let token = fastrand::u64(1..);
         let leased = match via {
             Via::LoaderOnly => false,
@@ -748,29 +713,16 @@ impl Cache {
         // Without the lease (the backend failed, or the wait ran out) the
         // value is returned but not stored: only a leaseholder may write.
         let result = self.run_loader(counters, load).await;
+        // Waiters get the value first; the write's round trip is the
+        // leader's alone.
         match &result {
-            Ok((value, took)) => {
-                // Waiters get the value first; the write's round trip is the
-                // leader's alone.
-                guard.land_with(value, Shared::Loaded);
-                if leased {
-                    match call.keep(value, *took) {
-                        Some(keep) => {
-                            self.write_leased(key, value.item(), keep, token, call.tags, counters)
-                                .await;
-                        }
-                        None => self.release_lease(key, token).await,
-                    }
-                    guard.lease.take();
-                }
-            }
-            Err(_) => {
-                guard.land(Landed::Failed);
-                if leased {
-                    self.release_lease(key, token).await;
-                    guard.lease.take();
-                }
-            }
+            Ok((value, _)) => guard.land_with(value, Shared::Loaded),
+            Err(_) => guard.land(Landed::Failed),
+        }
+        if leased {
+            let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
+            self.finish_lease(call, token, loaded).await;
+            guard.lease.take();
         }
         result.map(|(v, _)| v)
     }
@@ -823,7 +775,10 @@ impl Cache {
                     return Leasing::NotOurs;
                 }
             }
-            if let Read::Fresh(value, _) | Read::Stale(value) = self.read_as(call, false).await {
+            let (fetched, took) = self.fetch_timed(key, counters).await;
+            if let Read::Fresh(value, _) | Read::Stale(value) =
+                self.open_as(call, fetched, took, false)
+            {
                 return Leasing::Value(value);
             }
         }
@@ -855,7 +810,7 @@ impl Cache {
         runtime.spawn(async move {
             let call: Call<'_, V, T> = Call {
                 key,
-                counters: CountersRef::Borrowed(&counters),
+                counters: Cow::Borrowed(&counters),
                 policy: &policy,
                 tags: &tags,
                 shape: std::marker::PhantomData,
@@ -872,39 +827,46 @@ impl Cache {
             guard.lease = Some(token);
             if early { counters.early_refreshes.add() } else { counters.stale_refreshes.add() };
             let loaded = cache.run_loader(&counters, || async { load.await.ok_or(()) }).await;
-            match loaded {
-                Ok((value, took)) => {
-                    match call.keep(&value, took) {
-                        Some(keep) => {
-                            cache.write_leased(key, value.item(), keep, token, &tags, &counters).await;
-                        }
-                        None => cache.release_lease(key, token).await,
-                    }
-                    guard.lease.take();
-                    // Nobody waits for a refresh: ending it frees the key
-                    // for the next one.
-                    let _ = guard.end();
-                }
-                Err(()) => {
-                    // Fail-safe: the old value stays until its stale window ends.
-                    cache.release_lease(key, token).await;
-                    guard.lease.take();
-                    if let Some(held_back) = cache.warnings().allow(now_ms()) {
-                        tracing::warn!(cache_key = %key, held_back, "background refresh failed; serving the previous value");
-                    }
-                }
+            let value = loaded.as_ref().ok().map(|(v, took)| (v, *took));
+            cache.finish_lease(&call, token, value).await;
+            guard.lease.take();
+            // Nobody waits for a refresh: ending it frees the key for the
+            // next one.
+            let _ = guard.end();
+            if loaded.is_err() && let Some(held_back) = cache.warnings().allow(now_ms()) {
+                // Fail-safe: the old value stays until its stale window ends.
+                tracing::warn!(cache_key = %key, held_back, "background refresh failed; serving the previous value");
             }
         });
     }
 
-    /// A read, as this caller's value type. `count`: record hit or miss.
-    async fn read_as<V: Shape<T>, T: Cacheable>(
+    /// Ends the lease `token` this caller took for its load: the loaded
+    /// value is written while the lease holds; a value not to be kept, or a
+    /// failed load (`None`), releases it.
+    async fn finish_lease<V, T>(
         &self,
         call: &Call<'_, V, T>,
-        count: bool,
-    ) -> Read<V> {
-        let (fetched, took) = self.fetch_timed(&call.key, &call.counters).await;
-        self.open_as(call, fetched, took, count)
+        token: u64,
+        loaded: Option<(&V, Duration)>,
+    ) where
+        V: Shape<T>,
+        T: Cacheable,
+    {
+        let keep = loaded.and_then(|(value, took)| Some((value, call.keep(value, took)?)));
+        match keep {
+            Some((value, keep)) => {
+                self.write_leased(
+                    &call.key,
+                    value.item(),
+                    keep,
+                    token,
+                    call.tags,
+                    &call.counters,
+                )
+                .await;
+            }
+            None => self.release_lease(&call.key, token).await,
+        }
     }
 
     /// What a fetched entry means to this caller. Synchronous, so that a
@@ -981,7 +943,7 @@ mod tests {
             panic!("the first caller leads");
         };
         assert!(matches!(flights.join_or_lead(&cache, "k"), Role::Wait(_)));
-        flights.detach("k");
+        flights.detach(&["k"]);
         let Role::Lead(_second) = flights.join_or_lead(&cache, "k") else {
             panic!("a caller after the detach leads a new flight");
         };

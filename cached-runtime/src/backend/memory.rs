@@ -190,11 +190,7 @@ impl MemoryBackend {
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, MemState> {
-        // A panic while holding this lock leaves the state consistent (every
-        // change is an insert or a remove), so a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 
     pub(crate) fn acquire_lease(

@@ -425,7 +425,7 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    crate::cache::duration_ms(d).max(1)
 }
 
 impl RedisBackend {
