@@ -1,4 +1,4 @@
-//! Parses `#[cached(...)]` arguments into [`CachedArgs`]. Only parsing and
+//! Parses `#[cached(...)]` arguments into [`Args`]. Only parsing and
 //! per-option checks live here; nothing here knows the function.
 
 use proc_macro2::Span;

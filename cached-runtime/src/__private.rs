@@ -10,9 +10,8 @@ pub use std::time::Duration;
 pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
-use crate::cache::Keep;
-use crate::load::{Call, CountersRef};
-pub use crate::load::{Policy, Refresh};
+use crate::engine::policy::{Call, CountersRef, Keep};
+pub use crate::engine::policy::{Policy, Refresh};
 use crate::stats::Counters;
 
 /// Everything a call site knows at compile time.
@@ -48,11 +47,11 @@ impl Site {
         let (id, counters) = self
             .counters
             .0
-            .get_or_init(|| (cache.id(), cache.counters(self.name)));
-        if *id == cache.id() {
+            .get_or_init(|| (cache.engine().id, cache.engine().stats.counters(self.name)));
+        if *id == cache.engine().id {
             std::borrow::Cow::Borrowed(counters)
         } else {
-            std::borrow::Cow::Owned(cache.counters(self.name))
+            std::borrow::Cow::Owned(cache.engine().stats.counters(self.name))
         }
     }
 }
@@ -136,10 +135,13 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
                     stale: site.policy.stale,
                     load_time: Duration::ZERO,
                 };
-                cache.write(&key, Some(value), keep, tags, &counters).await;
+                cache
+                    .engine()
+                    .write(&key, Some(value), keep, tags, &counters)
+                    .await;
             }
             None => {
-                let _ = cache.invalidate_full(&[key]).await;
+                let _ = cache.engine().invalidate_full(&[key]).await;
             }
         }
     }
@@ -167,19 +169,20 @@ impl<T> PlainPut<T> for Runner<T> {}
 /// full glob patterns and full tag keys. Failures are logged and counted
 /// by the cache; the caller's result is returned regardless.
 pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[String]) {
-    let _ = cache.invalidate_full(keys).await;
+    let engine = cache.engine();
+    let _ = engine.invalidate_full(keys).await;
     for pattern in patterns {
-        let _ = cache.invalidate_pattern_full(pattern).await;
+        let _ = engine.invalidate_pattern_full(pattern).await;
     }
     for tag in tags {
-        let _ = cache.invalidate_tag_full(tag).await;
+        let _ = engine.invalidate_tag_full(tag).await;
     }
 }
 
 /// Starts a tag of a call: `{namespace}:~tag:`.
 #[inline]
 pub fn tag(cache: &Cache) -> KeyBuilder {
-    KeyBuilder::new(cache.namespace(), crate::cache::TAG_PREFIX)
+    KeyBuilder::new(cache.namespace(), crate::key::TAG_PREFIX)
 }
 
 /// Starts a key template relative to the namespace.
@@ -219,7 +222,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
             tags,
             shape: PhantomData,
         };
-        cache.load_through(call, load, refresh)
+        cache.engine().load_through(call, load, refresh)
     }
 
     #[inline]
@@ -243,7 +246,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
             tags,
             shape: PhantomData,
         };
-        cache.load_through(call, load, refresh)
+        cache.engine().load_through(call, load, refresh)
     }
 }
 

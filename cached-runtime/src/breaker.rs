@@ -119,7 +119,7 @@ impl Breaker {
     }
 
     fn now_ms(&self) -> u64 {
-        crate::cache::duration_ms(self.epoch.elapsed())
+        crate::clock::duration_ms(self.epoch.elapsed())
     }
 
     /// Whether an operation may go to the backend now. One atomic load while
@@ -214,7 +214,7 @@ impl Breaker {
     fn arm(&self, backoff: Duration) {
         let at = self
             .now_ms()
-            .saturating_add(crate::cache::duration_ms(backoff));
+            .saturating_add(crate::clock::duration_ms(backoff));
         self.probe_at_ms.store(at, Relaxed);
     }
 

@@ -32,8 +32,9 @@ impl std::error::Error for BuildError {
     }
 }
 
-/// A backend failure, returned only by health checks such as
-/// [`Cache::ping`](crate::Cache::ping).
+/// A backend failure, returned by [`Cache::ping`](crate::Cache::ping) and by
+/// the explicit invalidation methods ([`Cache::invalidate`](crate::Cache::invalidate)
+/// and its kin), never by a cached call.
 #[derive(Debug)]
 pub struct CacheError(pub(crate) BackendError);
 

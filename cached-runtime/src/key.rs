@@ -218,6 +218,15 @@ pub fn hashed<T: Serialize + ?Sized>(value: &T) -> Hashed {
     Hashed(xxhash_rust::xxh3::xxh3_128(&canonical))
 }
 
+/// The prefix of tag index keys (`{namespace}:~tag:{tag}`). Text parts of
+/// keys escape `~`, so no entry key starts with it.
+pub(crate) const TAG_PREFIX: &str = "~tag";
+
+/// The stats name of a key relative to the namespace: its first segment.
+pub(crate) fn stats_name(key: &str) -> &str {
+    key.split(':').next().unwrap_or(key)
+}
+
 /// Builds a full key, `{namespace}:{prefix}:{parts}`, or a glob pattern in
 /// which parts match only themselves.
 #[derive(Debug)]

@@ -31,8 +31,8 @@
 //! - **Return types**: `T` is cached; `Option<T>` caches `Some` (and `None`
 //!   with `cache_none = "30s"`); `Result<T, E>` caches `Ok` and hands `Err`
 //!   back unchanged; `Result<Option<T>, E>` combines both.
-//! - **Backends**: memory (moka, the default) and Redis (one auto-reconnecting
-//!   multiplexed connection). Chosen when the [`Cache`] is built, e.g. by
+//! - **Backends**: memory (moka, the default) and Redis (auto-reconnecting
+//!   multiplexed connections). Chosen when the [`Cache`] is built, e.g. by
 //!   [`Cache::from_env`] from `REDIS_URL`; annotated code does not change.
 //! - **Failures never reach the caller**: every backend operation has a short
 //!   timeout; an error or an unreadable entry is a miss, logged (rate-limited)
@@ -45,14 +45,15 @@
 mod backend;
 mod breaker;
 mod cache;
+mod clock;
 mod codec;
+mod engine;
 mod error;
 mod glob;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod key;
-mod load;
 mod stats;
 
 #[doc(hidden)]

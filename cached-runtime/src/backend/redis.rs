@@ -1,6 +1,8 @@
-//! The Redis backend: one auto-reconnecting multiplexed connection
-//! (redis-rs `ConnectionManager`) shared by every caller, so concurrent
-//! requests pipeline on one socket.
+//! The Redis backend: two auto-reconnecting multiplexed connections
+//! (redis-rs `ConnectionManager`), one for reads, write-throughs and
+//! invalidations, shared by every caller so concurrent requests pipeline on
+//! one socket, and one for lease traffic, so that a stampede's leader does
+//! not queue its lease request behind every other caller's read.
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -425,7 +427,7 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 fn millis(d: Duration) -> u64 {
-    crate::cache::duration_ms(d).max(1)
+    crate::clock::duration_ms(d).max(1)
 }
 
 impl RedisBackend {

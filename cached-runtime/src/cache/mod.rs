@@ -1,0 +1,236 @@
+//! The [`Cache`] handle: what an application builds once and shares, and the
+//! typed API that does by hand what the attributes generate.
+
+mod builder;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use builder::{
+    CacheBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_TTL_JITTER,
+};
+
+use crate::Cacheable;
+use crate::engine::Engine;
+use crate::engine::policy::{Call, Keep, Policy};
+use crate::error::{BuildError, CacheError};
+use crate::key::{TAG_PREFIX, stats_name};
+use crate::stats::CacheStats;
+
+/// A cache: a backend, a namespace and the policies around them.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`; build one at startup and share it.
+/// The `#[cached]` attribute finds it at `self.cache` unless told otherwise.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use cached_runtime::Cache;
+///
+/// let cache = Cache::memory();
+/// cache.set("greeting:en", &"hello".to_string(), Duration::from_secs(60)).await;
+/// assert_eq!(cache.get::<String>("greeting:en").await.as_deref(), Some("hello"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.engine.backend)
+            .field("namespace", &self.engine.namespace)
+            .field("op_timeout", &self.engine.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A builder with the defaults: memory backend, namespace `cache`,
+    /// 50 ms operation timeout.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// An in-process cache with the default settings.
+    pub fn memory() -> Cache {
+        CacheBuilder::default().build_memory()
+    }
+
+    /// Redis when `REDIS_URL` is set, memory otherwise; other settings default.
+    ///
+    /// Fails only on a malformed `REDIS_URL`; an unreachable server is not an
+    /// error (the cache falls through to the loaders until it is reachable).
+    pub fn from_env() -> Result<Cache, BuildError> {
+        Cache::builder().from_env().build()
+    }
+
+    /// The engine behind this handle: what generated code calls.
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The namespace every key of this cache starts with.
+    pub fn namespace(&self) -> &str {
+        &self.engine.namespace
+    }
+
+    /// `"memory"` or `"redis"`.
+    pub fn backend_kind(&self) -> &'static str {
+        self.engine.backend.kind()
+    }
+
+    /// The full key stored for `key`: `{namespace}:{key}`.
+    pub fn full_key(&self, key: &str) -> String {
+        if self.engine.namespace.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}:{key}", self.engine.namespace)
+        }
+    }
+
+    /// Reads `key` (relative to the namespace). Absent, expired, unreadable
+    /// and failed reads are all `None`; failures are logged and counted.
+    pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
+        let full = self.full_key(key);
+        let counters = self.engine.stats.counters(stats_name(key));
+        let (fetched, took) = self.engine.fetch_timed(&full, &counters).await;
+        let read = self.engine.interpret::<T>(&full, &counters, fetched);
+        self.engine.count_read(&full, &counters, &read, took);
+        match read {
+            crate::engine::Read::Fresh(value, _) => value,
+            _ => None,
+        }
+    }
+
+    /// Writes `value` under `key` (relative to the namespace) for `ttl`
+    /// (plus the cache's jitter): a write-through, so it also destroys any
+    /// lease on the key and no load in flight can overwrite it with an older
+    /// value. A failed write is logged and counted.
+    pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) {
+        let full = self.full_key(key);
+        let counters = self.engine.stats.counters(stats_name(key));
+        let keep = Keep {
+            ttl,
+            stale: Duration::ZERO,
+            load_time: Duration::ZERO,
+        };
+        self.engine
+            .write(&full, Some(value), keep, &[], &counters)
+            .await;
+    }
+
+    /// The full key of a tag's index: `{namespace}:~tag:{tag}`.
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        self.full_key(&format!("{TAG_PREFIX}:{tag}"))
+    }
+
+    /// Removes the entry under `key` (relative to the namespace) and
+    /// destroys any lease on it, so a load already in flight cannot write the
+    /// value it read before the change. Returns the backend's error, which
+    /// is also logged and counted; cached calls never see it.
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        self.invalidate_many([key]).await
+    }
+
+    /// [`invalidate`](Cache::invalidate) for several keys, in one round trip.
+    pub async fn invalidate_many<I, K>(&self, keys: I) -> Result<(), CacheError>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .map(|k| self.full_key(k.as_ref()))
+            .collect();
+        self.engine.invalidate_full(&keys).await
+    }
+
+    /// Removes every entry whose key (relative to the namespace) matches the
+    /// glob `pattern` (Redis syntax: `*`, `?`, `[a-z]`, `\\x`), with SCAN and
+    /// UNLINK in batches on Redis (never `KEYS`). Returns how many keys were
+    /// removed. Text from users belongs in a key part or
+    /// [`push_escaped`](crate::push_escaped), never raw in a pattern.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        let namespace = &self.engine.namespace;
+        let mut full = String::with_capacity(namespace.len() + pattern.len() + 1);
+        if !namespace.is_empty() {
+            crate::push_escaped(&mut full, namespace);
+            full.push(':');
+        }
+        full.push_str(pattern);
+        self.engine.invalidate_pattern_full(&full).await
+    }
+
+    /// Removes every entry cached with `tag` (the `tags` option of
+    /// `#[cached]`), including entries whose loads were in flight. Returns how
+    /// many entries were removed.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
+        self.engine.invalidate_tag_full(&self.tag_key(tag)).await
+    }
+
+    /// Returns the value under `key`, or runs `load`, caches its `Ok` value
+    /// for `ttl` and returns it. A loader error is returned as is and nothing
+    /// is cached. Concurrent callers of one key share one load, and across
+    /// processes one caller holds a lease while the others wait for its
+    /// value. This is what `#[cached]` does, without the macro.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cached_runtime::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// let v: Result<u32, std::io::Error> =
+    ///     cache.get_or_load("answer", Duration::from_secs(5), || async { Ok(42) }).await;
+    /// assert_eq!(v.unwrap(), 42);
+    /// # }
+    /// ```
+    pub async fn get_or_load<T, E, F, Fut>(&self, key: &str, ttl: Duration, load: F) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let full = self.full_key(key);
+        let counters = self.engine.stats.counters(stats_name(key));
+        let policy = Policy::new(ttl);
+        let call: Call<'_, T, T> = Call {
+            key: full,
+            counters: Cow::Borrowed(&counters),
+            policy: &policy,
+            tags: &[],
+            shape: std::marker::PhantomData,
+        };
+        self.engine.load_through(call, load, None).await
+    }
+
+    /// Checks that the backend answers within the operation timeout.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.engine
+            .backend
+            .ping(self.engine.op_timeout)
+            .await
+            .map_err(CacheError)
+    }
+
+    /// Whether the circuit breaker in front of the backend is open: calls
+    /// are skipping the backend and going to their loaders. For health pages.
+    pub fn breaker_open(&self) -> bool {
+        self.engine.backend.breaker_open()
+    }
+
+    /// A snapshot of the counters of every cache name used so far, by name.
+    pub fn stats(&self) -> Vec<CacheStats> {
+        self.engine.stats.snapshot()
+    }
+
+    /// The counters of one cache name, if it has been used.
+    pub fn stats_for(&self, name: &str) -> Option<CacheStats> {
+        self.stats().into_iter().find(|s| s.name == name)
+    }
+}

@@ -1,0 +1,17 @@
+//! Wall-clock helpers: entries carry their times as Unix milliseconds, so
+//! that every process reading an entry agrees on when it expires.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(duration_ms)
+        .unwrap_or(0)
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,315 @@
+//! In-process single flight: callers of one key share one read and at most
+//! one load, and a background refresh runs once per key.
+//!
+//! On Redis the flight begins before the read: callers of one key in one
+//! process share its GET, and after a miss the same flight goes on to the
+//! lease and the load. A write-through or invalidation in the process
+//! detaches the key's flight, so that no caller starting after it shares a
+//! read begun before it.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::Engine;
+use crate::codec::EntryMeta;
+
+/// What a finished flight tells its waiters.
+#[derive(Clone)]
+pub(super) enum Landed {
+    Running,
+    /// A loaded value.
+    Value(Arc<dyn Any + Send + Sync>),
+    /// A value the leader read from the backend (a shared hit).
+    Hit(Arc<dyn Any + Send + Sync>, Shared),
+    /// The load returned an error, which only its own caller receives.
+    Failed,
+    /// The leader went away (cancelled, panicked, or lost the lease race).
+    Abandoned,
+}
+
+/// What kind of value a flight hands its waiters.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Shared {
+    /// Loaded after a miss.
+    Loaded,
+    /// A fresh hit, with its metadata (each waiter decides on an early
+    /// refresh as if it had read it).
+    Fresh(EntryMeta),
+    /// A hit past its TTL, inside its stale window.
+    Stale,
+}
+
+/// One read and at most one load per key at a time, and one background
+/// refresh per key.
+#[derive(Default)]
+pub(crate) struct Flights {
+    running: Mutex<HashMap<String, Flight, FlightHasher>>,
+    /// Keys with a background refresh running: one per key at a time, kept
+    /// apart from `running` because nobody waits for one (and a refresh may
+    /// start while callers share a read). Nothing detaches a refresh.
+    refreshing: Mutex<HashSet<String, FlightHasher>>,
+    /// Flights in `running`: while zero, a call on the memory backend need
+    /// not look for one before reading, and its hit takes no lock.
+    misses: AtomicUsize,
+    /// Numbers flights, so that a leader whose flight was detached (by a
+    /// write or an invalidation) never removes its successor.
+    next_id: AtomicU64,
+}
+
+/// Every Redis hit hashes its key into `running` twice: SipHash cost more
+/// than the rest of the bookkeeping (seen in `seq_hit`'s profile). The map
+/// holds only keys in flight, so collisions cannot pile up.
+type FlightHasher = foldhash::fast::RandomState;
+
+/// A get-or-load (its read on Redis, then its load after a miss), which
+/// callers join.
+struct Flight {
+    id: u64,
+    /// Made when the first waiter joins: a flight nobody joins (nearly
+    /// every hit) costs no channel.
+    tx: Option<watch::Sender<Landed>>,
+}
+
+impl Flight {
+    fn subscribe(&mut self) -> watch::Receiver<Landed> {
+        match &self.tx {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(Landed::Running);
+                self.tx = Some(tx);
+                rx
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flights").finish_non_exhaustive()
+    }
+}
+
+/// A caller's part in a key's flight.
+pub(super) enum Role<'a> {
+    Lead(FlightGuard<'a>),
+    Wait(watch::Receiver<Landed>),
+}
+
+impl Flights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight, FlightHasher>> {
+        crate::lock(&self.running)
+    }
+
+    /// Joins the get-or-load of `key` running in this process, or leads it.
+    pub(super) fn join_or_lead<'a>(&self, engine: &'a Arc<Engine>, key: &'a str) -> Role<'a> {
+        let mut running = self.lock();
+        if let Some(flight) = running.get_mut(key) {
+            return Role::Wait(flight.subscribe());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        running.insert(key.to_owned(), Flight { id, tx: None });
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        Role::Lead(FlightGuard {
+            engine: Cow::Borrowed(engine),
+            key: Cow::Borrowed(key),
+            id,
+            refresh: false,
+            landed: false,
+            lease: None,
+        })
+    }
+
+    /// Lets callers from now on start afresh rather than join a flight
+    /// for `key` that began before a write or an invalidation of it (its
+    /// read may have seen the old value). Its waiters, told it went away,
+    /// read afresh too.
+    pub(crate) fn detach<K: AsRef<str>>(&self, keys: &[K]) {
+        // Nearly always nothing is in flight: no lock.
+        if self.misses.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut running = self.lock();
+        for key in keys {
+            if running.remove(key.as_ref()).is_some() {
+                self.misses.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// [`Flights::detach`] for every key (a pattern or tag invalidation).
+    /// Background refreshes go on: their writes need their leases.
+    pub(crate) fn detach_all(&self) {
+        let mut running = self.lock();
+        self.misses.fetch_sub(running.len(), Ordering::Relaxed);
+        running.clear();
+    }
+
+    /// The flight running for `key`, if any: a caller can wait for its
+    /// value without reading the backend first (the stampede case).
+    pub(super) fn miss_in_flight(&self, key: &str) -> Option<watch::Receiver<Landed>> {
+        if self.misses.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.lock().get_mut(key).map(Flight::subscribe)
+    }
+
+    /// Removes flight `id`, if it is still the one registered for `key`, and
+    /// returns its channel if anyone joined it.
+    fn remove(&self, key: &str, id: u64) -> Option<watch::Sender<Landed>> {
+        let mut running = self.lock();
+        // One lookup in the usual case; a successor (after a detach) is put
+        // back.
+        let (owned, flight) = running.remove_entry(key)?;
+        if flight.id == id {
+            self.misses.fetch_sub(1, Ordering::Relaxed);
+            return flight.tx;
+        }
+        running.insert(owned, flight);
+        None
+    }
+
+    /// Leads a background refresh of `key`, unless one is running here.
+    pub(super) fn try_lead(&self, engine: &Arc<Engine>, key: &str) -> Option<FlightGuard<'static>> {
+        if !crate::lock(&self.refreshing).insert(key.to_owned()) {
+            return None;
+        }
+        Some(FlightGuard {
+            engine: Cow::Owned(Arc::clone(engine)),
+            key: Cow::Owned(key.to_owned()),
+            id: 0,
+            refresh: true,
+            landed: false,
+            lease: None,
+        })
+    }
+}
+
+/// Waits for a flight to land.
+pub(super) async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
+    match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
+        Ok(landed) => landed.clone(),
+        Err(_) => Landed::Abandoned,
+    }
+}
+
+/// The leader's side of a flight. Dropping it unfinished (cancellation, a
+/// panic) tells the waiters to go on without it and releases its lease.
+/// Borrows the call's engine and key; a background refresh's owns them.
+pub(super) struct FlightGuard<'a> {
+    engine: Cow<'a, Arc<Engine>>,
+    key: Cow<'a, str>,
+    /// Its flight's number in `running` (a refresh has none).
+    id: u64,
+    /// A background refresh (nobody waits for it) rather than a get-or-load.
+    refresh: bool,
+    landed: bool,
+    /// The lease this leader holds, released if it is dropped holding it.
+    pub(super) lease: Option<u64>,
+}
+
+impl FlightGuard<'_> {
+    /// Ends the flight (once): later callers start their own, and those who
+    /// joined get `landed`.
+    pub(super) fn land(&mut self, landed: Landed) {
+        if let Some(tx) = self.end() {
+            let _ = tx.send(landed);
+        }
+    }
+
+    /// Ends the flight and hands a value to the waiters, made only if there
+    /// are any: once the flight is out of the map, none can join.
+    pub(super) fn land_with<V: Clone + Send + Sync + 'static>(
+        &mut self,
+        value: &V,
+        shared: Shared,
+    ) {
+        if let Some(tx) = self.end()
+            && tx.receiver_count() > 0
+        {
+            let value: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
+            let _ = tx.send(match shared {
+                Shared::Loaded => Landed::Value(value),
+                hit => Landed::Hit(value, hit),
+            });
+        }
+    }
+
+    /// Ends the flight; returns its channel if anyone joined.
+    pub(super) fn end(&mut self) -> Option<watch::Sender<Landed>> {
+        if std::mem::replace(&mut self.landed, true) {
+            return None;
+        }
+        let flights = &self.engine.flights;
+        if self.refresh {
+            crate::lock(&flights.refreshing).remove(&*self.key);
+            return None;
+        }
+        flights.remove(&self.key, self.id)
+    }
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.land(Landed::Abandoned);
+        if let Some(token) = self.lease.take() {
+            // Cannot await in drop: release from a task, if a runtime runs.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let engine = Arc::clone(&self.engine);
+                let key = std::mem::take(&mut self.key).into_owned();
+                handle.spawn(async move { engine.release_lease(&key, token).await });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Arc<Engine> {
+        Arc::clone(crate::Cache::memory().engine())
+    }
+
+    #[test]
+    fn a_detached_flight_is_not_joined_and_its_leader_leaves_its_successor() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let Role::Lead(mut first) = flights.join_or_lead(&engine, "k") else {
+            panic!("the first caller leads");
+        };
+        assert!(matches!(flights.join_or_lead(&engine, "k"), Role::Wait(_)));
+        flights.detach(&["k"]);
+        let Role::Lead(_second) = flights.join_or_lead(&engine, "k") else {
+            panic!("a caller after the detach leads a new flight");
+        };
+        first.land(Landed::Abandoned);
+        assert!(
+            matches!(flights.join_or_lead(&engine, "k"), Role::Wait(_)),
+            "the first leader, landing late, left its successor in place"
+        );
+    }
+
+    #[test]
+    fn refreshes_run_one_per_key_beside_shared_reads() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let refresh = flights.try_lead(&engine, "k").expect("leads the refresh");
+        assert!(flights.try_lead(&engine, "k").is_none(), "one at a time");
+        // Readers still share a read while it runs, and start a new one.
+        let Role::Lead(_read) = flights.join_or_lead(&engine, "k") else {
+            panic!("a reader leads its own flight");
+        };
+        flights.detach_all();
+        assert!(flights.try_lead(&engine, "k").is_none(), "not detached");
+        drop(refresh);
+        assert!(
+            flights.try_lead(&engine, "k").is_some(),
+            "ended when dropped"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! Invalidation by key, pattern and tag. Each destroys the leases of what
+//! it removes (so a load in flight cannot write back a value it read before
+//! the change) and detaches this process's flights of those keys.
+
+use std::time::Instant;
+
+use super::Engine;
+use crate::backend::BackendError;
+use crate::error::CacheError;
+use crate::key::{TAG_PREFIX, stats_name};
+
+impl Engine {
+    /// Removes the entries under the full `keys` and destroys their leases.
+    pub(crate) async fn invalidate_full(&self, keys: &[String]) -> Result<(), CacheError> {
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = self.backend.invalidate(keys, self.op_timeout).await;
+        // After the backend has answered: a read begun before then may have
+        // seen the old value, and no caller from now on may share it.
+        self.flights.detach(keys);
+        self.invalidated(
+            first,
+            "invalidate",
+            started,
+            result.map(|()| keys.len() as u64),
+        )
+        .map(drop)
+    }
+
+    /// Removes every entry whose full key matches the glob `pattern`.
+    pub(crate) async fn invalidate_pattern_full(&self, pattern: &str) -> Result<u64, CacheError> {
+        let started = Instant::now();
+        let result = self
+            .backend
+            .invalidate_pattern(pattern, self.op_timeout)
+            .await;
+        self.flights.detach_all();
+        self.invalidated(pattern, "invalidate_pattern", started, result)
+    }
+
+    /// Removes every entry recorded under the full tag key `tag`.
+    pub(crate) async fn invalidate_tag_full(&self, tag: &str) -> Result<u64, CacheError> {
+        let started = Instant::now();
+        let result = self.backend.invalidate_tag(tag, self.op_timeout).await;
+        self.flights.detach_all();
+        self.invalidated(tag, "invalidate_tag", started, result)
+    }
+
+    /// Counts, times and traces an invalidation; reports its failure.
+    fn invalidated(
+        &self,
+        key: &str,
+        op: &'static str,
+        started: Instant,
+        result: Result<u64, BackendError>,
+    ) -> Result<u64, CacheError> {
+        let took = started.elapsed();
+        let relative = key
+            .strip_prefix(self.namespace.as_str())
+            .and_then(|k| k.strip_prefix(':'))
+            .unwrap_or(key);
+        // A tag's invalidations count under the tag's first segment.
+        let relative = relative
+            .strip_prefix(TAG_PREFIX)
+            .and_then(|t| t.strip_prefix(':'))
+            .unwrap_or(relative);
+        let counters = self.stats.counters(stats_name(relative));
+        if self.backend.is_remote() {
+            counters.latency_invalidate.record(took);
+        }
+        tracing::debug!(cache_key = %key, op, latency_ms = took.as_secs_f64() * 1e3, ok = result.is_ok(), "cache invalidation");
+        match result {
+            Ok(n) => {
+                counters.invalidations.add();
+                Ok(n)
+            }
+            Err(e) => {
+                self.backend_failed(key, op, &e, &counters);
+                Err(CacheError(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Leases: across processes, one caller per key loads while the others wait
+//! for its value. Its write lands only while its lease holds, so a load that
+//! read the source before a write-through or an invalidation (both destroy
+//! the lease) never stores what it read. One request type, one way to take,
+//! finish and release a lease, for loads and refreshes alike.
+
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use super::policy::{Call, Keep, Shape};
+use super::read::Read;
+use crate::Cacheable;
+use crate::backend::LeaseOutcome;
+use crate::stats::Counters;
+
+/// What asking for a lease came to.
+pub(super) enum Leasing<V> {
+    /// This caller holds it: load and write.
+    Ours,
+    /// Another caller's value arrived meanwhile.
+    Value(V),
+    /// The backend failed or the wait ran out: load, but do not write.
+    NotOurs,
+}
+
+/// How hard to try for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ask {
+    /// A load after a miss: wait for another holder's value, up to the
+    /// policy's `wait`.
+    ForLoad,
+    /// A background refresh: one attempt, taken even though a value is
+    /// present; if another holds it, that one refreshes.
+    ForRefresh,
+}
+
+impl Engine {
+    /// Asks for the key's lease until it is ours, a usable value appears
+    /// (another process's load landed), the backend fails, or the wait
+    /// runs out.
+    pub(super) async fn take_lease<V, T>(
+        &self,
+        call: &Call<'_, V, T>,
+        token: u64,
+        ask: Ask,
+    ) -> Leasing<V>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
+        let started = Instant::now();
+        // Until something is seen under the key that this caller cannot use
+        // (an absence marker for a function that never returns `None`, a
+        // value just past its expiry), the lease is taken only if it is empty.
+        // A refresh replaces the value that is there.
+        let mut only_if_absent = ask == Ask::ForLoad;
+        loop {
+            let asked = Instant::now();
+            let outcome = self
+                .backend
+                .acquire_lease(
+                    key,
+                    token,
+                    policy.lease,
+                    only_if_absent,
+                    call.tags,
+                    call.tag_for(),
+                    self.op_timeout,
+                )
+                .await;
+            if self.backend.is_remote() && outcome.is_ok() {
+                counters.latency_lease.record(asked.elapsed());
+            }
+            match outcome {
+                Ok(LeaseOutcome::Acquired) => return Leasing::Ours,
+                // Another process refreshes it.
+                Ok(_) if ask == Ask::ForRefresh => return Leasing::NotOurs,
+                // Written since this caller's read (take it), or not usable
+                // here (unreadable, expired): read, then ask again, at once.
+                Ok(LeaseOutcome::ValuePresent) => only_if_absent = false,
+                Ok(LeaseOutcome::Held) => {
+                    if started.elapsed() >= policy.wait {
+                        counters.wait_timeouts.add();
+                        return Leasing::NotOurs;
+                    }
+                    tokio::time::sleep(poll_interval(started.elapsed())).await;
+                }
+                Err(e) => {
+                    self.backend_failed(key, "lease", &e, counters);
+                    return Leasing::NotOurs;
+                }
+            }
+            let (fetched, took) = self.fetch_timed(key, counters).await;
+            if let Read::Fresh(value, _) | Read::Stale(value) =
+                self.open_as(call, fetched, took, false)
+            {
+                return Leasing::Value(value);
+            }
+        }
+    }
+
+    /// Ends the lease `token` this caller took for its load: the loaded
+    /// value is written while the lease holds; a value not to be kept, or a
+    /// failed load (`None`), releases it.
+    pub(super) async fn finish_lease<V, T>(
+        &self,
+        call: &Call<'_, V, T>,
+        token: u64,
+        loaded: Option<(&V, Duration)>,
+    ) where
+        V: Shape<T>,
+        T: Cacheable,
+    {
+        let keep = loaded.and_then(|(value, took)| Some((value, call.keep(value, took)?)));
+        match keep {
+            Some((value, keep)) => {
+                self.write_leased(
+                    &call.key,
+                    value.item(),
+                    keep,
+                    token,
+                    call.tags,
+                    &call.counters,
+                )
+                .await;
+            }
+            None => self.release_lease(&call.key, token).await,
+        }
+    }
+
+    /// A write that lands only while `token` holds the key's lease.
+    async fn write_leased<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        keep: Keep,
+        token: u64,
+        tags: &[String],
+        counters: &Counters,
+    ) {
+        let (meta, keep_for) = self.entry_meta(keep);
+        let started = Instant::now();
+        let result = self
+            .backend
+            .set_if_leased(key, value, &meta, keep_for, token, tags, self.op_timeout)
+            .await;
+        self.wrote(key, counters, started, "cache set (leased)");
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                counters.leases_lost.add();
+                tracing::debug!(cache_key = %key, "lease lost (invalidated or expired) before the write; not stored");
+            }
+            Err(e) => self.backend_failed(key, "set", &e, counters),
+        }
+    }
+
+    /// Ends the lease if `token` still holds it.
+    pub(crate) async fn release_lease(&self, key: &str, token: u64) {
+        if let Err(e) = self
+            .backend
+            .release_lease(key, token, self.op_timeout)
+            .await
+        {
+            tracing::debug!(cache_key = %key, error = %e, "lease release failed; it expires on its own");
+        }
+    }
+}
+
+/// How long to sleep before polling again for another process's value:
+/// an eighth of the time waited so far, within [2 ms, 50 ms], so polling
+/// adds at most about an eighth to a wait, and little load to Redis.
+fn poll_interval(waited: Duration) -> Duration {
+    (waited / 8).clamp(Duration::from_millis(2), Duration::from_millis(50))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_interval_grows_with_the_wait_within_bounds() {
+        assert_eq!(poll_interval(Duration::ZERO), Duration::from_millis(2));
+        assert_eq!(
+            poll_interval(Duration::from_millis(80)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            poll_interval(Duration::from_secs(10)),
+            Duration::from_millis(50)
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! The engine: get-or-load, write-through and invalidation, the same
+//! semantics on every backend.
+//!
+//! One call, top to bottom ([`Engine::load_through`]):
+//!
+//! 1. **Read.** On Redis, callers of one key in this process share one read
+//!    ([`flight`]).
+//! 2. **Fresh or stale hit**: returned at once. Near its expiry one caller,
+//!    cluster-wide, refreshes it in the background; past its TTL, inside its
+//!    stale window, it is served while one caller refreshes it ([`refresh`]).
+//! 3. **Lead or wait.** On a miss, callers in one process share one load
+//!    ([`flight`]); across processes one caller holds a lease on the key and
+//!    the others poll for its value, up to a bound after which they load for
+//!    themselves rather than hang ([`lease`]).
+//! 4. **Load**, timed, its error returned to its own caller unchanged.
+//! 5. **Store**: the leaseholder's write succeeds only while its lease is
+//!    valid; a write-through or an invalidation destroys the lease, so a load
+//!    that read the source before the change never stores the old value
+//!    ([`lease`], [`store`], [`invalidate`]).
+//!
+//! A caller dropped mid-load, or a loader that panics, wakes every waiter
+//! and releases its lease ([`flight::FlightGuard`]). Failures are counted
+//! and logged, never returned to a cached call ([`report`]).
+//!
+//! Dependencies point down: the `Cache` handle calls the engine; the engine
+//! calls the backends; nothing here knows the handle.
+
+mod flight;
+mod invalidate;
+mod lease;
+pub(crate) mod policy;
+mod read;
+mod refresh;
+mod report;
+mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Cacheable;
+use crate::backend::Backend;
+use crate::stats::{Counters, LogLimiter, Registry};
+
+pub(crate) use flight::Flights;
+use flight::{FlightGuard, Landed, Role, Shared, landing};
+use lease::{Ask, Leasing};
+use policy::{Call, Refresh, Shape};
+pub(crate) use read::Read;
+
+/// Everything one cache holds: its backend, settings, counters and flights.
+/// A [`Cache`](crate::Cache) is an `Arc` of it.
+pub(crate) struct Engine {
+    /// Unique for the process's lifetime (an address could be reused).
+    pub(crate) id: u64,
+    pub(crate) backend: Backend,
+    pub(crate) namespace: String,
+    pub(crate) op_timeout: Duration,
+    ttl_jitter: f64,
+    strict: bool,
+    pub(crate) stats: Registry,
+    warnings: LogLimiter,
+    pub(crate) flights: Flights,
+}
+
+/// The settings an [`Engine`] is built with (validated by the builder).
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) namespace: String,
+    pub(crate) op_timeout: Duration,
+    pub(crate) ttl_jitter: f64,
+    pub(crate) strict: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.backend)
+            .field("namespace", &self.namespace)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a miss goes through the backend (lease, write) or, when the
+/// backend has just failed, only through the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Backend,
+    LoaderOnly,
+}
+
+impl Engine {
+    pub(crate) fn new(backend: Backend, settings: Settings) -> Engine {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Engine {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            backend,
+            namespace: settings.namespace,
+            op_timeout: settings.op_timeout,
+            ttl_jitter: settings.ttl_jitter,
+            strict: settings.strict,
+            stats: Registry::default(),
+            warnings: LogLimiter::default(),
+            flights: Flights::default(),
+        }
+    }
+
+    /// Get-or-load (the module docs give the semantics).
+    pub(crate) async fn load_through<V, T, E, F, Fut>(
+        self: &Arc<Self>,
+        call: Call<'_, V, T>,
+        load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) -> Result<V, E>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let counters = &*call.counters;
+        let mut load = load;
+        // On Redis, callers of one key in this process share one read, and
+        // after a miss its one load: 1000 callers of a cold key would
+        // otherwise queue 1000 reads ahead of the leader's lease and load.
+        if call.policy.lock && self.backend.is_remote() {
+            // Each round waits for another flight to land: only a leader
+            // that went away (cancelled, or detached) brings another.
+            loop {
+                let rx = match self.flights.join_or_lead(self, &call.key) {
+                    Role::Lead(guard) => return self.lead_read(&call, guard, load, refresh).await,
+                    Role::Wait(rx) => rx,
+                };
+                let landed = Box::pin(landing(rx)).await;
+                if let Landed::Hit(any, shared) = &landed {
+                    if let Some(value) = any.downcast_ref::<V>() {
+                        self.shared_hit(&call, *shared, refresh);
+                        return Ok(value.clone());
+                    }
+                    // A hit of another type (another call site shares the
+                    // key): read for itself.
+                    break;
+                }
+                match Box::pin(self.settle(landed, counters, load, true)).await {
+                    Ok(result) => return result,
+                    Err(again) => load = again,
+                }
+            }
+        }
+        // A load of this key is already running here: wait for it rather
+        // than add a read to the pile. Failed, abandoned, or another type:
+        // go the usual way.
+        if call.policy.lock
+            && let Some(rx) = self.flights.miss_in_flight(&call.key)
+            && let Landed::Value(any) = Box::pin(landing(rx)).await
+            && let Some(v) = any.downcast_ref::<V>()
+        {
+            counters.coalesced.add();
+            counters.misses.add();
+            return Ok(v.clone());
+        }
+        let (fetched, took) = self.fetch_timed(&call.key, counters).await;
+        match self.open_as(&call, fetched, took, true) {
+            Read::Fresh(value, meta) => {
+                self.refresh_after_hit(&call, Shared::Fresh(meta), refresh);
+                return Ok(value);
+            }
+            Read::Stale(value) => {
+                self.refresh_after_hit(&call, Shared::Stale, refresh);
+                return Ok(value);
+            }
+            Read::Miss => {}
+            // The backend is failing (or the breaker is open): callers here
+            // still share one load, but none waits on the backend again for
+            // a lease or a write.
+            Read::Failed => return Box::pin(self.miss(call, load, Via::LoaderOnly)).await,
+        }
+        // Boxed: the miss path's state (leases, the loader, the write) would
+        // otherwise make every hit's future kilobytes large, which costs a
+        // hit its allocation and copy (seen in `concurrent_hit`).
+        Box::pin(self.miss(call, load, Via::Backend)).await
+    }
+
+    /// What a waiter does with what its flight landed: takes its value;
+    /// after an error, or a value of another type, loads for itself.
+    /// `Err(load)`: the leader went away, try again. `count`: this caller
+    /// has not read the backend, so record what it got as its hit or miss.
+    async fn settle<V, E, F, Fut>(
+        &self,
+        landed: Landed,
+        counters: &Counters,
+        load: F,
+        count: bool,
+    ) -> Result<Result<V, E>, F>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let any = match landed {
+            Landed::Abandoned | Landed::Running => return Err(load),
+            Landed::Hit(any, _) | Landed::Value(any) => Some(any),
+            Landed::Failed => None,
+        };
+        // A hit reaches here only from `miss`, whose callers counted their
+        // own read.
+        if count {
+            counters.misses.add();
+        }
+        if let Some(v) = any.as_deref().and_then(|a| a.downcast_ref::<V>()) {
+            counters.coalesced.add();
+            return Ok(Ok(v.clone()));
+        }
+        // The leader's error went to the leader, or another call site shares
+        // this key with another type: this caller tries the source itself
+        // rather than fail unasked.
+        Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
+    }
+
+    /// A waiter's share of its leader's hit: counted as its own, with the
+    /// refresh it would have started had it read the value itself.
+    fn shared_hit<V, T>(
+        self: &Arc<Self>,
+        call: &Call<'_, V, T>,
+        shared: Shared,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        call.counters.hits.add();
+        call.counters.coalesced.add();
+        if matches!(shared, Shared::Stale) {
+            call.counters.stale_served.add();
+        }
+        self.refresh_after_hit(call, shared, refresh);
+    }
+
+    /// The leader of a key's flight on Redis: reads, hands a hit to the
+    /// callers who joined, or goes on to lead the load after a miss.
+    async fn lead_read<V, T, E, F, Fut>(
+        self: &Arc<Self>,
+        call: &Call<'_, V, T>,
+        mut guard: FlightGuard<'_>,
+        load: F,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) -> Result<V, E>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let (fetched, took) = self.fetch_timed(&call.key, &call.counters).await;
+        match self.open_as(call, fetched, took, true) {
+            Read::Fresh(value, meta) => {
+                guard.land_with(&value, Shared::Fresh(meta));
+                self.refresh_after_hit(call, Shared::Fresh(meta), refresh);
+                Ok(value)
+            }
+            Read::Stale(value) => {
+                guard.land_with(&value, Shared::Stale);
+                self.refresh_after_hit(call, Shared::Stale, refresh);
+                Ok(value)
+            }
+            Read::Miss => Box::pin(self.lead(call, guard, load, Via::Backend)).await,
+            Read::Failed => Box::pin(self.lead(call, guard, load, Via::LoaderOnly)).await,
+        }
+    }
+
+    /// Everything after a miss: single flight, the lease, the load.
+    async fn miss<V, T, E, F, Fut>(
+        self: &Arc<Self>,
+        call: Call<'_, V, T>,
+        mut load: F,
+        via: Via,
+    ) -> Result<V, E>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let counters = &*call.counters;
+        if !call.policy.lock {
+            let (value, took) = self.run_loader(counters, load).await?;
+            if via == Via::Backend
+                && let Some(keep) = call.keep(&value, took)
+            {
+                self.write(&call.key, value.item(), keep, call.tags, counters)
+                    .await;
+            }
+            return Ok(value);
+        }
+        loop {
+            match self.flights.join_or_lead(self, &call.key) {
+                Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
+                Role::Wait(rx) => match self.settle(landing(rx).await, counters, load, false).await
+                {
+                    Ok(result) => return result,
+                    Err(again) => load = again,
+                },
+            }
+        }
+    }
+
+    /// The flight leader: take the lease (or wait for its holder's value),
+    /// load, write while the lease holds, and hand the value to the waiters.
+    /// `Via::LoaderOnly`: no lease, no write, only the value to the waiters.
+    async fn lead<V, T, E, F, Fut>(
+        &self,
+        call: &Call<'_, V, T>,
+        mut guard: FlightGuard<'_>,
+        load: F,
+        via: Via,
+    ) -> Result<V, E>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let counters = &*call.counters;
+        let token = fastrand::u64(1..);
+        let leased = match via {
+            Via::LoaderOnly => false,
+            Via::Backend => match self.take_lease(call, token, Ask::ForLoad).await {
+                Leasing::Ours => {
+                    guard.lease = Some(token);
+                    true
+                }
+                Leasing::Value(value) => {
+                    guard.land_with(&value, Shared::Loaded);
+                    return Ok(value);
+                }
+                Leasing::NotOurs => false,
+            },
+        };
+
+        // Without the lease (the backend failed, or the wait ran out) the
+        // value is returned but not stored: only a leaseholder may write.
+        let result = self.run_loader(counters, load).await;
+        // Waiters get the value first; the write's round trip is the
+        // leader's alone.
+        match &result {
+            Ok((value, _)) => guard.land_with(value, Shared::Loaded),
+            Err(_) => guard.land(Landed::Failed),
+        }
+        if leased {
+            let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
+            self.finish_lease(call, token, loaded).await;
+            guard.lease.take();
+        }
+        result.map(|(v, _)| v)
+    }
+
+    /// Runs a loader, counting and timing it.
+    async fn run_loader<T, E, F, Fut>(
+        &self,
+        counters: &Counters,
+        load: F,
+    ) -> Result<(T, Duration), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        counters.loads.add();
+        let started = Instant::now();
+        let result = load().await;
+        let took = started.elapsed();
+        counters.load_seconds.record(took);
+        match result {
+            Ok(v) => Ok((v, took)),
+            Err(e) => {
+                counters.load_errors.add();
+                Err(e)
+            }
+        }
+    }
+}

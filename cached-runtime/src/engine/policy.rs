@@ -1,0 +1,150 @@
+//! What one call asks of the engine: its [`Policy`] (TTLs, locking, stale
+//! window, early refresh), how its return type maps to what is stored
+//! ([`Shape`]), and the [`Call`] that carries both with the key.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::stats::Counters;
+
+/// How a call site loads: everything that is not the key or the loader.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// How long a value is fresh.
+    pub ttl: Duration,
+    /// How long a `None` is kept (`cache_none`); `None`: not kept.
+    pub none_ttl: Option<Duration>,
+    /// Single flight (shared reads on Redis, one load per key) and leases
+    /// (`lock = false` turns them off).
+    pub lock: bool,
+    /// How long a lease lives if its holder never ends it (a crash).
+    pub lease: Duration,
+    /// The longest a caller waits for another's load before loading itself.
+    pub wait: Duration,
+    /// How long past its TTL a value may still be served (zero: never).
+    pub stale: Duration,
+    /// XFetch's beta: `Some` turns probabilistic early refresh on.
+    pub early_refresh: Option<f64>,
+}
+
+impl Policy {
+    /// Defaults for a TTL: locking on, a 10 s lease, a 5 s wait, no stale
+    /// window, no early refresh.
+    pub const fn new(ttl: Duration) -> Policy {
+        Policy {
+            ttl,
+            none_ttl: None,
+            lock: true,
+            lease: Duration::from_secs(10),
+            wait: Duration::from_secs(5),
+            stale: Duration::ZERO,
+            early_refresh: None,
+        }
+    }
+}
+
+/// How a call site's value maps to the item stored under its key: `V = T`
+/// for functions returning a value, `V = Option<T>` for those returning an
+/// `Option` (`None` is stored, if at all, as an absence marker). Resolved at
+/// compile time, so a hit's value is moved, not passed through a function
+/// pointer.
+pub trait Shape<T>: Sized {
+    /// What to store for this value (`None`: the absence marker).
+    fn item(&self) -> Option<&T>;
+    /// What a stored item means to this caller (`None`: nothing usable, e.g.
+    /// an absence marker for a function that never returns `None`).
+    fn from_item(item: Option<T>) -> Option<Self>;
+    /// How long to keep this value (`None`: do not cache it).
+    fn keep_for(&self, policy: &Policy) -> Option<Duration>;
+}
+
+/// Every value is stored, for the policy's TTL.
+impl<T> Shape<T> for T {
+    #[inline(always)]
+    fn item(&self) -> Option<&T> {
+        Some(self)
+    }
+    #[inline(always)]
+    fn from_item(item: Option<T>) -> Option<T> {
+        item
+    }
+    #[inline(always)]
+    fn keep_for(&self, policy: &Policy) -> Option<Duration> {
+        Some(policy.ttl)
+    }
+}
+
+/// `Some` for the TTL; `None` as a marker, only with `cache_none`.
+impl<T> Shape<T> for Option<T> {
+    #[inline(always)]
+    fn item(&self) -> Option<&T> {
+        self.as_ref()
+    }
+    #[inline(always)]
+    fn from_item(item: Option<T>) -> Option<Option<T>> {
+        Some(item)
+    }
+    #[inline(always)]
+    fn keep_for(&self, policy: &Policy) -> Option<Duration> {
+        if self.is_some() {
+            Some(policy.ttl)
+        } else {
+            policy.none_ttl
+        }
+    }
+}
+
+/// A load that can run after its caller has returned: a background refresh.
+/// `None` means the load failed (its error is not needed: the old value is
+/// kept and served).
+pub type Refresh<T> = Pin<Box<dyn Future<Output = Option<T>> + Send + 'static>>;
+
+/// A call's counters: borrowed from its call site, or owned.
+pub(crate) type CountersRef<'a> = Cow<'a, Arc<Counters>>;
+
+/// One get-or-load call: everything but the loader.
+///
+/// `V` is what the caller gets (`T`, or `Option<T>` for functions that
+/// return an `Option`); `T` is what is stored. Every call site of a key
+/// stores the same `T`, so `#[cache_put]` on `-> Placement` and `#[cached]`
+/// on `-> Option<Placement>` share entries; a cached `None` is a marker.
+pub(crate) struct Call<'a, V, T> {
+    pub(crate) key: String,
+    pub(crate) counters: CountersRef<'a>,
+    pub(crate) policy: &'a Policy,
+    /// Full tag keys the entry is recorded under.
+    pub(crate) tags: &'a [String],
+    /// How `V` maps to `T` ([`Shape`]).
+    pub(crate) shape: std::marker::PhantomData<fn(V) -> T>,
+}
+
+impl<V: Shape<T>, T> Call<'_, V, T> {
+    /// How long to keep `value`, which took `load_time` to load (`None`:
+    /// not at all).
+    pub(super) fn keep(&self, value: &V, load_time: Duration) -> Option<Keep> {
+        value.keep_for(self.policy).map(|ttl| Keep {
+            ttl,
+            stale: self.policy.stale,
+            load_time,
+        })
+    }
+
+    /// How long a tag must outlive a lease taken now: the longest the entry
+    /// may then live.
+    pub(super) fn tag_for(&self) -> Duration {
+        self.policy.ttl.mul_f64(1.0 + MAX_JITTER) + self.policy.stale + self.policy.lease
+    }
+}
+
+/// How long a written value lives, and what to record about its load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keep {
+    pub(crate) ttl: Duration,
+    pub(crate) stale: Duration,
+    pub(crate) load_time: Duration,
+}
+
+/// The most TTL jitter a cache can add (`ttl_jitter` is at most 1).
+const MAX_JITTER: f64 = 1.0;

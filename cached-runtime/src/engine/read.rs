@@ -1,0 +1,133 @@
+//! Reading an entry and deciding what it means now: fresh, stale, a miss,
+//! or a failure of the backend.
+
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use super::policy::{Call, Shape};
+use crate::Cacheable;
+use crate::backend::{BackendError, Fetched, Lookup};
+use crate::clock::now_ms;
+use crate::codec::EntryMeta;
+use crate::stats::Counters;
+
+/// One Redis read in this many is timed for `cache_latency_seconds{op="get"}`.
+pub(crate) const LATENCY_SAMPLE: u32 = 16;
+
+/// What a read found.
+pub(crate) enum Read<T> {
+    Fresh(T, EntryMeta),
+    Stale(T),
+    Miss,
+    /// The backend failed (already logged and counted).
+    Failed,
+}
+
+impl Engine {
+    /// Reads the entry under `key`, undecoded, and how long the backend took
+    /// (recorded as latency). Reads of the memory backend are not timed: they
+    /// take a fraction of a microsecond, and the two clock reads would add a
+    /// fifth to a hit. Redis reads are timed one in [`LATENCY_SAMPLE`] (every
+    /// one while debug events are on): the distribution needs no more, and a
+    /// hit's CPU time is what 64 concurrent callers share.
+    pub(crate) async fn fetch_timed(
+        &self,
+        key: &str,
+        counters: &Counters,
+    ) -> (Result<Fetched, BackendError>, Option<Duration>) {
+        let timed = self.backend.is_remote()
+            && (fastrand::u32(..LATENCY_SAMPLE) == 0 || tracing::enabled!(tracing::Level::DEBUG));
+        let started = timed.then(Instant::now);
+        let fetched = self.backend.fetch(key, self.op_timeout).await;
+        let took = started.map(|s| s.elapsed());
+        if let Some(took) = took {
+            counters.latency_get.record(took);
+        }
+        (fetched, took)
+    }
+
+    /// What an entry [`Engine::fetch_timed`] brought back means now (`None`
+    /// inside a hit: an absence marker).
+    #[inline(always)]
+    pub(crate) fn interpret<T: Cacheable>(
+        &self,
+        key: &str,
+        counters: &Counters,
+        fetched: Result<Fetched, BackendError>,
+    ) -> Read<Option<T>> {
+        match fetched.map(Fetched::open::<T>) {
+            Ok(Lookup::Found(value, meta)) => {
+                let now = now_ms();
+                if !meta.is_expired(now) {
+                    Read::Fresh(value, meta)
+                } else if now < meta.stale_until_ms {
+                    Read::Stale(value)
+                } else {
+                    Read::Miss
+                }
+            }
+            Ok(Lookup::Absent) => Read::Miss,
+            Ok(Lookup::Unreadable(why)) => {
+                self.unreadable(key, &why, counters);
+                Read::Miss
+            }
+            Err(e) => {
+                self.backend_failed(key, "get", &e, counters);
+                Read::Failed
+            }
+        }
+    }
+
+    /// Counts a read as a hit or a miss and traces it.
+    pub(crate) fn count_read<V>(
+        &self,
+        key: &str,
+        counters: &Counters,
+        read: &Read<V>,
+        took: Option<Duration>,
+    ) {
+        let hit = matches!(read, Read::Fresh(..) | Read::Stale(..));
+        if hit {
+            counters.hits.add();
+        } else {
+            counters.misses.add();
+        }
+        if matches!(read, Read::Stale(..)) {
+            counters.stale_served.add();
+        }
+        match took {
+            Some(took) => {
+                tracing::debug!(cache_key = %key, hit, latency_ms = took.as_secs_f64() * 1e3, "cache get");
+            }
+            None => tracing::debug!(cache_key = %key, hit, "cache get"),
+        }
+    }
+
+    /// What a fetched entry means to this caller. Synchronous, so that a
+    /// hit's value is made in the caller's own frame (see [`Fetched`]).
+    #[inline(always)]
+    pub(super) fn open_as<V: Shape<T>, T: Cacheable>(
+        &self,
+        call: &Call<'_, V, T>,
+        fetched: Result<Fetched, BackendError>,
+        took: Option<Duration>,
+        count: bool,
+    ) -> Read<V> {
+        let read = match self.interpret::<T>(&call.key, &call.counters, fetched) {
+            Read::Fresh(item, meta) => match V::from_item(item) {
+                Some(v) => Read::Fresh(v, meta),
+                None => Read::Miss,
+            },
+            Read::Stale(item) => match V::from_item(item) {
+                Some(v) => Read::Stale(v),
+                None => Read::Miss,
+            },
+            Read::Miss => Read::Miss,
+            Read::Failed => Read::Failed,
+        };
+        if count {
+            self.count_read(&call.key, &call.counters, &read, took);
+        }
+        read
+    }
+}

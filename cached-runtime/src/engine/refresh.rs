@@ -1,0 +1,145 @@
+//! Refresh in the background: early, near a fresh entry's expiry (XFetch,
+//! Vattani et al., VLDB 2015), and stale, past it inside its stale window
+//! (stale-while-revalidate; the old value stays if the refresh fails). One
+//! refresh per key in this process (its flight) and across processes (its
+//! lease).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::Engine;
+use super::flight::Shared;
+use super::lease::{Ask, Leasing};
+use super::policy::{Call, Refresh, Shape};
+use crate::Cacheable;
+use crate::clock::now_ms;
+use crate::codec::EntryMeta;
+
+/// XFetch: refresh early when `now - delta * beta * ln(rand) >= expiry`,
+/// `delta` being how long the last load took.
+fn early_refresh_due(meta: &EntryMeta, beta: f64, now_ms: u64) -> bool {
+    let delta_ms = f64::from(meta.load_us) / 1000.0;
+    // 1 - f64() is in (0, 1], so ln is finite and <= 0.
+    let gap = -delta_ms * beta * (1.0 - fastrand::f64()).ln();
+    now_ms as f64 + gap >= meta.expires_ms as f64
+}
+
+impl Engine {
+    /// After a hit: near its expiry an early refresh (XFetch), past it a
+    /// stale refresh, each in the background and one per key at a time.
+    pub(super) fn refresh_after_hit<V, T>(
+        self: &Arc<Self>,
+        call: &Call<'_, V, T>,
+        shared: Shared,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+    ) where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        let Some(refresh) = refresh else { return };
+        match shared {
+            Shared::Fresh(meta) => {
+                if let Some(beta) = call.policy.early_refresh
+                    && early_refresh_due(&meta, beta, now_ms())
+                {
+                    self.refresh_in_background(call, refresh, true);
+                }
+            }
+            Shared::Stale => self.refresh_in_background(call, refresh, false),
+            Shared::Loaded => {}
+        }
+    }
+
+    /// Refreshes the key from a task of its own.
+    fn refresh_in_background<V, T>(
+        self: &Arc<Self>,
+        call: &Call<'_, V, T>,
+        refresh: &(dyn Fn() -> Refresh<V> + Send + Sync),
+        early: bool,
+    ) where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut guard) = self.flights.try_lead(self, &call.key) else {
+            return;
+        };
+        let load = refresh();
+        let engine = Arc::clone(self);
+        let counters = Arc::clone(&call.counters);
+        let (key, policy, tags) = (call.key.clone(), *call.policy, call.tags.to_vec());
+        runtime.spawn(async move {
+            let call: Call<'_, V, T> = Call {
+                key,
+                counters: Cow::Borrowed(&counters),
+                policy: &policy,
+                tags: &tags,
+                shape: std::marker::PhantomData,
+            };
+            let token = fastrand::u64(1..);
+            if !matches!(
+                engine.take_lease(&call, token, Ask::ForRefresh).await,
+                Leasing::Ours
+            ) {
+                return; // another process refreshes it; the guard lands Abandoned
+            }
+            guard.lease = Some(token);
+            if early {
+                counters.early_refreshes.add()
+            } else {
+                counters.stale_refreshes.add()
+            };
+            let loaded = engine
+                .run_loader(&counters, || async { load.await.ok_or(()) })
+                .await;
+            let value = loaded.as_ref().ok().map(|(v, took)| (v, *took));
+            engine.finish_lease(&call, token, value).await;
+            guard.lease.take();
+            // Nobody waits for a refresh: ending it frees the key for the
+            // next one.
+            let _ = guard.end();
+            if loaded.is_err() {
+                engine.refresh_failed(&call.key);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfetch_is_never_due_far_from_expiry_and_always_due_past_it() {
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 20_000,
+            expires_ms: 1_000_000,
+            stale_until_ms: 1_000_000,
+        };
+        // 20 ms loads, 1000 s left: the chance is e^-(1000000/20), i.e. none.
+        assert!((0..10_000).all(|_| !early_refresh_due(&meta, 1.0, 0)));
+        assert!((0..100).all(|_| early_refresh_due(&meta, 1.0, 1_000_000)));
+    }
+
+    #[test]
+    fn xfetch_fires_more_often_closer_to_expiry() {
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 20_000,
+            expires_ms: 1_000,
+            stale_until_ms: 1_000,
+        };
+        let rate = |now| {
+            (0..20_000)
+                .filter(|_| early_refresh_due(&meta, 1.0, now))
+                .count()
+        };
+        let (far, near) = (rate(900), rate(990));
+        assert!(far < near, "{far} >= {near}");
+        // P(due) = exp(-gap/delta): 100 ms left of 20 ms loads ~ e^-5 ~ 0.7%.
+        assert!(far < 400, "{far}");
+    }
+}

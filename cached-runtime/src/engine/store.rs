@@ -1,0 +1,73 @@
+//! Writing entries: the envelope's times and TTL jitter, and the
+//! write-through, which also destroys the key's lease.
+
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use super::policy::Keep;
+use crate::Cacheable;
+use crate::clock::{duration_ms, now_ms};
+use crate::codec::EntryMeta;
+use crate::stats::Counters;
+
+impl Engine {
+    /// The metadata of an entry written now, and how long the backend keeps
+    /// it (its jittered TTL plus its stale window).
+    pub(super) fn entry_meta(&self, keep: Keep) -> (EntryMeta, Duration) {
+        let ttl = self.jittered(keep.ttl);
+        let now = now_ms();
+        let expires_ms = now.saturating_add(duration_ms(ttl));
+        let meta = EntryMeta {
+            created_ms: now,
+            load_us: u32::try_from(keep.load_time.as_micros()).unwrap_or(u32::MAX),
+            expires_ms,
+            stale_until_ms: expires_ms.saturating_add(duration_ms(keep.stale)),
+        };
+        (meta, ttl + keep.stale)
+    }
+
+    /// A write-through: stores the value and destroys the key's lease.
+    pub(crate) async fn write<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        keep: Keep,
+        tags: &[String],
+        counters: &Counters,
+    ) {
+        let (meta, keep_for) = self.entry_meta(keep);
+        let started = Instant::now();
+        let result = self
+            .backend
+            .put(key, value, &meta, keep_for, tags, self.op_timeout)
+            .await;
+        // As for an invalidation: callers from now on read the new value.
+        self.flights.detach(&[key]);
+        self.wrote(key, counters, started, "cache set");
+        if let Err(e) = result {
+            self.backend_failed(key, "set", &e, counters);
+        }
+    }
+
+    /// Records a write's latency (Redis only) and traces it.
+    pub(super) fn wrote(
+        &self,
+        key: &str,
+        counters: &Counters,
+        started: Instant,
+        what: &'static str,
+    ) {
+        let took = started.elapsed();
+        if self.backend.is_remote() {
+            counters.latency_set.record(took);
+        }
+        tracing::debug!(cache_key = %key, latency_ms = took.as_secs_f64() * 1e3, "{what}");
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.ttl_jitter <= 0.0 {
+            return ttl;
+        }
+        ttl + ttl.mul_f64(self.ttl_jitter * fastrand::f64())
+    }
+}
