@@ -179,6 +179,14 @@ pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[
     }
 }
 
+/// Whether `text` matches the glob `pattern` as Redis's `SCAN MATCH` and
+/// `KEYS` match it: the memory backend's matcher, exposed only so that
+/// `tests/tests/glob_parity.rs` can compare it with a real server.
+#[doc(hidden)]
+pub fn __glob_matches(pattern: &str, text: &str) -> bool {
+    crate::glob::matches(pattern, text)
+}
+
 /// Starts a tag of a call: `{namespace}:~tag:`.
 #[inline]
 pub fn tag(cache: &Cache) -> KeyBuilder {

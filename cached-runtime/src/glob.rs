@@ -1,79 +1,108 @@
 //! Redis's glob syntax (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), for pattern
-//! invalidation on the memory backend, so a pattern means the same thing on
+//! invalidation on the memory backend, so a pattern selects the same keys on
 //! every backend.
+//!
+//! Redis matches bytes, not characters, and its parser has quirks that this
+//! one reproduces on purpose (all checked against a real server, see
+//! `tests/tests/glob_parity.rs`):
+//!
+//! - `?` and every class match exactly one byte: `?` does not match `é`
+//!   (two bytes), `??` does.
+//! - Only `^` negates a class; `!` is a plain member.
+//! - A `]` right after `[` or `[^` closes the class: `[]` matches nothing,
+//!   `[^]` any one byte.
+//! - `x-y` is a range whenever two bytes follow `x`, even if the second is
+//!   the closing `]` (`[a-]` is the range `]`..=`a`). A reversed range is
+//!   swapped. Bounds compare as C `char`s, signed on x86-64, so a byte of
+//!   0x80 or more sorts below ASCII.
+//! - `\x` inside or outside a class is the byte `x`; a trailing lone `\`
+//!   is a literal backslash.
+//! - An unclosed class runs to the end of the pattern and is still a class:
+//!   `a[bc` matches `ab` and `ac`; `a[` matches nothing, `a[^` any `a?`.
+//! - An empty key matches only the empty pattern and the pattern `*` alone
+//!   (`SCAN` and `KEYS` skip the matcher for `*`; the matcher itself needs
+//!   at least one byte for a `*` to be tried).
 
 /// Whether `text` matches `pattern` as Redis `SCAN MATCH` would match it.
 pub(crate) fn matches(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // Iterative with one backtrack point for the last `*`: linear enough
-    // for keys, and no recursion to blow the stack on hostile patterns.
+    matches_bytes(pattern.as_bytes(), text.as_bytes())
+}
+
+fn matches_bytes(p: &[u8], t: &[u8]) -> bool {
+    if t.is_empty() {
+        return p.is_empty() || p == b"*";
+    }
+    // Every element other than `*` matches exactly one byte, and where an
+    // element ends depends on the pattern only, so one backtrack point, for
+    // the last `*`, is enough: O(pattern × text), no recursion.
     let (mut pi, mut ti) = (0, 0);
+    // The element after the last `*`, and the text byte it was last tried at.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
+        if p.get(pi) == Some(&b'*') {
             pi += 1;
+            star = Some((pi, ti));
             continue;
         }
-        if pi < p.len()
-            && let Some(next) = one(&p, pi, t[ti])
-        {
-            pi = next;
-            ti += 1;
-            continue;
+        if pi < p.len() {
+            let (next, hit) = element(p, pi, t[ti]);
+            if hit {
+                pi = next;
+                ti += 1;
+                continue;
+            }
         }
         match star {
             Some((sp, st)) => {
-                pi = sp + 1;
+                pi = sp;
                 ti = st + 1;
                 star = Some((sp, st + 1));
             }
             None => return false,
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|&b| b == b'*')
 }
 
-/// Matches one character against the pattern element at `pi`; returns the
-/// index after that element, or `None` when it does not match.
-fn one(p: &[char], pi: usize, c: char) -> Option<usize> {
-    match p[pi] {
-        '?' => Some(pi + 1),
-        '\\' if pi + 1 < p.len() => (p[pi + 1] == c).then_some(pi + 2),
-        '[' => {
-            let mut i = pi + 1;
-            let negate = i < p.len() && (p[i] == '^' || p[i] == '!');
-            if negate {
-                i += 1;
-            }
-            let mut hit = false;
-            let mut first = true;
-            while i < p.len() && (p[i] != ']' || first) {
-                first = false;
-                if p[i] == '\\' && i + 1 < p.len() {
-                    hit |= p[i + 1] == c;
-                    i += 2;
-                } else if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-                    let (lo, hi) = if p[i] <= p[i + 2] {
-                        (p[i], p[i + 2])
-                    } else {
-                        (p[i + 2], p[i])
-                    };
-                    hit |= (lo..=hi).contains(&c);
-                    i += 3;
-                } else {
-                    hit |= p[i] == c;
-                    i += 1;
-                }
-            }
-            // An unclosed `[` matches nothing, as in Redis.
-            if i >= p.len() {
-                return None;
-            }
-            (hit != negate).then_some(i + 1)
+/// Tests the byte `c` against the element starting at `at` (not a `*`):
+/// returns where the next element starts, and whether `c` matched.
+fn element(p: &[u8], at: usize, c: u8) -> (usize, bool) {
+    match p[at] {
+        b'?' => (at + 1, true),
+        b'\\' if at + 1 < p.len() => (at + 2, p[at + 1] == c),
+        b'[' => class(p, at + 1, c),
+        literal => (at + 1, literal == c),
+    }
+}
+
+/// A class whose body starts at `i`, just after the `[`.
+fn class(p: &[u8], mut i: usize, c: u8) -> (usize, bool) {
+    let negate = p.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    loop {
+        let Some(&b) = p.get(i) else {
+            // Unclosed: the class ends with the pattern.
+            return (p.len(), hit != negate);
+        };
+        if b == b'\\' && i + 1 < p.len() {
+            hit |= p[i + 1] == c;
+            i += 2;
+        } else if b == b']' {
+            return (i + 1, hit != negate);
+        } else if i + 2 < p.len() && p[i + 1] == b'-' {
+            // Redis compares C `char`s: signed on the x86-64 builds this
+            // follows.
+            let (a, z) = (b as i8, p[i + 2] as i8);
+            let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
+            hit |= (lo..=hi).contains(&(c as i8));
+            i += 3;
+        } else {
+            hit |= b == c;
+            i += 1;
         }
-        other => (other == c).then_some(pi + 1),
     }
 }
 
@@ -99,7 +128,7 @@ mod tests {
         assert!(!matches("id:[0-9]", "id:x"));
         assert!(matches("id:[^0-9]", "id:x"));
         assert!(matches("[abc]", "b"));
-        assert!(!matches("[abc", "a"), "an unclosed class matches nothing");
+        assert!(matches("[abc", "a"), "an unclosed class is still a class");
     }
 
     #[test]
@@ -108,5 +137,144 @@ mod tests {
         assert!(!matches(r"p:\*", "p:anything"));
         assert!(matches(r"p:\[a-z\]:*", "p:[a-z]:1"));
         assert!(!matches(r"p:\[a-z\]:*", "p:q:1"));
+    }
+
+    // Every expectation below was checked against a real redis-server 7.0
+    // (`KEYS pattern`); `tests/tests/glob_parity.rs` checks thousands more.
+
+    #[test]
+    fn question_mark_is_one_byte() {
+        assert!(!matches("caf?", "café"), "`é` is two bytes");
+        assert!(matches("caf??", "café"));
+        assert!(!matches("?", "é"));
+        assert!(matches("??", "é"));
+    }
+
+    #[test]
+    fn only_caret_negates() {
+        assert!(matches("[^a]", "b"));
+        assert!(!matches("[^a]", "a"));
+        assert!(matches("[!a]", "!"), "`!` is a plain member");
+        assert!(matches("[!a]", "a"));
+        assert!(!matches("[!a]", "b"));
+    }
+
+    #[test]
+    fn a_leading_bracket_closes_the_class() {
+        // `[]` is an empty class: it matches nothing, so `[]a]` never
+        // matches; `[^]` is its negation and matches any one byte.
+        assert!(!matches("[]", "]"));
+        assert!(!matches("[]", ""));
+        assert!(!matches("[]a]", "]"));
+        assert!(!matches("[]a]", "a"));
+        assert!(!matches("[]a]", "]a]"));
+        assert!(!matches("[]a]", "xa]"));
+        assert!(matches("[^]", "x"));
+        assert!(matches("[^]", "]"));
+        assert!(!matches("[^]", "xy"));
+        assert!(matches("[^]a]", "]a]"));
+        assert!(matches("[^]a]", "xa]"));
+        assert!(!matches("[^]a]", "]"));
+    }
+
+    #[test]
+    fn ranges_and_dashes() {
+        assert!(matches("[z-a]", "c"), "a reversed range is swapped");
+        assert!(!matches("[z-a]", "-"));
+        assert!(matches("[-a]", "-"));
+        assert!(matches("[--/]", "-"));
+        // `[a-]`: the range runs from `a` to the closing `]` (`]^_`a`), and
+        // the class is then unclosed.
+        for c in ["]", "^", "_", "`", "a"] {
+            assert!(matches("[a-]", c), "{c}");
+        }
+        assert!(!matches("[a-]", "-"));
+        assert!(!matches("[a-]", "b"));
+        assert!(matches("[a-]x", "x"), "the unclosed class takes in `x`");
+        assert!(!matches("[a-]x", "ax"));
+        assert!(matches("[a-]]", "_"));
+        // `[ab-]` holds `a` and the range `b`-`]`, not `-`.
+        assert!(!matches("[ab-]", "-"));
+        assert!(matches("[ab-]", "_"));
+    }
+
+    #[test]
+    fn escapes_inside_classes() {
+        assert!(matches(r"[\]]", "]"));
+        assert!(matches(r"[\-]", "-"));
+        assert!(matches(r"[a\-z]", "-"));
+        assert!(!matches(r"[a\-z]", "b"), r"`\-` is no range");
+        assert!(matches(r"[\^a]", "^"));
+        assert!(!matches(r"[\^a]", "b"), r"`\^` does not negate");
+        assert!(matches(r"[\", r"\"), "a lone `\\` in a class is a member");
+    }
+
+    #[test]
+    fn an_unclosed_class_runs_to_the_end_of_the_pattern() {
+        assert!(matches("a[b", "ab"));
+        assert!(!matches("a[b", "a[b"));
+        assert!(!matches("a[b", "a"));
+        assert!(matches("a[bc", "ac"));
+        assert!(matches("[a-c", "b"));
+        assert!(
+            !matches("a[", "a["),
+            "an empty unclosed class matches nothing"
+        );
+        assert!(!matches("a[", "ab"));
+        assert!(matches("a[^", "ab"), "a negated empty one matches any byte");
+        assert!(!matches("a[^", "a"));
+    }
+
+    #[test]
+    fn backslashes_outside_classes() {
+        assert!(matches(r"\a", "a"));
+        assert!(matches(r"a\", r"a\"), "a trailing `\\` matches itself");
+        assert!(!matches(r"a\", "a"));
+        assert!(matches(r"\", r"\"));
+        assert!(matches(r"a\\", r"a\"));
+    }
+
+    #[test]
+    fn classes_work_on_bytes() {
+        // `é` is the bytes C3 A9; Redis compares range bounds as C `char`s,
+        // signed on x86-64, so `[a-é]` is the range C3..=61 (wrapping through
+        // 00) plus the member A9.
+        assert!(!matches("[é]", "é"));
+        assert!(matches("[é][é]", "é"));
+        assert!(!matches("[a-é]", "b"));
+        assert!(matches("[a-é]", "0"));
+        assert!(matches("[a-é]", r"\"));
+        assert!(matches("[a-é]?", "é"));
+        assert!(!matches("[a-é]?", "bx"));
+    }
+
+    #[test]
+    fn empty_texts() {
+        assert!(matches("", ""));
+        assert!(!matches("", "a"));
+        // SCAN and KEYS skip matching for the pattern `*` alone; any other
+        // pattern goes through the matcher, which never matches an empty key.
+        assert!(matches("*", ""));
+        assert!(!matches("**", ""));
+        assert!(matches("a**", "a"));
+    }
+
+    #[test]
+    fn pathological_patterns_stay_linear() {
+        let text = "a".repeat(10_000);
+        let started = std::time::Instant::now();
+        assert!(!matches("*a*a*a*a*a*a*b", &text));
+        assert!(!matches("*?*?*?*?*?*?*?*?*?*?*b", &text));
+        assert!(!matches(&format!("{}c", "a*".repeat(200)), &text));
+        assert!(matches(&"*a".repeat(50), &text));
+        assert!(!matches(
+            &format!("*[{}]", "a-a".repeat(300)),
+            &format!("{text}b")
+        ));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }
