@@ -164,10 +164,14 @@ key_part_tuple!(A, B, C, D, E, F, G, H);
 
 /// A stable 128-bit hash of a value's canonical serde form, used as a key part.
 ///
-/// Made by [`hashed`]. The canonical form is the value serialized to JSON with
-/// object keys sorted, so field order and map iteration order do not matter,
-/// and the hash (XXH3-128) is the same on every platform and every run. Unlike
-/// the seed guide's 48-bit md5 prefix, collisions are out of reach in practice.
+/// Made by [`hashed`]: XXH3-128 of a canonical, type-tagged binary encoding
+/// of the value's serde data model, written by this crate (not JSON, and not
+/// affected by any serde_json feature). Every item carries a tag and every
+/// length is explicit, so distinct values have distinct encodings; map and
+/// struct entries are sorted, so field order and map iteration order do not
+/// matter. The hash is the same on every platform, every run and every
+/// release that does not announce a change of key format. Collisions between
+/// distinct values are out of reach in practice (128 bits).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hashed(u128);
 
@@ -207,15 +211,54 @@ impl KeyPart for Hashed {
 /// assert_eq!(a, b);
 /// assert_eq!(a.to_string().len(), 32);
 /// ```
+///
+/// Equal values hash equally, and so do values that differ only in ways a
+/// query cannot mean differently:
+///
+/// - integers of any width or signedness with the same value (`1u8`, `1i64`,
+///   `1u128`), so widening a field keeps its keys; `u128` and `i128` cover
+///   their whole range;
+/// - an `f32` and the `f64` it widens to, and every NaN with every other;
+/// - a `char` and the one-character string;
+/// - a seq, a tuple and a tuple struct with the same elements;
+/// - a struct and a map with the same string keys, in any field or iteration
+///   order (maps may have keys of any type: tuples, bytes, integers);
+/// - a newtype struct and its content; `()` and a unit struct.
+///
+/// Everything else is told apart: `None`, `Some(None)`, `()`, NaN, `+inf`,
+/// `-inf`, `0.0` and `-0.0` all differ; enum variants are identified by
+/// *name* (reordering variants keeps keys) and differ from strings and from
+/// each other's shapes; bytes differ from a seq of integers; a map with a
+/// duplicate key keeps every entry. Type names are not hashed.
+///
+/// Never panics and always returns. If the value's `Serialize` impl fails
+/// (returns an error, even one it then ignores), the call gets a hash of
+/// fresh random bytes, so it shares a cache entry with no other call: every
+/// such call is a miss, which is slower but never serves one caller's result
+/// to another. One `warn` is logged per such call.
 pub fn hashed<T: Serialize + ?Sized>(value: &T) -> Hashed {
-    // serde_json's Value keeps object keys in a BTreeMap (sorted), which is the
-    // canonical order; a value that cannot be represented in JSON (a map with
-    // non-string keys, say) hashes its error text, which is still stable.
-    let canonical = match serde_json::to_value(value) {
-        Ok(v) => serde_json::to_vec(&v).unwrap_or_default(),
-        Err(e) => format!("\u{0}unhashable:{e}").into_bytes(),
-    };
-    Hashed(xxhash_rust::xxh3::xxh3_128(&canonical))
+    match crate::canonical::to_bytes(value) {
+        Ok(bytes) => Hashed(xxhash_rust::xxh3::xxh3_128(&bytes)),
+        Err(error) => {
+            tracing::warn!(
+                value_type = std::any::type_name::<T>(),
+                %error,
+                "hashed(): the value's Serialize impl failed; this call gets a unique key and shares no cache entry"
+            );
+            Hashed(unique_hash())
+        }
+    }
+}
+
+/// A hash no other call gets: fresh random bytes plus a process-wide counter
+/// (distinct within this process even if two thread-local generators agreed).
+fn unique_hash() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut seed = [0u8; 24];
+    seed[..16].copy_from_slice(&fastrand::u128(..).to_le_bytes());
+    seed[16..].copy_from_slice(&CALLS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&seed)
 }
 
 /// The prefix of tag index keys (`{namespace}:~tag:{tag}`). Text parts of
@@ -309,6 +352,8 @@ impl KeyBuilder {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
     use super::*;
 
     #[test]
@@ -371,10 +416,161 @@ mod tests {
         assert_ne!(hashed(&a), hashed(&(1, 2)));
     }
 
+    #[derive(serde::Serialize)]
+    struct ListQuery {
+        video_id: u64,
+        text: String,
+        limit: Option<u32>,
+        tags: Vec<String>,
+    }
+
+    #[derive(serde::Serialize)]
+    enum Sort {
+        #[allow(dead_code)]
+        Newest,
+        ByScore {
+            min: f64,
+        },
+    }
+
+    /// Fixed vectors. Changing any of these literals retires every hashed
+    /// key deployed so far (each one becomes a miss once, and the old entries
+    /// linger until their TTL): do it only on purpose, with a release note.
     #[test]
     fn hashed_is_stable_across_runs() {
-        // A fixed vector: if this changes, every deployed hashed key changes.
-        assert_eq!(hashed(&("a", 1)).to_string().len(), 32);
-        assert_eq!(hashed(&("a", 1)), hashed(&("a", 1)));
+        let query = ListQuery {
+            video_id: 7,
+            text: "a*b:c".into(),
+            limit: Some(20),
+            tags: vec!["x".into(), "y".into()],
+        };
+        let names = BTreeMap::from([("x", 1), ("y", 2)]);
+        let pairs = BTreeMap::from([((1u32, 2u32), "a"), ((3, 4), "b")]);
+        let golden = [
+            (hashed(&("a", 1)), "8f08ffe7f1fc7ef2ee270a87193f9051"),
+            (hashed(&query), "b5f5f929ec0ff094934ce18519d18ce7"),
+            (hashed(&names), "3f5e9b546d7157830ee21a9f81951b7c"),
+            (hashed(&pairs), "093512e1930356c13a59e62e0af3d747"),
+            (hashed(&u128::MAX), "33f84f739182961cd10919ca8fffc0eb"),
+            (hashed(&i128::MIN), "c599fa64322b7423aee81b85fac3642b"),
+            (
+                hashed(&Sort::ByScore { min: -0.5 }),
+                "656bbc20543021fe425e29851ae15306",
+            ),
+            (
+                hashed(&Some(Some(None::<u8>))),
+                "c5c5b019288b79670eb60b08ef03fc56",
+            ),
+        ];
+        for (i, (hash, expected)) in golden.iter().enumerate() {
+            assert_eq!(hash.to_string(), *expected, "golden value #{i}");
+        }
+        // The same values written with other types or orders keep their keys.
+        assert_eq!(hashed(&("a", 1u64)), golden[0].0);
+        assert_eq!(
+            hashed(&HashMap::from([
+                ("y".to_string(), 2i8),
+                ("x".to_string(), 1)
+            ])),
+            golden[2].0
+        );
+        assert_eq!(hashed(&Some(Some(None::<String>))), golden[7].0);
+    }
+
+    /// Values the JSON form merged into one key: each pair must differ.
+    #[test]
+    fn hashed_tells_apart_what_json_merged() {
+        let map = |entries: &[((u32, u32), &'static str)]| {
+            entries.iter().copied().collect::<HashMap<_, _>>()
+        };
+        let bytes_map = |k: &[u8]| HashMap::from([(k.to_vec(), 1)]);
+        let pairs: [(Hashed, Hashed); 12] = [
+            (hashed(&u128::MAX), hashed(&(u128::MAX - 1))),
+            (
+                hashed(&(u128::from(u64::MAX) + 1)),
+                hashed(&(u128::from(u64::MAX) + 2)),
+            ),
+            (hashed(&i128::MIN), hashed(&(i128::MIN + 1))),
+            (
+                hashed(&map(&[((1, 2), "a")])),
+                hashed(&map(&[((3, 4), "b")])),
+            ),
+            (hashed(&bytes_map(b"a")), hashed(&bytes_map(b"b"))),
+            (hashed(&f64::NAN), hashed(&f64::INFINITY)),
+            (hashed(&f64::NAN), hashed(&None::<f64>)),
+            (hashed(&f64::INFINITY), hashed(&f64::NEG_INFINITY)),
+            (hashed(&f64::INFINITY), hashed(&None::<f64>)),
+            (hashed(&0.0f64), hashed(&-0.0f64)),
+            (hashed(&Some(None::<u8>)), hashed(&None::<Option<u8>>)),
+            (hashed(&()), hashed(&None::<u8>)),
+        ];
+        for (i, (a, b)) in pairs.iter().enumerate() {
+            assert_ne!(a, b, "pair #{i}");
+        }
+        // And what the old form turned into one shared error text.
+        let unhashable = [
+            hashed(&u128::MAX),
+            hashed(&(u128::MAX - 1)),
+            hashed(&map(&[((1, 2), "a")])),
+            hashed(&map(&[((3, 4), "b")])),
+        ];
+        let distinct: std::collections::HashSet<_> = unhashable.iter().collect();
+        assert_eq!(distinct.len(), unhashable.len());
+    }
+
+    #[test]
+    fn hashed_maps_with_any_keys_ignore_insertion_order() {
+        let entries: Vec<((u32, u32), String)> = (0..50)
+            .map(|i| ((i, i * 7 % 11), format!("v{i}")))
+            .collect();
+        let forward: HashMap<_, _> = entries.iter().cloned().collect();
+        let mut backward = HashMap::with_capacity(1000);
+        for (k, v) in entries.iter().rev().cloned() {
+            backward.insert(k, v);
+        }
+        let sorted: BTreeMap<_, _> = entries.iter().cloned().collect();
+        assert_eq!(hashed(&forward), hashed(&backward));
+        assert_eq!(hashed(&forward), hashed(&sorted));
+        backward.insert((0, 0), "changed".into());
+        assert_ne!(hashed(&forward), hashed(&backward));
+    }
+
+    #[test]
+    fn hashed_widened_integer_fields_keep_their_keys() {
+        #[derive(serde::Serialize)]
+        struct Narrow {
+            id: u32,
+            offset: i16,
+        }
+        #[derive(serde::Serialize)]
+        struct Wide {
+            offset: i64,
+            id: u128,
+        }
+        assert_eq!(
+            hashed(&Narrow { id: 7, offset: -3 }),
+            hashed(&Wide { id: 7, offset: -3 })
+        );
+        assert_eq!(hashed(&1u8), hashed(&1i32));
+        assert_ne!(hashed(&1u8), hashed(&1.0f64));
+    }
+
+    /// A `Serialize` impl that fails must never share a key: not with another
+    /// failing call, not with anything else.
+    #[test]
+    fn hashed_failing_serialize_gets_a_fresh_key_every_call() {
+        struct Fails;
+        impl serde::Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("cannot serialize"))
+            }
+        }
+        let first = hashed(&Fails);
+        let second = hashed(&Fails);
+        assert_ne!(first, second);
+        // Nested inside other values: the same.
+        let nested = || hashed(&vec![(1u8, Some(Fails))]);
+        assert_ne!(nested(), nested());
+        assert_ne!(nested(), first);
     }
 }

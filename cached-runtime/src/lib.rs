@@ -45,6 +45,7 @@
 mod backend;
 mod breaker;
 mod cache;
+mod canonical;
 mod clock;
 mod codec;
 mod engine;
