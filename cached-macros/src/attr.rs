@@ -328,8 +328,14 @@ fn bad_prefix(prefix: &str) -> Option<String> {
     }
     prefix
         .chars()
-        .find(|c| c.is_whitespace() || matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}'))
-        .map(|c| format!("`prefix` must not contain {c:?}: use letters, digits and `_-.:/`"))
+        .find(|c| !crate::template::allowed_in_name(*c))
+        .map(|c| {
+            format!(
+                "`prefix` must not contain {c:?}: use letters, digits and `_-./` \
+                 (`:` separates the prefix from the key, so a prefix holding one could \
+                 equal another prefix followed by a key)"
+            )
+        })
 }
 
 /// "unknown option `tll`; did you mean `ttl`?" with the valid list.

@@ -548,9 +548,16 @@ fn evict_body(plan: &Plan, parts: &Parts) -> TokenStream {
         ..
     } = parts;
     let start = quote!(#p::template(__cached_cache));
-    let keys = full_keys(&templates.keys, &start, "");
+    // A prefix is the key `{prefix}` (a function without key parameters)
+    // and the pattern `{prefix}:*` (every other).
+    let keys: Vec<(LitStr, Vec<Piece>)> = templates
+        .keys
+        .iter()
+        .chain(&templates.prefixes)
+        .cloned()
+        .collect();
+    let keys = full_keys(&keys, &start, "");
     let mut patterns: Vec<(LitStr, Vec<Piece>)> = templates.patterns.clone();
-    // A prefix is the pattern `{prefix}:*`.
     patterns.extend(templates.prefixes.iter().map(|(lit, pieces)| {
         let mut pieces = pieces.clone();
         pieces.push(Piece::Literal(":*".into()));

@@ -212,14 +212,24 @@ fn run(
                 ),
             ));
         }
-        let mut check = |lit: &syn::LitStr| check_template(lit, info, &func.sig.ident, &mut errors);
+        let mut check = |lit: &syn::LitStr, glob: bool| {
+            check_template(lit, glob, info, &func.sig.ident, &mut errors)
+        };
         if let Some(KeySpec::Template(lit)) = &args.key {
-            templates.key = check(lit);
+            templates.key = check(lit, false);
         }
-        templates.tags = args.tags.iter().filter_map(&mut check).collect();
-        templates.keys = args.keys.iter().filter_map(&mut check).collect();
-        templates.patterns = args.patterns.iter().filter_map(&mut check).collect();
-        templates.prefixes = args.prefixes.iter().filter_map(&mut check).collect();
+        templates.tags = args.tags.iter().filter_map(|l| check(l, false)).collect();
+        templates.keys = args.keys.iter().filter_map(|l| check(l, false)).collect();
+        templates.patterns = args
+            .patterns
+            .iter()
+            .filter_map(|l| check(l, true))
+            .collect();
+        templates.prefixes = args
+            .prefixes
+            .iter()
+            .filter_map(|l| check(l, false))
+            .collect();
     }
 
     match (errors.combined(), info) {
@@ -237,6 +247,7 @@ fn run(
 /// Parses a template and checks its placeholders against the parameters.
 fn check_template(
     lit: &syn::LitStr,
+    glob: bool,
     info: &func::FnInfo,
     fn_name: &syn::Ident,
     errors: &mut Errors,
@@ -248,6 +259,10 @@ fn check_template(
             return None;
         }
     };
+    if let Err(why) = template::check_segments(&lit.value(), &pieces, glob) {
+        errors.push(syn::Error::new(lit.span(), why));
+        return None;
+    }
     let mut ok = true;
     for piece in &pieces {
         if let template::Piece::Param(name) = piece

@@ -78,6 +78,86 @@ pub(crate) fn parse(lit: &LitStr) -> syn::Result<Vec<Piece>> {
     Ok(pieces)
 }
 
+/// Checks that a template keeps keys injective: split at `:`, every segment
+/// is either one placeholder alone or literal text of letters, digits and
+/// `_-./` (and, in a pattern, the glob characters `*?[]^!`). A placeholder
+/// sharing a segment with text (`user-{id}`) could equal another key (`id` =
+/// `"7"` under `user-` is the literal `user-7`), and an empty segment could
+/// equal a key part that is the empty string.
+pub(crate) fn check_segments(text: &str, pieces: &[Piece], glob: bool) -> Result<(), String> {
+    #[derive(Default)]
+    struct Segment {
+        text: String,
+        params: Vec<String>,
+    }
+    let mut segments = vec![Segment::default()];
+    for piece in pieces {
+        match piece {
+            Piece::Param(name) => segments
+                .last_mut()
+                .expect("never empty")
+                .params
+                .push(name.clone()),
+            Piece::Literal(literal) => {
+                let mut chunks = literal.split(':');
+                if let Some(first) = chunks.next() {
+                    segments
+                        .last_mut()
+                        .expect("never empty")
+                        .text
+                        .push_str(first);
+                }
+                for chunk in chunks {
+                    segments.push(Segment {
+                        text: chunk.to_owned(),
+                        params: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    for segment in &segments {
+        match segment.params.as_slice() {
+            [] => {
+                if segment.text.is_empty() {
+                    return Err(format!(
+                        "key template {text:?} has an empty segment between `:` separators"
+                    ));
+                }
+                if let Some(c) = segment.text.chars().find(|c| {
+                    !(allowed_in_name(*c) || glob && matches!(c, '*' | '?' | '[' | ']' | '^' | '!'))
+                }) {
+                    let also = if glob {
+                        ", the glob characters `*?[]^!`"
+                    } else {
+                        ""
+                    };
+                    return Err(format!(
+                        "{c:?} is not allowed in the text of key template {text:?}: use letters, digits and `_-./`{also}, with `:` between segments"
+                    ));
+                }
+            }
+            [name] if segment.text.is_empty() => {
+                let _ = name;
+            }
+            [name, ..] => {
+                return Err(format!(
+                    "`{{{name}}}` must stand alone between `:` separators in key template {text:?}: \
+                     a placeholder sharing a segment with other text could make two different \
+                     arguments give one key"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a prefix and the literal text of a key template may hold: nothing
+/// that separates (`:`), escapes (`\\`, `~`) or matches (`*`, `?`, `[`, `]`).
+pub(crate) fn allowed_in_name(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')
+}
+
 fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
@@ -112,6 +192,31 @@ mod tests {
             pieces,
             vec![Piece::Literal("a{b}".into()), Piece::Param("c".into())]
         );
+    }
+
+    fn segments(s: &str, glob: bool) -> Result<(), String> {
+        check_segments(s, &parse(&lit(s)).expect("parses"), glob)
+    }
+
+    #[test]
+    fn placeholders_stand_alone_between_separators() {
+        assert!(segments("video:{video_id}:placements", false).is_ok());
+        assert!(segments("{a}:{b}", false).is_ok());
+        assert!(segments("the-key", false).is_ok());
+        assert!(segments("video:{video_id}:*", true).is_ok());
+        assert!(segments("user-{id}", false).is_err());
+        assert!(segments("{a}{b}", false).is_err());
+        assert!(segments("{a}x:y", false).is_err());
+        assert!(segments("video::x", false).is_err());
+        assert!(segments("video:", false).is_err());
+        assert!(segments(":video", false).is_err());
+        assert!(
+            segments("video:*", false).is_err(),
+            "globs only in patterns"
+        );
+        assert!(segments("a~b", false).is_err());
+        assert!(segments(r"a\\b", true).is_err());
+        assert!(segments("a b", true).is_err());
     }
 
     #[test]

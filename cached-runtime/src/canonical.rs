@@ -598,7 +598,7 @@ mod tests {
     };
 
     use super::to_bytes;
-    use crate::key::{Hashed, hashed};
+    use crate::{Hashed, hashed};
 
     fn bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
         to_bytes(value).expect("a derived Serialize impl never fails")

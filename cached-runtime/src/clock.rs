@@ -11,6 +11,12 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The longest any entry, stale window or tag is kept: about a century.
+/// `Duration::MAX` is how many users write "never expires"; past this bound
+/// it would overflow the clock arithmetic here, in moka and in Redis (which
+/// refuses an expiry past `i64::MAX` ms from now).
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// A duration in whole milliseconds, saturating at `u64::MAX`.
 pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -1,9 +1,12 @@
 //! Cache keys: `{namespace}:{prefix}:{key}`, built from typed key parts.
 //!
-//! Keys hold user text as it is (only `\\` and `~` are escaped, so a `None`
-//! part stays distinct). When a part goes into a *pattern*, its text is
-//! glob-escaped, so it can never widen an invalidation: a key part of `*`
-//! removes only its own entries.
+//! Keys are injective: distinct arguments give distinct keys. Parts are
+//! joined with `:`, and user text escapes `:` (and `\\`, and `~`, which alone
+//! stands for `None`) with a backslash, so `("a:b", "c")` and `("a", "b:c")`
+//! differ; prefixes and template text cannot hold `:` (a compile error). When
+//! a part goes into a *pattern*, its text is glob-escaped as well, so it can
+//! never widen an invalidation: a key part of `*` removes only its own
+//! entries.
 
 use std::fmt::Write as _;
 
@@ -26,11 +29,13 @@ pub trait KeyPart {
     fn write_key_part(&self, out: &mut String);
 }
 
-/// Appends user text to a key: as it is, but for `\\` and `~`, which get a
-/// backslash (`~` alone stands for `None`).
+/// Appends user text to a key: as it is, but for `:` (the separator of key
+/// parts), `\\` and `~` (alone, it stands for `None`), which get a
+/// backslash. Read left to right, an escaped key splits back into its parts
+/// one way only, so distinct parts give distinct keys.
 pub fn push_key_text(out: &mut String, text: &str) {
     for c in text.chars() {
-        if matches!(c, '\\' | '~') {
+        if matches!(c, ':' | '\\' | '~') {
             out.push('\\');
         }
         out.push(c);
@@ -379,6 +384,165 @@ mod tests {
         assert_eq!(backslash, r"p:a\\b");
         let pattern = KeyBuilder::pattern("").literal("p:").part(r"a\b").finish();
         assert!(crate::glob::matches(&pattern, &backslash));
+    }
+
+    /// Hostile text for key parts: separators, escapes, glob characters,
+    /// the `None` marker, unicode and the empty string.
+    fn hostile(rng: &mut fastrand::Rng) -> String {
+        const ALPHABET: &[&str] = &[
+            "a", "b", "7", ":", "\\", "~", "*", "?", "[", "]", "é", "-", "",
+        ];
+        (0..rng.usize(0..5))
+            .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+            .collect()
+    }
+
+    /// One generated key part, and what it means: its text, or `None`.
+    #[derive(Debug, Clone)]
+    enum Part {
+        Text(String),
+        Int(u64),
+        Nothing,
+    }
+
+    impl Part {
+        fn meaning(&self) -> Option<String> {
+            match self {
+                Part::Text(t) => Some(t.clone()),
+                // An integer is its decimal text: a `u64` reader and a
+                // `String` evictor of "7" name one entry.
+                Part::Int(n) => Some(n.to_string()),
+                Part::Nothing => None,
+            }
+        }
+    }
+
+    fn push(builder: KeyBuilder, part: &Part) -> KeyBuilder {
+        match part {
+            Part::Text(t) => builder.part(t.as_str()),
+            Part::Int(n) => builder.part(n),
+            Part::Nothing => builder.part(&None::<&str>),
+        }
+    }
+
+    fn seed() -> u64 {
+        let seed = std::env::var("KEY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        println!("key injectivity seed: {seed} (replay with KEY_SEED={seed})");
+        seed
+    }
+
+    #[test]
+    fn distinct_arguments_give_distinct_keys_across_prefixes_and_templates() {
+        let seed = seed();
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // What a key means: its segments (prefix or template text, then
+        // parts), `None` parts apart from every text.
+        let mut seen: std::collections::HashMap<String, Vec<Option<String>>> =
+            std::collections::HashMap::new();
+        const PREFIXES: &[&str] = &["video", "video.x", "v", "placement", "7"];
+        for _ in 0..30_000 {
+            let prefix = PREFIXES[rng.usize(..PREFIXES.len())];
+            let parts: Vec<Part> = (0..rng.usize(0..4))
+                .map(|_| match rng.u8(..10) {
+                    0 => Part::Nothing,
+                    1 | 2 => Part::Int(rng.u64(0..100)),
+                    _ => Part::Text(hostile(&mut rng)),
+                })
+                .collect();
+            let mut meaning = vec![Some(prefix.to_owned())];
+            meaning.extend(parts.iter().map(Part::meaning));
+            // As `#[cached(prefix, key = (parts...))]`, or as a template
+            // `"{prefix}:{a}:{b}"` over the same parts: one entry either way.
+            let key = if rng.bool() {
+                let mut b = KeyBuilder::new("ns", prefix);
+                for part in &parts {
+                    b = push(b, part);
+                }
+                b.finish()
+            } else {
+                let mut b = KeyBuilder::new("ns", "").literal(prefix);
+                for part in &parts {
+                    b = push(b.literal(":"), part);
+                }
+                b.finish()
+            };
+            if let Some(earlier) = seen.insert(key.clone(), meaning.clone()) {
+                assert_eq!(
+                    earlier, meaning,
+                    "seed {seed}: {earlier:?} and {meaning:?} share the key {key:?}"
+                );
+            }
+        }
+        // Every meaning kept one key: no two keys for one meaning either.
+        let meanings: std::collections::HashSet<_> = seen.values().collect();
+        assert_eq!(
+            meanings.len(),
+            seen.len(),
+            "seed {seed}: one meaning, two keys"
+        );
+    }
+
+    #[test]
+    fn a_pattern_over_a_part_matches_exactly_the_keys_of_that_part() {
+        let seed = seed();
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let texts: Vec<String> = (0..120).map(|_| hostile(&mut rng)).collect();
+        let keys: Vec<(String, String)> = texts
+            .iter()
+            .flat_map(|t| {
+                [
+                    (
+                        t.clone(),
+                        KeyBuilder::new("ns", "video")
+                            .part(t.as_str())
+                            .part("placements")
+                            .finish(),
+                    ),
+                    (
+                        t.clone(),
+                        KeyBuilder::new("ns", "video")
+                            .part(t.as_str())
+                            .part(&1u8)
+                            .finish(),
+                    ),
+                ]
+            })
+            .collect();
+        for text in &texts {
+            // `patterns = ["video:{id}:*"]`
+            let pattern = KeyBuilder::pattern("ns")
+                .literal("video:")
+                .part(text.as_str())
+                .literal(":*")
+                .finish();
+            for (owner, key) in &keys {
+                assert_eq!(
+                    crate::glob::matches(&pattern, key),
+                    owner == text,
+                    "seed {seed}: pattern {pattern:?} (part {text:?}) against {key:?} (part {owner:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn separators_in_text_do_not_collide() {
+        let a = KeyBuilder::new("ns", "t").part(&("a:b", "c")).finish();
+        let b = KeyBuilder::new("ns", "t").part(&("a", "b:c")).finish();
+        assert_ne!(a, b);
+        assert_eq!(a, r"ns:t:a\:b:c");
+        // A string part "7:placements" under `video` is not the template
+        // "video:{video_id}:placements" with 7.
+        let text = KeyBuilder::new("ns", "video").part("7:placements").finish();
+        let template = KeyBuilder::new("ns", "")
+            .literal("video:")
+            .part(&7u32)
+            .literal(":placements")
+            .finish();
+        assert_ne!(text, template);
     }
 
     #[test]

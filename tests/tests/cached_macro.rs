@@ -251,7 +251,7 @@ async fn free_functions_use_the_named_cache() {
 }
 
 #[tokio::test]
-async fn user_text_is_stored_in_keys_as_it_is() {
+async fn glob_characters_in_user_text_are_stored_in_keys_as_they_are() {
     let s = Service::new(Cache::memory());
     assert_eq!(s.label(1, "*".into()).await, "*:1");
     assert!(s.cache.get::<String>("plain:1:*").await.is_some());

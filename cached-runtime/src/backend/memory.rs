@@ -211,7 +211,10 @@ impl MemoryBackend {
         if only_if_absent && self.entries.contains_key(key) {
             return LeaseOutcome::ValuePresent;
         }
-        state.leases.insert(key.to_owned(), (token, now + ttl));
+        state.leases.insert(
+            key.to_owned(),
+            (token, now + ttl.min(crate::clock::LONGEST)),
+        );
         // Tagged when the load starts, not when it ends, so a tag
         // invalidation in between finds the lease and destroys it.
         state.tag(key, tags);

@@ -427,7 +427,7 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 fn millis(d: Duration) -> u64 {
-    crate::clock::duration_ms(d).max(1)
+    crate::clock::duration_ms(d.min(crate::clock::LONGEST)).max(1)
 }
 
 impl RedisBackend {

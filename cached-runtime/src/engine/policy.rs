@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::LONGEST;
 use crate::stats::Counters;
 
 /// How a call site loads: everything that is not the key or the loader.
@@ -134,7 +135,10 @@ impl<V: Shape<T>, T> Call<'_, V, T> {
     /// How long a tag must outlive a lease taken now: the longest the entry
     /// may then live.
     pub(super) fn tag_for(&self) -> Duration {
-        self.policy.ttl.mul_f64(1.0 + MAX_JITTER) + self.policy.stale + self.policy.lease
+        let ttl = self.policy.ttl.min(LONGEST);
+        ttl.saturating_add(ttl.mul_f64(MAX_JITTER))
+            .saturating_add(self.policy.stale.min(LONGEST))
+            .saturating_add(self.policy.lease.min(LONGEST))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::Engine;
 use super::policy::Keep;
 use crate::Cacheable;
-use crate::clock::{duration_ms, now_ms};
+use crate::clock::{LONGEST, duration_ms, now_ms};
 use crate::codec::EntryMeta;
 use crate::stats::Counters;
 
@@ -14,16 +14,17 @@ impl Engine {
     /// The metadata of an entry written now, and how long the backend keeps
     /// it (its jittered TTL plus its stale window).
     pub(super) fn entry_meta(&self, keep: Keep) -> (EntryMeta, Duration) {
-        let ttl = self.jittered(keep.ttl);
+        let ttl = self.jittered(keep.ttl.min(LONGEST));
+        let stale = keep.stale.min(LONGEST);
         let now = now_ms();
         let expires_ms = now.saturating_add(duration_ms(ttl));
         let meta = EntryMeta {
             created_ms: now,
             load_us: u32::try_from(keep.load_time.as_micros()).unwrap_or(u32::MAX),
             expires_ms,
-            stale_until_ms: expires_ms.saturating_add(duration_ms(keep.stale)),
+            stale_until_ms: expires_ms.saturating_add(duration_ms(stale)),
         };
-        (meta, ttl + keep.stale)
+        (meta, ttl.saturating_add(stale))
     }
 
     /// A write-through: stores the value and destroys the key's lease.
