@@ -70,6 +70,15 @@ impl Docs {
     #[cache_evict(prefixes = ["products"])]
     async fn products_changed(&self) {}
 
+    /// The first load takes 3 s (a slow query); later ones are quick.
+    #[cached(prefix = "slow", ttl = "5m", key = id, wait = "100ms")]
+    async fn slow_first(&self, id: u32) -> u32 {
+        if self.loads.fetch_add(1, Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        id
+    }
+
     fn loads(&self) -> u32 {
         self.loads.load(Ordering::SeqCst)
     }
@@ -152,6 +161,36 @@ async fn duration_max_means_never_expires_and_never_panics() {
             .await;
         assert_eq!(loaded, Ok(8));
         assert_eq!(cache.get::<u32>("forever-loaded").await, Some(8));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_caller_waits_on_a_load_in_its_own_process_no_longer_than_wait() {
+    on_both(|cache| async move {
+        let docs = std::sync::Arc::new(Docs::new(cache));
+        let first = tokio::spawn({
+            let docs = std::sync::Arc::clone(&docs);
+            async move { docs.slow_first(1).await }
+        });
+        // Let the first caller lead the load.
+        while docs.loads() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(docs.slow_first(1).await, 1);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(1500),
+            "waited {waited:?} on another caller's 3 s load; `wait` is 100 ms"
+        );
+        assert_eq!(docs.loads(), 2, "after its wait it loaded for itself");
+        assert_eq!(
+            docs.cache.stats_for("slow").map(|s| s.wait_timeouts),
+            Some(1),
+            "the wait that ran out is counted"
+        );
+        assert_eq!(first.await.expect("the leader finishes"), 1);
     })
     .await;
 }

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -30,6 +31,9 @@ pub(super) enum Landed {
     Failed,
     /// The leader went away (cancelled, panicked, or lost the lease race).
     Abandoned,
+    /// Not landed within the waiter's `wait` (never sent; made by
+    /// [`landing_within`]).
+    TimedOut,
 }
 
 /// What kind of value a flight hands its waiters.
@@ -189,8 +193,16 @@ impl Flights {
     }
 }
 
+/// Waits for a flight to land, at most `wait`: a caller waits on a load in
+/// its own process no longer than it would wait on another process's lease.
+pub(super) async fn landing_within(rx: watch::Receiver<Landed>, wait: Duration) -> Landed {
+    tokio::time::timeout(wait, landing(rx))
+        .await
+        .unwrap_or(Landed::TimedOut)
+}
+
 /// Waits for a flight to land.
-pub(super) async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
+async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
     match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
         Ok(landed) => landed.clone(),
         Err(_) => Landed::Abandoned,

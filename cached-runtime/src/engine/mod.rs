@@ -42,7 +42,7 @@ use crate::backend::Backend;
 use crate::stats::{Counters, LogLimiter, Registry};
 
 pub(crate) use flight::Flights;
-use flight::{FlightGuard, Landed, Role, Shared, landing};
+use flight::{FlightGuard, Landed, Role, Shared, landing_within};
 use lease::{Ask, Leasing};
 use policy::{Call, Refresh, Shape};
 pub(crate) use read::Read;
@@ -131,7 +131,7 @@ impl Engine {
                     Role::Lead(guard) => return self.lead_read(&call, guard, load, refresh).await,
                     Role::Wait(rx) => rx,
                 };
-                let landed = Box::pin(landing(rx)).await;
+                let landed = Box::pin(landing_within(rx, call.policy.wait)).await;
                 if let Landed::Hit(any, shared) = &landed {
                     if let Some(value) = any.downcast_ref::<V>() {
                         self.shared_hit(&call, *shared, refresh);
@@ -152,12 +152,24 @@ impl Engine {
         // go the usual way.
         if call.policy.lock
             && let Some(rx) = self.flights.miss_in_flight(&call.key)
-            && let Landed::Value(any) = Box::pin(landing(rx)).await
-            && let Some(v) = any.downcast_ref::<V>()
         {
-            counters.coalesced.add();
-            counters.misses.add();
-            return Ok(v.clone());
+            match Box::pin(landing_within(rx, call.policy.wait)).await {
+                Landed::Value(any) => {
+                    if let Some(v) = any.downcast_ref::<V>() {
+                        counters.coalesced.add();
+                        counters.misses.add();
+                        return Ok(v.clone());
+                    }
+                }
+                // Waited its bound: load for itself, as after a failure.
+                landed @ Landed::TimedOut => {
+                    match Box::pin(self.settle(landed, counters, load, true)).await {
+                        Ok(result) => return result,
+                        Err(again) => load = again,
+                    }
+                }
+                _ => {}
+            }
         }
         let (fetched, took) = self.fetch_timed(&call.key, counters).await;
         match self.open_as(&call, fetched, took, true) {
@@ -201,6 +213,10 @@ impl Engine {
             Landed::Abandoned | Landed::Running => return Err(load),
             Landed::Hit(any, _) | Landed::Value(any) => Some(any),
             Landed::Failed => None,
+            Landed::TimedOut => {
+                counters.wait_timeouts.add();
+                None
+            }
         };
         // A hit reaches here only from `miss`, whose callers counted their
         // own read.
@@ -211,9 +227,11 @@ impl Engine {
             counters.coalesced.add();
             return Ok(Ok(v.clone()));
         }
-        // The leader's error went to the leader, or another call site shares
-        // this key with another type: this caller tries the source itself
-        // rather than fail unasked.
+        // The leader's error went to the leader, its load ran past this
+        // caller's `wait`, or another call site shares this key with another
+        // type: this caller tries the source itself rather than fail unasked
+        // or wait unbounded. Its value is returned, not stored (only a
+        // leaseholder writes).
         Ok(self.run_loader(counters, load).await.map(|(v, _)| v))
     }
 
@@ -295,7 +313,14 @@ impl Engine {
         loop {
             match self.flights.join_or_lead(self, &call.key) {
                 Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
-                Role::Wait(rx) => match self.settle(landing(rx).await, counters, load, false).await
+                Role::Wait(rx) => match self
+                    .settle(
+                        landing_within(rx, call.policy.wait).await,
+                        counters,
+                        load,
+                        false,
+                    )
+                    .await
                 {
                     Ok(result) => return result,
                     Err(again) => load = again,
