@@ -2,7 +2,11 @@
 //! a test can freeze, thaw, kill and restart to inject faults.
 //!
 //! No mocks: every Redis test talks to a real server that it owns, so tests
-//! share no state and can run in parallel.
+//! share no state and can run in parallel. [`Proxy`] goes between a client
+//! and a server for the network faults a server cannot make itself.
+
+pub mod proxy;
+pub use proxy::Proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,6 +24,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     frozen: bool,
+    /// Arguments every start of this server gets (see [`RedisServer::start_with`]).
+    base: Vec<String>,
 }
 
 impl RedisServer {
@@ -30,6 +36,17 @@ impl RedisServer {
     /// When `redis-server` is not installed (the message says how to install
     /// it), or when no server comes up: tests never skip silently.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with `extra` arguments, which override the
+    /// defaults (`--appendonly yes`, say) and are kept for every restart, so
+    /// a server started with an append-only file comes back with its data.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         // A port can be taken between choosing and binding it; try a few.
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -39,6 +56,7 @@ impl RedisServer {
                 child: None,
                 dir,
                 frozen: false,
+                base: extra.iter().map(|a| (*a).to_owned()).collect(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -63,9 +81,10 @@ impl RedisServer {
         extra: &[&str],
         ready: fn(&RedisServer) -> bool,
     ) -> Result<(), String> {
+        // Later arguments win: the defaults, then the server's own, then
+        // this start's.
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(extra)
             .args([
                 "--save",
                 "",
@@ -78,6 +97,8 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log_path())
+            .args(&self.base)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -286,6 +307,19 @@ mod tests {
             server.cmd::<Option<String>>(&["GET", "k"]),
             None,
             "a restarted server is empty"
+        );
+    }
+
+    #[test]
+    fn a_server_with_an_append_only_file_restarts_with_its_data() {
+        let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
+        server.cmd::<()>(&["SET", "k", "v"]);
+        server.kill();
+        server.restart();
+        assert_eq!(
+            server.cmd::<Option<String>>(&["GET", "k"]),
+            Some("v".to_owned()),
+            "the write came back from the append-only file"
         );
     }
 }
