@@ -1,0 +1,818 @@
+//! The model and the properties checked on a recorded history.
+//!
+//! The model: each row `(variant, id)` of the source is a register whose
+//! versions only grow (INCR), and writes of one row are ordered by the
+//! row's lock, so version order is write order. A cached read is correct
+//! when it returns a version at least as new as every write of the row that
+//! had completed before the read began.
+//!
+//! - **(a) read-your-writes**: a read invoked after a write of its row
+//!   completed (source update and cache operation) returns a version at
+//!   least as new. Same process: always a violation. Across processes: a
+//!   violation unless a fault window overlaps [write invoked, read
+//!   completed], or the read began within [`CROSS_WINDOW`] of the write's
+//!   completion (a read shared with a flight begun before the write, the
+//!   documented window); those are reported apart, with their lag.
+//! - **(a2) cancelled writes are not lost**: a write whose body committed
+//!   but whose caller was dropped during the cache operation still counts,
+//!   from [`WRITE_BOUND`] after the drop (the cache operation need not be
+//!   cancelled with its caller: the source has changed).
+//! - **(b) convergence**: after quiesce every cached entry equals the
+//!   source or is absent, unless every newer version was written by a
+//!   writer that was dropped inside its body or killed (the cache never
+//!   heard of it).
+//! - **(c) bounded calls**: no call takes longer than its own loader or
+//!   write body plus [`READ_BOUND`] / [`WRITE_BOUND`] (and any scheduler
+//!   stall of its process); no error reaches a caller; a dropped call is
+//!   gone within [`CANCEL_BOUND`] of its deadline; every worker stops.
+//! - **(d) no orphaned lease**: a read waits out `wait` for another's load
+//!   only while a fault is on or a killed worker's lease may live (loads
+//!   take milliseconds); and after faults heal and workers stop, every key
+//!   serves hits again without waiting for a lease.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::history::{Call, Counters, FaultWindow, Op, Outcome, Variant};
+use crate::system::WAIT;
+use crate::worker::OP_TIMEOUT;
+
+/// Scheduling slack on a shared two-core machine.
+const SLACK: Duration = Duration::from_millis(100);
+/// The most a read may wait on the cache: its GET, the lease loop (`wait`,
+/// one poll interval of at most 50 ms past it, then a lease request and a
+/// GET), and the leaseholder's write; each backend operation bounded by
+/// the op timeout.
+pub const READ_BOUND: Duration = WAIT
+    .saturating_add(OP_TIMEOUT.saturating_mul(4))
+    .saturating_add(Duration::from_millis(50))
+    .saturating_add(SLACK);
+/// The most a write's cache operation may take: up to four backend
+/// operations (SCAN + UNLINK, SSCAN + MULTI) of at most the op timeout.
+pub const WRITE_BOUND: Duration = OP_TIMEOUT.saturating_mul(4).saturating_add(SLACK);
+/// How long after a write completed another process may still share a
+/// read begun before it: a GET and a lease request, at most the op timeout
+/// each, plus a load.
+pub const CROSS_WINDOW: Duration = OP_TIMEOUT
+    .saturating_mul(2)
+    .saturating_add(Duration::from_millis(10));
+/// How long past its deadline a dropped call may take to be gone.
+pub const CANCEL_BOUND: Duration = SLACK;
+
+/// Which property a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Property {
+    A,
+    A2,
+    B,
+    C,
+    D,
+}
+
+impl Property {
+    pub const ALL: [Property; 5] = [
+        Property::A,
+        Property::A2,
+        Property::B,
+        Property::C,
+        Property::D,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Property::A => "(a) read-your-writes",
+            Property::A2 => "(a2) cancelled write lost",
+            Property::B => "(b) convergence",
+            Property::C => "(c) bounded calls",
+            Property::D => "(d) orphaned lease",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Property::A => "a",
+            Property::A2 => "a2",
+            Property::B => "b",
+            Property::C => "c",
+            Property::D => "d",
+        }
+    }
+}
+
+/// A cached entry after quiesce, and the source.
+#[derive(Debug)]
+pub struct Entry {
+    pub variant: Variant,
+    pub key: u64,
+    pub source: u64,
+    /// `Ok(None)`: absent.
+    pub cached: Result<Option<u64>, String>,
+}
+
+/// Three calls of a key after quiesce.
+#[derive(Debug)]
+pub struct Recovery {
+    pub variant: Variant,
+    pub key: u64,
+    pub took: Vec<Duration>,
+    pub loads: Vec<u32>,
+}
+
+/// What the checker is given.
+#[derive(Debug, Default)]
+pub struct Input {
+    pub calls: Vec<Call>,
+    pub stalls: Vec<(u32, u64, u64)>,
+    pub lock_expired: usize,
+    pub faults: Vec<FaultWindow>,
+    pub entries: Vec<Entry>,
+    pub recovery: Vec<Recovery>,
+    pub problems: Vec<String>,
+    /// The workers' cache counters, summed.
+    pub counters: Counters,
+    /// The case's start, for relative times.
+    pub t0: u64,
+}
+
+#[derive(Debug)]
+pub struct Violation {
+    pub property: Property,
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub violations: Vec<Violation>,
+    /// Facts about the run: counts, lags, maxima.
+    pub notes: Vec<String>,
+    /// The longest any call waited on the cache beyond its own work, ms.
+    pub max_excess_ms: f64,
+}
+
+impl Report {
+    pub fn count(&self, p: Property) -> usize {
+        self.violations.iter().filter(|v| v.property == p).count()
+    }
+
+    fn violation(&mut self, property: Property, text: String) {
+        self.violations.push(Violation { property, text });
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// A time relative to the case's start, in ms.
+fn at(t: u64, t0: u64) -> String {
+    format!("+{:.3}ms", (t as f64 - t0 as f64) / 1e6)
+}
+
+fn describe(c: &Call, t0: u64) -> String {
+    let outcome = match &c.outcome {
+        Outcome::Read(v) => format!("-> v{v}"),
+        Outcome::Wrote(v) => format!("wrote v{v}"),
+        Outcome::Dropped => match c.committed {
+            Some(v) => format!("DROPPED after committing v{v}"),
+            None => "DROPPED".to_owned(),
+        },
+        Outcome::Error(e) => format!("ERROR {e}"),
+    };
+    let deadline = c
+        .deadline_ns
+        .map(|d| format!(" deadline {:.3}ms", ms(d)))
+        .unwrap_or_default();
+    format!(
+        "P{}/T{} {:<17} {}:{} {:<26} [{} .. {}] took {:.3}ms (own {:.3}ms, {} loads){}",
+        c.proc,
+        c.task,
+        c.op.name(),
+        c.variant.name(),
+        c.key,
+        outcome,
+        at(c.invoke, t0),
+        at(c.complete, t0),
+        ms(c.took_ns()),
+        ms(c.own_ns),
+        c.loads,
+        deadline,
+    )
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A write the reads of its row must see from `t` on.
+struct Constraint<'a> {
+    t: u64,
+    version: u64,
+    call: &'a Call,
+    cancelled: bool,
+}
+
+/// How many violations of one property are printed in full (of (a) and
+/// (b): of each kind, by the write missed and where).
+const SHOWN: usize = 3;
+/// Of each kind of (a) and (b) violation.
+const SHOWN_PER_KIND: usize = 2;
+
+pub fn check(input: &Input) -> Report {
+    let mut report = Report::default();
+    let mut by_object: BTreeMap<(Variant, u64), Vec<&Call>> = BTreeMap::new();
+    for c in &input.calls {
+        by_object.entry(c.object()).or_default().push(c);
+    }
+    for calls in by_object.values_mut() {
+        calls.sort_by_key(|c| c.invoke);
+    }
+
+    counts(input, &mut report);
+    read_your_writes(input, &by_object, &mut report);
+    convergence(input, &by_object, &mut report);
+    bounded(input, &mut report);
+    recovery(input, &mut report);
+    orphaned_leases(input, &mut report);
+    if input.lock_expired > 0 {
+        report.notes.push(format!(
+            "warning: {} row locks expired while held: writes of those rows may have reached the cache out of order",
+            input.lock_expired
+        ));
+    }
+    report
+}
+
+fn counts(input: &Input, report: &mut Report) {
+    let reads = input.calls.iter().filter(|c| c.op == Op::Read).count();
+    let dropped = input
+        .calls
+        .iter()
+        .filter(|c| c.outcome == Outcome::Dropped)
+        .count();
+    let committed_dropped = input
+        .calls
+        .iter()
+        .filter(|c| c.outcome == Outcome::Dropped && c.committed.is_some())
+        .count();
+    let procs: std::collections::BTreeSet<u32> = input.calls.iter().map(|c| c.proc).collect();
+    report.notes.push(format!(
+        "{} calls ({} reads, {} writes) from {} processes; {} dropped by their deadline ({} writes of them after committing)",
+        input.calls.len(),
+        reads,
+        input.calls.len() - reads,
+        procs.len(),
+        dropped,
+        committed_dropped,
+    ));
+    let k = &input.counters;
+    if k.hits + k.misses > 0 {
+        report.notes.push(format!(
+            "cache: {} hits, {} misses, {} loads, {} coalesced, {} stale served, {} early and {} stale refreshes, {} waits ran out, {} leases lost to invalidations, {} backend errors, {} skipped by the breaker",
+            k.hits, k.misses, k.loads, k.coalesced, k.stale_served, k.early_refreshes, k.stale_refreshes, k.wait_timeouts, k.leases_lost, k.errors, k.skipped
+        ));
+    }
+    let mut by_kind: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for w in &input.faults {
+        let e = by_kind.entry(w.kind).or_default();
+        e.0 += 1;
+        e.1 += w.end.saturating_sub(w.start);
+    }
+    if !by_kind.is_empty() {
+        let list: Vec<String> = by_kind
+            .iter()
+            .map(|(k, (n, total))| format!("{k} x{n} ({:.0} ms)", ms(*total)))
+            .collect();
+        report
+            .notes
+            .push(format!("faults injected: {}", list.join(", ")));
+        let details: Vec<String> = input
+            .faults
+            .iter()
+            .filter(|w| !w.detail.is_empty())
+            .map(|w| format!("{} at {}: {}", w.kind, at(w.start, input.t0), w.detail))
+            .take(6)
+            .collect();
+        if !details.is_empty() {
+            report.notes.push(format!("  e.g. {}", details.join("; ")));
+        }
+    }
+    if !input.stalls.is_empty() {
+        let worst = input
+            .stalls
+            .iter()
+            .map(|(_, s, e)| e.saturating_sub(*s))
+            .max()
+            .unwrap_or(0);
+        report.notes.push(format!(
+            "{} scheduler stalls over 20 ms (worst {:.1} ms)",
+            input.stalls.len(),
+            ms(worst)
+        ));
+    }
+}
+
+fn fault_between(faults: &[FaultWindow], from: u64, to: u64) -> Option<&FaultWindow> {
+    faults.iter().find(|w| w.start <= to && w.end >= from)
+}
+
+/// The calls of the row around a violation, for the report.
+fn context(calls: &[&Call], from: u64, to: u64, t0: u64) -> String {
+    let mut out = String::new();
+    let near: Vec<&&Call> = calls
+        .iter()
+        .filter(|c| c.complete >= from && c.invoke <= to)
+        .collect();
+    let skip = near.len().saturating_sub(14);
+    if skip > 0 {
+        let _ = writeln!(out, "        ... {skip} earlier calls of the row");
+    }
+    for c in near.iter().skip(skip) {
+        let _ = writeln!(out, "        {}", describe(c, t0));
+    }
+    out
+}
+
+fn read_your_writes(
+    input: &Input,
+    by_object: &BTreeMap<(Variant, u64), Vec<&Call>>,
+    report: &mut Report,
+) {
+    let t0 = input.t0;
+    let grace = ns(WRITE_BOUND);
+    let window = ns(CROSS_WINDOW);
+    let mut lags_fault = Vec::new();
+    let mut lags_window = Vec::new();
+    let mut kinds: BTreeMap<(Property, &'static str, &'static str), usize> = BTreeMap::new();
+    for calls in by_object.values() {
+        let mut constraints: Vec<Constraint<'_>> = calls
+            .iter()
+            .filter_map(|c| match (&c.outcome, c.committed) {
+                (Outcome::Wrote(v), _) => Some(Constraint {
+                    t: c.complete,
+                    version: *v,
+                    call: c,
+                    cancelled: false,
+                }),
+                (Outcome::Dropped, Some(v)) => Some(Constraint {
+                    t: c.complete + grace,
+                    version: v,
+                    call: c,
+                    cancelled: true,
+                }),
+                _ => None,
+            })
+            .collect();
+        constraints.sort_by_key(|w| w.t);
+        let mut prefix_max = Vec::with_capacity(constraints.len());
+        let mut m = 0;
+        for w in &constraints {
+            m = m.max(w.version);
+            prefix_max.push(m);
+        }
+        for r in calls.iter().filter(|c| c.op == Op::Read) {
+            let Outcome::Read(got) = r.outcome else {
+                continue;
+            };
+            let before = constraints.partition_point(|w| w.t < r.invoke);
+            if before == 0 || prefix_max[before - 1] <= got {
+                continue;
+            }
+            let missed: Vec<&Constraint<'_>> = constraints[..before]
+                .iter()
+                .filter(|w| w.version > got)
+                .collect();
+            // The worst missed write: one this read had no excuse to miss.
+            let mut worst: Option<(&Constraint<'_>, String)> = None;
+            let mut lag_max = 0;
+            let mut by_fault = false;
+            for w in &missed {
+                let lag = r.invoke.saturating_sub(w.call.complete);
+                lag_max = lag_max.max(lag);
+                let same = w.call.proc == r.proc;
+                let fault = fault_between(&input.faults, w.call.invoke, r.complete);
+                let excuse = if same {
+                    None
+                } else if let Some(f) = fault {
+                    by_fault = true;
+                    Some(format!("fault {} in between", f.kind))
+                } else if lag <= window {
+                    Some("within the shared-read window".to_owned())
+                } else {
+                    None
+                };
+                if excuse.is_none() {
+                    let why = if same {
+                        "same process".to_owned()
+                    } else {
+                        format!(
+                            "another process, no fault in between, {:.3} ms after it completed (window {:.0} ms)",
+                            ms(lag),
+                            ms(window)
+                        )
+                    };
+                    let better = match &worst {
+                        None => true,
+                        Some((prev, _)) => prev.cancelled && !w.cancelled,
+                    };
+                    if better {
+                        worst = Some((w, why));
+                    }
+                }
+            }
+            let Some((w, why)) = worst else {
+                if by_fault {
+                    lags_fault.push(lag_max);
+                } else {
+                    lags_window.push(lag_max);
+                }
+                continue;
+            };
+            let property = if w.cancelled {
+                Property::A2
+            } else {
+                Property::A
+            };
+            let place = if w.call.proc == r.proc {
+                "same process"
+            } else {
+                "across processes"
+            };
+            let seen = kinds
+                .entry((property, w.call.op.name(), place))
+                .or_default();
+            *seen += 1;
+            if *seen > SHOWN_PER_KIND {
+                report.violation(property, String::new());
+                continue;
+            }
+            let mut text = format!(
+                "stale read ({why}):\n      read    {}\n      missed  {}\n",
+                describe(r, t0),
+                describe(w.call, t0)
+            );
+            if w.cancelled {
+                let _ = writeln!(
+                    text,
+                    "      (the write's body committed v{} and its caller was dropped; the read began {:.3} ms after the drop)",
+                    w.version,
+                    ms(r.invoke.saturating_sub(w.call.complete))
+                );
+            }
+            // Where the stale version came from: the last call that loaded
+            // or wrote it before the read.
+            let origin = calls.iter().rev().find(|c| {
+                c.invoke < r.invoke
+                    && match c.outcome {
+                        Outcome::Read(v) => v == got && c.loads > 0,
+                        Outcome::Wrote(v) => v == got,
+                        _ => c.committed == Some(got),
+                    }
+            });
+            if let Some(o) = origin {
+                let _ = writeln!(text, "      origin  {}", describe(o, t0));
+            }
+            if let Some(f) = fault_between(&input.faults, w.call.invoke, r.complete) {
+                let _ = writeln!(
+                    text,
+                    "      fault   {} [{} .. {}] {}",
+                    f.kind,
+                    at(f.start, t0),
+                    at(f.end, t0),
+                    f.detail
+                );
+            }
+            let _ = writeln!(text, "      history of {}:{}:", r.variant.name(), r.key);
+            text.push_str(&context(
+                calls,
+                w.call.invoke.saturating_sub(20_000_000),
+                r.complete,
+                t0,
+            ));
+            report.violation(property, text);
+        }
+    }
+    if !kinds.is_empty() {
+        let list: Vec<String> = kinds
+            .iter()
+            .map(|((p, op, place), n)| format!("({}) {op} {place}: {n}", p.short()))
+            .collect();
+        report.notes.push(format!(
+            "stale reads by the write they missed: {}",
+            list.join(", ")
+        ));
+    }
+    for (lags, what) in [
+        (&mut lags_fault, "with a fault in between"),
+        (&mut lags_window, "within the shared-read window"),
+    ] {
+        if lags.is_empty() {
+            continue;
+        }
+        lags.sort_unstable();
+        report.notes.push(format!(
+            "stale cross-process reads {what} (not violations): {}, lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            lags.len(),
+            ms(percentile(lags, 0.5)),
+            ms(percentile(lags, 0.99)),
+            ms(percentile(lags, 1.0)),
+        ));
+    }
+}
+
+fn convergence(
+    input: &Input,
+    by_object: &BTreeMap<(Variant, u64), Vec<&Call>>,
+    report: &mut Report,
+) {
+    let t0 = input.t0;
+    let (mut equal, mut absent, mut excused) = (0, 0, 0);
+    let mut shown = 0;
+    let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for e in &input.entries {
+        let cached = match &e.cached {
+            Ok(None) => {
+                absent += 1;
+                continue;
+            }
+            Ok(Some(v)) if *v == e.source => {
+                equal += 1;
+                continue;
+            }
+            Ok(Some(v)) => *v,
+            Err(err) => {
+                report.violation(
+                    Property::B,
+                    format!(
+                        "{}:{}: could not read the entry: {err}",
+                        e.variant.name(),
+                        e.key
+                    ),
+                );
+                continue;
+            }
+        };
+        let calls: &[&Call] = by_object
+            .get(&(e.variant, e.key))
+            .map_or(&[], Vec::as_slice);
+        let missed: Vec<&&Call> = calls
+            .iter()
+            .filter(|c| match (&c.outcome, c.committed) {
+                (Outcome::Wrote(v), _) => *v > cached,
+                (Outcome::Dropped, Some(v)) => v > cached,
+                _ => false,
+            })
+            .collect();
+        if cached < e.source && missed.is_empty() {
+            // Every newer version came from a writer dropped in its body or
+            // killed: the cache was never told.
+            excused += 1;
+            continue;
+        }
+        shown += 1;
+        let kind = missed.last().map_or("none (ahead of the source)", |c| {
+            if c.outcome == Outcome::Dropped {
+                "a dropped write"
+            } else {
+                c.op.name()
+            }
+        });
+        let seen = kinds.entry(kind).or_default();
+        *seen += 1;
+        if *seen > SHOWN_PER_KIND {
+            report.violation(Property::B, String::new());
+            continue;
+        }
+        let mut text = format!(
+            "{}:{} holds v{cached} after quiesce; the source has v{}\n",
+            e.variant.name(),
+            e.key,
+            e.source
+        );
+        for c in missed.iter().take(3) {
+            let _ = writeln!(text, "      missed  {}", describe(c, t0));
+        }
+        if let Some(last) = missed.first() {
+            let _ = writeln!(text, "      history of {}:{}:", e.variant.name(), e.key);
+            text.push_str(&context(
+                calls,
+                last.invoke.saturating_sub(20_000_000),
+                last.complete + 30_000_000,
+                t0,
+            ));
+        }
+        report.violation(Property::B, text);
+    }
+    if !input.entries.is_empty() {
+        report.notes.push(format!(
+            "convergence: {} entries: {equal} equal to the source, {absent} absent, {excused} older only by writes the cache never heard of, {} wrong",
+            input.entries.len(),
+            shown
+        ));
+    }
+    if !kinds.is_empty() {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        report.notes.push(format!(
+            "wrong entries by the last write they missed: {}",
+            list.join(", ")
+        ));
+    }
+}
+
+fn stalled(stalls: &[(u32, u64, u64)], proc: u32, from: u64, to: u64) -> u64 {
+    stalls
+        .iter()
+        .filter(|(p, s, e)| *p == proc && *s < to && *e > from)
+        .map(|(_, s, e)| (*e).min(to).saturating_sub((*s).max(from)))
+        .sum()
+}
+
+fn bounded(input: &Input, report: &mut Report) {
+    let t0 = input.t0;
+    let mut worst: [(u64, Option<&Call>); 2] = [(0, None), (0, None)];
+    let mut shown = 0;
+    let mut flag = |report: &mut Report, text: String| {
+        shown += 1;
+        report.violation(
+            Property::C,
+            if shown > SHOWN { String::new() } else { text },
+        );
+    };
+    for c in &input.calls {
+        let stall = stalled(&input.stalls, c.proc, c.invoke, c.complete);
+        match &c.outcome {
+            Outcome::Error(e) => {
+                flag(
+                    report,
+                    format!(
+                        "an error reached the caller ({e}):\n      {}",
+                        describe(c, t0)
+                    ),
+                );
+            }
+            Outcome::Dropped => {
+                let deadline = c.deadline_ns.unwrap_or(0);
+                let late = c.took_ns().saturating_sub(deadline + stall);
+                if late > ns(CANCEL_BOUND) {
+                    flag(
+                        report,
+                        format!(
+                            "dropped {:.3} ms after its deadline (bound {:.0} ms): the call blocked its caller\n      {}",
+                            ms(late),
+                            ms(ns(CANCEL_BOUND)),
+                            describe(c, t0)
+                        ),
+                    );
+                }
+            }
+            Outcome::Read(_) | Outcome::Wrote(_) => {
+                let write = usize::from(c.op.is_write());
+                let bound = ns(if write == 1 { WRITE_BOUND } else { READ_BOUND });
+                let excess = c.took_ns().saturating_sub(c.own_ns + stall);
+                if excess > worst[write].0 {
+                    worst[write] = (excess, Some(c));
+                }
+                if excess > bound {
+                    flag(
+                        report,
+                        format!(
+                            "took {:.3} ms beyond its own {} (bound {:.0} ms)\n      {}",
+                            ms(excess),
+                            if write == 1 { "write body" } else { "loader" },
+                            ms(bound),
+                            describe(c, t0)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for p in &input.problems {
+        flag(report, p.clone());
+    }
+    report.max_excess_ms = ms(worst[0].0.max(worst[1].0));
+    for (i, what, bound) in [(0, "read", READ_BOUND), (1, "write", WRITE_BOUND)] {
+        if let (excess, Some(c)) = worst[i] {
+            report.notes.push(format!(
+                "slowest {what} beyond its own work: {:.3} ms (bound {:.0} ms): {}",
+                ms(excess),
+                ms(ns(bound)),
+                describe(c, t0)
+            ));
+        }
+    }
+}
+
+/// A read that waited out `wait` for another's load when no leaseholder
+/// can have been busy: no fault during the call (a frozen or unreachable
+/// server holds a leaseholder's write up), no worker killed within a lease
+/// before it. Loads take milliseconds and a dropped leaseholder releases
+/// its lease, so such a lease was orphaned (its holder lost track of it).
+fn orphaned_leases(input: &Input, report: &mut Report) {
+    let t0 = input.t0;
+    let margin = ns(OP_TIMEOUT.saturating_mul(2));
+    let lease = ns(crate::system::LEASE);
+    let mut found: BTreeMap<(Variant, u64), (usize, &Call)> = BTreeMap::new();
+    let mut calls: Vec<&Call> = input.calls.iter().collect();
+    calls.sort_by_key(|c| c.invoke);
+    for c in calls.iter().copied() {
+        if c.op != Op::Read
+            || !matches!(c.outcome, Outcome::Read(_))
+            || c.took_ns().saturating_sub(c.own_ns) < ns(WAIT)
+        {
+            continue;
+        }
+        let busy = input.faults.iter().any(|w| {
+            let reach = if w.kind == "worker_kill" {
+                lease
+            } else {
+                margin
+            };
+            w.start <= c.complete && w.end + reach >= c.invoke
+        });
+        if busy || stalled(&input.stalls, c.proc, c.invoke, c.complete) > 0 {
+            continue;
+        }
+        found.entry(c.object()).or_insert((0, c)).0 += 1;
+    }
+    let mut shown = 0;
+    for ((variant, key), (n, first)) in &found {
+        shown += 1;
+        report.violation(
+            Property::D,
+            if shown > SHOWN {
+                String::new()
+            } else {
+                let calls: Vec<&Call> = calls
+                    .iter()
+                    .copied()
+                    .filter(|c| c.object() == (*variant, *key))
+                    .filter(|c| c.complete + 400_000_000 >= first.invoke && c.invoke <= first.complete)
+                    .collect();
+                let mut text = format!(
+                    "{}:{}: {n} reads waited out `wait` ({:.0} ms) with no fault on and no leaseholder busy: an orphaned lease\n      first   {}\n      history of {}:{}:\n",
+                    variant.name(),
+                    key,
+                    ms(ns(WAIT)),
+                    describe(first, t0),
+                    variant.name(),
+                    key
+                );
+                text.push_str(&context(&calls, 0, u64::MAX, t0));
+                text
+            },
+        );
+    }
+}
+
+fn recovery(input: &Input, report: &mut Report) {
+    let mut shown = 0;
+    for r in &input.recovery {
+        let waited = r.took.iter().any(|t| *t >= WAIT);
+        let hit = r.loads.iter().skip(1).any(|l| *l == 0);
+        if !waited && hit {
+            continue;
+        }
+        shown += 1;
+        if shown > SHOWN {
+            report.violation(Property::D, String::new());
+            continue;
+        }
+        let took: Vec<String> = r
+            .took
+            .iter()
+            .zip(&r.loads)
+            .map(|(t, l)| format!("{:.1} ms/{l} loads", t.as_secs_f64() * 1e3))
+            .collect();
+        report.violation(
+            Property::D,
+            format!(
+                "{}:{} after quiesce: three calls took {} ({}): {}",
+                r.variant.name(),
+                r.key,
+                took.join(", "),
+                if waited {
+                    "a call waited out `wait` for a lease nobody holds"
+                } else {
+                    "no hit"
+                },
+                "an orphaned lease keeps the key uncached until it expires"
+            ),
+        );
+    }
+    if !input.recovery.is_empty() {
+        report.notes.push(format!(
+            "recovery: {} keys called three times after quiesce, {} without hits or waiting on a lease",
+            input.recovery.len(),
+            shown
+        ));
+    }
+}
