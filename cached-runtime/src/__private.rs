@@ -127,6 +127,9 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
         value: Option<&T>,
         tags: &[String],
     ) {
+        let engine = cache.engine();
+        let keys = [key];
+        let unfinished = engine.unfinished(&keys, &[], &[]);
         match value {
             Some(value) => {
                 let counters = site.counters(cache);
@@ -135,15 +138,15 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
                     stale: site.policy.stale,
                     load_time: Duration::ZERO,
                 };
-                cache
-                    .engine()
-                    .write(&key, Some(value), keep, tags, &counters)
+                engine
+                    .write(&keys[0], Some(value), keep, tags, &counters)
                     .await;
             }
             None => {
-                let _ = cache.engine().invalidate_full(&[key]).await;
+                let _ = engine.invalidate_full(&keys).await;
             }
         }
+        unfinished.finished();
     }
 }
 
@@ -167,9 +170,12 @@ impl<T> PlainPut<T> for Runner<T> {}
 
 /// What `#[cache_evict]` removes once the function has succeeded: full keys,
 /// full glob patterns and full tag keys. Failures are logged and counted
-/// by the cache; the caller's result is returned regardless.
+/// by the cache, and retried until they land; the caller's result is
+/// returned regardless. A caller dropped before the invalidations finish
+/// leaves them to the retries, not undone.
 pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[String]) {
     let engine = cache.engine();
+    let unfinished = engine.unfinished(keys, patterns, tags);
     let _ = engine.invalidate_full(keys).await;
     for pattern in patterns {
         let _ = engine.invalidate_pattern_full(pattern).await;
@@ -177,6 +183,7 @@ pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[
     for tag in tags {
         let _ = engine.invalidate_tag_full(tag).await;
     }
+    unfinished.finished();
 }
 
 /// Whether `text` matches the glob `pattern` as Redis's `SCAN MATCH` and

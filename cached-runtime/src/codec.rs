@@ -110,6 +110,22 @@ pub(crate) fn encode<T: Serialize>(
     Ok(out)
 }
 
+/// How many bytes of the header identify an entry: its times (offsets 10 to
+/// 37). Two writes of one key carry the same identity only if they were made
+/// in the same millisecond with the same load time and the same jittered
+/// expiry.
+pub(crate) const IDENTITY_LEN: usize = 28;
+
+/// The identity of the entry with `meta`: the header bytes at 10..38.
+pub(crate) fn identity(meta: &EntryMeta) -> [u8; IDENTITY_LEN] {
+    let mut out = [0u8; IDENTITY_LEN];
+    out[0..8].copy_from_slice(&meta.created_ms.to_le_bytes());
+    out[8..12].copy_from_slice(&meta.load_us.to_le_bytes());
+    out[12..20].copy_from_slice(&meta.expires_ms.to_le_bytes());
+    out[20..28].copy_from_slice(&meta.stale_until_ms.to_le_bytes());
+    out
+}
+
 /// Reads only the header: enough to judge freshness without the payload.
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
     if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
@@ -150,6 +166,18 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_identity_is_the_envelope_bytes_a_script_compares() {
+        let m = EntryMeta {
+            created_ms: 0x0102_0304_0506_0708,
+            load_us: 0x0a0b_0c0d,
+            expires_ms: 0x1112_1314_1516_1718,
+            stale_until_ms: 0x2122_2324_2526_2728,
+        };
+        let bytes = encode(Some(&1u8), &m).expect("encodes");
+        assert_eq!(&bytes[10..10 + IDENTITY_LEN], &identity(&m)[..]);
+    }
 
     fn meta() -> EntryMeta {
         EntryMeta {

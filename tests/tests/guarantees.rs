@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use cached_runtime::{Cache, cache_evict, cached};
+use cached_runtime::{Cache, cache_evict, cache_put, cached};
 use cached_tests::RedisServer;
 
 /// Runs `check` on a memory cache, then on a Redis cache of its own server.
@@ -191,6 +191,121 @@ async fn a_caller_waits_on_a_load_in_its_own_process_no_longer_than_wait() {
             "the wait that ran out is counted"
         );
         assert_eq!(first.await.expect("the leader finishes"), 1);
+    })
+    .await;
+}
+
+/// A service whose writers write through while they hold the row (the
+/// README's pattern): the cache holds the new version before the source
+/// commits it.
+#[derive(Clone)]
+struct Articles {
+    cache: Cache,
+    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Articles {
+    #[cached(prefix = "article", ttl = "300ms", stale = "1h", key = id)]
+    async fn version(&self, id: u32) -> u64 {
+        let _ = id;
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    #[cache_put(prefix = "article", ttl = "300ms", stale = "1h", key = id)]
+    async fn publish(&self, id: u32, version: u64) -> u64 {
+        let _ = id;
+        version
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_never_replaces_a_newer_write_through() {
+    on_both(|cache| async move {
+        let a = Articles {
+            cache,
+            committed: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        };
+        assert_eq!(a.version(1).await, 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // A stale hit, read on a runtime of its own that is then left idle:
+        // its background refresh is spawned but not yet run.
+        let side = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let reader = a.clone();
+        let (side, stale) = tokio::task::spawn_blocking(move || {
+            let got = side.block_on(reader.version(1));
+            (side, got)
+        })
+        .await
+        .expect("the stale read");
+        assert_eq!(stale, 1, "served stale");
+        // The writer writes version 2 through, still holding the row: the
+        // source says 1 until it commits.
+        assert_eq!(a.publish(1, 2).await, 2);
+        // Now the refresh runs: it reads the source (still 1).
+        tokio::task::spawn_blocking(move || {
+            side.block_on(tokio::time::sleep(Duration::from_millis(150)));
+        })
+        .await
+        .expect("the refresh ran");
+        a.committed.store(2, Ordering::SeqCst);
+        assert_eq!(
+            a.version(1).await,
+            2,
+            "the refresh stored what it read before the write-through"
+        );
+    })
+    .await;
+}
+
+/// Lists whose loads read the source, then take a while (a slow query).
+struct Lists {
+    cache: Cache,
+    committed: std::sync::atomic::AtomicU64,
+}
+
+impl Lists {
+    #[cached(prefix = "video", ttl = "5m", key = "{id}:placements")]
+    async fn placements(&self, id: u32) -> u64 {
+        let _ = id;
+        let read = self.committed.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        read
+    }
+
+    /// Commits a change to every video's list, then evicts them all.
+    #[cache_evict(patterns = ["video:*:placements"])]
+    async fn change_all(&self) {
+        self.committed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_eviction_stops_a_load_in_flight_from_storing_what_it_read_before() {
+    on_both(|cache| async move {
+        let lists = std::sync::Arc::new(Lists {
+            cache,
+            committed: std::sync::atomic::AtomicU64::new(1),
+        });
+        let reader = tokio::spawn({
+            let lists = std::sync::Arc::clone(&lists);
+            async move { lists.placements(7).await }
+        });
+        // The load has read version 1 and holds its lease.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lists.change_all().await;
+        assert_eq!(
+            reader.await.expect("the reader"),
+            1,
+            "it read before the change"
+        );
+        assert_eq!(
+            lists.placements(7).await,
+            2,
+            "the load that read before the eviction stored its old list"
+        );
     })
     .await;
 }

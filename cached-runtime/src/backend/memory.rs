@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
 
-use super::{Fetched, LeaseOutcome, Lookup};
+use super::{Fetched, LeaseIf, LeaseOutcome, Lookup};
 use crate::Cacheable;
 use crate::codec::{DecodeError, EntryMeta};
 
@@ -198,7 +198,7 @@ impl MemoryBackend {
         key: &str,
         token: u64,
         ttl: Duration,
-        only_if_absent: bool,
+        cond: LeaseIf,
         tags: &[String],
     ) -> LeaseOutcome {
         let mut state = self.lock_state();
@@ -208,8 +208,19 @@ impl MemoryBackend {
         {
             return LeaseOutcome::Held;
         }
-        if only_if_absent && self.entries.contains_key(key) {
-            return LeaseOutcome::ValuePresent;
+        match cond {
+            LeaseIf::Absent if self.entries.contains_key(key) => {
+                return LeaseOutcome::ValuePresent;
+            }
+            LeaseIf::Unchanged(seen)
+                if self
+                    .entries
+                    .get(key)
+                    .is_none_or(|entry| entry.0.meta != seen) =>
+            {
+                return LeaseOutcome::Changed;
+            }
+            _ => {}
         }
         state.leases.insert(
             key.to_owned(),
@@ -218,7 +229,9 @@ impl MemoryBackend {
         // Tagged when the load starts, not when it ends, so a tag
         // invalidation in between finds the lease and destroys it.
         state.tag(key, tags);
-        LeaseOutcome::Acquired
+        // Pattern invalidations here remove matching leases under this
+        // lock, so the memory backend needs no epoch.
+        LeaseOutcome::Acquired(0)
     }
 
     #[allow(clippy::too_many_arguments)]

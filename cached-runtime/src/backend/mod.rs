@@ -137,12 +137,41 @@ impl Fetched {
 /// What an attempt to take a lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseOutcome {
-    /// The lease is ours: load and write.
-    Acquired,
+    /// The lease is ours: load and write. Carries the namespace's
+    /// invalidation epoch when it was taken (see [`Lease`]).
+    Acquired(u64),
     /// Another caller holds it: wait for its value.
     Held,
-    /// A value is already there (asked with `only_if_absent`): read it.
+    /// A value is already there (asked with [`LeaseIf::Absent`]): read it.
     ValuePresent,
+    /// The entry is no longer the one seen (asked with
+    /// [`LeaseIf::Unchanged`]): a write-through replaced it.
+    Changed,
+}
+
+/// A lease this caller holds: its token, and the namespace's invalidation
+/// epoch when it was taken. A pattern invalidation bumps the epoch before it
+/// scans, and a leased write lands only while the epoch is unchanged: SCAN
+/// does not promise to return keys created (or leases ended) during the
+/// scan, so a load in flight could otherwise store what it read before the
+/// change after the scan passed its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) token: u64,
+    pub(crate) epoch: u64,
+}
+
+/// When a lease may be taken, besides nobody else holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseIf {
+    /// Only while no value is stored (a load after a miss).
+    Absent,
+    /// Whatever is stored (a value this caller cannot use).
+    Any,
+    /// Only while the stored entry is still the one with this metadata (a
+    /// refresh: a write-through since the refresh's read must not be
+    /// replaced by what the refresh loads).
+    Unchanged(EntryMeta),
 }
 
 /// The key under which the lease on `key` lives. A suffix rather than a
@@ -244,29 +273,29 @@ impl Backend {
     }
 
     /// Takes the lease on `key` for `ttl` with `token`, unless another holder
-    /// has it, or (with `only_if_absent`) a value is already there.
+    /// has it, or the stored entry does not meet `cond`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn acquire_lease(
         &self,
         key: &str,
         token: u64,
         ttl: Duration,
-        only_if_absent: bool,
+        cond: LeaseIf,
         tags: &[String],
         tag_for: Duration,
         timeout: Duration,
     ) -> Result<LeaseOutcome, BackendError> {
         match self {
-            Backend::Memory(m) => Ok(m.acquire_lease(key, token, ttl, only_if_absent, tags)),
+            Backend::Memory(m) => Ok(m.acquire_lease(key, token, ttl, cond, tags)),
             Backend::Redis(r) => {
-                r.acquire_lease(key, token, ttl, only_if_absent, tags, tag_for, timeout)
+                r.acquire_lease(key, token, ttl, cond, tags, tag_for, timeout)
                     .await
             }
         }
     }
 
-    /// Writes the value only while `token` still holds the lease, and ends
-    /// the lease. `Ok(false)`: the lease was lost (invalidated, or expired),
+    /// Writes the value only while `lease` still holds (its token, and no
+    /// pattern invalidation since it was taken), and ends the lease. `Ok(false)`: the lease was lost (invalidated, or expired),
     /// so the value, possibly read before a write, is not stored.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn set_if_leased<T: Cacheable>(
@@ -275,14 +304,16 @@ impl Backend {
         value: Option<&T>,
         meta: &EntryMeta,
         keep_for: Duration,
-        token: u64,
+        lease: Lease,
         tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         match self {
-            Backend::Memory(m) => Ok(m.set_if_leased(key, value, *meta, keep_for, token, tags)),
+            Backend::Memory(m) => {
+                Ok(m.set_if_leased(key, value, *meta, keep_for, lease.token, tags))
+            }
             Backend::Redis(r) => {
-                r.set_if_leased(key, value, meta, keep_for, token, tags, timeout)
+                r.set_if_leased(key, value, meta, keep_for, lease, tags, timeout)
                     .await
             }
         }

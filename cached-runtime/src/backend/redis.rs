@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{BackendError, Fetched, LEASE_SUFFIX, LeaseOutcome, lease_key};
+use super::{BackendError, Fetched, LEASE_SUFFIX, Lease, LeaseIf, LeaseOutcome, lease_key};
 
 /// Keys per SCAN/SSCAN round trip, and so per UNLINK: small enough that no
 /// single command holds the server for long.
 const SCAN_BATCH: u64 = 500;
+
+/// The name of the invalidation epoch under a namespace. Text parts of keys
+/// escape `~`, so no entry key is it.
+const EPOCH: &str = "~epoch";
 use crate::Cacheable;
 use crate::breaker::{Admit, Breaker};
 use crate::codec::{self, EntryMeta};
@@ -31,6 +35,9 @@ pub(crate) struct RedisBackend {
     breaker: Arc<Breaker>,
     /// The largest encoded value stored.
     max_value_bytes: usize,
+    /// `{namespace}:~epoch`: bumped by every pattern invalidation (see
+    /// [`Lease`]).
+    epoch_key: String,
 }
 
 /// Tells the breaker how its probe went, or that it failed if dropped first.
@@ -72,6 +79,7 @@ impl RedisBackend {
         connect_timeout: Duration,
         breaker: Breaker,
         max_value_bytes: usize,
+        namespace: &str,
     ) -> Self {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
@@ -90,6 +98,11 @@ impl RedisBackend {
             control: OnceLock::new(),
             breaker: Arc::new(breaker),
             max_value_bytes,
+            epoch_key: if namespace.is_empty() {
+                EPOCH.to_owned()
+            } else {
+                format!("{namespace}:{EPOCH}")
+            },
         }
     }
 
@@ -261,13 +274,18 @@ impl RedisBackend {
     }
 
     /// SCAN + UNLINK in batches (never KEYS): each round trip does bounded
-    /// work, so a large invalidation never blocks the server.
+    /// work, so a large invalidation never blocks the server. The epoch is
+    /// bumped first, so that no load whose lease predates the scan stores
+    /// its value, whether or not the scan sees its key.
     pub(crate) async fn invalidate_pattern(
         &self,
         pattern: &str,
         timeout: Duration,
     ) -> Result<u64, BackendError> {
         let mut conn = self.conn()?;
+        let bump = redis::cmd("INCR").arg(&self.epoch_key).to_owned();
+        self.run::<i64>(Gate::Always, timeout, bump.query_async(&mut conn))
+            .await?;
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -365,17 +383,24 @@ local function tag(first, ms)
 end
 ";
 
-/// KEYS: value, lease, tags... ARGV: token, lease ms, only-if-absent (1/0),
-/// tag ms. Returns 1 acquired, 0 held by another, 2 a value is present.
+/// KEYS: value, lease, epoch, tags... ARGV: token, lease ms, condition (1:
+/// only if absent, 0: any, 2: only if the entry's identity, bytes 11-38 of
+/// its envelope, is still ARGV[5]), tag ms, identity. Returns {1, epoch}
+/// acquired, {0, 0} held by another, {2, 0} a value is present, {3, 0} the
+/// entry changed.
 /// Tags are recorded when the load starts, so a tag invalidation while it
 /// runs finds the key and destroys the lease.
 static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{TAG_LUA}
-        if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
-        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-        tag(3, ARGV[4])
-        return 1"
+        if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {{2, 0}} end
+        if ARGV[3] == '2' then
+          local v = redis.call('GET', KEYS[1])
+          if not v or string.sub(v, 11, 38) ~= ARGV[5] then return {{3, 0}} end
+        end
+        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{0, 0}} end
+        tag(4, ARGV[4])
+        return {{1, tonumber(redis.call('GET', KEYS[3]) or '0')}}"
     ))
 });
 
@@ -395,15 +420,20 @@ static PUT_LUA: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: value, lease, tags... ARGV: token, envelope, keep ms.
-/// Stores only while the token holds the lease, then ends the lease.
+/// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
+/// Stores only while the token holds the lease and no pattern invalidation
+/// has bumped the epoch since it was taken, then ends the lease.
 static SET_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{TAG_LUA}
         if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+        if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then
+          redis.call('DEL', KEYS[2])
+          return 0
+        end
         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
         redis.call('DEL', KEYS[2])
-        tag(3, ARGV[3])
+        tag(4, ARGV[3])
         return 1"
     ))
 });
@@ -419,12 +449,13 @@ static DROP_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 /// KEYS: lease. ARGV: token. Compare-and-delete: only the holder ends it.
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-          return 0",
-    )
-});
+///
+/// Sent whole with EVAL, like [`PUT_LUA`]: a release often runs when no one
+/// waits for its answer (a guard dropped, a lease request that timed out),
+/// and EVALSHA on a server that lost its script cache answers NOSCRIPT,
+/// which only a caller still waiting would retry.
+const RELEASE_LUA: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+          return 0";
 
 fn millis(d: Duration) -> u64 {
     crate::clock::duration_ms(d.min(crate::clock::LONGEST)).max(1)
@@ -437,27 +468,38 @@ impl RedisBackend {
         key: &str,
         token: u64,
         ttl: Duration,
-        only_if_absent: bool,
+        cond: LeaseIf,
         tags: &[String],
         tag_for: Duration,
         timeout: Duration,
     ) -> Result<LeaseOutcome, BackendError> {
         let mut conn = self.control()?;
+        let identity = match &cond {
+            LeaseIf::Unchanged(meta) => codec::identity(meta),
+            _ => [0; codec::IDENTITY_LEN],
+        };
         let mut call = ACQUIRE.key(key);
-        call.key(lease_key(key));
+        call.key(lease_key(key)).key(&self.epoch_key);
         for tag in tags {
             call.key(tag);
         }
+        let (mode, seen): (&str, &[u8]) = match &cond {
+            LeaseIf::Absent => ("1", &[]),
+            LeaseIf::Any => ("0", &[]),
+            LeaseIf::Unchanged(_) => ("2", &identity),
+        };
         call.arg(token)
             .arg(millis(ttl))
-            .arg(if only_if_absent { "1" } else { "0" })
-            .arg(millis(tag_for));
-        let outcome: i64 = self
+            .arg(mode)
+            .arg(millis(tag_for))
+            .arg(seen);
+        let (outcome, epoch): (i64, u64) = self
             .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
             .await?;
         Ok(match outcome {
-            1 => LeaseOutcome::Acquired,
+            1 => LeaseOutcome::Acquired(epoch),
             2 => LeaseOutcome::ValuePresent,
+            3 => LeaseOutcome::Changed,
             _ => LeaseOutcome::Held,
         })
     }
@@ -469,7 +511,7 @@ impl RedisBackend {
         value: Option<&T>,
         meta: &EntryMeta,
         keep_for: Duration,
-        token: u64,
+        lease: Lease,
         tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
@@ -481,7 +523,7 @@ impl RedisBackend {
                 // that others load at once.
                 let mut conn = self.control()?;
                 let mut call = DROP_IF_LEASED.key(key);
-                call.key(lease_key(key)).arg(token);
+                call.key(lease_key(key)).arg(lease.token);
                 if let Err(dropped) = self
                     .run::<i64>(Gate::Always, timeout, call.invoke_async(&mut conn))
                     .await
@@ -493,11 +535,14 @@ impl RedisBackend {
         };
         let mut conn = self.control()?;
         let mut call = SET_IF_LEASED.key(key);
-        call.key(lease_key(key));
+        call.key(lease_key(key)).key(&self.epoch_key);
         for tag in tags {
             call.key(tag);
         }
-        call.arg(token).arg(bytes).arg(millis(keep_for));
+        call.arg(lease.token)
+            .arg(bytes)
+            .arg(millis(keep_for))
+            .arg(lease.epoch);
         let stored: i64 = self
             .run(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await?;
@@ -511,9 +556,9 @@ impl RedisBackend {
         timeout: Duration,
     ) -> Result<(), BackendError> {
         let mut conn = self.control()?;
-        let mut call = RELEASE.key(lease_key(key));
-        call.arg(token);
-        self.run::<i64>(Gate::Always, timeout, call.invoke_async(&mut conn))
+        let mut call = redis::cmd("EVAL");
+        call.arg(RELEASE_LUA).arg(1).arg(lease_key(key)).arg(token);
+        self.run::<i64>(Gate::Always, timeout, call.query_async(&mut conn))
             .await
             .map(drop)
     }

@@ -178,6 +178,7 @@ impl CacheBuilder {
                     self.connect_timeout,
                     breaker,
                     self.max_value_bytes,
+                    &self.namespace,
                 )))
             }
         };

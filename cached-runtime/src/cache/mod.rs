@@ -98,6 +98,11 @@ impl Cache {
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
+        if self.engine.pending.blocks(&full, &[]) {
+            // A change of the key has not reached the backend yet.
+            counters.misses.add();
+            return None;
+        }
         let (fetched, took) = self.engine.fetch_timed(&full, &counters).await;
         let read = self.engine.interpret::<T>(&full, &counters, fetched);
         self.engine.count_read(&full, &counters, &read, took);

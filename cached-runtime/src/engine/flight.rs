@@ -44,8 +44,8 @@ pub(super) enum Shared {
     /// A fresh hit, with its metadata (each waiter decides on an early
     /// refresh as if it had read it).
     Fresh(EntryMeta),
-    /// A hit past its TTL, inside its stale window.
-    Stale,
+    /// A hit past its TTL, inside its stale window, with its metadata.
+    Stale(EntryMeta),
 }
 
 /// One read and at most one load per key at a time, and one background

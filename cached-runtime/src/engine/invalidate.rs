@@ -2,16 +2,21 @@
 //! it removes (so a load in flight cannot write back a value it read before
 //! the change) and detaches this process's flights of those keys.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Engine;
+use super::recover::Change;
 use crate::backend::BackendError;
 use crate::error::CacheError;
 use crate::key::{TAG_PREFIX, stats_name};
 
 impl Engine {
     /// Removes the entries under the full `keys` and destroys their leases.
-    pub(crate) async fn invalidate_full(&self, keys: &[String]) -> Result<(), CacheError> {
+    pub(crate) async fn invalidate_full(
+        self: &Arc<Self>,
+        keys: &[String],
+    ) -> Result<(), CacheError> {
         let Some(first) = keys.first() else {
             return Ok(());
         };
@@ -20,6 +25,9 @@ impl Engine {
         // After the backend has answered: a read begun before then may have
         // seen the old value, and no caller from now on may share it.
         self.flights.detach(keys);
+        if result.is_err() {
+            self.pend(Change::Keys(keys.to_vec()));
+        }
         self.invalidated(
             first,
             "invalidate",
@@ -30,21 +38,33 @@ impl Engine {
     }
 
     /// Removes every entry whose full key matches the glob `pattern`.
-    pub(crate) async fn invalidate_pattern_full(&self, pattern: &str) -> Result<u64, CacheError> {
+    pub(crate) async fn invalidate_pattern_full(
+        self: &Arc<Self>,
+        pattern: &str,
+    ) -> Result<u64, CacheError> {
         let started = Instant::now();
         let result = self
             .backend
             .invalidate_pattern(pattern, self.op_timeout)
             .await;
         self.flights.detach_all();
+        if result.is_err() {
+            self.pend(Change::Pattern(pattern.to_owned()));
+        }
         self.invalidated(pattern, "invalidate_pattern", started, result)
     }
 
     /// Removes every entry recorded under the full tag key `tag`.
-    pub(crate) async fn invalidate_tag_full(&self, tag: &str) -> Result<u64, CacheError> {
+    pub(crate) async fn invalidate_tag_full(
+        self: &Arc<Self>,
+        tag: &str,
+    ) -> Result<u64, CacheError> {
         let started = Instant::now();
         let result = self.backend.invalidate_tag(tag, self.op_timeout).await;
         self.flights.detach_all();
+        if result.is_err() {
+            self.pend(Change::Tag(tag.to_owned()));
+        }
         self.invalidated(tag, "invalidate_tag", started, result)
     }
 

@@ -10,17 +10,25 @@ use super::Engine;
 use super::policy::{Call, Keep, Shape};
 use super::read::Read;
 use crate::Cacheable;
-use crate::backend::LeaseOutcome;
+use crate::backend::{BackendError, Lease, LeaseIf, LeaseOutcome};
+use crate::codec::EntryMeta;
 use crate::stats::Counters;
 
 /// What asking for a lease came to.
 pub(super) enum Leasing<V> {
-    /// This caller holds it: load and write.
-    Ours,
+    /// This caller holds it (taken at this invalidation epoch): load and
+    /// write.
+    Ours(u64),
     /// Another caller's value arrived meanwhile.
     Value(V),
-    /// The backend failed or the wait ran out: load, but do not write.
+    /// Another holds it and the wait ran out (or, for a refresh, another
+    /// refreshes): load, but do not write.
     NotOurs,
+    /// The request failed (timed out, refused, cut off): the lease may be
+    /// ours on the server all the same, so the caller releases it (in the
+    /// background) rather than leave every caller of the key waiting out
+    /// `wait` until it expires. Load, but do not write.
+    Failed,
 }
 
 /// How hard to try for a lease.
@@ -29,9 +37,11 @@ pub(super) enum Ask {
     /// A load after a miss: wait for another holder's value, up to the
     /// policy's `wait`.
     ForLoad,
-    /// A background refresh: one attempt, taken even though a value is
-    /// present; if another holds it, that one refreshes.
-    ForRefresh,
+    /// A background refresh of the entry with this metadata: one attempt,
+    /// taken only while that entry is still stored (a write-through since
+    /// the refresh's read wins); if another holds the lease, that one
+    /// refreshes.
+    ForRefresh(EntryMeta),
 }
 
 impl Engine {
@@ -53,8 +63,10 @@ impl Engine {
         // Until something is seen under the key that this caller cannot use
         // (an absence marker for a function that never returns `None`, a
         // value just past its expiry), the lease is taken only if it is empty.
-        // A refresh replaces the value that is there.
-        let mut only_if_absent = ask == Ask::ForLoad;
+        let mut cond = match ask {
+            Ask::ForLoad => LeaseIf::Absent,
+            Ask::ForRefresh(seen) => LeaseIf::Unchanged(seen),
+        };
         loop {
             let asked = Instant::now();
             let outcome = self
@@ -63,7 +75,7 @@ impl Engine {
                     key,
                     token,
                     policy.lease,
-                    only_if_absent,
+                    cond,
                     call.tags,
                     call.tag_for(),
                     self.op_timeout,
@@ -73,12 +85,12 @@ impl Engine {
                 counters.latency_lease.record(asked.elapsed());
             }
             match outcome {
-                Ok(LeaseOutcome::Acquired) => return Leasing::Ours,
-                // Another process refreshes it.
-                Ok(_) if ask == Ask::ForRefresh => return Leasing::NotOurs,
+                Ok(LeaseOutcome::Acquired(epoch)) => return Leasing::Ours(epoch),
+                // Another process refreshes it, or the entry was replaced.
+                Ok(_) if matches!(ask, Ask::ForRefresh(_)) => return Leasing::NotOurs,
                 // Written since this caller's read (take it), or not usable
                 // here (unreadable, expired): read, then ask again, at once.
-                Ok(LeaseOutcome::ValuePresent) => only_if_absent = false,
+                Ok(LeaseOutcome::ValuePresent | LeaseOutcome::Changed) => cond = LeaseIf::Any,
                 Ok(LeaseOutcome::Held) => {
                     if started.elapsed() >= policy.wait {
                         counters.wait_timeouts.add();
@@ -88,11 +100,16 @@ impl Engine {
                 }
                 Err(e) => {
                     self.backend_failed(key, "lease", &e, counters);
-                    return Leasing::NotOurs;
+                    // Skipped by the breaker: never sent, nothing to release.
+                    return if matches!(e, BackendError::Skipped) {
+                        Leasing::NotOurs
+                    } else {
+                        Leasing::Failed
+                    };
                 }
             }
             let (fetched, took) = self.fetch_timed(key, counters).await;
-            if let Read::Fresh(value, _) | Read::Stale(value) =
+            if let Read::Fresh(value, _) | Read::Stale(value, _) =
                 self.open_as(call, fetched, took, false)
             {
                 return Leasing::Value(value);
@@ -100,15 +117,17 @@ impl Engine {
         }
     }
 
-    /// Ends the lease `token` this caller took for its load: the loaded
-    /// value is written while the lease holds; a value not to be kept, or a
-    /// failed load (`None`), releases it.
+    /// Ends the lease this caller took for its load: the loaded value is
+    /// written while the lease holds; a value not to be kept, or a failed
+    /// load (`None`), releases it. Returns whether the lease is over; if the
+    /// write failed it may not be, and the caller's guard releases it.
     pub(super) async fn finish_lease<V, T>(
         &self,
         call: &Call<'_, V, T>,
-        token: u64,
+        lease: Lease,
         loaded: Option<(&V, Duration)>,
-    ) where
+    ) -> bool
+    where
         V: Shape<T>,
         T: Cacheable,
     {
@@ -119,51 +138,61 @@ impl Engine {
                     &call.key,
                     value.item(),
                     keep,
-                    token,
+                    lease,
                     call.tags,
                     &call.counters,
                 )
-                .await;
+                .await
             }
-            None => self.release_lease(&call.key, token).await,
+            None => self.release_lease(&call.key, lease.token).await,
         }
     }
 
-    /// A write that lands only while `token` holds the key's lease.
+    /// A write that lands only while the lease holds. Returns whether the
+    /// lease is over (written, or lost); `false` after a failure.
     async fn write_leased<T: Cacheable>(
         &self,
         key: &str,
         value: Option<&T>,
         keep: Keep,
-        token: u64,
+        lease: Lease,
         tags: &[String],
         counters: &Counters,
-    ) {
+    ) -> bool {
         let (meta, keep_for) = self.entry_meta(keep);
         let started = Instant::now();
         let result = self
             .backend
-            .set_if_leased(key, value, &meta, keep_for, token, tags, self.op_timeout)
+            .set_if_leased(key, value, &meta, keep_for, lease, tags, self.op_timeout)
             .await;
         self.wrote(key, counters, started, "cache set (leased)");
         match result {
-            Ok(true) => {}
+            Ok(true) => true,
             Ok(false) => {
                 counters.leases_lost.add();
                 tracing::debug!(cache_key = %key, "lease lost (invalidated or expired) before the write; not stored");
+                true
             }
-            Err(e) => self.backend_failed(key, "set", &e, counters),
+            Err(e) => {
+                self.backend_failed(key, "set", &e, counters);
+                false
+            }
         }
     }
 
-    /// Ends the lease if `token` still holds it.
-    pub(crate) async fn release_lease(&self, key: &str, token: u64) {
-        if let Err(e) = self
+    /// Ends the lease if `token` still holds it. Returns whether the
+    /// backend answered.
+    pub(crate) async fn release_lease(&self, key: &str, token: u64) -> bool {
+        match self
             .backend
             .release_lease(key, token, self.op_timeout)
             .await
         {
-            tracing::debug!(cache_key = %key, error = %e, "lease release failed; it expires on its own");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(cache_key = %key, error = %e, "lease release failed; it expires on its own");
+                false
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ mod invalidate;
 mod lease;
 pub(crate) mod policy;
 mod read;
+mod recover;
 mod refresh;
 mod report;
 mod store;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::Cacheable;
-use crate::backend::Backend;
+use crate::backend::{Backend, Lease};
 use crate::stats::{Counters, LogLimiter, Registry};
 
 pub(crate) use flight::Flights;
@@ -60,6 +61,8 @@ pub(crate) struct Engine {
     pub(crate) stats: Registry,
     warnings: LogLimiter,
     pub(crate) flights: Flights,
+    /// Changes that did not reach the backend, retried until they do.
+    pub(crate) pending: recover::Pending,
 }
 
 /// The settings an [`Engine`] is built with (validated by the builder).
@@ -102,6 +105,7 @@ impl Engine {
             stats: Registry::default(),
             warnings: LogLimiter::default(),
             flights: Flights::default(),
+            pending: recover::Pending::default(),
         }
     }
 
@@ -120,6 +124,12 @@ impl Engine {
     {
         let counters = &*call.counters;
         let mut load = load;
+        // A change of this key has not reached the backend: what is there
+        // may be the value it replaced. Load, and store nothing.
+        if self.pending.blocks(&call.key, call.tags) {
+            counters.misses.add();
+            return Box::pin(self.miss(call, load, Via::LoaderOnly)).await;
+        }
         // On Redis, callers of one key in this process share one read, and
         // after a miss its one load: 1000 callers of a cold key would
         // otherwise queue 1000 reads ahead of the leader's lease and load.
@@ -177,8 +187,8 @@ impl Engine {
                 self.refresh_after_hit(&call, Shared::Fresh(meta), refresh);
                 return Ok(value);
             }
-            Read::Stale(value) => {
-                self.refresh_after_hit(&call, Shared::Stale, refresh);
+            Read::Stale(value, meta) => {
+                self.refresh_after_hit(&call, Shared::Stale(meta), refresh);
                 return Ok(value);
             }
             Read::Miss => {}
@@ -248,7 +258,7 @@ impl Engine {
     {
         call.counters.hits.add();
         call.counters.coalesced.add();
-        if matches!(shared, Shared::Stale) {
+        if matches!(shared, Shared::Stale(_)) {
             call.counters.stale_served.add();
         }
         self.refresh_after_hit(call, shared, refresh);
@@ -276,9 +286,9 @@ impl Engine {
                 self.refresh_after_hit(call, Shared::Fresh(meta), refresh);
                 Ok(value)
             }
-            Read::Stale(value) => {
-                guard.land_with(&value, Shared::Stale);
-                self.refresh_after_hit(call, Shared::Stale, refresh);
+            Read::Stale(value, meta) => {
+                guard.land_with(&value, Shared::Stale(meta));
+                self.refresh_after_hit(call, Shared::Stale(meta), refresh);
                 Ok(value)
             }
             Read::Miss => Box::pin(self.lead(call, guard, load, Via::Backend)).await,
@@ -348,18 +358,26 @@ impl Engine {
         let counters = &*call.counters;
         let token = fastrand::u64(1..);
         let leased = match via {
-            Via::LoaderOnly => false,
-            Via::Backend => match self.take_lease(call, token, Ask::ForLoad).await {
-                Leasing::Ours => {
-                    guard.lease = Some(token);
-                    true
+            Via::LoaderOnly => None,
+            Via::Backend => {
+                // Held by the guard from the moment the request is sent: a
+                // caller dropped while it is in flight releases it.
+                guard.lease = Some(token);
+                match self.take_lease(call, token, Ask::ForLoad).await {
+                    Leasing::Ours(epoch) => Some(Lease { token, epoch }),
+                    Leasing::Value(value) => {
+                        guard.lease.take();
+                        guard.land_with(&value, Shared::Loaded);
+                        return Ok(value);
+                    }
+                    Leasing::NotOurs => {
+                        guard.lease.take();
+                        None
+                    }
+                    // Perhaps ours on the server: the guard releases it.
+                    Leasing::Failed => None,
                 }
-                Leasing::Value(value) => {
-                    guard.land_with(&value, Shared::Loaded);
-                    return Ok(value);
-                }
-                Leasing::NotOurs => false,
-            },
+            }
         };
 
         // Without the lease (the backend failed, or the wait ran out) the
@@ -371,10 +389,11 @@ impl Engine {
             Ok((value, _)) => guard.land_with(value, Shared::Loaded),
             Err(_) => guard.land(Landed::Failed),
         }
-        if leased {
+        if let Some(lease) = leased {
             let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
-            self.finish_lease(call, token, loaded).await;
-            guard.lease.take();
+            if self.finish_lease(call, lease, loaded).await {
+                guard.lease.take();
+            }
         }
         result.map(|(v, _)| v)
     }

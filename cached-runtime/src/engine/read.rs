@@ -17,7 +17,7 @@ pub(crate) const LATENCY_SAMPLE: u32 = 16;
 /// What a read found.
 pub(crate) enum Read<T> {
     Fresh(T, EntryMeta),
-    Stale(T),
+    Stale(T, EntryMeta),
     Miss,
     /// The backend failed (already logged and counted).
     Failed,
@@ -61,7 +61,7 @@ impl Engine {
                 if !meta.is_expired(now) {
                     Read::Fresh(value, meta)
                 } else if now < meta.stale_until_ms {
-                    Read::Stale(value)
+                    Read::Stale(value, meta)
                 } else {
                     Read::Miss
                 }
@@ -118,8 +118,8 @@ impl Engine {
                 Some(v) => Read::Fresh(v, meta),
                 None => Read::Miss,
             },
-            Read::Stale(item) => match V::from_item(item) {
-                Some(v) => Read::Stale(v),
+            Read::Stale(item, meta) => match V::from_item(item) {
+                Some(v) => Read::Stale(v, meta),
                 None => Read::Miss,
             },
             Read::Miss => Read::Miss,

@@ -12,6 +12,7 @@ use super::flight::Shared;
 use super::lease::{Ask, Leasing};
 use super::policy::{Call, Refresh, Shape};
 use crate::Cacheable;
+use crate::backend::Lease;
 use crate::clock::now_ms;
 use crate::codec::EntryMeta;
 
@@ -42,20 +43,22 @@ impl Engine {
                 if let Some(beta) = call.policy.early_refresh
                     && early_refresh_due(&meta, beta, now_ms())
                 {
-                    self.refresh_in_background(call, refresh, true);
+                    self.refresh_in_background(call, refresh, true, meta);
                 }
             }
-            Shared::Stale => self.refresh_in_background(call, refresh, false),
+            Shared::Stale(meta) => self.refresh_in_background(call, refresh, false, meta),
             Shared::Loaded => {}
         }
     }
 
-    /// Refreshes the key from a task of its own.
+    /// Refreshes the key from a task of its own, replacing the entry `seen`
+    /// only if it is still there: a write-through since then wins.
     fn refresh_in_background<V, T>(
         self: &Arc<Self>,
         call: &Call<'_, V, T>,
         refresh: &(dyn Fn() -> Refresh<V> + Send + Sync),
         early: bool,
+        seen: EntryMeta,
     ) where
         V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
@@ -79,13 +82,17 @@ impl Engine {
                 shape: std::marker::PhantomData,
             };
             let token = fastrand::u64(1..);
-            if !matches!(
-                engine.take_lease(&call, token, Ask::ForRefresh).await,
-                Leasing::Ours
-            ) {
-                return; // another process refreshes it; the guard lands Abandoned
-            }
             guard.lease = Some(token);
+            let epoch = match engine.take_lease(&call, token, Ask::ForRefresh(seen)).await {
+                Leasing::Ours(epoch) => epoch,
+                // Perhaps ours on the server: the guard releases it.
+                Leasing::Failed => return,
+                // Another process refreshes it, or the entry was replaced.
+                Leasing::NotOurs | Leasing::Value(_) => {
+                    guard.lease.take();
+                    return;
+                }
+            };
             if early {
                 counters.early_refreshes.add()
             } else {
@@ -95,8 +102,12 @@ impl Engine {
                 .run_loader(&counters, || async { load.await.ok_or(()) })
                 .await;
             let value = loaded.as_ref().ok().map(|(v, took)| (v, *took));
-            engine.finish_lease(&call, token, value).await;
-            guard.lease.take();
+            if engine
+                .finish_lease(&call, Lease { token, epoch }, value)
+                .await
+            {
+                guard.lease.take();
+            }
             // Nobody waits for a refresh: ending it frees the key for the
             // next one.
             let _ = guard.end();

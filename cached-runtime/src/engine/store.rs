@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use super::Engine;
 use super::policy::Keep;
+use super::recover::{Change, must_retry};
 use crate::Cacheable;
 use crate::clock::{LONGEST, duration_ms, now_ms};
 use crate::codec::EntryMeta;
@@ -29,7 +32,7 @@ impl Engine {
 
     /// A write-through: stores the value and destroys the key's lease.
     pub(crate) async fn write<T: Cacheable>(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         value: Option<&T>,
         keep: Keep,
@@ -46,6 +49,9 @@ impl Engine {
         self.flights.detach(&[key]);
         self.wrote(key, counters, started, "cache set");
         if let Err(e) = result {
+            if must_retry(&e) {
+                self.pend(Change::Keys(vec![key.to_owned()]));
+            }
             self.backend_failed(key, "set", &e, counters);
         }
     }

@@ -11,6 +11,7 @@ mod breaker;
 mod frozen;
 mod garbage;
 mod loading;
+mod lost_changes;
 mod oversize;
 mod refused;
 mod restart;

@@ -1,0 +1,219 @@
+//! Changes that do not reach Redis: a write-through or an invalidation
+//! refused (`-OOM` under `maxmemory` with `noeviction`, `-READONLY` on a
+//! replica) or lost (the server killed, then restarted from a snapshot taken
+//! before the change). The process that made the change must never serve
+//! the value it replaced, and once Redis takes writes again the change is
+//! retried until it lands.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cached_runtime::{Cache, cache_evict, cache_put, cached};
+use cached_tests::{RedisServer, free_port};
+
+use crate::support::{Placement, builder, timed};
+
+/// A service over a source of truth that writers change.
+struct Rows {
+    cache: Cache,
+    source: Mutex<HashMap<u64, String>>,
+}
+
+impl Rows {
+    fn new(cache: Cache) -> Rows {
+        Rows {
+            cache,
+            source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn row(&self, id: u64) -> Placement {
+        let name = self.source.lock().expect("source").get(&id).cloned();
+        Placement {
+            id,
+            name: name.unwrap_or_else(|| format!("v1 of {id}")),
+        }
+    }
+
+    #[cached(prefix = "row", ttl = "5m", key = id)]
+    async fn get(&self, id: u64) -> Placement {
+        self.row(id)
+    }
+
+    /// Commits the new name, then writes the row through.
+    #[cache_put(prefix = "row", ttl = "5m", key = id)]
+    async fn rename(&self, id: u64, name: String) -> Placement {
+        self.source.lock().expect("source").insert(id, name);
+        self.row(id)
+    }
+
+    /// Commits the new name, then evicts the row.
+    #[cache_evict(keys = ["row:{id}"])]
+    async fn rename_and_evict(&self, id: u64, name: String) {
+        self.source.lock().expect("source").insert(id, name);
+    }
+
+    /// Every row's name (a list that a rename changes).
+    #[cached(prefix = "list", ttl = "5m", key = page)]
+    async fn list(&self, page: u32) -> Vec<String> {
+        let _ = page;
+        (1..=3).map(|id| self.row(id).name).collect()
+    }
+
+    /// Commits the new name, then evicts the row and every list.
+    #[cache_evict(keys = ["row:{id}"], patterns = ["list:*"])]
+    async fn rename_everywhere(&self, id: u64, name: String) {
+        self.source.lock().expect("source").insert(id, name);
+    }
+
+    /// Commits the new name, then evicts every row by pattern.
+    #[cache_evict(patterns = ["row:*"])]
+    async fn rename_all(&self, id: u64, name: String) {
+        self.source.lock().expect("source").insert(id, name);
+    }
+}
+
+fn rows(server: &RedisServer) -> Rows {
+    Rows::new(builder(server).build().expect("a valid cache"))
+}
+
+/// Asserts every read of `id` for `for_how_long` sees `name`.
+async fn reads_stay(s: &Rows, id: u64, name: &str, for_how_long: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < for_how_long {
+        let got = timed(Duration::from_secs(2), s.get(id)).await.0;
+        assert_eq!(
+            got.name, name,
+            "a read served the value the change replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the entry of `id` in Redis is gone or holds `name`.
+async fn until_converged(server: &RedisServer, id: u64, name: &str) {
+    let started = Instant::now();
+    loop {
+        let raw: Option<Vec<u8>> = server.cmd(&["GET", &format!("t:row:{id}")]);
+        let converged = match raw {
+            None => true,
+            Some(bytes) => String::from_utf8_lossy(&bytes).contains(name),
+        };
+        if converged {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the old entry was never replaced or removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_refused_for_memory_is_not_undone_by_reads() {
+    let server = RedisServer::start();
+    let s = rows(&server);
+    assert_eq!(s.get(1).await.name, "v1 of 1");
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "1"]);
+    s.rename(1, "v2".into()).await;
+    reads_stay(&s, 1, "v2", Duration::from_millis(300)).await;
+    let typed = s.cache.get::<Placement>("row:1").await.map(|p| p.name);
+    assert_ne!(typed.as_deref(), Some("v1 of 1"), "the typed API served it");
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
+    until_converged(&server, 1, "v2").await;
+    reads_stay(&s, 1, "v2", Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_refused_by_a_read_only_replica_are_retried_once_it_takes_writes() {
+    let server = RedisServer::start();
+    let s = rows(&server);
+    for id in [1, 2, 3] {
+        assert_eq!(s.get(id).await.name, format!("v1 of {id}"));
+    }
+    // A replica of a master that is not there: reads work, writes are
+    // refused with -READONLY.
+    let nobody = free_port().to_string();
+    server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &nobody]);
+    s.rename(1, "v2".into()).await;
+    s.rename_and_evict(2, "v2".into()).await;
+    s.rename_all(3, "v2".into()).await;
+    for id in [1, 2, 3] {
+        reads_stay(&s, id, "v2", Duration::from_millis(200)).await;
+    }
+    server.cmd::<()>(&["REPLICAOF", "NO", "ONE"]);
+    for id in [1, 2, 3] {
+        until_converged(&server, id, "v2").await;
+        reads_stay(&s, id, "v2", Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_lost_while_redis_was_down_is_not_undone_by_its_restored_data() {
+    let mut server = RedisServer::start();
+    let s = rows(&server);
+    assert_eq!(s.get(1).await.name, "v1 of 1");
+    // A snapshot holding v1, then the server dies.
+    server.cmd::<()>(&["SAVE"]);
+    server.kill();
+    s.rename(1, "v2".into()).await;
+    // It comes back with the snapshot: the change never reached it.
+    server.restart();
+    reads_stay(&s, 1, "v2", Duration::from_millis(1500)).await;
+    until_converged(&server, 1, "v2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_whose_caller_is_dropped_after_the_commit_still_lands() {
+    let mut server = RedisServer::start();
+    let s = rows(&server);
+    assert_eq!(s.list(1).await[0], "v1 of 1");
+    // The body commits at once; the invalidations wait on a frozen server,
+    // and the caller gives up (a client gone, a request timeout) before
+    // the pattern's turn comes.
+    server.freeze();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(20),
+        s.rename_everywhere(1, "v2".into()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the caller was dropped mid-eviction");
+    server.thaw();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(500) {
+        let list = timed(Duration::from_secs(2), s.list(1)).await.0;
+        assert_eq!(
+            list[0], "v2",
+            "the list evicted by a dropped caller was served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_request_that_timed_out_is_released_not_left_to_block_the_key() {
+    let server = RedisServer::start();
+    let s = rows(&server);
+    // Another key's load first, so the server knows the lease script and
+    // runs the delayed request itself, not a NOSCRIPT error.
+    assert_eq!(s.get(8).await.name, "v1 of 8");
+    // Reads answer, writes (the lease request is a script that writes)
+    // wait: the request times out, but the server runs it afterwards.
+    server.cmd::<()>(&["CLIENT", "PAUSE", "300", "WRITE"]);
+    assert_eq!(s.get(9).await.name, "v1 of 9", "the caller loaded anyway");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        server.cmd::<i64>(&["EXISTS", "t:row:9:~lease"]),
+        0,
+        "the lease taken after its request timed out was left behind"
+    );
+    let (got, took) = timed(Duration::from_secs(10), s.get(9)).await;
+    assert_eq!(got.name, "v1 of 9");
+    assert!(
+        took < Duration::from_secs(1),
+        "the next caller waited {took:?} on an orphaned lease"
+    );
+}
