@@ -423,6 +423,17 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         )
     };
 
+    // An error that can be cloned goes to every caller who waited for the
+    // failed load (one failure, one run of the source); `(&&Errors)`
+    // resolves to the sharing impl only when the type allows it.
+    let errors = match (&info.error_ty, lifted) {
+        (Some(err_ty), false) => quote! {{
+            #[allow(unused_imports)]
+            use #p::{KeepErrors as _, ShareErrors as _};
+            (&&#p::Errors::<#err_ty>::NEW).sharing()
+        }},
+        _ => quote!(::core::option::Option::None),
+    };
     // `(&&Runner).cached(..)` resolves to the caching impl when the value
     // type is cacheable, and to a plain call otherwise; the spanned check
     // above is then the one error the user sees, not a wall of bounds.
@@ -430,7 +441,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         #[allow(unused_imports)]
         use #p::{CacheRun as _, PlainRun as _};
         (&&#p::Runner::<#value_ty>::NEW)
-            .#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, __cached_tags)
+            .#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, #errors, __cached_tags)
             .await
     }};
     let result = if lifted {

@@ -30,6 +30,8 @@ pub(crate) struct FnInfo {
     pub(crate) shape: Shape,
     /// The type whose values are stored (`T` of every shape).
     pub(crate) value_ty: Type,
+    /// `E` of a `Result<T, E>` return written out (not behind an alias).
+    pub(crate) error_ty: Option<Type>,
 }
 
 /// Checks `f` and describes it; every problem goes to `errors`.
@@ -137,11 +139,13 @@ pub(crate) fn analyse(f: &ItemFn, kind: Kind, errors: &mut Errors) -> Option<FnI
     {
         errors.push(syn::Error::new(value_ty.span(), why));
     }
+    let error_ty = ret.and_then(error_type).cloned();
     (errors.len() == before).then_some(FnInfo {
         has_self,
         params,
         shape,
         value_ty,
+        error_ty,
     })
 }
 
@@ -157,6 +161,25 @@ pub(crate) fn classify(ty: &Type) -> (Shape, Type) {
         Some(inner) => (Shape::Option, inner.clone()),
         None => (Shape::Plain, ty.clone()),
     }
+}
+
+/// `E` of `Result<T, E>`, when both arguments are written.
+fn error_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(tp) = ty else { return None };
+    let last = tp.path.segments.last()?;
+    if tp.qself.is_some() || last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args
+        .iter()
+        .filter_map(|a| match a {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .nth(1)
 }
 
 /// The first type argument of `ty` when its last path segment is `name`.

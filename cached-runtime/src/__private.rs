@@ -11,7 +11,7 @@ pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
 use crate::engine::policy::{Call, CountersRef, Keep};
-pub use crate::engine::policy::{Policy, Refresh};
+pub use crate::engine::policy::{ErrorSharing, Policy, Refresh};
 use crate::stats::Counters;
 
 /// Everything a call site knows at compile time.
@@ -75,6 +75,7 @@ impl<T> Runner<T> {
 /// The caching path, chosen when the value type is cacheable.
 pub trait CacheRun<T> {
     /// Cache-aside for a plain `T` or `Result<T, E>` return.
+    #[allow(clippy::too_many_arguments)]
     fn cached<E, F, Fut>(
         &self,
         cache: &Cache,
@@ -82,6 +83,7 @@ pub trait CacheRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> impl Future<Output = Result<T, E>>
     where
@@ -90,6 +92,7 @@ pub trait CacheRun<T> {
 
     /// Cache-aside for an `Option<T>` or `Result<Option<T>, E>` return:
     /// `None` is kept only for `cache_none`.
+    #[allow(clippy::too_many_arguments)]
     fn cached_option<E, F, Fut>(
         &self,
         cache: &Cache,
@@ -97,6 +100,7 @@ pub trait CacheRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> impl Future<Output = Result<Option<T>, E>>
     where
@@ -217,6 +221,7 @@ pub fn pattern(cache: &Cache) -> KeyBuilder {
 // allocated on every hit.
 impl<T: Cacheable> CacheRun<T> for &Runner<T> {
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn cached<E, F, Fut>(
         &self,
         cache: &Cache,
@@ -224,6 +229,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> impl Future<Output = Result<T, E>>
     where
@@ -237,10 +243,11 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
             tags,
             shape: PhantomData,
         };
-        cache.engine().load_through(call, load, refresh)
+        cache.engine().load_through(call, load, refresh, errors)
     }
 
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn cached_option<E, F, Fut>(
         &self,
         cache: &Cache,
@@ -248,6 +255,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> impl Future<Output = Result<Option<T>, E>>
     where
@@ -261,7 +269,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
             tags,
             shape: PhantomData,
         };
-        cache.engine().load_through(call, load, refresh)
+        cache.engine().load_through(call, load, refresh, errors)
     }
 }
 
@@ -269,6 +277,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
 /// it: `check::cacheable` fails to compile first, with a readable error.
 pub trait PlainRun<T> {
     /// Runs the loader.
+    #[allow(clippy::too_many_arguments)]
     fn cached<E, F, Fut>(
         &self,
         cache: &Cache,
@@ -276,17 +285,19 @@ pub trait PlainRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let _ = (cache, site, key, refresh, tags);
+        let _ = (cache, site, key, refresh, errors, tags);
         load()
     }
 
     /// Runs the loader.
+    #[allow(clippy::too_many_arguments)]
     fn cached_option<E, F, Fut>(
         &self,
         cache: &Cache,
@@ -294,18 +305,53 @@ pub trait PlainRun<T> {
         key: String,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        let _ = (cache, site, key, refresh, tags);
+        let _ = (cache, site, key, refresh, errors, tags);
         load()
     }
 }
 
 impl<T> PlainRun<T> for Runner<T> {}
+
+/// Picks how a call site's errors reach the callers who waited for a failed
+/// load: [`ShareErrors`] (a clone each) when the error type is
+/// `Clone + Send + Sync + 'static`, [`KeepErrors`] (each tries the source
+/// itself) otherwise (autoref specialization, as [`Runner`]).
+#[derive(Debug)]
+pub struct Errors<E>(PhantomData<fn() -> E>);
+
+impl<E> Errors<E> {
+    /// The one value of this marker.
+    pub const NEW: Errors<E> = Errors(PhantomData);
+}
+
+/// Errors are shared with waiters.
+pub trait ShareErrors<E> {
+    /// `Some`: clone the leader's error for each waiter.
+    fn sharing(&self) -> Option<ErrorSharing<E>>;
+}
+
+impl<E: Clone + Send + Sync + 'static> ShareErrors<E> for &Errors<E> {
+    fn sharing(&self) -> Option<ErrorSharing<E>> {
+        Some(ErrorSharing::new())
+    }
+}
+
+/// Errors stay with the leader; each waiter tries the source itself.
+pub trait KeepErrors<E> {
+    /// `None`.
+    fn sharing(&self) -> Option<ErrorSharing<E>> {
+        None
+    }
+}
+
+impl<E> KeepErrors<E> for Errors<E> {}
 
 /// Lifts an infallible body into the `Result` the runtime works with.
 #[inline]

@@ -82,9 +82,48 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// A stable fingerprint of `T`, written into every envelope.
+/// A stable fingerprint of `T`, written into every envelope: XXH3-64 of its
+/// type name with every module path taken out (`alloc::vec::Vec<app::db::
+/// Placement>` is `Vec<Placement>`), so that moving a type to another module,
+/// or a compiler that spells standard paths differently, does not turn every
+/// entry into a miss after a deploy. A change of the type's shape still must
+/// bump the namespace (the README says so).
 pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
-    xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes())
+    fingerprint_of(std::any::type_name::<T>())
+}
+
+fn fingerprint_of(type_name: &str) -> u64 {
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let out: &mut [u8] = if type_name.len() <= stack.len() {
+        &mut stack
+    } else {
+        heap.resize(type_name.len(), 0);
+        &mut heap
+    };
+    let len = strip_paths(type_name.as_bytes(), out);
+    xxhash_rust::xxh3::xxh3_64(&out[..len])
+}
+
+/// Copies `name` into `out` without module paths: an identifier followed by
+/// `::` is dropped. Returns how many bytes were written.
+fn strip_paths(name: &[u8], out: &mut [u8]) -> usize {
+    let (mut len, mut segment, mut i) = (0, 0, 0);
+    while i < name.len() {
+        let b = name[i];
+        if b == b':' && name.get(i + 1) == Some(&b':') {
+            len = segment; // drop the path segment just written
+            i += 2;
+            continue;
+        }
+        out[len] = b;
+        len += 1;
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80) {
+            segment = len;
+        }
+        i += 1;
+    }
+    len
 }
 
 /// Encodes `value` (`None`: a cached absence) with its metadata.
@@ -166,6 +205,39 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_fingerprints_ignore_module_paths_and_nothing_else() {
+        let strip = |s: &str| {
+            let mut out = vec![0u8; s.len()];
+            let n = strip_paths(s.as_bytes(), &mut out);
+            String::from_utf8(out[..n].to_vec()).expect("UTF-8")
+        };
+        assert_eq!(
+            strip("alloc::vec::Vec<app::db::Placement>"),
+            "Vec<Placement>"
+        );
+        assert_eq!(
+            strip("core::option::Option<(u64, alloc::string::String)>"),
+            "Option<(u64, String)>"
+        );
+        assert_eq!(strip("[u8; 4]"), "[u8; 4]");
+        assert_eq!(
+            fingerprint_of("alloc::vec::Vec<app::db::Placement>"),
+            fingerprint_of("std::vec::Vec<app::models::Placement>")
+        );
+        assert_ne!(
+            fingerprint_of("Vec<Placement>"),
+            fingerprint_of("Vec<Video>")
+        );
+        assert_ne!(fingerprint_of("Option<u8>"), fingerprint_of("u8"));
+        // A fixed vector: changing it turns every stored entry into a miss.
+        assert_eq!(
+            type_fingerprint::<Vec<String>>(),
+            fingerprint_of("Vec<String>")
+        );
+        assert_eq!(fingerprint_of("Vec<String>"), 0x5f95_adde_0f5a_2a0d);
+    }
 
     #[test]
     fn the_identity_is_the_envelope_bytes_a_script_compares() {

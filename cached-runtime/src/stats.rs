@@ -188,6 +188,11 @@ impl Striped {
     }
 }
 
+/// The most cache names counted apart; later ones count under [`OTHER`].
+pub(crate) const MAX_NAMES: usize = 1_000;
+/// The name that cache names past [`MAX_NAMES`] count under.
+pub(crate) const OTHER: &str = "~other";
+
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     by_name: RwLock<HashMap<Box<str>, Arc<Counters>>>,
@@ -206,6 +211,14 @@ impl Registry {
             .by_name
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Names come from code (attributes) and from typed-API keys, whose
+        // first segment may be user data: past a bound, the rest share one
+        // name, so neither memory nor metric series grow with the key space.
+        let name = if map.len() >= MAX_NAMES && !map.contains_key(name) {
+            OTHER
+        } else {
+            name
+        };
         Arc::clone(
             map.entry(name.into())
                 .or_insert_with(|| Arc::new(Counters::new(name))),
@@ -323,6 +336,31 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_number_of_names_is_bounded() {
+        let registry = Registry::default();
+        for i in 0..MAX_NAMES + 500 {
+            registry.counters(&format!("key{i}")).hits.add();
+        }
+        let names = registry.snapshot();
+        assert_eq!(names.len(), MAX_NAMES + 1);
+        let other = names
+            .iter()
+            .find(|s| s.name == OTHER)
+            .expect("the overflow name");
+        assert_eq!(other.hits, 500);
+        // A name seen before the bound keeps its own counters.
+        registry.counters("key7").hits.add();
+        assert_eq!(
+            registry
+                .snapshot()
+                .iter()
+                .find(|s| s.name == "key7")
+                .map(|s| s.hits),
+            Some(2)
+        );
+    }
 
     #[test]
     fn hit_rate_is_hits_over_reads() {

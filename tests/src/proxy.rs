@@ -49,6 +49,8 @@ struct Conn {
     client: TcpStream,
     server: TcpStream,
     closed: Arc<AtomicBool>,
+    /// Silently dead for good: bytes are held for ever, sockets kept open.
+    stranded: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -116,6 +118,16 @@ impl Proxy {
     /// while it is on.
     pub fn blackhole(&self, on: bool) {
         self.shared.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// Strands every connection open now: from here on they pass no byte,
+    /// ever, and stay open (a NAT or firewall that forgot them, a peer gone
+    /// without a word), while later connections are proxied as usual. Only
+    /// a client that gives up on a connection and makes a new one recovers.
+    pub fn strand(&self) {
+        for conn in lock(&self.shared.conns).values() {
+            conn.stranded.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Closes every connection open now (both sockets); later connections
@@ -192,10 +204,12 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 fn open(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) -> std::io::Result<()> {
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let closed = Arc::new(AtomicBool::new(false));
+    let stranded = Arc::new(AtomicBool::new(false));
     let conn = Conn {
         client: client.try_clone()?,
         server: server.try_clone()?,
         closed: Arc::clone(&closed),
+        stranded: Arc::clone(&stranded),
     };
     lock(&shared.conns).insert(id, conn);
     let ends = Arc::new(AtomicU64::new(0));
@@ -206,10 +220,14 @@ fn open(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) -> std::io::
             move || read_side(from, &tx, &shared)
         };
         let writer = {
-            let (shared, closed, ends) =
-                (Arc::clone(shared), Arc::clone(&closed), Arc::clone(&ends));
+            let (shared, closed, stranded, ends) = (
+                Arc::clone(shared),
+                Arc::clone(&closed),
+                Arc::clone(&stranded),
+                Arc::clone(&ends),
+            );
             move || {
-                write_side(to, &rx, &shared, &closed);
+                write_side(to, &rx, &shared, &closed, &stranded);
                 // The last direction to end removes the connection.
                 if ends.fetch_add(1, Ordering::SeqCst) == 1
                     && let Some(conn) = lock(&shared.conns).remove(&id)
@@ -255,6 +273,7 @@ fn write_side(
     rx: &mpsc::Receiver<(Instant, Vec<u8>)>,
     shared: &Shared,
     closed: &AtomicBool,
+    stranded: &AtomicBool,
 ) {
     while let Ok((due, bytes)) = rx.recv() {
         loop {
@@ -262,7 +281,7 @@ fn write_side(
                 return;
             }
             let now = Instant::now();
-            if shared.blackhole.load(Ordering::SeqCst) {
+            if shared.blackhole.load(Ordering::SeqCst) || stranded.load(Ordering::SeqCst) {
                 std::thread::sleep(POLL);
             } else if now < due {
                 std::thread::sleep((due - now).min(POLL * 5));
@@ -335,6 +354,19 @@ mod tests {
         s.read_exact(&mut buf).expect("the held answer");
         assert_eq!(&buf, b"+PONG\r\n");
         assert_eq!(ping(&mut s).expect("PONG"), b"+PONG\r\n");
+    }
+
+    #[test]
+    fn a_stranded_connection_stays_silent_and_new_ones_work() {
+        let server = RedisServer::start();
+        let proxy = Proxy::start(server.port());
+        let mut s = connect(&proxy);
+        assert_eq!(ping(&mut s).expect("PONG"), b"+PONG\r\n");
+        proxy.strand();
+        ping(&mut s).expect_err("no answer on a stranded connection");
+        let mut again = connect(&proxy);
+        assert_eq!(ping(&mut again).expect("PONG"), b"+PONG\r\n");
+        ping(&mut s).expect_err("and the old one stays silent");
     }
 
     #[test]

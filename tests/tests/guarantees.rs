@@ -24,6 +24,9 @@ where
     check(redis).await;
 }
 
+#[derive(Debug, Clone, PartialEq)]
+struct SourceDown;
+
 struct Docs {
     cache: Cache,
     loads: AtomicU32,
@@ -77,6 +80,15 @@ impl Docs {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
         id
+    }
+
+    /// A source that is down: every load fails after 50 ms.
+    #[cached(prefix = "flaky", ttl = "5m", key = id)]
+    async fn flaky(&self, id: u32) -> Result<u32, SourceDown> {
+        let _ = id;
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(SourceDown)
     }
 
     fn loads(&self) -> u32 {
@@ -308,4 +320,141 @@ async fn a_pattern_eviction_stops_a_load_in_flight_from_storing_what_it_read_bef
         );
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failure_costs_the_source_one_run_and_every_waiter_gets_the_error() {
+    on_both(|cache| async move {
+        let docs = std::sync::Arc::new(Docs::new(cache));
+        let calls: Vec<_> = (0..100)
+            .map(|_| {
+                let docs = std::sync::Arc::clone(&docs);
+                tokio::spawn(async move { docs.flaky(1).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.expect("a caller"), Err(SourceDown));
+        }
+        assert!(
+            docs.loads() <= 2,
+            "100 callers of a failing source ran it {} times",
+            docs.loads()
+        );
+    })
+    .await;
+}
+
+struct Tagged {
+    cache: Cache,
+}
+
+impl Tagged {
+    #[cached(prefix = "short", ttl = "1s", key = id, tags = ["all"])]
+    async fn short(&self, id: u32) -> u32 {
+        id
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_set_in_redis_does_not_grow_with_keys_that_expired() {
+    let server = RedisServer::start();
+    let t = Tagged {
+        cache: Cache::builder()
+            .redis(server.url())
+            .namespace("g")
+            .ttl_jitter(0.0)
+            .build()
+            .expect("builds"),
+    };
+    for id in 0..2_000 {
+        t.short(id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for id in 2_000..4_000 {
+        t.short(id).await;
+    }
+    let members: i64 = server.cmd(&["SCARD", "g:~tag:all"]);
+    assert!(
+        members < 3_000,
+        "{members} members for 2,000 live entries: the expired ones were never dropped"
+    );
+    // Every live entry is still recorded.
+    let mut conn = redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connects");
+    for id in 2_000..4_000 {
+        let key = format!("g:short:{id}");
+        let live: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query(&mut conn)
+            .expect("EXISTS");
+        let recorded: bool = redis::cmd("SISMEMBER")
+            .arg("g:~tag:all")
+            .arg(&key)
+            .query(&mut conn)
+            .expect("SISMEMBER");
+        assert!(
+            !live || recorded,
+            "{key} is live but was dropped from its tag"
+        );
+    }
+}
+
+/// One source, read through a service per process (here, per `Cache`).
+struct Slow {
+    cache: Cache,
+    source: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Slow {
+    /// Reads the source, then takes 200 ms.
+    #[cached(prefix = "slow_row", ttl = "5m", key = id)]
+    async fn row(&self, id: u32) -> u64 {
+        let _ = id;
+        let read = self.source.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        read
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_joins_after_another_process_invalidated_gets_no_older_value() {
+    let server = RedisServer::start();
+    let source = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let cache = |_| {
+        Cache::builder()
+            .redis(server.url())
+            .namespace("g")
+            .build()
+            .expect("builds")
+    };
+    let here = std::sync::Arc::new(Slow {
+        cache: cache(()),
+        source: std::sync::Arc::clone(&source),
+    });
+    let elsewhere = cache(());
+    let leader = tokio::spawn({
+        let here = std::sync::Arc::clone(&here);
+        async move { here.row(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another process commits version 2 and invalidates the row.
+    source.store(2, Ordering::SeqCst);
+    elsewhere
+        .invalidate("slow_row:1")
+        .await
+        .expect("invalidates");
+    // A call that begins after that must not get what the load in flight
+    // read before it.
+    assert_eq!(
+        here.row(1).await,
+        2,
+        "joined a load that predates the invalidation"
+    );
+    assert_eq!(
+        leader.await.expect("the leader"),
+        1,
+        "the leader began before it"
+    );
 }

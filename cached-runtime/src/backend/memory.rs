@@ -65,6 +65,8 @@ impl moka::Expiry<String, MemEntry> for KeepFor {
 
 pub(crate) struct MemoryBackend {
     entries: Moka<String, MemEntry>,
+    /// Tag members (and leases) past which the index is pruned.
+    prune_at: usize,
     // Leases and tags, and every write or invalidation that must see them,
     // go through this lock, so "check the lease, then store" is atomic
     // against an invalidation.
@@ -76,16 +78,41 @@ struct MemState {
     leases: HashMap<String, (u64, Instant)>,
     /// Tag key -> entry keys.
     tags: HashMap<String, HashSet<String>>,
+    /// Keys recorded under tags, all tags together.
+    members: usize,
+    /// Members and leases past which the next prune runs: twice what the
+    /// last one kept (at least the backend's base), so pruning is amortized.
+    next_prune: usize,
 }
 
 impl MemState {
     fn tag(&mut self, key: &str, tags: &[String]) {
         for tag in tags {
-            self.tags
+            if self
+                .tags
                 .entry(tag.clone())
                 .or_default()
-                .insert(key.to_owned());
+                .insert(key.to_owned())
+            {
+                self.members += 1;
+            }
         }
+    }
+
+    /// Forgets tag members whose entries are gone (evicted, expired) and
+    /// whose leases are over, and leases past their expiry: the index stays
+    /// bounded by the live entries, whatever the key space.
+    fn prune(&mut self, entries: &Moka<String, MemEntry>) {
+        let now = Instant::now();
+        self.leases.retain(|_, (_, until)| *until > now);
+        let leases = &self.leases;
+        let mut members = 0;
+        self.tags.retain(|_, keys| {
+            keys.retain(|k| entries.contains_key(k) || leases.contains_key(k));
+            members += keys.len();
+            !keys.is_empty()
+        });
+        self.members = members;
     }
 }
 
@@ -105,6 +132,10 @@ impl MemoryBackend {
             .build();
         MemoryBackend {
             entries,
+            prune_at: usize::try_from(max_capacity)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(2)
+                .max(1024),
             state: Mutex::default(),
         }
     }
@@ -190,7 +221,12 @@ impl MemoryBackend {
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, MemState> {
-        crate::lock(&self.state)
+        let mut state = crate::lock(&self.state);
+        if state.members + state.leases.len() > state.next_prune.max(self.prune_at) {
+            state.prune(&self.entries);
+            state.next_prune = (state.members + state.leases.len()).saturating_mul(2);
+        }
+        state
     }
 
     pub(crate) fn acquire_lease(
@@ -265,5 +301,44 @@ impl MemoryBackend {
         {
             state.leases.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            created_ms: 0,
+            load_us: 0,
+            expires_ms: u64::MAX,
+            stale_until_ms: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn the_tag_index_stays_bounded_by_the_live_entries() {
+        let backend = MemoryBackend::new(10);
+        let tags = ["t:a".to_owned(), "t:b".to_owned()];
+        for i in 0..200_000u32 {
+            backend.put(
+                &format!("k{i}"),
+                Some(&i),
+                meta(),
+                Duration::from_secs(60),
+                &tags,
+            );
+        }
+        backend.entries.run_pending_tasks();
+        let members = backend.lock_state().members;
+        assert!(
+            members <= 4 * 1024,
+            "{members} tag members for at most 10 live entries"
+        );
+        // What is live is still found by its tag.
+        backend.put("live", Some(&1u32), meta(), Duration::from_secs(60), &tags);
+        assert!(backend.invalidate_tag("t:a") >= 1);
+        assert!(!backend.entries.contains_key("live"));
     }
 }

@@ -4,7 +4,9 @@
 //! one socket, and one for lease traffic, so that a stampede's leader does
 //! not queue its lease request behind every other caller's read.
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -23,16 +25,10 @@ use crate::breaker::{Admit, Breaker};
 use crate::codec::{self, EntryMeta};
 
 pub(crate) struct RedisBackend {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    // Made on first use, inside the caller's Tokio runtime, so building a
-    // `Cache` needs neither a runtime nor a reachable server.
-    conn: OnceLock<ConnectionManager>,
-    // Leases and guarded writes travel on a connection of their own: on the
-    // shared one, a stampede's leader queued its lease request behind every
-    // other caller's read before its load could start.
-    control: OnceLock<ConnectionManager>,
+    conns: Arc<Connections>,
     breaker: Arc<Breaker>,
+    /// How long a probe may take: making a fresh connection, then a PING.
+    probe_timeout: Duration,
     /// The largest encoded value stored.
     max_value_bytes: usize,
     /// `{namespace}:~epoch`: bumped by every pattern invalidation (see
@@ -62,12 +58,61 @@ enum Gate {
     Always,
 }
 
+/// The backend's connections, made on first use inside the caller's Tokio
+/// runtime (so building a `Cache` needs neither a runtime nor a reachable
+/// server), and replaced by the breaker's probe: redis-rs re-makes a
+/// connection that fails, but not one that goes silent (a blackholed or
+/// stranded socket answers nothing until the kernel gives up, many minutes
+/// later), so every probe uses a fresh connection and, when it answers,
+/// becomes the connection callers use.
+struct Connections {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Reads, write-throughs and invalidations.
+    main: ArcSwapOption<ConnectionManager>,
+    /// Leases and guarded writes travel on a connection of their own: on
+    /// the shared one, a stampede's leader queued its lease request behind
+    /// every other caller's read before its load could start.
+    control: ArcSwapOption<ConnectionManager>,
+}
+
+impl Connections {
+    fn fresh(&self) -> Result<ConnectionManager, BackendError> {
+        ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            .map_err(BackendError::Redis)
+    }
+
+    fn get(
+        &self,
+        slot: &ArcSwapOption<ConnectionManager>,
+    ) -> Result<ConnectionManager, BackendError> {
+        if let Some(c) = slot.load().as_deref() {
+            return Ok(c.clone());
+        }
+        let made = Arc::new(self.fresh()?);
+        // Two first callers may both make one; the loser's is dropped unused.
+        slot.rcu(|current| current.clone().or_else(|| Some(Arc::clone(&made))));
+        Ok(slot
+            .load()
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| (*made).clone()))
+    }
+
+    /// `fresh` answered a probe: callers use it from now on, and lease
+    /// traffic a new one, made on its next use.
+    fn replace(&self, fresh: ConnectionManager) {
+        self.main.store(Some(Arc::new(fresh)));
+        self.control.store(None);
+    }
+}
+
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let info = self.client.get_connection_info();
+        let info = self.conns.client.get_connection_info();
         f.debug_struct("RedisBackend")
             .field("addr", &info.addr().to_string())
-            .field("connected", &self.conn.get().is_some())
+            .field("connected", &self.conns.main.load().is_some())
             .field("breaker", &self.breaker)
             .finish()
     }
@@ -92,11 +137,14 @@ impl RedisBackend {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
         RedisBackend {
-            client,
-            config,
-            conn: OnceLock::new(),
-            control: OnceLock::new(),
+            conns: Arc::new(Connections {
+                client,
+                config,
+                main: ArcSwapOption::empty(),
+                control: ArcSwapOption::empty(),
+            }),
             breaker: Arc::new(breaker),
+            probe_timeout: connect_timeout,
             max_value_bytes,
             epoch_key: if namespace.is_empty() {
                 EPOCH.to_owned()
@@ -137,20 +185,27 @@ impl RedisBackend {
         result
     }
 
-    /// Tests the backend with a PING from a task of its own, so that no
-    /// caller waits on it.
+    /// Tests the backend with a PING on a fresh connection, from a task of
+    /// its own so that no caller waits on it; an answer makes that
+    /// connection the one callers use (see [`Connections`]).
     fn probe(&self, timeout: Duration) {
         let breaker = Arc::clone(&self.breaker);
-        let (Ok(runtime), Ok(mut conn)) = (tokio::runtime::Handle::try_current(), self.conn())
+        let (Ok(runtime), Ok(mut fresh)) =
+            (tokio::runtime::Handle::try_current(), self.conns.fresh())
         else {
             breaker.probed(false);
             return;
         };
+        let conns = Arc::clone(&self.conns);
+        let timeout = timeout + self.probe_timeout;
         // Reports a failure if the task is dropped unfinished (its runtime
         // shut down): the breaker must not wait for a probe forever.
         let mut report = ProbeReport(Some(breaker));
         runtime.spawn(async move {
-            let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut conn)).await;
+            let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut fresh)).await;
+            if pong.is_ok() {
+                conns.replace(fresh);
+            }
             if let Some(breaker) = report.0.take() {
                 breaker.probed(pong.is_ok());
             }
@@ -171,24 +226,14 @@ impl RedisBackend {
     }
 
     /// The connection for reads, writes and invalidations.
+    #[inline]
     fn conn(&self) -> Result<ConnectionManager, BackendError> {
-        self.lazy(&self.conn)
+        self.conns.get(&self.conns.main)
     }
 
     /// The connection for lease traffic.
     fn control(&self) -> Result<ConnectionManager, BackendError> {
-        self.lazy(&self.control)
-    }
-
-    fn lazy(&self, slot: &OnceLock<ConnectionManager>) -> Result<ConnectionManager, BackendError> {
-        if let Some(c) = slot.get() {
-            return Ok(c.clone());
-        }
-        let made =
-            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-                .map_err(BackendError::Redis)?;
-        // Two first callers may both make one; the loser's is dropped unused.
-        Ok(slot.get_or_init(|| made).clone())
+        self.conns.get(&self.conns.control)
     }
 
     pub(crate) async fn fetch(
@@ -373,12 +418,20 @@ impl RedisBackend {
 }
 
 /// Records KEYS[1] under each tag set KEYS[first..], keeping each set at
-/// least `ms` (ARGV[ms_arg]) so it outlives its members.
+/// least `ms` (ARGV[ms_arg]) so it outlives its members. Each addition also
+/// drops up to two random members whose entry and lease are both gone
+/// (expired, evicted), so a set stays within about twice its live members
+/// however many keys pass through it.
 const TAG_LUA: &str = r"
 local function tag(first, ms)
   for i = first, #KEYS do
     redis.call('SADD', KEYS[i], KEYS[1])
     if redis.call('PTTL', KEYS[i]) < tonumber(ms) then redis.call('PEXPIRE', KEYS[i], ms) end
+    for _, m in ipairs(redis.call('SRANDMEMBER', KEYS[i], 2)) do
+      if m ~= KEYS[1] and redis.call('EXISTS', m, m .. ':~lease') == 0 then
+        redis.call('SREM', KEYS[i], m)
+      end
+    end
   end
 end
 ";

@@ -211,7 +211,7 @@ impl Cache {
             tags: &[],
             shape: std::marker::PhantomData,
         };
-        self.engine.load_through(call, load, None).await
+        self.engine.load_through(call, load, None, None).await
     }
 
     /// Checks that the backend answers within the operation timeout.

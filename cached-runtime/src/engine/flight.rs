@@ -27,8 +27,9 @@ pub(super) enum Landed {
     Value(Arc<dyn Any + Send + Sync>),
     /// A value the leader read from the backend (a shared hit).
     Hit(Arc<dyn Any + Send + Sync>, Shared),
-    /// The load returned an error, which only its own caller receives.
-    Failed,
+    /// The load returned an error: shared with the waiters when its type
+    /// allows (see `ErrorSharing`), else only its own caller receives it.
+    Failed(Option<Arc<dyn Any + Send + Sync>>),
     /// The leader went away (cancelled, panicked, or lost the lease race).
     Abandoned,
     /// Not landed within the waiter's `wait` (never sent; made by
@@ -273,7 +274,13 @@ impl Drop for FlightGuard<'_> {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let engine = Arc::clone(&self.engine);
                 let key = std::mem::take(&mut self.key).into_owned();
-                handle.spawn(async move { engine.release_lease(&key, token).await });
+                handle.spawn(async move {
+                    // Not released (refused, cut off): retried, so that no
+                    // caller of the key waits on it until it expires.
+                    if !engine.release_lease(&key, token).await {
+                        engine.pend_release(key, token);
+                    }
+                });
             }
         }
     }

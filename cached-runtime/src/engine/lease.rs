@@ -31,6 +31,20 @@ pub(super) enum Leasing<V> {
     Failed,
 }
 
+/// How a leaseholder's lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseEnd {
+    /// The value was written, and the lease ended with it.
+    Stored,
+    /// Released, nothing written (a value not to keep, or a failed load).
+    Released,
+    /// Lost before the write (invalidated, or expired): nothing written.
+    Lost,
+    /// The backend failed: the lease may still be held; the caller's guard
+    /// releases it.
+    Failed,
+}
+
 /// How hard to try for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ask {
@@ -119,14 +133,13 @@ impl Engine {
 
     /// Ends the lease this caller took for its load: the loaded value is
     /// written while the lease holds; a value not to be kept, or a failed
-    /// load (`None`), releases it. Returns whether the lease is over; if the
-    /// write failed it may not be, and the caller's guard releases it.
+    /// load (`None`), releases it.
     pub(super) async fn finish_lease<V, T>(
         &self,
         call: &Call<'_, V, T>,
         lease: Lease,
         loaded: Option<(&V, Duration)>,
-    ) -> bool
+    ) -> LeaseEnd
     where
         V: Shape<T>,
         T: Cacheable,
@@ -144,12 +157,17 @@ impl Engine {
                 )
                 .await
             }
-            None => self.release_lease(&call.key, lease.token).await,
+            None => {
+                if self.release_lease(&call.key, lease.token).await {
+                    LeaseEnd::Released
+                } else {
+                    LeaseEnd::Failed
+                }
+            }
         }
     }
 
-    /// A write that lands only while the lease holds. Returns whether the
-    /// lease is over (written, or lost); `false` after a failure.
+    /// A write that lands only while the lease holds.
     async fn write_leased<T: Cacheable>(
         &self,
         key: &str,
@@ -158,7 +176,7 @@ impl Engine {
         lease: Lease,
         tags: &[String],
         counters: &Counters,
-    ) -> bool {
+    ) -> LeaseEnd {
         let (meta, keep_for) = self.entry_meta(keep);
         let started = Instant::now();
         let result = self
@@ -167,15 +185,15 @@ impl Engine {
             .await;
         self.wrote(key, counters, started, "cache set (leased)");
         match result {
-            Ok(true) => true,
+            Ok(true) => LeaseEnd::Stored,
             Ok(false) => {
                 counters.leases_lost.add();
                 tracing::debug!(cache_key = %key, "lease lost (invalidated or expired) before the write; not stored");
-                true
+                LeaseEnd::Lost
             }
             Err(e) => {
                 self.backend_failed(key, "set", &e, counters);
-                false
+                LeaseEnd::Failed
             }
         }
     }

@@ -44,8 +44,8 @@ use crate::stats::{Counters, LogLimiter, Registry};
 
 pub(crate) use flight::Flights;
 use flight::{FlightGuard, Landed, Role, Shared, landing_within};
-use lease::{Ask, Leasing};
-use policy::{Call, Refresh, Shape};
+use lease::{Ask, LeaseEnd, Leasing};
+use policy::{Call, ErrorSharing, Refresh, Shape};
 pub(crate) use read::Read;
 
 /// Everything one cache holds: its backend, settings, counters and flights.
@@ -115,6 +115,7 @@ impl Engine {
         call: Call<'_, V, T>,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
     ) -> Result<V, E>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -128,7 +129,7 @@ impl Engine {
         // may be the value it replaced. Load, and store nothing.
         if self.pending.blocks(&call.key, call.tags) {
             counters.misses.add();
-            return Box::pin(self.miss(call, load, Via::LoaderOnly)).await;
+            return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
         }
         // On Redis, callers of one key in this process share one read, and
         // after a miss its one load: 1000 callers of a cold key would
@@ -138,7 +139,9 @@ impl Engine {
             // that went away (cancelled, or detached) brings another.
             loop {
                 let rx = match self.flights.join_or_lead(self, &call.key) {
-                    Role::Lead(guard) => return self.lead_read(&call, guard, load, refresh).await,
+                    Role::Lead(guard) => {
+                        return self.lead_read(&call, guard, load, refresh, errors).await;
+                    }
                     Role::Wait(rx) => rx,
                 };
                 let landed = Box::pin(landing_within(rx, call.policy.wait)).await;
@@ -151,7 +154,7 @@ impl Engine {
                     // key): read for itself.
                     break;
                 }
-                match Box::pin(self.settle(landed, counters, load, true)).await {
+                match Box::pin(self.settle(landed, counters, load, errors, true)).await {
                     Ok(result) => return result,
                     Err(again) => load = again,
                 }
@@ -173,7 +176,7 @@ impl Engine {
                 }
                 // Waited its bound: load for itself, as after a failure.
                 landed @ Landed::TimedOut => {
-                    match Box::pin(self.settle(landed, counters, load, true)).await {
+                    match Box::pin(self.settle(landed, counters, load, errors, true)).await {
                         Ok(result) => return result,
                         Err(again) => load = again,
                     }
@@ -195,12 +198,14 @@ impl Engine {
             // The backend is failing (or the breaker is open): callers here
             // still share one load, but none waits on the backend again for
             // a lease or a write.
-            Read::Failed => return Box::pin(self.miss(call, load, Via::LoaderOnly)).await,
+            Read::Failed => {
+                return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
+            }
         }
         // Boxed: the miss path's state (leases, the loader, the write) would
         // otherwise make every hit's future kilobytes large, which costs a
         // hit its allocation and copy (seen in `concurrent_hit`).
-        Box::pin(self.miss(call, load, Via::Backend)).await
+        Box::pin(self.miss(call, load, errors, Via::Backend)).await
     }
 
     /// What a waiter does with what its flight landed: takes its value;
@@ -212,6 +217,7 @@ impl Engine {
         landed: Landed,
         counters: &Counters,
         load: F,
+        errors: Option<ErrorSharing<E>>,
         count: bool,
     ) -> Result<Result<V, E>, F>
     where
@@ -222,7 +228,20 @@ impl Engine {
         let any = match landed {
             Landed::Abandoned | Landed::Running => return Err(load),
             Landed::Hit(any, _) | Landed::Value(any) => Some(any),
-            Landed::Failed => None,
+            Landed::Failed(shared) => {
+                // One failure, one run of the source: the leader's error,
+                // to every caller who waited for it.
+                if let (Some(errors), Some(shared)) = (errors, shared)
+                    && let Some(e) = errors.take(&*shared)
+                {
+                    if count {
+                        counters.misses.add();
+                    }
+                    counters.coalesced.add();
+                    return Ok(Err(e));
+                }
+                None
+            }
             Landed::TimedOut => {
                 counters.wait_timeouts.add();
                 None
@@ -272,6 +291,7 @@ impl Engine {
         mut guard: FlightGuard<'_>,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
+        errors: Option<ErrorSharing<E>>,
     ) -> Result<V, E>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -291,8 +311,8 @@ impl Engine {
                 self.refresh_after_hit(call, Shared::Stale(meta), refresh);
                 Ok(value)
             }
-            Read::Miss => Box::pin(self.lead(call, guard, load, Via::Backend)).await,
-            Read::Failed => Box::pin(self.lead(call, guard, load, Via::LoaderOnly)).await,
+            Read::Miss => Box::pin(self.lead(call, guard, load, errors, Via::Backend)).await,
+            Read::Failed => Box::pin(self.lead(call, guard, load, errors, Via::LoaderOnly)).await,
         }
     }
 
@@ -301,6 +321,7 @@ impl Engine {
         self: &Arc<Self>,
         call: Call<'_, V, T>,
         mut load: F,
+        errors: Option<ErrorSharing<E>>,
         via: Via,
     ) -> Result<V, E>
     where
@@ -322,12 +343,13 @@ impl Engine {
         }
         loop {
             match self.flights.join_or_lead(self, &call.key) {
-                Role::Lead(guard) => return self.lead(&call, guard, load, via).await,
+                Role::Lead(guard) => return self.lead(&call, guard, load, errors, via).await,
                 Role::Wait(rx) => match self
                     .settle(
                         landing_within(rx, call.policy.wait).await,
                         counters,
                         load,
+                        errors,
                         false,
                     )
                     .await
@@ -347,6 +369,7 @@ impl Engine {
         call: &Call<'_, V, T>,
         mut guard: FlightGuard<'_>,
         load: F,
+        errors: Option<ErrorSharing<E>>,
         via: Via,
     ) -> Result<V, E>
     where
@@ -383,16 +406,28 @@ impl Engine {
         // Without the lease (the backend failed, or the wait ran out) the
         // value is returned but not stored: only a leaseholder may write.
         let result = self.run_loader(counters, load).await;
-        // Waiters get the value first; the write's round trip is the
-        // leader's alone.
-        match &result {
-            Ok((value, _)) => guard.land_with(value, Shared::Loaded),
-            Err(_) => guard.land(Landed::Failed),
+        if let Err(e) = &result {
+            guard.land(Landed::Failed(errors.map(|s| s.share(e))));
         }
-        if let Some(lease) = leased {
-            let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
-            if self.finish_lease(call, lease, loaded).await {
-                guard.lease.take();
+        let ended = match leased {
+            Some(lease) => {
+                let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
+                let ended = self.finish_lease(call, lease, loaded).await;
+                if ended != LeaseEnd::Failed {
+                    guard.lease.take();
+                }
+                Some(ended)
+            }
+            None => None,
+        };
+        if let Ok((value, _)) = &result {
+            // Handed out only after the write: if an invalidation took the
+            // lease meanwhile, the value may predate it, and a caller who
+            // joined after the invalidation must not get it. They read again.
+            if ended == Some(LeaseEnd::Lost) {
+                guard.land(Landed::Abandoned);
+            } else {
+                guard.land_with(value, Shared::Loaded);
             }
         }
         result.map(|(v, _)| v)

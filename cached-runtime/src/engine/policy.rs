@@ -2,6 +2,7 @@
 //! window, early refresh), how its return type maps to what is stored
 //! ([`Shape`]), and the [`Call`] that carries both with the key.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -101,6 +102,58 @@ impl<T> Shape<T> for Option<T> {
 /// `None` means the load failed (its error is not needed: the old value is
 /// kept and served).
 pub type Refresh<T> = Pin<Box<dyn Future<Output = Option<T>> + Send + 'static>>;
+
+/// How a loader's error reaches the callers who waited for that load: a
+/// copy of it each, so one failure costs the source one run, not one per
+/// waiter. Made only for errors that are `Clone + Send + Sync + 'static`
+/// (the attributes pick it when the error type allows); without it, each
+/// waiter tries the source itself.
+pub struct ErrorSharing<E> {
+    share: fn(&E) -> Arc<dyn Any + Send + Sync>,
+    take: fn(&(dyn Any + Send + Sync)) -> Option<E>,
+}
+
+impl<E> Clone for ErrorSharing<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for ErrorSharing<E> {}
+
+impl<E> std::fmt::Debug for ErrorSharing<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorSharing")
+    }
+}
+
+impl<E: Clone + Send + Sync + 'static> ErrorSharing<E> {
+    /// Shares errors by cloning them.
+    pub const fn new() -> Self {
+        ErrorSharing {
+            share: |e| Arc::new(e.clone()),
+            take: |any| any.downcast_ref::<E>().cloned(),
+        }
+    }
+}
+
+impl<E: Clone + Send + Sync + 'static> Default for ErrorSharing<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> ErrorSharing<E> {
+    /// The error, as the waiters receive it.
+    pub(super) fn share(&self, e: &E) -> Arc<dyn Any + Send + Sync> {
+        (self.share)(e)
+    }
+
+    /// A waiter's copy of a shared error.
+    pub(super) fn take(&self, shared: &(dyn Any + Send + Sync)) -> Option<E> {
+        (self.take)(shared)
+    }
+}
 
 /// A call's counters: borrowed from its call site, or owned.
 pub(crate) type CountersRef<'a> = Cow<'a, Arc<Counters>>;

@@ -1,6 +1,6 @@
 //! Changes that did not reach the backend: a write-through or an
 //! invalidation that failed (Redis refusing writes with `-OOM` or
-//! `-READONLY`, frozen, killed, unreachable) is not forgotten.
+//! `-READONLY`, frozen, killed, unreachable, cut off) is not forgotten.
 //!
 //! Until it lands, this process never reads the keys it names from the
 //! cache (their calls go to the loader, and store nothing), so it cannot
@@ -11,19 +11,30 @@
 //! processes may serve the old value until then (or until its TTL): the
 //! window the README documents.
 //!
+//! A write that timed out may still land later: it waits in a frozen
+//! server's socket, or in the network, and may run after the retry if the
+//! retry travels on another connection (the breaker's probe replaces a
+//! silent one). So a change that has landed stays pending for [`SETTLE`]
+//! more, its keys still not read here, and is invalidated once more at the
+//! end of it.
+//!
 //! Memory is bounded: past [`MAX_PENDING`] changes, the pending set collapses
 //! into one invalidation of the whole namespace.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::backend::BackendError;
 
 /// The most changes remembered one by one.
 pub(crate) const MAX_PENDING: usize = 10_000;
+
+/// How long a change stays pending after it first lands, for a write that
+/// timed out and lands late (see the module docs).
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
 
 /// Changes to retry, and the keys they keep this process from reading.
 #[derive(Default)]
@@ -35,16 +46,20 @@ pub(crate) struct Pending {
     retrying: AtomicBool,
 }
 
+/// Each item: when it first landed (`None`: not yet).
 #[derive(Default)]
 struct State {
-    keys: HashSet<String>,
-    patterns: HashSet<String>,
-    tags: HashSet<String>,
+    keys: HashMap<String, Option<Instant>>,
+    patterns: HashMap<String, Option<Instant>>,
+    tags: HashMap<String, Option<Instant>>,
+    /// Leases to release (key, token): they block no read, but every caller
+    /// of the key waits on one until it is released or expires.
+    releases: HashMap<(String, u64), Option<Instant>>,
 }
 
 impl State {
     fn len(&self) -> usize {
-        self.keys.len() + self.patterns.len() + self.tags.len()
+        self.keys.len() + self.patterns.len() + self.tags.len() + self.releases.len()
     }
 }
 
@@ -57,6 +72,8 @@ pub(crate) enum Change {
     Pattern(String),
     /// A full tag key to invalidate.
     Tag(String),
+    /// The lease on a full key to release, if the token still holds it.
+    Release(String, u64),
 }
 
 impl std::fmt::Debug for Pending {
@@ -65,6 +82,11 @@ impl std::fmt::Debug for Pending {
             .field("count", &self.count.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// What a retry round should do with an item.
+fn due(landed: Option<Instant>, now: Instant) -> bool {
+    landed.is_none_or(|at| now.duration_since(at) >= SETTLE)
 }
 
 impl Pending {
@@ -76,59 +98,102 @@ impl Pending {
             return false;
         }
         let state = crate::lock(&self.state);
-        state.keys.contains(key)
-            || tags.iter().any(|t| state.tags.contains(t))
-            || state.patterns.iter().any(|p| crate::glob::matches(p, key))
+        state.keys.contains_key(key)
+            || tags.iter().any(|t| state.tags.contains_key(t))
+            || state.patterns.keys().any(|p| crate::glob::matches(p, key))
     }
 
-    /// How many changes wait to be retried.
+    /// How many changes wait to be retried (or to settle).
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
 
     fn add(&self, change: Change, namespace: &str) {
         let mut state = crate::lock(&self.state);
+        // A new failure starts over: it may land late too.
         match change {
-            Change::Keys(keys) => state.keys.extend(keys),
+            Change::Keys(keys) => {
+                for k in keys {
+                    state.keys.insert(k, None);
+                }
+            }
             Change::Pattern(p) => {
-                state.patterns.insert(p);
+                state.patterns.insert(p, None);
             }
             Change::Tag(t) => {
-                state.tags.insert(t);
+                state.tags.insert(t, None);
+            }
+            Change::Release(k, token) => {
+                state.releases.insert((k, token), None);
             }
         }
         if state.len() > MAX_PENDING {
             // Too many to remember one by one: retire the whole namespace.
             *state = State::default();
-            state.patterns.insert(namespace_pattern(namespace));
+            state.patterns.insert(namespace_pattern(namespace), None);
         }
         self.count.store(state.len(), Ordering::Release);
     }
 
+    /// The changes a retry round should send now.
     fn snapshot(&self) -> Vec<Change> {
+        let now = Instant::now();
         let state = crate::lock(&self.state);
-        let mut out: Vec<Change> = Vec::with_capacity(state.len());
-        let keys: Vec<String> = state.keys.iter().cloned().collect();
+        let mut out: Vec<Change> = Vec::new();
+        let keys: Vec<String> = state
+            .keys
+            .iter()
+            .filter(|(_, at)| due(**at, now))
+            .map(|(k, _)| k.clone())
+            .collect();
         // Bounded commands: no single UNLINK holds the server for long.
         out.extend(keys.chunks(500).map(|c| Change::Keys(c.to_vec())));
-        out.extend(state.patterns.iter().cloned().map(Change::Pattern));
-        out.extend(state.tags.iter().cloned().map(Change::Tag));
+        out.extend(
+            state
+                .patterns
+                .iter()
+                .filter(|(_, at)| due(**at, now))
+                .map(|(p, _)| Change::Pattern(p.clone())),
+        );
+        out.extend(
+            state
+                .tags
+                .iter()
+                .filter(|(_, at)| due(**at, now))
+                .map(|(t, _)| Change::Tag(t.clone())),
+        );
+        out.extend(
+            state
+                .releases
+                .keys()
+                .map(|(k, token)| Change::Release(k.clone(), *token)),
+        );
         out
     }
 
+    /// `change` landed: the first time it starts to settle; once settled
+    /// (or a release, which cannot land late) it is done.
     fn landed(&self, change: &Change) {
+        fn settle<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Option<Instant>>, key: &K) {
+            match map.get_mut(key) {
+                Some(at @ None) => *at = Some(Instant::now()),
+                Some(Some(_)) => {
+                    map.remove(key);
+                }
+                None => {}
+            }
+        }
         let mut state = crate::lock(&self.state);
         match change {
             Change::Keys(keys) => {
                 for k in keys {
-                    state.keys.remove(k);
+                    settle(&mut state.keys, k);
                 }
             }
-            Change::Pattern(p) => {
-                state.patterns.remove(p);
-            }
-            Change::Tag(t) => {
-                state.tags.remove(t);
+            Change::Pattern(p) => settle(&mut state.patterns, p),
+            Change::Tag(t) => settle(&mut state.tags, t),
+            Change::Release(k, token) => {
+                state.releases.remove(&(k.clone(), *token));
             }
         }
         self.count.store(state.len(), Ordering::Release);
@@ -154,6 +219,11 @@ pub(super) fn must_retry(e: &BackendError) -> bool {
 }
 
 impl Engine {
+    /// Remembers a lease that could not be released.
+    pub(crate) fn pend_release(self: &Arc<Self>, key: String, token: u64) {
+        self.pend(Change::Release(key, token));
+    }
+
     /// Remembers a change that did not land, and makes sure a task retries it.
     pub(super) fn pend(self: &Arc<Self>, change: Change) {
         self.pending.add(change, &self.namespace);
@@ -229,7 +299,7 @@ async fn retry(engine: Weak<Engine>) {
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        let mut all_landed = true;
+        let mut failed = false;
         for change in engine.pending.snapshot() {
             let timeout = engine.op_timeout;
             let result = match &change {
@@ -240,17 +310,19 @@ async fn retry(engine: Weak<Engine>) {
                     .await
                     .map(drop),
                 Change::Tag(t) => engine.backend.invalidate_tag(t, timeout).await.map(drop),
+                Change::Release(k, token) => engine.backend.release_lease(k, *token, timeout).await,
             };
             match result {
                 Ok(()) => engine.pending.landed(&change),
-                Err(_) => all_landed = false,
+                Err(_) => failed = true,
             }
         }
-        if all_landed {
-            backoff = Duration::from_millis(10);
+        backoff = if failed {
+            (backoff * 2).min(Duration::from_millis(500))
         } else {
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-        }
+            // Waiting for what landed to settle.
+            Duration::from_millis(100)
+        };
         if engine.pending.len() == 0 {
             engine.pending.retrying.store(false, Ordering::Release);
             // A change added after the check, whose `pend` saw the task
@@ -258,6 +330,7 @@ async fn retry(engine: Weak<Engine>) {
             if engine.pending.len() == 0 || engine.pending.retrying.swap(true, Ordering::AcqRel) {
                 return;
             }
+            backoff = Duration::from_millis(10);
         }
     }
 }
@@ -280,9 +353,15 @@ mod tests {
         assert!(!p.blocks("ns:v:8:placements", &[]));
         assert!(p.blocks("ns:b:1", &["ns:~tag:t".into()]));
         assert!(!p.blocks("ns:b:1", &["ns:~tag:u".into()]));
+        // Landed once: it settles, still blocking, and is not sent again
+        // until the settling time has passed.
+        p.landed(&Change::Keys(vec!["ns:a:1".into()]));
+        assert!(p.blocks("ns:a:1", &[]));
+        assert!(!p.snapshot().contains(&Change::Keys(vec!["ns:a:1".into()])));
+        // Landed again, after settling: done.
         p.landed(&Change::Keys(vec!["ns:a:1".into()]));
         assert!(!p.blocks("ns:a:1", &[]));
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.len(), 3 - 1);
     }
 
     #[test]

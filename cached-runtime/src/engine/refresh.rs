@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::Engine;
 use super::flight::Shared;
-use super::lease::{Ask, Leasing};
+use super::lease::{Ask, LeaseEnd, Leasing};
 use super::policy::{Call, Refresh, Shape};
 use crate::Cacheable;
 use crate::backend::Lease;
@@ -17,9 +17,15 @@ use crate::clock::now_ms;
 use crate::codec::EntryMeta;
 
 /// XFetch: refresh early when `now - delta * beta * ln(rand) >= expiry`,
-/// `delta` being how long the last load took.
+/// `delta` being how long the last load took. An entry stored by a
+/// write-through records no load time; for it `delta` is 1% of its TTL, so
+/// it is refreshed early too rather than left to expire.
 fn early_refresh_due(meta: &EntryMeta, beta: f64, now_ms: u64) -> bool {
-    let delta_ms = f64::from(meta.load_us) / 1000.0;
+    let delta_ms = if meta.load_us > 0 {
+        f64::from(meta.load_us) / 1000.0
+    } else {
+        meta.expires_ms.saturating_sub(meta.created_ms) as f64 / 100.0
+    };
     // 1 - f64() is in (0, 1], so ln is finite and <= 0.
     let gap = -delta_ms * beta * (1.0 - fastrand::f64()).ln();
     now_ms as f64 + gap >= meta.expires_ms as f64
@@ -105,6 +111,7 @@ impl Engine {
             if engine
                 .finish_lease(&call, Lease { token, epoch }, value)
                 .await
+                != LeaseEnd::Failed
             {
                 guard.lease.take();
             }
@@ -133,6 +140,26 @@ mod tests {
         // 20 ms loads, 1000 s left: the chance is e^-(1000000/20), i.e. none.
         assert!((0..10_000).all(|_| !early_refresh_due(&meta, 1.0, 0)));
         assert!((0..100).all(|_| early_refresh_due(&meta, 1.0, 1_000_000)));
+    }
+
+    #[test]
+    fn xfetch_refreshes_a_written_through_entry_near_its_expiry() {
+        // A write-through: no load time, a 100 s TTL.
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 0,
+            expires_ms: 100_000,
+            stale_until_ms: 100_000,
+        };
+        let rate = |now| {
+            (0..10_000)
+                .filter(|_| early_refresh_due(&meta, 1.0, now))
+                .count()
+        };
+        // delta = 1 s: 1 s before expiry, P = e^-1 ~ 37%; 60 s before, none.
+        let near = rate(99_000);
+        assert!((3_000..4_400).contains(&near), "{near}");
+        assert_eq!(rate(40_000), 0);
     }
 
     #[test]

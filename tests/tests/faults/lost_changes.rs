@@ -54,6 +54,13 @@ impl Rows {
         self.source.lock().expect("source").insert(id, name);
     }
 
+    /// A slow query of the row.
+    #[cached(prefix = "row", ttl = "5m", key = id)]
+    async fn slow_get(&self, id: u64) -> Placement {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.row(id)
+    }
+
     /// Every row's name (a list that a rename changes).
     #[cached(prefix = "list", ttl = "5m", key = page)]
     async fn list(&self, page: u32) -> Vec<String> {
@@ -216,4 +223,36 @@ async fn a_lease_request_that_timed_out_is_released_not_left_to_block_the_key() 
         took < Duration::from_secs(1),
         "the next caller waited {took:?} on an orphaned lease"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_release_was_refused_is_released_once_redis_takes_writes() {
+    let server = RedisServer::start();
+    let s = std::sync::Arc::new(rows(&server));
+    assert_eq!(s.get(8).await.name, "v1 of 8");
+    let load = tokio::spawn({
+        let s = std::sync::Arc::clone(&s);
+        async move { s.slow_get(5).await }
+    });
+    // The load holds its lease; then Redis turns read-only, so neither its
+    // write nor its release can land.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let nobody = free_port().to_string();
+    server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &nobody]);
+    assert_eq!(load.await.expect("the load").name, "v1 of 5");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        server.cmd::<i64>(&["EXISTS", "t:row:5:~lease"]),
+        1,
+        "held while read-only"
+    );
+    server.cmd::<()>(&["REPLICAOF", "NO", "ONE"]);
+    let started = Instant::now();
+    while server.cmd::<i64>(&["EXISTS", "t:row:5:~lease"]) == 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the lease was left to expire: every caller of the key waits on it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -15,5 +15,6 @@ mod lost_changes;
 mod oversize;
 mod refused;
 mod restart;
+mod stranded;
 mod strict;
 mod wrongtype;
