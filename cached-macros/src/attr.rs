@@ -32,27 +32,162 @@ impl Kind {
     }
 
     /// The options this attribute knows, in the order the docs list them.
-    pub(crate) fn options(self) -> &'static [&'static str] {
-        match self {
-            Kind::Cached => &[
-                "prefix",
-                "ttl",
-                "key",
-                "cache",
-                "cache_none",
-                "tags",
-                "name",
-                "lock",
-                "lease",
-                "wait",
-                "stale",
-                "early_refresh",
-                "crate",
-            ],
-            Kind::Put => &[
-                "prefix", "ttl", "key", "cache", "tags", "stale", "name", "crate",
-            ],
-            Kind::Evict => &["keys", "patterns", "prefixes", "tags", "cache", "crate"],
+    pub(crate) fn options(self) -> Vec<&'static str> {
+        OPTIONS
+            .iter()
+            .filter(|o| o.kinds.contains(&self))
+            .map(|o| o.name)
+            .collect()
+    }
+}
+
+/// One option: its name, the attributes that take it, and how its value is
+/// read into [`Args`]. Every option is declared here once; the list of
+/// valid names, the suggestions and the dispatch all come from this table.
+struct Opt {
+    name: &'static str,
+    kinds: &'static [Kind],
+    read: fn(&mut Args, &mut Errors, &Ident, Expr),
+}
+
+const ALL: &[Kind] = &[Kind::Cached, Kind::Put, Kind::Evict];
+const STORING: &[Kind] = &[Kind::Cached, Kind::Put];
+const CACHED: &[Kind] = &[Kind::Cached];
+const EVICT: &[Kind] = &[Kind::Evict];
+
+/// Every option, in the order the docs and error messages list them.
+const OPTIONS: &[Opt] = &[
+    Opt {
+        name: "prefix",
+        kinds: STORING,
+        read: read_prefix,
+    },
+    Opt {
+        name: "ttl",
+        kinds: STORING,
+        read: |a, e, _, v| a.ttl = duration::parse_ttl(e, "ttl", &v),
+    },
+    Opt {
+        name: "key",
+        kinds: STORING,
+        read: read_key,
+    },
+    Opt {
+        name: "keys",
+        kinds: EVICT,
+        read: |a, e, n, v| a.keys = string_list(e, n, &v),
+    },
+    Opt {
+        name: "patterns",
+        kinds: EVICT,
+        read: |a, e, n, v| a.patterns = string_list(e, n, &v),
+    },
+    Opt {
+        name: "prefixes",
+        kinds: EVICT,
+        read: |a, e, n, v| a.prefixes = string_list(e, n, &v),
+    },
+    Opt {
+        name: "cache",
+        kinds: ALL,
+        read: |a, _, _, v| a.cache = Some(v),
+    },
+    Opt {
+        name: "cache_none",
+        kinds: CACHED,
+        read: |a, e, _, v| a.cache_none = duration::parse_ttl(e, "cache_none", &v),
+    },
+    Opt {
+        name: "tags",
+        kinds: ALL,
+        read: |a, e, n, v| a.tags = string_list(e, n, &v),
+    },
+    Opt {
+        name: "name",
+        kinds: STORING,
+        read: read_name,
+    },
+    Opt {
+        name: "lock",
+        kinds: CACHED,
+        read: read_lock,
+    },
+    Opt {
+        name: "lease",
+        kinds: CACHED,
+        read: |a, e, _, v| a.lease = duration::parse_ttl(e, "lease", &v),
+    },
+    Opt {
+        name: "wait",
+        kinds: CACHED,
+        read: |a, e, _, v| a.wait = duration::parse_ttl(e, "wait", &v),
+    },
+    Opt {
+        name: "stale",
+        kinds: STORING,
+        read: |a, e, _, v| a.stale = duration::parse_ttl(e, "stale", &v),
+    },
+    Opt {
+        name: "early_refresh",
+        kinds: CACHED,
+        read: |a, e, _, v| a.early_refresh = parse_beta(e, &v),
+    },
+    Opt {
+        name: "crate",
+        kinds: ALL,
+        read: read_crate,
+    },
+];
+
+fn read_prefix(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
+    if let Some(lit) = string_lit(errors, name, &value) {
+        if let Some(why) = bad_prefix(&lit.value()) {
+            errors.push(syn::Error::new(lit.span(), why));
+        }
+        args.prefix = Some(lit);
+    }
+}
+
+fn read_key(args: &mut Args, _: &mut Errors, _: &Ident, value: Expr) {
+    args.key = Some(match value {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => KeySpec::Template(s),
+        other => KeySpec::Expr(other),
+    });
+}
+
+fn read_name(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
+    if let Some(lit) = string_lit(errors, name, &value) {
+        if lit.value().trim().is_empty() {
+            errors.push(syn::Error::new(lit.span(), "`name` must not be empty"));
+        }
+        args.name = Some(lit);
+    }
+}
+
+fn read_lock(args: &mut Args, errors: &mut Errors, _: &Ident, value: Expr) {
+    match &value {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Bool(b),
+            ..
+        }) => args.lock = Some(b.clone()),
+        other => errors.push(syn::Error::new_spanned(
+            other,
+            "`lock` takes `true` or `false` (`lock = false` turns off single flight and leases)",
+        )),
+    }
+}
+
+fn read_crate(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
+    if let Some(lit) = string_lit(errors, name, &value) {
+        match lit.parse::<syn::Path>() {
+            Ok(path) => args.krate = Some(path),
+            Err(_) => errors.push(syn::Error::new(
+                lit.span(),
+                "`crate` must be a path to cached-runtime, e.g. `crate = \"my_deps::cached_runtime\"`",
+            )),
         }
     }
 }
@@ -126,26 +261,25 @@ pub(crate) struct Args {
     pub(crate) seen: Vec<String>,
 }
 
-/// Fills an option's slot; duplicates were reported when the pair was read.
-fn set<T>(_errors: &mut Errors, slot: &mut Option<T>, _name: &Ident, value: T) {
-    *slot = Some(value);
-}
-
 impl Args {
     /// Reads every pair, collecting all errors instead of stopping at the first.
     pub(crate) fn from_raw(raw: RawArgs, kind: Kind, errors: &mut Errors) -> Args {
         let mut args = Args::default();
+        let options = kind.options();
         for RawArg { name, value } in raw.0 {
             let option = name.to_string();
-            if !kind.options().contains(&option.as_str()) {
+            let Some(opt) = OPTIONS
+                .iter()
+                .find(|o| o.name == option && o.kinds.contains(&kind))
+            else {
                 errors.push(unknown_option(&name, &option, kind));
                 // "did you mean `ttl`?" is enough; do not also report `ttl`
                 // as missing.
-                if let Some(meant) = nearest(&option, kind.options()) {
+                if let Some(meant) = nearest(&option, &options) {
                     args.seen.push(meant.to_owned());
                 }
                 continue;
-            }
+            };
             if args.seen.contains(&option) {
                 errors.push(syn::Error::new(
                     name.span(),
@@ -153,91 +287,8 @@ impl Args {
                 ));
                 continue;
             }
-            args.seen.push(option.clone());
-            match option.as_str() {
-                "tags" | "keys" | "patterns" | "prefixes" => {
-                    let list = string_list(errors, &name, &value);
-                    match option.as_str() {
-                        "tags" => args.tags = list,
-                        "keys" => args.keys = list,
-                        "patterns" => args.patterns = list,
-                        _ => args.prefixes = list,
-                    }
-                }
-                "prefix" => {
-                    if let Some(lit) = string_lit(errors, &name, &value) {
-                        if let Some(why) = bad_prefix(&lit.value()) {
-                            errors.push(syn::Error::new(lit.span(), why));
-                        }
-                        set(errors, &mut args.prefix, &name, lit);
-                    }
-                }
-                "ttl" => {
-                    if let Some(ttl) = duration::parse_ttl(errors, "ttl", &value) {
-                        set(errors, &mut args.ttl, &name, ttl);
-                    }
-                }
-                "cache_none" => {
-                    if let Some(ttl) = duration::parse_ttl(errors, "cache_none", &value) {
-                        set(errors, &mut args.cache_none, &name, ttl);
-                    }
-                }
-                "key" => {
-                    let spec = match value {
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Str(s),
-                            ..
-                        }) => KeySpec::Template(s),
-                        other => KeySpec::Expr(other),
-                    };
-                    set(errors, &mut args.key, &name, spec);
-                }
-                "cache" => set(errors, &mut args.cache, &name, value),
-                "lock" => match &value {
-                    Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => {
-                        args.lock = Some(b.clone());
-                    }
-                    other => errors.push(syn::Error::new_spanned(
-                        other,
-                        "`lock` takes `true` or `false` (`lock = false` turns off single flight and leases)",
-                    )),
-                },
-                "lease" | "wait" | "stale" => {
-                    if let Some(d) = duration::parse_ttl(errors, &name.to_string(), &value) {
-                        let slot = match name.to_string().as_str() {
-                            "lease" => &mut args.lease,
-                            "wait" => &mut args.wait,
-                            _ => &mut args.stale,
-                        };
-                        set(errors, slot, &name, d);
-                    }
-                }
-                "early_refresh" => {
-                    if let Some(beta) = parse_beta(errors, &value) {
-                        set(errors, &mut args.early_refresh, &name, beta);
-                    }
-                }
-                "name" => {
-                    if let Some(lit) = string_lit(errors, &name, &value) {
-                        if lit.value().trim().is_empty() {
-                            errors.push(syn::Error::new(lit.span(), "`name` must not be empty"));
-                        }
-                        set(errors, &mut args.name, &name, lit);
-                    }
-                }
-                "crate" => {
-                    if let Some(lit) = string_lit(errors, &name, &value) {
-                        match lit.parse::<syn::Path>() {
-                            Ok(path) => set(errors, &mut args.krate, &name, path),
-                            Err(_) => errors.push(syn::Error::new(
-                                lit.span(),
-                                "`crate` must be a path to cached-runtime, e.g. `crate = \"my_deps::cached_runtime\"`",
-                            )),
-                        }
-                    }
-                }
-                _ => unreachable!("every option of Kind::options is handled above"),
-            }
+            args.seen.push(option);
+            (opt.read)(&mut args, errors, &name, value);
         }
         args
     }
@@ -346,7 +397,7 @@ pub(crate) fn unknown_option(name: &Ident, given: &str, kind: Kind) -> syn::Erro
         .map(|o| format!("`{o}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    let hint = nearest(given, valid)
+    let hint = nearest(given, &valid)
         .map(|n| format!("; did you mean `{n}`?"))
         .unwrap_or_default();
     syn::Error::new(
@@ -396,10 +447,10 @@ mod tests {
     #[test]
     fn suggests_the_nearest_option() {
         let options = Kind::Cached.options();
-        assert_eq!(nearest("tll", options), Some("ttl"));
-        assert_eq!(nearest("prefx", options), Some("prefix"));
-        assert_eq!(nearest("cache_nones", options), Some("cache_none"));
-        assert_eq!(nearest("zzzzzzzz", options), None);
-        assert_eq!(nearest("key", Kind::Evict.options()), Some("keys"));
+        assert_eq!(nearest("tll", &options), Some("ttl"));
+        assert_eq!(nearest("prefx", &options), Some("prefix"));
+        assert_eq!(nearest("cache_nones", &options), Some("cache_none"));
+        assert_eq!(nearest("zzzzzzzz", &options), None);
+        assert_eq!(nearest("key", &Kind::Evict.options()), Some("keys"));
     }
 }

@@ -187,39 +187,32 @@ fn site(args: &Args, p: &TokenStream) -> TokenStream {
         None => default,
     };
     let ttl = ms(&args.ttl, quote!(#p::Duration::ZERO));
-    let none_ttl = match &args.cache_none {
-        Some(_) => {
-            let d = ms(&args.cache_none, TokenStream::new());
-            quote!(::core::option::Option::Some(#d))
+    // Only what the attribute sets; every default is the runtime's.
+    let mut policy = quote!(#p::Policy::new(#ttl));
+    if args.cache_none.is_some() {
+        let d = ms(&args.cache_none, TokenStream::new());
+        policy.extend(quote!(.cache_none(#d)));
+    }
+    if let Some(lock) = &args.lock {
+        let lock = lock.value;
+        policy.extend(quote!(.lock(#lock)));
+    }
+    for (setter, given) in [
+        ("lease", &args.lease),
+        ("wait", &args.wait),
+        ("stale", &args.stale),
+    ] {
+        if given.is_some() {
+            let setter = format_ident!("{setter}");
+            let d = ms(given, TokenStream::new());
+            policy.extend(quote!(.#setter(#d)));
         }
-        None => quote!(::core::option::Option::None),
-    };
-    let lock = args.lock.as_ref().is_none_or(|l| l.value);
-    let lease = ms(
-        &args.lease,
-        quote!(#p::Policy::new(#p::Duration::ZERO).lease),
-    );
-    let wait = ms(&args.wait, quote!(#p::Policy::new(#p::Duration::ZERO).wait));
-    let stale = ms(&args.stale, quote!(#p::Duration::ZERO));
-    let early_refresh = match beta(args) {
-        Some(b) => quote!(::core::option::Option::Some(#b)),
-        None => quote!(::core::option::Option::None),
-    };
+    }
+    if let Some(b) = beta(args) {
+        policy.extend(quote!(.early_refresh(#b)));
+    }
     quote! {
-        static __CACHED_SITE: #p::Site = #p::Site {
-            name: #name,
-            prefix: #prefix,
-            policy: #p::Policy {
-                ttl: #ttl,
-                none_ttl: #none_ttl,
-                lock: #lock,
-                lease: #lease,
-                wait: #wait,
-                stale: #stale,
-                early_refresh: #early_refresh,
-            },
-            counters: #p::SiteCounters::new(),
-        };
+        static __CACHED_SITE: #p::Site = #p::Site::new(#name, #prefix, #policy);
     }
 }
 
@@ -322,7 +315,7 @@ fn value_check(info: &FnInfo, p: &TokenStream) -> TokenStream {
 //         let __cached_cache = as_cache(&self.cache);
 //         let __cached_key = key(cache, &SITE).part(&(id)).finish();
 //         let __cached_tags = [/* tag templates */];
-//         (&&Runner::<P>::NEW).cached_option(cache, &SITE, key,
+//         (&&Runner::<P>::NEW).cached(cache, &SITE, key,
 //             move || self.get_uncached(id), None, __cached_tags).await
 //     }
 //     /// (doc)
@@ -348,12 +341,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     let key = key(plan, p);
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
 
-    let (runner, lifted) = match info.shape {
-        Shape::Plain => (quote!(cached), true),
-        Shape::Option => (quote!(cached_option), true),
-        Shape::Result => (quote!(cached), false),
-        Shape::ResultOption => (quote!(cached_option), false),
-    };
+    let lifted = matches!(info.shape, Shape::Plain | Shape::Option);
 
     // With a stale window or early refresh, a load may run after the caller
     // has returned, so it needs its own copies of `self` and the arguments.
@@ -441,7 +429,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         #[allow(unused_imports)]
         use #p::{CacheRun as _, PlainRun as _};
         (&&#p::Runner::<#value_ty>::NEW)
-            .#runner(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, #errors, __cached_tags)
+            .cached(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, #errors, __cached_tags)
             .await
     }};
     let result = if lifted {

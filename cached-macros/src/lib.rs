@@ -2,23 +2,26 @@
 //! `cached-runtime`, which re-exports them and provides everything the
 //! expansions call.
 //!
-//! The crate is split by phase: `attr` parses the options, `func` checks the
-//! function, `template` reads key templates, and `expand` generates code.
-//! Errors from every phase are collected and reported together.
+//! The crate is split by phase: parse (`attr` reads the options, `template`
+//! reads key templates), validate (`func` checks the function, `valid` the
+//! options against each other and the function), and expand (`expand`
+//! generates code; `fallback` what is emitted instead on an error). Errors
+//! from every phase are collected and reported together.
 
 mod attr;
 mod duration;
 mod errors;
 mod expand;
+mod fallback;
 mod func;
 mod template;
+mod valid;
 
 use proc_macro::TokenStream;
-use quote::ToTokens as _;
 
-use crate::attr::{Args, KeySpec, Kind, RawArgs, missing};
+use crate::attr::{Args, Kind, RawArgs};
 use crate::errors::Errors;
-use crate::func::Shape;
+pub(crate) use crate::valid::Templates;
 
 /// Caches an `async fn`'s result: cache-aside, in one attribute.
 ///
@@ -32,16 +35,36 @@ use crate::func::Shape;
 ///
 /// # Options
 ///
+/// Every option, with an example of its use:
+///
 /// | option | meaning |
 /// | --- | --- |
-/// | `prefix = "placement"` | **required.** The key prefix: keys are `{namespace}:{prefix}:{key}`. |
+/// | `prefix = "placement"` | **required.** The key prefix: keys are `{namespace}:{prefix}:{key}`. Letters, digits and `_-./` only. |
 /// | `ttl = "5m"` or `ttl = 300` | **required.** How long a value is kept: a duration (`"30s"`, `"5m"`, `"1h 30m"`) or whole seconds. A small random jitter is added. |
-/// | `key = <expr>` | The key part: any expression over the parameters whose value is a `KeyPart` (integers, strings, UUIDs, tuples of them, `hashed(&query)`). Default: every parameter but `self`, joined with `:`. |
-/// | `key = "video:{video_id}"` | A key template; placeholders must name parameters (checked at compile time). `{{` and `}}` are literal braces. |
-/// | `cache = <expr>` | Where the `Cache` is. Default `self.cache`; required on free functions (e.g. a `static CACHE: LazyLock<Cache>`). |
+/// | `key = placement_id` | The key part: any expression over the parameters whose value is a `KeyPart` (integers, strings, UUIDs, tuples of them, `hashed(&query)`). Default: every parameter but `self`, joined with `:`. |
+/// | `key = "video:{video_id}:placements"` | A key template; each placeholder names a parameter and stands alone between `:` separators (checked at compile time). `{{` and `}}` are literal braces. |
+/// | `cache = CACHE` | Where the `Cache` is. Default `self.cache`; required on free functions (e.g. a `static CACHE: LazyLock<Cache>`). |
 /// | `cache_none = "30s"` | Also cache `None` (negative caching), for this long. Only for `Option<T>` and `Result<Option<T>, E>` returns. |
+/// | `tags = ["video:{video_id}"]` | Tags the entry, so `#[cache_evict(tags = [...])]` or `Cache::invalidate_tag` removes it with every other entry of the tag. |
 /// | `name = "placements"` | The name in stats and metrics. Default: the prefix. |
-/// | `crate = "path::to::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
+/// | `lock = false` | Turns off single flight and leases (each caller loads on a miss). Default on. |
+/// | `lease = "10s"` | How long a lease lives if its holder dies mid-load. Default 10 s. |
+/// | `wait = "5s"` | The longest a caller waits for another's load (in this process or another) before loading itself. Default 5 s. |
+/// | `stale = "1h"` | Keep an expired value this much longer: served while one caller refreshes it in the background, and if the refresh fails. Needs a `Clone` service and owned arguments. |
+/// | `early_refresh = true` or `early_refresh = 2.0` | Probabilistic early refresh (XFetch) near expiry, in the background; a number is beta (larger refreshes earlier). Needs a `Clone` service and owned arguments. |
+/// | `crate = "my_deps::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
+///
+/// ```ignore
+/// #[derive(Clone)]
+/// struct Videos { cache: Cache, db: Db }
+///
+/// impl Videos {
+///     #[cached(prefix = "video", ttl = "90s", key = "{video_id}:placements",
+///              tags = ["video:{video_id}"], stale = "10m", early_refresh = true,
+///              cache_none = "30s", wait = "2s", name = "video_placements")]
+///     async fn placements(&self, video_id: u64) -> Result<Option<Vec<Placement>>, DbError> { /* … */ }
+/// }
+/// ```
 ///
 /// # Return types
 ///
@@ -73,8 +96,9 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// that read the old row cannot write it back afterwards. `None` invalidates
 /// the key; an `Err` changes nothing.
 ///
-/// Options: `prefix`, `ttl`, `key`, `cache`, `tags`, `stale`, `name`,
-/// `crate`, as for [`cached`].
+/// Options, each as for [`cached`]: `prefix` and `ttl` (required), `key`,
+/// `cache`, `tags`, `name`, `stale`, `crate`. For example
+/// `#[cache_put(prefix = "placement", ttl = "5m", key = id, tags = ["video:{video_id}"], stale = "1h")]`.
 #[proc_macro_attribute]
 pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     run(Kind::Put, args.into(), item.into()).into()
@@ -91,7 +115,7 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | --- | --- |
 /// | `keys = ["placement:{id}"]` | those keys (relative to the namespace), and their leases |
 /// | `patterns = ["video:{video_id}:*"]` | every key matching the glob (SCAN + UNLINK in batches on Redis); parameter values are escaped, so they match only themselves |
-/// | `prefixes = ["placements"]` | every key of a `#[cached]` prefix |
+/// | `prefixes = ["placements"]` | every key of a `#[cached]` prefix, and the prefix's own key (a function without key parameters) |
 /// | `tags = ["video:{video_id}"]` | every entry cached with that tag |
 /// | `cache = <expr>`, `crate = "…"` | as for [`cached`] |
 ///
@@ -110,6 +134,7 @@ fn run(
     item: proc_macro2::TokenStream,
 ) -> proc_macro2::TokenStream {
     let mut errors = Errors::default();
+    // Phase 1, parse: the options, then the function.
     let raw = match syn::parse2::<RawArgs>(args) {
         Ok(raw) => Some(raw),
         Err(e) => {
@@ -132,106 +157,18 @@ fn run(
             return out;
         }
     };
-
     let args = match raw {
         Some(raw) => {
             let args = Args::from_raw(raw, kind, &mut errors);
-            let seen = |o: &str| args.seen.iter().any(|s| s == o);
-            match kind {
-                Kind::Cached | Kind::Put => {
-                    if !seen("prefix") {
-                        errors.push(missing(kind, "`prefix`", "prefix = \"...\""));
-                    }
-                    if !seen("ttl") {
-                        errors.push(missing(kind, "`ttl`", "ttl = \"5m\""));
-                    }
-                }
-                Kind::Evict => {
-                    if !["keys", "patterns", "prefixes", "tags"]
-                        .iter()
-                        .any(|o| seen(o))
-                    {
-                        errors.push(missing(
-                            kind,
-                            "what to evict",
-                            "keys = [\"placement:{placement_id}\"]",
-                        ));
-                    }
-                }
-            }
+            valid::required(kind, &args, &mut errors);
             args
         }
         None => Args::default(),
     };
+    // Phase 2, validate: the function, and the options against it.
     let info = func::analyse(&func, kind, &mut errors);
-
-    let mut templates = Templates::default();
-    if let Some(info) = &info {
-        if let Some(none) = &args.cache_none
-            && matches!(info.shape, Shape::Plain | Shape::Result)
-        {
-            errors.push(syn::Error::new(
-                none.span,
-                "`cache_none` is for functions that return `Option<T>` or `Result<Option<T>, E>`; \
-                 this one never returns `None`",
-            ));
-        }
-        if args.lock.as_ref().is_some_and(|l| !l.value) {
-            for (what, given) in [("lease", &args.lease), ("wait", &args.wait)] {
-                if let Some(t) = given {
-                    errors.push(syn::Error::new(
-                        t.span,
-                        format!("`{what}` has no effect with `lock = false`: there is no lease to hold or wait for"),
-                    ));
-                }
-            }
-        }
-        if kind == Kind::Cached
-            && (args.stale.is_some() || args.early_refresh.as_ref().is_some_and(|(b, _)| *b > 0.0))
-        {
-            for arg in &func.sig.inputs {
-                if let syn::FnArg::Typed(pt) = arg
-                    && borrows(&pt.ty)
-                {
-                    errors.push(syn::Error::new_spanned(
-                        &pt.ty,
-                        "with `stale` or `early_refresh`, arguments must be owned (e.g. `String` for `&str`): \
-                         a background refresh runs after the caller has returned, with its own copies",
-                    ));
-                }
-            }
-        }
-        if !info.has_self && args.cache.is_none() {
-            errors.push(syn::Error::new(
-                func::name_span(&func),
-                format!(
-                    "#[{}] on a free function needs `cache = <expr>`: `{}` has no `self.cache` \
-                     (e.g. `cache = CACHE` with `static CACHE: LazyLock<Cache>`)",
-                    kind.name(),
-                    func.sig.ident
-                ),
-            ));
-        }
-        let mut check = |lit: &syn::LitStr, glob: bool| {
-            check_template(lit, glob, info, &func.sig.ident, &mut errors)
-        };
-        if let Some(KeySpec::Template(lit)) = &args.key {
-            templates.key = check(lit, false);
-        }
-        templates.tags = args.tags.iter().filter_map(|l| check(l, false)).collect();
-        templates.keys = args.keys.iter().filter_map(|l| check(l, false)).collect();
-        templates.patterns = args
-            .patterns
-            .iter()
-            .filter_map(|l| check(l, true))
-            .collect();
-        templates.prefixes = args
-            .prefixes
-            .iter()
-            .filter_map(|l| check(l, false))
-            .collect();
-    }
-
+    let templates = valid::validate(kind, &args, &func, info.as_ref(), &mut errors);
+    // Phase 3, expand; on any error, the fallback.
     match (errors.combined(), info) {
         (None, Some(info)) => expand::expand(expand::Plan {
             kind,
@@ -240,91 +177,6 @@ fn run(
             args,
             templates,
         }),
-        (err, _) => with_errors(func, err),
+        (err, _) => fallback::fallback(func, err),
     }
-}
-
-/// Parses a template and checks its placeholders against the parameters.
-fn check_template(
-    lit: &syn::LitStr,
-    glob: bool,
-    info: &func::FnInfo,
-    fn_name: &syn::Ident,
-    errors: &mut Errors,
-) -> Option<(syn::LitStr, Vec<template::Piece>)> {
-    let pieces = match template::parse(lit) {
-        Ok(pieces) => pieces,
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
-    if let Err(why) = template::check_segments(&lit.value(), &pieces, glob) {
-        errors.push(syn::Error::new(lit.span(), why));
-        return None;
-    }
-    let mut ok = true;
-    for piece in &pieces {
-        if let template::Piece::Param(name) = piece
-            && !info.params.iter().any(|p| p == name)
-        {
-            let list = info
-                .params
-                .iter()
-                .map(|p| format!("`{p}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let list = if list.is_empty() {
-                "none".to_owned()
-            } else {
-                list
-            };
-            errors.push(syn::Error::new(
-                lit.span(),
-                format!("template names `{{{name}}}`, which is not a parameter of `{fn_name}`; parameters: {list}"),
-            ));
-            ok = false;
-        }
-    }
-    ok.then(|| (lit.clone(), pieces))
-}
-
-/// Every checked template of an attribute, with the literal it came from.
-#[derive(Default)]
-pub(crate) struct Templates {
-    pub(crate) key: Option<(syn::LitStr, Vec<template::Piece>)>,
-    pub(crate) tags: Vec<(syn::LitStr, Vec<template::Piece>)>,
-    pub(crate) keys: Vec<(syn::LitStr, Vec<template::Piece>)>,
-    pub(crate) patterns: Vec<(syn::LitStr, Vec<template::Piece>)>,
-    pub(crate) prefixes: Vec<(syn::LitStr, Vec<template::Piece>)>,
-}
-
-/// Whether a type holds a borrow (a reference or a named lifetime).
-fn borrows(ty: &syn::Type) -> bool {
-    struct Finder(bool);
-    impl<'ast> syn::visit::Visit<'ast> for Finder {
-        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
-            self.0 = true;
-        }
-        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-            if l.ident != "static" {
-                self.0 = true;
-            }
-        }
-    }
-    let mut finder = Finder(false);
-    syn::visit::Visit::visit_type(&mut finder, ty);
-    finder.0
-}
-
-/// The function unchanged, with the errors at the top of its body: callers
-/// still resolve, so the user sees only the errors that matter.
-fn with_errors(mut func: syn::ItemFn, err: Option<syn::Error>) -> proc_macro2::TokenStream {
-    if let Some(err) = err {
-        let tokens = err.to_compile_error();
-        func.block
-            .stmts
-            .insert(0, syn::Stmt::Item(syn::Item::Verbatim(tokens)));
-    }
-    func.into_token_stream()
 }

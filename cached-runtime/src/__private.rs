@@ -11,36 +11,45 @@ pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
 use crate::engine::policy::{Call, CountersRef, Keep};
-pub use crate::engine::policy::{ErrorSharing, Policy, Refresh};
+pub use crate::engine::policy::{ErrorSharing, Policy, Refresh, Shape};
 use crate::stats::Counters;
 
 /// Everything a call site knows at compile time.
 #[derive(Debug)]
 pub struct Site {
     /// The stats and metrics name.
-    pub name: &'static str,
+    name: &'static str,
     /// The key prefix.
-    pub prefix: &'static str,
+    prefix: &'static str,
     /// TTLs, locking, stale window, early refresh.
-    pub policy: Policy,
+    policy: Policy,
     /// The counters of the first cache this site served, kept here so a hit
     /// takes no lock and no reference count (both contended under load).
-    pub counters: SiteCounters,
+    counters: SiteCounters,
 }
 
 /// See the `counters` field of [`Site`].
 #[derive(Debug)]
-pub struct SiteCounters(OnceLock<(u64, Arc<Counters>)>);
+struct SiteCounters(OnceLock<(u64, Arc<Counters>)>);
 
 impl SiteCounters {
     /// Empty until the first call.
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> SiteCounters {
+    const fn new() -> SiteCounters {
         SiteCounters(OnceLock::new())
     }
 }
 
 impl Site {
+    /// A call site: its stats name, key prefix and policy.
+    pub const fn new(name: &'static str, prefix: &'static str, policy: Policy) -> Site {
+        Site {
+            name,
+            prefix,
+            policy,
+            counters: SiteCounters::new(),
+        }
+    }
+
     /// The counters of `cache` for this site: from the site for the cache it
     /// first served, from the cache's registry for any other.
     fn counters(&'static self, cache: &Cache) -> CountersRef<'static> {
@@ -72,40 +81,26 @@ impl<T> Runner<T> {
     pub const NEW: Runner<T> = Runner(PhantomData);
 }
 
-/// The caching path, chosen when the value type is cacheable.
+/// The caching path, chosen when the value type is cacheable. One entry
+/// for every return shape: `V` is what the function returns (`T`, or
+/// `Option<T>`), mapped to the stored `T` by [`Shape`].
 pub trait CacheRun<T> {
-    /// Cache-aside for a plain `T` or `Result<T, E>` return.
+    /// Cache-aside for a function returning `V` (or `Result<V, E>`).
     #[allow(clippy::too_many_arguments)]
-    fn cached<E, F, Fut>(
+    fn cached<V, E, F, Fut>(
         &self,
         cache: &Cache,
         site: &'static Site,
         key: String,
         load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
         tags: &[String],
-    ) -> impl Future<Output = Result<T, E>>
+    ) -> impl Future<Output = Result<V, E>>
     where
+        V: Shape<T> + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>;
-
-    /// Cache-aside for an `Option<T>` or `Result<Option<T>, E>` return:
-    /// `None` is kept only for `cache_none`.
-    #[allow(clippy::too_many_arguments)]
-    fn cached_option<E, F, Fut>(
-        &self,
-        cache: &Cache,
-        site: &'static Site,
-        key: String,
-        load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
-        errors: Option<ErrorSharing<E>>,
-        tags: &[String],
-    ) -> impl Future<Output = Result<Option<T>, E>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>;
+        Fut: Future<Output = Result<V, E>>;
 }
 
 /// Write-through for `#[cache_put]`, on the same dispatch as [`CacheRun`].
@@ -216,53 +211,27 @@ pub fn pattern(cache: &Cache) -> KeyBuilder {
     KeyBuilder::pattern(cache.namespace())
 }
 
-// Plain functions returning the get-or-load future itself, not `async fn`s
-// awaiting it: one layer less in every call's future, which is copied and
-// allocated on every hit.
+// A plain function returning the get-or-load future itself, not an
+// `async fn` awaiting it: one layer less in every call's future, which is
+// copied and allocated on every hit.
 impl<T: Cacheable> CacheRun<T> for &Runner<T> {
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn cached<E, F, Fut>(
+    fn cached<V, E, F, Fut>(
         &self,
         cache: &Cache,
         site: &'static Site,
         key: String,
         load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
         tags: &[String],
-    ) -> impl Future<Output = Result<T, E>>
+    ) -> impl Future<Output = Result<V, E>>
     where
+        V: Shape<T> + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<V, E>>,
     {
-        let call: Call<'_, T, T> = Call {
-            key,
-            counters: site.counters(cache),
-            policy: &site.policy,
-            tags,
-            shape: PhantomData,
-        };
-        cache.engine().load_through(call, load, refresh, errors)
-    }
-
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn cached_option<E, F, Fut>(
-        &self,
-        cache: &Cache,
-        site: &'static Site,
-        key: String,
-        load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
-        errors: Option<ErrorSharing<E>>,
-        tags: &[String],
-    ) -> impl Future<Output = Result<Option<T>, E>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
-    {
-        let call: Call<'_, Option<T>, T> = Call {
+        let call: Call<'_, V, T> = Call {
             key,
             counters: site.counters(cache),
             policy: &site.policy,
@@ -278,39 +247,19 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
 pub trait PlainRun<T> {
     /// Runs the loader.
     #[allow(clippy::too_many_arguments)]
-    fn cached<E, F, Fut>(
+    fn cached<V, E, F, Fut>(
         &self,
         cache: &Cache,
         site: &'static Site,
         key: String,
         load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<T> + Send + Sync)>,
+        refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
         tags: &[String],
     ) -> Fut
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let _ = (cache, site, key, refresh, errors, tags);
-        load()
-    }
-
-    /// Runs the loader.
-    #[allow(clippy::too_many_arguments)]
-    fn cached_option<E, F, Fut>(
-        &self,
-        cache: &Cache,
-        site: &'static Site,
-        key: String,
-        load: F,
-        refresh: Option<&(dyn Fn() -> Refresh<Option<T>> + Send + Sync)>,
-        errors: Option<ErrorSharing<E>>,
-        tags: &[String],
-    ) -> Fut
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
+        Fut: Future<Output = Result<V, E>>,
     {
         let _ = (cache, site, key, refresh, errors, tags);
         load()

@@ -458,3 +458,27 @@ async fn a_caller_who_joins_after_another_process_invalidated_gets_no_older_valu
         "the leader began before it"
     );
 }
+
+#[tokio::test]
+async fn a_cache_switched_off_runs_every_call_and_stores_nothing() {
+    let server = RedisServer::start();
+    for builder in [Cache::builder(), Cache::builder().redis(server.url())] {
+        let cache = builder
+            .namespace("g")
+            .enabled(false)
+            .build()
+            .expect("builds");
+        assert!(!cache.is_enabled());
+        let docs = Docs::new(cache.clone());
+        docs.video("1".into()).await;
+        docs.video("1".into()).await;
+        assert_eq!(docs.loads(), 2, "every call runs its function");
+        cache
+            .set("video:1", &"x".to_owned(), Duration::from_secs(60))
+            .await;
+        assert_eq!(cache.get::<String>("video:1").await, None);
+        assert_eq!(cache.invalidate_pattern("*").await.expect("a no-op"), 0);
+    }
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
+}

@@ -37,6 +37,7 @@ pub struct CacheBuilder {
     max_value_bytes: usize,
     breaker: CircuitBreaker,
     strict: bool,
+    enabled: bool,
 }
 
 impl Default for CacheBuilder {
@@ -51,6 +52,7 @@ impl Default for CacheBuilder {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             breaker: CircuitBreaker::default(),
             strict: false,
+            enabled: true,
         }
     }
 }
@@ -128,6 +130,16 @@ impl CacheBuilder {
         self
     }
 
+    /// Switches the cache on (the default) or off. Off, every cached call
+    /// runs its function as if it had no attribute, `get` finds nothing,
+    /// and write-throughs and invalidations do nothing: a baseline to
+    /// measure the cache against, or a switch for an incident, with no
+    /// change to annotated code.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
     /// For tests: a backend failure, an unreadable entry or an oversize value
     /// panics at the call instead of being logged, counted and skipped. Never
     /// turn this on in production: it makes the cache a point of failure.
@@ -195,6 +207,7 @@ impl CacheBuilder {
         let settings = Settings {
             namespace: self.namespace,
             op_timeout: self.op_timeout,
+            enabled: self.enabled,
             ttl_jitter: self.ttl_jitter,
             strict: self.strict,
         };

@@ -79,6 +79,11 @@ impl Cache {
         &self.engine.namespace
     }
 
+    /// Whether the cache is on (see [`CacheBuilder::enabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.engine.enabled
+    }
+
     /// `"memory"` or `"redis"`.
     pub fn backend_kind(&self) -> &'static str {
         self.engine.backend.kind()
@@ -98,7 +103,7 @@ impl Cache {
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
-        if self.engine.pending.blocks(&full, &[]) {
+        if !self.engine.enabled || self.engine.pending.blocks(&full, &[]) {
             // A change of the key has not reached the backend yet.
             counters.misses.add();
             return None;

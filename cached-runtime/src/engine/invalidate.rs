@@ -20,6 +20,9 @@ impl Engine {
         let Some(first) = keys.first() else {
             return Ok(());
         };
+        if !self.enabled {
+            return Ok(());
+        }
         let started = Instant::now();
         let result = self.backend.invalidate(keys, self.op_timeout).await;
         // After the backend has answered: a read begun before then may have
@@ -42,6 +45,9 @@ impl Engine {
         self: &Arc<Self>,
         pattern: &str,
     ) -> Result<u64, CacheError> {
+        if !self.enabled {
+            return Ok(0);
+        }
         let started = Instant::now();
         let result = self
             .backend
@@ -59,6 +65,9 @@ impl Engine {
         self: &Arc<Self>,
         tag: &str,
     ) -> Result<u64, CacheError> {
+        if !self.enabled {
+            return Ok(0);
+        }
         let started = Instant::now();
         let result = self.backend.invalidate_tag(tag, self.op_timeout).await;
         self.flights.detach_all();

@@ -56,6 +56,8 @@ pub(crate) struct Engine {
     pub(crate) backend: Backend,
     pub(crate) namespace: String,
     pub(crate) op_timeout: Duration,
+    /// `false`: every call runs its loader; nothing is read or stored.
+    pub(crate) enabled: bool,
     ttl_jitter: f64,
     strict: bool,
     pub(crate) stats: Registry,
@@ -70,6 +72,7 @@ pub(crate) struct Engine {
 pub(crate) struct Settings {
     pub(crate) namespace: String,
     pub(crate) op_timeout: Duration,
+    pub(crate) enabled: bool,
     pub(crate) ttl_jitter: f64,
     pub(crate) strict: bool,
 }
@@ -100,6 +103,7 @@ impl Engine {
             backend,
             namespace: settings.namespace,
             op_timeout: settings.op_timeout,
+            enabled: settings.enabled,
             ttl_jitter: settings.ttl_jitter,
             strict: settings.strict,
             stats: Registry::default(),
@@ -125,6 +129,10 @@ impl Engine {
     {
         let counters = &*call.counters;
         let mut load = load;
+        // The cache is switched off: the function runs, as if uncached.
+        if !self.enabled {
+            return self.run_loader(counters, load).await.map(|(v, _)| v);
+        }
         // A change of this key has not reached the backend: what is there
         // may be the value it replaced. Load, and store nothing.
         if self.pending.blocks(&call.key, call.tags) {

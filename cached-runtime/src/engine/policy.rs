@@ -45,6 +45,42 @@ impl Policy {
             early_refresh: None,
         }
     }
+
+    /// Keeps `None` for `ttl` (`cache_none`).
+    pub const fn cache_none(mut self, ttl: Duration) -> Policy {
+        self.none_ttl = Some(ttl);
+        self
+    }
+
+    /// Single flight and leases on or off (`lock`).
+    pub const fn lock(mut self, lock: bool) -> Policy {
+        self.lock = lock;
+        self
+    }
+
+    /// How long a lease lives if its holder dies (`lease`).
+    pub const fn lease(mut self, lease: Duration) -> Policy {
+        self.lease = lease;
+        self
+    }
+
+    /// The longest wait for another caller's load (`wait`).
+    pub const fn wait(mut self, wait: Duration) -> Policy {
+        self.wait = wait;
+        self
+    }
+
+    /// How long past its TTL a value may be served (`stale`).
+    pub const fn stale(mut self, stale: Duration) -> Policy {
+        self.stale = stale;
+        self
+    }
+
+    /// Probabilistic early refresh with XFetch's `beta` (`early_refresh`).
+    pub const fn early_refresh(mut self, beta: f64) -> Policy {
+        self.early_refresh = Some(beta);
+        self
+    }
 }
 
 /// How a call site's value maps to the item stored under its key: `V = T`

@@ -39,6 +39,9 @@ impl Engine {
         tags: &[String],
         counters: &Counters,
     ) {
+        if !self.enabled {
+            return;
+        }
         let (meta, keep_for) = self.entry_meta(keep);
         let started = Instant::now();
         let result = self

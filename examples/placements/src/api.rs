@@ -31,9 +31,6 @@ pub const MAX_LIMIT: u32 = 100;
 pub struct AppState {
     pub service: PlacementService,
     pub metrics: PrometheusHandle,
-    /// Serve every read from the database (the `_uncached` twins): the
-    /// baseline for measuring what the cache gives.
-    pub bypass: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -64,6 +61,8 @@ pub enum ApiError {
     Rejected(StatusCode, String),
     /// The database failed: 503, and nothing was cached.
     Unavailable(DbError),
+    /// A bug of this service (a response that does not serialize): 500.
+    Internal(String),
 }
 
 impl From<DbError> for ApiError {
@@ -90,6 +89,13 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what.to_owned()),
             ApiError::Rejected(status, m) => (status, m),
+            ApiError::Internal(why) => {
+                tracing::error!(error = %why, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
+            }
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, "database failed");
                 (
@@ -102,11 +108,29 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("id must be a positive integer, got {raw:?}")))
+/// A positive id from the path (`/placements/{id}`, `/videos/{id}/...`):
+/// anything else is a 400 before the handler runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Id(pub i64);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::BadRequest(r.body_text()))?;
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(Id)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("id must be a positive integer, got {raw:?}"))
+            })
+    }
 }
 
 /// `GET /placements/{id}`: cache-aside, `Cache-Control: private,
@@ -114,14 +138,9 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
 async fn get_placement(
     State(app): State<AppState>,
     cond: ConditionalRequest,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let found = if app.bypass {
-        app.service.get_by_id_uncached(id).await?
-    } else {
-        app.service.get_by_id(id).await?
-    };
+    let found = app.service.get_by_id(id).await?;
     let p = found.ok_or(ApiError::NotFound("no such placement"))?;
     let caching = CacheHeaders::new()
         .etag(strong_etag(p.version))
@@ -132,10 +151,9 @@ async fn get_placement(
 /// `PUT /placements/{id}`: write-through; the new version is readable at once.
 async fn put_placement(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     body: Result<Json<PlacementUpdate>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
     let Json(update) = body?;
     if let Some(name) = &update.name {
         let chars = name.chars().count();
@@ -160,11 +178,7 @@ async fn put_placement(
 }
 
 /// `DELETE /placements/{id}`: delete, then evict.
-async fn delete_placement(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id)?;
+async fn delete_placement(State(app): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
     if app.service.delete(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -175,14 +189,9 @@ async fn delete_placement(
 /// `GET /videos/{id}/placements`.
 async fn video_placements(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    Id(video_id): Id,
 ) -> Result<Response, ApiError> {
-    let video_id = parse_id(&id)?;
-    let list = if app.bypass {
-        app.service.by_video_uncached(video_id).await?
-    } else {
-        app.service.by_video(video_id).await?
-    };
+    let list = app.service.by_video(video_id).await?;
     Ok(Json(list).into_response())
 }
 
@@ -212,11 +221,7 @@ async fn query_placements(
         limit,
         offset: params.offset.unwrap_or(0),
     };
-    let rows = if app.bypass {
-        app.service.query_uncached(query).await?
-    } else {
-        app.service.query(query).await?
-    };
+    let rows = app.service.query(query).await?;
     Ok(Json(rows).into_response())
 }
 
@@ -226,13 +231,8 @@ async fn products(
     State(app): State<AppState>,
     cond: ConditionalRequest,
 ) -> Result<Response, ApiError> {
-    let products = if app.bypass {
-        app.service.products_uncached().await?
-    } else {
-        app.service.products().await?
-    };
-    let body =
-        serde_json::to_vec(&products).map_err(|e| ApiError::Unavailable(DbError(e.to_string())))?;
+    let products = app.service.products().await?;
+    let body = serde_json::to_vec(&products).map_err(|e| ApiError::Internal(e.to_string()))?;
     let caching = CacheHeaders::new()
         .etag(weak_etag(&body))
         .cache_control(public_max_age(Duration::from_secs(3600)));
@@ -282,7 +282,7 @@ async fn health(State(app): State<AppState>) -> Response {
         "cache": {
             "backend": cache.backend_kind(),
             "breaker_open": cache.breaker_open(),
-            "bypass": app.bypass,
+            "bypass": !cache.is_enabled(),
             "stats": stats,
         },
     });

@@ -144,7 +144,11 @@ pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error
         }
     });
     let db = Db::open(&config.database_url).await?;
-    let mut cache = Cache::builder().namespace("placements");
+    // `--no-cache`: the same service with the cache switched off, the
+    // baseline for the load test.
+    let mut cache = Cache::builder()
+        .namespace("placements")
+        .enabled(!config.bypass);
     if let Some(url) = &config.redis_url {
         cache = cache.redis(url.clone());
     }
@@ -152,7 +156,6 @@ pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error
     let app = api::router(AppState {
         service: service.clone(),
         metrics,
-        bypass: config.bypass,
     });
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
