@@ -545,6 +545,53 @@ mod tests {
         assert_ne!(text, template);
     }
 
+    /// Golden key text of every key-part type: a stored key must not change
+    /// between releases (it would empty every cache), and no type's part may
+    /// silently drop out of the key.
+    #[test]
+    fn every_key_part_type_writes_its_golden_text() {
+        fn text<P: KeyPart + ?Sized>(p: &P) -> String {
+            let mut out = String::new();
+            p.write_key_part(&mut out);
+            out
+        }
+        assert_eq!(text(&true), "true");
+        assert_eq!(text(&false), "false");
+        assert_eq!(text(&'x'), "x");
+        assert_eq!(text(&':'), r"\:");
+        assert_eq!(text(&-7i64), "-7");
+        assert_eq!(text(&u128::MAX), "340282366920938463463374607431768211455");
+        assert_eq!(text("a:b"), r"a\:b");
+        assert_eq!(text(&"a~".to_owned()), r"a\~");
+        assert_eq!(text(&std::borrow::Cow::Borrowed("c:d")), r"c\:d");
+        assert_eq!(text(&Box::new(5u8)), "5");
+        assert_eq!(text(&std::sync::Arc::new("e")), "e");
+        assert_eq!(text(&&&9u16), "9");
+        assert_eq!(text(&()), "-");
+        assert_eq!(text(&None::<u8>), "~");
+        assert_eq!(text(&Some(3u8)), "3");
+        assert_eq!(text(&(1u8, "x", None::<u8>)), "1:x:~");
+        #[cfg(feature = "uuid")]
+        assert_eq!(
+            text(&uuid::Uuid::from_u128(
+                0x0123_4567_89ab_cdef_0123_4567_89ab_cdef
+            )),
+            "01234567-89ab-cdef-0123-456789abcdef"
+        );
+        let h = Hashed(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(text(&h), "0123456789abcdef0123456789abcdef");
+        assert_eq!(h.value(), 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(format!("{h:?}"), "Hashed(0123456789abcdef0123456789abcdef)");
+        assert_eq!(h.to_string(), "0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn a_stats_name_is_the_first_segment_of_a_key() {
+        assert_eq!(stats_name("placement:7"), "placement");
+        assert_eq!(stats_name("products"), "products");
+        assert_eq!(stats_name(""), "");
+    }
+
     #[test]
     fn tuples_join_with_colons() {
         let key = KeyBuilder::new("ns", "video")
