@@ -123,6 +123,21 @@ mod tests {
     }
 
     #[test]
+    fn a_negated_class_holds_what_follows_the_caret_only() {
+        // Neither the `^` nor the `[` is a member of `[^a]`.
+        assert!(matches("[^a]", "^"));
+        assert!(matches("[^a]", "["));
+        assert!(!matches("[^a]", "a"));
+    }
+
+    #[test]
+    fn a_dash_at_the_end_of_an_unclosed_class_is_a_member_not_a_range() {
+        assert!(matches("[a-", "a"));
+        assert!(matches("[a-", "-"));
+        assert!(!matches("[a-", "b"));
+    }
+
+    #[test]
     fn classes_and_ranges() {
         assert!(matches("id:[0-9]", "id:5"));
         assert!(!matches("id:[0-9]", "id:x"));
