@@ -44,6 +44,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("redis_frozen", |r| {
         Box::pin(scenarios::faults::redis_frozen(r))
     }),
+    ("redis_killed", |r| {
+        Box::pin(scenarios::faults::redis_killed(r))
+    }),
     // Last: it installs a metrics recorder for the rest of the run.
     ("memory_hit_metrics", |r| {
         Box::pin(scenarios::hits::memory_hit_metrics(r))
