@@ -28,6 +28,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("concurrent_hit", |r| {
         Box::pin(scenarios::hits::concurrent_hit(r))
     }),
+    ("concurrent_hit_keys", |r| {
+        Box::pin(scenarios::hits::concurrent_hit_keys(r))
+    }),
     ("stampede", |r| Box::pin(scenarios::stampede::stampede(r))),
     ("stampede_processes", |r| {
         Box::pin(scenarios::stampede::stampede_processes(r))
