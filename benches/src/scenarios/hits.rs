@@ -607,3 +607,26 @@ async fn profile_op(this: &This, raw: &mut redis::aio::ConnectionManager, system
         _ => drop(std::hint::black_box(raw_get(raw, "raw:placement:1").await)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Zipf;
+
+    #[test]
+    fn zipf_draws_ids_in_range_with_the_expected_head() {
+        let zipf = Zipf::new(10_000, 1.0);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let n = 200_000;
+        let (mut first, mut top100) = (0, 0);
+        for _ in 0..n {
+            let id = zipf.sample(&mut rng);
+            assert!((1..=10_000).contains(&id), "{id} out of range");
+            first += u32::from(id == 1);
+            top100 += u32::from(id <= 100);
+        }
+        // 1 / H(10,000) = 0.102; H(100) / H(10,000) = 0.530.
+        let share = |k: u32| f64::from(k) / f64::from(n);
+        assert!((share(first) - 0.102).abs() < 0.005, "{}", share(first));
+        assert!((share(top100) - 0.530).abs() < 0.01, "{}", share(top100));
+    }
+}
