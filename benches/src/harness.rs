@@ -57,6 +57,22 @@ impl Redis {
         }
     }
 
+    /// SIGKILL (a server of this run's own), waiting for it to exit: its
+    /// connections are closed and new ones refused.
+    pub fn kill(&mut self) {
+        if let Some(own) = &mut self.own {
+            own.kill();
+        }
+    }
+
+    /// Starts a killed server again on its port, empty; returns once it
+    /// answers PING.
+    pub fn restart(&mut self) {
+        if let Some(own) = &mut self.own {
+            own.restart();
+        }
+    }
+
     /// Runs one command (for setup: FLUSHALL, CONFIG SET, SLOWLOG ...).
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let mut conn = self.client().get_connection().expect("connects");

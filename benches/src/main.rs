@@ -28,6 +28,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("concurrent_hit", |r| {
         Box::pin(scenarios::hits::concurrent_hit(r))
     }),
+    ("concurrent_hit_keys", |r| {
+        Box::pin(scenarios::hits::concurrent_hit_keys(r))
+    }),
     ("stampede", |r| Box::pin(scenarios::stampede::stampede(r))),
     ("stampede_processes", |r| {
         Box::pin(scenarios::stampede::stampede_processes(r))
@@ -44,6 +47,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("redis_frozen", |r| {
         Box::pin(scenarios::faults::redis_frozen(r))
     }),
+    ("redis_killed", |r| {
+        Box::pin(scenarios::faults::redis_killed(r))
+    }),
+    ("consistency", |r| {
+        Box::pin(scenarios::consistency::consistency(r))
+    }),
     // Last: it installs a metrics recorder for the rest of the run.
     ("memory_hit_metrics", |r| {
         Box::pin(scenarios::hits::memory_hit_metrics(r))
@@ -51,6 +60,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 ];
 
 fn main() {
+    // A worker process of the `consistency` scenario (this binary,
+    // re-executed by the checker): nothing else runs in it.
+    if let Ok(json) = std::env::var(cached_tests::consistency::WORKER_ENV) {
+        cached_tests::consistency::worker_main(&json);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

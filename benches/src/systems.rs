@@ -184,3 +184,24 @@ pub static CACHED_CRATE_FROZEN_URL: OnceLock<String> = OnceLock::new();
 pub async fn cached_crate_frozen_get(id: u64) -> Result<Placement, BenchError> {
     crate::scenarios::faults::load(id).await
 }
+
+/// Where the `cached` crate's store for `redis_killed` connects: a server
+/// of its own, killed and restarted during the scenario.
+pub static CACHED_CRATE_KILLED_URL: OnceLock<String> = OnceLock::new();
+
+/// `cached_crate` for `redis_killed`: the same store, on its own server.
+#[concurrent_cached(
+    map_error = |e| BenchError(format!("{e:?}")),
+    ty = "AsyncRedisCache<u64, Placement>",
+    create = r##"{
+        AsyncRedisCache::builder("cc-killed")
+            .ttl(Duration::from_secs(3600))
+            .connection_string(CACHED_CRATE_KILLED_URL.get().map(String::as_str).unwrap_or("redis://127.0.0.1:6379"))
+            .build()
+            .await
+            .expect("the cached crate's Redis store connects")
+    }"##
+)]
+pub async fn cached_crate_killed_get(id: u64) -> Result<Placement, BenchError> {
+    crate::scenarios::faults::load(id).await
+}

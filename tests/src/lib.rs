@@ -4,7 +4,10 @@
 //! No mocks: every Redis test talks to a real server that it owns, so tests
 //! share no state and can run in parallel. [`Proxy`] goes between a client
 //! and a server for the network faults a server cannot make itself.
+//! [`consistency`] is the randomized consistency checker that the
+//! `consistency` test and the benchmark harness run.
 
+pub mod consistency;
 pub mod proxy;
 pub use proxy::Proxy;
 

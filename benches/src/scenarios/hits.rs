@@ -1,4 +1,5 @@
-//! `memory_hit`, `seq_hit`, `concurrent_hit`: the cost of a hit.
+//! `memory_hit`, `seq_hit`, `concurrent_hit`, `concurrent_hit_keys`: the
+//! cost of a hit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,7 +9,7 @@ use cached_runtime::Cache;
 
 use crate::fixture::{Placement, json_len};
 use crate::harness::{Redis, Row, median};
-use crate::systems::{This, cached_crate_get, hand_written_get, raw_get};
+use crate::systems::{CACHED_CRATE_LOADS, This, cached_crate_get, hand_written_get, raw_get};
 
 const REPEATS: usize = 5;
 
@@ -239,37 +240,78 @@ pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
 /// A shareable operation for the throughput runs.
 type SharedOp = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// A shareable operation on one key, by id.
+type KeyOp = Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Tasks of the throughput runs.
+const TASKS: usize = 64;
+
 /// 64 tasks hitting one warm key for 1 s, each system in turn, round after
 /// round (as `interleaved`); ops/s per system and round.
 async fn throughput(systems: &[SharedOp]) -> Vec<Vec<f64>> {
-    const TASKS: usize = 64;
+    rounds(systems.len(), |i, _task, stop| {
+        let op = systems[i].clone();
+        async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                op().await;
+                n += 1;
+            }
+            n
+        }
+    })
+    .await
+}
+
+/// `throughput` over many keys: each call's key drawn from `keys` (by a
+/// generator of each task's own, seeded by round and task, so every system
+/// gets the same draws).
+async fn throughput_keys(systems: &[KeyOp], keys: &Arc<Zipf>) -> Vec<Vec<f64>> {
+    let round = AtomicU64::new(0);
+    rounds(systems.len(), |i, task, stop| {
+        let (op, keys) = (systems[i].clone(), Arc::clone(keys));
+        if i == 0 && task == 0 {
+            round.fetch_add(1, Ordering::Relaxed);
+        }
+        let seed = round.load(Ordering::Relaxed) << 32 | task as u64;
+        async move {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                op(keys.sample(&mut rng)).await;
+                n += 1;
+            }
+            n
+        }
+    })
+    .await
+}
+
+/// Runs [`TASKS`] tasks of each system for 1 s, each system in turn, round
+/// after round (as `interleaved`); `task(system, task, stop)` is one task's
+/// loop, returning the calls it made. Ops/s per system and round.
+async fn rounds<F, Fut>(systems: usize, task: F) -> Vec<Vec<f64>>
+where
+    F: Fn(usize, usize, Arc<AtomicBool>) -> Fut,
+    Fut: Future<Output = u64> + Send + 'static,
+{
     const RUN: Duration = Duration::from_secs(1);
     const ROUNDS: usize = 7;
-    let mut samples = vec![Vec::new(); systems.len()];
+    let mut samples = vec![Vec::new(); systems];
     for _ in 0..ROUNDS {
-        for (i, op) in systems.iter().enumerate() {
+        for (i, samples) in samples.iter_mut().enumerate() {
             let stop = Arc::new(AtomicBool::new(false));
-            let count = Arc::new(AtomicU64::new(0));
             let tasks: Vec<_> = (0..TASKS)
-                .map(|_| {
-                    let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
-                    tokio::spawn(async move {
-                        let mut n = 0u64;
-                        while !stop.load(Ordering::Relaxed) {
-                            op().await;
-                            n += 1;
-                        }
-                        count.fetch_add(n, Ordering::Relaxed);
-                    })
-                })
+                .map(|t| tokio::spawn(task(i, t, stop.clone())))
                 .collect();
             let started = Instant::now();
             tokio::time::sleep(RUN).await;
             stop.store(true, Ordering::Relaxed);
+            let mut count = 0;
             for t in tasks {
-                let _ = t.await;
+                count += t.await.unwrap_or(0);
             }
-            samples[i].push(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64());
+            samples.push(count as f64 / started.elapsed().as_secs_f64());
         }
     }
     if std::env::var("BENCH_SAMPLES").is_ok() {
@@ -353,6 +395,166 @@ pub async fn concurrent_hit(redis: &Redis) -> Vec<Row> {
     })
 }
 
+/// Keys of `concurrent_hit_keys`, and the Zipf exponent of their
+/// popularity.
+const KEYS: u64 = 10_000;
+const ZIPF_S: f64 = 1.0;
+
+/// Zipf(s) popularity over ids `1..=n`: id `k` is drawn with probability
+/// proportional to `1 / k^s` (with s = 1 and 10,000 ids, id 1 takes 10.2%
+/// of the draws, the first 100 ids 53%).
+#[derive(Debug)]
+pub struct Zipf {
+    /// Cumulative probabilities, the last 1.
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: u64, s: f64) -> Zipf {
+        let mut sum = 0.0;
+        let mut cdf: Vec<f64> = (1..=n)
+            .map(|k| {
+                sum += (k as f64).powf(-s);
+                sum
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Zipf { cdf }
+    }
+
+    /// An id in `1..=n`, by inverting the distribution function.
+    pub fn sample(&self, rng: &mut fastrand::Rng) -> u64 {
+        let u = rng.f64();
+        let i = self
+            .cdf
+            .partition_point(|c| *c <= u)
+            .min(self.cdf.len() - 1);
+        i as u64 + 1
+    }
+}
+
+/// `concurrent_hit` over [`KEYS`] warm keys of Zipf popularity: 64 tasks,
+/// each call's key drawn at random, every system drawing the same keys.
+/// `this` shares a GET only among callers of one key that arrive while it is
+/// in flight, so here it shares on the popular keys and not on the rest.
+pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
+    let this = Arc::new(This::new(redis_cache(redis), Duration::ZERO));
+    let raw = redis::aio::ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    let hand = redis::aio::ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    let hand_loads = Arc::new(AtomicU64::new(0));
+    let raw_misses = Arc::new(AtomicU64::new(0));
+
+    // Warm every key of every system, through the system itself (raw: SET).
+    let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
+    let mut pipe = redis::pipe();
+    for id in 1..=KEYS {
+        pipe.set(format!("raw:placement:{id}"), &json).ignore();
+    }
+    let mut conn = redis.client().get_connection().expect("connects");
+    let () = pipe.query(&mut conn).expect("the raw keys are set");
+    let mut warm = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (this, mut hand) = (this.clone(), hand.clone());
+        warm.spawn(async move {
+            for id in (1..=KEYS).filter(|id| id % 16 == lane) {
+                this.get(id).await;
+                let key = format!("hand:placement:{id}");
+                hand_written_get(
+                    &mut hand,
+                    &key,
+                    3600,
+                    || async move { Placement::sample(id) },
+                )
+                .await;
+                let _ = cached_crate_get(id).await;
+            }
+        });
+    }
+    while warm.join_next().await.is_some() {}
+    let this_loads = this.loads.load(Ordering::Relaxed);
+    let crate_loads = CACHED_CRATE_LOADS.load(Ordering::Relaxed);
+
+    // The same cache and keys, loads counted apart.
+    let unshared = Arc::new(This::new(this.cache.clone(), Duration::ZERO));
+    let systems: Vec<KeyOp> = vec![
+        Arc::new({
+            let this = this.clone();
+            move |id| {
+                let this = this.clone();
+                Box::pin(async move {
+                    std::hint::black_box(this.get(id).await);
+                })
+            }
+        }),
+        Arc::new({
+            let unshared = unshared.clone();
+            move |id| {
+                let this = unshared.clone();
+                Box::pin(async move {
+                    std::hint::black_box(this.get_unshared(id).await);
+                })
+            }
+        }),
+        Arc::new({
+            let misses = raw_misses.clone();
+            move |id| {
+                let (mut c, misses) = (raw.clone(), misses.clone());
+                Box::pin(async move {
+                    let key = format!("raw:placement:{id}");
+                    if std::hint::black_box(raw_get(&mut c, &key).await).is_none() {
+                        misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            }
+        }),
+        Arc::new({
+            let loads = hand_loads.clone();
+            move |id| {
+                let (mut c, loads) = (hand.clone(), loads.clone());
+                Box::pin(async move {
+                    let key = format!("hand:placement:{id}");
+                    let load = || async move {
+                        loads.fetch_add(1, Ordering::Relaxed);
+                        Placement::sample(id)
+                    };
+                    std::hint::black_box(hand_written_get(&mut c, &key, 3600, load).await);
+                })
+            }
+        }),
+        Arc::new(|id| {
+            Box::pin(async move {
+                let _ = std::hint::black_box(cached_crate_get(id).await);
+            })
+        }),
+    ];
+    let samples = throughput_keys(&systems, &Arc::new(Zipf::new(KEYS, ZIPF_S))).await;
+    // Calls that did not find their key (all should: the keys are warm and
+    // live an hour).
+    let missed = [
+        this.loads.load(Ordering::Relaxed) - this_loads,
+        unshared.loads.load(Ordering::Relaxed),
+        raw_misses.load(Ordering::Relaxed),
+        hand_loads.load(Ordering::Relaxed),
+        CACHED_CRATE_LOADS.load(Ordering::Relaxed) - crate_loads,
+    ];
+    hit_rows("concurrent_hit_keys", samples, |row, ops| {
+        row.with("ops_per_s", ops)
+            .with("tasks", TASKS as u64)
+            .with("keys", KEYS)
+            .with("zipf_s", ZIPF_S)
+    })
+    .into_iter()
+    .zip(missed)
+    .map(|(row, missed)| row.with("misses", missed))
+    .collect()
+}
+
 pub fn redis_cache(redis: &Redis) -> Cache {
     Cache::builder()
         .redis(redis.url.as_str())
@@ -403,5 +605,28 @@ async fn profile_op(this: &This, raw: &mut redis::aio::ConnectionManager, system
         "this" => drop(std::hint::black_box(this.get(1).await)),
         "this_unshared" => drop(std::hint::black_box(this.get_unshared(1).await)),
         _ => drop(std::hint::black_box(raw_get(raw, "raw:placement:1").await)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Zipf;
+
+    #[test]
+    fn zipf_draws_ids_in_range_with_the_expected_head() {
+        let zipf = Zipf::new(10_000, 1.0);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let n = 200_000;
+        let (mut first, mut top100) = (0, 0);
+        for _ in 0..n {
+            let id = zipf.sample(&mut rng);
+            assert!((1..=10_000).contains(&id), "{id} out of range");
+            first += u32::from(id == 1);
+            top100 += u32::from(id <= 100);
+        }
+        // 1 / H(10,000) = 0.102; H(100) / H(10,000) = 0.530.
+        let share = |k: u32| f64::from(k) / f64::from(n);
+        assert!((share(first) - 0.102).abs() < 0.005, "{}", share(first));
+        assert!((share(top100) - 0.530).abs() < 0.01, "{}", share(top100));
     }
 }

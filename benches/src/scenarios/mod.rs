@@ -1,5 +1,7 @@
-//! The scenarios, by issue: hits (the foundation), stampedes, invalidation.
+//! The scenarios, by issue: hits (the foundation), stampedes, invalidation,
+//! faults, and the consistency checker.
 
+pub mod consistency;
 pub mod faults;
 pub mod hits;
 pub mod invalidation;

@@ -34,9 +34,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::history::{Call, Counters, FaultWindow, Op, Outcome, Variant};
-use crate::system::WAIT;
-use crate::worker::OP_TIMEOUT;
+use super::history::{Call, Counters, FaultWindow, Op, Outcome, Variant};
+use super::system::WAIT;
+use super::worker::OP_TIMEOUT;
 
 /// Scheduling slack on a shared two-core machine.
 const SLACK: Duration = Duration::from_millis(100);
@@ -148,6 +148,17 @@ pub struct Report {
     pub notes: Vec<String>,
     /// The longest any call waited on the cache beyond its own work, ms.
     pub max_excess_ms: f64,
+    /// Calls recorded.
+    pub calls: usize,
+    /// Reads made (returned, dropped or failed).
+    pub reads: usize,
+    /// Reads that returned a version: those (a) and (a2) check.
+    pub reads_returned: usize,
+    /// Lags (ns, sorted) of the stale cross-process reads excused by the
+    /// shared-read window: how long after the write completed they began.
+    pub lags_window: Vec<u64>,
+    /// The same, of those excused by a fault in between.
+    pub lags_fault: Vec<u64>,
 }
 
 impl Report {
@@ -204,7 +215,8 @@ fn describe(c: &Call, t0: u64) -> String {
     )
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// The `p` quantile (0 to 1) of sorted samples; 0 when there are none.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -253,6 +265,13 @@ pub fn check(input: &Input) -> Report {
 
 fn counts(input: &Input, report: &mut Report) {
     let reads = input.calls.iter().filter(|c| c.op == Op::Read).count();
+    report.calls = input.calls.len();
+    report.reads = reads;
+    report.reads_returned = input
+        .calls
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Read(_)))
+        .count();
     let dropped = input
         .calls
         .iter()
@@ -510,14 +529,15 @@ fn read_your_writes(
             list.join(", ")
         ));
     }
+    lags_fault.sort_unstable();
+    lags_window.sort_unstable();
     for (lags, what) in [
-        (&mut lags_fault, "with a fault in between"),
-        (&mut lags_window, "within the shared-read window"),
+        (&lags_fault, "with a fault in between"),
+        (&lags_window, "within the shared-read window"),
     ] {
         if lags.is_empty() {
             continue;
         }
-        lags.sort_unstable();
         report.notes.push(format!(
             "stale cross-process reads {what} (not violations): {}, lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
             lags.len(),
@@ -526,6 +546,8 @@ fn read_your_writes(
             ms(percentile(lags, 1.0)),
         ));
     }
+    report.lags_fault = lags_fault;
+    report.lags_window = lags_window;
 }
 
 fn convergence(
@@ -719,7 +741,7 @@ fn bounded(input: &Input, report: &mut Report) {
 fn orphaned_leases(input: &Input, report: &mut Report) {
     let t0 = input.t0;
     let margin = ns(OP_TIMEOUT.saturating_mul(2));
-    let lease = ns(crate::system::LEASE);
+    let lease = ns(super::system::LEASE);
     let mut found: BTreeMap<(Variant, u64), (usize, &Call)> = BTreeMap::new();
     let mut calls: Vec<&Call> = input.calls.iter().collect();
     calls.sort_by_key(|c| c.invoke);

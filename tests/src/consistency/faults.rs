@@ -4,10 +4,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cached_tests::{Proxy, RedisServer};
+use crate::{Proxy, RedisServer};
 
-use crate::history::{FaultWindow, now_ns};
-use crate::worker::{ENV, WorkerConfig};
+use super::history::{FaultWindow, now_ns};
+use super::worker::{ENV, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -102,7 +102,7 @@ impl Workers {
         self.next_proc += 1;
         let mut config = self.template.clone();
         config.proc = proc;
-        config.seed = crate::mix(self.template.seed, u64::from(proc));
+        config.seed = super::mix(self.template.seed, u64::from(proc));
         config.history = self.dir.join(format!("p{proc}.jsonl"));
         let exe = std::env::current_exe().expect("the test binary's path");
         let child = Command::new(exe)
@@ -265,7 +265,7 @@ fn window(
         }
         Fault::RefuseReadonly => {
             let before = info_field(server, "errorstats", "errorstat_READONLY").unwrap_or(0);
-            let dead = cached_tests::free_port().to_string();
+            let dead = crate::free_port().to_string();
             server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &dead]);
             std::thread::sleep(hold);
             server.cmd::<()>(&["REPLICAOF", "NO", "ONE"]);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use cached_runtime::Cache;
 use serde::{Deserialize, Serialize};
 
-use crate::history::{Call, Counters, Op, Outcome, Record, Recorder, Variant, now_ns};
-use crate::system::{Ctx, Db, Framework, HandWritten, KEYS, Svc, System};
+use super::history::{Call, Counters, Op, Outcome, Record, Recorder, Variant, now_ns};
+use super::system::{Ctx, Db, Framework, HandWritten, KEYS, Svc, System};
 
 /// Set (to the JSON of a [`WorkerConfig`]) in a worker process.
 pub const ENV: &str = "CONSISTENCY_WORKER";

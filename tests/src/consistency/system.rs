@@ -14,7 +14,7 @@ use cached_runtime::{Cache, cache_evict, cache_put, cached};
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 
-use crate::history::Variant;
+use super::history::Variant;
 
 /// Rows per variant.
 pub const KEYS: u64 = 8;
@@ -418,12 +418,12 @@ impl Framework {
 
     pub async fn write(
         &self,
-        op: crate::history::Op,
+        op: super::history::Op,
         variant: Variant,
         id: u64,
         ctx: Ctx,
     ) -> Result<Row, DbError> {
-        use crate::history::Op;
+        use super::history::Op;
         let g = group(id);
         macro_rules! on {
             ($v:expr) => {
