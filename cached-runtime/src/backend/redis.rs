@@ -133,7 +133,10 @@ impl RedisBackend {
             // one timer per operation is enough (a second one cost ~18 µs a
             // hit in `seq_hit`).
             .set_response_timeout(None)
-            .set_number_of_retries(2)
+            // A refused connection is a definite answer: fail the call at
+            // once (the breaker counts it) rather than retry inside it and
+            // wait out the op timeout; the probe makes new connections.
+            .set_number_of_retries(0)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
         RedisBackend {

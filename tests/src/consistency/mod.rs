@@ -101,61 +101,47 @@ macro_rules! say {
 /// property not listed (a new failure). One that passes is reported as
 /// such (the checker is randomized: it may need a longer run).
 const KNOWN_FAILING: &[KnownFailing] = &[
-    known("redis/none", &[]),
-    known(
-        "redis/freeze",
-        &[FROZEN_WRITES_REORDER, TIMED_OUT_WRITES_LOST],
-    ),
-    known("redis/kill_empty", &[]),
-    known("redis/kill_data", &[WRITES_LOST_WHILE_DOWN]),
-    known("redis/refuse_oom", &[REFUSED_WRITES]),
-    known("redis/refuse_readonly", &[REFUSED_WRITES]),
-    known("redis/blackhole", &[TIMED_OUT_WRITES_LOST]),
-    known("redis/latency", &[TIMED_OUT_WRITES_LOST]),
-    known("redis/cut", &[TIMED_OUT_WRITES_LOST]),
-    known("redis/worker_kill", &[]),
+    // Seen in 6 of 1.2 million reads (bench, 48 s a case) and now and then
+    // in CI-length runs: a same-process read, right after the fault ends,
+    // returns the version before a write that completed just after it ended.
+    known("redis/freeze", &[Property::A], &[LATE_STALE_AFTER_FAULT]),
+    known("redis/blackhole", &[Property::A], &[LATE_STALE_AFTER_FAULT]),
+    known("redis/latency", &[Property::A], &[LATE_STALE_AFTER_FAULT]),
     known(
         "redis/mixed",
-        &[
-            FROZEN_WRITES_REORDER,
-            TIMED_OUT_WRITES_LOST,
-            WRITES_LOST_WHILE_DOWN,
-            REFUSED_WRITES,
-        ],
+        &[Property::A, Property::D],
+        &[LATE_STALE_AFTER_FAULT, LEASE_RESTORED],
     ),
+    // Once in a 40 s run: a read waited out `wait` just after the fault.
+    known("redis/kill_data", &[Property::D], &[LEASE_RESTORED]),
 ];
 
 // The defects, as the histories show them (see the violations printed).
 
-/// On every Redis case: `#[cache_evict(patterns | prefixes)]` is a SCAN,
-/// then an UNLINK of the keys the SCAN returned. A load in flight whose
-/// value is not there yet when the SCAN passes is missed: its leased write
-/// lands (between the SCAN and the UNLINK, or at any time if the pattern
-/// does not match the lease, as `{prefix}:*:row` does not), and the
-/// writer's own process then reads the row's old version, until the TTL.
-const PATTERN_MISSES_LOADS: &str = "pattern and prefix evictions (SCAN, then UNLINK of what it found) miss loads in flight: the old row is stored after the eviction (a, b)";
-/// On every Redis case, at random: a write whose caller is dropped after
-/// its body committed has its invalidation cancelled with it.
-const CANCELLED_EVICTIONS: &str =
-    "a write dropped after its body committed cancels its cache operation (a2, b)";
-/// On every Redis case, at random: a leaseholder whose write fails (refused,
-/// or its caller dropped while the lease request was in flight) leaves the
-/// lease behind; every caller of the key then waits out `wait` and loads
-/// without storing, until the lease expires.
-const ORPHANED_LEASES: &str = "leases orphaned by failed or cancelled lease traffic: callers wait out `wait` and nothing is stored until the lease expires (d)";
-const FROZEN_WRITES_REORDER: &str = "write-throughs and evictions that time out on a frozen server run when it wakes, in another order across connections: an older put lands after a newer eviction (a)";
-const TIMED_OUT_WRITES_LOST: &str = "a write-through or eviction that times out or loses its connection is dropped, not retried or followed by a delete: the old value is served in the writer's own process until its TTL (a, a2)";
-const WRITES_LOST_WHILE_DOWN: &str = "writes made while the server is down are lost and it comes back with the old entries (the README's known limit, here for write-throughs too) (a, a2)";
-const REFUSED_WRITES: &str = "a write-through refused with -OOM or -READONLY (and an eviction refused with -READONLY) leaves the old value in place, not deleted (a)";
+/// Not yet explained: always the `early` reader (early refresh with a
+/// large beta), a write that completed within 2 ms after a freeze or a
+/// blackhole ended, and 10-20 ms later a hit in the writer's own process,
+/// with no load, returning the version before it. Suspected: a command held
+/// during the fault (a refresh's lease traffic, or a write on the other
+/// connection) landing after the write. Every other process read the new
+/// version meanwhile.
+const LATE_STALE_AFTER_FAULT: &str = "right after a freeze, blackhole or latency spike ends, an early-refresh reader in the writer's own process can read the version before a write that completed just after the fault (a): not yet explained";
+/// A lease written to the append-only file before the kill comes back with
+/// the restarted server (or a release is still being retried): a reader
+/// waits out `wait` shortly after the fault.
+const LEASE_RESTORED: &str = "a lease restored with the server's data, or a release still being retried, makes a reader wait out `wait` just after the fault (d)";
 
-/// A Redis case: violates (a), (a2), (b), (d) through the defects every
-/// Redis case shows, and `extra`.
-const fn known(case: &'static str, extra: &'static [&'static str]) -> KnownFailing {
+/// A case known to violate `properties`, for the reasons `why`.
+const fn known(
+    case: &'static str,
+    properties: &'static [Property],
+    why: &'static [&'static str],
+) -> KnownFailing {
     KnownFailing {
         case,
-        properties: &[Property::A, Property::A2, Property::B, Property::D],
-        why: &[PATTERN_MISSES_LOADS, CANCELLED_EVICTIONS, ORPHANED_LEASES],
-        extra,
+        properties,
+        why,
+        extra: &[],
     }
 }
 
