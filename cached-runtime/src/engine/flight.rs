@@ -32,8 +32,8 @@ pub(super) enum Landed {
     Failed(Option<Arc<dyn Any + Send + Sync>>),
     /// The leader went away (cancelled, panicked, or lost the lease race).
     Abandoned,
-    /// Not landed within the waiter's `wait` (never sent; made by
-    /// [`landing_within`]).
+    /// Not landed within the policy's `wait` of the flight's first waiter:
+    /// sent by the flight's one timer, so every waiter loads for itself.
     TimedOut,
 }
 
@@ -77,18 +77,47 @@ struct Flight {
     id: u64,
     /// Made when the first waiter joins: a flight nobody joins (nearly
     /// every hit) costs no channel.
-    tx: Option<watch::Sender<Landed>>,
+    tx: Option<Arc<watch::Sender<Landed>>>,
+    /// Sends `TimedOut` once the first waiter has waited `wait`: one timer
+    /// per flight, not one per waiter (1000 waiters' timers cost a
+    /// stampede's callers milliseconds).
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 impl Flight {
-    fn subscribe(&mut self) -> watch::Receiver<Landed> {
-        match &self.tx {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = watch::channel(Landed::Running);
-                self.tx = Some(tx);
-                rx
-            }
+    fn subscribe(&mut self, wait: Duration) -> watch::Receiver<Landed> {
+        if let Some(tx) = &self.tx {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Landed::Running);
+        let tx = Arc::new(tx);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Weak: a flight that lands, or is dropped, ends its channel at
+            // once; the timer must not hold it open.
+            let weak = Arc::downgrade(&tx);
+            let timer = runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(tx) = weak.upgrade() {
+                    tx.send_if_modified(|landed| {
+                        let running = matches!(landed, Landed::Running);
+                        if running {
+                            *landed = Landed::TimedOut;
+                        }
+                        running
+                    });
+                }
+            });
+            self.timer = Some(timer.abort_handle());
+        }
+        self.tx = Some(tx);
+        rx
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
         }
     }
 }
@@ -111,13 +140,26 @@ impl Flights {
     }
 
     /// Joins the get-or-load of `key` running in this process, or leads it.
-    pub(super) fn join_or_lead<'a>(&self, engine: &'a Arc<Engine>, key: &'a str) -> Role<'a> {
+    /// A waiter waits at most `wait` (the flight's timer).
+    pub(super) fn join_or_lead<'a>(
+        &self,
+        engine: &'a Arc<Engine>,
+        key: &'a str,
+        wait: Duration,
+    ) -> Role<'a> {
         let mut running = self.lock();
         if let Some(flight) = running.get_mut(key) {
-            return Role::Wait(flight.subscribe());
+            return Role::Wait(flight.subscribe(wait));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        running.insert(key.to_owned(), Flight { id, tx: None });
+        running.insert(
+            key.to_owned(),
+            Flight {
+                id,
+                tx: None,
+                timer: None,
+            },
+        );
         self.misses.fetch_add(1, Ordering::Relaxed);
         Role::Lead(FlightGuard {
             engine: Cow::Borrowed(engine),
@@ -156,23 +198,27 @@ impl Flights {
 
     /// The flight running for `key`, if any: a caller can wait for its
     /// value without reading the backend first (the stampede case).
-    pub(super) fn miss_in_flight(&self, key: &str) -> Option<watch::Receiver<Landed>> {
+    pub(super) fn miss_in_flight(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Option<watch::Receiver<Landed>> {
         if self.misses.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        self.lock().get_mut(key).map(Flight::subscribe)
+        self.lock().get_mut(key).map(|f| f.subscribe(wait))
     }
 
     /// Removes flight `id`, if it is still the one registered for `key`, and
     /// returns its channel if anyone joined it.
-    fn remove(&self, key: &str, id: u64) -> Option<watch::Sender<Landed>> {
+    fn remove(&self, key: &str, id: u64) -> Option<Arc<watch::Sender<Landed>>> {
         let mut running = self.lock();
         // One lookup in the usual case; a successor (after a detach) is put
         // back.
-        let (owned, flight) = running.remove_entry(key)?;
+        let (owned, mut flight) = running.remove_entry(key)?;
         if flight.id == id {
             self.misses.fetch_sub(1, Ordering::Relaxed);
-            return flight.tx;
+            return flight.tx.take();
         }
         running.insert(owned, flight);
         None
@@ -194,16 +240,8 @@ impl Flights {
     }
 }
 
-/// Waits for a flight to land, at most `wait`: a caller waits on a load in
-/// its own process no longer than it would wait on another process's lease.
-pub(super) async fn landing_within(rx: watch::Receiver<Landed>, wait: Duration) -> Landed {
-    tokio::time::timeout(wait, landing(rx))
-        .await
-        .unwrap_or(Landed::TimedOut)
-}
-
-/// Waits for a flight to land.
-async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
+/// Waits for a flight to land (or its timer to say it waited `wait`).
+pub(super) async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
     match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
         Ok(landed) => landed.clone(),
         Err(_) => Landed::Abandoned,
@@ -253,7 +291,7 @@ impl FlightGuard<'_> {
     }
 
     /// Ends the flight; returns its channel if anyone joined.
-    pub(super) fn end(&mut self) -> Option<watch::Sender<Landed>> {
+    pub(super) fn end(&mut self) -> Option<Arc<watch::Sender<Landed>>> {
         if std::mem::replace(&mut self.landed, true) {
             return None;
         }
@@ -298,17 +336,24 @@ mod tests {
     fn a_detached_flight_is_not_joined_and_its_leader_leaves_its_successor() {
         let engine = engine();
         let flights = &engine.flights;
-        let Role::Lead(mut first) = flights.join_or_lead(&engine, "k") else {
+        let Role::Lead(mut first) = flights.join_or_lead(&engine, "k", Duration::from_secs(5))
+        else {
             panic!("the first caller leads");
         };
-        assert!(matches!(flights.join_or_lead(&engine, "k"), Role::Wait(_)));
+        assert!(matches!(
+            flights.join_or_lead(&engine, "k", Duration::from_secs(5)),
+            Role::Wait(_)
+        ));
         flights.detach(&["k"]);
-        let Role::Lead(_second) = flights.join_or_lead(&engine, "k") else {
+        let Role::Lead(_second) = flights.join_or_lead(&engine, "k", Duration::from_secs(5)) else {
             panic!("a caller after the detach leads a new flight");
         };
         first.land(Landed::Abandoned);
         assert!(
-            matches!(flights.join_or_lead(&engine, "k"), Role::Wait(_)),
+            matches!(
+                flights.join_or_lead(&engine, "k", Duration::from_secs(5)),
+                Role::Wait(_)
+            ),
             "the first leader, landing late, left its successor in place"
         );
     }
@@ -320,7 +365,7 @@ mod tests {
         let refresh = flights.try_lead(&engine, "k").expect("leads the refresh");
         assert!(flights.try_lead(&engine, "k").is_none(), "one at a time");
         // Readers still share a read while it runs, and start a new one.
-        let Role::Lead(_read) = flights.join_or_lead(&engine, "k") else {
+        let Role::Lead(_read) = flights.join_or_lead(&engine, "k", Duration::from_secs(5)) else {
             panic!("a reader leads its own flight");
         };
         flights.detach_all();

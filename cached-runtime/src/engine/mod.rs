@@ -43,7 +43,7 @@ use crate::backend::{Backend, Lease};
 use crate::stats::{Counters, LogLimiter, Registry};
 
 pub(crate) use flight::Flights;
-use flight::{FlightGuard, Landed, Role, Shared, landing_within};
+use flight::{FlightGuard, Landed, Role, Shared, landing};
 use lease::{Ask, LeaseEnd, Leasing};
 use policy::{Call, ErrorSharing, Refresh, Shape};
 pub(crate) use read::Read;
@@ -146,13 +146,13 @@ impl Engine {
             // Each round waits for another flight to land: only a leader
             // that went away (cancelled, or detached) brings another.
             loop {
-                let rx = match self.flights.join_or_lead(self, &call.key) {
+                let rx = match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
                     Role::Lead(guard) => {
                         return self.lead_read(&call, guard, load, refresh, errors).await;
                     }
                     Role::Wait(rx) => rx,
                 };
-                let landed = Box::pin(landing_within(rx, call.policy.wait)).await;
+                let landed = Box::pin(landing(rx)).await;
                 if let Landed::Hit(any, shared) = &landed {
                     if let Some(value) = any.downcast_ref::<V>() {
                         self.shared_hit(&call, *shared, refresh);
@@ -172,9 +172,9 @@ impl Engine {
         // than add a read to the pile. Failed, abandoned, or another type:
         // go the usual way.
         if call.policy.lock
-            && let Some(rx) = self.flights.miss_in_flight(&call.key)
+            && let Some(rx) = self.flights.miss_in_flight(&call.key, call.policy.wait)
         {
-            match Box::pin(landing_within(rx, call.policy.wait)).await {
+            match Box::pin(landing(rx)).await {
                 Landed::Value(any) => {
                     if let Some(v) = any.downcast_ref::<V>() {
                         counters.coalesced.add();
@@ -350,16 +350,10 @@ impl Engine {
             return Ok(value);
         }
         loop {
-            match self.flights.join_or_lead(self, &call.key) {
+            match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
                 Role::Lead(guard) => return self.lead(&call, guard, load, errors, via).await,
                 Role::Wait(rx) => match self
-                    .settle(
-                        landing_within(rx, call.policy.wait).await,
-                        counters,
-                        load,
-                        errors,
-                        false,
-                    )
+                    .settle(landing(rx).await, counters, load, errors, false)
                     .await
                 {
                     Ok(result) => return result,
