@@ -69,7 +69,8 @@ pub mod names {
     pub const STALE_REFRESHES: &str = "cache_stale_refreshes_total";
     /// Waits for another caller's load that hit their bound.
     pub const WAIT_TIMEOUTS: &str = "cache_wait_timeouts_total";
-    /// Loads whose lease was gone at write time (not stored).
+    /// Loads, and write-throughs, whose lease was gone at write time (not
+    /// stored).
     pub const LEASES_LOST: &str = "cache_leases_lost_total";
     /// Invalidations (by key, pattern or tag) that reached the backend.
     pub const INVALIDATIONS: &str = "cache_invalidations_total";
@@ -285,7 +286,9 @@ pub struct CacheStats {
     /// Waits for another caller's load that hit their bound.
     pub wait_timeouts: u64,
     /// Loads whose lease was gone when they came to write (an invalidation
-    /// or expiry), so their possibly old value was not stored.
+    /// or expiry), so their possibly old value was not stored; and
+    /// write-throughs on Redis whose claim on the key another change took
+    /// before they stored (the key was left empty or newer).
     pub leases_lost: u64,
     /// Invalidations (by key, pattern or tag) that reached the backend.
     pub invalidations: u64,

@@ -215,6 +215,8 @@ impl Backend {
     }
 
     /// A write-through that destroys the key's lease and records its tags.
+    /// `Ok(false)`: another change came first and the value was not stored
+    /// (Redis: see `RedisBackend::put`); the key holds nothing older.
     pub(crate) async fn put<T: Cacheable>(
         &self,
         key: &str,
@@ -223,11 +225,11 @@ impl Backend {
         keep_for: Duration,
         tags: &[String],
         timeout: Duration,
-    ) -> Result<(), BackendError> {
+    ) -> Result<bool, BackendError> {
         match self {
             Backend::Memory(m) => {
                 m.put(key, value, *meta, keep_for, tags);
-                Ok(())
+                Ok(true)
             }
             Backend::Redis(r) => r.put(key, value, meta, keep_for, tags, timeout).await,
         }

@@ -266,9 +266,22 @@ impl RedisBackend {
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
     }
 
-    /// A write-through: stores the value, destroys any lease on the key (so a
-    /// load in flight cannot overwrite it with what it read before), and
-    /// records the key under its tags.
+    /// A write-through, in two steps, so that a write its caller stopped
+    /// waiting for can never land over a newer one:
+    ///
+    /// 1. **Claim**: removes the value and takes the key's lease, whoever
+    ///    held it (a load in flight then cannot store what it read before
+    ///    the change), for twice the operation timeout.
+    /// 2. **Store** while the claim holds, as a leaseholder stores.
+    ///
+    /// A claim that lands late (it waited in a socket, a proxy or a frozen
+    /// server after its caller gave up, or its process died) only removes
+    /// a value and holds the key briefly: its store is never sent, or is
+    /// refused, because a later write claimed the key or an invalidation
+    /// removed the claim. A single `SET` sent before a newer write could
+    /// arrive after it and replace it for a whole TTL. Returns whether the
+    /// value was stored: `false` when another change came between the two
+    /// steps, which leaves the key empty or newer, never older.
     pub(crate) async fn put<T: Cacheable>(
         &self,
         key: &str,
@@ -277,7 +290,7 @@ impl RedisBackend {
         keep_for: Duration,
         tags: &[String],
         timeout: Duration,
-    ) -> Result<(), BackendError> {
+    ) -> Result<bool, BackendError> {
         let bytes = match self.encode(value, meta) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -286,19 +299,29 @@ impl RedisBackend {
                 return Err(e);
             }
         };
+        let token = fastrand::u64(1..);
         let mut conn = self.conn()?;
+        // Sent whole with EVAL: a claim must land even when its caller
+        // stopped waiting (see ACQUIRE_LUA).
         let mut call = redis::cmd("EVAL");
-        call.arg(PUT_LUA.as_str())
-            .arg(2 + tags.len())
+        call.arg(ACQUIRE_LUA.as_str())
+            .arg(3 + tags.len())
             .arg(key)
-            .arg(lease_key(key));
+            .arg(lease_key(key))
+            .arg(&self.epoch_key);
         for tag in tags {
             call.arg(tag);
         }
-        call.arg(bytes).arg(millis(keep_for));
-        self.run::<i64>(Gate::Always, timeout, call.query_async(&mut conn))
+        call.arg(token)
+            .arg(millis(timeout.saturating_mul(2)))
+            .arg(CLAIM)
+            .arg(millis(keep_for))
+            .arg(&[] as &[u8]);
+        let (_, epoch): (i64, u64) = self
+            .run(Gate::Always, timeout, call.query_async(&mut conn))
+            .await?;
+        self.store_if_leased(key, bytes, keep_for, Lease { token, epoch }, tags, timeout)
             .await
-            .map(drop)
     }
 
     /// Removes the values and their leases, so no load in flight can write
@@ -441,40 +464,41 @@ end
 
 /// KEYS: value, lease, epoch, tags... ARGV: token, lease ms, condition (1:
 /// only if absent, 0: any, 2: only if the entry's identity, bytes 11-38 of
-/// its envelope, is still ARGV[5]), tag ms, identity. Returns {1, epoch}
-/// acquired, {0, 0} held by another, {2, 0} a value is present, {3, 0} the
-/// entry changed.
-/// Tags are recorded when the load starts, so a tag invalidation while it
-/// runs finds the key and destroys the lease.
-static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+/// its envelope, is still ARGV[5], 3: a write-through's claim, which
+/// removes the value and takes the lease from whoever holds it), tag ms,
+/// identity. Returns {1, epoch} acquired, {0, 0} held by another, {2, 0} a
+/// value is present, {3, 0} the entry changed.
+/// Tags are recorded when the load (or write) starts, so a tag
+/// invalidation while it runs finds the key and destroys the lease.
+///
+/// Sent whole with EVAL for a claim, not EVALSHA: a claim must land even
+/// when its caller stopped waiting (a frozen server runs it when it
+/// wakes), and EVALSHA on a server that lost its script cache (a restart)
+/// answers NOSCRIPT, which only a caller still waiting would retry.
+static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "{TAG_LUA}
         if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {{2, 0}} end
         if ARGV[3] == '2' then
           local v = redis.call('GET', KEYS[1])
           if not v or string.sub(v, 11, 38) ~= ARGV[5] then return {{3, 0}} end
         end
-        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{0, 0}} end
+        if ARGV[3] == '3' then
+          redis.call('UNLINK', KEYS[1])
+          redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+        elseif not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+          return {{0, 0}}
+        end
         tag(4, ARGV[4])
         return {{1, tonumber(redis.call('GET', KEYS[3]) or '0')}}"
-    ))
-});
-
-/// KEYS: value, lease, tags... ARGV: envelope, keep ms. A write-through.
-///
-/// Sent whole with EVAL, not EVALSHA: a write-through must land even when
-/// its caller stopped waiting (a frozen server runs it when it wakes), and
-/// EVALSHA on a server that lost its script cache (a restart) answers
-/// NOSCRIPT, which only a caller still waiting would retry.
-static PUT_LUA: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "{TAG_LUA}
-        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        redis.call('DEL', KEYS[2])
-        tag(3, ARGV[2])
-        return 1"
     )
 });
+
+/// [`ACQUIRE_LUA`], by its digest (EVALSHA, loaded again after NOSCRIPT).
+static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&ACQUIRE_LUA));
+
+/// [`ACQUIRE_LUA`]'s condition for a write-through's claim.
+const CLAIM: &str = "3";
 
 /// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
 /// Stores only while the token holds the lease and no pattern invalidation
@@ -506,7 +530,7 @@ static DROP_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
 
 /// KEYS: lease. ARGV: token. Compare-and-delete: only the holder ends it.
 ///
-/// Sent whole with EVAL, like [`PUT_LUA`]: a release often runs when no one
+/// Sent whole with EVAL, like a write-through's claim: a release often runs when no one
 /// waits for its answer (a guard dropped, a lease request that timed out),
 /// and EVALSHA on a server that lost its script cache answers NOSCRIPT,
 /// which only a caller still waiting would retry.
@@ -589,6 +613,20 @@ impl RedisBackend {
                 return Err(e);
             }
         };
+        self.store_if_leased(key, bytes, keep_for, lease, tags, timeout)
+            .await
+    }
+
+    /// Stores `bytes` while `lease` holds, then ends it; whether it did.
+    async fn store_if_leased(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        keep_for: Duration,
+        lease: Lease,
+        tags: &[String],
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
         let mut conn = self.control()?;
         let mut call = SET_IF_LEASED.key(key);
         call.key(lease_key(key)).key(&self.epoch_key);

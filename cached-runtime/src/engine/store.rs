@@ -51,11 +51,20 @@ impl Engine {
         // As for an invalidation: callers from now on read the new value.
         self.flights.detach(&[key]);
         self.wrote(key, counters, started, "cache set");
-        if let Err(e) = result {
-            if must_retry(&e) {
-                self.pend(Change::Keys(vec![key.to_owned()]));
+        match result {
+            Ok(true) => {}
+            // Another change came between its claim and its store: the key
+            // holds nothing older than this write.
+            Ok(false) => {
+                counters.leases_lost.add();
+                tracing::debug!(cache_key = %key, "a concurrent change took the key before the write-through stored; not stored");
             }
-            self.backend_failed(key, "set", &e, counters);
+            Err(e) => {
+                if must_retry(&e) {
+                    self.pend(Change::Keys(vec![key.to_owned()]));
+                }
+                self.backend_failed(key, "set", &e, counters);
+            }
         }
     }
 

@@ -10,6 +10,7 @@ mod support;
 mod breaker;
 mod frozen;
 mod garbage;
+mod late_writes;
 mod loading;
 mod lost_changes;
 mod oversize;
