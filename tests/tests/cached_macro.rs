@@ -2,7 +2,6 @@
 //! checked against the memory backend and against a real `redis-server`.
 
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cached_runtime::{Cache, cached};
@@ -214,11 +213,11 @@ async fn redis_keys_are_namespace_prefix_key() {
 }
 
 static SHARED: LazyLock<Cache> = LazyLock::new(Cache::memory);
-static LOADS: AtomicU32 = AtomicU32::new(0);
+static SQUARES: LazyLock<Source> = LazyLock::new(Source::new);
 
 #[cached(prefix = "square", ttl = "1m", key = n, cache = SHARED)]
 async fn square(n: u64) -> u64 {
-    LOADS.fetch_add(1, Ordering::SeqCst);
+    SQUARES.count_load();
     n * n
 }
 
@@ -226,7 +225,7 @@ async fn square(n: u64) -> u64 {
 async fn free_functions_use_the_named_cache() {
     assert_eq!(square(12).await, 144);
     assert_eq!(square(12).await, 144);
-    assert_eq!(LOADS.load(Ordering::SeqCst), 1);
+    assert_eq!(SQUARES.loads(), 1);
     assert_eq!(SHARED.get::<u64>("square:12").await, Some(144));
 }
 

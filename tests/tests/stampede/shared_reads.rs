@@ -2,11 +2,11 @@
 //! never one that began before an invalidation, and callers of two return
 //! types on one key each get their hit.
 
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use cached_runtime::{Cache, cached};
-use cached_tests::{RedisServer, SourceDown, redis_cache_with};
+use cached_tests::{RedisServer, Source, SourceDown, redis_cache_with};
 
 use crate::{Svc, join_all};
 
@@ -81,17 +81,17 @@ async fn a_caller_after_an_invalidation_never_shares_a_read_from_before_it() {
     assert_eq!(early.await.expect("completes"), Ok(1), "it began before");
 }
 
-static MIXED_LOADS: AtomicU32 = AtomicU32::new(0);
+static MIXED: LazyLock<Source> = LazyLock::new(Source::new);
 
 #[cached(prefix = "mixed", ttl = "1m", key = id, cache = cache)]
 async fn mixed_value(cache: &Cache, id: u64) -> u64 {
-    MIXED_LOADS.fetch_add(1, SeqCst);
+    MIXED.count_load();
     id
 }
 
 #[cached(prefix = "mixed", ttl = "1m", key = id, cache = cache)]
 async fn mixed_option(cache: &Cache, id: u64) -> Option<u64> {
-    MIXED_LOADS.fetch_add(1, SeqCst);
+    MIXED.count_load();
     Some(id)
 }
 
@@ -100,7 +100,7 @@ async fn callers_of_two_return_types_on_one_key_each_get_a_hit() {
     let server = RedisServer::start();
     let cache = patient_cache(&server);
     assert_eq!(mixed_value(&cache, 3).await, 3);
-    assert_eq!(MIXED_LOADS.load(SeqCst), 1);
+    assert_eq!(MIXED.loads(), 1);
     // A caller handed a hit it cannot use (the other return type) reads
     // the entry for itself: nobody goes to the source.
     server.cmd::<()>(&["CLIENT", "PAUSE", "200", "ALL"]);
@@ -119,5 +119,5 @@ async fn callers_of_two_return_types_on_one_key_each_get_a_hit() {
     for got in join_all(tasks).await {
         assert_eq!(got, Some(3));
     }
-    assert_eq!(MIXED_LOADS.load(SeqCst), 1, "all hits");
+    assert_eq!(MIXED.loads(), 1, "all hits");
 }
