@@ -6,10 +6,22 @@
 //! and a server for the network faults a server cannot make itself.
 //! [`consistency`] is the randomized consistency checker that the
 //! `consistency` test and the benchmark harness run.
+//!
+//! What the integration tests share: caches built one way on either backend
+//! ([`backend`]), the one way to run a test on both
+//! ([`on_both_backends!`]), and a counting "database" for loaders
+//! ([`Source`]).
 
+pub mod backend;
 pub mod consistency;
 pub mod proxy;
+pub mod source;
+pub use backend::{
+    Backend, NAMESPACE, memory_builder, redis_builder, redis_builder_at, redis_cache,
+    redis_cache_with, unreachable_redis_builder,
+};
 pub use proxy::Proxy;
+pub use source::{Source, SourceDown};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,13 +1,21 @@
-//! What `#[cached]` does at run time, on both backends: the same suite runs
-//! against the memory backend and against a real `redis-server`.
+//! What `#[cached]` does at run time, on both backends: each behaviour is
+//! checked against the memory backend and against a real `redis-server`.
 
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cached_runtime::{Cache, cached};
-use cached_tests::RedisServer;
+use cached_tests::{Backend, RedisServer, Source, SourceDown, on_both_backends, redis_cache_with};
 use serde::{Deserialize, Serialize};
+
+on_both_backends!(
+    cache_aside_loads_once_then_hits,
+    errors_go_to_the_caller_and_are_not_cached,
+    none_is_cached_only_with_cache_none,
+    keys_come_from_parameters_templates_and_hashes,
+    entries_expire_after_their_ttl,
+    uncached_twin_bypasses_the_cache,
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Placement {
@@ -22,35 +30,31 @@ struct DbError(&'static str);
 /// A service whose "database" counts its queries.
 struct Service {
     cache: Cache,
-    queries: AtomicU32,
-    fail: std::sync::atomic::AtomicBool,
+    source: Source,
 }
 
 impl Service {
     fn new(cache: Cache) -> Self {
         Service {
             cache,
-            queries: AtomicU32::new(0),
-            fail: Default::default(),
+            source: Source::new(),
         }
     }
 
     fn queries(&self) -> u32 {
-        self.queries.load(Ordering::SeqCst)
+        self.source.loads()
     }
 
-    fn query(&self) -> Result<(), DbError> {
-        self.queries.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            Err(DbError("down"))
-        } else {
-            Ok(())
+    async fn query(&self) -> Result<(), DbError> {
+        match self.source.load().await {
+            Ok(_version) => Ok(()),
+            Err(SourceDown) => Err(DbError("down")),
         }
     }
 
     #[cached(prefix = "placement", ttl = "5m", key = placement_id)]
     async fn get_by_id(&self, placement_id: u64) -> Result<Option<Placement>, DbError> {
-        self.query()?;
+        self.query().await?;
         Ok((placement_id != 0).then(|| Placement {
             id: placement_id,
             video_id: 7,
@@ -60,31 +64,31 @@ impl Service {
 
     #[cached(prefix = "negative", ttl = "5m", key = id, cache_none = "30s")]
     async fn maybe(&self, id: u64) -> Option<u64> {
-        let _ = self.query();
+        let _ = self.query().await;
         id.is_multiple_of(2).then_some(id)
     }
 
     #[cached(prefix = "plain", ttl = "5m")]
     async fn label(&self, id: u64, lang: String) -> String {
-        let _ = self.query();
+        let _ = self.query().await;
         format!("{lang}:{id}")
     }
 
     #[cached(prefix = "list", ttl = "2m", key = "video:{video_id}:placements")]
     async fn by_video(&self, video_id: u64, trace_id: String) -> Vec<u64> {
-        let _ = (self.query(), trace_id);
+        let _ = (self.query().await, trace_id);
         vec![video_id, video_id + 1]
     }
 
     #[cached(prefix = "short", ttl = "300ms", key = id)]
     async fn short_lived(&self, id: u64) -> u64 {
-        let _ = self.query();
+        let _ = self.query().await;
         id
     }
 
     #[cached(prefix = "search", ttl = "1m", key = hashed(&query))]
     async fn search(&self, query: Query) -> Vec<u64> {
-        let _ = self.query();
+        let _ = self.query().await;
         vec![query.limit]
     }
 }
@@ -96,16 +100,8 @@ struct Query {
     limit: u64,
 }
 
-async fn suite(cache: Cache) {
-    cache_aside_loads_once_then_hits(Service::new(cache.clone())).await;
-    errors_go_to_the_caller_and_are_not_cached(Service::new(cache.clone())).await;
-    none_is_cached_only_with_cache_none(Service::new(cache.clone())).await;
-    keys_come_from_parameters_templates_and_hashes(Service::new(cache.clone())).await;
-    entries_expire_after_their_ttl(Service::new(cache.clone())).await;
-    uncached_twin_bypasses_the_cache(Service::new(cache)).await;
-}
-
-async fn cache_aside_loads_once_then_hits(s: Service) {
+async fn cache_aside_loads_once_then_hits(backend: &Backend) {
+    let s = Service::new(backend.cache());
     let first = s.get_by_id(42).await.expect("loads");
     assert_eq!(first.as_ref().map(|p| p.id), Some(42));
     for _ in 0..3 {
@@ -116,10 +112,11 @@ async fn cache_aside_loads_once_then_hits(s: Service) {
     assert!(stats.hits >= 3 && stats.loads >= 1, "{stats:?}");
 }
 
-async fn errors_go_to_the_caller_and_are_not_cached(s: Service) {
-    s.fail.store(true, Ordering::SeqCst);
+async fn errors_go_to_the_caller_and_are_not_cached(backend: &Backend) {
+    let s = Service::new(backend.cache());
+    s.source.set_failing(true);
     assert_eq!(s.get_by_id(500).await, Err(DbError("down")));
-    s.fail.store(false, Ordering::SeqCst);
+    s.source.set_failing(false);
     assert_eq!(
         s.get_by_id(500).await.expect("recovers").map(|p| p.id),
         Some(500)
@@ -131,7 +128,8 @@ async fn errors_go_to_the_caller_and_are_not_cached(s: Service) {
     assert_eq!(s.queries(), 4);
 }
 
-async fn none_is_cached_only_with_cache_none(s: Service) {
+async fn none_is_cached_only_with_cache_none(backend: &Backend) {
+    let s = Service::new(backend.cache());
     assert_eq!(s.maybe(3).await, None);
     assert_eq!(s.maybe(3).await, None);
     assert_eq!(s.queries(), 1, "cache_none keeps the None");
@@ -140,7 +138,8 @@ async fn none_is_cached_only_with_cache_none(s: Service) {
     assert_eq!(s.queries(), 2);
 }
 
-async fn keys_come_from_parameters_templates_and_hashes(s: Service) {
+async fn keys_come_from_parameters_templates_and_hashes(backend: &Backend) {
+    let s = Service::new(backend.cache());
     // Every parameter forms the key when none is given.
     assert_eq!(s.label(1, "en".into()).await, "en:1");
     assert_eq!(s.label(1, "fr".into()).await, "fr:1");
@@ -173,7 +172,8 @@ async fn keys_come_from_parameters_templates_and_hashes(s: Service) {
     assert_eq!(s.queries(), 5);
 }
 
-async fn entries_expire_after_their_ttl(s: Service) {
+async fn entries_expire_after_their_ttl(backend: &Backend) {
+    let s = Service::new(backend.cache());
     assert_eq!(s.short_lived(1).await, 1);
     assert_eq!(s.short_lived(1).await, 1);
     assert_eq!(s.queries(), 1);
@@ -183,7 +183,8 @@ async fn entries_expire_after_their_ttl(s: Service) {
     assert_eq!(s.queries(), 2, "the entry must have expired");
 }
 
-async fn uncached_twin_bypasses_the_cache(s: Service) {
+async fn uncached_twin_bypasses_the_cache(backend: &Backend) {
+    let s = Service::new(backend.cache());
     s.get_by_id(77).await.expect("loads");
     s.get_by_id_uncached(77).await.expect("loads");
     s.get_by_id_uncached(77).await.expect("loads");
@@ -191,31 +192,9 @@ async fn uncached_twin_bypasses_the_cache(s: Service) {
 }
 
 #[tokio::test]
-async fn macro_semantics_on_memory() {
-    suite(Cache::builder().namespace("t").build().expect("builds")).await;
-}
-
-#[tokio::test]
-async fn macro_semantics_on_redis() {
-    let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("t")
-        .build()
-        .expect("builds");
-    suite(cache).await;
-}
-
-#[tokio::test]
 async fn redis_keys_are_namespace_prefix_key() {
     let server = RedisServer::start();
-    let s = Service::new(
-        Cache::builder()
-            .redis(server.url())
-            .namespace("app-v2")
-            .build()
-            .expect("builds"),
-    );
+    let s = Service::new(redis_cache_with(&server, |b| b.namespace("app-v2")));
     s.get_by_id(5).await.expect("loads");
     let mut conn = redis::Client::open(server.url())
         .expect("url")
@@ -234,11 +213,11 @@ async fn redis_keys_are_namespace_prefix_key() {
 }
 
 static SHARED: LazyLock<Cache> = LazyLock::new(Cache::memory);
-static LOADS: AtomicU32 = AtomicU32::new(0);
+static SQUARES: LazyLock<Source> = LazyLock::new(Source::new);
 
 #[cached(prefix = "square", ttl = "1m", key = n, cache = SHARED)]
 async fn square(n: u64) -> u64 {
-    LOADS.fetch_add(1, Ordering::SeqCst);
+    SQUARES.count_load();
     n * n
 }
 
@@ -246,7 +225,7 @@ async fn square(n: u64) -> u64 {
 async fn free_functions_use_the_named_cache() {
     assert_eq!(square(12).await, 144);
     assert_eq!(square(12).await, 144);
-    assert_eq!(LOADS.load(Ordering::SeqCst), 1);
+    assert_eq!(SQUARES.loads(), 1);
     assert_eq!(SHARED.get::<u64>("square:12").await, Some(144));
 }
 

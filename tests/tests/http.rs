@@ -19,6 +19,7 @@ use cached_runtime::http::{
     strong_etag, weak_etag,
 };
 use cached_runtime::{Cache, cache_put, cached};
+use cached_tests::{Backend, Source, on_both_backends};
 use http::header::{
     CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
@@ -554,26 +555,26 @@ struct Placement {
 struct PlacementService {
     cache: Cache,
     rows: Mutex<HashMap<u64, Placement>>,
-    loads: AtomicU32,
+    source: Source,
 }
 
 impl PlacementService {
-    fn new() -> Self {
+    fn new(cache: Cache) -> Self {
         let row = Placement {
             id: 1,
             label: "intro".into(),
             version: 1,
         };
         PlacementService {
-            cache: Cache::memory(),
+            cache,
             rows: Mutex::new(HashMap::from([(1, row)])),
-            loads: AtomicU32::new(0),
+            source: Source::new(),
         }
     }
 
     #[cached(prefix = "placement", ttl = "5m", key = id)]
     async fn get(&self, id: u64) -> Option<Placement> {
-        self.loads.fetch_add(1, SeqCst);
+        self.source.count_load();
         self.rows.lock().expect("rows").get(&id).cloned()
     }
 
@@ -630,9 +631,10 @@ fn placement_of(reply: &Reply) -> Placement {
     serde_json::from_slice(&reply.body).expect("a placement as JSON")
 }
 
-#[tokio::test]
-async fn axum_handler_on_a_cached_service_revalidates_with_etags() {
-    let service = Arc::new(PlacementService::new());
+on_both_backends!(axum_handler_on_a_cached_service_revalidates_with_etags);
+
+async fn axum_handler_on_a_cached_service_revalidates_with_etags(backend: &Backend) {
+    let service = Arc::new(PlacementService::new(backend.cache()));
     let app = Router::new()
         .route("/placements/{id}", get(get_placement).put(put_placement))
         .with_state(service.clone());
@@ -652,11 +654,7 @@ async fn axum_handler_on_a_cached_service_revalidates_with_etags() {
     assert!(again.body.is_empty(), "a 304 has no body");
     assert_eq!(again.header(ETAG), Some("\"1\""));
     assert_eq!(again.header(CACHE_CONTROL), Some("private, max-age=60"));
-    assert_eq!(
-        service.loads.load(SeqCst),
-        1,
-        "the second GET is a cache hit"
-    );
+    assert_eq!(service.source.loads(), 1, "the second GET is a cache hit");
 
     // A write-through changes the row and its version.
     let put = call(&app, placement_request(Method::PUT, None, "renamed")).await;
@@ -670,11 +668,7 @@ async fn axum_handler_on_a_cached_service_revalidates_with_etags() {
     assert_eq!(changed.header(ETAG), Some("\"2\""));
     let p = placement_of(&changed);
     assert_eq!((p.label.as_str(), p.version), ("renamed", 2));
-    assert_eq!(
-        service.loads.load(SeqCst),
-        1,
-        "served from the write-through"
-    );
+    assert_eq!(service.source.loads(), 1, "served from the write-through");
 
     // And the new ETag revalidates.
     let current = call(&app, placement_request(Method::GET, Some("\"2\""), "")).await;

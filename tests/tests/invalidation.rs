@@ -4,13 +4,24 @@
 //! close (with a control that shows the race is really there).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cached_runtime::{Cache, cache_evict, cache_put, cached};
-use cached_tests::RedisServer;
+use cached_tests::{Backend, RedisServer, Source, on_both_backends, redis_cache, redis_cache_with};
 use serde::{Deserialize, Serialize};
+
+on_both_backends!(
+    write_through_is_read_back_without_a_load,
+    evict_removes_keys_only_after_success,
+    patterns_prefixes_and_tags_remove_their_entries_only,
+    cache_methods_invalidate_by_key_pattern_and_tag,
+    user_text_in_a_pattern_matches_only_itself,
+    a_tag_invalidation_refuses_the_write_of_a_load_in_flight,
+    stale_set_race_leaves_no_stale_keys,
+    stale_set_race_control_catches_stale_keys,
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Placement {
@@ -27,7 +38,7 @@ struct DbError;
 struct Service {
     cache: Cache,
     rows: Arc<Mutex<HashMap<u64, Placement>>>,
-    loads: Arc<AtomicU32>,
+    source: Source,
     fail_writes: Arc<AtomicBool>,
 }
 
@@ -48,17 +59,17 @@ impl Service {
         Service {
             cache,
             rows: Arc::new(Mutex::new(rows)),
-            loads: Arc::default(),
+            source: Source::new(),
             fail_writes: Arc::default(),
         }
     }
 
     fn loads(&self) -> u32 {
-        self.loads.load(SeqCst)
+        self.source.loads()
     }
 
     fn row(&self, id: u64) -> Option<Placement> {
-        self.loads.fetch_add(1, SeqCst);
+        self.source.count_load();
         self.rows.lock().expect("rows").get(&id).cloned()
     }
 
@@ -70,7 +81,7 @@ impl Service {
 
     #[cached(prefix = "video", ttl = "2m", key = "{video_id}:placements")]
     async fn list(&self, video_id: u64) -> Vec<u64> {
-        self.loads.fetch_add(1, SeqCst);
+        self.source.count_load();
         let rows = self.rows.lock().expect("rows");
         let mut ids: Vec<u64> = rows
             .values()
@@ -124,7 +135,8 @@ impl Service {
     }
 }
 
-async fn write_through_is_read_back_without_a_load(cache: Cache) {
+async fn write_through_is_read_back_without_a_load(backend: &Backend) {
+    let cache = backend.cache();
     let s = Service::new(cache);
     assert_eq!(
         s.get(1, 101).await.expect("loads").map(|p| p.version),
@@ -151,7 +163,8 @@ async fn write_through_is_read_back_without_a_load(cache: Cache) {
     );
 }
 
-async fn evict_removes_keys_only_after_success(cache: Cache) {
+async fn evict_removes_keys_only_after_success(backend: &Backend) {
+    let cache = backend.cache();
     let s = Service::new(cache);
     s.get(3, 101).await.expect("loads");
     assert_eq!(s.list(101).await, vec![1, 3, 5]);
@@ -175,7 +188,8 @@ async fn evict_removes_keys_only_after_success(cache: Cache) {
     );
 }
 
-async fn patterns_prefixes_and_tags_remove_their_entries_only(cache: Cache) {
+async fn patterns_prefixes_and_tags_remove_their_entries_only(backend: &Backend) {
+    let cache = backend.cache();
     let s = Service::new(cache);
     for video in [101, 102] {
         s.list(video).await;
@@ -227,7 +241,8 @@ async fn patterns_prefixes_and_tags_remove_their_entries_only(cache: Cache) {
     assert_eq!(s.loads(), loads + 1);
 }
 
-async fn cache_methods_invalidate_by_key_pattern_and_tag(cache: Cache) {
+async fn cache_methods_invalidate_by_key_pattern_and_tag(backend: &Backend) {
+    let cache = backend.cache();
     let s = Service::new(cache.clone());
     s.get(1, 101).await.expect("loads");
     s.get(2, 102).await.expect("loads");
@@ -275,7 +290,8 @@ impl Users {
     }
 }
 
-async fn user_text_in_a_pattern_matches_only_itself(cache: Cache) {
+async fn user_text_in_a_pattern_matches_only_itself(backend: &Backend) {
+    let cache = backend.cache();
     let users = Users {
         cache: cache.clone(),
     };
@@ -299,41 +315,8 @@ async fn user_text_in_a_pattern_matches_only_itself(cache: Cache) {
     assert_eq!(cache.get::<String>(r"user:a\?:profile").await, None);
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(cached_runtime::Cache::memory()).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let server = cached_tests::RedisServer::start();
-                    let cache = cached_runtime::Cache::builder().redis(server.url()).namespace("t").build().expect("builds");
-                    super::$name(cache).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
-    write_through_is_read_back_without_a_load,
-    evict_removes_keys_only_after_success,
-    patterns_prefixes_and_tags_remove_their_entries_only,
-    cache_methods_invalidate_by_key_pattern_and_tag,
-    user_text_in_a_pattern_matches_only_itself,
-    a_tag_invalidation_refuses_the_write_of_a_load_in_flight,
-    stale_set_race_leaves_no_stale_keys,
-    stale_set_race_control_catches_stale_keys,
-);
-
-async fn a_tag_invalidation_refuses_the_write_of_a_load_in_flight(cache: Cache) {
+async fn a_tag_invalidation_refuses_the_write_of_a_load_in_flight(backend: &Backend) {
+    let cache = backend.cache();
     let s = Service::new(cache.clone());
     // A slow load of placement 1 (video 101) reads version 1 ...
     let slow = Slow { inner: s.clone() };
@@ -463,7 +446,8 @@ async fn race(cache: Cache, leased: bool, run_for: Duration) -> usize {
     stale
 }
 
-async fn stale_set_race_leaves_no_stale_keys(cache: Cache) {
+async fn stale_set_race_leaves_no_stale_keys(backend: &Backend) {
+    let cache = backend.cache();
     let stale = race(cache, true, Duration::from_secs(2)).await;
     assert_eq!(
         stale, 0,
@@ -471,7 +455,8 @@ async fn stale_set_race_leaves_no_stale_keys(cache: Cache) {
     );
 }
 
-async fn stale_set_race_control_catches_stale_keys(cache: Cache) {
+async fn stale_set_race_control_catches_stale_keys(backend: &Backend) {
+    let cache = backend.cache();
     // Plain cache-aside (`lock = false`) under the same workload: the test
     // above is only meaningful if this one sees the race.
     let mut stale = 0;
@@ -487,11 +472,7 @@ async fn stale_set_race_control_catches_stale_keys(cache: Cache) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_invalidation_visits_every_key_in_batches() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("t")
-        .build()
-        .expect("builds");
+    let cache = redis_cache(&server);
     // 3,000 keys under the pattern and some outside it, written directly.
     let mut pipe = redis::pipe();
     for i in 0..3000 {
@@ -525,12 +506,7 @@ async fn pattern_invalidation_visits_every_key_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_tag_invalidation_is_retried_and_not_served_meanwhile() {
     let mut server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("t")
-        .op_timeout(Duration::from_millis(100))
-        .build()
-        .expect("builds");
+    let cache = redis_cache_with(&server, |b| b.op_timeout(Duration::from_millis(100)));
     let s = Service::new(cache.clone());
     s.get(1, 101).await.expect("loads");
     s.get(3, 101).await.expect("loads");

@@ -197,7 +197,7 @@ async fn redis_operations_are_timed_by_op() {
     recorder();
     let server = cached_tests::RedisServer::start();
     let s = Service {
-        cache: Cache::builder().redis(server.url()).build().expect("cache"),
+        cache: cached_tests::redis_cache(&server),
     };
     // Reads are timed one in 16: 400 of them leave (15/16)^400 ~ 1e-11
     // chance of no sample at all.
@@ -240,9 +240,7 @@ async fn load_errors_and_coalesced_waiters_are_counted() {
 async fn backend_errors_by_kind_and_the_breaker_state_are_exported() {
     recorder();
     // Nothing listens there: connection errors, then the breaker opens.
-    let port = cached_tests::free_port();
-    let cache = Cache::builder()
-        .redis(format!("redis://127.0.0.1:{port}"))
+    let cache = cached_tests::unreachable_redis_builder()
         .namespace("obs_down")
         .op_timeout(Duration::from_millis(50))
         .circuit_breaker(CircuitBreaker {

@@ -58,7 +58,7 @@ fn each_redis_read_is_a_debug_event_with_key_hit_and_latency_and_no_value() {
     let server = cached_tests::RedisServer::start();
     runtime.block_on(async {
         let s = Service {
-            cache: Cache::builder().redis(server.url()).build().expect("cache"),
+            cache: cached_tests::redis_cache(&server),
         };
         s.traced(9).await;
         s.traced(9).await;
@@ -66,7 +66,7 @@ fn each_redis_read_is_a_debug_event_with_key_hit_and_latency_and_no_value() {
     let logged = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
     let gets: Vec<&str> = logged.lines().filter(|l| l.contains("cache get")).collect();
     assert_eq!(gets.len(), 2, "{logged}");
-    assert!(gets[0].contains("cache_key=cache:obs_traced:9") && gets[0].contains("hit=false"));
+    assert!(gets[0].contains("cache_key=t:obs_traced:9") && gets[0].contains("hit=false"));
     assert!(gets[1].contains("hit=true") && gets[1].contains("latency_ms="));
     assert!(logged.contains("cache set"), "{logged}");
     assert!(

@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use cached_runtime::Cache;
-use cached_tests::{RedisServer, free_port};
+use cached_tests::{RedisServer, unreachable_redis_builder};
 
 use crate::support::{OP, Placement, Service, median, service, timed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_is_a_miss_every_time_never_an_error() {
-    let cache = Cache::builder()
-        .redis(format!("redis://127.0.0.1:{}", free_port()))
+    let cache = unreachable_redis_builder()
         .op_timeout(OP)
         .build()
         .expect("an unreachable server is not a build error");

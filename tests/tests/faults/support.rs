@@ -1,11 +1,10 @@
 //! A small placement service over a counting "database", and helpers shared
 //! by the fault tests.
 
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use cached_runtime::{Cache, CacheBuilder, cache_evict, cache_put, cached};
-use cached_tests::RedisServer;
+use cached_tests::{RedisServer, Source, redis_builder};
 use serde::{Deserialize, Serialize};
 
 /// The operation timeout of every cache here.
@@ -31,32 +30,32 @@ pub struct DbError;
 
 pub struct Service {
     pub cache: Cache,
-    loads: AtomicU32,
+    source: Source,
 }
 
 impl Service {
     pub fn new(cache: Cache) -> Service {
         Service {
             cache,
-            loads: AtomicU32::new(0),
+            source: Source::new(),
         }
     }
 
     /// Loader runs so far.
     pub fn loads(&self) -> u32 {
-        self.loads.load(SeqCst)
+        self.source.loads()
     }
 
     #[cached(prefix = "placement", ttl = "5m", key = id)]
     pub async fn get(&self, id: u64) -> Result<Placement, DbError> {
-        self.loads.fetch_add(1, SeqCst);
+        self.source.count_load();
         Ok(Placement::row(id))
     }
 
     /// A 50 ms load.
     #[cached(prefix = "slow", ttl = "5m", key = id)]
     pub async fn slow(&self, id: u64) -> Placement {
-        self.loads.fetch_add(1, SeqCst);
+        self.source.count_load();
         tokio::time::sleep(Duration::from_millis(50)).await;
         Placement::row(id)
     }
@@ -64,7 +63,7 @@ impl Service {
     /// A row `len` bytes large (to test the size limit).
     #[cached(prefix = "big", ttl = "5m", key = id)]
     pub async fn big(&self, id: u64, len: usize) -> Placement {
-        self.loads.fetch_add(1, SeqCst);
+        self.source.count_load();
         Placement {
             id,
             name: "x".repeat(len),
@@ -85,10 +84,7 @@ impl Service {
 
 /// A builder for a Redis cache on `server`, namespace `t`, 50 ms timeout.
 pub fn builder(server: &RedisServer) -> CacheBuilder {
-    Cache::builder()
-        .redis(server.url())
-        .namespace("t")
-        .op_timeout(OP)
+    redis_builder(server).op_timeout(OP)
 }
 
 pub fn service(server: &RedisServer) -> Service {

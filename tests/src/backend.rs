@@ -1,0 +1,155 @@
+//! The caches tests run on, built one way: the memory backend, or Redis on a
+//! [`RedisServer`] of the test's own, both under the namespace [`NAMESPACE`];
+//! and [`on_both_backends!`](crate::on_both_backends), the one way to run a
+//! test on both.
+
+#![deny(missing_docs)]
+
+use cached_runtime::{Cache, CacheBuilder};
+
+use crate::{RedisServer, free_port};
+
+/// The namespace of every cache built here: Redis keys start with `t:`.
+pub const NAMESPACE: &str = "t";
+
+/// A builder for a memory cache, namespace [`NAMESPACE`].
+pub fn memory_builder() -> CacheBuilder {
+    Cache::builder().memory().namespace(NAMESPACE)
+}
+
+/// A builder for a cache on `server`, namespace [`NAMESPACE`].
+pub fn redis_builder(server: &RedisServer) -> CacheBuilder {
+    redis_builder_at(server.url())
+}
+
+/// A builder for a cache on the Redis at `url` (a server that another
+/// process started, say), namespace [`NAMESPACE`].
+pub fn redis_builder_at(url: impl Into<String>) -> CacheBuilder {
+    Cache::builder().redis(url).namespace(NAMESPACE)
+}
+
+/// A builder for a cache on a loopback port nothing listens on (every
+/// connection is refused), namespace [`NAMESPACE`].
+pub fn unreachable_redis_builder() -> CacheBuilder {
+    redis_builder_at(format!("redis://127.0.0.1:{}", free_port()))
+}
+
+/// A cache on `server` with the default settings ([`redis_builder`]).
+///
+/// # Panics
+///
+/// When the cache does not build.
+pub fn redis_cache(server: &RedisServer) -> Cache {
+    redis_cache_with(server, |b| b)
+}
+
+/// A cache on `server` whose [`redis_builder`] is adjusted by `adjust`
+/// (`|b| b.op_timeout(…)`, say).
+///
+/// # Panics
+///
+/// When the cache does not build.
+pub fn redis_cache_with(
+    server: &RedisServer,
+    adjust: impl FnOnce(CacheBuilder) -> CacheBuilder,
+) -> Cache {
+    build(adjust(redis_builder(server)))
+}
+
+fn build(builder: CacheBuilder) -> Cache {
+    builder.build().expect("the test's cache builds")
+}
+
+/// The backend of one run of a test: memory, or Redis on a server that
+/// lives as long as this value. Every cache it builds uses the same store
+/// (on memory, each cache is a store of its own).
+#[derive(Debug)]
+pub struct Backend {
+    server: Option<RedisServer>,
+}
+
+impl Backend {
+    /// The memory backend.
+    pub fn memory() -> Backend {
+        Backend { server: None }
+    }
+
+    /// Redis, on a server started for this backend and stopped with it.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn redis() -> Backend {
+        Backend {
+            server: Some(RedisServer::start()),
+        }
+    }
+
+    /// The Redis server, or `None` on memory: for checks that only Redis
+    /// can make (what is left under a key, say).
+    pub fn server(&self) -> Option<&RedisServer> {
+        self.server.as_ref()
+    }
+
+    /// A builder for a cache on this backend, namespace [`NAMESPACE`].
+    pub fn builder(&self) -> CacheBuilder {
+        match &self.server {
+            Some(server) => redis_builder(server),
+            None => memory_builder(),
+        }
+    }
+
+    /// A cache on this backend with the default settings.
+    ///
+    /// # Panics
+    ///
+    /// When the cache does not build.
+    pub fn cache(&self) -> Cache {
+        self.cache_with(|b| b)
+    }
+
+    /// A cache on this backend whose [`Backend::builder`] is adjusted by
+    /// `adjust` (`|b| b.ttl_jitter(0.0)`, say).
+    ///
+    /// # Panics
+    ///
+    /// When the cache does not build.
+    pub fn cache_with(&self, adjust: impl FnOnce(CacheBuilder) -> CacheBuilder) -> Cache {
+        build(adjust(self.builder()))
+    }
+}
+
+/// Runs each named `async fn(&Backend)` as two tests, `{name}::on_memory`
+/// and `{name}::on_redis` (the second on a `redis-server` of its own), on a
+/// multi-threaded runtime with two workers.
+///
+/// ```no_run
+/// use cached_tests::Backend;
+///
+/// async fn a_value_set_is_read_back(backend: &Backend) {
+///     let cache = backend.cache();
+///     cache.set("k", &1u32, std::time::Duration::from_secs(60)).await;
+///     assert_eq!(cache.get::<u32>("k").await, Some(1));
+/// }
+///
+/// cached_tests::on_both_backends!(a_value_set_is_read_back);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_memory() {
+                    super::$name(&$crate::Backend::memory()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_redis() {
+                    super::$name(&$crate::Backend::redis()).await;
+                }
+            }
+        )+
+    };
+}

@@ -1,0 +1,67 @@
+//! Stale-while-revalidate and fail-safe: past its TTL an entry is served
+//! at once while one caller refreshes it, and served still while the
+//! source is down.
+
+use std::time::{Duration, Instant};
+
+use cached_tests::{Backend, RedisServer, SourceDown, on_both_backends, redis_cache};
+
+use crate::{Svc, join_all};
+
+on_both_backends!(stale_is_served_while_one_caller_refreshes);
+
+async fn stale_is_served_while_one_caller_refreshes(backend: &Backend) {
+    let svc = Svc::new(backend.cache(), Duration::from_millis(200));
+    assert_eq!(svc.swr(1).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the 300 ms TTL (+10% jitter)
+    svc.source.set_version(2);
+    let tasks = (0..20)
+        .map(|_| {
+            let s = svc.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                (s.swr(1).await, t.elapsed())
+            })
+        })
+        .collect();
+    for (value, took) in join_all(tasks).await {
+        assert_eq!(value, Ok(1), "the stale value is served at once");
+        assert!(
+            took < Duration::from_millis(100),
+            "not after a 200 ms load: {took:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        svc.swr(1).await,
+        Ok(2),
+        "the background refresh stored the new value"
+    );
+    assert_eq!(svc.loads(), 2, "one refresh for twenty stale reads");
+    let stats = svc.cache.stats_for("swr").expect("stats");
+    assert!(
+        stats.stale_served >= 20 && stats.stale_refreshes == 1,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_is_served_when_the_loader_fails() {
+    let server = RedisServer::start();
+    let svc = Svc::new(redis_cache(&server), Duration::from_millis(10));
+    assert_eq!(svc.swr(2).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    svc.source.set_failing(true);
+    for _ in 0..5 {
+        assert_eq!(
+            svc.swr(2).await,
+            Ok(1),
+            "the source is down: the stale value is served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(svc.loads() >= 2, "refreshes were tried");
+    assert!(svc.cache.stats_for("swr").expect("stats").load_errors >= 1);
+    // Without `stale`, the same failure reaches the caller.
+    assert_eq!(svc.slow(2).await, Err(SourceDown));
+}
