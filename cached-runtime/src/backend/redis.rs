@@ -4,6 +4,7 @@
 //! one socket, and one for lease traffic, so that a stampede's leader does
 //! not queue its lease request behind every other caller's read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
@@ -74,6 +75,8 @@ struct Connections {
     /// the shared one, a stampede's leader queued its lease request behind
     /// every other caller's read before its load could start.
     control: ArcSwapOption<ConnectionManager>,
+    /// Whether a task is making `control` (see [`RedisBackend::control`]).
+    warming: AtomicBool,
 }
 
 impl Connections {
@@ -99,8 +102,31 @@ impl Connections {
             .unwrap_or_else(|| (*made).clone()))
     }
 
+    /// Makes the lease connection from a task of its own, connected and
+    /// answering before anyone uses it (unless a task is at it already).
+    fn warm_control(self: &Arc<Self>, timeout: Duration) {
+        if self.warming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (Ok(runtime), Ok(mut fresh)) = (tokio::runtime::Handle::try_current(), self.fresh())
+        else {
+            self.warming.store(false, Ordering::Release);
+            return;
+        };
+        let conns = Arc::clone(self);
+        runtime.spawn(async move {
+            let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut fresh)).await;
+            if pong.is_ok() {
+                conns
+                    .control
+                    .rcu(|current| current.clone().or_else(|| Some(Arc::new(fresh.clone()))));
+            }
+            conns.warming.store(false, Ordering::Release);
+        });
+    }
+
     /// `fresh` answered a probe: callers use it from now on, and lease
-    /// traffic a new one, made on its next use.
+    /// traffic a new one, made in the background.
     fn replace(&self, fresh: ConnectionManager) {
         self.main.store(Some(Arc::new(fresh)));
         self.control.store(None);
@@ -145,6 +171,7 @@ impl RedisBackend {
                 config,
                 main: ArcSwapOption::empty(),
                 control: ArcSwapOption::empty(),
+                warming: AtomicBool::new(false),
             }),
             breaker: Arc::new(breaker),
             probe_timeout: connect_timeout,
@@ -207,6 +234,14 @@ impl RedisBackend {
         runtime.spawn(async move {
             let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut fresh)).await;
             if pong.is_ok() {
+                // A restarted server has lost its script cache: load what
+                // every miss runs now, or the first misses after it each
+                // pay a NOSCRIPT and a reload.
+                let mut load = redis::pipe();
+                for script in [ACQUIRE_LUA.as_str(), SET_IF_LEASED_LUA.as_str()] {
+                    load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+                }
+                let _ = run::<()>(timeout, load.query_async(&mut fresh)).await;
                 conns.replace(fresh);
             }
             if let Some(breaker) = report.0.take() {
@@ -234,9 +269,17 @@ impl RedisBackend {
         self.conns.get(&self.conns.main)
     }
 
-    /// The connection for lease traffic.
+    /// The connection for lease traffic; until it is made (first use, or
+    /// just after the probe replaced the connections), the main one. A
+    /// lease request that made its own connection would wait for the
+    /// connect and handshake: a millisecond or more on the first miss
+    /// after Redis comes back.
     fn control(&self) -> Result<ConnectionManager, BackendError> {
-        self.conns.get(&self.conns.control)
+        if let Some(c) = self.conns.control.load().as_deref() {
+            return Ok(c.clone());
+        }
+        self.conns.warm_control(self.probe_timeout);
+        self.conn()
     }
 
     pub(crate) async fn fetch(
@@ -503,8 +546,8 @@ const CLAIM: &str = "3";
 /// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
 /// Stores only while the token holds the lease and no pattern invalidation
 /// has bumped the epoch since it was taken, then ends the lease.
-static SET_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "{TAG_LUA}
         if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
         if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then
@@ -515,8 +558,12 @@ static SET_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
         redis.call('DEL', KEYS[2])
         tag(4, ARGV[3])
         return 1"
-    ))
+    )
 });
+
+/// [`SET_IF_LEASED_LUA`], by its digest.
+static SET_IF_LEASED: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&SET_IF_LEASED_LUA));
 
 /// KEYS: value, lease. ARGV: token. Removes the value and ends the lease,
 /// only while the token holds it (a load whose value cannot be stored).
