@@ -7,7 +7,7 @@
 //! serve the value the change meant to replace, even after Redis comes back
 //! with data that missed the change (an AOF or RDB restore, a replica that
 //! was promoted). A task retries each change, as an invalidation, with a
-//! backoff of 10 ms doubling to 500 ms, until the backend takes it. Other
+//! backoff of 10 ms doubling to [`MAX_BACKOFF`], until the backend takes it. Other
 //! processes may serve the old value until then (or until its TTL): the
 //! window the README documents.
 //!
@@ -28,6 +28,12 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::backend::BackendError;
+
+/// The longest pause between two retries of a change. Short: a release
+/// that has not landed keeps every other process's callers of its key
+/// waiting, and a change that has not landed lets them read the value it
+/// replaced; each retry is one small command.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The most changes remembered one by one.
 pub(crate) const MAX_PENDING: usize = 10_000;
@@ -318,7 +324,7 @@ async fn retry(engine: Weak<Engine>) {
             }
         }
         backoff = if failed {
-            (backoff * 2).min(Duration::from_millis(500))
+            (backoff * 2).min(MAX_BACKOFF)
         } else {
             // Waiting for what landed to settle.
             Duration::from_millis(100)

@@ -101,31 +101,13 @@ macro_rules! say {
 /// property not listed (a new failure). One that passes is reported as
 /// such (the checker is randomized: it may need a longer run).
 const KNOWN_FAILING: &[KnownFailing] = &[
-    // Seen in 6 of 1.2 million reads (bench, 48 s a case) and now and then
-    // in CI-length runs: a same-process read, right after the fault ends,
-    // returns the version before a write that completed just after it ended.
-    known("redis/freeze", &[Property::A], &[LATE_STALE_AFTER_FAULT]),
-    known("redis/blackhole", &[Property::A], &[LATE_STALE_AFTER_FAULT]),
-    known("redis/latency", &[Property::A], &[LATE_STALE_AFTER_FAULT]),
-    known(
-        "redis/mixed",
-        &[Property::A, Property::D],
-        &[LATE_STALE_AFTER_FAULT, LEASE_RESTORED],
-    ),
     // Once in a 40 s run: a read waited out `wait` just after the fault.
+    known("redis/mixed", &[Property::D], &[LEASE_RESTORED]),
     known("redis/kill_data", &[Property::D], &[LEASE_RESTORED]),
 ];
 
 // The defects, as the histories show them (see the violations printed).
 
-/// Not yet explained: always the `early` reader (early refresh with a
-/// large beta), a write that completed within 2 ms after a freeze or a
-/// blackhole ended, and 10-20 ms later a hit in the writer's own process,
-/// with no load, returning the version before it. Suspected: a command held
-/// during the fault (a refresh's lease traffic, or a write on the other
-/// connection) landing after the write. Every other process read the new
-/// version meanwhile.
-const LATE_STALE_AFTER_FAULT: &str = "right after a freeze, blackhole or latency spike ends, an early-refresh reader in the writer's own process can read the version before a write that completed just after the fault (a): not yet explained";
 /// A lease written to the append-only file before the kill comes back with
 /// the restarted server (or a release is still being retried): a reader
 /// waits out `wait` shortly after the fault.
