@@ -180,6 +180,30 @@ impl MemoryBackend {
         self.insert(key, value, meta, keep_for);
     }
 
+    /// A plain fill (a miss of a `lock = false` call): stores the value
+    /// unless a lease is held on the key (a load or a write in flight,
+    /// whose value wins). Returns whether it stored.
+    pub(crate) fn fill<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        meta: EntryMeta,
+        keep_for: Duration,
+        tags: &[String],
+    ) -> bool {
+        let mut state = self.lock_state();
+        if state
+            .leases
+            .get(key)
+            .is_some_and(|(_, until)| *until > Instant::now())
+        {
+            return false;
+        }
+        state.tag(key, tags);
+        self.insert(key, value, meta, keep_for);
+        true
+    }
+
     /// Removes the values and destroys any leases on them.
     pub(crate) fn invalidate(&self, keys: &[String]) {
         let mut state = self.lock_state();

@@ -235,6 +235,24 @@ impl Backend {
         }
     }
 
+    /// A plain fill, for callers that take no lease (`lock = false`):
+    /// stores unless a lease is held on the key (a load or a write-through
+    /// in flight, whose value wins). `Ok(false)`: not stored.
+    pub(crate) async fn fill<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        meta: &EntryMeta,
+        keep_for: Duration,
+        tags: &[String],
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(m.fill(key, value, *meta, keep_for, tags)),
+            Backend::Redis(r) => r.fill(key, value, meta, keep_for, tags, timeout).await,
+        }
+    }
+
     /// Removes the values and destroys their leases.
     pub(crate) async fn invalidate(
         &self,

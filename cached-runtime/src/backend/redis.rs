@@ -4,7 +4,6 @@
 //! one socket, and one for lease traffic, so that a stampede's leader does
 //! not queue its lease request behind every other caller's read.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
@@ -75,8 +74,6 @@ struct Connections {
     /// the shared one, a stampede's leader queued its lease request behind
     /// every other caller's read before its load could start.
     control: ArcSwapOption<ConnectionManager>,
-    /// Whether a task is making `control` (see [`RedisBackend::control`]).
-    warming: AtomicBool,
 }
 
 impl Connections {
@@ -102,34 +99,13 @@ impl Connections {
             .unwrap_or_else(|| (*made).clone()))
     }
 
-    /// Makes the lease connection from a task of its own, connected and
-    /// answering before anyone uses it (unless a task is at it already).
-    fn warm_control(self: &Arc<Self>, timeout: Duration) {
-        if self.warming.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (Ok(runtime), Ok(mut fresh)) = (tokio::runtime::Handle::try_current(), self.fresh())
-        else {
-            self.warming.store(false, Ordering::Release);
-            return;
-        };
-        let conns = Arc::clone(self);
-        runtime.spawn(async move {
-            let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut fresh)).await;
-            if pong.is_ok() {
-                conns
-                    .control
-                    .rcu(|current| current.clone().or_else(|| Some(Arc::new(fresh.clone()))));
-            }
-            conns.warming.store(false, Ordering::Release);
-        });
-    }
-
     /// `fresh` answered a probe: callers use it from now on, and lease
-    /// traffic a new one, made in the background.
-    fn replace(&self, fresh: ConnectionManager) {
+    /// traffic `control` (made and answering already, so that the first
+    /// miss after an outage waits for no connect), or a new one made on
+    /// its next use.
+    fn replace(&self, fresh: ConnectionManager, control: Option<ConnectionManager>) {
         self.main.store(Some(Arc::new(fresh)));
-        self.control.store(None);
+        self.control.store(control.map(Arc::new));
     }
 }
 
@@ -171,7 +147,6 @@ impl RedisBackend {
                 config,
                 main: ArcSwapOption::empty(),
                 control: ArcSwapOption::empty(),
-                warming: AtomicBool::new(false),
             }),
             breaker: Arc::new(breaker),
             probe_timeout: connect_timeout,
@@ -242,7 +217,18 @@ impl RedisBackend {
                     load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
                 }
                 let _ = run::<()>(timeout, load.query_async(&mut fresh)).await;
-                conns.replace(fresh);
+                // The lease connection, made now rather than by the first
+                // miss (a connect and handshake: a millisecond or more).
+                let control = match conns.fresh() {
+                    Ok(mut control) => {
+                        let pong =
+                            run::<String>(timeout, redis::cmd("PING").query_async(&mut control))
+                                .await;
+                        pong.is_ok().then_some(control)
+                    }
+                    Err(_) => None,
+                };
+                conns.replace(fresh, control);
             }
             if let Some(breaker) = report.0.take() {
                 breaker.probed(pong.is_ok());
@@ -269,17 +255,9 @@ impl RedisBackend {
         self.conns.get(&self.conns.main)
     }
 
-    /// The connection for lease traffic; until it is made (first use, or
-    /// just after the probe replaced the connections), the main one. A
-    /// lease request that made its own connection would wait for the
-    /// connect and handshake: a millisecond or more on the first miss
-    /// after Redis comes back.
+    /// The connection for lease traffic.
     fn control(&self) -> Result<ConnectionManager, BackendError> {
-        if let Some(c) = self.conns.control.load().as_deref() {
-            return Ok(c.clone());
-        }
-        self.conns.warm_control(self.probe_timeout);
-        self.conn()
+        self.conns.get(&self.conns.control)
     }
 
     pub(crate) async fn fetch(
@@ -314,7 +292,7 @@ impl RedisBackend {
     ///
     /// 1. **Claim**: removes the value and takes the key's lease, whoever
     ///    held it (a load in flight then cannot store what it read before
-    ///    the change), for twice the operation timeout.
+    ///    the change), for twice the operation timeout (see [`claim_for`]).
     /// 2. **Store** while the claim holds, as a leaseholder stores.
     ///
     /// A claim that lands late (it waited in a socket, a proxy or a frozen
@@ -356,7 +334,7 @@ impl RedisBackend {
             call.arg(tag);
         }
         call.arg(token)
-            .arg(millis(timeout.saturating_mul(2)))
+            .arg(millis(claim_for(timeout)))
             .arg(CLAIM)
             .arg(millis(keep_for))
             .arg(&[] as &[u8]);
@@ -365,6 +343,30 @@ impl RedisBackend {
             .await?;
         self.store_if_leased(key, bytes, keep_for, Lease { token, epoch }, tags, timeout)
             .await
+    }
+
+    /// A plain fill (see [`Backend::fill`](super::Backend::fill)).
+    pub(crate) async fn fill<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        meta: &EntryMeta,
+        keep_for: Duration,
+        tags: &[String],
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        let bytes = self.encode(value, meta)?;
+        let mut conn = self.conn()?;
+        let mut call = FILL.key(key);
+        call.key(lease_key(key));
+        for tag in tags {
+            call.key(tag);
+        }
+        call.arg(bytes).arg(millis(keep_for));
+        let stored: i64 = self
+            .run(Gate::Always, timeout, call.invoke_async(&mut conn))
+            .await?;
+        Ok(stored == 1)
     }
 
     /// Removes the values and their leases, so no load in flight can write
@@ -565,6 +567,18 @@ static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
 static SET_IF_LEASED: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&SET_IF_LEASED_LUA));
 
+/// KEYS: value, lease, tags... ARGV: envelope, keep ms. A plain fill:
+/// stores unless a lease is held (a load or a write-through in flight).
+static FILL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{TAG_LUA}
+        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        tag(3, ARGV[2])
+        return 1"
+    ))
+});
+
 /// KEYS: value, lease. ARGV: token. Removes the value and ends the lease,
 /// only while the token holds it (a load whose value cannot be stored).
 static DROP_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -583,6 +597,17 @@ static DROP_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
 /// which only a caller still waiting would retry.
 const RELEASE_LUA: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
           return 0";
+
+/// How long a write-through's claim holds the key: twice its operation
+/// timeout (the claim's reply, then the store), within 20 ms and 1 s. Safety
+/// does not depend on it (a store after the claim expired is refused, and
+/// leaves the key empty); a claim whose store never comes (its process died)
+/// holds other processes' misses this long at most.
+fn claim_for(op_timeout: Duration) -> Duration {
+    op_timeout
+        .saturating_mul(2)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
 
 fn millis(d: Duration) -> u64 {
     crate::clock::duration_ms(d.min(crate::clock::LONGEST)).max(1)
@@ -713,5 +738,22 @@ async fn run<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(BackendError::Redis(e)),
         Err(_) => Err(BackendError::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_claim_holds_twice_the_op_timeout_within_its_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(super::claim_for(ms(50)), ms(100));
+        assert_eq!(super::claim_for(ms(1)), ms(20));
+        assert_eq!(
+            super::claim_for(Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(super::claim_for(Duration::MAX), Duration::from_secs(1));
     }
 }

@@ -129,9 +129,14 @@ impl Cache {
             stale: Duration::ZERO,
             load_time: Duration::ZERO,
         };
+        // Dropped before it finishes (a request timeout), the write is
+        // retried as an invalidation rather than left half done.
+        let keys = [full];
+        let unfinished = self.engine.unfinished(&keys, &[], &[]);
         self.engine
-            .write(&full, Some(value), keep, &[], &counters)
+            .write(&keys[0], Some(value), keep, &[], &counters)
             .await;
+        unfinished.finished();
     }
 
     /// The full key of a tag's index: `{namespace}:~tag:{tag}`.

@@ -344,7 +344,7 @@ impl Engine {
             if via == Via::Backend
                 && let Some(keep) = call.keep(&value, took)
             {
-                self.write(&call.key, value.item(), keep, call.tags, counters)
+                self.fill(&call.key, value.item(), keep, call.tags, counters)
                     .await;
             }
             return Ok(value);

@@ -68,6 +68,35 @@ impl Engine {
         }
     }
 
+    /// A plain fill after a miss of a `lock = false` call, which takes no
+    /// lease: stored unless a lease is held on the key (a load or a
+    /// write-through in flight, whose value wins over this one). Such a
+    /// call opts out of the stale-set protection: a fill that read the
+    /// source before a write-through completed can still land after it.
+    pub(super) async fn fill<T: Cacheable>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        keep: Keep,
+        tags: &[String],
+        counters: &Counters,
+    ) {
+        let (meta, keep_for) = self.entry_meta(keep);
+        let started = Instant::now();
+        let result = self
+            .backend
+            .fill(key, value, &meta, keep_for, tags, self.op_timeout)
+            .await;
+        self.wrote(key, counters, started, "cache fill");
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(cache_key = %key, "a lease is held on the key: the fill was not stored");
+            }
+            Err(e) => self.backend_failed(key, "set", &e, counters),
+        }
+    }
+
     /// Records a write's latency (Redis only) and traces it.
     pub(super) fn wrote(
         &self,

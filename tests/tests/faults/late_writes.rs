@@ -123,3 +123,40 @@ async fn a_write_through_whose_caller_was_dropped_does_not_land_over_a_newer_one
     tokio::time::sleep(Duration::from_millis(100)).await;
     b_reads_its_own_write(&server, &b).await;
 }
+
+/// A `lock = false` call takes no lease: on a miss it fills the key only
+/// when no lease is held. A write-through in flight (between its claim and
+/// its store) holds one, as does a leaseholder's load: the fill, which may
+/// have read the source before that write, must not land under it, and it
+/// must not take the key from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_fill_defers_to_a_lease_in_flight() {
+    struct Plain {
+        cache: Cache,
+    }
+    impl Plain {
+        #[cached(prefix = "row", ttl = "5m", key = id, lock = false)]
+        async fn get(&self, id: u64) -> Placement {
+            Placement {
+                id,
+                name: "v1".into(),
+            }
+        }
+    }
+    let server = RedisServer::start();
+    let plain = Plain {
+        cache: builder(&server).build().expect("a cache"),
+    };
+    // Another process's claim (or load) holds the key.
+    server.cmd::<()>(&["SET", "t:row:1:~lease", "12345", "PX", "60000"]);
+    assert_eq!(plain.get(1).await.name, "v1", "the caller gets its load");
+    let raw: Option<Vec<u8>> = server.cmd(&["GET", "t:row:1"]);
+    assert!(raw.is_none(), "the fill landed under another's lease");
+    let lease: Option<String> = server.cmd(&["GET", "t:row:1:~lease"]);
+    assert_eq!(lease.as_deref(), Some("12345"), "the fill took the lease");
+    // Without a lease, the fill stores.
+    server.cmd::<()>(&["DEL", "t:row:1:~lease"]);
+    plain.get(1).await;
+    let raw: Option<Vec<u8>> = server.cmd(&["GET", "t:row:1"]);
+    assert!(raw.is_some(), "a fill with no lease in the way stores");
+}
