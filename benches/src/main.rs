@@ -89,6 +89,14 @@ fn main() {
         return;
     }
 
+    // `__profile_memory N`: N memory hits of `this`, then N of moka, for
+    // an instruction profiler.
+    if args.first().map(String::as_str) == Some("__profile_memory") {
+        let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        runtime.block_on(scenarios::hits::profile_memory(n));
+        return;
+    }
+
     // A child process of a multi-process scenario.
     if args.first().map(String::as_str) == Some("__child") {
         if let [_, _, system, url, start_at] = args.as_slice() {

@@ -602,6 +602,31 @@ pub async fn profile(redis: &Redis, system: &str, n: u32, concurrent: bool) {
     }
 }
 
+/// `__profile_memory`: `n` memory hits of `this`, then `n` of moka's own
+/// `get`, each in a function of its own so a profile tells them apart.
+pub async fn profile_memory(n: u32) {
+    let this = This::new(Cache::memory(), Duration::ZERO);
+    this.get(1).await;
+    memory_hits_of_this(&this, n).await;
+    let moka: moka::future::Cache<u64, Placement> = moka::future::Cache::new(100_000);
+    moka.insert(1, Placement::sample(1)).await;
+    memory_hits_of_moka(&moka, n).await;
+}
+
+#[inline(never)]
+async fn memory_hits_of_this(this: &This, n: u32) {
+    for _ in 0..n {
+        std::hint::black_box(this.get(std::hint::black_box(1)).await);
+    }
+}
+
+#[inline(never)]
+async fn memory_hits_of_moka(moka: &moka::future::Cache<u64, Placement>, n: u32) {
+    for _ in 0..n {
+        std::hint::black_box(moka.get(&std::hint::black_box(1)).await);
+    }
+}
+
 /// One hit of `system` for [`profile`].
 async fn profile_op(this: &This, raw: &mut redis::aio::ConnectionManager, system: &str) {
     match system {
