@@ -21,6 +21,7 @@ on_both_backends!(
     a_tag_invalidation_refuses_the_write_of_a_load_in_flight,
     stale_set_race_leaves_no_stale_keys,
     stale_set_race_control_catches_stale_keys,
+    a_call_is_served_only_entries_its_tags_reach,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,16 +213,16 @@ async fn patterns_prefixes_and_tags_remove_their_entries_only(backend: &Backend)
         "both of video 101's entries were removed"
     );
 
-    // Tags: placements 1 and 3 belong to video 101.
+    // Tags: placements 1 and 3 belong to video 101, 2 and 4 to video 100.
     let loads = s.loads();
     s.retag(101).await.expect("evicts");
     for id in [2, 4] {
-        s.get(id, 102).await.expect("hit");
+        s.get(id, 100).await.expect("hit");
     }
     assert_eq!(
         s.loads(),
         loads,
-        "video 102's placements keep their entries"
+        "video 100's placements keep their entries"
     );
     for id in [1, 3] {
         s.get(id, 101).await.expect("loads");
@@ -556,4 +557,74 @@ async fn a_failed_tag_invalidation_is_retried_and_not_served_meanwhile() {
 
 fn server_has(server: &RedisServer, key: &str) -> bool {
     server.cmd::<i64>(&["EXISTS", key]) == 1
+}
+
+/// Under an eviction policy (`allkeys-lru`, say) Redis may evict a tag's
+/// index before the entries it lists; a tag invalidation then cannot find
+/// them. An entry whose tag index no longer lists it is not served, so the
+/// invalidation still takes effect (the call loads, and re-records the
+/// tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_tag_index_was_evicted_is_not_served() {
+    let server = RedisServer::start();
+    let s = Service::new(redis_cache(&server));
+    let first = s.get(1, 101).await.expect("loads").expect("row 1");
+    assert_eq!(first.version, 1);
+    assert_eq!(s.get(1, 101).await.expect("hit").expect("row 1").version, 1);
+    let loads = s.loads();
+    // The tag indexes are evicted; the entries stay.
+    let indexes: Vec<String> = server.cmd(&["KEYS", "*~tag*"]);
+    assert!(!indexes.is_empty(), "the call recorded its tag");
+    for index in &indexes {
+        server.cmd::<()>(&["DEL", index]);
+    }
+    // The row changes, and its tag is invalidated.
+    s.rows
+        .lock()
+        .expect("rows")
+        .get_mut(&1)
+        .expect("row 1")
+        .version = 2;
+    s.retag(101).await.expect("evicts");
+    let after = s.get(1, 101).await.expect("loads").expect("row 1");
+    assert_eq!(
+        after.version, 2,
+        "an entry its tag no longer reaches was served"
+    );
+    assert_eq!(s.loads(), loads + 1);
+    // Loaded again, the entry is recorded under its tag once more.
+    assert_eq!(s.get(1, 101).await.expect("hit").expect("row 1").version, 2);
+    assert_eq!(s.loads(), loads + 1, "a hit again");
+    s.rows
+        .lock()
+        .expect("rows")
+        .get_mut(&1)
+        .expect("row 1")
+        .version = 3;
+    s.retag(101).await.expect("evicts");
+    assert_eq!(
+        s.get(1, 101).await.expect("loads").expect("row 1").version,
+        3
+    );
+}
+
+/// One key, cached by calls with different tag arguments: an entry recorded
+/// under tag `video:100` is not served to a call tagged `video:101`, whose
+/// tag invalidation would not reach it. That call loads and records its own
+/// tag, and is served from then on; the invalidation of either tag removes
+/// the entry.
+async fn a_call_is_served_only_entries_its_tags_reach(backend: &Backend) {
+    let s = Service::new(backend.cache());
+    s.get(1, 100).await.expect("loads");
+    let loads = s.loads();
+    s.get(1, 100).await.expect("hit");
+    assert_eq!(s.loads(), loads, "a hit under its own tag");
+    s.get(1, 101).await.expect("loads");
+    assert_eq!(s.loads(), loads + 1, "another tag's entry was served");
+    s.get(1, 101).await.expect("hit");
+    s.get(1, 100).await.expect("hit");
+    assert_eq!(s.loads(), loads + 1, "recorded under both tags now");
+    s.retag(101).await.expect("evicts");
+    s.get(1, 100).await.expect("loads");
+    assert_eq!(s.loads(), loads + 2, "either tag's invalidation removes it");
 }

@@ -141,11 +141,24 @@ impl MemoryBackend {
     }
 
     #[inline]
-    pub(crate) fn fetch(&self, key: &str) -> Fetched {
-        match self.entries.get(key) {
-            Some(entry) => Fetched::Memory(entry),
-            None => Fetched::Absent,
+    /// The entry under `key`; with `tags` (full tag keys), only while each
+    /// tag's index lists it, as on Redis: an entry recorded under other
+    /// tags (the same key cached by a call with other tag arguments) is
+    /// not served to a call whose tag invalidation would miss it.
+    pub(crate) fn fetch(&self, key: &str, tags: &[String]) -> Fetched {
+        let Some(entry) = self.entries.get(key) else {
+            return Fetched::Absent;
+        };
+        if !tags.is_empty() {
+            let state = self.lock_state();
+            if !tags
+                .iter()
+                .all(|t| state.tags.get(t).is_some_and(|m| m.contains(key)))
+            {
+                return Fetched::Absent;
+            }
         }
+        Fetched::Memory(entry)
     }
 
     fn insert<T: Cacheable>(

@@ -202,15 +202,17 @@ impl Backend {
         }
     }
 
-    /// Reads the entry under `key`, undecoded.
+    /// Reads the entry under `key`, undecoded; with `tags`, only while
+    /// their indexes list it (see `RedisBackend::fetch`).
     pub(crate) async fn fetch(
         &self,
         key: &str,
+        tags: &[String],
         timeout: Duration,
     ) -> Result<Fetched, BackendError> {
         match self {
-            Backend::Memory(m) => Ok(m.fetch(key)),
-            Backend::Redis(r) => r.fetch(key, timeout).await,
+            Backend::Memory(m) => Ok(m.fetch(key, tags)),
+            Backend::Redis(r) => r.fetch(key, tags, timeout).await,
         }
     }
 

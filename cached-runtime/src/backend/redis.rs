@@ -260,13 +260,35 @@ impl RedisBackend {
         self.conns.get(&self.conns.control)
     }
 
+    /// Reads the entry under `key`. With `tags` (the call's full tag keys),
+    /// only while every one of their indexes lists the key: under an
+    /// eviction policy (`allkeys-lru`) Redis may evict an index before its
+    /// entries, and an entry its tag can no longer reach must not be
+    /// served (a tag invalidation would miss it). Such an entry reads as
+    /// absent; the call loads and records the tag again.
     pub(crate) async fn fetch(
         &self,
         key: &str,
+        tags: &[String],
         timeout: Duration,
     ) -> Result<Fetched, BackendError> {
         use redis::aio::ConnectionLike as _;
         let mut conn = self.conn()?;
+        if !tags.is_empty() {
+            let mut call = FETCH_TAGGED.key(key);
+            for tag in tags {
+                call.key(tag);
+            }
+            let read = async {
+                match call.invoke_async::<redis::Value>(&mut conn).await? {
+                    redis::Value::Nil => Ok(Fetched::Absent),
+                    redis::Value::BulkString(bytes) => Ok(Fetched::Encoded(bytes)),
+                    redis::Value::Int(_) => Ok(Fetched::WrongKind),
+                    other => other.extract_error().map(|_| Fetched::WrongKind),
+                }
+            };
+            return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
+        }
         // Sized up front, and the reply taken apart by hand rather than
         // through `query_async`: this is every hit's path.
         let mut cmd = redis::Cmd::with_capacity(2, 3 + key.len());
@@ -566,6 +588,20 @@ static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
 /// [`SET_IF_LEASED_LUA`], by its digest.
 static SET_IF_LEASED: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&SET_IF_LEASED_LUA));
+
+/// KEYS: value, tags... The value while every tag index lists it, else
+/// nil; 0 if the key holds another kind of value.
+static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"local v = redis.pcall('GET', KEYS[1])
+          if type(v) == 'table' and v.err then return 0 end
+          if not v then return false end
+          for i = 2, #KEYS do
+            if redis.call('SISMEMBER', KEYS[i], KEYS[1]) == 0 then return false end
+          end
+          return v",
+    )
+});
 
 /// KEYS: value, lease, tags... ARGV: envelope, keep ms. A plain fill:
 /// stores unless a lease is held (a load or a write-through in flight).

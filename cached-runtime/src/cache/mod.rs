@@ -108,7 +108,7 @@ impl Cache {
             counters.misses.add();
             return None;
         }
-        let (fetched, took) = self.engine.fetch_timed(&full, &counters).await;
+        let (fetched, took) = self.engine.fetch_timed(&full, &[], &counters).await;
         let read = self.engine.interpret::<T>(&full, &counters, fetched);
         self.engine.count_read(&full, &counters, &read, took);
         match read {

@@ -122,7 +122,7 @@ impl Engine {
                     };
                 }
             }
-            let (fetched, took) = self.fetch_timed(key, counters).await;
+            let (fetched, took) = self.fetch_timed(key, call.tags, counters).await;
             if let Read::Fresh(value, _) | Read::Stale(value, _) =
                 self.open_as(call, fetched, took, false)
             {

@@ -192,7 +192,7 @@ impl Engine {
                 _ => {}
             }
         }
-        let (fetched, took) = self.fetch_timed(&call.key, counters).await;
+        let (fetched, took) = self.fetch_timed(&call.key, call.tags, counters).await;
         match self.open_as(&call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 self.refresh_after_hit(&call, Shared::Fresh(meta), refresh);
@@ -307,7 +307,7 @@ impl Engine {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let (fetched, took) = self.fetch_timed(&call.key, &call.counters).await;
+        let (fetched, took) = self.fetch_timed(&call.key, call.tags, &call.counters).await;
         match self.open_as(call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 guard.land_with(&value, Shared::Fresh(meta));

@@ -33,12 +33,13 @@ impl Engine {
     pub(crate) async fn fetch_timed(
         &self,
         key: &str,
+        tags: &[String],
         counters: &Counters,
     ) -> (Result<Fetched, BackendError>, Option<Duration>) {
         let timed = self.backend.is_remote()
             && (fastrand::u32(..LATENCY_SAMPLE) == 0 || tracing::enabled!(tracing::Level::DEBUG));
         let started = timed.then(Instant::now);
-        let fetched = self.backend.fetch(key, self.op_timeout).await;
+        let fetched = self.backend.fetch(key, tags, self.op_timeout).await;
         let took = started.map(|s| s.elapsed());
         if let Some(took) = took {
             counters.latency_get.record(took);
