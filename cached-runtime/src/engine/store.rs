@@ -119,3 +119,41 @@ impl Engine {
         ttl + ttl.mul_f64(self.ttl_jitter * fastrand::f64())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Cache;
+
+    #[test]
+    fn jitter_only_lengthens_a_ttl_and_by_at_most_its_share() {
+        let cache = Cache::builder()
+            .memory()
+            .ttl_jitter(0.1)
+            .build()
+            .expect("a cache");
+        let ttl = Duration::from_secs(100);
+        let jittered: Vec<Duration> = (0..1000).map(|_| cache.engine().jittered(ttl)).collect();
+        assert!(
+            jittered
+                .iter()
+                .all(|d| (ttl..=ttl + Duration::from_secs(10)).contains(d)),
+            "outside [ttl, 1.1 ttl]"
+        );
+        // Spread over the range, not stuck at one end.
+        assert!(jittered.iter().any(|d| *d > ttl + Duration::from_secs(5)));
+        assert!(jittered.iter().any(|d| *d < ttl + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn no_jitter_keeps_the_ttl() {
+        let cache = Cache::builder()
+            .memory()
+            .ttl_jitter(0.0)
+            .build()
+            .expect("a cache");
+        let ttl = Duration::from_secs(100);
+        assert!((0..100).all(|_| cache.engine().jittered(ttl) == ttl));
+    }
+}
