@@ -355,6 +355,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_defers_to_a_live_lease_only() {
+        let backend = MemoryBackend::new(10);
+        let lease = Duration::from_millis(50);
+        let taken = backend.acquire_lease("k", 7, lease, LeaseIf::Absent, &[]);
+        assert!(matches!(taken, LeaseOutcome::Acquired(_)));
+        assert!(
+            !backend.fill("k", Some(&1u32), meta(), Duration::from_secs(60), &[]),
+            "a fill landed under a live lease"
+        );
+        assert!(!backend.entries.contains_key("k"));
+        std::thread::sleep(lease + Duration::from_millis(20));
+        // `>` against `>=`: equal instants are not worth a test.
+        assert!(
+            backend.fill("k", Some(&1u32), meta(), Duration::from_secs(60), &[]),
+            "an expired lease still held the key"
+        );
+        assert!(backend.entries.contains_key("k"));
+    }
+
+    #[test]
     fn the_tag_index_stays_bounded_by_the_live_entries() {
         let backend = MemoryBackend::new(10);
         let tags = ["t:a".to_owned(), "t:b".to_owned()];
