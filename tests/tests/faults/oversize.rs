@@ -49,4 +49,11 @@ async fn an_oversize_write_through_removes_the_older_value() {
         "the old row must not outlive the write"
     );
     assert_eq!(s.cache.stats_for("placement").expect("stats").oversize, 1);
+    // Nothing is left to retry (the old value is gone): the next load
+    // stores again and the call after it hits, rather than both loading
+    // while a pending change keeps the key from the cache.
+    let loads = s.loads();
+    assert_eq!(s.get(1).await, Ok(Placement::row(1)));
+    assert_eq!(s.get(1).await, Ok(Placement::row(1)));
+    assert_eq!(s.loads(), loads + 1, "the key is cached again at once");
 }
