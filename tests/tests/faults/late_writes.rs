@@ -62,9 +62,17 @@ fn two_processes(server: &RedisServer, proxy: &Proxy) -> (Rows, Rows) {
     (a, b)
 }
 
-/// What `b` reads, and what the server holds, once `a`'s held bytes are
-/// through: never the name `a` wrote before `b`'s.
-async fn b_reads_its_own_write(server: &RedisServer, b: &Rows) {
+/// With `a`'s write-through held in the blackholed proxy: `a`'s process
+/// goes away before it can undo anything (or its undoing travels another
+/// way and arrives first), `b` changes the row and writes it through, then
+/// `a`'s held bytes reach the server. `b` must still read its own write,
+/// and the server must not hold `a`'s value.
+async fn a_lands_after_b_writes(server: &RedisServer, proxy: &Proxy, a: Rows, b: &Rows) {
+    drop(a);
+    assert_eq!(b.rename(1, "v3".into()).await.name, "v3");
+    assert_eq!(b.get(1).await.name, "v3");
+    proxy.blackhole(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let (got, _) = timed(Duration::from_secs(5), b.get(1)).await;
     assert_eq!(
         got.name, "v3",
@@ -91,16 +99,7 @@ async fn a_write_through_that_timed_out_does_not_land_over_a_newer_one() {
     proxy.blackhole(true);
     let (renamed, _) = timed(Duration::from_secs(2), a.rename(1, "v2".into())).await;
     assert_eq!(renamed.name, "v2");
-    // Its process goes away before it can undo anything (or its undoing
-    // travels another way and arrives first).
-    drop(a);
-    // Then `b` changes the row and writes it through.
-    assert_eq!(b.rename(1, "v3".into()).await.name, "v3");
-    assert_eq!(b.get(1).await.name, "v3");
-    // `a`'s held bytes reach the server.
-    proxy.blackhole(false);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    b_reads_its_own_write(&server, &b).await;
+    a_lands_after_b_writes(&server, &proxy, a, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,13 +114,7 @@ async fn a_write_through_whose_caller_was_dropped_does_not_land_over_a_newer_one
     proxy.blackhole(true);
     let dropped = tokio::time::timeout(Duration::from_millis(5), a.rename(1, "v2".into())).await;
     assert!(dropped.is_err(), "the caller was dropped mid-write");
-    drop(a);
-    assert_eq!(b.rename(1, "v3".into()).await.name, "v3");
-    assert_eq!(b.get(1).await.name, "v3");
-    // `a`'s write lands now.
-    proxy.blackhole(false);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    b_reads_its_own_write(&server, &b).await;
+    a_lands_after_b_writes(&server, &proxy, a, &b).await;
 }
 
 /// A `lock = false` call takes no lease: on a miss it fills the key only
