@@ -321,6 +321,115 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_that_closes_it_forgets_the_failures() {
+        let b = breaker(3);
+        for _ in 0..3 {
+            b.failed();
+        }
+        assert!(!b.is_closed());
+        b.state.store(PROBING, Relaxed);
+        b.probed(true);
+        assert!(b.is_closed());
+        // Two failures after the recovery: fewer than three in a row.
+        b.failed();
+        b.failed();
+        assert_eq!(b.admit(), Admit::Pass, "the count started again");
+        b.failed();
+        assert_eq!(b.admit(), Admit::Skip);
+    }
+
+    #[test]
+    fn failures_while_open_do_not_put_the_probe_off() {
+        // Write-throughs and invalidations still reach a backend that is
+        // down, and fail: they must not push the probe back each time.
+        let b = Breaker::new(
+            CircuitBreaker {
+                failures: 1,
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(400),
+            },
+            "test".into(),
+        );
+        b.failed();
+        std::thread::sleep(Duration::from_millis(60));
+        b.failed();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            b.admit(),
+            Admit::SkipAndProbe,
+            "probed 100 ms after opening"
+        );
+    }
+
+    #[test]
+    fn a_success_while_open_closes_it() {
+        let b = breaker(1);
+        b.failed();
+        assert_eq!(b.admit(), Admit::Skip);
+        b.succeeded();
+        assert!(b.is_closed());
+        assert_eq!(b.admit(), Admit::Pass);
+        // A probe that fails after that success leaves it closed.
+        b.probed(false);
+        assert!(b.is_closed());
+    }
+
+    #[test]
+    fn debug_shows_the_state_and_the_count() {
+        let b = breaker(2);
+        b.failed();
+        assert_eq!(
+            format!("{b:?}"),
+            "Breaker { state: \"closed\", failures: 1 }"
+        );
+        b.failed();
+        assert_eq!(format!("{b:?}"), "Breaker { state: \"open\", failures: 2 }");
+        b.state.store(PROBING, Relaxed);
+        assert!(format!("{b:?}").contains("\"probing\""));
+    }
+
+    #[test]
+    fn the_state_gauge_and_transitions_follow_each_change() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let b = breaker(1);
+            b.failed();
+            b.state.store(PROBING, Relaxed);
+            b.probed(false);
+            b.state.store(PROBING, Relaxed);
+            b.probed(true);
+        });
+        let mut gauge = None;
+        let mut transitions = std::collections::BTreeMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let label = |name: &str| {
+                key.labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            assert_eq!(label("namespace").as_deref(), Some("test"));
+            match value {
+                DebugValue::Gauge(g) if key.name() == names::BREAKER_STATE => {
+                    gauge = Some(g.into_inner());
+                }
+                DebugValue::Counter(n) if key.name() == names::BREAKER_TRANSITIONS => {
+                    transitions.insert(label("to").expect("a `to` label"), n);
+                }
+                other => panic!("unexpected {}: {other:?}", key.name()),
+            }
+        }
+        assert_eq!(gauge, Some(0.0), "closed again");
+        // Made closed, opened once (a failed probe is no transition), closed.
+        assert_eq!(
+            transitions.into_iter().collect::<Vec<_>>(),
+            [("closed".to_owned(), 2), ("open".to_owned(), 1)]
+        );
+    }
+
+    #[test]
     fn disabled_never_opens() {
         let b = breaker(0);
         for _ in 0..100 {

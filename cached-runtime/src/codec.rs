@@ -251,6 +251,72 @@ mod tests {
         assert_eq!(&bytes[10..10 + IDENTITY_LEN], &identity(&m)[..]);
     }
 
+    #[test]
+    fn the_envelope_is_fixed_byte_for_byte() {
+        // Every deployed entry is in this format: a change here is a new
+        // FORMAT_VERSION, deliberately.
+        let m = EntryMeta {
+            created_ms: 0x0102_0304_0506_0708,
+            load_us: 0x0a0b_0c0d,
+            expires_ms: 0x1112_1314_1516_1718,
+            stale_until_ms: 0x2122_2324_2526_2728,
+        };
+        let mut want = vec![0xCA, 1];
+        want.extend_from_slice(&fingerprint_of("Vec<String>").to_le_bytes());
+        want.extend_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]);
+        want.extend_from_slice(&[0x0d, 0x0c, 0x0b, 0x0a]);
+        want.extend_from_slice(&[0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11]);
+        want.extend_from_slice(&[0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21]);
+        want.push(0);
+        want.extend_from_slice(br#"["a"]"#);
+        let bytes = encode(Some(&vec!["a".to_owned()]), &m).expect("encodes");
+        assert_eq!(bytes, want);
+        assert_eq!(decode_meta(&bytes).expect("a header"), m);
+        let none = encode::<Vec<String>>(None, &m).expect("encodes");
+        assert_eq!(none[..HEADER_LEN - 1], want[..HEADER_LEN - 1]);
+        assert_eq!(none[HEADER_LEN - 1], FLAG_NONE);
+    }
+
+    #[test]
+    fn a_non_ascii_identifier_is_one_segment() {
+        let strip = |s: &str| {
+            let mut out = vec![0u8; s.len()];
+            let n = strip_paths(s.as_bytes(), &mut out);
+            String::from_utf8(out[..n].to_vec()).expect("UTF-8")
+        };
+        assert_eq!(strip("app::métier::Équipe<crate_a::Ç>"), "Équipe<Ç>");
+        // Only a pair of colons ends a path segment.
+        assert_eq!(strip("a:b<c::d>"), "a:b<d>");
+        // A name longer than the stack buffer takes the heap, same result.
+        let long = format!("a::{}", "B".repeat(300));
+        assert_eq!(fingerprint_of(&long), fingerprint_of(&"B".repeat(300)));
+    }
+
+    #[test]
+    fn expiry_is_inclusive_and_load_time_is_in_microseconds() {
+        let m = meta();
+        assert!(!m.is_expired(2));
+        assert!(m.is_expired(3), "expired at its expiry");
+        assert_eq!(m.load_time(), Duration::from_micros(2));
+    }
+
+    #[test]
+    fn decode_errors_say_what_was_found() {
+        let says = |e: DecodeError| e.to_string();
+        assert_eq!(says(DecodeError::NotAnEnvelope), "not a cache envelope");
+        assert_eq!(
+            says(DecodeError::Version(7)),
+            "envelope format version 7, expected 1"
+        );
+        assert_eq!(says(DecodeError::TypeMismatch), "stored for another type");
+        assert_eq!(
+            says(DecodeError::WrongKind),
+            "a Redis value of another kind (WRONGTYPE)"
+        );
+        let payload = serde_json::from_slice::<u8>(b"x").expect_err("not JSON");
+        assert!(says(DecodeError::Payload(payload)).starts_with("payload does not deserialize: "));
+    }
+
     fn meta() -> EntryMeta {
         EntryMeta {
             created_ms: 1,

@@ -241,3 +241,110 @@ pub(crate) struct Keep {
 
 /// The most TTL jitter a cache can add (`ttl_jitter` is at most 1).
 const MAX_JITTER: f64 = 1.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Registry;
+
+    fn call<V: Shape<u32>>(policy: &Policy, f: impl FnOnce(&Call<'_, V, u32>)) {
+        let registry = Registry::default();
+        let call = Call {
+            key: "k".to_owned(),
+            counters: Cow::Owned(registry.counters("k")),
+            policy,
+            tags: &[],
+            shape: std::marker::PhantomData,
+        };
+        f(&call);
+    }
+
+    #[test]
+    fn a_tag_outlives_the_longest_entry_a_lease_can_write() {
+        let policy = Policy::new(Duration::from_secs(10))
+            .stale(Duration::from_secs(5))
+            .lease(Duration::from_secs(2));
+        // The TTL, its largest jitter (as much again), the stale window, and
+        // the lease during which the write may still come.
+        call::<u32>(&policy, |c| {
+            assert_eq!(c.tag_for(), Duration::from_secs(27))
+        });
+        let forever = Policy::new(Duration::MAX).stale(Duration::MAX);
+        call::<u32>(&forever, |c| assert!(c.tag_for() >= LONGEST * 2));
+    }
+
+    #[test]
+    fn what_is_kept_and_for_how_long() {
+        let policy = Policy::new(Duration::from_secs(60)).stale(Duration::from_secs(9));
+        let took = Duration::from_millis(3);
+        call::<u32>(&policy, |c| {
+            let keep = c.keep(&7, took).expect("a value is kept");
+            assert_eq!(
+                (keep.ttl, keep.stale, keep.load_time),
+                (Duration::from_secs(60), Duration::from_secs(9), took)
+            );
+        });
+        call::<Option<u32>>(&policy, |c| {
+            assert!(c.keep(&None, took).is_none(), "no cache_none: not kept");
+            assert_eq!(
+                c.keep(&Some(7), took).map(|k| k.ttl),
+                Some(Duration::from_secs(60))
+            );
+        });
+        let none_too = policy.cache_none(Duration::from_secs(4));
+        call::<Option<u32>>(&none_too, |c| {
+            assert_eq!(
+                c.keep(&None, took).map(|k| k.ttl),
+                Some(Duration::from_secs(4))
+            );
+        });
+    }
+
+    #[test]
+    fn a_value_and_its_item() {
+        assert_eq!(Shape::<u32>::item(&5u32), Some(&5));
+        assert_eq!(<u32 as Shape<u32>>::from_item(Some(5)), Some(5));
+        assert_eq!(
+            <u32 as Shape<u32>>::from_item(None),
+            None,
+            "a marker is no u32"
+        );
+        assert_eq!(Shape::<u32>::item(&Some(5u32)), Some(&5));
+        assert_eq!(Shape::<u32>::item(&None::<u32>), None);
+        assert_eq!(<Option<u32> as Shape<u32>>::from_item(None), Some(None));
+    }
+
+    #[test]
+    fn the_builders_set_what_they_name() {
+        let p = Policy::new(Duration::from_secs(1))
+            .lock(false)
+            .wait(Duration::from_millis(7))
+            .early_refresh(2.0);
+        assert!(!p.lock);
+        assert_eq!(p.wait, Duration::from_millis(7));
+        assert_eq!(p.early_refresh, Some(2.0));
+        let d = Policy::new(Duration::from_secs(1));
+        assert!(d.lock && d.none_ttl.is_none() && d.early_refresh.is_none());
+        assert_eq!(
+            (d.lease, d.wait, d.stale),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+                Duration::ZERO
+            )
+        );
+    }
+
+    #[test]
+    fn errors_are_shared_by_copy() {
+        let sharing = ErrorSharing::<String>::default();
+        let shared = sharing.share(&"boom".to_owned());
+        assert_eq!(sharing.take(&*shared).as_deref(), Some("boom"));
+        assert_eq!(
+            ErrorSharing::<u8>::new().take(&*shared),
+            None,
+            "another type"
+        );
+        assert_eq!(format!("{sharing:?}"), "ErrorSharing");
+    }
+}

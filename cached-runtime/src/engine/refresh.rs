@@ -163,6 +163,40 @@ mod tests {
     }
 
     #[test]
+    fn xfetch_beta_scales_the_load_time() {
+        // 20 ms loads, 40 ms left: P(due) = exp(-40 / (20 * beta)).
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 20_000,
+            expires_ms: 1_000,
+            stale_until_ms: 1_000,
+        };
+        let rate = |beta| {
+            (0..10_000)
+                .filter(|_| early_refresh_due(&meta, beta, 960))
+                .count()
+        };
+        // beta 2: e^-1 ~ 37%; beta 0.5: e^-4 ~ 1.8%.
+        let (eager, lazy) = (rate(2.0), rate(0.5));
+        assert!((3_000..4_400).contains(&eager), "{eager}");
+        assert!((80..320).contains(&lazy), "{lazy}");
+    }
+
+    #[test]
+    fn xfetch_is_due_at_the_expiry_itself() {
+        // A zero TTL written through: no time to spread over, so due exactly
+        // from its expiry on, never before.
+        let meta = EntryMeta {
+            created_ms: 1_000,
+            load_us: 0,
+            expires_ms: 1_000,
+            stale_until_ms: 1_000,
+        };
+        assert!(early_refresh_due(&meta, 1.0, 1_000));
+        assert!(!early_refresh_due(&meta, 1.0, 999));
+    }
+
+    #[test]
     fn xfetch_fires_more_often_closer_to_expiry() {
         let meta = EntryMeta {
             created_ms: 0,
