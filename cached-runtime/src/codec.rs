@@ -66,6 +66,8 @@ pub(crate) enum DecodeError {
     Payload(serde_json::Error),
     /// The key holds a Redis value of another kind (a list, a hash...).
     WrongKind,
+    /// The stored value is over the size limit (bytes): not read whole.
+    TooLarge(usize),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -78,6 +80,9 @@ impl std::fmt::Display for DecodeError {
             DecodeError::TypeMismatch => f.write_str("stored for another type"),
             DecodeError::Payload(e) => write!(f, "payload does not deserialize: {e}"),
             DecodeError::WrongKind => f.write_str("a Redis value of another kind (WRONGTYPE)"),
+            DecodeError::TooLarge(limit) => {
+                write!(f, "larger than max_value_bytes ({limit} bytes); not read")
+            }
         }
     }
 }
@@ -313,8 +318,90 @@ mod tests {
             says(DecodeError::WrongKind),
             "a Redis value of another kind (WRONGTYPE)"
         );
+        assert_eq!(
+            says(DecodeError::TooLarge(1024)),
+            "larger than max_value_bytes (1024 bytes); not read"
+        );
         let payload = serde_json::from_slice::<u8>(b"x").expect_err("not JSON");
         assert!(says(DecodeError::Payload(payload)).starts_with("payload does not deserialize: "));
+    }
+
+    /// Bytes from Redis are untrusted: any of them, of any length, decode to
+    /// a value or an error, never a panic. Random bytes, and valid envelopes
+    /// with bytes flipped, cut short or extended (which reach past the
+    /// header checks), for a bounded number of rounds.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder() {
+        #[derive(Debug, serde::Serialize, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Row {
+            id: u64,
+            name: String,
+            tags: Vec<String>,
+            parent: Option<Box<Row>>,
+        }
+        fn all(bytes: &[u8]) {
+            let _ = decode::<u32>(bytes);
+            let _ = decode::<String>(bytes);
+            let _ = decode::<Vec<Option<i64>>>(bytes);
+            let _ = decode::<Row>(bytes);
+            let _ = decode::<(f64, bool, char)>(bytes);
+            let _ = decode_meta(bytes);
+        }
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let valid: Vec<Vec<u8>> = vec![
+            encode(Some(&7u32), &meta()).expect("encodes"),
+            encode(Some(&"text".to_owned()), &meta()).expect("encodes"),
+            encode::<String>(None, &meta()).expect("encodes"),
+            encode(
+                Some(&Row {
+                    id: 1,
+                    name: "n".into(),
+                    tags: vec!["a".into(), "b".into()],
+                    parent: Some(Box::new(Row {
+                        id: 0,
+                        name: String::new(),
+                        tags: Vec::new(),
+                        parent: None,
+                    })),
+                }),
+                &meta(),
+            )
+            .expect("encodes"),
+        ];
+        for round in 0..30_000 {
+            let bytes: Vec<u8> = if round % 2 == 0 {
+                let len = rng.usize(..HEADER_LEN * 3);
+                (0..len).map(|_| rng.u8(..)).collect()
+            } else {
+                let mut bytes = valid[rng.usize(..valid.len())].clone();
+                // Keep the magic and version sometimes, so that the type and
+                // payload checks are reached.
+                for _ in 0..rng.usize(1..4) {
+                    match rng.u8(..3) {
+                        0 => {
+                            let i = rng.usize(..bytes.len());
+                            bytes[i] = rng.u8(..);
+                        }
+                        1 => bytes.truncate(rng.usize(..=bytes.len())),
+                        _ => {
+                            let extra = rng.usize(..16);
+                            bytes.extend((0..extra).map(|_| rng.u8(..)));
+                        }
+                    }
+                    if bytes.is_empty() {
+                        break;
+                    }
+                }
+                bytes
+            };
+            all(&bytes);
+        }
+        // A header that claims a `String` with a deeply nested payload.
+        let mut deep = encode(Some(&"x".to_owned()), &meta()).expect("encodes");
+        deep.truncate(HEADER_LEN);
+        deep.extend(std::iter::repeat_n(b'[', 100_000));
+        all(&deep);
     }
 
     fn meta() -> EntryMeta {

@@ -4,12 +4,33 @@
 use crate::backend::BackendError;
 
 /// Why a [`CacheBuilder`](crate::CacheBuilder) could not build a cache.
+/// Each says where the bad value came from (an environment variable or a
+/// builder method) and what was expected; no variant holds a password or a
+/// private key, and a URL is shown with its password masked.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The Redis URL does not parse, or names a scheme this build cannot use
-    /// (`rediss://` needs the `tls` feature).
-    InvalidUrl(redis::RedisError),
+    /// The Redis URL cannot be used: it does not parse, names a scheme this
+    /// build cannot use (`rediss://` needs the `tls` feature), or has a part
+    /// out of range.
+    InvalidUrl {
+        /// Where it came from: `REDIS_URL`, or `CacheBuilder::redis`.
+        origin: &'static str,
+        /// The URL, its password masked (`redis://user:***@host:6379`).
+        url: String,
+        /// What is wrong with it, and what was expected.
+        reason: String,
+    },
+    /// A TLS setting cannot be used: a certificate or key that does not
+    /// parse, a file that cannot be read, or TLS settings without a
+    /// `rediss://` URL or without the `tls` feature.
+    InvalidTls {
+        /// Where it came from: a builder method, or an environment variable
+        /// and the file it names.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A setting is out of range; the text says which and why.
     InvalidSetting(String),
 }
@@ -17,20 +38,20 @@ pub enum BuildError {
 impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BuildError::InvalidUrl(e) => write!(f, "invalid Redis URL: {e}"),
+            BuildError::InvalidUrl {
+                origin,
+                url,
+                reason,
+            } => write!(f, "invalid Redis URL in {origin} (`{url}`): {reason}"),
+            BuildError::InvalidTls { origin, reason } => {
+                write!(f, "invalid Redis TLS setting in {origin}: {reason}")
+            }
             BuildError::InvalidSetting(why) => write!(f, "invalid cache setting: {why}"),
         }
     }
 }
 
-impl std::error::Error for BuildError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            BuildError::InvalidUrl(e) => Some(e),
-            BuildError::InvalidSetting(_) => None,
-        }
-    }
-}
+impl std::error::Error for BuildError {}
 
 /// A backend failure, returned by [`Cache::ping`](crate::Cache::ping) and by
 /// the explicit invalidation methods ([`Cache::invalidate`](crate::Cache::invalidate)

@@ -55,11 +55,13 @@ mod glob;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod key;
+mod redact;
 mod stats;
 
 #[doc(hidden)]
 pub mod __private;
 
+pub use backend::redis::redis_acl_rule;
 pub use breaker::CircuitBreaker;
 pub use cache::{
     Cache, CacheBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_VALUE_BYTES,

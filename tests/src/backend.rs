@@ -12,6 +12,33 @@ use crate::{RedisServer, free_port};
 /// The namespace of every cache built here: Redis keys start with `t:`.
 pub const NAMESPACE: &str = "t";
 
+/// The ACL user that every cache of [`Backend::redis`] connects as: it may
+/// do exactly what [`cached_runtime::redis_acl_rule`] allows for
+/// [`NAMESPACE`], so a command the runtime starts to send without adding it
+/// to the rule fails every Redis case of the suite.
+pub const ACL_USER: &str = "cache";
+
+/// [`ACL_USER`]'s password.
+pub const ACL_PASSWORD: &str = "acl-test-password";
+
+/// `redis-server` arguments that create [`ACL_USER`] with the rule for
+/// `namespace` (the default user stays unrestricted, for the tests' own
+/// commands).
+pub fn acl_user_args(namespace: &str) -> Vec<String> {
+    let mut args = vec![
+        "--user".to_owned(),
+        ACL_USER.to_owned(),
+        "on".to_owned(),
+        format!(">{ACL_PASSWORD}"),
+    ];
+    args.extend(
+        cached_runtime::redis_acl_rule(namespace)
+            .split(' ')
+            .map(str::to_owned),
+    );
+    args
+}
+
 /// A builder for a memory cache, namespace [`NAMESPACE`].
 pub fn memory_builder() -> CacheBuilder {
     Cache::builder().memory().namespace(NAMESPACE)
@@ -74,14 +101,39 @@ impl Backend {
         Backend { server: None }
     }
 
-    /// Redis, on a server started for this backend and stopped with it.
+    /// Redis, on a server started for this backend and stopped with it;
+    /// its caches connect as [`ACL_USER`], with least privilege.
     ///
     /// # Panics
     ///
     /// As [`RedisServer::start`].
     pub fn redis() -> Backend {
+        let args = acl_user_args(NAMESPACE);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Backend {
-            server: Some(RedisServer::start()),
+            server: Some(RedisServer::start_with(&args)),
+        }
+    }
+
+    /// Panics if the Redis server refused any command of [`ACL_USER`]'s
+    /// (its `ACL LOG`): the runtime sent something its ACL rule does not
+    /// allow. The cache hides such failures from callers (they are served
+    /// from their loaders), so the test itself may have passed.
+    ///
+    /// # Panics
+    ///
+    /// As said, naming what was refused.
+    pub fn assert_nothing_refused(&self) {
+        if let Some(server) = &self.server {
+            let log: redis::Value = server.cmd(&["ACL", "LOG"]);
+            let redis::Value::Array(entries) = &log else {
+                panic!("ACL LOG answered {log:?}");
+            };
+            assert!(
+                entries.is_empty(),
+                "the server refused commands of the cache's ACL user: redis_acl_rule lacks \
+                 something the runtime sends:\n{log:#?}"
+            );
         }
     }
 
@@ -94,7 +146,9 @@ impl Backend {
     /// A builder for a cache on this backend, namespace [`NAMESPACE`].
     pub fn builder(&self) -> CacheBuilder {
         match &self.server {
-            Some(server) => redis_builder(server),
+            Some(server) => redis_builder(server)
+                .redis_username(ACL_USER)
+                .redis_password(ACL_PASSWORD),
             None => memory_builder(),
         }
     }
@@ -120,8 +174,9 @@ impl Backend {
 }
 
 /// Runs each named `async fn(&Backend)` as two tests, `{name}::on_memory`
-/// and `{name}::on_redis` (the second on a `redis-server` of its own), on a
-/// multi-threaded runtime with two workers.
+/// and `{name}::on_redis` (the second on a `redis-server` of its own, as
+/// the least-privileged [`ACL_USER`], failing if the server refused any of
+/// its commands), on a multi-threaded runtime with two workers.
 ///
 /// ```no_run
 /// use cached_tests::Backend;
@@ -147,7 +202,9 @@ macro_rules! on_both_backends {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn on_redis() {
-                    super::$name(&$crate::Backend::redis()).await;
+                    let backend = $crate::Backend::redis();
+                    super::$name(&backend).await;
+                    backend.assert_nothing_refused();
                 }
             }
         )+

@@ -16,12 +16,14 @@ pub mod backend;
 pub mod consistency;
 pub mod proxy;
 pub mod source;
+pub mod tls;
 pub use backend::{
-    Backend, NAMESPACE, memory_builder, redis_builder, redis_builder_at, redis_cache,
-    redis_cache_with, unreachable_redis_builder,
+    ACL_PASSWORD, ACL_USER, Backend, NAMESPACE, acl_user_args, memory_builder, redis_builder,
+    redis_builder_at, redis_cache, redis_cache_with, unreachable_redis_builder,
 };
 pub use proxy::Proxy;
 pub use source::{Source, SourceDown};
+pub use tls::{ClientAuth, Pki};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,6 +43,8 @@ pub struct RedisServer {
     frozen: bool,
     /// Arguments every start of this server gets (see [`RedisServer::start_with`]).
     base: Vec<String>,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -62,16 +66,52 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start`].
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_configured(extra, None)
+    }
+
+    /// A server that also listens for TLS on a port of its own (see
+    /// [`RedisServer::tls_url`]), with `pki`'s server certificate, trusting
+    /// `pki`'s CA for client certificates, which it requires or not as
+    /// `clients` says. The plain port stays open for the test's own
+    /// commands ([`RedisServer::cmd`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`], and when this `redis-server` was built
+    /// without TLS (its log says so).
+    pub fn start_tls(pki: &Pki, clients: ClientAuth) -> RedisServer {
+        RedisServer::start_tls_with(pki, clients, &[])
+    }
+
+    /// [`RedisServer::start_tls`] with `extra` arguments (an ACL user, say:
+    /// [`acl_user_args`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start_tls`].
+    pub fn start_tls_with(pki: &Pki, clients: ClientAuth, extra: &[&str]) -> RedisServer {
+        RedisServer::start_configured(extra, Some((pki, clients)))
+    }
+
+    fn start_configured(extra: &[&str], tls: Option<(&Pki, ClientAuth)>) -> RedisServer {
         // A port can be taken between choosing and binding it; try a few.
         let mut last_log = String::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+            let mut base: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+            let mut tls_port = None;
+            if let Some((pki, clients)) = tls {
+                let port = free_port();
+                base.extend(pki.server_args(dir.path(), port, clients));
+                tls_port = Some(port);
+            }
             let mut server = RedisServer {
                 port: free_port(),
                 child: None,
                 dir,
                 frozen: false,
-                base: extra.iter().map(|a| (*a).to_owned()).collect(),
+                base,
+                tls_port,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -155,6 +195,16 @@ impl RedisServer {
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://127.0.0.1:{tls port}`.
+    ///
+    /// # Panics
+    ///
+    /// When the server was not started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("a server started with start_tls");
+        format!("rediss://127.0.0.1:{port}")
     }
 
     /// Whether the server answers PING within 200 ms (a plain socket, so it

@@ -74,3 +74,79 @@ fn each_redis_read_is_a_debug_event_with_key_hit_and_latency_and_no_value() {
         "a value's content was logged"
     );
 }
+
+/// Runs `body` on a current-thread runtime with a subscriber at `debug`,
+/// and returns everything logged.
+fn logged_by<F: Future<Output = ()>>(body: impl FnOnce() -> F) -> String {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(body());
+    String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8")
+}
+
+#[test]
+fn a_wrong_password_is_one_error_event_and_the_password_is_never_logged() {
+    let server = cached_tests::RedisServer::start();
+    server.cmd::<()>(&["CONFIG", "SET", "requirepass", "the-right-one"]);
+    let url = format!("redis://app:url-secret-pw@127.0.0.1:{}", server.port());
+    let logged = logged_by(|| async {
+        let s = Service {
+            cache: cached_runtime::Cache::builder()
+                .redis(url)
+                .redis_password("builder-secret-pw")
+                .namespace("t")
+                .build()
+                .expect("builds"),
+        };
+        for id in 0..20 {
+            assert_eq!(s.traced(id).await.id, id, "the caller gets its value");
+        }
+        assert!(s.cache.ping().await.is_err());
+    });
+    let errors: Vec<&str> = logged.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error event:\n{logged}");
+    assert!(
+        errors[0].contains("kind=\"auth\"") || errors[0].contains("kind=auth"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("redis_acl_rule"), "{}", errors[0]);
+    for secret in ["url-secret-pw", "builder-secret-pw", "the-right-one"] {
+        assert!(!logged.contains(secret), "{secret} logged:\n{logged}");
+    }
+}
+
+#[test]
+fn a_command_the_acl_refuses_is_one_error_event() {
+    let args = cached_tests::acl_user_args("t");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = cached_tests::RedisServer::start_with(&args);
+    let logged = logged_by(|| async {
+        // Outside the rule's namespace: every keyed command is NOPERM.
+        let s = Service {
+            cache: cached_tests::redis_builder(&server)
+                .namespace("elsewhere")
+                .redis_username(cached_tests::ACL_USER)
+                .redis_password(cached_tests::ACL_PASSWORD)
+                .build()
+                .expect("builds"),
+        };
+        for id in 0..20 {
+            assert_eq!(s.traced(id).await.id, id, "the caller gets its value");
+        }
+    });
+    let errors: Vec<&str> = logged.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error event:\n{logged}");
+    assert!(errors[0].contains("permission"), "{}", errors[0]);
+    assert!(!logged.contains(cached_tests::ACL_PASSWORD), "{logged}");
+}

@@ -38,6 +38,8 @@ impl BackendError {
             {
                 "connection"
             }
+            BackendError::Redis(e) if is_auth(e) => "auth",
+            BackendError::Redis(e) if is_permission(e) => "permission",
             BackendError::Redis(_) => "redis",
             BackendError::Encode(_) => "encode",
             BackendError::TooLarge(_) => "too_large",
@@ -72,6 +74,31 @@ impl BackendError {
             }
             BackendError::Encode(_) | BackendError::TooLarge(_) | BackendError::Skipped => false,
         }
+    }
+}
+
+/// Redis refused the credentials (`WRONGPASS`, `NOAUTH`): a configuration
+/// error, and every command fails until it is fixed.
+fn is_auth(e: &::redis::RedisError) -> bool {
+    e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+/// The ACL user may not run a command or touch a key (`NOPERM`, also when a
+/// script's command is refused): the rule given to the user lacks
+/// something (see `redis_acl_rule`).
+fn is_permission(e: &::redis::RedisError) -> bool {
+    e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoPerm)
+        || e.code() == Some("NOPERM")
+        || e.to_string().contains("NOPERM")
+}
+
+impl BackendError {
+    /// A failure of configuration rather than of the server: wrong
+    /// credentials, or an ACL rule that refuses a command. Reported at
+    /// `error` level, once per cache and kind, besides the usual counting.
+    pub(crate) fn is_misconfiguration(&self) -> bool {
+        matches!(self, BackendError::Redis(e) if is_auth(e) || is_permission(e))
     }
 }
 
@@ -116,6 +143,9 @@ pub(crate) enum Fetched {
     Memory(memory::MemEntry),
     /// The key holds another kind of Redis value (a list, a hash).
     WrongKind,
+    /// The value under the key is larger than the limit (`max_value_bytes`):
+    /// only its first bytes were read.
+    TooLarge(usize),
 }
 
 impl Fetched {
@@ -130,6 +160,7 @@ impl Fetched {
             },
             Fetched::Memory(entry) => entry.open(),
             Fetched::WrongKind => Lookup::Unreadable(DecodeError::WrongKind),
+            Fetched::TooLarge(limit) => Lookup::Unreadable(DecodeError::TooLarge(limit)),
         }
     }
 }

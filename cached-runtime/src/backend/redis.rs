@@ -24,6 +24,70 @@ use crate::Cacheable;
 use crate::breaker::{Admit, Breaker};
 use crate::codec::{self, EntryMeta};
 
+/// Every command this backend sends, directly or from its Lua scripts: what
+/// [`redis_acl_rule`] allows. A command added to the backend must be added
+/// here, or the ACL test (which runs the Redis suite as a user with exactly
+/// this rule) fails.
+const COMMANDS: &[&str] = &[
+    // Reads, leases, write-throughs and invalidations.
+    "ping",
+    "get",
+    "getrange",
+    "set",
+    "unlink",
+    "incr",
+    "scan",
+    "sscan",
+    "srem",
+    // A tag invalidation's batch (UNLINK and SREM together).
+    "multi",
+    "exec",
+    // The scripts, and what they call.
+    "eval",
+    "evalsha",
+    "script|load",
+    "del",
+    "exists",
+    "pexpire",
+    "pttl",
+    "sadd",
+    "sismember",
+    "srandmember",
+    // When the URL names a database other than 0. (redis-rs's `CLIENT
+    // SETINFO` on connecting may be refused: it ignores the answer.)
+    "select",
+];
+
+/// The Redis ACL rule a cache with `namespace` needs, and no more: its keys
+/// only (`~{namespace}:*`), no pub/sub channels, and exactly the commands it
+/// sends. Give it to the cache's user, with its password:
+///
+/// ```text
+/// ACL SETUSER placement-cache on >long-random-password <rule>
+/// ```
+///
+/// ```
+/// let rule = cached_runtime::redis_acl_rule("placement-v1");
+/// assert!(rule.starts_with("resetkeys ~placement-v1:* resetchannels -@all +ping +get"));
+/// ```
+///
+/// The namespace is escaped for the pattern (`*`, `?`, `[`, `]`, `\\`). An
+/// empty namespace puts keys at the top level, so the rule allows every key
+/// (`~*`): give each application a namespace.
+pub fn redis_acl_rule(namespace: &str) -> String {
+    let mut rule = String::from("resetkeys ~");
+    if !namespace.is_empty() {
+        crate::push_escaped(&mut rule, namespace);
+        rule.push(':');
+    }
+    rule.push_str("* resetchannels -@all");
+    for command in COMMANDS {
+        rule.push_str(" +");
+        rule.push_str(command);
+    }
+    rule
+}
+
 pub(crate) struct RedisBackend {
     conns: Arc<Connections>,
     breaker: Arc<Breaker>,
@@ -279,10 +343,11 @@ impl RedisBackend {
             for tag in tags {
                 call.key(tag);
             }
+            call.arg(self.max_value_bytes);
             let read = async {
                 match call.invoke_async::<redis::Value>(&mut conn).await? {
                     redis::Value::Nil => Ok(Fetched::Absent),
-                    redis::Value::BulkString(bytes) => Ok(Fetched::Encoded(bytes)),
+                    redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
                     redis::Value::Int(_) => Ok(Fetched::WrongKind),
                     other => other.extract_error().map(|_| Fetched::WrongKind),
                 }
@@ -290,9 +355,14 @@ impl RedisBackend {
             return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
         }
         // Sized up front, and the reply taken apart by hand rather than
-        // through `query_async`: this is every hit's path.
-        let mut cmd = redis::Cmd::with_capacity(2, 3 + key.len());
-        cmd.arg("GET").arg(key);
+        // through `query_async`: this is every hit's path. GETRANGE rather
+        // than GET: at most one byte over the size limit comes back, so a
+        // huge value someone else wrote under the key costs a bounded read.
+        let mut cmd = redis::Cmd::with_capacity(4, 24 + key.len());
+        cmd.arg("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(self.max_value_bytes);
         // Boxed: the timer inside is cache-line aligned and would make every
         // hit's future large and over-aligned (seen under `concurrent_hit`).
         // The reply is taken apart inside the breaker's watch, so that an
@@ -300,13 +370,26 @@ impl RedisBackend {
         let read = async {
             match conn.req_packed_command(&cmd).await? {
                 redis::Value::Nil => Ok(Fetched::Absent),
-                redis::Value::BulkString(bytes) => Ok(Fetched::Encoded(bytes)),
+                redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
                 // An answer about this key, not an outage.
                 redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
                 other => other.extract_error().map(|_| Fetched::WrongKind),
             }
         };
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
+    }
+
+    /// What a bounded read brought back: GETRANGE answers an empty string
+    /// for a missing key (no entry is empty), and one byte over the limit
+    /// for a larger value.
+    fn received(&self, bytes: Vec<u8>) -> Fetched {
+        if bytes.is_empty() {
+            Fetched::Absent
+        } else if bytes.len() > self.max_value_bytes {
+            Fetched::TooLarge(self.max_value_bytes)
+        } else {
+            Fetched::Encoded(bytes)
+        }
     }
 
     /// A write-through, in two steps, so that a write its caller stopped
@@ -593,9 +676,9 @@ static SET_IF_LEASED: LazyLock<redis::Script> =
 /// nil; 0 if the key holds another kind of value.
 static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
-        r"local v = redis.pcall('GET', KEYS[1])
+        r"local v = redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])
           if type(v) == 'table' and v.err then return 0 end
-          if not v then return false end
+          if v == '' then return false end
           for i = 2, #KEYS do
             if redis.call('SISMEMBER', KEYS[i], KEYS[1]) == 0 then return false end
           end

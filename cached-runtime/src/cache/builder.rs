@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Cache;
+use super::connect::{Origin, Pem, RedisSettings};
 use crate::backend::{Backend, memory::MemoryBackend, redis::RedisBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::engine::{Engine, Settings};
 use crate::error::BuildError;
+use crate::redact::Secret;
 
 /// The default time one backend operation may take before the cache gives up
 /// on it and the caller falls through to its loader.
@@ -28,7 +30,7 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `.build()`"]
 pub struct CacheBuilder {
-    redis_url: Option<String>,
+    redis: RedisSettings,
     namespace: String,
     op_timeout: Duration,
     connect_timeout: Duration,
@@ -43,7 +45,7 @@ pub struct CacheBuilder {
 impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
-            redis_url: None,
+            redis: RedisSettings::default(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             op_timeout: DEFAULT_OP_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -60,23 +62,120 @@ impl Default for CacheBuilder {
 impl CacheBuilder {
     /// Keep entries in process (moka). The default.
     pub fn memory(mut self) -> Self {
-        self.redis_url = None;
+        self.redis.url = None;
         self
     }
 
-    /// Keep entries in Redis at `url` (`redis://` or, with the `tls` feature,
-    /// `rediss://`).
+    /// Keep entries in Redis at `url`: `redis://[user:password@]host[:port][/db]`,
+    /// `rediss://...` (TLS, with the `tls` feature) or
+    /// `redis+unix:///path/to/socket`. A malformed URL is reported by
+    /// [`build`](Self::build), saying which part is wrong, with the password
+    /// masked.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.redis.url = Some((url.into(), Origin::Builder("CacheBuilder::redis")));
         self
     }
 
-    /// Redis when the `REDIS_URL` environment variable is set and not empty,
-    /// memory otherwise.
-    pub fn from_env(mut self) -> Self {
-        self.redis_url = std::env::var("REDIS_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty());
+    /// The ACL user to authenticate as, overriding the URL's.
+    pub fn redis_username(mut self, username: impl Into<String>) -> Self {
+        self.redis.username = Some(username.into());
+        self
+    }
+
+    /// The password to authenticate with (`AUTH`), overriding the URL's, so
+    /// that the URL itself can be logged or kept in plain configuration.
+    /// Never shown: `Debug` and errors print `***`.
+    pub fn redis_password(mut self, password: impl Into<String>) -> Self {
+        self.redis.password = Some((
+            Secret(password.into()),
+            Origin::Builder("CacheBuilder::redis_password"),
+        ));
+        self
+    }
+
+    /// Trust the certificate authorities in `pem` (PEM text, one or more
+    /// certificates) for a `rediss://` server, instead of the public web PKI
+    /// roots: an organisation's private CA. Needs the `tls` feature.
+    pub fn redis_tls_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.redis.tls_ca = Some(Pem::Given(pem.into(), "CacheBuilder::redis_tls_ca"));
+        self
+    }
+
+    /// Mutual TLS: present the client certificate `cert_pem` (with its
+    /// chain, PEM) and prove it with its private key `key_pem` (PEM, PKCS#8,
+    /// PKCS#1 or SEC1). Needs the `tls` feature and a `rediss://` URL.
+    pub fn redis_tls_client(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.redis.tls_client = Some((
+            Pem::Given(cert_pem.into(), "CacheBuilder::redis_tls_client"),
+            Pem::Given(key_pem.into(), "CacheBuilder::redis_tls_client"),
+        ));
+        self
+    }
+
+    /// Settings from the environment, each only if its variable is set and
+    /// not empty:
+    ///
+    /// | variable | meaning |
+    /// | --- | --- |
+    /// | `REDIS_URL` | Redis at this URL (else the memory backend) |
+    /// | `REDIS_USERNAME` | the ACL user, overriding the URL's |
+    /// | `REDIS_PASSWORD` | the password, overriding the URL's |
+    /// | `REDIS_TLS_CA_FILE` | a PEM file of CA certificates to trust (`rediss://`) |
+    /// | `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` | a client certificate and its key (PEM files), for mutual TLS |
+    ///
+    /// Files are read, and every value checked, by [`build`](Self::build),
+    /// whose error names the variable.
+    pub fn from_env(self) -> Self {
+        self.from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env), with the variables looked up by `lookup`
+    /// rather than in the process environment: for settings that come from a
+    /// configuration file or a secrets manager, and for tests.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use cached_runtime::Cache;
+    ///
+    /// let vars = HashMap::from([("REDIS_URL", "redis://127.0.0.1:6379")]);
+    /// let cache = Cache::builder()
+    ///     .from_vars(|name| vars.get(name).map(|v| v.to_string()))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn from_vars(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        self.redis.url = var("REDIS_URL").map(|url| (url, Origin::Env("REDIS_URL")));
+        if let Some(user) = var("REDIS_USERNAME") {
+            self.redis.username = Some(user);
+        }
+        if let Some(password) = var("REDIS_PASSWORD") {
+            self.redis.password = Some((Secret(password), Origin::Env("REDIS_PASSWORD")));
+        }
+        if let Some(path) = var("REDIS_TLS_CA_FILE") {
+            self.redis.tls_ca = Some(Pem::File(path.into(), "REDIS_TLS_CA_FILE"));
+        }
+        match (var("REDIS_TLS_CERT_FILE"), var("REDIS_TLS_KEY_FILE")) {
+            (Some(cert), Some(key)) => {
+                self.redis.tls_client = Some((
+                    Pem::File(cert.into(), "REDIS_TLS_CERT_FILE"),
+                    Pem::File(key.into(), "REDIS_TLS_KEY_FILE"),
+                ));
+            }
+            (None, None) => {}
+            // One without the other: `build` says which is missing.
+            (cert, key) => {
+                self.redis.tls_client = Some((
+                    Pem::File(cert.unwrap_or_default().into(), "REDIS_TLS_CERT_FILE"),
+                    Pem::File(key.unwrap_or_default().into(), "REDIS_TLS_KEY_FILE"),
+                ));
+            }
+        }
         self
     }
 
@@ -180,10 +279,10 @@ impl CacheBuilder {
                 "circuit_breaker: min_backoff must be above zero and at most max_backoff".into(),
             ));
         }
-        let backend = match &self.redis_url {
+        let backend = match &self.redis.url {
             None => Backend::Memory(MemoryBackend::new(self.max_entries)),
-            Some(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(BuildError::InvalidUrl)?;
+            Some((url, origin)) => {
+                let client = self.redis.client(url, *origin)?;
                 let breaker = Breaker::new(self.breaker, self.namespace.clone());
                 Backend::Redis(Box::new(RedisBackend::new(
                     client,

@@ -2,6 +2,7 @@
 //! typed API that does by hand what the attributes generate.
 
 mod builder;
+mod connect;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -61,10 +62,13 @@ impl Cache {
         CacheBuilder::default().build_memory()
     }
 
-    /// Redis when `REDIS_URL` is set, memory otherwise; other settings default.
+    /// Redis when `REDIS_URL` is set, memory otherwise, with the credentials
+    /// and TLS settings of the other `REDIS_*` variables
+    /// ([`CacheBuilder::from_env`] lists them); other settings default.
     ///
-    /// Fails only on a malformed `REDIS_URL`; an unreachable server is not an
-    /// error (the cache falls through to the loaders until it is reachable).
+    /// Fails on a malformed `REDIS_URL` or TLS settings that cannot be used,
+    /// naming the variable; an unreachable server is not an error (the cache
+    /// falls through to the loaders until it is reachable).
     pub fn from_env() -> Result<Cache, BuildError> {
         Cache::builder().from_env().build()
     }

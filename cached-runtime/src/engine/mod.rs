@@ -62,6 +62,8 @@ pub(crate) struct Engine {
     strict: bool,
     pub(crate) stats: Registry,
     warnings: LogLimiter,
+    /// Misconfigurations reported so far (bits, by kind): each once.
+    misconfigured: std::sync::atomic::AtomicU8,
     pub(crate) flights: Flights,
     /// Changes that did not reach the backend, retried until they do.
     pub(crate) pending: recover::Pending,
@@ -108,6 +110,7 @@ impl Engine {
             strict: settings.strict,
             stats: Registry::default(),
             warnings: LogLimiter::default(),
+            misconfigured: std::sync::atomic::AtomicU8::new(0),
             flights: Flights::default(),
             pending: recover::Pending::default(),
         }

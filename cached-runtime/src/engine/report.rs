@@ -32,9 +32,29 @@ impl Engine {
                 "cache backend failed on {op} of {key:?}: {e}; strict mode surfaces what is otherwise logged and skipped"
             );
         }
+        if e.is_misconfiguration() && self.first_misconfiguration(e.kind()) {
+            tracing::error!(
+                op,
+                kind = e.kind(),
+                error = %e,
+                "cache cannot use Redis as configured (check the credentials, and the ACL rule: \
+                 cached_runtime::redis_acl_rule); every call is served from its loader until it is fixed"
+            );
+            return;
+        }
         if let Some(held_back) = self.warnings.allow(now_ms()) {
             tracing::warn!(cache_key = %key, op, kind = e.kind(), error = %e, held_back, "cache backend failed; serving from the loader");
         }
+    }
+
+    /// Whether this is the first misconfiguration of `kind` (`auth`,
+    /// `permission`) this cache has seen.
+    fn first_misconfiguration(&self, kind: &str) -> bool {
+        let bit = if kind == "auth" { 1 } else { 2 };
+        self.misconfigured
+            .fetch_or(bit, std::sync::atomic::Ordering::Relaxed)
+            & bit
+            == 0
     }
 
     /// Reports an entry that is not a value of the type and format asked for.

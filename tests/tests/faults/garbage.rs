@@ -73,3 +73,36 @@ async fn a_value_of_another_type() {
     assert_eq!(s.loads(), 1);
     assert!(s.cache.stats_for("placement").expect("stats").errors >= 1);
 }
+
+/// A huge value under one of our keys (another program's, or an attack) is
+/// read only up to the size limit: a counted miss that moves kilobytes, not
+/// a 256 MiB transfer on every call, and the next load replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_foreign_value_costs_a_bounded_read() {
+    let server = RedisServer::start();
+    // 256 MiB, made on the server without sending it.
+    server.cmd::<i64>(&["SETRANGE", &key(1), &((256 << 20) - 1).to_string(), "x"]);
+    let sent = || -> u64 {
+        let info: String = server.cmd(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats has total_net_output_bytes")
+    };
+    let before = sent();
+    // Patient: a whole read would finish, and be measured, rather than
+    // time out.
+    let s = crate::support::service_with(&server, |b| {
+        b.max_value_bytes(64 << 10)
+            .op_timeout(Duration::from_secs(5))
+    });
+    assert_eq!(s.get(1).await, Ok(Placement::row(1)));
+    let moved = sent() - before;
+    assert!(moved < 1 << 20, "{moved} bytes sent for one call");
+    let stats = s.cache.stats_for("placement").expect("stats");
+    // Counted as unreadable (its read, and the lease request's re-read).
+    assert!(stats.errors >= 1, "{stats:?}");
+    assert!(!s.cache.breaker_open());
+    until_hit(&s, 1, Duration::from_secs(2)).await;
+    assert_eq!(s.loads(), 1, "the first load replaced it");
+}

@@ -10,11 +10,12 @@ use cached_tests::{RedisServer, Source, SourceDown, redis_cache_with};
 
 use crate::{Svc, join_all};
 
-/// How many GETs the server has answered.
+/// How many reads (GETRANGE: a read bounded by the size limit) the server
+/// has answered.
 fn get_calls(server: &RedisServer) -> u64 {
     let info: String = server.cmd(&["INFO", "commandstats"]);
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .find_map(|l| l.strip_prefix("cmdstat_getrange:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
