@@ -1,6 +1,8 @@
 //! The seed guide's placement service, end to end: axum over a real
 //! database (SQLite by default, PostgreSQL by `DATABASE_URL`), cached in
-//! Redis (`REDIS_URL`) or in memory, with HTTP caching and `/metrics`.
+//! Redis (`REDIS_URL`, with TLS and an ACL user from the other `REDIS_*`
+//! variables: see [`RedisVars`]) or in memory, with HTTP caching and
+//! `/metrics`.
 //!
 //! `cargo run --release --example placements` runs it; the end-to-end tests
 //! start it in process on a free port.
@@ -9,6 +11,7 @@ pub mod api;
 pub mod db;
 pub mod service;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
@@ -21,6 +24,10 @@ use crate::api::AppState;
 use crate::db::Db;
 use crate::service::PlacementService;
 
+/// The cache's namespace: the first segment of every key, and what the
+/// ACL rule of its Redis user names (`cached_runtime::redis_acl_rule`).
+pub const NAMESPACE: &str = "placements";
+
 /// Where the service listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -30,15 +37,16 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
-    /// Redis when set, memory otherwise.
-    pub redis_url: Option<String>,
+    /// Redis when `REDIS_URL` is among them, memory otherwise.
+    pub redis: RedisVars,
     /// Every read from the database: the baseline for the load test.
     pub bypass: bool,
 }
 
 impl Config {
     /// From the command line (`--listen ADDR`, `--no-cache`) and the
-    /// environment (`LISTEN_ADDR`, `DATABASE_URL`, `REDIS_URL`).
+    /// environment (`LISTEN_ADDR`, `DATABASE_URL`, and the cache's
+    /// [`RedisVars`]).
     pub fn from_args_and_env(args: &[String]) -> Result<Config, String> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut listen = env("LISTEN_ADDR").unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -64,9 +72,59 @@ impl Config {
         Ok(Config {
             listen,
             database_url,
-            redis_url: env("REDIS_URL"),
+            redis: RedisVars::from_env(),
             bypass,
         })
+    }
+}
+
+/// The cache's Redis settings, by the names `CacheBuilder::from_env`
+/// reads: `REDIS_URL` (Redis, else memory), `REDIS_USERNAME` and
+/// `REDIS_PASSWORD` (an ACL user; see `cached_runtime::redis_acl_rule` for
+/// the rule it needs, namespace `placements`), `REDIS_TLS_CA_FILE` (a
+/// private CA, PEM) and `REDIS_TLS_CERT_FILE` with `REDIS_TLS_KEY_FILE`
+/// (mutual TLS). `Debug` shows which are set, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisVars(BTreeMap<String, String>);
+
+impl std::fmt::Debug for RedisVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl RedisVars {
+    /// The names read.
+    pub const NAMES: [&'static str; 6] = [
+        "REDIS_URL",
+        "REDIS_USERNAME",
+        "REDIS_PASSWORD",
+        "REDIS_TLS_CA_FILE",
+        "REDIS_TLS_CERT_FILE",
+        "REDIS_TLS_KEY_FILE",
+    ];
+
+    /// Those of [`RedisVars::NAMES`] set (and not empty) in the environment.
+    pub fn from_env() -> RedisVars {
+        let mut vars = RedisVars::default();
+        for name in RedisVars::NAMES {
+            if let Ok(value) = std::env::var(name)
+                && !value.trim().is_empty()
+            {
+                vars = vars.with(name, value);
+            }
+        }
+        vars
+    }
+
+    /// These settings with `name` set to `value`.
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> RedisVars {
+        self.0.insert(name.to_owned(), value.into());
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
     }
 }
 
@@ -146,13 +204,12 @@ pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error
     let db = Db::open(&config.database_url).await?;
     // `--no-cache`: the same service with the cache switched off, the
     // baseline for the load test.
-    let mut cache = Cache::builder()
-        .namespace("placements")
-        .enabled(!config.bypass);
-    if let Some(url) = &config.redis_url {
-        cache = cache.redis(url.clone());
-    }
-    let service = PlacementService::new(cache.build()?, db);
+    let cache = Cache::builder()
+        .from_vars(|name| config.redis.get(name))
+        .namespace(NAMESPACE)
+        .enabled(!config.bypass)
+        .build()?;
+    let service = PlacementService::new(cache, db);
     let app = api::router(AppState {
         service: service.clone(),
         metrics,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cached_placements::{Config, Running, start};
+use cached_placements::{Config, RedisVars, Running, start};
 use cached_tests::RedisServer;
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
@@ -17,6 +17,13 @@ struct Env {
 
 impl Env {
     async fn with(redis: Option<&RedisServer>) -> Env {
+        let vars = redis
+            .map(|r| RedisVars::default().with("REDIS_URL", r.url()))
+            .unwrap_or_default();
+        Env::with_vars(vars).await
+    }
+
+    async fn with_vars(redis: RedisVars) -> Env {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = Config {
             listen: "127.0.0.1:0".parse().expect("an address"),
@@ -24,7 +31,7 @@ impl Env {
                 "sqlite://{}?mode=rwc",
                 dir.path().join("db.sqlite").display()
             ),
-            redis_url: redis.map(RedisServer::url),
+            redis,
             bypass: false,
         };
         let running = start(&config).await.expect("the service starts");
@@ -108,6 +115,44 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Production settings: mutual TLS with a private CA, and an ACL user
+/// allowed exactly `redis_acl_rule("placements")`, all from `REDIS_*`
+/// variables. The service caches, and neither `/health` nor `/metrics`
+/// shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_an_acl_user_from_the_environment_and_no_secret_shown() {
+    let pki = cached_tests::Pki::generate();
+    let args = cached_tests::acl_user_args(cached_placements::NAMESPACE);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let redis = RedisServer::start_tls_with(&pki, cached_tests::ClientAuth::Required, &args);
+    let files = tempfile::tempdir().expect("a directory");
+    let (ca, cert, key) = pki.write(files.path());
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let vars = RedisVars::default()
+        .with("REDIS_URL", redis.tls_url())
+        .with("REDIS_USERNAME", cached_tests::ACL_USER)
+        .with("REDIS_PASSWORD", cached_tests::ACL_PASSWORD)
+        .with("REDIS_TLS_CA_FILE", path(ca))
+        .with("REDIS_TLS_CERT_FILE", path(cert))
+        .with("REDIS_TLS_KEY_FILE", path(key));
+    assert!(!format!("{vars:?}").contains(cached_tests::ACL_PASSWORD));
+    let env = Env::with_vars(vars).await;
+    let (status, first) = env.json("/placements/3").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = env.json("/placements/3").await;
+    assert_eq!(again, first);
+    let s = env.stats("placement");
+    assert_eq!((s.misses, s.hits, s.loads, s.errors), (1, 1, 1, 0), "{s:?}");
+    assert_eq!(redis.cmd::<i64>(&["EXISTS", "placements:placement:3"]), 1);
+    let log: Vec<redis::Value> = redis.cmd(&["ACL", "LOG"]);
+    assert!(log.is_empty(), "refused: {log:?}");
+    for page in ["/health", "/metrics"] {
+        let body = env.get(page).await.text().await.expect("text");
+        assert!(!body.contains(cached_tests::ACL_PASSWORD), "{page}: {body}");
+        assert!(!body.contains("PRIVATE KEY"), "{page}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
