@@ -173,6 +173,10 @@ async fn hits_misses_loads_and_latency_are_recorded_per_cache_name() {
         samples(names::LATENCY, &[("cache", "obs_rows"), ("op", "get")]).is_empty(),
         "memory reads are not timed"
     );
+    assert!(
+        samples(names::LATENCY, &[("cache", "obs_rows"), ("op", "lease")]).is_empty(),
+        "memory leases are not timed"
+    );
 
     // The `name` option labels a site instead of its prefix.
     s.named(1).await;

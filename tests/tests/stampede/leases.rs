@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cached_tests::{RedisServer, redis_cache};
+use cached_tests::{RedisServer, SourceDown, redis_cache};
 
 use crate::Svc;
 
@@ -108,4 +108,22 @@ async fn a_waiter_stops_waiting_at_its_bound_and_loads_itself() {
             .wait_timeouts,
         1
     );
+}
+
+/// A load that fails ends its lease with one release: not again from its
+/// guard, and not as a pending change retried in the background (both are
+/// for a release that did not reach the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_releases_its_lease_once() {
+    let server = RedisServer::start();
+    let svc = Svc::new(redis_cache(&server), Duration::ZERO);
+    svc.source.set_failing(true);
+    let scripts = || crate::completed(&server, &["eval", "evalsha"]);
+    let before = scripts();
+    assert_eq!(svc.slow(5).await, Err(SourceDown));
+    // Time for a guard's release task and a retry round, were there any.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(scripts() - before, 2, "one lease request, one release");
+    let lease = format!("{}:slow:5:~lease", cached_tests::NAMESPACE);
+    assert_eq!(server.cmd::<i64>(&["EXISTS", &lease]), 0, "released");
 }

@@ -89,3 +89,25 @@ async fn join_all<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> 
     }
     out
 }
+
+/// How many of the `names` commands the server has run to completion
+/// (`INFO commandstats`: calls less failed calls, so a script retried after
+/// `NOSCRIPT` counts once).
+fn completed(server: &cached_tests::RedisServer, names: &[&str]) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !names.contains(&name) {
+                return None;
+            }
+            let field = |f: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(f)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some(field("calls")? - field("failed_calls").unwrap_or(0))
+        })
+        .sum()
+}

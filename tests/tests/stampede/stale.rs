@@ -65,3 +65,47 @@ async fn stale_is_served_when_the_loader_fails() {
     // Without `stale`, the same failure reaches the caller.
     assert_eq!(svc.slow(2).await, Err(SourceDown));
 }
+
+/// Reads, and scripts (lease requests travel as scripts), run so far.
+fn calls(server: &RedisServer) -> (u64, u64) {
+    (
+        crate::completed(server, &["getrange"]),
+        crate::completed(server, &["eval", "evalsha"]),
+    )
+}
+
+/// A background refresh asks for the key's lease once: if another process
+/// holds it (refreshing, or loading), that one refreshes, and this one
+/// neither waits for it nor polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_finds_another_process_refreshing_leaves_it_to_that_one() {
+    let server = RedisServer::start();
+    let svc = Svc::new(redis_cache(&server), Duration::ZERO);
+    assert_eq!(svc.swr(3).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(400)).await; // stale now
+    // Another process's refresh holds the lease.
+    let lease = format!("{}:swr:3:~lease", cached_tests::NAMESPACE);
+    server.cmd::<()>(&["SET", &lease, "4242", "PX", "5000"]);
+    svc.source.set_version(2);
+    let (reads, scripts) = calls(&server);
+    assert_eq!(svc.swr(3).await, Ok(1), "the stale value, at once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = calls(&server);
+    assert_eq!(
+        (after.0 - reads, after.1 - scripts),
+        (1, 1),
+        "the caller's read and one lease request: no polling, no re-read"
+    );
+    assert_eq!(svc.loads(), 1, "the other process refreshes, not this one");
+    // That process is gone: the next stale read refreshes at once.
+    server.cmd::<()>(&["DEL", &lease]);
+    assert_eq!(svc.swr(3).await, Ok(1));
+    let started = Instant::now();
+    while svc.swr(3).await != Ok(2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
