@@ -54,8 +54,10 @@ pub use headers::{CacheControl, ETag};
 use std::fmt::{Display, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use headers::{HeaderMapExt as _, IfModifiedSince, IfNoneMatch, LastModified};
-use http::header::IF_NONE_MATCH;
+use headers::{
+    HeaderMapExt as _, IfMatch, IfModifiedSince, IfNoneMatch, IfUnmodifiedSince, LastModified,
+};
+use http::header::{IF_MATCH, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 /// `Cache-Control: private, max-age=N`: only the client (no shared cache,
@@ -79,9 +81,15 @@ pub fn private_max_age(max_age: Duration) -> CacheControl {
         .with_max_age(whole_seconds(max_age))
 }
 
-/// `Cache-Control: public, max-age=N`: any cache, shared ones and CDNs
-/// included, may keep the response for `max_age`. For data that is the same
-/// for every user.
+/// `Cache-Control: max-age=N`: any cache, shared ones and CDNs included,
+/// may keep the response for `max_age`. For data that is the same for every
+/// user.
+///
+/// No `public`: a response with `max-age` to a request without
+/// `Authorization` is storable by shared caches already (RFC 9111 section
+/// 3), and `public` there is redundant (REDbot warns of it). For a response
+/// to an authenticated request that shared caches may keep all the same,
+/// add it: `public_max_age(d).with_public()`.
 ///
 /// HTTP counts in whole seconds: a fraction of a second is dropped.
 ///
@@ -93,12 +101,10 @@ pub fn private_max_age(max_age: Duration) -> CacheControl {
 ///
 /// let mut headers = HeaderMap::new();
 /// headers.typed_insert(public_max_age(Duration::from_secs(3600)));
-/// assert_eq!(headers["cache-control"], "public, max-age=3600");
+/// assert_eq!(headers["cache-control"], "max-age=3600");
 /// ```
 pub fn public_max_age(max_age: Duration) -> CacheControl {
-    CacheControl::new()
-        .with_public()
-        .with_max_age(whole_seconds(max_age))
+    CacheControl::new().with_max_age(whole_seconds(max_age))
 }
 
 /// `Cache-Control: no-store`: no cache may keep any part of the response.
@@ -178,6 +184,47 @@ pub fn weak_etag(content: &[u8]) -> ETag {
     entity_tag(true, &format!("{hash:032x}"))
 }
 
+/// A strong ETag for a list, from its members' identities and versions,
+/// in order: `"l<hash>"`, the 128-bit xxh3 hash of every `(id, version)`.
+/// Any member added, removed, reordered or changed gives another tag;
+/// computing it reads no body.
+///
+/// Strong, because a list whose representation is made only of these
+/// members at these versions, in this order, is byte-identical each time.
+/// For a representation with more in it (a page's totals, say), hash the
+/// content with [`weak_etag`] instead.
+///
+/// ```
+/// use cached_runtime::http::list_etag;
+///
+/// let tag = list_etag([(1, 3), (2, 1)]);
+/// assert_eq!(tag, list_etag([(1, 3), (2, 1)]));
+/// assert_ne!(tag, list_etag([(1, 4), (2, 1)]), "a member changed");
+/// assert_ne!(tag, list_etag([(2, 1), (1, 3)]), "reordered");
+/// assert_ne!(list_etag([(12, 3)]), list_etag([(1, 23)]));
+/// assert!(!tag.is_weak());
+/// ```
+pub fn list_etag<I, K, V>(members: I) -> ETag
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Display,
+    V: Display,
+{
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = String::new();
+    for (id, version) in members {
+        buf.clear();
+        // Lengths first: `12`,`3` and `1`,`23` hash apart.
+        let _ = write!(buf, "{id}");
+        let id_len = buf.len();
+        let _ = write!(buf, "{version}");
+        hasher.update(&(id_len as u64).to_le_bytes());
+        hasher.update(&((buf.len() - id_len) as u64).to_le_bytes());
+        hasher.update(buf.as_bytes());
+    }
+    entity_tag(false, &format!("l{:032x}", hasher.digest128()))
+}
+
 /// `etagc` (RFC 9110 section 8.8.3) without obs-text, and without `%`, which
 /// [`strong_etag`] keeps for its escapes.
 fn is_plain_etag_byte(byte: u8) -> bool {
@@ -227,16 +274,60 @@ pub fn is_not_modified(
 /// that does not parse is no condition, so the answer is the full response.
 /// With the `axum` feature it is also an extractor that never rejects.
 ///
-/// Only conditional GET is decided here. For other methods no condition
-/// applies (the request proceeds); a `PUT` with a matching `If-None-Match`
-/// would deserve a 412, which is left to the handler.
+/// [`ConditionalRequest::is_not_modified`] and [`ConditionalRequest::respond`]
+/// decide a conditional GET. [`ConditionalRequest::evaluate`] decides every
+/// precondition of any method, `If-Match` and `If-Unmodified-Since`
+/// included: a `PUT` or `DELETE` whose client edited an older version gets
+/// `412 Precondition Failed` instead of overwriting a newer one (the lost
+/// update).
 #[derive(Debug, Clone)]
 pub struct ConditionalRequest {
     /// GET or HEAD, the methods a 304 answers.
     get_or_head: bool,
+    if_match: MatchCondition,
     if_none_match: EntityTagCondition,
     /// `None` when absent, malformed or repeated.
+    if_unmodified_since: Option<SystemTime>,
+    /// `None` when absent, malformed or repeated.
     if_modified_since: Option<SystemTime>,
+}
+
+/// `If-Match`, read.
+#[derive(Debug, Clone)]
+enum MatchCondition {
+    Absent,
+    /// Present but unreadable: it matches nothing, so the request fails
+    /// its precondition rather than write without the check it asked for.
+    Unusable,
+    Tags(IfMatch),
+}
+
+/// What a request's preconditions decide, from
+/// [`ConditionalRequest::evaluate`] (RFC 9110 section 13.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a failed precondition must stop the request"]
+pub enum Precondition {
+    /// Every precondition holds (or there is none): carry on with the
+    /// method.
+    Proceed,
+    /// A GET or HEAD whose client's copy is current: answer
+    /// `304 Not Modified`.
+    NotModified,
+    /// A precondition is false: answer `412 Precondition Failed`, and do
+    /// not perform the method.
+    Failed,
+}
+
+impl Precondition {
+    /// The status to answer with instead of performing the method: 304 or
+    /// 412; `None` to proceed.
+    pub fn status(self) -> Option<StatusCode> {
+        match self {
+            Precondition::Proceed => None,
+            Precondition::NotModified => Some(StatusCode::NOT_MODIFIED),
+            Precondition::Failed => Some(StatusCode::PRECONDITION_FAILED),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -264,10 +355,102 @@ impl ConditionalRequest {
         } else {
             EntityTagCondition::Unusable
         };
+        let if_match = if !headers.contains_key(IF_MATCH) {
+            MatchCondition::Absent
+        } else if headers.get_all(IF_MATCH).iter().all(quoted_parts_are_clean) {
+            headers
+                .typed_get::<IfMatch>()
+                .map_or(MatchCondition::Unusable, MatchCondition::Tags)
+        } else {
+            MatchCondition::Unusable
+        };
         ConditionalRequest {
             get_or_head: method == Method::GET || method == Method::HEAD,
+            if_match,
             if_none_match,
+            if_unmodified_since: headers
+                .typed_get::<IfUnmodifiedSince>()
+                .map(SystemTime::from),
             if_modified_since: headers.typed_get::<IfModifiedSince>().map(SystemTime::from),
+        }
+    }
+
+    /// Every precondition of the request, in RFC 9110 section 13.2.2's
+    /// order, against the current representation (`None`: there is none,
+    /// the resource does not exist), whose validators are `current`'s ETag
+    /// and Last-Modified:
+    ///
+    /// 1. `If-Match`: `*` holds if there is a current representation; a list
+    ///    holds if one tag equals its ETag by *strong* comparison (a weak
+    ///    tag never matches). False: [`Precondition::Failed`]. A field that
+    ///    cannot be read holds for nothing.
+    /// 2. Only without `If-Match`, `If-Unmodified-Since` (one valid date):
+    ///    false when the representation changed after it (whole seconds).
+    ///    Without a Last-Modified it is ignored. False: `Failed`.
+    /// 3. `If-None-Match`: `*` fails if there is a current representation; a
+    ///    list fails if one tag equals the ETag by *weak* comparison. False:
+    ///    [`Precondition::NotModified`] for GET and HEAD, `Failed` for any
+    ///    other method (`PUT` with `If-None-Match: *` creates only).
+    /// 4. Only without `If-None-Match`, for GET and HEAD, `If-Modified-Since`
+    ///    as in [`ConditionalRequest::is_not_modified`].
+    ///
+    /// ```
+    /// use cached_runtime::http::{CacheHeaders, ConditionalRequest, Precondition, strong_etag};
+    /// use http::{HeaderMap, Method, header};
+    ///
+    /// // An editor saves over version 3; the row is at version 4 now.
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert(header::IF_MATCH, "\"3\"".parse().unwrap());
+    /// let put = ConditionalRequest::new(&Method::PUT, &headers);
+    /// let current = CacheHeaders::new().etag(strong_etag(4));
+    /// assert_eq!(put.evaluate(Some(&current)), Precondition::Failed);
+    /// assert_eq!(put.evaluate(Some(&CacheHeaders::new().etag(strong_etag(3)))), Precondition::Proceed);
+    /// ```
+    pub fn evaluate(&self, current: Option<&CacheHeaders>) -> Precondition {
+        let etag = current.and_then(|c| c.etag.as_ref());
+        let last_modified = current.and_then(|c| c.last_modified).and_then(http_date);
+        match &self.if_match {
+            MatchCondition::Tags(field) => {
+                let holds = match (current, etag) {
+                    (None, _) => false,
+                    (Some(_), _) if field.is_any() => true,
+                    (Some(_), Some(etag)) => field.precondition_passes(etag),
+                    (Some(_), None) => false,
+                };
+                if !holds {
+                    return Precondition::Failed;
+                }
+            }
+            MatchCondition::Unusable => return Precondition::Failed,
+            MatchCondition::Absent => {
+                if let (Some(since), Some(modified)) = (self.if_unmodified_since, last_modified)
+                    && modified > since
+                {
+                    return Precondition::Failed;
+                }
+            }
+        }
+        let not_modified = match &self.if_none_match {
+            EntityTagCondition::Tags(field) => match (current, etag) {
+                (None, _) => false,
+                (Some(_), _) if *field == IfNoneMatch::any() => true,
+                (Some(_), Some(etag)) => !field.precondition_passes(etag),
+                (Some(_), None) => false,
+            },
+            // Matches nothing: the condition holds.
+            EntityTagCondition::Unusable => false,
+            EntityTagCondition::Absent => {
+                return if current.is_some() && self.is_not_modified(etag, last_modified) {
+                    Precondition::NotModified
+                } else {
+                    Precondition::Proceed
+                };
+            }
+        };
+        match (not_modified, self.get_or_head) {
+            (false, _) => Precondition::Proceed,
+            (true, true) => Precondition::NotModified,
+            (true, false) => Precondition::Failed,
         }
     }
 
@@ -304,10 +487,12 @@ impl ConditionalRequest {
         }
     }
 
-    /// Answers the request: `304 Not Modified` with `caching`'s headers and no
-    /// body if the client's copy is current (by `caching`'s ETag and
-    /// Last-Modified), otherwise the body, built by `body` only then, with
-    /// the same headers.
+    /// Answers a GET or HEAD of an existing representation: `304 Not
+    /// Modified` with `caching`'s headers and no body if the client's copy is
+    /// current (by `caching`'s ETag and Last-Modified), `412 Precondition
+    /// Failed` if an `If-Match` or `If-Unmodified-Since` does not hold (see
+    /// [`ConditionalRequest::evaluate`]), otherwise the body, built by `body`
+    /// only then, with the same headers.
     ///
     /// ```
     /// use cached_runtime::http::{CacheHeaders, ConditionalRequest, no_store, weak_etag};
@@ -321,10 +506,24 @@ impl ConditionalRequest {
     /// assert_eq!(response.body(), Some(&page));
     /// ```
     pub fn respond<B>(&self, caching: CacheHeaders, body: impl FnOnce() -> B) -> CachedResponse<B> {
-        let not_modified = self.is_not_modified(caching.etag.as_ref(), caching.last_modified);
-        CachedResponse {
-            body: (!not_modified).then(body),
-            headers: caching,
+        match self.evaluate(Some(&caching)) {
+            Precondition::Proceed => CachedResponse {
+                status: StatusCode::OK,
+                body: Some(body()),
+                headers: caching,
+            },
+            Precondition::NotModified => CachedResponse {
+                status: StatusCode::NOT_MODIFIED,
+                body: None,
+                headers: caching,
+            },
+            // Not the representation the client asked about: no validators
+            // of it, and nothing to keep.
+            Precondition::Failed => CachedResponse {
+                status: StatusCode::PRECONDITION_FAILED,
+                body: None,
+                headers: CacheHeaders::no_store(),
+            },
         }
     }
 }
@@ -377,7 +576,7 @@ fn http_date(time: SystemTime) -> Option<SystemTime> {
 /// caching.write_to(&mut headers);
 /// assert_eq!(headers["etag"], "\"3\"");
 /// assert_eq!(headers["last-modified"], "Sun, 06 Nov 1994 08:49:37 GMT");
-/// assert_eq!(headers["cache-control"], "public, max-age=3600");
+/// assert_eq!(headers["cache-control"], "max-age=3600");
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[must_use = "caching headers do nothing until written to a response"]
@@ -414,6 +613,20 @@ impl CacheHeaders {
         self
     }
 
+    /// `Cache-Control: no-store` and no validators: for answers no cache
+    /// may keep (errors, health checks, metrics, the answers to writes).
+    ///
+    /// ```
+    /// use cached_runtime::http::CacheHeaders;
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// CacheHeaders::no_store().write_to(&mut headers);
+    /// assert_eq!(headers["cache-control"], "no-store");
+    /// ```
+    pub fn no_store() -> Self {
+        Self::new().cache_control(no_store())
+    }
+
     /// Sets these headers on `headers`, replacing any values they had.
     pub fn write_to(&self, headers: &mut HeaderMap) {
         if let Some(etag) = &self.etag {
@@ -434,27 +647,24 @@ impl CacheHeaders {
 #[derive(Debug, Clone)]
 #[must_use = "a response does nothing until it is sent"]
 pub struct CachedResponse<B> {
+    status: StatusCode,
     headers: CacheHeaders,
-    /// `None` for a 304: the body was never built.
+    /// `None` for a 304 or a 412: the body was never built.
     body: Option<B>,
 }
 
 impl<B> CachedResponse<B> {
     /// Whether this is a `304 Not Modified`.
     pub fn is_not_modified(&self) -> bool {
-        self.body.is_none()
+        self.status == StatusCode::NOT_MODIFIED
     }
 
-    /// `304 Not Modified` or `200 OK`.
+    /// `200 OK`, `304 Not Modified` or `412 Precondition Failed`.
     pub fn status(&self) -> StatusCode {
-        if self.is_not_modified() {
-            StatusCode::NOT_MODIFIED
-        } else {
-            StatusCode::OK
-        }
+        self.status
     }
 
-    /// The body of a `200`; `None` for a 304.
+    /// The body of a `200`; `None` for a 304 or a 412.
     pub fn body(&self) -> Option<&B> {
         self.body.as_ref()
     }
@@ -468,6 +678,9 @@ impl<B> CachedResponse<B> {
         (parts, self.body)
     }
 }
+
+#[cfg(feature = "axum")]
+pub use axum_impls::without_304_length;
 
 #[cfg(feature = "axum")]
 mod axum_impls {
@@ -514,11 +727,52 @@ mod axum_impls {
     impl<B: IntoResponse> IntoResponse for CachedResponse<B> {
         fn into_response(self) -> Response {
             let mut response = match self.body {
-                None => StatusCode::NOT_MODIFIED.into_response(),
+                None => self.status.into_response(),
                 Some(body) => body.into_response(),
             };
-            if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+            let status = response.status();
+            if status.is_success()
+                || status == StatusCode::NOT_MODIFIED
+                || status == StatusCode::PRECONDITION_FAILED
+            {
                 self.headers.write_to(response.headers_mut());
+            }
+            response
+        }
+    }
+
+    /// For `axum::middleware::map_response`: takes the `Content-Length: 0`
+    /// that axum gives every empty response off a `304 Not Modified`. A
+    /// Content-Length on a 304 must be the length the 200 would have had
+    /// (RFC 9110 section 8.6); `0` tells a client, or a cache updating its
+    /// stored headers, that the representation is empty (REDbot flags it on
+    /// HEAD).
+    ///
+    /// ```
+    /// use axum::{Router, middleware::map_response, routing::get};
+    /// use cached_runtime::http::without_304_length;
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(map_response(without_304_length));
+    /// ```
+    pub async fn without_304_length(mut response: Response) -> Response {
+        if response.status() == StatusCode::NOT_MODIFIED {
+            response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
+        response
+    }
+
+    /// `412 Precondition Failed` or `304 Not Modified` from
+    /// [`ConditionalRequest::evaluate`](super::ConditionalRequest::evaluate)
+    /// (`Proceed` is an empty 200: check for it before answering). A 412
+    /// is `no-store`.
+    impl IntoResponse for super::Precondition {
+        fn into_response(self) -> Response {
+            let status = self.status().unwrap_or(StatusCode::OK);
+            let mut response = status.into_response();
+            if status == StatusCode::PRECONDITION_FAILED {
+                CacheHeaders::no_store().write_to(response.headers_mut());
             }
             response
         }

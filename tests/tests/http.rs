@@ -15,13 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use cached_runtime::http::headers::{self, HeaderMapExt as _};
 use cached_runtime::http::{
-    CacheHeaders, ConditionalRequest, is_not_modified, no_store, private_max_age, public_max_age,
-    strong_etag, weak_etag,
+    CacheHeaders, ConditionalRequest, Precondition, is_not_modified, list_etag, no_store,
+    private_max_age, public_max_age, strong_etag, weak_etag,
 };
 use cached_runtime::{Cache, cache_put, cached};
 use cached_tests::{Backend, Source, on_both_backends};
 use http::header::{
-    CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_UNMODIFIED_SINCE, LAST_MODIFIED,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -358,9 +359,11 @@ async fn malformed_if_modified_since_is_200() {
 // Methods
 
 #[tokio::test]
-async fn only_get_and_head_are_answered_304() {
+async fn only_get_and_head_are_answered_304_and_other_methods_412() {
     let f = fixture();
     for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+        // RFC 9110 section 13.1.2: a matching If-None-Match fails any
+        // other method's precondition: 412, never 304.
         let reply = send(
             &f.app,
             method.clone(),
@@ -370,16 +373,243 @@ async fn only_get_and_head_are_answered_304() {
             ],
         )
         .await;
-        assert_full(&reply, &format!("{method} with matching conditions"));
+        assert_eq!(
+            reply.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{method}: {reply:?}"
+        );
+        assert!(reply.body.is_empty());
+        assert_eq!(reply.header(CACHE_CONTROL), Some("no-store"), "{method}");
+        assert_eq!(reply.header(ETAG), None, "{method}: no validator of a 412");
+        // If-Modified-Since applies to GET and HEAD only.
+        let reply = send(
+            &f.app,
+            method.clone(),
+            &[(IF_MODIFIED_SINCE, AFTER_TEXT.as_bytes())],
+        )
+        .await;
+        assert_full(&reply, &format!("{method} with If-Modified-Since only"));
     }
     let reply = send(&f.app, Method::HEAD, &[(IF_NONE_MATCH, b"\"7\"")]).await;
     assert_eq!(reply.status, StatusCode::NOT_MODIFIED, "HEAD: {reply:?}");
+    // axum gives every empty answer `Content-Length: 0`, a 304's included;
+    // `without_304_length`, around the router, takes it off.
+    assert_eq!(reply.header(CONTENT_LENGTH), Some("0"), "{reply:?}");
+    let wrapped = tower::Layer::layer(
+        &axum::middleware::map_response(cached_runtime::http::without_304_length),
+        f.app.clone(),
+    );
+    let request = Request::head("/doc")
+        .header(IF_NONE_MATCH, "\"7\"")
+        .body(Body::empty())
+        .expect("request");
+    let response = wrapped.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(response.headers().get(CONTENT_LENGTH), None, "{response:?}");
+    assert_eq!(response.headers()[ETAG], "\"7\"");
     assert!(!is_not_modified(
         &Method::POST,
         &headers(&[(IF_NONE_MATCH, "*")]),
         Some(&strong_etag(7)),
         None
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Preconditions of unsafe methods (RFC 9110 section 13.1 and 13.2.2)
+
+/// The current representation: version 7, last modified at
+/// `LAST_MODIFIED_TEXT`.
+fn current() -> CacheHeaders {
+    CacheHeaders::new()
+        .etag(strong_etag(7))
+        .last_modified(UNIX_EPOCH + Duration::from_secs(LAST_MODIFIED_SECS))
+}
+
+fn evaluate(method: Method, pairs: &[(http::HeaderName, &str)], exists: bool) -> Precondition {
+    let current = current();
+    ConditionalRequest::new(&method, &headers(pairs)).evaluate(exists.then_some(&current))
+}
+
+#[test]
+fn if_match_compares_strongly_and_fails_closed() {
+    use Precondition::{Failed, Proceed};
+    let cases: &[(&str, bool, Precondition)] = &[
+        ("\"7\"", true, Proceed),
+        ("\"6\", \"7\"", true, Proceed),
+        ("\"6\"", true, Failed),
+        // A weak tag never matches If-Match (strong comparison).
+        ("W/\"7\"", true, Failed),
+        ("*", true, Proceed),
+        // Nothing to match: even `*` fails (RFC 9110 section 13.1.1).
+        ("*", false, Failed),
+        ("\"7\"", false, Failed),
+        // Unreadable: the check the client asked for cannot be made.
+        ("\"7", true, Failed),
+        ("\"a b\"", true, Failed),
+    ];
+    for (field, exists, want) in cases {
+        for method in [Method::PUT, Method::DELETE, Method::GET] {
+            assert_eq!(
+                evaluate(method.clone(), &[(IF_MATCH, field)], *exists),
+                *want,
+                "{method} If-Match: {field} (exists: {exists})"
+            );
+        }
+    }
+}
+
+#[test]
+fn if_unmodified_since_only_without_if_match() {
+    use Precondition::{Failed, Proceed};
+    assert_eq!(
+        evaluate(Method::PUT, &[(IF_UNMODIFIED_SINCE, BEFORE_TEXT)], true),
+        Failed
+    );
+    assert_eq!(
+        evaluate(
+            Method::PUT,
+            &[(IF_UNMODIFIED_SINCE, LAST_MODIFIED_TEXT)],
+            true
+        ),
+        Proceed
+    );
+    assert_eq!(
+        evaluate(Method::PUT, &[(IF_UNMODIFIED_SINCE, AFTER_TEXT)], true),
+        Proceed
+    );
+    // If-Match present: If-Unmodified-Since is not evaluated.
+    assert_eq!(
+        evaluate(
+            Method::PUT,
+            &[(IF_MATCH, "\"7\""), (IF_UNMODIFIED_SINCE, BEFORE_TEXT)],
+            true
+        ),
+        Proceed
+    );
+    // Not a date: ignored.
+    assert_eq!(
+        evaluate(Method::PUT, &[(IF_UNMODIFIED_SINCE, "yesterday")], true),
+        Proceed
+    );
+    // No Last-Modified to compare: ignored.
+    let no_date = CacheHeaders::new().etag(strong_etag(7));
+    let cond = ConditionalRequest::new(
+        &Method::PUT,
+        &headers(&[(IF_UNMODIFIED_SINCE, BEFORE_TEXT)]),
+    );
+    assert_eq!(cond.evaluate(Some(&no_date)), Proceed);
+}
+
+#[test]
+fn if_none_match_fails_unsafe_methods_and_answers_304_to_safe_ones() {
+    use Precondition::{Failed, NotModified, Proceed};
+    // Create-only PUT: `If-None-Match: *` fails when the resource exists.
+    assert_eq!(evaluate(Method::PUT, &[(IF_NONE_MATCH, "*")], true), Failed);
+    assert_eq!(
+        evaluate(Method::PUT, &[(IF_NONE_MATCH, "*")], false),
+        Proceed
+    );
+    assert_eq!(
+        evaluate(Method::DELETE, &[(IF_NONE_MATCH, "W/\"7\"")], true),
+        Failed
+    );
+    assert_eq!(
+        evaluate(Method::DELETE, &[(IF_NONE_MATCH, "\"8\"")], true),
+        Proceed
+    );
+    assert_eq!(
+        evaluate(Method::GET, &[(IF_NONE_MATCH, "*")], true),
+        NotModified
+    );
+    assert_eq!(
+        evaluate(Method::HEAD, &[(IF_NONE_MATCH, "W/\"7\"")], true),
+        NotModified
+    );
+    assert_eq!(
+        evaluate(Method::GET, &[(IF_NONE_MATCH, "*")], false),
+        Proceed
+    );
+    // If-Modified-Since: GET and HEAD only, and only without If-None-Match.
+    assert_eq!(
+        evaluate(Method::GET, &[(IF_MODIFIED_SINCE, AFTER_TEXT)], true),
+        NotModified
+    );
+    assert_eq!(
+        evaluate(Method::PUT, &[(IF_MODIFIED_SINCE, AFTER_TEXT)], true),
+        Proceed
+    );
+    assert_eq!(
+        evaluate(
+            Method::GET,
+            &[(IF_NONE_MATCH, "\"8\""), (IF_MODIFIED_SINCE, AFTER_TEXT)],
+            true
+        ),
+        Proceed
+    );
+    assert_eq!(
+        evaluate(Method::GET, &[(IF_MODIFIED_SINCE, AFTER_TEXT)], false),
+        Proceed
+    );
+}
+
+#[test]
+fn the_order_is_if_match_first() {
+    // A failing If-Match decides, whatever If-None-Match says.
+    assert_eq!(
+        evaluate(
+            Method::GET,
+            &[(IF_MATCH, "\"6\""), (IF_NONE_MATCH, "\"7\"")],
+            true
+        ),
+        Precondition::Failed
+    );
+    assert_eq!(
+        evaluate(
+            Method::PUT,
+            &[(IF_MATCH, "\"7\""), (IF_NONE_MATCH, "\"7\"")],
+            true
+        ),
+        Precondition::Failed,
+        "both hold their turn: If-Match passes, If-None-Match fails"
+    );
+    assert_eq!(
+        Precondition::Failed.status(),
+        Some(StatusCode::PRECONDITION_FAILED)
+    );
+    assert_eq!(
+        Precondition::NotModified.status(),
+        Some(StatusCode::NOT_MODIFIED)
+    );
+    assert_eq!(Precondition::Proceed.status(), None);
+}
+
+#[tokio::test]
+async fn a_get_whose_if_match_fails_is_412_without_the_body() {
+    let f = fixture();
+    let reply = get_doc(&f.app, &[(IF_MATCH, b"\"6\"")]).await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED, "{reply:?}");
+    assert!(reply.body.is_empty());
+    assert_eq!(reply.header(CACHE_CONTROL), Some("no-store"));
+    let reply = get_doc(&f.app, &[(IF_MATCH, b"\"7\"")]).await;
+    assert_full(&reply, "If-Match holds");
+}
+
+#[test]
+fn list_etags_follow_their_members() {
+    let a = list_etag([(1, 3), (2, 5)]);
+    assert_eq!(a, list_etag(vec![(1, 3), (2, 5)]));
+    assert_ne!(a, list_etag([(1, 3), (2, 6)]));
+    assert_ne!(a, list_etag([(1, 3)]));
+    assert_ne!(list_etag([(1, 3)]), list_etag::<[(u8, u8); 0], u8, u8>([]));
+    assert_ne!(list_etag([("1:3", "")]), list_etag([("1", ":3")]));
+    let mut map = HeaderMap::new();
+    map.typed_insert(a);
+    let text = map[ETAG].to_str().expect("ascii");
+    assert!(
+        text.starts_with("\"l") && text.ends_with('"') && text.len() == 35,
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -398,7 +628,8 @@ fn cache_control_presets_render_exactly() {
     );
     assert_eq!(
         rendered(public_max_age(Duration::from_secs(3600))),
-        "public, max-age=3600"
+        "max-age=3600",
+        "public is implied for a response with max-age"
     );
     assert_eq!(rendered(no_store()), "no-store");
     assert_eq!(
@@ -406,10 +637,7 @@ fn cache_control_presets_render_exactly() {
         "private, max-age=1",
         "a fraction of a second is dropped, not a panic"
     );
-    assert_eq!(
-        rendered(public_max_age(Duration::ZERO)),
-        "public, max-age=0"
-    );
+    assert_eq!(rendered(public_max_age(Duration::ZERO)), "max-age=0");
 }
 
 #[test]
@@ -523,7 +751,7 @@ async fn cache_headers_decorate_plain_responses_but_not_errors() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header(CACHE_CONTROL), Some("public, max-age=3600"));
+    assert_eq!(reply.header(CACHE_CONTROL), Some("max-age=3600"));
 
     let reply = call(
         &app,

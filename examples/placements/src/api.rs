@@ -1,21 +1,31 @@
 //! The HTTP API: axum handlers a few lines each, over `PlacementService`.
+//!
+//! Every answer states its cacheability (RFC 9111): a placement and the
+//! lists of placements are `private, max-age=60` with an ETag (a list's from
+//! its members' versions) and answer conditional GETs with 304; the public
+//! catalogue is `max-age=3600`; everything else (errors, health, metrics,
+//! the answers to writes) is `no-store`. PUT and DELETE honour `If-Match`,
+//! `If-None-Match` and `If-Unmodified-Since` (RFC 9110 section 13.2.2): an
+//! editor who saves over a version someone else changed gets 412, not a
+//! lost update.
 
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cached_runtime::http::{
-    CacheHeaders, ConditionalRequest, private_max_age, public_max_age, strong_etag, weak_etag,
+    CacheHeaders, ConditionalRequest, Precondition, list_etag, private_max_age, public_max_age,
+    strong_etag, weak_etag,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::db::{DbError, PlacementQuery, PlacementUpdate};
+use crate::db::{DbError, Placement, PlacementQuery, PlacementUpdate};
 use crate::service::PlacementService;
 
 /// The largest request body accepted (a placement update is a few dozen
@@ -49,6 +59,33 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// For `axum::middleware::map_response`, around the whole router: an
+/// answer that says nothing of caching (a 405 from the router, say) is
+/// `no-store`. Every answer of this API then states its cacheability, and
+/// none is left to a cache's heuristics (RFC 9111 section 4.2.2).
+pub async fn no_store_unless_stated(mut response: Response) -> Response {
+    if !response.headers().contains_key(header::CACHE_CONTROL) {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A placement's validators: its version is its ETag.
+fn validators(p: &Placement) -> CacheHeaders {
+    CacheHeaders::new().etag(strong_etag(p.version))
+}
+
+/// A list's caching: private like its members, an ETag from their ids and
+/// versions, 304 for a current copy.
+fn list_response(cond: &ConditionalRequest, list: Vec<Placement>) -> Response {
+    let caching = CacheHeaders::new()
+        .etag(list_etag(list.iter().map(|p| (p.id, p.version))))
+        .cache_control(private_max_age(Duration::from_secs(60)));
+    cond.respond(caching, || Json(list)).into_response()
 }
 
 /// Every error answer: a status and `{"error": "..."}`.
@@ -104,7 +141,14 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        // No cache may keep an error (404 and 405 are heuristically
+        // cacheable otherwise: RFC 9110 section 15.1).
+        (
+            status,
+            CacheHeaders::no_store(),
+            Json(json!({ "error": message })),
+        )
+            .into_response()
     }
 }
 
@@ -148,9 +192,52 @@ async fn get_placement(
     Ok(cond.respond(caching, || Json(p)).into_response())
 }
 
-/// `PUT /placements/{id}`: write-through; the new version is readable at once.
+/// The precondition of a write to placement `id`, checked against its
+/// current row: `Err` is the 412 (or 404) to answer; `Ok(Some(version))`
+/// is the version the write must still find (`None`: no precondition).
+async fn precondition(
+    app: &AppState,
+    cond: &ConditionalRequest,
+    id: i64,
+    has_conditions: bool,
+) -> Result<Option<i64>, Response> {
+    if !has_conditions {
+        return Ok(None);
+    }
+    // From the database, not the cache: the check and the write must see
+    // the same row.
+    let current = app
+        .service
+        .db()
+        .placement(id)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    match cond.evaluate(current.as_ref().map(validators).as_ref()) {
+        Precondition::Proceed => Ok(current.map(|p| p.version)),
+        failed => Err(failed.into_response()),
+    }
+}
+
+/// Whether the request carries a precondition of a write.
+fn has_write_conditions(headers: &axum::http::HeaderMap) -> bool {
+    [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|h| headers.contains_key(h))
+}
+
+/// `PUT /placements/{id}`: write-through; the new version is readable at
+/// once. With preconditions (`If-Match: "<version>"`), only over the
+/// version the client saw: otherwise 412. The answer carries no ETag: the
+/// stored representation is not the request's body (a partial update), so
+/// RFC 9110 section 9.3.4 allows none; a GET gets it.
 async fn put_placement(
     State(app): State<AppState>,
+    cond: ConditionalRequest,
+    headers: axum::http::HeaderMap,
     Id(id): Id,
     body: Result<Json<PlacementUpdate>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -168,31 +255,47 @@ async fn put_placement(
             "position_sec must not be negative".into(),
         ));
     }
-    let p = app
-        .service
-        .update(id, update)
-        .await?
-        .ok_or(ApiError::NotFound("no such placement"))?;
-    let caching = CacheHeaders::new().etag(strong_etag(p.version));
-    Ok((caching, Json(p)).into_response())
+    let expected = match precondition(&app, &cond, id, has_write_conditions(&headers)).await {
+        Ok(expected) => expected,
+        Err(answer) => return Ok(answer),
+    };
+    match app.service.update(id, update, expected).await? {
+        Some(p) => Ok((CacheHeaders::no_store(), Json(p)).into_response()),
+        // Changed (or deleted) since the precondition was checked.
+        None if expected.is_some() => Ok(Precondition::Failed.into_response()),
+        None => Err(ApiError::NotFound("no such placement")),
+    }
 }
 
-/// `DELETE /placements/{id}`: delete, then evict.
-async fn delete_placement(State(app): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
-    if app.service.delete(id).await? {
-        Ok(StatusCode::NO_CONTENT)
+/// `DELETE /placements/{id}`: delete, then evict; with preconditions, only
+/// the version the client saw.
+async fn delete_placement(
+    State(app): State<AppState>,
+    cond: ConditionalRequest,
+    headers: axum::http::HeaderMap,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    let expected = match precondition(&app, &cond, id, has_write_conditions(&headers)).await {
+        Ok(expected) => expected,
+        Err(answer) => return Ok(answer),
+    };
+    if app.service.delete(id, expected).await? {
+        Ok((StatusCode::NO_CONTENT, CacheHeaders::no_store(), ()).into_response())
+    } else if expected.is_some() {
+        Ok(Precondition::Failed.into_response())
     } else {
         Err(ApiError::NotFound("no such placement"))
     }
 }
 
-/// `GET /videos/{id}/placements`.
+/// `GET /videos/{id}/placements`: private, with a list ETag.
 async fn video_placements(
     State(app): State<AppState>,
+    cond: ConditionalRequest,
     Id(video_id): Id,
 ) -> Result<Response, ApiError> {
     let list = app.service.by_video(video_id).await?;
-    Ok(Json(list).into_response())
+    Ok(list_response(&cond, list))
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +310,7 @@ struct QueryParams {
 /// normalised query.
 async fn query_placements(
     State(app): State<AppState>,
+    cond: ConditionalRequest,
     params: Result<Query<QueryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
@@ -222,11 +326,11 @@ async fn query_placements(
         offset: params.offset.unwrap_or(0),
     };
     let rows = app.service.query(query).await?;
-    Ok(Json(rows).into_response())
+    Ok(list_response(&cond, rows))
 }
 
-/// `GET /public/products`: `Cache-Control: public, max-age=3600` and a
-/// weak ETag from the content.
+/// `GET /public/products`: `Cache-Control: max-age=3600` (any cache) and
+/// a weak ETag from the content.
 async fn products(
     State(app): State<AppState>,
     cond: ConditionalRequest,
@@ -243,10 +347,14 @@ async fn products(
         .into_response())
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: Prometheus text, never stored (it changes every call).
 async fn metrics(State(app): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        CacheHeaders::no_store(),
         app.metrics.render(),
     )
         .into_response()
@@ -286,5 +394,5 @@ async fn health(State(app): State<AppState>) -> Response {
             "stats": stats,
         },
     });
-    (status, Json(body)).into_response()
+    (status, CacheHeaders::no_store(), Json(body)).into_response()
 }

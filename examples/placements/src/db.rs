@@ -188,34 +188,43 @@ impl Db {
     }
 
     /// Applies the update and bumps the version, inside `tx` (which then
-    /// holds the row's lock until it ends); `None`: no such row.
+    /// holds the row's lock until it ends). With `expected`, only if the row
+    /// is still at that version (the one an HTTP precondition was checked
+    /// against), in the same statement, so no write can come between.
+    /// `None`: no such row, or not at `expected`.
     pub async fn update(
         tx: &mut Tx,
         id: i64,
         update: &PlacementUpdate,
+        expected: Option<i64>,
     ) -> Result<Option<Placement>, DbError> {
         let row = sqlx::query(&format!(
             "UPDATE placements
              SET name = COALESCE($1, name),
                  position_sec = COALESCE($2, position_sec),
                  version = version + 1
-             WHERE id = $3
+             WHERE id = $3 AND ($4 < 0 OR version = $4)
              RETURNING {COLUMNS}"
         ))
         .bind(update.name.clone())
         .bind(update.position_sec)
         .bind(id)
+        .bind(expected.unwrap_or(-1))
         .fetch_optional(&mut **tx)
         .await?;
         Ok(row.as_ref().map(placement).transpose()?)
     }
 
-    /// Deletes the row; returns its video, or `None` if there was no row.
-    pub async fn delete(&self, id: i64) -> Result<Option<i64>, DbError> {
-        let row = sqlx::query("DELETE FROM placements WHERE id = $1 RETURNING video_id")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// Deletes the row (with `expected`, only at that version); returns its
+    /// video, or `None` if there was no such row.
+    pub async fn delete(&self, id: i64, expected: Option<i64>) -> Result<Option<i64>, DbError> {
+        let row = sqlx::query(
+            "DELETE FROM placements WHERE id = $1 AND ($2 < 0 OR version = $2) RETURNING video_id",
+        )
+        .bind(id)
+        .bind(expected.unwrap_or(-1))
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| r.try_get("video_id")).transpose()?)
     }
 

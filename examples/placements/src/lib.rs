@@ -214,15 +214,27 @@ pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error
         service: service.clone(),
         metrics,
     });
+    // Around the whole router, so that they see its answers as sent
+    // (axum sets Content-Length inside it): every answer states its
+    // cacheability, and no 304 claims an empty representation.
+    let app = tower::ServiceBuilder::new()
+        .layer(axum::middleware::map_response(
+            cached_runtime::http::without_304_length,
+        ))
+        .layer(axum::middleware::map_response(api::no_store_unless_stated))
+        .service(app);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
     });
     Ok(Running {
         addr,

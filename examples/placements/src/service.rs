@@ -41,13 +41,17 @@ impl PlacementService {
     /// they reach the database: written after the commit, a slower first
     /// update could overwrite a faster second one, or bring back a row just
     /// deleted. If the commit then fails, the entry is evicted.
+    ///
+    /// With `expected`, the update applies only to the row at that version
+    /// (see `Db::update`); `None` then also means it was at another one.
     pub async fn update(
         &self,
         id: i64,
         update: PlacementUpdate,
+        expected: Option<i64>,
     ) -> Result<Option<Placement>, DbError> {
         let mut tx = self.db.begin().await?;
-        let row = Db::update(&mut tx, id, &update).await?;
+        let row = Db::update(&mut tx, id, &update, expected).await?;
         let row = self.write_through(id, row).await;
         if let Err(e) = tx.commit().await {
             self.forget(id).await;
@@ -81,9 +85,10 @@ impl PlacementService {
     /// Deletes, then evicts: the row first, so that no reader can load the
     /// old row between the eviction and the delete (the seed guide reads
     /// the row after deleting it to find what to evict, and evicts first).
-    /// `false`: there was no such placement.
-    pub async fn delete(&self, id: i64) -> Result<bool, DbError> {
-        match self.db.delete(id).await? {
+    /// `false`: there was no such placement (with `expected`: none at that
+    /// version).
+    pub async fn delete(&self, id: i64, expected: Option<i64>) -> Result<bool, DbError> {
+        match self.db.delete(id, expected).await? {
             Some(video_id) => {
                 self.evict_deleted(id, video_id).await;
                 Ok(true)

@@ -203,7 +203,7 @@ async fn etag_and_cache_control_then_304_for_a_current_copy() {
     assert!(r.bytes().await.expect("body").is_empty());
 
     let r = env.get("/public/products").await;
-    assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=3600");
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "max-age=3600");
     let weak = r.headers()[header::ETAG].clone();
     assert!(weak.to_str().expect("ascii").starts_with("W/\""));
     let r = env.get_if_none_match("/public/products", weak).await;
@@ -420,4 +420,264 @@ async fn the_service_answers_while_redis_is_frozen_and_after_a_restart() {
         assert!(Instant::now() < deadline, "no hits after the restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A request with headers, for the precondition tests.
+async fn send(
+    env: &Env,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(header::HeaderName, &str)],
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = env.client.request(method, env.url(path));
+    for (name, value) in headers {
+        request = request.header(name.clone(), *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.expect("answers")
+}
+
+/// Two editors load version 1 and save. The first wins; the second, still
+/// holding version 1's ETag, gets 412 and changes nothing: no lost update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_editor_of_one_version_gets_412_and_the_first_change_stays() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    let r = env.get("/placements/21").await;
+    let etag = r.headers()[header::ETAG]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(etag, "\"1\"");
+    let put = |name: &'static str| {
+        let etag = etag.clone();
+        let env = &env;
+        async move {
+            send(
+                env,
+                reqwest::Method::PUT,
+                "/placements/21",
+                &[(header::IF_MATCH, etag.as_str())],
+                Some(json!({ "name": name })),
+            )
+            .await
+        }
+    };
+    let first = put("first editor").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        first.headers().get(header::ETAG),
+        None,
+        "no ETag on a partial update's answer"
+    );
+    assert_eq!(first.headers()[header::CACHE_CONTROL], "no-store");
+    let second = put("second editor").await;
+    assert_eq!(second.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(second.headers()[header::CACHE_CONTROL], "no-store");
+    let (_, now) = env.json("/placements/21").await;
+    assert_eq!(now["name"], "first editor");
+    assert_eq!(now["version"], 2);
+
+    // The second editor reloads, and saves over the current version.
+    let r = send(
+        &env,
+        reqwest::Method::PUT,
+        "/placements/21",
+        &[(header::IF_MATCH, "\"2\"")],
+        Some(json!({ "name": "second editor" })),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, now) = env.json("/placements/21").await;
+    assert_eq!(
+        (now["name"].as_str(), now["version"].as_i64()),
+        (Some("second editor"), Some(3))
+    );
+}
+
+/// Concurrent editors of one version: exactly one save lands, whatever the
+/// interleaving of the precondition checks and the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_many_concurrent_editors_of_one_version_exactly_one_saves() {
+    let env = std::sync::Arc::new(Env::with(None).await);
+    let saves: Vec<_> = (0..8)
+        .map(|i| {
+            let env = env.clone();
+            tokio::spawn(async move {
+                send(
+                    &env,
+                    reqwest::Method::PUT,
+                    "/placements/22",
+                    &[(header::IF_MATCH, "\"1\"")],
+                    Some(json!({ "name": format!("editor {i}") })),
+                )
+                .await
+                .status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for s in saves {
+        statuses.push(s.await.expect("no panic"));
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::PRECONDITION_FAILED),
+        "{statuses:?}"
+    );
+    let (_, now) = env.json("/placements/22").await;
+    assert_eq!(now["version"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_methods_honour_every_precondition() {
+    let env = Env::with(None).await;
+    let status = |r: reqwest::Response| r.status();
+    // If-None-Match: * is "create only": the placement exists.
+    let r = send(
+        &env,
+        reqwest::Method::PUT,
+        "/placements/23",
+        &[(header::IF_NONE_MATCH, "*")],
+        Some(json!({ "name": "x" })),
+    )
+    .await;
+    assert_eq!(status(r), StatusCode::PRECONDITION_FAILED);
+    // A weak tag never matches If-Match.
+    let r = send(
+        &env,
+        reqwest::Method::PUT,
+        "/placements/23",
+        &[(header::IF_MATCH, "W/\"1\"")],
+        Some(json!({ "name": "x" })),
+    )
+    .await;
+    assert_eq!(status(r), StatusCode::PRECONDITION_FAILED);
+    // DELETE with a stale If-Match: 412, and the placement stays.
+    let r = send(
+        &env,
+        reqwest::Method::DELETE,
+        "/placements/23",
+        &[(header::IF_MATCH, "\"9\"")],
+        None,
+    )
+    .await;
+    assert_eq!(status(r), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(env.json("/placements/23").await.0, StatusCode::OK);
+    // If-Match on a placement that does not exist: 412, not 404.
+    let r = send(
+        &env,
+        reqwest::Method::DELETE,
+        "/placements/999999",
+        &[(header::IF_MATCH, "*")],
+        None,
+    )
+    .await;
+    assert_eq!(status(r), StatusCode::PRECONDITION_FAILED);
+    // The current version: deleted.
+    let r = send(
+        &env,
+        reqwest::Method::DELETE,
+        "/placements/23",
+        &[(header::IF_MATCH, "\"1\"")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+    assert_eq!(env.json("/placements/23").await.0, StatusCode::NOT_FOUND);
+}
+
+/// Every answer states whether and how it may be stored: lists like their
+/// members (private, with a validator), everything that is not a
+/// representation `no-store`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_states_its_cacheability() {
+    let env = Env::with(None).await;
+    for path in ["/videos/3/placements", "/placements?video_id=3&limit=5"] {
+        let r = env.get(path).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()[header::CACHE_CONTROL],
+            "private, max-age=60",
+            "{path}"
+        );
+        let etag = r.headers()[header::ETAG].clone();
+        let r = env.get_if_none_match(path, etag.clone()).await;
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert_eq!(r.headers()[header::ETAG], etag, "{path}");
+        let r = env
+            .get_if_none_match(path, header::HeaderValue::from_static("*"))
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_MODIFIED,
+            "{path}: * matches a list"
+        );
+    }
+    // A change to a member changes its lists' ETags.
+    let before = env.get("/videos/3/placements").await.headers()[header::ETAG].clone();
+    let (status, _) = env
+        .put("/placements/21", json!({ "name": "moved on" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = env.get("/videos/3/placements").await.headers()[header::ETAG].clone();
+    assert_ne!(before, after);
+
+    for (method, path, want) in [
+        (reqwest::Method::GET, "/health", StatusCode::OK),
+        (reqwest::Method::GET, "/metrics", StatusCode::OK),
+        (
+            reqwest::Method::GET,
+            "/placements/999999",
+            StatusCode::NOT_FOUND,
+        ),
+        (reqwest::Method::GET, "/nope", StatusCode::NOT_FOUND),
+        (
+            reqwest::Method::GET,
+            "/placements/abc",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::POST,
+            "/placements/1",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let r = send(&env, method.clone(), path, &[], None).await;
+        assert_eq!(r.status(), want, "{method} {path}");
+        assert_eq!(
+            r.headers()[header::CACHE_CONTROL],
+            "no-store",
+            "{method} {path}"
+        );
+    }
+    let r = env.get("/metrics").await;
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+
+    // HEAD answered 304: no Content-Length (a 0 would say "empty").
+    let r = send(
+        &env,
+        reqwest::Method::HEAD,
+        "/placements/1",
+        &[(header::IF_NONE_MATCH, "\"1\"")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        r.headers().get(header::CONTENT_LENGTH),
+        None,
+        "{:?}",
+        r.headers()
+    );
 }
