@@ -132,3 +132,48 @@ impl Engine {
         read
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Fetched;
+    use crate::codec::{EntryMeta, encode};
+
+    /// An entry with no stale window is a miss from its expiry on: at the
+    /// very millisecond of it, not served stale.
+    #[test]
+    fn no_stale_window_means_a_miss_at_the_expiry_itself() {
+        let cache = crate::Cache::memory();
+        let engine = cache.engine();
+        let counters = engine.stats.counters("t");
+        let mut exact = 0;
+        for _ in 0..10_000 {
+            let now = now_ms();
+            let meta = EntryMeta {
+                created_ms: now - 10,
+                load_us: 0,
+                expires_ms: now,
+                stale_until_ms: now,
+            };
+            let bytes = encode(Some(&1u32), &meta).expect("encodes");
+            let read = engine.interpret::<u32>("k", &counters, Ok(Fetched::Encoded(bytes)));
+            if now_ms() != now {
+                continue; // the millisecond passed meanwhile: not the case
+            }
+            exact += 1;
+            assert!(matches!(read, Read::Miss), "served at its expiry");
+        }
+        assert!(exact > 100, "the same millisecond only {exact} times");
+        // One millisecond into a stale window: stale.
+        let now = now_ms();
+        let meta = EntryMeta {
+            created_ms: now - 10,
+            load_us: 0,
+            expires_ms: now - 1,
+            stale_until_ms: now + 60_000,
+        };
+        let bytes = encode(Some(&1u32), &meta).expect("encodes");
+        let read = engine.interpret::<u32>("k", &counters, Ok(Fetched::Encoded(bytes)));
+        assert!(matches!(read, Read::Stale(Some(1), _)));
+    }
+}

@@ -99,6 +99,7 @@ async fn a_refresh_that_finds_another_process_refreshing_leaves_it_to_that_one()
     assert_eq!(svc.loads(), 1, "the other process refreshes, not this one");
     // That process is gone: the next stale read refreshes at once.
     server.cmd::<()>(&["DEL", &lease]);
+    let (_, scripts) = calls(&server);
     assert_eq!(svc.swr(3).await, Ok(1));
     let started = Instant::now();
     while svc.swr(3).await != Ok(2) {
@@ -108,4 +109,11 @@ async fn a_refresh_that_finds_another_process_refreshing_leaves_it_to_that_one()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Its lease ended with its write: no release after it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        calls(&server).1 - scripts,
+        2,
+        "a lease request and a leased write"
+    );
 }
