@@ -133,11 +133,36 @@ const OPTIONS: &[Opt] = &[
         read: |a, e, _, v| a.early_refresh = parse_beta(e, &v),
     },
     Opt {
+        name: "audit",
+        kinds: CACHED,
+        read: |a, e, _, v| a.audit = parse_rate(e, &v),
+    },
+    Opt {
         name: "crate",
         kinds: ALL,
         read: read_crate,
     },
 ];
+
+/// `audit = 0.001`: a share of hits, above 0 and at most 1.
+fn parse_rate(errors: &mut Errors, value: &Expr) -> Option<(f64, proc_macro2::Span)> {
+    if let Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Float(f),
+        ..
+    }) = value
+        && let Ok(rate) = f.base10_parse::<f64>()
+        && rate > 0.0
+        && rate <= 1.0
+    {
+        return Some((rate, f.span()));
+    }
+    errors.push(syn::Error::new_spanned(
+        value,
+        "`audit` takes the share of hits to audit against the source, above 0 and at most 1.0, \
+         such as `0.001` (one hit in a thousand)",
+    ));
+    None
+}
 
 fn read_prefix(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
     if let Some(lit) = string_lit(errors, name, &value) {
@@ -256,6 +281,8 @@ pub(crate) struct Args {
     pub(crate) stale: Option<Ttl>,
     /// XFetch's beta and where it was written.
     pub(crate) early_refresh: Option<(f64, proc_macro2::Span)>,
+    /// The share of hits audited, and where it was written.
+    pub(crate) audit: Option<(f64, proc_macro2::Span)>,
     /// Every option written, valid or not: an invalid `ttl` is not also
     /// reported as missing.
     pub(crate) seen: Vec<String>,

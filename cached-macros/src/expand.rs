@@ -211,6 +211,9 @@ fn site(args: &Args, p: &TokenStream) -> TokenStream {
     if let Some(b) = beta(args) {
         policy.extend(quote!(.early_refresh(#b)));
     }
+    if let Some((rate, _)) = args.audit {
+        policy.extend(quote!(.audit(#rate)));
+    }
     quote! {
         static __CACHED_SITE: #p::Site = #p::Site::new(#name, #prefix, #policy);
     }
@@ -345,7 +348,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
 
     // With a stale window or early refresh, a load may run after the caller
     // has returned, so it needs its own copies of `self` and the arguments.
-    let background = args.stale.is_some() || beta(args).is_some();
+    let background = args.stale.is_some() || beta(args).is_some() || args.audit.is_some();
     let (loader, refresh, refresh_checks) = if background {
         let twin_name = format_ident!("{}_uncached", plan.func.sig.ident);
         let cloned = params
@@ -366,6 +369,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
             .as_ref()
             .map(|t| t.span)
             .or(args.early_refresh.as_ref().map(|(_, s)| *s))
+            .or(args.audit.as_ref().map(|(_, s)| *s))
             .unwrap_or_else(Span::call_site);
         // Spanned like the check below, so a service that is not `Clone`
         // gets one worded error rather than two.

@@ -52,6 +52,7 @@ pub(crate) use crate::valid::Templates;
 /// | `wait = "5s"` | The longest a caller waits for another's load (in this process or another) before loading itself. Default 5 s. |
 /// | `stale = "1h"` | Keep an expired value this much longer: served while one caller refreshes it in the background, and if the refresh fails. Needs a `Clone` service and owned arguments. |
 /// | `early_refresh = true` or `early_refresh = 2.0` | Probabilistic early refresh (XFetch) near expiry, in the background; a number is beta (larger refreshes earlier). Needs a `Clone` service and owned arguments. |
+/// | `audit = 0.001` | Audit this share of hits against the source, in the background: the function's body runs again and its value is compared with the one served; a confirmed difference counts in `stats().inconsistencies` and `cache_inconsistencies_total`. Needs a `Clone` service and owned arguments. |
 /// | `crate = "my_deps::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
 ///
 /// ```ignore

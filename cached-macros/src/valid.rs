@@ -37,7 +37,9 @@ pub(crate) fn validate(
         }
     }
     if kind == Kind::Cached
-        && (args.stale.is_some() || args.early_refresh.as_ref().is_some_and(|(b, _)| *b > 0.0))
+        && (args.stale.is_some()
+            || args.audit.is_some()
+            || args.early_refresh.as_ref().is_some_and(|(b, _)| *b > 0.0))
     {
         for arg in &func.sig.inputs {
             if let syn::FnArg::Typed(pt) = arg
@@ -45,8 +47,8 @@ pub(crate) fn validate(
             {
                 errors.push(syn::Error::new_spanned(
                     &pt.ty,
-                    "with `stale` or `early_refresh`, arguments must be owned (e.g. `String` for `&str`): \
-                     a background refresh runs after the caller has returned, with its own copies",
+                    "with `stale`, `early_refresh` or `audit`, arguments must be owned (e.g. `String` for `&str`): \
+                     a background load runs after the caller has returned, with its own copies",
                 ));
             }
         }

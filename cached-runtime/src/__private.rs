@@ -411,8 +411,8 @@ pub mod check {
 
     /// A service whose method refreshes in the background.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` must be `Clone + Send + Sync + 'static` for `stale` or `early_refresh`",
-        label = "a background refresh calls the method after its caller has returned, on a copy of the service",
+        message = "`{Self}` must be `Clone + Send + Sync + 'static` for `stale`, `early_refresh` or `audit`",
+        label = "a background load calls the method after its caller has returned, on a copy of the service",
         note = "keep the service's state behind `Arc`s and derive `Clone`; the copy is made only when a refresh starts"
     )]
     pub trait RefreshableService {}
@@ -420,9 +420,9 @@ pub mod check {
 
     /// An argument of a method that refreshes in the background.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` must be `Clone + Send + Sync + 'static` for `stale` or `early_refresh`",
-        label = "a background refresh owns a copy of every argument",
-        note = "take owned arguments (`String`, not `&str`) on functions with `stale` or `early_refresh`"
+        message = "`{Self}` must be `Clone + Send + Sync + 'static` for `stale`, `early_refresh` or `audit`",
+        label = "a background load owns a copy of every argument",
+        note = "take owned arguments (`String`, not `&str`) on functions with `stale`, `early_refresh` or `audit`"
     )]
     pub trait RefreshableArg {}
     impl<T: Clone + Send + Sync + 'static> RefreshableArg for T {}

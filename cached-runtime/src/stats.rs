@@ -30,6 +30,8 @@ pub struct Counters {
     pub(crate) invalidations: Tally,
     pub(crate) skipped: Tally,
     pub(crate) oversize: Tally,
+    pub(crate) audits: Tally,
+    pub(crate) inconsistencies: Tally,
     /// `cache_latency_seconds{op}`.
     pub(crate) latency_get: Histogram,
     pub(crate) latency_set: Histogram,
@@ -78,6 +80,11 @@ pub mod names {
     pub const SKIPPED: &str = "cache_skipped_total";
     /// Values over `max_value_bytes`, not stored.
     pub const OVERSIZE: &str = "cache_oversize_total";
+    /// Hits whose value was compared with the source (sampled audits).
+    pub const AUDITS: &str = "cache_audits_total";
+    /// Audits that found the served value differing from a source that had
+    /// not changed meanwhile, while the entry was still the one served.
+    pub const INCONSISTENCIES: &str = "cache_inconsistencies_total";
     /// 1 while the circuit breaker is open, 0 while closed (labelled
     /// `namespace`, not `cache`: one breaker serves every cache name).
     pub const BREAKER_STATE: &str = "cache_breaker_state";
@@ -116,6 +123,8 @@ impl Counters {
             invalidations: tally(names::INVALIDATIONS),
             skipped: tally(names::SKIPPED),
             oversize: tally(names::OVERSIZE),
+            audits: tally(names::AUDITS),
+            inconsistencies: tally(names::INCONSISTENCIES),
             latency_get: latency("get"),
             latency_set: latency("set"),
             latency_lease: latency("lease"),
@@ -249,6 +258,8 @@ impl Registry {
                 invalidations: c.invalidations.load(),
                 skipped: c.skipped.load(),
                 oversize: c.oversize.load(),
+                audits: c.audits.load(),
+                inconsistencies: c.inconsistencies.load(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -297,6 +308,26 @@ pub struct CacheStats {
     pub skipped: u64,
     /// Values not stored because they were over `max_value_bytes`.
     pub oversize: u64,
+    /// Sampled hits whose value was compared with the source (`audit`).
+    pub audits: u64,
+    /// Audits that confirmed an inconsistency: the value served differed
+    /// from the source, the source did not change while it was checked,
+    /// and the entry was still the one served (see the README, "Auditing
+    /// consistency").
+    pub inconsistencies: u64,
+}
+
+impl CacheStats {
+    /// `1 - inconsistencies / audits`: the measured share of audited hits
+    /// that were consistent with the source, 1 before the first audit (for
+    /// a dashboard's "nines").
+    pub fn consistency(&self) -> f64 {
+        if self.audits == 0 {
+            1.0
+        } else {
+            1.0 - self.inconsistencies as f64 / self.audits as f64
+        }
+    }
 }
 
 impl CacheStats {

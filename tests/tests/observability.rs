@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use cached_runtime::{Cache, CircuitBreaker, cache_evict, cached, metric_names as names};
+use cached_runtime::{
+    Cache, CircuitBreaker, cache_evict, cache_put, cached, metric_names as names,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
 
@@ -309,4 +311,200 @@ async fn stats_are_a_snapshot_per_name_with_a_hit_rate() {
     s.named(3).await;
     let names: Vec<String> = s.cache.stats().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["obs_stats", "renamed"], "sorted by name");
+}
+
+// ---------------------------------------------------------------------------
+// Auditing consistency: sampled hits compared with the source.
+
+/// A service whose rows change underneath it: `set_row` is a writer that
+/// bypasses the cache, `put` one that writes through.
+#[derive(Clone)]
+struct Audited {
+    cache: Cache,
+    rows: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+impl Audited {
+    fn new(cache: Cache) -> Audited {
+        Audited {
+            cache,
+            rows: Arc::default(),
+        }
+    }
+
+    fn row(&self, id: u64) -> u64 {
+        *self.rows.lock().expect("rows").entry(id).or_insert(1)
+    }
+
+    fn set_row(&self, id: u64, version: u64) {
+        self.rows.lock().expect("rows").insert(id, version);
+    }
+
+    #[cached(prefix = "audited", ttl = "5m", key = id, audit = 1.0)]
+    async fn get(&self, id: u64) -> u64 {
+        self.row(id)
+    }
+
+    #[cache_put(prefix = "audited", ttl = "5m", key = id)]
+    async fn put(&self, id: u64, version: u64) -> u64 {
+        self.set_row(id, version);
+        version
+    }
+
+    /// No `audit` of its own: the builder's default applies.
+    #[cached(prefix = "audited_default", ttl = "5m", key = id, stale = "1m")]
+    async fn by_default(&self, id: u64) -> u64 {
+        self.row(id)
+    }
+
+    /// A slow source, for the bound on audits in flight.
+    #[cached(prefix = "audited_slow", ttl = "5m", key = id, audit = 1.0)]
+    async fn slow(&self, id: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.row(id)
+    }
+}
+
+/// Waits until `name`'s stats satisfy `done` (audits run in the
+/// background), at most 3 s.
+async fn audited(
+    cache: &Cache,
+    name: &str,
+    done: impl Fn(&cached_runtime::CacheStats) -> bool,
+) -> cached_runtime::CacheStats {
+    let started = std::time::Instant::now();
+    loop {
+        let stats = cache.stats_for(name).unwrap_or_default();
+        if done(&stats) || started.elapsed() > Duration::from_secs(3) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn a_consistent_hit_is_one_audit_and_no_inconsistency(backend: &cached_tests::Backend) {
+    recorder();
+    let s = Audited::new(backend.cache());
+    assert_eq!(s.get(1).await, 1);
+    assert_eq!(s.get(1).await, 1, "a hit, audited in the background");
+    let stats = audited(&s.cache, "audited", |s| s.audits >= 1).await;
+    // Time for a recheck, were there one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = s.cache.stats_for("audited").unwrap_or(stats);
+    assert_eq!((stats.audits, stats.inconsistencies), (1, 0), "{stats:?}");
+    assert_eq!(stats.consistency(), 1.0);
+}
+
+async fn a_writer_that_bypasses_the_cache_is_an_inconsistency(backend: &cached_tests::Backend) {
+    let s = Audited::new(backend.cache());
+    assert_eq!(s.get(2).await, 1);
+    // The row changes and nobody tells the cache.
+    s.set_row(2, 2);
+    assert_eq!(s.get(2).await, 1, "the old value is served");
+    let stats = audited(&s.cache, "audited", |s| s.inconsistencies >= 1).await;
+    assert_eq!((stats.audits, stats.inconsistencies), (1, 1), "{stats:?}");
+    assert_eq!(stats.consistency(), 0.0);
+    assert_eq!(s.get(2).await, 1, "counted, not repaired: still served");
+}
+
+async fn a_write_that_lands_after_the_hit_is_no_inconsistency(backend: &cached_tests::Backend) {
+    let s = Audited::new(backend.cache());
+    assert_eq!(s.get(3).await, 1);
+    // The row is committed at version 2; its write-through comes 50 ms
+    // after a hit that still finds version 1 (an honest race).
+    s.set_row(3, 2);
+    assert_eq!(s.get(3).await, 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.put(3, 2).await, 2);
+    let stats = audited(&s.cache, "audited", |s| s.audits >= 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stats = s.cache.stats_for("audited").unwrap_or(stats);
+    assert_eq!((stats.audits, stats.inconsistencies), (1, 0), "{stats:?}");
+}
+
+async fn repair_removes_an_inconsistent_entry(backend: &cached_tests::Backend) {
+    let s = Audited::new(backend.cache_with(|b| b.audit_repair(true)));
+    assert_eq!(s.get(4).await, 1);
+    s.set_row(4, 2);
+    assert_eq!(s.get(4).await, 1);
+    audited(&s.cache, "audited", |s| s.inconsistencies >= 1).await;
+    // The invalidation follows the count.
+    let started = std::time::Instant::now();
+    while s.get(4).await != 2 {
+        assert!(started.elapsed() < Duration::from_secs(2), "not repaired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+cached_tests::on_both_backends!(
+    a_consistent_hit_is_one_audit_and_no_inconsistency,
+    a_writer_that_bypasses_the_cache_is_an_inconsistency,
+    a_write_that_lands_after_the_hit_is_no_inconsistency,
+    repair_removes_an_inconsistent_entry,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_are_exported_and_the_builder_sets_a_default() {
+    recorder();
+    let s = Audited::new(Cache::builder().audit(1.0).build().expect("cache"));
+    s.by_default(1).await;
+    s.by_default(1).await;
+    audited(&s.cache, "audited_default", |s| s.audits >= 1).await;
+    s.set_row(1, 2);
+    s.by_default(1).await;
+    let stats = audited(&s.cache, "audited_default", |s| s.inconsistencies >= 1).await;
+    assert_eq!((stats.audits, stats.inconsistencies), (2, 1), "{stats:?}");
+    let labels = [("cache", "audited_default")];
+    assert_eq!(counter(names::AUDITS, &labels), 2);
+    assert_eq!(counter(names::INCONSISTENCIES, &labels), 1);
+
+    // Off by default; a share must be a share.
+    let off = Audited::new(Cache::memory());
+    off.by_default(1).await;
+    off.by_default(1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        off.cache
+            .stats_for("audited_default")
+            .expect("stats")
+            .audits,
+        0
+    );
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let e = Cache::builder().audit(bad).build().expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("audit must be a share of hits between 0 and 1"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_in_flight_are_bounded() {
+    let s = Audited::new(
+        Cache::builder()
+            .max_audits_in_flight(1)
+            .build()
+            .expect("cache"),
+    );
+    s.slow(1).await;
+    // Ten hits at once: one audit runs (a 300 ms source read), the others
+    // find the bound taken and are not audited.
+    let hits: Vec<_> = (0..10)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.slow(1).await })
+        })
+        .collect();
+    for h in hits {
+        assert_eq!(h.await.expect("no panic"), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = s.cache.stats_for("audited_slow").expect("stats");
+    assert_eq!((stats.hits, stats.audits), (10, 1), "{stats:?}");
+    assert_eq!(
+        stats.loads, 1,
+        "audits run the body, not the cache's loader"
+    );
 }

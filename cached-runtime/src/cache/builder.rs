@@ -8,7 +8,7 @@ use super::Cache;
 use super::connect::{Origin, Pem, RedisSettings};
 use crate::backend::{Backend, memory::MemoryBackend, redis::RedisBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
-use crate::engine::{Engine, Settings};
+use crate::engine::{AuditSettings, Engine, Settings};
 use crate::error::BuildError;
 use crate::redact::Secret;
 
@@ -40,6 +40,7 @@ pub struct CacheBuilder {
     breaker: CircuitBreaker,
     strict: bool,
     enabled: bool,
+    audit: AuditSettings,
 }
 
 impl Default for CacheBuilder {
@@ -55,6 +56,7 @@ impl Default for CacheBuilder {
             breaker: CircuitBreaker::default(),
             strict: false,
             enabled: true,
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -239,6 +241,34 @@ impl CacheBuilder {
         self
     }
 
+    /// Audits this share of hits (0 to 1; default 0, none) against the
+    /// source, at call sites whose attribute sets no `audit` of its own and
+    /// that load in the background (an `audit`, `stale` or `early_refresh`
+    /// option: a `Clone` service and owned arguments). An audit runs after
+    /// the caller has its value, compares it with what the function's body
+    /// returns now, and counts `audits` and confirmed `inconsistencies` in
+    /// [`Cache::stats`](crate::Cache::stats) and the metrics (README,
+    /// "Auditing consistency").
+    pub fn audit(mut self, rate: f64) -> Self {
+        self.audit.rate = rate;
+        self
+    }
+
+    /// Invalidates an entry an audit found inconsistent (default off: only
+    /// counted and logged).
+    pub fn audit_repair(mut self, repair: bool) -> Self {
+        self.audit.repair = repair;
+        self
+    }
+
+    /// The most audits running at once (default 4): a sampled hit past it
+    /// is not audited, so audits never add more than this many loads to the
+    /// source.
+    pub fn max_audits_in_flight(mut self, audits: usize) -> Self {
+        self.audit.max_in_flight = audits;
+        self
+    }
+
     /// For tests: a backend failure, an unreadable entry or an oversize value
     /// panics at the call instead of being logged, counted and skipped. Never
     /// turn this on in production: it makes the cache a point of failure.
@@ -264,6 +294,12 @@ impl CacheBuilder {
             return Err(BuildError::InvalidSetting(format!(
                 "ttl_jitter must be between 0 and 1, got {}",
                 self.ttl_jitter
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.audit.rate) {
+            return Err(BuildError::InvalidSetting(format!(
+                "audit must be a share of hits between 0 and 1, got {}",
+                self.audit.rate
             )));
         }
         if self.max_entries == 0 {
@@ -309,6 +345,7 @@ impl CacheBuilder {
             enabled: self.enabled,
             ttl_jitter: self.ttl_jitter,
             strict: self.strict,
+            audit: self.audit,
         };
         Cache {
             engine: Arc::new(Engine::new(backend, settings)),

@@ -25,6 +25,7 @@
 //! Dependencies point down: the `Cache` handle calls the engine; the engine
 //! calls the backends; nothing here knows the handle.
 
+mod audit;
 mod flight;
 mod invalidate;
 mod lease;
@@ -64,6 +65,8 @@ pub(crate) struct Engine {
     warnings: LogLimiter,
     /// Misconfigurations reported so far (bits, by kind): each once.
     misconfigured: std::sync::atomic::AtomicU8,
+    /// Sampled audits of hits against the source ([`audit`]).
+    pub(crate) audits: audit::Audits,
     pub(crate) flights: Flights,
     /// Changes that did not reach the backend, retried until they do.
     pub(crate) pending: recover::Pending,
@@ -77,6 +80,7 @@ pub(crate) struct Settings {
     pub(crate) enabled: bool,
     pub(crate) ttl_jitter: f64,
     pub(crate) strict: bool,
+    pub(crate) audit: AuditSettings,
 }
 
 impl std::fmt::Debug for Engine {
@@ -88,6 +92,8 @@ impl std::fmt::Debug for Engine {
             .finish_non_exhaustive()
     }
 }
+
+pub(crate) use audit::AuditSettings;
 
 /// Whether a miss goes through the backend (lease, write) or, when the
 /// backend has just failed, only through the loader.
@@ -111,6 +117,7 @@ impl Engine {
             stats: Registry::default(),
             warnings: LogLimiter::default(),
             misconfigured: std::sync::atomic::AtomicU8::new(0),
+            audits: audit::Audits::new(settings.audit),
             flights: Flights::default(),
             pending: recover::Pending::default(),
         }
@@ -158,7 +165,7 @@ impl Engine {
                 let landed = Box::pin(landing(rx)).await;
                 if let Landed::Hit(any, shared) = &landed {
                     if let Some(value) = any.downcast_ref::<V>() {
-                        self.shared_hit(&call, *shared, refresh);
+                        self.shared_hit(&call, value, *shared, refresh);
                         return Ok(value.clone());
                     }
                     // A hit of another type (another call site shares the
@@ -198,11 +205,11 @@ impl Engine {
         let (fetched, took) = self.fetch_timed(&call.key, call.tags, counters).await;
         match self.open_as(&call, fetched, took, true) {
             Read::Fresh(value, meta) => {
-                self.refresh_after_hit(&call, Shared::Fresh(meta), refresh);
+                self.refresh_after_hit(&call, &value, Shared::Fresh(meta), refresh);
                 return Ok(value);
             }
             Read::Stale(value, meta) => {
-                self.refresh_after_hit(&call, Shared::Stale(meta), refresh);
+                self.refresh_after_hit(&call, &value, Shared::Stale(meta), refresh);
                 return Ok(value);
             }
             Read::Miss => {}
@@ -280,6 +287,7 @@ impl Engine {
     fn shared_hit<V, T>(
         self: &Arc<Self>,
         call: &Call<'_, V, T>,
+        value: &V,
         shared: Shared,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
     ) where
@@ -291,7 +299,7 @@ impl Engine {
         if matches!(shared, Shared::Stale(_)) {
             call.counters.stale_served.add();
         }
-        self.refresh_after_hit(call, shared, refresh);
+        self.refresh_after_hit(call, value, shared, refresh);
     }
 
     /// The leader of a key's flight on Redis: reads, hands a hit to the
@@ -314,12 +322,12 @@ impl Engine {
         match self.open_as(call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 guard.land_with(&value, Shared::Fresh(meta));
-                self.refresh_after_hit(call, Shared::Fresh(meta), refresh);
+                self.refresh_after_hit(call, &value, Shared::Fresh(meta), refresh);
                 Ok(value)
             }
             Read::Stale(value, meta) => {
                 guard.land_with(&value, Shared::Stale(meta));
-                self.refresh_after_hit(call, Shared::Stale(meta), refresh);
+                self.refresh_after_hit(call, &value, Shared::Stale(meta), refresh);
                 Ok(value)
             }
             Read::Miss => Box::pin(self.lead(call, guard, load, errors, Via::Backend)).await,

@@ -29,6 +29,9 @@ pub struct Policy {
     pub stale: Duration,
     /// XFetch's beta: `Some` turns probabilistic early refresh on.
     pub early_refresh: Option<f64>,
+    /// The share of hits audited against the source (`audit`), in (0, 1];
+    /// `None`: the cache's default (`CacheBuilder::audit`).
+    pub audit: Option<f64>,
 }
 
 impl Policy {
@@ -43,6 +46,7 @@ impl Policy {
             wait: Duration::from_secs(5),
             stale: Duration::ZERO,
             early_refresh: None,
+            audit: None,
         }
     }
 
@@ -79,6 +83,12 @@ impl Policy {
     /// Probabilistic early refresh with XFetch's `beta` (`early_refresh`).
     pub const fn early_refresh(mut self, beta: f64) -> Policy {
         self.early_refresh = Some(beta);
+        self
+    }
+
+    /// Audits this share of hits against the source (`audit`).
+    pub const fn audit(mut self, rate: f64) -> Policy {
+        self.audit = Some(rate);
         self
     }
 }

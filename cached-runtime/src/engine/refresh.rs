@@ -34,9 +34,12 @@ fn early_refresh_due(meta: &EntryMeta, beta: f64, now_ms: u64) -> bool {
 impl Engine {
     /// After a hit: near its expiry an early refresh (XFetch), past it a
     /// stale refresh, each in the background and one per key at a time.
+    /// And, for a sampled share of hits, an audit of the value served
+    /// against the source ([`super::audit`]).
     pub(super) fn refresh_after_hit<V, T>(
         self: &Arc<Self>,
         call: &Call<'_, V, T>,
+        value: &V,
         shared: Shared,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
     ) where
@@ -44,6 +47,9 @@ impl Engine {
         T: Cacheable,
     {
         let Some(refresh) = refresh else { return };
+        if let Shared::Fresh(meta) | Shared::Stale(meta) = shared {
+            self.audit_after_hit(call, value, meta, refresh);
+        }
         match shared {
             Shared::Fresh(meta) => {
                 if let Some(beta) = call.policy.early_refresh
