@@ -370,6 +370,62 @@ mod tests {
         assert_eq!(p.len(), 3 - 1);
     }
 
+    fn engine() -> Arc<Engine> {
+        Arc::clone(crate::Cache::memory().engine())
+    }
+
+    #[test]
+    fn an_unfinished_write_dropped_pends_what_it_was_to_change() {
+        let engine = engine();
+        // Finished: nothing to retry.
+        engine.unfinished(&["ns:k:1".into()], &[], &[]).finished();
+        assert_eq!(engine.pending.len(), 0);
+        // Dropped before its cache operation ended (its caller went away):
+        // every key, pattern and tag it named is pending.
+        drop(engine.unfinished(
+            &["ns:k:1".into(), "ns:k:2".into()],
+            &["ns:v:*".into()],
+            &["ns:~tag:t".into()],
+        ));
+        assert!(engine.pending.blocks("ns:k:1", &[]));
+        assert!(engine.pending.blocks("ns:k:2", &[]));
+        assert!(engine.pending.blocks("ns:v:9", &[]));
+        assert!(engine.pending.blocks("ns:x", &["ns:~tag:t".into()]));
+        assert_eq!(engine.pending.len(), 4);
+        // No keys: only its pattern.
+        let other = self::engine();
+        drop(other.unfinished(&[], &["ns:w:*".into()], &[]));
+        assert_eq!(other.pending.len(), 1);
+        assert_eq!(format!("{:?}", other.pending), "Pending { count: 1, .. }");
+    }
+
+    /// The retry task ends once nothing is pending (and settled), and a
+    /// change made after that starts a new one.
+    #[tokio::test]
+    async fn the_retry_task_ends_when_nothing_is_left() {
+        let engine = engine();
+        let wait_idle = |engine: Arc<Engine>| async move {
+            let started = Instant::now();
+            while engine.pending.len() > 0 || engine.pending.retrying.load(Ordering::Acquire) {
+                assert!(
+                    started.elapsed() < SETTLE * 3,
+                    "still retrying: {:?}",
+                    engine.pending
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        engine.pend(Change::Keys(vec!["ns:k:1".into()]));
+        assert!(engine.pending.retrying.load(Ordering::Acquire));
+        wait_idle(Arc::clone(&engine)).await;
+        engine.pend(Change::Tag("ns:~tag:t".into()));
+        assert!(
+            engine.pending.retrying.load(Ordering::Acquire),
+            "a new task"
+        );
+        wait_idle(engine).await;
+    }
+
     #[test]
     fn too_many_pending_changes_collapse_into_the_namespace() {
         let p = Pending::default();

@@ -256,3 +256,68 @@ async fn a_lease_whose_release_was_refused_is_released_once_redis_takes_writes()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A change the server keeps refusing (here `NOPERM`: the user may not
+/// `UNLINK`) is retried with a backoff of 10 ms doubling to 100 ms: about
+/// fourteen tries in its first 1.2 s, never a busy loop against the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_is_retried_with_backoff_not_in_a_loop() {
+    let rule: Vec<String> = cached_tests::acl_user_args(cached_tests::NAMESPACE)
+        .into_iter()
+        .filter(|a| a != "+unlink")
+        .collect();
+    let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+    let server = RedisServer::start_with(&args);
+    let cache = builder(&server)
+        .redis_username(cached_tests::ACL_USER)
+        .redis_password(cached_tests::ACL_PASSWORD)
+        .build()
+        .expect("cache");
+    let e = cache.invalidate("row:1").await.expect_err("refused");
+    assert_eq!(e.kind(), "permission", "{e}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let log: redis::Value = server.cmd(&["ACL", "LOG"]);
+    let tries = unlink_denials(&log);
+    assert!(
+        (5..=40).contains(&tries),
+        "{tries} UNLINKs refused in 1.2 s: {log:?}"
+    );
+}
+
+/// The `count` of `ACL LOG`'s entries for `unlink`.
+fn unlink_denials(log: &redis::Value) -> u64 {
+    let redis::Value::Array(entries) = log else {
+        return 0;
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let fields: Vec<(String, redis::Value)> = match entry {
+                redis::Value::Map(pairs) => pairs
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((redis::from_redis_value_ref::<String>(k).ok()?, v.clone()))
+                    })
+                    .collect(),
+                redis::Value::Array(flat) => flat
+                    .chunks(2)
+                    .filter_map(|kv| {
+                        Some((
+                            redis::from_redis_value_ref::<String>(&kv[0]).ok()?,
+                            kv[1].clone(),
+                        ))
+                    })
+                    .collect(),
+                _ => return None,
+            };
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let object: String = redis::from_redis_value(field("object")?).ok()?;
+            (object == "unlink").then(|| redis::from_redis_value::<u64>(field("count")?).ok())?
+        })
+        .sum()
+}
