@@ -120,10 +120,15 @@ async fn a_failed_load_releases_its_lease_once() {
     svc.source.set_failing(true);
     let scripts = || crate::completed(&server, &["eval", "evalsha"]);
     let before = scripts();
+    let lease = format!("{}:slow:5:~lease", cached_tests::NAMESPACE);
     assert_eq!(svc.slow(5).await, Err(SourceDown));
+    // Released before the call returned, not later by a retry.
+    assert_eq!(
+        server.cmd::<i64>(&["EXISTS", &lease]),
+        0,
+        "released at once"
+    );
     // Time for a guard's release task and a retry round, were there any.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(scripts() - before, 2, "one lease request, one release");
-    let lease = format!("{}:slow:5:~lease", cached_tests::NAMESPACE);
-    assert_eq!(server.cmd::<i64>(&["EXISTS", &lease]), 0, "released");
 }
