@@ -44,6 +44,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("invalidate_pattern", |r| {
         Box::pin(scenarios::invalidation::invalidate_pattern(r))
     }),
+    ("large_value", |r| {
+        Box::pin(scenarios::codecs::large_value(r))
+    }),
     ("redis_frozen", |r| {
         Box::pin(scenarios::faults::redis_frozen(r))
     }),

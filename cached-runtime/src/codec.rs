@@ -10,9 +10,17 @@
 //!     18     4  load time, µs, LE (saturating)
 //!     22     8  logical expiry, unix ms, LE
 //!     30     8  stale-until (end of the stale window), unix ms, LE
-//!     38     1  flags: bit 0 set = a cached `None` (no payload follows)
-//!     39     …  serde_json payload
+//!     38     1  flags: bit 0 set = a cached `None` (no payload follows);
+//!                 bit 1 set = MessagePack payload (else serde_json);
+//!                 bits 2-3 = compression: 0 none, 1 LZ4, 2 Zstandard
+//!     39     …  payload (compressed: its uncompressed length, u32 LE, then
+//!                 the compressed bytes)
 //! ```
+//!
+//! A reader follows the flags, whatever it writes itself: a fleet moving
+//! from JSON to MessagePack, or turning compression on, keeps its hits
+//! during the rollout (a process built without the feature a flag needs
+//! reads such an entry as a miss, and overwrites it).
 //!
 //! Anything else under a key (garbage, another format, an older version, a
 //! value of another type) decodes to an error that the cache treats as a miss:
@@ -27,6 +35,84 @@ const MAGIC: u8 = 0xCA;
 pub(crate) const FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: usize = 39;
 const FLAG_NONE: u8 = 1;
+const FLAG_MSGPACK: u8 = 1 << 1;
+const COMPRESSION_SHIFT: u8 = 2;
+const COMPRESSION_MASK: u8 = 0b11 << COMPRESSION_SHIFT;
+const FLAG_LZ4: u8 = 1 << COMPRESSION_SHIFT;
+const FLAG_ZSTD: u8 = 2 << COMPRESSION_SHIFT;
+/// Flags this build knows; any other bit makes an entry unreadable.
+const KNOWN_FLAGS: u8 = FLAG_NONE | FLAG_MSGPACK | COMPRESSION_MASK;
+
+/// The most bytes a compressed payload may expand to: a value under a key
+/// of ours that claims more is someone else's (or an attack), and is read
+/// as a miss without allocating for it.
+pub(crate) const MAX_DECOMPRESSED: usize = 64 << 20;
+
+/// How values are serialized on Redis. JSON, the default, stays readable
+/// in `redis-cli`; MessagePack (the `msgpack` feature) is smaller and
+/// faster to read. Readers read both, whatever they write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// serde_json.
+    #[default]
+    Json,
+    /// MessagePack (rmp-serde, structs as maps so that fields can be added
+    /// and reordered as with JSON). Needs the `msgpack` feature.
+    MessagePack,
+}
+
+/// Compression of payloads above a size (see
+/// [`CacheBuilder::compression`](crate::CacheBuilder::compression)).
+/// Readers read every kind their build has the feature for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// None: the default.
+    #[default]
+    None,
+    /// LZ4 (lz4_flex, pure Rust): fast both ways. Needs the `lz4` feature.
+    Lz4,
+    /// Zstandard at `level` (1 to 22; 3 is zstd's default): smaller, slower
+    /// to write. Needs the `zstd` feature.
+    Zstd {
+        /// The compression level.
+        level: i32,
+    },
+}
+
+/// What a cache writes: its codec, and compression above a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Format {
+    pub(crate) codec: Codec,
+    pub(crate) compression: Compression,
+    /// Payloads of at most this many bytes are stored uncompressed.
+    pub(crate) compress_above: usize,
+}
+
+impl Format {
+    /// Why this build cannot write in this format, if it cannot.
+    pub(crate) fn unsupported(&self) -> Option<&'static str> {
+        if self.codec == Codec::MessagePack && !cfg!(feature = "msgpack") {
+            return Some("Codec::MessagePack needs the `msgpack` feature of cached-runtime");
+        }
+        match self.compression {
+            Compression::Lz4 if !cfg!(feature = "lz4") => {
+                Some("Compression::Lz4 needs the `lz4` feature of cached-runtime")
+            }
+            Compression::Zstd { .. } if !cfg!(feature = "zstd") => {
+                Some("Compression::Zstd needs the `zstd` feature of cached-runtime")
+            }
+            Compression::Zstd { level } if !(1..=22).contains(&level) => {
+                Some("Compression::Zstd's level must be between 1 and 22")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why a value could not be encoded.
+pub(crate) type EncodeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the cache knows about a stored value besides the value itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +148,11 @@ pub(crate) enum DecodeError {
     Version(u8),
     /// Written for another Rust type.
     TypeMismatch,
-    /// The payload does not deserialize as the type.
-    Payload(serde_json::Error),
+    /// The payload does not deserialize as the type, or does not
+    /// decompress.
+    Payload(String),
+    /// Written with a codec, a compression or flags this build cannot read.
+    Unsupported(&'static str),
     /// The key holds a Redis value of another kind (a list, a hash...).
     WrongKind,
     /// The stored value is over the size limit (bytes): not read whole.
@@ -79,6 +168,7 @@ impl std::fmt::Display for DecodeError {
             }
             DecodeError::TypeMismatch => f.write_str("stored for another type"),
             DecodeError::Payload(e) => write!(f, "payload does not deserialize: {e}"),
+            DecodeError::Unsupported(what) => write!(f, "written as {what}"),
             DecodeError::WrongKind => f.write_str("a Redis value of another kind (WRONGTYPE)"),
             DecodeError::TooLarge(limit) => {
                 write!(f, "larger than max_value_bytes ({limit} bytes); not read")
@@ -131,11 +221,22 @@ fn strip_paths(name: &[u8], out: &mut [u8]) -> usize {
     len
 }
 
-/// Encodes `value` (`None`: a cached absence) with its metadata.
+/// Encodes `value` (`None`: a cached absence) with its metadata, as JSON.
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize>(
     value: Option<&T>,
     meta: &EntryMeta,
-) -> Result<Vec<u8>, serde_json::Error> {
+) -> Result<Vec<u8>, EncodeError> {
+    encode_as(value, meta, &Format::default())
+}
+
+/// Encodes `value` (`None`: a cached absence) with its metadata, in
+/// `format`.
+pub(crate) fn encode_as<T: Serialize>(
+    value: Option<&T>,
+    meta: &EntryMeta,
+    format: &Format,
+) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(HEADER_LEN + 256);
     out.push(MAGIC);
     out.push(FORMAT_VERSION);
@@ -144,14 +245,126 @@ pub(crate) fn encode<T: Serialize>(
     out.extend_from_slice(&meta.load_us.to_le_bytes());
     out.extend_from_slice(&meta.expires_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
-    match value {
-        Some(v) => {
-            out.push(0);
-            serde_json::to_writer(&mut out, v)?;
-        }
-        None => out.push(FLAG_NONE),
+    let Some(v) = value else {
+        out.push(FLAG_NONE);
+        return Ok(out);
+    };
+    let codec_flag = match format.codec {
+        Codec::Json => 0,
+        Codec::MessagePack => FLAG_MSGPACK,
+    };
+    out.push(codec_flag);
+    serialize(&mut out, v, format.codec)?;
+    let payload_len = out.len() - HEADER_LEN;
+    if format.compression != Compression::None
+        && payload_len > format.compress_above
+        && let Some((flag, compressed)) = compress(&out[HEADER_LEN..], format.compression)?
+        // Only when it saves something.
+        && compressed.len() + 4 < payload_len
+    {
+        out.truncate(HEADER_LEN);
+        out[HEADER_LEN - 1] |= flag;
+        out.extend_from_slice(&u32::try_from(payload_len)?.to_le_bytes());
+        out.extend_from_slice(&compressed);
     }
     Ok(out)
+}
+
+fn serialize<T: Serialize>(out: &mut Vec<u8>, v: &T, codec: Codec) -> Result<(), EncodeError> {
+    match codec {
+        Codec::Json => serde_json::to_writer(out, v)?,
+        #[cfg(feature = "msgpack")]
+        Codec::MessagePack => rmp_serde::encode::write_named(out, v)?,
+        #[cfg(not(feature = "msgpack"))]
+        Codec::MessagePack => return Err("MessagePack needs the `msgpack` feature".into()),
+    }
+    Ok(())
+}
+
+/// `payload` compressed, with the flag that says how (`None`: not this
+/// build's to do; the builder refuses such a setting).
+#[allow(unused_variables)]
+fn compress(
+    payload: &[u8],
+    compression: Compression,
+) -> Result<Option<(u8, Vec<u8>)>, EncodeError> {
+    match compression {
+        #[cfg(feature = "lz4")]
+        Compression::Lz4 => Ok(Some((FLAG_LZ4, lz4_flex::block::compress(payload)))),
+        #[cfg(feature = "zstd")]
+        Compression::Zstd { level } => Ok(Some((FLAG_ZSTD, zstd::bulk::compress(payload, level)?))),
+        _ => Ok(None),
+    }
+}
+
+/// The payload of an envelope, decompressed if its flags say so.
+fn payload(bytes: &[u8], flags: u8) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    let body = &bytes[HEADER_LEN..];
+    let compression = flags & COMPRESSION_MASK;
+    if compression == 0 {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    }
+    let (len, data) = match body.split_first_chunk::<4>() {
+        Some((len, data)) => (u32::from_le_bytes(*len) as usize, data),
+        None => {
+            return Err(DecodeError::Payload(
+                "a compressed payload without its length".into(),
+            ));
+        }
+    };
+    if len > MAX_DECOMPRESSED {
+        return Err(DecodeError::Payload(format!(
+            "claims {len} bytes uncompressed, over the {MAX_DECOMPRESSED}-byte bound"
+        )));
+    }
+    let out = decompress(compression, data, len)?;
+    if out.len() != len {
+        return Err(DecodeError::Payload(
+            "decompressed to another length than recorded".into(),
+        ));
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// `data` decompressed, by the compression `flag`, into `len` bytes.
+fn decompress(flag: u8, data: &[u8], len: usize) -> Result<Vec<u8>, DecodeError> {
+    let _ = (data, len);
+    match flag {
+        #[cfg(feature = "lz4")]
+        FLAG_LZ4 => lz4_flex::block::decompress(data, len)
+            .map_err(|e| DecodeError::Payload(format!("LZ4: {e}"))),
+        #[cfg(not(feature = "lz4"))]
+        FLAG_LZ4 => Err(DecodeError::Unsupported(
+            "LZ4-compressed (this build lacks the `lz4` feature)",
+        )),
+        #[cfg(feature = "zstd")]
+        FLAG_ZSTD => zstd::bulk::decompress(data, len)
+            .map_err(|e| DecodeError::Payload(format!("Zstandard: {e}"))),
+        #[cfg(not(feature = "zstd"))]
+        FLAG_ZSTD => Err(DecodeError::Unsupported(
+            "Zstandard-compressed (this build lacks the `zstd` feature)",
+        )),
+        _ => Err(DecodeError::Unsupported(
+            "compressed in a way this build does not know",
+        )),
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(payload: &[u8], flags: u8) -> Result<T, DecodeError> {
+    if flags & FLAG_MSGPACK == 0 {
+        return serde_json::from_slice(payload).map_err(|e| DecodeError::Payload(e.to_string()));
+    }
+    #[cfg(feature = "msgpack")]
+    {
+        rmp_serde::from_slice(payload).map_err(|e| DecodeError::Payload(e.to_string()))
+    }
+    #[cfg(not(feature = "msgpack"))]
+    {
+        let _ = payload;
+        Err(DecodeError::Unsupported(
+            "MessagePack (this build lacks the `msgpack` feature)",
+        ))
+    }
 }
 
 /// How many bytes of the header identify an entry: its times (offsets 10 to
@@ -194,10 +407,14 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if read_u64(bytes, 2) != type_fingerprint::<T>() {
         return Err(DecodeError::TypeMismatch);
     }
-    if bytes[38] & FLAG_NONE != 0 {
+    let flags = bytes[HEADER_LEN - 1];
+    if flags & !KNOWN_FLAGS != 0 || flags & COMPRESSION_MASK == COMPRESSION_MASK {
+        return Err(DecodeError::Unsupported("flags this build does not know"));
+    }
+    if flags & FLAG_NONE != 0 {
         return Ok((None, meta));
     }
-    let value = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(DecodeError::Payload)?;
+    let value = deserialize(&payload(bytes, flags)?, flags)?;
     Ok((Some(value), meta))
 }
 
@@ -319,11 +536,18 @@ mod tests {
             "a Redis value of another kind (WRONGTYPE)"
         );
         assert_eq!(
+            says(DecodeError::Unsupported("MessagePack")),
+            "written as MessagePack"
+        );
+        assert_eq!(
             says(DecodeError::TooLarge(1024)),
             "larger than max_value_bytes (1024 bytes); not read"
         );
         let payload = serde_json::from_slice::<u8>(b"x").expect_err("not JSON");
-        assert!(says(DecodeError::Payload(payload)).starts_with("payload does not deserialize: "));
+        assert!(
+            says(DecodeError::Payload(payload.to_string()))
+                .starts_with("payload does not deserialize: ")
+        );
     }
 
     /// Bytes from Redis are untrusted: any of them, of any length, decode to
@@ -369,6 +593,20 @@ mod tests {
             )
             .expect("encodes"),
         ];
+        #[cfg(all(feature = "msgpack", feature = "lz4", feature = "zstd"))]
+        let valid = {
+            let mut valid = valid;
+            for compression in [Compression::Lz4, Compression::Zstd { level: 1 }] {
+                let format = Format {
+                    codec: Codec::MessagePack,
+                    compression,
+                    compress_above: 0,
+                };
+                let text = "long enough to compress ".repeat(8);
+                valid.push(encode_as(Some(&text), &meta(), &format).expect("encodes"));
+            }
+            valid
+        };
         for round in 0..30_000 {
             let bytes: Vec<u8> = if round % 2 == 0 {
                 let len = rng.usize(..HEADER_LEN * 3);
@@ -402,6 +640,145 @@ mod tests {
         deep.truncate(HEADER_LEN);
         deep.extend(std::iter::repeat_n(b'[', 100_000));
         all(&deep);
+    }
+
+    #[cfg(all(feature = "msgpack", feature = "lz4", feature = "zstd"))]
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Doc {
+        id: u64,
+        tags: Vec<String>,
+    }
+
+    #[cfg(all(feature = "msgpack", feature = "lz4", feature = "zstd"))]
+    fn doc() -> Doc {
+        Doc {
+            id: 7,
+            tags: (0..200).map(|i| format!("tag number {}", i % 10)).collect(),
+        }
+    }
+
+    #[cfg(all(feature = "msgpack", feature = "lz4", feature = "zstd"))]
+    #[test]
+    fn every_format_round_trips_and_every_reader_reads_it() {
+        let plain = encode(Some(&doc()), &meta()).expect("encodes").len();
+        for codec in [Codec::Json, Codec::MessagePack] {
+            for compression in [
+                Compression::None,
+                Compression::Lz4,
+                Compression::Zstd { level: 3 },
+            ] {
+                let format = Format {
+                    codec,
+                    compression,
+                    compress_above: 64,
+                };
+                let bytes = encode_as(Some(&doc()), &meta(), &format).expect("encodes");
+                // One decoder for every format: the flags say which.
+                let (value, m) = decode::<Doc>(&bytes).expect("decodes");
+                assert_eq!((value, m), (Some(doc()), meta()), "{format:?}");
+                let flags = bytes[HEADER_LEN - 1];
+                assert_eq!(flags & FLAG_MSGPACK != 0, codec == Codec::MessagePack);
+                let want = match compression {
+                    Compression::None => 0,
+                    Compression::Lz4 => FLAG_LZ4,
+                    Compression::Zstd { .. } => FLAG_ZSTD,
+                };
+                assert_eq!(flags & COMPRESSION_MASK, want, "{format:?}");
+                if compression != Compression::None {
+                    assert!(
+                        bytes.len() < plain / 4,
+                        "{format:?}: {} of {plain}",
+                        bytes.len()
+                    );
+                }
+                // A cached None is the same in every format.
+                let none = encode_as::<Doc>(None, &meta(), &format).expect("encodes");
+                assert_eq!(none, encode::<Doc>(None, &meta()).expect("encodes"));
+            }
+        }
+        let msgpack = Format {
+            codec: Codec::MessagePack,
+            ..Format::default()
+        };
+        assert!(
+            encode_as(Some(&doc()), &meta(), &msgpack)
+                .expect("encodes")
+                .len()
+                < plain
+        );
+    }
+
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn small_or_incompressible_payloads_stay_as_they_are() {
+        let lz4 = |above| Format {
+            compression: Compression::Lz4,
+            compress_above: above,
+            ..Format::default()
+        };
+        let small = encode_as(Some(&5u32), &meta(), &lz4(64)).expect("encodes");
+        assert_eq!(
+            small,
+            encode(Some(&5u32), &meta()).expect("encodes"),
+            "under the threshold"
+        );
+        let mut rng = fastrand::Rng::with_seed(9);
+        let noise: String = (0..2000).map(|_| rng.alphanumeric()).collect();
+        let bytes = encode_as(Some(&noise), &meta(), &lz4(0)).expect("encodes");
+        assert_eq!(
+            bytes[HEADER_LEN - 1] & COMPRESSION_MASK,
+            0,
+            "no saving, no compression"
+        );
+        assert_eq!(decode::<String>(&bytes).expect("decodes").0, Some(noise));
+    }
+
+    #[test]
+    fn a_payload_that_claims_too_much_or_unknown_flags_is_refused() {
+        let mut bomb = encode::<u32>(None, &meta()).expect("encodes");
+        bomb[HEADER_LEN - 1] = FLAG_LZ4;
+        bomb.extend_from_slice(&u32::MAX.to_le_bytes());
+        bomb.extend_from_slice(&[0; 16]);
+        let e = decode::<u32>(&bomb).expect_err("refused").to_string();
+        assert!(e.contains("over the"), "{e}");
+        let mut zstd = bomb.clone();
+        zstd[HEADER_LEN - 1] = FLAG_ZSTD;
+        assert!(decode::<u32>(&zstd).is_err());
+        // No length at all.
+        bomb.truncate(HEADER_LEN + 2);
+        assert!(decode::<u32>(&bomb).is_err());
+        for flags in [1 << 4, 1 << 7, COMPRESSION_MASK] {
+            let mut bytes = encode(Some(&5u32), &meta()).expect("encodes");
+            bytes[HEADER_LEN - 1] = flags;
+            assert!(
+                matches!(decode::<u32>(&bytes), Err(DecodeError::Unsupported(_))),
+                "flags {flags:#b}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_format_this_build_cannot_write_is_named() {
+        let zstd = |level| Format {
+            compression: Compression::Zstd { level },
+            ..Format::default()
+        };
+        assert_eq!(Format::default().unsupported(), None);
+        if cfg!(feature = "zstd") {
+            assert_eq!(zstd(3).unsupported(), None);
+            assert!(
+                zstd(0)
+                    .unsupported()
+                    .is_some_and(|w| w.contains("between 1 and 22"))
+            );
+            assert!(zstd(23).unsupported().is_some());
+        } else {
+            assert!(
+                zstd(3)
+                    .unsupported()
+                    .is_some_and(|w| w.contains("`zstd` feature"))
+            );
+        }
     }
 
     fn meta() -> EntryMeta {

@@ -77,7 +77,7 @@ impl std::error::Error for CacheError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.0 {
             BackendError::Redis(e) => Some(e),
-            BackendError::Encode(e) => Some(e),
+            BackendError::Encode(e) => Some(&**e),
             BackendError::Timeout | BackendError::TooLarge(_) | BackendError::Skipped => None,
         }
     }

@@ -67,7 +67,7 @@ pub use cache::{
     Cache, CacheBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_TTL_JITTER,
 };
-pub use codec::EntryMeta;
+pub use codec::{Codec, Compression, EntryMeta};
 pub use error::{BuildError, CacheError};
 pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text};
 pub use stats::{CacheStats, names as metric_names};

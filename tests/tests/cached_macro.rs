@@ -235,3 +235,106 @@ async fn glob_characters_in_user_text_are_stored_in_keys_as_they_are() {
     assert_eq!(s.label(1, "*".into()).await, "*:1");
     assert!(s.cache.get::<String>("plain:1:*").await.is_some());
 }
+
+// ---------------------------------------------------------------------------
+// Codecs and compression on Redis.
+
+/// A large, compressible row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Big {
+    id: u64,
+    lines: Vec<String>,
+}
+
+struct Docs {
+    cache: Cache,
+    source: Source,
+}
+
+impl Docs {
+    #[cached(prefix = "doc", ttl = "5m", key = id)]
+    async fn get(&self, id: u64) -> Big {
+        self.source.count_load();
+        Big {
+            id,
+            lines: (0..2_000)
+                .map(|i| format!("line {} of the document", i % 50))
+                .collect(),
+        }
+    }
+}
+
+/// A fleet mid-rollout: processes writing JSON, MessagePack, and either
+/// compressed, all on one Redis. Each reads what any other wrote as a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_mixed_codecs_reads_every_entry() {
+    use cached_runtime::{Codec, Compression};
+    let server = RedisServer::start();
+    let formats = [
+        (Codec::Json, Compression::None),
+        (Codec::MessagePack, Compression::None),
+        (Codec::Json, Compression::Lz4),
+        (Codec::MessagePack, Compression::Zstd { level: 3 }),
+    ];
+    let fleet: Vec<Docs> = formats
+        .iter()
+        .map(|(codec, compression)| Docs {
+            cache: redis_cache_with(&server, |b| b.codec(*codec).compression(*compression, 1024)),
+            source: Source::new(),
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for (writer, w) in fleet.iter().enumerate() {
+        let id = writer as u64;
+        let value = w.get(id).await;
+        assert_eq!(w.source.loads(), 1, "writer {writer} loaded");
+        sizes.push(
+            server.cmd::<usize>(&["STRLEN", &format!("{}:doc:{id}", cached_tests::NAMESPACE)]),
+        );
+        for (reader, r) in fleet.iter().enumerate() {
+            let before = r.source.loads();
+            assert_eq!(r.get(id).await, value, "reader {reader} of writer {writer}");
+            assert_eq!(
+                r.source.loads(),
+                before,
+                "reader {reader} of writer {writer}: a hit"
+            );
+        }
+    }
+    // JSON, MessagePack, JSON+LZ4, MessagePack+Zstandard: each smaller.
+    assert!(
+        sizes[1] < sizes[0] && sizes[2] < sizes[1] / 4 && sizes[3] < sizes[2],
+        "{sizes:?}"
+    );
+    for docs in &fleet {
+        assert_eq!(docs.cache.stats_for("doc").expect("stats").errors, 0);
+    }
+}
+
+/// `max_value_bytes` is the stored size: a value too large as JSON is
+/// stored once compressed under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_limit_applies_to_the_compressed_size() {
+    use cached_runtime::Compression;
+    let server = RedisServer::start();
+    let limit = |b: cached_runtime::CacheBuilder| b.max_value_bytes(16 << 10);
+    let plain = Docs {
+        cache: redis_cache_with(&server, limit),
+        source: Source::new(),
+    };
+    plain.get(1).await;
+    plain.get(1).await;
+    assert_eq!(plain.source.loads(), 2, "over 16 KiB as JSON: not stored");
+    assert_eq!(plain.cache.stats_for("doc").expect("stats").oversize, 2);
+    let compressed = Docs {
+        cache: redis_cache_with(&server, |b| limit(b).compression(Compression::Lz4, 1024)),
+        source: Source::new(),
+    };
+    compressed.get(2).await;
+    compressed.get(2).await;
+    assert_eq!(
+        compressed.source.loads(),
+        1,
+        "stored compressed, then a hit"
+    );
+}

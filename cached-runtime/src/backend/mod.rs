@@ -20,7 +20,7 @@ pub(crate) enum BackendError {
     /// The backend answered with an error, or the connection failed.
     Redis(::redis::RedisError),
     /// The value could not be encoded for storage.
-    Encode(serde_json::Error),
+    Encode(crate::codec::EncodeError),
     /// The encoded value is larger than the cache's `max_value_bytes`: not
     /// stored (and any older value under the key removed).
     TooLarge(usize),

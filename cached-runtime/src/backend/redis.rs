@@ -93,8 +93,11 @@ pub(crate) struct RedisBackend {
     breaker: Arc<Breaker>,
     /// How long a probe may take: making a fresh connection, then a PING.
     probe_timeout: Duration,
-    /// The largest encoded value stored.
+    /// The largest encoded value stored (and read: see `fetch`), compressed
+    /// if the format compresses it.
     max_value_bytes: usize,
+    /// How values are written.
+    format: codec::Format,
     /// `{namespace}:~epoch`: bumped by every pattern invalidation (see
     /// [`Lease`]).
     epoch_key: String,
@@ -190,6 +193,7 @@ impl RedisBackend {
         connect_timeout: Duration,
         breaker: Breaker,
         max_value_bytes: usize,
+        format: codec::Format,
         namespace: &str,
     ) -> Self {
         let config = ConnectionManagerConfig::new()
@@ -215,6 +219,7 @@ impl RedisBackend {
             breaker: Arc::new(breaker),
             probe_timeout: connect_timeout,
             max_value_bytes,
+            format,
             epoch_key: if namespace.is_empty() {
                 EPOCH.to_owned()
             } else {
@@ -306,7 +311,7 @@ impl RedisBackend {
         value: Option<&T>,
         meta: &EntryMeta,
     ) -> Result<Vec<u8>, BackendError> {
-        let bytes = codec::encode(value, meta).map_err(BackendError::Encode)?;
+        let bytes = codec::encode_as(value, meta, &self.format).map_err(BackendError::Encode)?;
         if bytes.len() > self.max_value_bytes {
             return Err(BackendError::TooLarge(bytes.len()));
         }

@@ -8,6 +8,7 @@ use super::Cache;
 use super::connect::{Origin, Pem, RedisSettings};
 use crate::backend::{Backend, memory::MemoryBackend, redis::RedisBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
+use crate::codec::{Codec, Compression, Format};
 use crate::engine::{AuditSettings, Engine, Settings};
 use crate::error::BuildError;
 use crate::redact::Secret;
@@ -41,6 +42,7 @@ pub struct CacheBuilder {
     strict: bool,
     enabled: bool,
     audit: AuditSettings,
+    format: Format,
 }
 
 impl Default for CacheBuilder {
@@ -57,6 +59,7 @@ impl Default for CacheBuilder {
             strict: false,
             enabled: true,
             audit: AuditSettings::default(),
+            format: Format::default(),
         }
     }
 }
@@ -225,6 +228,28 @@ impl CacheBuilder {
         self
     }
 
+    /// How values are serialized on Redis: [`Codec::Json`] (the default,
+    /// readable in `redis-cli`) or [`Codec::MessagePack`] (the `msgpack`
+    /// feature). Every process reads both, so a fleet can switch one
+    /// process at a time; turn the feature on everywhere before any process
+    /// writes MessagePack (a process without it reads such entries as
+    /// misses, and overwrites them).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.format.codec = codec;
+        self
+    }
+
+    /// Compresses payloads over `above_bytes` (encoded) with `compression`,
+    /// when that makes them smaller ([`Compression::Lz4`] with the `lz4`
+    /// feature, [`Compression::Zstd`] with `zstd`). The envelope records it,
+    /// so readers of either setting read both. `max_value_bytes` applies to
+    /// the stored, compressed size. Default: none.
+    pub fn compression(mut self, compression: Compression, above_bytes: usize) -> Self {
+        self.format.compression = compression;
+        self.format.compress_above = above_bytes;
+        self
+    }
+
     /// The circuit breaker in front of Redis. See [`CircuitBreaker`].
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = breaker;
@@ -302,6 +327,9 @@ impl CacheBuilder {
                 self.audit.rate
             )));
         }
+        if let Some(why) = self.format.unsupported() {
+            return Err(BuildError::InvalidSetting(why.into()));
+        }
         if self.max_entries == 0 {
             return Err(BuildError::InvalidSetting(
                 "max_entries must be at least 1".into(),
@@ -325,6 +353,7 @@ impl CacheBuilder {
                     self.connect_timeout,
                     breaker,
                     self.max_value_bytes,
+                    self.format,
                     &self.namespace,
                 )))
             }
