@@ -359,6 +359,104 @@ mod tests {
     }
 
     #[test]
+    fn an_invalidation_of_every_key_detaches_every_flight() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let wait = Duration::from_secs(5);
+        let Role::Lead(_a) = flights.join_or_lead(&engine, "a", wait) else {
+            panic!("leads a");
+        };
+        let Role::Lead(_b) = flights.join_or_lead(&engine, "b", wait) else {
+            panic!("leads b");
+        };
+        flights.detach_all();
+        assert_eq!(flights.misses.load(Ordering::Relaxed), 0);
+        for key in ["a", "b"] {
+            assert!(
+                matches!(flights.join_or_lead(&engine, key, wait), Role::Lead(_)),
+                "{key}: a caller after the invalidation starts afresh"
+            );
+        }
+    }
+
+    #[test]
+    fn a_miss_in_flight_is_found_only_while_it_runs() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let wait = Duration::from_secs(5);
+        assert!(flights.miss_in_flight("k", wait).is_none());
+        let Role::Lead(mut guard) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        assert!(flights.miss_in_flight("k", wait).is_some(), "joinable");
+        assert!(flights.miss_in_flight("other", wait).is_none());
+        guard.land(Landed::Abandoned);
+        assert!(flights.miss_in_flight("k", wait).is_none(), "landed");
+    }
+
+    /// Counts its clones.
+    struct Counted;
+    static CLONES: AtomicUsize = AtomicUsize::new(0);
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            CLONES.fetch_add(1, Ordering::Relaxed);
+            Counted
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_is_copied_for_waiters_only_if_there_are_any_and_timers_end_with_flights() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let wait = Duration::from_secs(5);
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // Nobody joined: no copy of the value.
+        let Role::Lead(mut alone) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        alone.land_with(&Counted, Shared::Loaded);
+        assert_eq!(CLONES.load(Ordering::Relaxed), 0);
+        // A waiter that joined and went away (cancelled): no copy either.
+        let Role::Lead(mut left) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        let Role::Wait(gone) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("waits");
+        };
+        drop(gone);
+        left.land_with(&Counted, Shared::Loaded);
+        assert_eq!(CLONES.load(Ordering::Relaxed), 0, "copied for nobody");
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // One waiter: one copy, and its flight's timer ends with the flight.
+        let Role::Lead(mut leader) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        let Role::Wait(rx) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("waits");
+        };
+        assert_eq!(metrics.num_alive_tasks(), 1, "the flight's timer");
+        leader.land_with(&Counted, Shared::Loaded);
+        assert!(matches!(landing(rx).await, Landed::Value(_)));
+        assert_eq!(CLONES.load(Ordering::Relaxed), 1);
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            0,
+            "the timer was stopped, not left to sleep out its wait"
+        );
+    }
+
+    #[test]
     fn refreshes_run_one_per_key_beside_shared_reads() {
         let engine = engine();
         let flights = &engine.flights;

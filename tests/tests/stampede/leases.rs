@@ -132,3 +132,28 @@ async fn a_failed_load_releases_its_lease_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(scripts() - before, 2, "one lease request, one release");
 }
+
+/// A leader cancelled mid-load releases its lease once, from its guard:
+/// nothing is left pending to release it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_releases_its_lease_once() {
+    let server = RedisServer::start();
+    let svc = Svc::new(redis_cache(&server), Duration::from_secs(10));
+    let scripts = || crate::completed(&server, &["eval", "evalsha"]);
+    let before = scripts();
+    let lease = format!("{}:slow:6:~lease", cached_tests::NAMESPACE);
+    let leader = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.slow(6).await }
+    });
+    let started = Instant::now();
+    while server.cmd::<i64>(&["EXISTS", &lease]) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(2), "no lease taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leader.abort();
+    let _ = leader.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.cmd::<i64>(&["EXISTS", &lease]), 0, "released");
+    assert_eq!(scripts() - before, 2, "one lease request, one release");
+}
