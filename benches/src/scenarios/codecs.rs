@@ -35,7 +35,7 @@ fn catalogue() -> Catalogue {
         "steel", "oak", "linen", "compact", "deluxe", "outdoor", "kitchen", "travel", "classic",
         "modern", "blue", "graphite",
     ];
-    let items = (0..300)
+    let items = (0..380)
         .map(|i| Item {
             sku: format!("SKU-{:08}", rng.u32(..)),
             name: (0..4)

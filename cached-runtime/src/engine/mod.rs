@@ -193,6 +193,10 @@ impl Engine {
                     }
                 }
                 // Waited its bound: load for itself, as after a failure.
+                // (Without this arm the caller would read, miss, join the
+                // same flight and find `TimedOut` already sent: the same
+                // outcome after one more backend read; scripts/mutants
+                // reports that mutant as a survivor for that reason.)
                 landed @ Landed::TimedOut => {
                     match Box::pin(self.settle(landed, counters, load, errors, true)).await {
                         Ok(result) => return result,
@@ -468,5 +472,21 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_names_the_backend_namespace_and_timeout() {
+        let cache = crate::Cache::builder()
+            .namespace("shop-v2")
+            .op_timeout(std::time::Duration::from_millis(70))
+            .build()
+            .expect("cache");
+        let shown = format!("{:?}", cache.engine());
+        assert!(shown.starts_with("Engine { backend: "), "{shown}");
+        assert!(shown.contains("namespace: \"shop-v2\""), "{shown}");
+        assert!(shown.contains("op_timeout: 70ms"), "{shown}");
     }
 }
