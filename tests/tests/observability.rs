@@ -508,3 +508,25 @@ async fn audits_in_flight_are_bounded() {
         "audits run the body, not the cache's loader"
     );
 }
+
+/// A rate is a share of hits: a quarter of 400 hits audited, about 100
+/// (binomial: 40 to 160 leaves no room for chance), neither all nor none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_rate_samples_that_share_of_hits() {
+    let s = Audited::new(
+        Cache::builder()
+            .audit(0.25)
+            .max_audits_in_flight(10_000)
+            .build()
+            .expect("cache"),
+    );
+    s.by_default(9).await;
+    for _ in 0..400 {
+        s.by_default(9).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = s.cache.stats_for("audited_default").expect("stats");
+    assert_eq!(stats.hits, 400);
+    assert!((40..=160).contains(&stats.audits), "{stats:?}");
+    assert_eq!(stats.inconsistencies, 0);
+}
