@@ -150,3 +150,50 @@ fn a_command_the_acl_refuses_is_one_error_event() {
     assert!(errors[0].contains("permission"), "{}", errors[0]);
     assert!(!logged.contains(cached_tests::ACL_PASSWORD), "{logged}");
 }
+
+#[derive(Clone)]
+struct Flaky {
+    cache: cached_runtime::Cache,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Flaky {
+    #[cached(prefix = "flaky", ttl = "50ms", stale = "1m", key = id)]
+    async fn get(&self, id: u64) -> Result<u64, String> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err("the source is down".into())
+        } else {
+            Ok(id)
+        }
+    }
+}
+
+#[test]
+fn a_failed_background_refresh_is_a_warning_and_the_stale_value_stays() {
+    let logged = logged_by(|| async {
+        let s = Flaky {
+            cache: cached_runtime::Cache::memory(),
+            down: Arc::default(),
+        };
+        assert_eq!(s.get(1).await, Ok(1));
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        s.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            s.get(1).await,
+            Ok(1),
+            "stale, and refreshed in the background"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(s.get(1).await, Ok(1), "still the stale value");
+    });
+    let warnings: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("background refresh failed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logged}");
+    assert!(
+        warnings[0].contains("cache_key=cache:flaky:1"),
+        "{}",
+        warnings[0]
+    );
+}

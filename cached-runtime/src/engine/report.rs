@@ -50,6 +50,8 @@ impl Engine {
     /// Whether this is the first misconfiguration of `kind` (`auth`,
     /// `permission`) this cache has seen.
     fn first_misconfiguration(&self, kind: &str) -> bool {
+        // Which kind gets which bit does not matter (scripts/mutants reports
+        // swapping them as a survivor: equivalent).
         let bit = if kind == "auth" { 1 } else { 2 };
         self.misconfigured
             .fetch_or(bit, std::sync::atomic::Ordering::Relaxed)
