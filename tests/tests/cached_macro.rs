@@ -279,7 +279,11 @@ async fn a_fleet_of_mixed_codecs_reads_every_entry() {
     let fleet: Vec<Docs> = formats
         .iter()
         .map(|(codec, compression)| Docs {
-            cache: redis_cache_with(&server, |b| b.codec(*codec).compression(*compression, 1024)),
+            cache: redis_cache_with(&server, |b| {
+                b.codec(*codec)
+                    .compression(*compression, 1024)
+                    .op_timeout(Duration::from_secs(2))
+            }),
             source: Source::new(),
         })
         .collect();
@@ -317,7 +321,10 @@ async fn a_fleet_of_mixed_codecs_reads_every_entry() {
 async fn the_size_limit_applies_to_the_compressed_size() {
     use cached_runtime::Compression;
     let server = RedisServer::start();
-    let limit = |b: cached_runtime::CacheBuilder| b.max_value_bytes(16 << 10);
+    let limit = |b: cached_runtime::CacheBuilder| {
+        b.max_value_bytes(16 << 10)
+            .op_timeout(Duration::from_secs(2))
+    };
     let plain = Docs {
         cache: redis_cache_with(&server, limit),
         source: Source::new(),

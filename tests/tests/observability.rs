@@ -365,6 +365,12 @@ impl Audited {
     }
 }
 
+/// A cache on `backend` whose operations wait up to 2 s: an audit's second
+/// look that timed out on a loaded machine would give no verdict.
+fn patient(backend: &cached_tests::Backend) -> Cache {
+    backend.cache_with(|b| b.op_timeout(Duration::from_secs(2)))
+}
+
 /// Waits until `name`'s stats satisfy `done` (audits run in the
 /// background), at most 3 s.
 async fn audited(
@@ -384,7 +390,7 @@ async fn audited(
 
 async fn a_consistent_hit_is_one_audit_and_no_inconsistency(backend: &cached_tests::Backend) {
     recorder();
-    let s = Audited::new(backend.cache());
+    let s = Audited::new(patient(backend));
     assert_eq!(s.get(1).await, 1);
     assert_eq!(s.get(1).await, 1, "a hit, audited in the background");
     let stats = audited(&s.cache, "audited", |s| s.audits >= 1).await;
@@ -396,7 +402,7 @@ async fn a_consistent_hit_is_one_audit_and_no_inconsistency(backend: &cached_tes
 }
 
 async fn a_writer_that_bypasses_the_cache_is_an_inconsistency(backend: &cached_tests::Backend) {
-    let s = Audited::new(backend.cache());
+    let s = Audited::new(patient(backend));
     assert_eq!(s.get(2).await, 1);
     // The row changes and nobody tells the cache.
     s.set_row(2, 2);
@@ -408,7 +414,7 @@ async fn a_writer_that_bypasses_the_cache_is_an_inconsistency(backend: &cached_t
 }
 
 async fn a_write_that_lands_after_the_hit_is_no_inconsistency(backend: &cached_tests::Backend) {
-    let s = Audited::new(backend.cache());
+    let s = Audited::new(patient(backend));
     assert_eq!(s.get(3).await, 1);
     // The row is committed at version 2; its write-through comes 50 ms
     // after a hit that still finds version 1 (an honest race).
@@ -423,7 +429,9 @@ async fn a_write_that_lands_after_the_hit_is_no_inconsistency(backend: &cached_t
 }
 
 async fn repair_removes_an_inconsistent_entry(backend: &cached_tests::Backend) {
-    let s = Audited::new(backend.cache_with(|b| b.audit_repair(true)));
+    let s = Audited::new(
+        backend.cache_with(|b| b.audit_repair(true).op_timeout(Duration::from_secs(2))),
+    );
     assert_eq!(s.get(4).await, 1);
     s.set_row(4, 2);
     assert_eq!(s.get(4).await, 1);

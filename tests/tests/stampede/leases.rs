@@ -116,7 +116,7 @@ async fn a_waiter_stops_waiting_at_its_bound_and_loads_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_load_releases_its_lease_once() {
     let server = RedisServer::start();
-    let svc = Svc::new(redis_cache(&server), Duration::ZERO);
+    let svc = Svc::new(crate::patient(&server), Duration::ZERO);
     svc.source.set_failing(true);
     let scripts = || crate::completed(&server, &["eval", "evalsha"]);
     let before = scripts();
@@ -138,7 +138,7 @@ async fn a_failed_load_releases_its_lease_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_leader_releases_its_lease_once() {
     let server = RedisServer::start();
-    let svc = Svc::new(redis_cache(&server), Duration::from_secs(10));
+    let svc = Svc::new(crate::patient(&server), Duration::from_secs(10));
     let scripts = || crate::completed(&server, &["eval", "evalsha"]);
     let before = scripts();
     let lease = format!("{}:slow:6:~lease", cached_tests::NAMESPACE);

@@ -111,3 +111,10 @@ fn completed(server: &cached_tests::RedisServer, names: &[&str]) -> u64 {
         })
         .sum()
 }
+
+/// A cache on `server` whose operations wait up to 2 s: for tests that
+/// count the commands a call sends, which a timeout under a loaded machine
+/// would change (a timed-out write is released and retried).
+fn patient(server: &cached_tests::RedisServer) -> cached_runtime::Cache {
+    cached_tests::redis_cache_with(server, |b| b.op_timeout(std::time::Duration::from_secs(2)))
+}

@@ -80,7 +80,7 @@ fn calls(server: &RedisServer) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_finds_another_process_refreshing_leaves_it_to_that_one() {
     let server = RedisServer::start();
-    let svc = Svc::new(redis_cache(&server), Duration::ZERO);
+    let svc = Svc::new(crate::patient(&server), Duration::ZERO);
     assert_eq!(svc.swr(3).await, Ok(1));
     tokio::time::sleep(Duration::from_millis(400)).await; // stale now
     // Another process's refresh holds the lease.
