@@ -259,7 +259,8 @@ pub(crate) fn encode_as<T: Serialize>(
     if format.compression != Compression::None
         && payload_len > format.compress_above
         && let Some((flag, compressed)) = compress(&out[HEADER_LEN..], format.compression)?
-        // Only when it saves something.
+        // Only when it saves something (`<=` there would store the same
+        // number of bytes compressed: equivalent, as scripts/mutants says).
         && compressed.len() + 4 < payload_len
     {
         out.truncate(HEADER_LEN);
@@ -722,6 +723,38 @@ mod tests {
             encode(Some(&5u32), &meta()).expect("encodes"),
             "under the threshold"
         );
+        // Exactly at the threshold: not above it.
+        let at = encode(Some(&"a".repeat(98)), &meta()).expect("encodes");
+        let payload_len = at.len() - HEADER_LEN;
+        let bytes = encode_as(Some(&"a".repeat(98)), &meta(), &lz4(payload_len)).expect("encodes");
+        assert_eq!(bytes, at, "a payload of exactly the threshold stays");
+        let bytes =
+            encode_as(Some(&"a".repeat(98)), &meta(), &lz4(payload_len - 1)).expect("encodes");
+        assert_eq!(
+            bytes[HEADER_LEN - 1] & COMPRESSION_MASK,
+            FLAG_LZ4,
+            "one byte over: compressed"
+        );
+        // Eight bytes LZ4 cannot shrink (it makes nine): kept as they are,
+        // not stored four bytes larger.
+        let tiny = encode_as(Some(&12_345_678u32), &meta(), &lz4(0)).expect("encodes");
+        assert_eq!(
+            tiny,
+            encode(Some(&12_345_678u32), &meta()).expect("encodes")
+        );
+        // Halved is worth it: compressed, though far from a 4x ratio.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let half: String = (0..4000)
+            .map(|i| if i % 2 == 0 { 'x' } else { rng.alphanumeric() })
+            .collect();
+        let bytes = encode_as(Some(&half), &meta(), &lz4(0)).expect("encodes");
+        let plain = encode(Some(&half), &meta()).expect("encodes").len();
+        assert_eq!(bytes[HEADER_LEN - 1] & COMPRESSION_MASK, FLAG_LZ4);
+        assert!(
+            bytes.len() < plain && bytes.len() * 4 > plain,
+            "{} of {plain}",
+            bytes.len()
+        );
         let mut rng = fastrand::Rng::with_seed(9);
         let noise: String = (0..2000).map(|_| rng.alphanumeric()).collect();
         let bytes = encode_as(Some(&noise), &meta(), &lz4(0)).expect("encodes");
@@ -764,6 +797,17 @@ mod tests {
             ..Format::default()
         };
         assert_eq!(Format::default().unsupported(), None);
+        let msgpack = Format {
+            codec: Codec::MessagePack,
+            ..Format::default()
+        };
+        let lz4 = Format {
+            compression: Compression::Lz4,
+            ..Format::default()
+        };
+        // Named exactly when this build lacks the feature.
+        assert_eq!(msgpack.unsupported().is_some(), !cfg!(feature = "msgpack"));
+        assert_eq!(lz4.unsupported().is_some(), !cfg!(feature = "lz4"));
         if cfg!(feature = "zstd") {
             assert_eq!(zstd(3).unsupported(), None);
             assert!(
