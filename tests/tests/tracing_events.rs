@@ -43,27 +43,14 @@ impl std::io::Write for Buffer {
 
 #[test]
 fn each_redis_read_is_a_debug_event_with_key_hit_and_latency_and_no_value() {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let server = cached_tests::RedisServer::start();
-    runtime.block_on(async {
+    let logged = logged_by(|| async {
         let s = Service {
             cache: cached_tests::redis_cache(&server),
         };
         s.traced(9).await;
         s.traced(9).await;
     });
-    let logged = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
     let gets: Vec<&str> = logged.lines().filter(|l| l.contains("cache get")).collect();
     assert_eq!(gets.len(), 2, "{logged}");
     assert!(gets[0].contains("cache_key=t:obs_traced:9") && gets[0].contains("hit=false"));
