@@ -138,11 +138,51 @@ const OPTIONS: &[Opt] = &[
         read: |a, e, _, v| a.audit = parse_rate(e, &v),
     },
     Opt {
+        name: "batch",
+        kinds: CACHED,
+        read: read_batch,
+    },
+    Opt {
         name: "crate",
         kinds: ALL,
         read: read_crate,
     },
 ];
+
+/// `batch` (the function's only parameter holds the ids) or `batch = ids`
+/// (names the parameter that does).
+fn read_batch(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
+    match &value {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Bool(b),
+            ..
+        }) => {
+            if b.value {
+                args.batch = Some(Batch {
+                    span: name.span(),
+                    param: None,
+                });
+            }
+        }
+        Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+            args.batch = Some(Batch {
+                span: name.span(),
+                param: p.path.get_ident().cloned(),
+            });
+        }
+        other => errors.push(syn::Error::new_spanned(
+            other,
+            "`batch` takes the name of the parameter that holds the ids (`batch = ids`), \
+             or nothing when it is the function's only parameter",
+        )),
+    }
+}
+
+/// `#[cached(batch)]`: where it was written, and the ids' parameter if named.
+pub(crate) struct Batch {
+    pub(crate) span: Span,
+    pub(crate) param: Option<Ident>,
+}
 
 /// `audit = 0.001`: a share of hits, above 0 and at most 1.
 fn parse_rate(errors: &mut Errors, value: &Expr) -> Option<(f64, proc_macro2::Span)> {
@@ -228,9 +268,19 @@ impl Parse for RawArg {
         // `crate` is a keyword; every other option is a plain identifier.
         let name = Ident::parse_any(input)?;
         if !input.peek(Token![=]) {
+            // A flag: `batch` alone means `batch = true`.
+            if name == "batch" {
+                let value = Expr::Lit(syn::ExprLit {
+                    attrs: Vec::new(),
+                    lit: syn::Lit::Bool(syn::LitBool::new(true, name.span())),
+                });
+                return Ok(RawArg { name, value });
+            }
             return Err(syn::Error::new(
                 name.span(),
-                format!("expected `{name} = ...`: every option of #[cached] takes a value"),
+                format!(
+                    "expected `{name} = ...`: every option of #[cached] takes a value (only `batch` stands alone)"
+                ),
             ));
         }
         input.parse::<Token![=]>()?;
@@ -283,6 +333,8 @@ pub(crate) struct Args {
     pub(crate) early_refresh: Option<(f64, proc_macro2::Span)>,
     /// The share of hits audited, and where it was written.
     pub(crate) audit: Option<(f64, proc_macro2::Span)>,
+    /// `batch`: the function loads many ids at once.
+    pub(crate) batch: Option<Batch>,
     /// Every option written, valid or not: an invalid `ttl` is not also
     /// reported as missing.
     pub(crate) seen: Vec<String>,

@@ -330,6 +330,9 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         templates,
         ..
     } = plan;
+    if let Some(batch) = &templates.batch {
+        return batch_body(plan, parts, batch);
+    }
     let Parts {
         p,
         krate,
@@ -418,14 +421,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     // An error that can be cloned goes to every caller who waited for the
     // failed load (one failure, one run of the source); `(&&Errors)`
     // resolves to the sharing impl only when the type allows it.
-    let errors = match (&info.error_ty, lifted) {
-        (Some(err_ty), false) => quote! {{
-            #[allow(unused_imports)]
-            use #p::{KeepErrors as _, ShareErrors as _};
-            (&&#p::Errors::<#err_ty>::NEW).sharing()
-        }},
-        _ => quote!(::core::option::Option::None),
-    };
+    let errors = error_sharing(info, lifted, p);
     // `(&&Runner).cached(..)` resolves to the caching impl when the value
     // type is cacheable, and to a plain call otherwise; the spanned check
     // above is then the one error the user sees, not a wall of bounds.
@@ -449,6 +445,131 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
         #key
         let __cached_tags: &[::std::string::String] = &#tags;
+        #result
+    }
+}
+
+/// The sharing of a call site's errors with waiters: `Some` when the error
+/// type is `Clone + Send + Sync + 'static` (resolved by autoref).
+fn error_sharing(info: &FnInfo, lifted: bool, p: &TokenStream) -> TokenStream {
+    match (&info.error_ty, lifted) {
+        (Some(err_ty), false) => quote! {{
+            #[allow(unused_imports)]
+            use #p::{KeepErrors as _, ShareErrors as _};
+            (&&#p::Errors::<#err_ty>::NEW).sharing()
+        }},
+        _ => quote!(::core::option::Option::None),
+    }
+}
+
+// Input:
+//     #[cached(prefix = "placement", ttl = "5m", batch)]
+//     pub async fn get_many(&self, ids: Vec<u64>) -> Result<HashMap<u64, P>, E> { body }
+// Output:
+//     pub async fn get_many(&self, ids: Vec<u64>) -> Result<HashMap<u64, P>, E> {
+//         check::cacheable::<P>();                       // spanned at `P`
+//         static __CACHED_SITE: Site = ...;
+//         let __cached_cache = as_cache(&self.cache);
+//         (&&Runner::<P>::NEW).batch(cache, &SITE, batch_ids(&ids),
+//             |id| key(cache, &SITE).part(id).finish(),
+//             |missing| { let owned = <Vec<u64> as BatchIds>::from_ids(missing);
+//                         async move { self.get_many_uncached(owned).await } },
+//             errors).await
+//     }
+fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> TokenStream {
+    let Plan { info, args, .. } = plan;
+    let Parts {
+        p,
+        krate,
+        cache_expr,
+        ..
+    } = parts;
+    let value_ty = &batch.value_ty;
+    let check = quote_spanned! {value_ty.span()=>
+        #p::check::cacheable::<#value_ty>();
+    };
+    let site = site(args, p);
+    let ids = &batch.ids;
+    // A borrowed collection (`&[u64]`) is read as it is, and the function
+    // is called with a borrow of the owned one (`Vec<u64>`) made of the
+    // ids to load.
+    // A collection that is not one, or a map of other ids, is reported at
+    // the type the user wrote.
+    let ids_span = batch.ids_ty.span();
+    let (ids_expr, pass) = match &batch.ids_ty {
+        syn::Type::Reference(_) => (quote_spanned!(ids_span=> #ids), quote!(&__cached_owned)),
+        _ => (quote_spanned!(ids_span=> &#ids), quote!(__cached_owned)),
+    };
+    let input = quote_spanned! {ids_span=>
+        let #p::BatchInput {
+            ids: __cached_ids,
+            rebuild: __cached_rebuild,
+        } = #p::batch_input(#ids_expr);
+    };
+    let map_span = info.value_ty.span();
+    let batch_method = quote_spanned!(map_span=> batch);
+    let await_batch = quote_spanned!(map_span=> .await);
+    let runner = quote_spanned!(map_span=> (&&#p::Runner::<#value_ty>::NEW));
+    // Each id's key is made as a single call's: the `key` option (or every
+    // parameter), with the collection's name standing for one id.
+    let key = key(plan, p);
+    let others: Vec<&Ident> = info.params.iter().filter(|param| *param != ids).collect();
+    let twin_name = format_ident!("{}_uncached", plan.func.sig.ident);
+    let args_in = info.params.iter().map(|param| {
+        if param == ids {
+            pass.clone()
+        } else {
+            quote!(#param)
+        }
+    });
+    let call = if info.has_self {
+        quote!(self.#twin_name(#(#args_in),*))
+    } else {
+        quote!(#twin_name(#(#args_in),*))
+    };
+    let lifted = matches!(info.shape, Shape::Plain | Shape::Option);
+    let body = if lifted {
+        quote!(#p::infallible(async move { #call.await }))
+    } else {
+        quote!(async move { #call.await })
+    };
+    let errors = error_sharing(info, lifted, p);
+    let invoke = quote! {{
+        #[allow(unused_imports)]
+        use #p::{CacheBatch as _, PlainBatch as _};
+        #runner
+            .#batch_method(
+                __cached_cache,
+                &__CACHED_SITE,
+                __cached_ids,
+                |__cached_id| {
+                    #[allow(unused_variables)]
+                    let #ids = __cached_id;
+                    #key
+                    __cached_key
+                },
+                // Called once per load, maybe more than once: each call
+                // gets its own copies of the other arguments.
+                |__cached_missing| {
+                    let __cached_owned = __cached_rebuild(__cached_missing);
+                    #(let #others = ::core::clone::Clone::clone(&#others);)*
+                    #body
+                },
+                #errors,
+            )
+            #await_batch
+    }};
+    let result = if lifted {
+        quote!(#p::into_ok(#invoke))
+    } else {
+        invoke
+    };
+    quote! {
+        #check
+        #site
+        #cache_expr
+        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        #input
         #result
     }
 }

@@ -53,6 +53,7 @@ pub(crate) use crate::valid::Templates;
 /// | `stale = "1h"` | Keep an expired value this much longer: served while one caller refreshes it in the background, and if the refresh fails. Needs a `Clone` service and owned arguments. |
 /// | `early_refresh = true` or `early_refresh = 2.0` | Probabilistic early refresh (XFetch) near expiry, in the background; a number is beta (larger refreshes earlier). Needs a `Clone` service and owned arguments. |
 /// | `audit = 0.001` | Audit this share of hits against the source, in the background: the function's body runs again and its value is compared with the one served; a confirmed difference counts in `stats().inconsistencies` and `cache_inconsistencies_total`. Needs a `Clone` service and owned arguments. |
+/// | `batch` or `batch = ids` | Batch cache-aside: the function takes a collection of ids and returns a map from id to value (see *Batch* below). `batch` alone when the ids are the only parameter; `batch = ids` names their parameter. |
 /// | `crate = "my_deps::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
 ///
 /// ```ignore
@@ -73,6 +74,32 @@ pub(crate) use crate::valid::Templates;
 /// `Result<T, E>`: only `Ok` is cached; an `Err` goes back to the caller
 /// unchanged. `Result<Option<T>, E>` combines both. The value type must be
 /// `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`.
+///
+/// # Batch
+///
+/// ```ignore
+/// #[cached(prefix = "placement", ttl = "5m", batch)]
+/// async fn get_many(&self, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Placement>, DbError> {
+///     /* one query: WHERE id = ANY($1) */
+/// }
+/// ```
+///
+/// Every id's entry is read in one round trip; the body is called once,
+/// with only the ids that missed (in a collection of the type the function
+/// takes: `Vec<Id>`, `&[Id]`, `HashSet<Id>` or `BTreeSet<Id>`, each id
+/// once), and what it returns is written back in one round trip. Each id's
+/// key is the one a single-key function of the same `prefix` makes with
+/// the same `key` (default: every parameter, with the collection's name
+/// standing for one id; `key = (tenant, ids)` or `key = "{ids}:row"` work
+/// too), so the two share entries both ways. Single flight and leases
+/// hold per id: two batches that overlap load each id once. An id missing
+/// from the returned map is absent: left out of the result, and cached
+/// only with `cache_none`. The map is `HashMap<Id, V>` or `BTreeMap<Id, V>`,
+/// or a `Result` of one. A batch takes `cache_none`, `lease`, `wait`, `name`
+/// and `cache`; not `tags`, `stale`, `early_refresh`, `audit` or
+/// `lock = false` (a compile error says why). When other callers are
+/// loading some of the ids and their loads fail or run past `wait`, the
+/// body is called once more for those ids.
 ///
 /// # Failures
 ///

@@ -17,7 +17,11 @@ pub(crate) fn validate(
 ) -> Templates {
     let mut templates = Templates::default();
     let Some(info) = info else { return templates };
+    if let Some(batch) = &args.batch {
+        templates.batch = check_batch(batch, args, func, info, errors);
+    }
     if let Some(none) = &args.cache_none
+        && args.batch.is_none()
         && matches!(info.shape, Shape::Plain | Shape::Result)
     {
         errors.push(syn::Error::new(
@@ -156,9 +160,161 @@ fn check_template(
     ok.then(|| (lit.clone(), pieces))
 }
 
+/// What `#[cached(batch)]` needs to know about the function.
+pub(crate) struct BatchPlan {
+    /// The parameter holding the ids.
+    pub(crate) ids: syn::Ident,
+    /// Its type, as written (`Vec<Uuid>`, `&[u64]`).
+    pub(crate) ids_ty: syn::Type,
+    /// The map's value type: what is stored per id.
+    pub(crate) value_ty: syn::Type,
+}
+
+/// Checks a batch function: which parameter holds the ids, that it returns
+/// a map, and that no option it cannot honour is given.
+fn check_batch(
+    batch: &crate::attr::Batch,
+    args: &Args,
+    func: &syn::ItemFn,
+    info: &FnInfo,
+    errors: &mut Errors,
+) -> Option<BatchPlan> {
+    let before = errors.len();
+    let unsupported: [(&str, Option<proc_macro2::Span>, &str); 5] = [
+        (
+            "tags",
+            args.tags.first().map(syn::LitStr::span),
+            "tag templates name one entry's parameters; tag a single-key function instead",
+        ),
+        (
+            "stale",
+            args.stale.as_ref().map(|t| t.span),
+            "a batch is not refreshed in the background",
+        ),
+        (
+            "early_refresh",
+            args.early_refresh
+                .as_ref()
+                .filter(|(b, _)| *b > 0.0)
+                .map(|(_, s)| *s),
+            "a batch is not refreshed in the background",
+        ),
+        (
+            "audit",
+            args.audit.as_ref().map(|(_, s)| *s),
+            "a batch is not audited; audit a single-key function of the same prefix",
+        ),
+        (
+            "lock",
+            args.lock.as_ref().filter(|l| !l.value).map(|l| l.span),
+            "a batch always takes its keys' single flight and leases",
+        ),
+    ];
+    for (option, span, why) in unsupported {
+        if let Some(span) = span {
+            errors.push(syn::Error::new(
+                span,
+                format!("`{option}` cannot be used with `batch`: {why}"),
+            ));
+        }
+    }
+    let typed: Vec<&syn::PatType> = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|a| match a {
+            syn::FnArg::Typed(pt) => Some(pt),
+            syn::FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let param = match &batch.param {
+        Some(name) => {
+            let found = info.params.iter().position(|p| p == name);
+            if found.is_none() {
+                errors.push(syn::Error::new(
+                    name.span(),
+                    format!(
+                        "`batch = {name}` names no parameter of `{}`; it must name the parameter that holds the ids",
+                        func.sig.ident
+                    ),
+                ));
+            }
+            found
+        }
+        None if info.params.len() == 1 => Some(0),
+        None => {
+            errors.push(syn::Error::new(
+                batch.span,
+                if info.params.is_empty() {
+                    format!(
+                        "`batch` needs a parameter that holds the ids: `{}` takes none (e.g. `ids: Vec<u64>`)",
+                        func.sig.ident
+                    )
+                } else {
+                    format!(
+                        "`{}` takes several parameters: name the one that holds the ids, e.g. `batch = {}`",
+                        func.sig.ident,
+                        info.params.last().map(ToString::to_string).unwrap_or_default()
+                    )
+                },
+            ));
+            None
+        }
+    };
+    let map_value = match info.shape {
+        Shape::Plain | Shape::Result => map_value_type(&info.value_ty),
+        Shape::Option | Shape::ResultOption => None,
+    };
+    if map_value.is_none() {
+        let span = match &func.sig.output {
+            syn::ReturnType::Type(_, ty) => syn::spanned::Spanned::span(ty),
+            syn::ReturnType::Default => func.sig.ident.span(),
+        };
+        errors.push(syn::Error::new(
+            span,
+            "a `batch` function returns a map from id to value, `HashMap<Id, V>` or `BTreeMap<Id, V>` \
+             (or a `Result` of one); an id missing from the map is absent",
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    let pt = typed.get(param?)?;
+    Some(BatchPlan {
+        ids: info.params[param?].clone(),
+        ids_ty: (*pt.ty).clone(),
+        value_ty: map_value?.clone(),
+    })
+}
+
+/// `V` of a map type written `Map<K, V>` (`HashMap`, `BTreeMap`, any map
+/// with the id and value as its first two type arguments).
+fn map_value_type(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(tp) = ty else { return None };
+    if tp.qself.is_some() {
+        return None;
+    }
+    let last = tp.path.segments.last()?;
+    if last.ident != "HashMap" && last.ident != "BTreeMap" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args
+        .iter()
+        .filter_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .nth(1)
+}
+
 /// Every checked template of an attribute, with the literal it came from.
 #[derive(Default)]
 pub(crate) struct Templates {
+    /// `#[cached(batch)]`'s plan, once checked.
+    pub(crate) batch: Option<BatchPlan>,
     pub(crate) key: Option<(syn::LitStr, Vec<template::Piece>)>,
     pub(crate) tags: Vec<(syn::LitStr, Vec<template::Piece>)>,
     pub(crate) keys: Vec<(syn::LitStr, Vec<template::Piece>)>,

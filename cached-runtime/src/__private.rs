@@ -10,6 +10,7 @@ pub use std::time::Duration;
 pub use crate::key::{KeyBuilder, hashed};
 use crate::{Cache, Cacheable};
 
+use crate::engine::batch::BatchCall;
 use crate::engine::policy::{Call, CountersRef, Keep};
 pub use crate::engine::policy::{ErrorSharing, Policy, Refresh, Shape};
 use crate::stats::Counters;
@@ -267,6 +268,239 @@ pub trait PlainRun<T> {
 }
 
 impl<T> PlainRun<T> for Runner<T> {}
+
+/// Batch cache-aside for `#[cached(batch)]`, on the same dispatch as
+/// [`CacheRun`]: the function takes a collection of ids and returns a map
+/// from id to value. Each id's entry is the one a single-key function of
+/// the same prefix reads and writes (`key(id)`); an id missing from the
+/// function's map is absent (stored only with `cache_none`).
+pub trait CacheBatch<T> {
+    /// Reads every id's entry, calls `load` with the ids it must load, and
+    /// returns a map of every id that has a value.
+    fn batch<K, M, E, L, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        ids: Vec<K>,
+        key: impl Fn(&K) -> String,
+        load: L,
+        errors: Option<ErrorSharing<E>>,
+    ) -> impl Future<Output = Result<M, E>>
+    where
+        K: Clone,
+        M: BatchMap<K, T>,
+        L: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<M, E>>;
+}
+
+impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
+    async fn batch<K, M, E, L, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        ids: Vec<K>,
+        key: impl Fn(&K) -> String,
+        load: L,
+        errors: Option<ErrorSharing<E>>,
+    ) -> Result<M, E>
+    where
+        K: Clone,
+        M: BatchMap<K, T>,
+        L: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<M, E>>,
+    {
+        // Each id once (by its key: distinct ids make distinct keys).
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        let mut keys = Vec::with_capacity(ids.len());
+        let mut unique = Vec::with_capacity(ids.len());
+        for id in ids {
+            let k = key(&id);
+            if seen.insert(k.clone()) {
+                keys.push(k);
+                unique.push(id);
+            }
+        }
+        let call = BatchCall {
+            counters: site.counters(cache),
+            policy: &site.policy,
+        };
+        let unique = &unique;
+        let load = &load;
+        let loader = |indexes: Vec<usize>| {
+            let asked: Vec<K> = indexes.iter().map(|&i| unique[i].clone()).collect();
+            async move {
+                let mut map = load(asked.clone()).await?;
+                Ok(asked.iter().map(|id| map.take(id)).collect())
+            }
+        };
+        let values = cache
+            .engine()
+            .load_batch(&call, &keys, loader, errors)
+            .await?;
+        let mut out = M::with_capacity(values.len());
+        for (id, value) in unique.iter().zip(values) {
+            if let Some(value) = value {
+                out.put(id.clone(), value);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The fallback of [`CacheBatch`]; never runs (see [`PlainRun`]).
+pub trait PlainBatch<T> {
+    /// Calls the function with every id.
+    fn batch<K, M, E, L, Fut>(
+        &self,
+        cache: &Cache,
+        site: &'static Site,
+        ids: Vec<K>,
+        key: impl Fn(&K) -> String,
+        load: L,
+        errors: Option<ErrorSharing<E>>,
+    ) -> Fut
+    where
+        L: Fn(Vec<K>) -> Fut,
+    {
+        let _ = (cache, site, key, errors);
+        load(ids)
+    }
+}
+
+impl<T> PlainBatch<T> for Runner<T> {}
+
+/// The collection parameter of a batch function: its ids, and the same
+/// kind of collection made of the ids to load.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the ids of `#[cached(batch)]`",
+    label = "a batch function takes its ids as a collection",
+    note = "take `Vec<Id>`, `&[Id]`, `HashSet<Id>` or `BTreeSet<Id>`"
+)]
+pub trait BatchIds {
+    /// One id.
+    type Id: Clone;
+    /// The collection the function is called with (`Vec` for a slice).
+    type Owned;
+    /// The ids, in order.
+    fn batch_ids(&self) -> Vec<Self::Id>;
+    /// A collection of these ids.
+    fn from_ids(ids: Vec<Self::Id>) -> Self::Owned;
+}
+
+impl<K: Clone> BatchIds for Vec<K> {
+    type Id = K;
+    type Owned = Vec<K>;
+    fn batch_ids(&self) -> Vec<K> {
+        self.clone()
+    }
+    fn from_ids(ids: Vec<K>) -> Vec<K> {
+        ids
+    }
+}
+
+impl<K: Clone> BatchIds for [K] {
+    type Id = K;
+    type Owned = Vec<K>;
+    fn batch_ids(&self) -> Vec<K> {
+        self.to_vec()
+    }
+    fn from_ids(ids: Vec<K>) -> Vec<K> {
+        ids
+    }
+}
+
+impl<K, S> BatchIds for std::collections::HashSet<K, S>
+where
+    K: Clone + Eq + std::hash::Hash,
+    S: std::hash::BuildHasher + Default,
+{
+    type Id = K;
+    type Owned = Self;
+    fn batch_ids(&self) -> Vec<K> {
+        self.iter().cloned().collect()
+    }
+    fn from_ids(ids: Vec<K>) -> Self {
+        ids.into_iter().collect()
+    }
+}
+
+impl<K: Clone + Ord> BatchIds for std::collections::BTreeSet<K> {
+    type Id = K;
+    type Owned = Self;
+    fn batch_ids(&self) -> Vec<K> {
+        self.iter().cloned().collect()
+    }
+    fn from_ids(ids: Vec<K>) -> Self {
+        ids.into_iter().collect()
+    }
+}
+
+/// A batch call's ids, in order, and how to make the function's argument
+/// of the ids it must load.
+#[derive(Debug)]
+pub struct BatchInput<I, O> {
+    /// The ids, in order.
+    pub ids: Vec<I>,
+    /// The collection of some of them.
+    pub rebuild: fn(Vec<I>) -> O,
+}
+
+/// The [`BatchInput`] of a batch call's collection (the one place the
+/// collection's type is checked, so a wrong one is one error).
+#[inline]
+pub fn batch_input<C, I, O>(ids: &C) -> BatchInput<I, O>
+where
+    C: BatchIds<Id = I, Owned = O> + ?Sized,
+{
+    BatchInput {
+        ids: ids.batch_ids(),
+        rebuild: C::from_ids,
+    }
+}
+
+/// What a batch function returns (inside its `Result`): a map from id to
+/// value.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a map a `#[cached(batch)]` function can return",
+    label = "a batch function returns a map from id to value",
+    note = "return `HashMap<Id, V>` or `BTreeMap<Id, V>` (inside a `Result` if it can fail), with the id type of the collection it takes"
+)]
+pub trait BatchMap<K, T>: Sized {
+    /// An empty map with room for `n`.
+    fn with_capacity(n: usize) -> Self;
+    /// Takes the value of `id` out of the map.
+    fn take(&mut self, id: &K) -> Option<T>;
+    /// Adds a value.
+    fn put(&mut self, id: K, value: T);
+}
+
+impl<K, T, S> BatchMap<K, T> for std::collections::HashMap<K, T, S>
+where
+    K: Eq + std::hash::Hash,
+    S: std::hash::BuildHasher + Default,
+{
+    fn with_capacity(n: usize) -> Self {
+        std::collections::HashMap::with_capacity_and_hasher(n, S::default())
+    }
+    fn take(&mut self, id: &K) -> Option<T> {
+        self.remove(id)
+    }
+    fn put(&mut self, id: K, value: T) {
+        self.insert(id, value);
+    }
+}
+
+impl<K: Ord, T> BatchMap<K, T> for std::collections::BTreeMap<K, T> {
+    fn with_capacity(_: usize) -> Self {
+        std::collections::BTreeMap::new()
+    }
+    fn take(&mut self, id: &K) -> Option<T> {
+        self.remove(id)
+    }
+    fn put(&mut self, id: K, value: T) {
+        self.insert(id, value);
+    }
+}
 
 /// Picks how a call site's errors reach the callers who waited for a failed
 /// load: [`ShareErrors`] (a clone each) when the error type is

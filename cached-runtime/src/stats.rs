@@ -193,6 +193,15 @@ impl Striped {
         self.metric.increment(1);
     }
 
+    /// Adds `n` at once (a batch's keys).
+    pub(crate) fn add_n(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.stripes[0].0.fetch_add(n, Relaxed);
+        self.metric.increment(n);
+    }
+
     pub(crate) fn load(&self) -> u64 {
         self.stripes.iter().map(|s| s.0.load(Relaxed)).sum()
     }

@@ -192,6 +192,15 @@ pub(crate) struct Lease {
     pub(crate) epoch: u64,
 }
 
+/// How one lease of a batch ends: with a write of the value (`None` inside:
+/// the absence marker), its metadata and how long to keep it, or (`write`
+/// is `None`) released with nothing written.
+pub(crate) struct LeaseFinish<'a, T> {
+    pub(crate) key: &'a str,
+    pub(crate) lease: Lease,
+    pub(crate) write: Option<(Option<&'a T>, EntryMeta, Duration)>,
+}
+
 /// When a lease may be taken, besides nobody else holding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseIf {
@@ -385,6 +394,70 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.release_lease(key, token, timeout).await,
+        }
+    }
+
+    /// Reads the entries under `keys`, undecoded, in one round trip (a
+    /// pipeline on Redis); one answer per key, in order. The entries of a
+    /// batch carry no tags.
+    pub(crate) async fn fetch_many(
+        &self,
+        keys: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(keys.iter().map(|k| m.fetch(k, &[])).collect()),
+            Backend::Redis(r) => r.fetch_many(keys, timeout).await,
+        }
+    }
+
+    /// Asks for the lease on each key, in one round trip: `token` for every
+    /// one, each on its own condition; one outcome per key, in order.
+    pub(crate) async fn acquire_leases(
+        &self,
+        asks: &[(&str, LeaseIf)],
+        token: u64,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<LeaseOutcome>, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(asks
+                .iter()
+                .map(|(key, cond)| m.acquire_lease(key, token, ttl, *cond, &[]))
+                .collect()),
+            Backend::Redis(r) => r.acquire_leases(asks, token, ttl, timeout).await,
+        }
+    }
+
+    /// Ends leases in one round trip: each writes its value while its lease
+    /// holds, or releases it. One answer per item, in order: `Ok(true)`
+    /// stored (or released), `Ok(false)` the lease was lost and nothing
+    /// was written, `Err` this value could not be stored (too large, does
+    /// not encode; what the key held is gone).
+    pub(crate) async fn finish_leases<T: Cacheable>(
+        &self,
+        items: &[LeaseFinish<'_, T>],
+        timeout: Duration,
+    ) -> Result<Vec<Result<bool, BackendError>>, BackendError> {
+        match self {
+            Backend::Memory(m) => Ok(items
+                .iter()
+                .map(|item| match &item.write {
+                    Some((value, meta, keep_for)) => Ok(m.set_if_leased(
+                        item.key,
+                        *value,
+                        *meta,
+                        *keep_for,
+                        item.lease.token,
+                        &[],
+                    )),
+                    None => {
+                        m.release_lease(item.key, item.lease.token);
+                        Ok(true)
+                    }
+                })
+                .collect()),
+            Backend::Redis(r) => r.finish_leases(items, timeout).await,
         }
     }
 

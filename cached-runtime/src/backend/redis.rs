@@ -854,6 +854,244 @@ impl RedisBackend {
     }
 }
 
+/// KEYS: lease. ARGV: token. [`RELEASE_LUA`], by its digest, for a batch's
+/// pipeline (whose caller waits for the answer, and sends it again after a
+/// NOSCRIPT).
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_LUA));
+
+/// A script call by digest with its keys, as one command of a pipeline;
+/// its arguments follow.
+fn evalsha(script: &redis::Script, keys: &[&[u8]]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(*key);
+    }
+    cmd
+}
+
+/// Sends `cmds` as one pipeline, one reply per command (an error reply in
+/// its place). Script calls that found their script missing (a restarted
+/// server lost its script cache) are sent again, once, after loading
+/// `scripts`: the others ran, and must not run twice.
+async fn pipeline(
+    conn: &mut ConnectionManager,
+    cmds: &[redis::Cmd],
+    scripts: &[&redis::Script],
+) -> redis::RedisResult<Vec<redis::Value>> {
+    async fn send(
+        conn: &mut ConnectionManager,
+        cmds: &[&redis::Cmd],
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for cmd in cmds {
+            pipe.add_command((*cmd).clone());
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        if replies.len() != cmds.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a pipeline's replies do not match its commands",
+            )));
+        }
+        Ok(replies)
+    }
+    let all: Vec<&redis::Cmd> = cmds.iter().collect();
+    let mut replies = send(conn, &all).await?;
+    let missing: Vec<usize> = replies
+        .iter()
+        .enumerate()
+        .filter(
+            |(_, reply)| matches!(reply, redis::Value::ServerError(e) if e.code() == "NOSCRIPT"),
+        )
+        .map(|(i, _)| i)
+        .collect();
+    if missing.is_empty() {
+        return Ok(replies);
+    }
+    for script in scripts {
+        script.prepare_invoke().load_async(conn).await?;
+    }
+    let again: Vec<&redis::Cmd> = missing.iter().map(|&i| &cmds[i]).collect();
+    for (i, reply) in missing.into_iter().zip(send(conn, &again).await?) {
+        replies[i] = reply;
+    }
+    Ok(replies)
+}
+
+impl RedisBackend {
+    /// Reads every key in one pipeline of bounded reads (GETRANGE, as
+    /// [`RedisBackend::fetch`] reads one): one answer per key.
+    pub(crate) async fn fetch_many(
+        &self,
+        keys: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in keys {
+            pipe.cmd("GETRANGE")
+                .arg(*key)
+                .arg(0)
+                .arg(self.max_value_bytes);
+        }
+        let read = async {
+            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            if replies.len() != keys.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a pipeline's replies do not match its commands",
+                )));
+            }
+            replies
+                .into_iter()
+                .map(|reply| match reply {
+                    redis::Value::Nil => Ok(Fetched::Absent),
+                    redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
+                    redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => {
+                        Ok(Fetched::WrongKind)
+                    }
+                    // Any other error reply (LOADING, MASTERDOWN) fails the
+                    // whole read, and counts as the outage it is.
+                    other => other.extract_error().map(|_| Fetched::WrongKind),
+                })
+                .collect()
+        };
+        Box::pin(self.run(Gate::Breaker, timeout, read)).await
+    }
+
+    /// [`RedisBackend::acquire_lease`] for many keys, in one pipeline.
+    pub(crate) async fn acquire_leases(
+        &self,
+        asks: &[(&str, LeaseIf)],
+        token: u64,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<LeaseOutcome>, BackendError> {
+        if asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.control()?;
+        let (ttl, tag_ms) = (millis(ttl), 1u64);
+        let cmds: Vec<redis::Cmd> = asks
+            .iter()
+            .map(|(key, cond)| {
+                let identity = match cond {
+                    LeaseIf::Unchanged(meta) => codec::identity(meta),
+                    _ => [0; codec::IDENTITY_LEN],
+                };
+                let (mode, seen): (&str, &[u8]) = match cond {
+                    LeaseIf::Absent => ("1", &[]),
+                    LeaseIf::Any => ("0", &[]),
+                    LeaseIf::Unchanged(_) => ("2", &identity),
+                };
+                let lease = lease_key(key);
+                let mut cmd = evalsha(
+                    &ACQUIRE,
+                    &[key.as_bytes(), lease.as_bytes(), self.epoch_key.as_bytes()],
+                );
+                cmd.arg(token).arg(ttl).arg(mode).arg(tag_ms).arg(seen);
+                cmd
+            })
+            .collect();
+        let ask = async {
+            let replies = pipeline(&mut conn, &cmds, &[&ACQUIRE]).await?;
+            replies
+                .into_iter()
+                .map(|reply| {
+                    let (outcome, epoch): (i64, u64) =
+                        redis::from_redis_value(reply.extract_error()?)?;
+                    Ok(match outcome {
+                        1 => LeaseOutcome::Acquired(epoch),
+                        2 => LeaseOutcome::ValuePresent,
+                        3 => LeaseOutcome::Changed,
+                        _ => LeaseOutcome::Held,
+                    })
+                })
+                .collect::<redis::RedisResult<Vec<_>>>()
+        };
+        self.run(Gate::Breaker, timeout, ask).await
+    }
+
+    /// [`RedisBackend::set_if_leased`] and [`RedisBackend::release_lease`]
+    /// for many keys, in one pipeline.
+    pub(crate) async fn finish_leases<T: Cacheable>(
+        &self,
+        items: &[super::LeaseFinish<'_, T>],
+        timeout: Duration,
+    ) -> Result<Vec<Result<bool, BackendError>>, BackendError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.control()?;
+        let mut unstorable: Vec<Option<BackendError>> = Vec::with_capacity(items.len());
+        let cmds: Vec<redis::Cmd> = items
+            .iter()
+            .map(|item| {
+                let lease = lease_key(item.key);
+                let key = item.key.as_bytes();
+                let token = item.lease.token;
+                let Some((value, meta, keep_for)) = &item.write else {
+                    unstorable.push(None);
+                    let mut cmd = evalsha(&RELEASE, &[lease.as_bytes()]);
+                    cmd.arg(token);
+                    return cmd;
+                };
+                match self.encode(*value, meta) {
+                    Ok(bytes) => {
+                        unstorable.push(None);
+                        let mut cmd = evalsha(
+                            &SET_IF_LEASED,
+                            &[key, lease.as_bytes(), self.epoch_key.as_bytes()],
+                        );
+                        cmd.arg(token)
+                            .arg(bytes)
+                            .arg(millis(*keep_for))
+                            .arg(item.lease.epoch);
+                        cmd
+                    }
+                    // Not stored: the value there is older than this load,
+                    // so it goes too (while the lease holds), and the lease
+                    // ends so that others load at once.
+                    Err(e) => {
+                        unstorable.push(Some(e));
+                        let mut cmd = evalsha(&DROP_IF_LEASED, &[key, lease.as_bytes()]);
+                        cmd.arg(token);
+                        cmd
+                    }
+                }
+            })
+            .collect();
+        let scripts: [&redis::Script; 3] = [&SET_IF_LEASED, &DROP_IF_LEASED, &RELEASE];
+        let replies = self
+            .run(Gate::Always, timeout, pipeline(&mut conn, &cmds, &scripts))
+            .await?;
+        Ok(replies
+            .into_iter()
+            .zip(unstorable)
+            .zip(items)
+            .map(|((reply, unstorable), item)| {
+                let done: i64 = reply
+                    .extract_error()
+                    .and_then(|v| Ok(redis::from_redis_value(v)?))
+                    .map_err(BackendError::Redis)?;
+                match unstorable {
+                    Some(e) => Err(e),
+                    // A release answers 0 when the lease was already gone:
+                    // released all the same.
+                    None if item.write.is_none() => Ok(true),
+                    None => Ok(done == 1),
+                }
+            })
+            .collect())
+    }
+}
+
 async fn run<T>(
     timeout: Duration,
     fut: impl Future<Output = redis::RedisResult<T>>,

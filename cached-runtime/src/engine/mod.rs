@@ -26,6 +26,7 @@
 //! calls the backends; nothing here knows the handle.
 
 mod audit;
+pub(crate) mod batch;
 mod flight;
 mod invalidate;
 mod lease;

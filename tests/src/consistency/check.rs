@@ -48,6 +48,10 @@ pub const READ_BOUND: Duration = WAIT
     .saturating_add(OP_TIMEOUT.saturating_mul(4))
     .saturating_add(Duration::from_millis(50))
     .saturating_add(SLACK);
+/// The most a batch read may wait on the cache: a read's, plus the
+/// pipelines a batch adds (its lease request and write before it waits for
+/// others' loads, and the write of what it loads after).
+pub const BATCH_READ_BOUND: Duration = READ_BOUND.saturating_add(OP_TIMEOUT.saturating_mul(2));
 /// The most a write's cache operation may take: up to four backend
 /// operations (SCAN + UNLINK, SSCAN + MULTI) of at most the op timeout.
 pub const WRITE_BOUND: Duration = OP_TIMEOUT.saturating_mul(4).saturating_add(SLACK);
@@ -264,7 +268,7 @@ pub fn check(input: &Input) -> Report {
 }
 
 fn counts(input: &Input, report: &mut Report) {
-    let reads = input.calls.iter().filter(|c| c.op == Op::Read).count();
+    let reads = input.calls.iter().filter(|c| c.op.is_read()).count();
     report.calls = input.calls.len();
     report.reads = reads;
     report.reads_returned = input
@@ -397,7 +401,7 @@ fn read_your_writes(
             m = m.max(w.version);
             prefix_max.push(m);
         }
-        for r in calls.iter().filter(|c| c.op == Op::Read) {
+        for r in calls.iter().filter(|c| c.op.is_read()) {
             let Outcome::Read(got) = r.outcome else {
                 continue;
             };
@@ -697,7 +701,11 @@ fn bounded(input: &Input, report: &mut Report) {
             }
             Outcome::Read(_) | Outcome::Wrote(_) => {
                 let write = usize::from(c.op.is_write());
-                let bound = ns(if write == 1 { WRITE_BOUND } else { READ_BOUND });
+                let bound = ns(match c.op {
+                    Op::BatchRead => BATCH_READ_BOUND,
+                    _ if write == 1 => WRITE_BOUND,
+                    _ => READ_BOUND,
+                });
                 let excess = c.took_ns().saturating_sub(c.own_ns + stall);
                 if excess > worst[write].0 {
                     worst[write] = (excess, Some(c));
@@ -746,7 +754,7 @@ fn orphaned_leases(input: &Input, report: &mut Report) {
     let mut calls: Vec<&Call> = input.calls.iter().collect();
     calls.sort_by_key(|c| c.invoke);
     for c in calls.iter().copied() {
-        if c.op != Op::Read
+        if !c.op.is_read()
             || !matches!(c.outcome, Outcome::Read(_))
             || c.took_ns().saturating_sub(c.own_ns) < ns(WAIT)
         {

@@ -55,6 +55,9 @@ impl Variant {
 pub enum Op {
     /// A `#[cached]` reader.
     Read,
+    /// A `#[cached(batch)]` reader of the row and a few others (one call
+    /// recorded per row, with the batch's times).
+    BatchRead,
     /// Source update, then `#[cache_put]` of the new row.
     Put,
     /// Source update, then `#[cache_evict(keys = ...)]`.
@@ -82,12 +85,17 @@ impl Op {
     ];
 
     pub fn is_write(self) -> bool {
-        self != Op::Read
+        !self.is_read()
+    }
+
+    pub fn is_read(self) -> bool {
+        matches!(self, Op::Read | Op::BatchRead)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Op::Read => "read",
+            Op::BatchRead => "batch_read",
             Op::Put => "put",
             Op::EvictKey => "evict_key",
             Op::EvictPatternOne => "evict_pattern_one",

@@ -6,6 +6,7 @@
 //! The source of truth is a `redis-server` that no fault touches: row
 //! `(variant, id)` is a counter, its version, bumped with INCR.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -197,6 +198,20 @@ impl Svc {
         })
     }
 
+    /// A batch's query: each row read as [`Svc::load`] reads one.
+    async fn load_many(
+        &self,
+        variant: Variant,
+        ids: Vec<u64>,
+        ctx: &Ctx,
+    ) -> Result<HashMap<u64, Row>, DbError> {
+        let mut rows = HashMap::with_capacity(ids.len());
+        for id in ids {
+            rows.insert(id, self.load(variant, id, ctx).await?);
+        }
+        Ok(rows)
+    }
+
     async fn commit(&self, variant: Variant, id: u64, ctx: &Ctx) -> Result<Row, DbError> {
         let started = Instant::now();
         let version = self.db.incr(variant, id).await;
@@ -228,6 +243,12 @@ impl Plain {
     pub async fn read(&self, id: u64, group: u64, ctx: Ctx) -> Result<Row, DbError> {
         let _ = group;
         self.0.load(Variant::Plain, id, &ctx).await
+    }
+
+    /// The batch reader of the same entries.
+    #[cached(prefix = "plain", key = "{ids}:row", batch = ids, cache = self.0.cache, lease = "3s", wait = "300ms", ttl = "2s")]
+    pub async fn read_many(&self, ids: Vec<u64>, ctx: Ctx) -> Result<HashMap<u64, Row>, DbError> {
+        self.0.load_many(Variant::Plain, ids, &ctx).await
     }
 
     #[cache_put(prefix = "plain", key = "{id}:row", cache = self.0.cache, ttl = "2s")]
@@ -304,6 +325,12 @@ impl Early {
     pub async fn read(&self, id: u64, group: u64, ctx: Ctx) -> Result<Row, DbError> {
         let _ = group;
         self.0.load(Variant::Early, id, &ctx).await
+    }
+
+    /// The batch reader of the same entries (which it does not refresh).
+    #[cached(prefix = "early", key = "{ids}:row", batch = ids, cache = self.0.cache, lease = "3s", wait = "300ms", ttl = "1s")]
+    pub async fn read_many(&self, ids: Vec<u64>, ctx: Ctx) -> Result<HashMap<u64, Row>, DbError> {
+        self.0.load_many(Variant::Early, ids, &ctx).await
     }
 
     #[cache_put(prefix = "early", key = "{id}:row", cache = self.0.cache, ttl = "1s")]
@@ -416,6 +443,21 @@ impl Framework {
         }
     }
 
+    /// A batch read of `ids` (the variants with a batch reader: `plain`
+    /// and `early`).
+    pub async fn read_many(
+        &self,
+        variant: Variant,
+        ids: Vec<u64>,
+        ctx: Ctx,
+    ) -> Result<HashMap<u64, Row>, DbError> {
+        match variant {
+            Variant::Plain => self.plain.read_many(ids, ctx).await,
+            Variant::Early => self.early.read_many(ids, ctx).await,
+            Variant::Stale | Variant::Tagged => unreachable!("no batch reader"),
+        }
+    }
+
     pub async fn write(
         &self,
         op: super::history::Op,
@@ -433,7 +475,9 @@ impl Framework {
                     Op::EvictPatternOne => $v.evict_pattern_one(id, ctx).await,
                     Op::EvictPatternAll => $v.evict_pattern_all(id, ctx).await,
                     Op::EvictPrefix => $v.evict_prefix(id, ctx).await,
-                    Op::EvictTag | Op::Read => unreachable!("not a write of every variant"),
+                    Op::EvictTag | Op::Read | Op::BatchRead => {
+                        unreachable!("not a write of every variant")
+                    }
                 }
             };
         }

@@ -228,12 +228,20 @@ fn write_share(variant: Variant) -> f64 {
     }
 }
 
+/// Share of the `plain` and `early` reads made in a batch.
+const BATCH_SHARE: f64 = 0.25;
+
 /// A random call: what, on which row.
 fn pick(rng: &mut fastrand::Rng, hand_written: bool, only: &[Op]) -> (Op, Variant, u64) {
     let variant = Variant::ALL[rng.usize(..Variant::ALL.len())];
     let key = rng.u64(..KEYS);
     if rng.f64() >= write_share(variant) {
-        return (Op::Read, variant, key);
+        // A quarter of the reads of the variants with a batch reader read
+        // the row in a batch.
+        let batch = !hand_written
+            && matches!(variant, Variant::Plain | Variant::Early)
+            && rng.f64() < BATCH_SHARE;
+        return (if batch { Op::BatchRead } else { Op::Read }, variant, key);
     }
     if hand_written {
         return (Op::EvictKey, variant, key);
@@ -263,6 +271,16 @@ impl TaskCtx {
             let deadline = Deadline::pick(&mut rng);
             if op.is_write() {
                 self.write(op, variant, key, deadline, rng.u64(1..)).await;
+            } else if op == Op::BatchRead {
+                // The row and up to three others of the variant.
+                let mut ids = vec![key];
+                for _ in 0..rng.usize(1..4) {
+                    let other = rng.u64(..KEYS);
+                    if !ids.contains(&other) {
+                        ids.push(other);
+                    }
+                }
+                self.batch_read(variant, ids, deadline).await;
             } else {
                 self.read(variant, key, deadline).await;
             }
@@ -294,6 +312,43 @@ impl TaskCtx {
             &ctx,
             deadline,
         );
+    }
+
+    /// A batch read, recorded as one call per row with the batch's times
+    /// (and its loads and own time, which all of them share).
+    async fn batch_read(&self, variant: Variant, ids: Vec<u64>, deadline: Deadline) {
+        let System::Framework(f) = &self.system else {
+            return;
+        };
+        let ctx = Ctx::default();
+        let invoke = now_ns();
+        let got = deadline
+            .run(f.read_many(variant, ids.clone(), ctx.clone()))
+            .await;
+        let complete = now_ns();
+        for id in ids {
+            let outcome = match &got {
+                None => Outcome::Dropped,
+                Some(Ok(rows)) => match rows.get(&id) {
+                    Some(row) if row.variant == variant && row.id == id => {
+                        Outcome::Read(row.version)
+                    }
+                    Some(row) => Outcome::Error(format!("another row's value: {row:?}")),
+                    None => Outcome::Error("absent from the batch's map".into()),
+                },
+                Some(Err(e)) => Outcome::Error(format!("{e:?}")),
+            };
+            self.record(
+                Op::BatchRead,
+                variant,
+                id,
+                invoke,
+                complete,
+                outcome,
+                &ctx,
+                deadline,
+            );
+        }
     }
 
     async fn write(&self, op: Op, variant: Variant, key: u64, deadline: Deadline, token: u64) {

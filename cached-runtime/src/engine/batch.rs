@@ -1,0 +1,450 @@
+//! Batch get-or-load (`#[cached(batch)]`): the keys of one call read in one
+//! round trip, the missing ones loaded by one call of the function and
+//! written back in one round trip, each key under the same single flight and
+//! lease as a single-key call of it.
+//!
+//! One round, for the keys it is given:
+//!
+//! 1. **Flights.** Each key's in-process flight is led or joined, as a
+//!    single call's is: a key another caller here is already reading or
+//!    loading is waited for (step 5), not read again.
+//! 2. **Read** the led keys: one pipeline. Hits are handed to the callers
+//!    who joined their flights.
+//! 3. **Leases** for the misses: one pipeline, one token.
+//! 4. **Load** what this batch holds leases on (and what it may load but not
+//!    store: the backend failed, or a change of the key is pending), in one
+//!    call of the function, then **store** it in one pipeline while each
+//!    lease holds.
+//! 5. **Wait** for the rest, all at once: keys whose lease another process
+//!    holds (polled as a single call polls, up to `wait`) and keys another
+//!    caller here leads. What they did not deliver (their load failed, or
+//!    ran past `wait`) is loaded in one more call of the function.
+//!
+//! The batch's own load never waits on another caller's (step 4 comes
+//! before step 5), so two batches that overlap, in one process or two,
+//! cannot wait on each other. A key whose leader here went away (cancelled,
+//! or detached by an invalidation) goes to the next round.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Engine;
+use super::flight::{FlightGuard, Landed, Role, Shared, landing};
+use super::lease::{Ask, LeaseEnd, Leasing};
+use super::policy::{Call, CountersRef, ErrorSharing, Keep, Policy, Shape};
+use super::read::Read;
+use crate::Cacheable;
+use crate::backend::{BackendError, Fetched, Lease, LeaseFinish, LeaseIf, LeaseOutcome};
+
+/// Rounds before the batch stops waiting for leaders that keep going away
+/// and loads what is left itself, storing nothing (as a single call does
+/// after a failed or abandoned wait).
+const MAX_ROUNDS: usize = 3;
+
+/// One batch call: its site's counters and policy.
+pub(crate) struct BatchCall<'a> {
+    pub(crate) counters: CountersRef<'a>,
+    pub(crate) policy: &'a Policy,
+}
+
+/// A key to load in step 4 or 5: its index, its flight (`None`: not led by
+/// this batch), and the lease its value is stored under (`None`: loaded,
+/// not stored).
+type ToLoad<'g> = (usize, Option<FlightGuard<'g>>, Option<Lease>);
+
+impl Engine {
+    /// Get-or-load for every key of `keys` (distinct full keys), by the
+    /// module's rounds. `load` is called with the indexes of the keys to
+    /// load and answers one value per index, in order (`None`: absent).
+    /// Returns one value per key (`None`: absent).
+    pub(crate) async fn load_batch<T, E, L, Fut>(
+        self: &Arc<Self>,
+        call: &BatchCall<'_>,
+        keys: &[String],
+        load: L,
+        errors: Option<ErrorSharing<E>>,
+    ) -> Result<Vec<Option<T>>, E>
+    where
+        T: Cacheable,
+        L: Fn(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<T>>, E>>,
+    {
+        let mut found: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..keys.len()).collect();
+        let mut round = 0;
+        while !todo.is_empty() {
+            round += 1;
+            // The cache is off, or leaders kept going away: load, store
+            // nothing.
+            if !self.enabled || round > MAX_ROUNDS {
+                if self.enabled {
+                    call.counters.misses.add_n(todo.len() as u64);
+                }
+                let (values, _) = self
+                    .run_loader(&call.counters, || load(todo.clone()))
+                    .await?;
+                for (i, value) in todo.iter().zip(values) {
+                    found[*i] = value;
+                }
+                break;
+            }
+            todo = Box::pin(self.batch_round(call, keys, todo, &load, errors, &mut found)).await?;
+        }
+        Ok(found)
+    }
+
+    /// One round (see the module docs); returns the keys for the next.
+    async fn batch_round<T, E, L, Fut>(
+        self: &Arc<Self>,
+        call: &BatchCall<'_>,
+        keys: &[String],
+        todo: Vec<usize>,
+        load: &L,
+        errors: Option<ErrorSharing<E>>,
+        found: &mut [Option<T>],
+    ) -> Result<Vec<usize>, E>
+    where
+        T: Cacheable,
+        L: Fn(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<T>>, E>>,
+    {
+        let counters = &*call.counters;
+        let policy = call.policy;
+
+        // 1. Flights.
+        let mut led = Vec::new();
+        let mut now: Vec<ToLoad<'_>> = Vec::new();
+        let mut joined = Vec::new();
+        for i in todo {
+            let key = keys[i].as_str();
+            match self.flights.join_or_lead(self, key, policy.wait) {
+                // A change of this key has not reached the backend: what is
+                // there may be the value it replaced. Load, store nothing.
+                Role::Lead(guard) if self.pending.blocks(key, &[]) => {
+                    counters.misses.add();
+                    now.push((i, Some(guard), None));
+                }
+                Role::Lead(guard) => led.push((i, guard)),
+                Role::Wait(rx) => joined.push((i, rx)),
+            }
+        }
+
+        // 2. One read of the keys this batch leads.
+        let mut asks = Vec::new();
+        if !led.is_empty() {
+            let names: Vec<&str> = led.iter().map(|(i, _)| keys[*i].as_str()).collect();
+            let started = Instant::now();
+            let fetched = self.backend.fetch_many(&names, self.op_timeout).await;
+            match fetched {
+                Ok(entries) => {
+                    if self.backend.is_remote() {
+                        counters.latency_get.record(started.elapsed());
+                    }
+                    let mut hits = 0;
+                    for ((i, mut guard), entry) in led.into_iter().zip(entries) {
+                        // Until something this batch cannot use is seen
+                        // under the key, its lease is taken only while the
+                        // key is empty (as `take_lease` asks).
+                        let cond = if matches!(entry, Fetched::Absent) {
+                            LeaseIf::Absent
+                        } else {
+                            LeaseIf::Any
+                        };
+                        match self.interpret::<T>(&keys[i], counters, Ok(entry)) {
+                            Read::Fresh(item, meta) => {
+                                hits += 1;
+                                guard.land_with(&item, Shared::Fresh(meta));
+                                found[i] = item;
+                            }
+                            Read::Stale(item, meta) => {
+                                hits += 1;
+                                counters.stale_served.add();
+                                guard.land_with(&item, Shared::Stale(meta));
+                                found[i] = item;
+                            }
+                            Read::Miss | Read::Failed => asks.push((i, guard, cond)),
+                        }
+                    }
+                    counters.hits.add_n(hits);
+                    counters.misses.add_n(asks.len() as u64);
+                    tracing::debug!(keys = names.len(), hits, "cache get (batch)");
+                }
+                Err(e) => {
+                    // Served by the function, as a single call's failed read.
+                    self.backend_failed(names[0], "get", &e, counters);
+                    counters.misses.add_n(led.len() as u64);
+                    now.extend(led.into_iter().map(|(i, guard)| (i, Some(guard), None)));
+                }
+            }
+        }
+
+        // 3. One request for the leases of the misses.
+        let mut contested = Vec::new();
+        if !asks.is_empty() {
+            let token = fastrand::u64(1..);
+            // Held by each guard from the moment the request is sent: a
+            // batch dropped while it is in flight releases them.
+            for (_, guard, _) in &mut asks {
+                guard.lease = Some(token);
+            }
+            let request: Vec<(&str, LeaseIf)> = asks
+                .iter()
+                .map(|(i, _, cond)| (keys[*i].as_str(), *cond))
+                .collect();
+            let asked = Instant::now();
+            let outcomes = self
+                .backend
+                .acquire_leases(&request, token, policy.lease, self.op_timeout)
+                .await;
+            match outcomes {
+                Ok(outcomes) => {
+                    if self.backend.is_remote() {
+                        counters.latency_lease.record(asked.elapsed());
+                    }
+                    for ((i, mut guard, _), outcome) in asks.into_iter().zip(outcomes) {
+                        match outcome {
+                            LeaseOutcome::Acquired(epoch) => {
+                                now.push((i, Some(guard), Some(Lease { token, epoch })));
+                            }
+                            // Another holds it, or a value arrived since the
+                            // read: step 5.
+                            LeaseOutcome::Held
+                            | LeaseOutcome::ValuePresent
+                            | LeaseOutcome::Changed => {
+                                guard.lease = None;
+                                contested.push((i, guard));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.backend_failed(request[0].0, "lease", &e, counters);
+                    for (i, mut guard, _) in asks {
+                        // Never sent: nothing to release. Otherwise the
+                        // leases may be ours on the server: each guard
+                        // releases its own.
+                        if matches!(e, BackendError::Skipped) {
+                            guard.lease = None;
+                        }
+                        now.push((i, Some(guard), None));
+                    }
+                }
+            }
+        }
+
+        // 4. One load, one write.
+        self.load_and_store(call, keys, load, errors, now, found)
+            .await?;
+
+        // 5. The keys others are loading, all at once.
+        let polls = contested.into_iter().map(|(i, mut guard)| async move {
+            let token = fastrand::u64(1..);
+            guard.lease = Some(token);
+            let single: Call<'_, Option<T>, T> = Call {
+                key: keys[i].clone(),
+                counters: Cow::Borrowed(&*call.counters),
+                policy,
+                tags: &[],
+                shape: std::marker::PhantomData,
+            };
+            let leasing = self.take_lease(&single, token, Ask::ForLoad).await;
+            (i, guard, token, leasing)
+        });
+        let waits = joined
+            .into_iter()
+            .map(|(i, rx)| async move { (i, landing(rx).await) });
+        let (polled, landed) = tokio::join!(
+            futures_util::future::join_all(polls),
+            futures_util::future::join_all(waits)
+        );
+        let mut later: Vec<ToLoad<'_>> = Vec::new();
+        for (i, mut guard, token, leasing) in polled {
+            match leasing {
+                Leasing::Ours(epoch) => later.push((i, Some(guard), Some(Lease { token, epoch }))),
+                Leasing::Value(value) => {
+                    guard.lease = None;
+                    guard.land_with(&value, Shared::Loaded);
+                    found[i] = value;
+                }
+                Leasing::NotOurs => {
+                    guard.lease = None;
+                    later.push((i, Some(guard), None));
+                }
+                // Perhaps ours on the server: the guard releases it.
+                Leasing::Failed => later.push((i, Some(guard), None)),
+            }
+        }
+        let mut again = Vec::new();
+        for (i, landed) in landed {
+            let hit = matches!(landed, Landed::Hit(..));
+            match landed {
+                Landed::Value(any) | Landed::Hit(any, _) => {
+                    // Counted as this batch's own hit or miss, as a single
+                    // call counts a shared read or a shared load.
+                    counters.coalesced.add();
+                    if hit {
+                        counters.hits.add();
+                    } else {
+                        counters.misses.add();
+                    }
+                    if let Some(item) = any.downcast_ref::<Option<T>>() {
+                        found[i] = item.clone();
+                    } else if let Some(value) = any.downcast_ref::<T>() {
+                        found[i] = Some(value.clone());
+                    } else {
+                        // A value of another type under the key: load it.
+                        later.push((i, None, None));
+                    }
+                }
+                // The leader went away: start over with this key.
+                Landed::Abandoned | Landed::Running => again.push(i),
+                Landed::TimedOut => {
+                    counters.wait_timeouts.add();
+                    later.push((i, None, None));
+                }
+                // Its load failed: this batch tries the source itself.
+                Landed::Failed(_) => later.push((i, None, None)),
+            }
+        }
+        self.load_and_store(call, keys, load, errors, later, found)
+            .await?;
+        Ok(again)
+    }
+
+    /// Loads `items` in one call of the function, stores the leased ones in
+    /// one round trip, and hands every value to its flight's waiters.
+    async fn load_and_store<'g, T, E, L, Fut>(
+        &self,
+        call: &BatchCall<'_>,
+        keys: &'g [String],
+        load: &L,
+        errors: Option<ErrorSharing<E>>,
+        items: Vec<ToLoad<'g>>,
+        found: &mut [Option<T>],
+    ) -> Result<(), E>
+    where
+        T: Cacheable,
+        L: Fn(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<T>>, E>>,
+    {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let counters = &*call.counters;
+        let indexes: Vec<usize> = items.iter().map(|(i, _, _)| *i).collect();
+        let (values, took) = match self.run_loader(counters, || load(indexes)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Each waiter gets the error if its type allows. The leases
+                // are released before the caller has its error (as a
+                // single call's), so the next caller of these keys loads at
+                // once; one the backend did not release, its guard retries.
+                let shared = errors.map(|s| s.share(&e));
+                let releases: Vec<LeaseFinish<'_, T>> = items
+                    .iter()
+                    .filter_map(|(i, _, lease)| {
+                        Some(LeaseFinish {
+                            key: keys[*i].as_str(),
+                            lease: (*lease)?,
+                            write: None,
+                        })
+                    })
+                    .collect();
+                let released = if releases.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.backend.finish_leases(&releases, self.op_timeout).await
+                };
+                let mut released = released.ok().into_iter().flatten();
+                for (_, guard, lease) in items {
+                    let done = lease.is_some() && matches!(released.next(), Some(Ok(_)));
+                    if let Some(mut guard) = guard {
+                        if done {
+                            guard.lease = None;
+                        }
+                        guard.land(Landed::Failed(shared.clone()));
+                    }
+                }
+                return Err(e);
+            }
+        };
+
+        // The leased values, written in one round trip.
+        let mut metas = Vec::new();
+        for ((_, _, lease), value) in items.iter().zip(&values) {
+            let keep = Shape::<T>::keep_for(value, call.policy).map(|ttl| Keep {
+                ttl,
+                stale: call.policy.stale,
+                load_time: took,
+            });
+            metas.push(lease.and(keep).map(|keep| self.entry_meta(keep)));
+        }
+        let finishes: Vec<LeaseFinish<'_, T>> = items
+            .iter()
+            .zip(&values)
+            .zip(&metas)
+            .filter_map(|(((i, _, lease), value), meta)| {
+                Some(LeaseFinish {
+                    key: keys[*i].as_str(),
+                    lease: (*lease)?,
+                    write: meta.map(|(meta, keep_for)| (value.as_ref(), meta, keep_for)),
+                })
+            })
+            .collect();
+        let mut ends = Vec::with_capacity(finishes.len());
+        if !finishes.is_empty() {
+            let started = Instant::now();
+            let result = self.backend.finish_leases(&finishes, self.op_timeout).await;
+            self.wrote(
+                finishes[0].key,
+                counters,
+                started,
+                "cache set (leased, batch)",
+            );
+            match result {
+                Ok(results) => {
+                    for (finish, result) in finishes.iter().zip(results) {
+                        ends.push(match result {
+                            Ok(true) if finish.write.is_none() => LeaseEnd::Released,
+                            Ok(true) => LeaseEnd::Stored,
+                            Ok(false) => {
+                                counters.leases_lost.add();
+                                tracing::debug!(cache_key = %finish.key, "lease lost (invalidated or expired) before the write; not stored");
+                                LeaseEnd::Lost
+                            }
+                            Err(e) => {
+                                self.backend_failed(finish.key, "set", &e, counters);
+                                LeaseEnd::Failed
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.backend_failed(finishes[0].key, "set", &e, counters);
+                    ends.resize(finishes.len(), LeaseEnd::Failed);
+                }
+            }
+        }
+
+        let mut ends = ends.into_iter();
+        for ((i, guard, lease), value) in items.into_iter().zip(values) {
+            let end = lease.and_then(|_| ends.next());
+            if let Some(mut guard) = guard {
+                if end.is_some_and(|end| end != LeaseEnd::Failed) {
+                    guard.lease = None;
+                }
+                // As a single call's leader: a value whose lease was lost may
+                // predate an invalidation, so no caller who joined after it
+                // gets it; they read again.
+                if end == Some(LeaseEnd::Lost) {
+                    guard.land(Landed::Abandoned);
+                } else {
+                    guard.land_with(&value, Shared::Loaded);
+                }
+            }
+            found[i] = value;
+        }
+        Ok(())
+    }
+}

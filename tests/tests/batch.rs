@@ -1,0 +1,510 @@
+//! `#[cached(batch)]` on both backends: one read for every id, one call of
+//! the function with the missing ids only, entries shared with the
+//! single-key function of the same prefix, single flight and leases per id
+//! (overlapping batches load each id once, in one process or two), absent
+//! ids and `cache_none`, invalidations and write-throughs during a batch's
+//! load, failures, cancellation, and hostile ids.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cached_runtime::{Cache, cache_evict, cache_put, cached};
+use cached_tests::{Backend, on_both_backends, unreachable_redis_builder};
+use serde::{Deserialize, Serialize};
+
+on_both_backends!(
+    a_batch_loads_only_the_missing_ids_in_one_call,
+    entries_are_shared_with_the_single_key_function_both_ways,
+    absent_ids_are_left_out_and_cached_only_with_cache_none,
+    each_id_is_asked_once_however_often_it_is_given,
+    overlapping_concurrent_batches_load_each_id_once,
+    an_eviction_during_a_batch_load_is_not_overwritten,
+    a_write_through_during_a_batch_load_wins,
+    a_failing_function_returns_its_error_and_stores_nothing,
+    a_dropped_batch_leaves_no_key_waiting,
+    hostile_ids_get_keys_of_their_own,
+    an_empty_batch_calls_nothing,
+    a_slice_of_ids_and_a_btree_map_work_alike,
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DbError;
+
+/// A table of items and the service in front of it, recording every call
+/// of a function body.
+#[derive(Clone)]
+struct Catalog {
+    cache: Cache,
+    rows: Arc<Mutex<HashMap<u64, Item>>>,
+    /// The ids each batch body was called with, sorted.
+    batches: Arc<Mutex<Vec<Vec<u64>>>>,
+    /// The ids the single-key body was called with.
+    singles: Arc<Mutex<Vec<u64>>>,
+    delay: Arc<Mutex<Duration>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Catalog {
+    /// Items 1..=`n`, at version 1.
+    fn new(cache: Cache, n: u64) -> Catalog {
+        Catalog {
+            cache,
+            rows: Arc::new(Mutex::new(
+                (1..=n).map(|id| (id, Item { id, version: 1 })).collect(),
+            )),
+            batches: Arc::default(),
+            singles: Arc::default(),
+            delay: Arc::default(),
+            failing: Arc::default(),
+        }
+    }
+
+    /// The same table and records, another cache (another process's).
+    fn with_cache(&self, cache: Cache) -> Catalog {
+        Catalog {
+            cache,
+            ..self.clone()
+        }
+    }
+
+    fn slow(&self, delay: Duration) {
+        *self.delay.lock().expect("delay") = delay;
+    }
+
+    fn set_version(&self, id: u64, version: u64) {
+        self.rows
+            .lock()
+            .expect("rows")
+            .insert(id, Item { id, version });
+    }
+
+    fn batches(&self) -> Vec<Vec<u64>> {
+        self.batches.lock().expect("batches").clone()
+    }
+
+    /// How many times each id was loaded, by batches and single calls.
+    fn loads_per_id(&self) -> BTreeMap<u64, usize> {
+        let mut per = BTreeMap::new();
+        for id in self.batches().into_iter().flatten() {
+            *per.entry(id).or_default() += 1;
+        }
+        for id in self.singles.lock().expect("singles").iter() {
+            *per.entry(*id).or_default() += 1;
+        }
+        per
+    }
+
+    /// Reads the rows, then waits out the delay: what it returns is what
+    /// the table held when the load began.
+    async fn read_rows(
+        &self,
+        ids: impl IntoIterator<Item = u64>,
+    ) -> Result<HashMap<u64, Item>, DbError> {
+        let mut asked: Vec<u64> = ids.into_iter().collect();
+        asked.sort_unstable();
+        self.batches.lock().expect("batches").push(asked.clone());
+        if self.failing.load(SeqCst) {
+            return Err(DbError);
+        }
+        let found: HashMap<u64, Item> = {
+            let rows = self.rows.lock().expect("rows");
+            asked
+                .iter()
+                .filter_map(|id| rows.get(id).map(|item| (*id, item.clone())))
+                .collect()
+        };
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        Ok(found)
+    }
+
+    #[cached(prefix = "item", ttl = "5m", key = id)]
+    async fn get(&self, id: u64) -> Result<Option<Item>, DbError> {
+        self.singles.lock().expect("singles").push(id);
+        Ok(self.rows.lock().expect("rows").get(&id).cloned())
+    }
+
+    #[cached(prefix = "item", ttl = "5m", batch)]
+    async fn get_many(&self, ids: Vec<u64>) -> Result<HashMap<u64, Item>, DbError> {
+        self.read_rows(ids).await
+    }
+
+    #[cached(
+        prefix = "item",
+        ttl = "5m",
+        cache_none = "1m",
+        batch,
+        name = "item_none"
+    )]
+    async fn get_many_none(&self, ids: HashSet<u64>) -> Result<HashMap<u64, Item>, DbError> {
+        self.read_rows(ids).await
+    }
+
+    #[cached(prefix = "item", ttl = "5m", batch = ids, name = "item_slice")]
+    async fn get_slice(&self, ids: &[u64]) -> Result<BTreeMap<u64, Item>, DbError> {
+        Ok(self
+            .read_rows(ids.iter().copied())
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    #[cache_put(prefix = "item", ttl = "5m", key = id)]
+    async fn update(&self, id: u64, version: u64) -> Result<Item, DbError> {
+        self.set_version(id, version);
+        Ok(Item { id, version })
+    }
+
+    #[cache_evict(keys = ["item:{id}"])]
+    async fn changed(&self, id: u64) -> Result<(), DbError> {
+        let _ = id;
+        Ok(())
+    }
+}
+
+fn items(ids: impl IntoIterator<Item = u64>, version: u64) -> HashMap<u64, Item> {
+    ids.into_iter()
+        .map(|id| (id, Item { id, version }))
+        .collect()
+}
+
+async fn a_batch_loads_only_the_missing_ids_in_one_call(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 20);
+    for id in 1..=5 {
+        c.get(id).await.expect("loads");
+    }
+    let got = c.get_many((1..=10).collect()).await.expect("loads");
+    assert_eq!(got, items(1..=10, 1));
+    assert_eq!(
+        c.batches(),
+        vec![vec![6, 7, 8, 9, 10]],
+        "one call, the missing ids only"
+    );
+    let stats = c.cache.stats_for("item").expect("stats");
+    assert_eq!(
+        (stats.hits, stats.misses),
+        (5, 10),
+        "5 single misses, then 5 hits and 5 misses"
+    );
+    assert_eq!(stats.loads, 6, "five single loads and one batch");
+    // Warm now: no call at all.
+    assert_eq!(
+        c.get_many((1..=10).collect()).await.expect("hits"),
+        items(1..=10, 1)
+    );
+    assert_eq!(c.batches().len(), 1, "every id was a hit");
+}
+
+async fn entries_are_shared_with_the_single_key_function_both_ways(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 20);
+    // A batch's entries are the single-key function's hits ...
+    c.get_many(vec![1, 2, 3]).await.expect("loads");
+    for id in 1..=3 {
+        assert_eq!(
+            c.get(id).await.expect("hits"),
+            Some(Item { id, version: 1 })
+        );
+    }
+    assert!(
+        c.singles.lock().expect("singles").is_empty(),
+        "no single load"
+    );
+    // ... and the reverse, including a write-through's value.
+    c.get(4).await.expect("loads");
+    c.update(5, 7).await.expect("writes");
+    let got = c.get_many(vec![3, 4, 5, 6]).await.expect("loads");
+    assert_eq!(
+        got.get(&5),
+        Some(&Item { id: 5, version: 7 }),
+        "the write-through's value"
+    );
+    assert_eq!(c.batches().last(), Some(&vec![6]), "only 6 was missing");
+    // Stored under exactly the single-key function's key.
+    assert_eq!(
+        c.cache.get::<Item>("item:6").await,
+        Some(Item { id: 6, version: 1 })
+    );
+}
+
+async fn absent_ids_are_left_out_and_cached_only_with_cache_none(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 3);
+    let got = c.get_many(vec![1, 2, 99]).await.expect("loads");
+    assert_eq!(got, items([1, 2], 1), "99 is absent");
+    c.get_many(vec![1, 2, 99]).await.expect("loads");
+    assert_eq!(
+        c.batches(),
+        vec![vec![1, 2, 99], vec![99]],
+        "an absence is not kept without cache_none"
+    );
+
+    let got = c
+        .get_many_none([3, 98].into_iter().collect())
+        .await
+        .expect("loads");
+    assert_eq!(got, items([3], 1));
+    let got = c
+        .get_many_none([3, 98].into_iter().collect())
+        .await
+        .expect("hits");
+    assert_eq!(got, items([3], 1));
+    assert_eq!(c.batches().len(), 3, "with cache_none the absence is a hit");
+    // The single-key function reads the absence too.
+    assert_eq!(c.get(98).await.expect("hits"), None);
+    assert!(
+        c.singles.lock().expect("singles").is_empty(),
+        "no single load"
+    );
+}
+
+async fn each_id_is_asked_once_however_often_it_is_given(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 9);
+    let got = c.get_many(vec![4, 4, 5, 4, 5]).await.expect("loads");
+    assert_eq!(got, items([4, 5], 1));
+    assert_eq!(c.batches(), vec![vec![4, 5]]);
+}
+
+/// Two batches that overlap, and single calls inside the overlap, all at
+/// once: each id is loaded once, and every caller gets every value.
+async fn overlapping_concurrent_batches_load_each_id_once(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 30);
+    c.slow(Duration::from_millis(150));
+    // On Redis, the second batch runs on a cache of its own: another
+    // process, which only the leases keep from loading the overlap again.
+    let other = match backend.server() {
+        Some(_) => c.with_cache(backend.cache()),
+        None => c.clone(),
+    };
+    for round in 0..3u64 {
+        let base = round * 6;
+        let first: Vec<u64> = (base + 1..=base + 6).collect();
+        let second: Vec<u64> = (base + 4..=base + 9).collect();
+        let (a, b, single) = tokio::join!(
+            c.get_many(first.clone()),
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                other.get_many(second.clone()).await
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                c.get(base + 5).await
+            },
+        );
+        assert_eq!(a.expect("first"), items(first, 1));
+        assert_eq!(b.expect("second"), items(second, 1));
+        assert_eq!(
+            single.expect("single"),
+            Some(Item {
+                id: base + 5,
+                version: 1
+            })
+        );
+    }
+    let per = c.loads_per_id();
+    assert!(
+        per.values().all(|n| *n == 1),
+        "every id loaded once: {per:?} (batches {:?})",
+        c.batches()
+    );
+    assert_eq!(per.len(), 3 * 6 + 3);
+}
+
+/// The stale-set race for a batch: its load reads version 1 of item 2, the
+/// row changes to 2 and the key is evicted meanwhile; the batch must not
+/// store version 1 afterwards.
+async fn an_eviction_during_a_batch_load_is_not_overwritten(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    c.slow(Duration::from_millis(200));
+    let loading = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_many(vec![1, 2, 3]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    c.set_version(2, 2);
+    c.changed(2).await.expect("evicts");
+    let got = loading.await.expect("joins").expect("loads");
+    assert_eq!(
+        got.get(&2).map(|i| i.version),
+        Some(1),
+        "read before the change"
+    );
+    assert_eq!(
+        c.cache.get::<Item>("item:2").await,
+        None,
+        "the old row was not stored"
+    );
+    c.slow(Duration::ZERO);
+    assert_eq!(c.get(2).await.expect("loads").map(|i| i.version), Some(2));
+    // The other ids of the batch were stored.
+    assert_eq!(
+        c.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(1)
+    );
+    assert_eq!(
+        c.cache.get::<Item>("item:3").await.map(|i| i.version),
+        Some(1)
+    );
+}
+
+async fn a_write_through_during_a_batch_load_wins(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    c.slow(Duration::from_millis(200));
+    let loading = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_many(vec![1, 2, 3]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    c.update(3, 9).await.expect("writes");
+    loading.await.expect("joins").expect("loads");
+    assert_eq!(
+        c.cache.get::<Item>("item:3").await.map(|i| i.version),
+        Some(9),
+        "the write-through's value stays"
+    );
+    let got = c.get_many(vec![1, 2, 3]).await.expect("hits");
+    assert_eq!(got.get(&3).map(|i| i.version), Some(9));
+}
+
+async fn a_failing_function_returns_its_error_and_stores_nothing(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    c.get(1).await.expect("loads");
+    c.failing.store(true, SeqCst);
+    assert_eq!(c.get_many(vec![1, 2, 3]).await, Err(DbError));
+    assert_eq!(c.cache.get::<Item>("item:2").await, None);
+    // Its leases were released: the next call loads at once rather than
+    // wait for them to expire (the default wait is 5 s).
+    c.failing.store(false, SeqCst);
+    let started = Instant::now();
+    let got = c.get_many(vec![1, 2, 3]).await.expect("loads");
+    assert_eq!(got, items(1..=3, 1));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.batches(), vec![vec![2, 3], vec![2, 3]]);
+}
+
+/// A batch dropped mid-load (a request timeout) leaves neither a flight
+/// nor a lease behind: the next caller of its ids loads at once.
+async fn a_dropped_batch_leaves_no_key_waiting(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    c.slow(Duration::from_secs(30));
+    let dropped = tokio::time::timeout(Duration::from_millis(100), c.get_many(vec![1, 2])).await;
+    assert!(dropped.is_err(), "timed out mid-load");
+    c.slow(Duration::ZERO);
+    // Another process's caller (on Redis, another cache) and this one's.
+    let other = match backend.server() {
+        Some(_) => c.with_cache(backend.cache()),
+        None => c.clone(),
+    };
+    let started = Instant::now();
+    assert_eq!(
+        other.get_many(vec![1, 2]).await.expect("loads"),
+        items([1, 2], 1)
+    );
+    assert_eq!(
+        c.get(1).await.expect("hits"),
+        Some(Item { id: 1, version: 1 })
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// String ids holding the key separator, glob characters and the lease
+/// suffix: each id is its own key, and the single-key function agrees.
+async fn hostile_ids_get_keys_of_their_own(backend: &Backend) {
+    #[derive(Clone)]
+    struct Names {
+        cache: Cache,
+        calls: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+    impl Names {
+        #[cached(prefix = "name", ttl = "5m", batch)]
+        async fn many(&self, names: Vec<String>) -> HashMap<String, String> {
+            let mut asked = names.clone();
+            asked.sort();
+            self.calls.lock().expect("calls").push(asked);
+            names
+                .into_iter()
+                .map(|n| (n.clone(), format!("<{n}>")))
+                .collect()
+        }
+
+        #[cached(prefix = "name", ttl = "5m", key = name)]
+        async fn one(&self, name: String) -> String {
+            self.calls.lock().expect("calls").push(vec![name.clone()]);
+            format!("<{name}>")
+        }
+    }
+    let n = Names {
+        cache: backend.cache(),
+        calls: Arc::default(),
+    };
+    let hostile: Vec<String> = ["a:b", "a", "b", "*", "a:~lease", "", "a\\:b", "[ab]"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let got = n.many(hostile.clone()).await;
+    assert_eq!(got.len(), hostile.len());
+    for name in &hostile {
+        assert_eq!(got.get(name), Some(&format!("<{name}>")), "{name:?}");
+    }
+    for name in &hostile {
+        assert_eq!(n.one(name.clone()).await, format!("<{name}>"), "{name:?}");
+    }
+    assert_eq!(
+        n.calls.lock().expect("calls").len(),
+        1,
+        "every single call hit"
+    );
+}
+
+async fn an_empty_batch_calls_nothing(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    assert!(c.get_many(Vec::new()).await.expect("nothing").is_empty());
+    assert!(c.batches().is_empty());
+}
+
+async fn a_slice_of_ids_and_a_btree_map_work_alike(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    let got = c.get_slice(&[3, 1, 9]).await.expect("loads");
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(c.get_many(vec![1, 3]).await.expect("hits").len(), 2);
+    assert_eq!(c.batches(), vec![vec![1, 3, 9]]);
+}
+
+/// Redis unreachable: every id comes from the function, in one call, and
+/// the caller sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_serves_every_id_from_the_function() {
+    let cache = unreachable_redis_builder().build().expect("builds");
+    let c = Catalog::new(cache, 5);
+    for _ in 0..2 {
+        assert_eq!(
+            c.get_many(vec![1, 2, 3]).await.expect("loads"),
+            items(1..=3, 1)
+        );
+    }
+    assert_eq!(c.batches(), vec![vec![1, 2, 3], vec![1, 2, 3]]);
+}
+
+/// A cache switched off: the function runs with every id, every time.
+#[tokio::test]
+async fn a_disabled_cache_calls_the_function_with_every_id() {
+    let cache = Cache::builder().enabled(false).build().expect("builds");
+    let c = Catalog::new(cache, 5);
+    c.get_many(vec![1, 2]).await.expect("loads");
+    c.get_many(vec![1, 2]).await.expect("loads");
+    assert_eq!(c.batches(), vec![vec![1, 2], vec![1, 2]]);
+}

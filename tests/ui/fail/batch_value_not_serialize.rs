@@ -1,0 +1,23 @@
+#![allow(dead_code, unused_imports, unused_variables)]
+
+use std::collections::HashMap;
+
+use cached_runtime::{cached, Cache};
+
+#[derive(Clone)]
+struct Item {
+    id: u64,
+}
+
+struct Service {
+    cache: Cache,
+}
+
+impl Service {
+    #[cached(prefix = "item", ttl = "5m", batch)]
+    async fn get_many(&self, ids: Vec<u64>) -> HashMap<u64, Item> {
+        HashMap::new()
+    }
+}
+
+fn main() {}
