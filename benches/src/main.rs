@@ -44,6 +44,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("invalidate_pattern", |r| {
         Box::pin(scenarios::invalidation::invalidate_pattern(r))
     }),
+    ("batch_get", |r| Box::pin(scenarios::batch::batch_get(r))),
+    ("batch_get_partial", |r| {
+        Box::pin(scenarios::batch::batch_get_partial(r))
+    }),
     ("large_value", |r| {
         Box::pin(scenarios::codecs::large_value(r))
     }),
@@ -97,6 +101,14 @@ fn main() {
     if args.first().map(String::as_str) == Some("__profile_memory") {
         let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
         runtime.block_on(scenarios::hits::profile_memory(n));
+        return;
+    }
+
+    // `__profile_batch N`: N warm 100-id batch calls, for a profiler.
+    if args.first().map(String::as_str) == Some("__profile_batch") {
+        let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2_000);
+        let redis = Redis::start();
+        runtime.block_on(scenarios::batch::profile(&redis, n));
         return;
     }
 

@@ -310,15 +310,18 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
         Fut: Future<Output = Result<M, E>>,
     {
         // Each id once (by its key: distinct ids make distinct keys).
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        let mut keys = Vec::with_capacity(ids.len());
-        let mut unique = Vec::with_capacity(ids.len());
-        for id in ids {
-            let k = key(&id);
-            if seen.insert(k.clone()) {
-                keys.push(k);
-                unique.push(id);
-            }
+        let mut keys: Vec<String> = ids.iter().map(&key).collect();
+        let mut unique = ids;
+        let repeated: Vec<bool> = {
+            let mut seen: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+                std::collections::HashSet::with_capacity_and_hasher(keys.len(), Default::default());
+            keys.iter().map(|k| !seen.insert(k.as_str())).collect()
+        };
+        if repeated.contains(&true) {
+            let mut again = repeated.iter();
+            keys.retain(|_| again.next() == Some(&false));
+            let mut again = repeated.iter();
+            unique.retain(|_| again.next() == Some(&false));
         }
         let call = BatchCall {
             counters: site.counters(cache),

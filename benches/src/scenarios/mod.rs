@@ -1,6 +1,7 @@
 //! The scenarios, by issue: hits (the foundation), stampedes, invalidation,
-//! faults, and the consistency checker.
+//! batches and codecs, faults, and the consistency checker.
 
+pub mod batch;
 pub mod codecs;
 pub mod consistency;
 pub mod faults;

@@ -112,28 +112,16 @@ impl Engine {
         let counters = &*call.counters;
         let policy = call.policy;
 
-        // 1. Flights.
-        let mut led = Vec::new();
-        let mut now: Vec<ToLoad<'_>> = Vec::new();
-        let mut joined = Vec::new();
-        for i in todo {
-            let key = keys[i].as_str();
-            match self.flights.join_or_lead(self, key, policy.wait) {
-                // A change of this key has not reached the backend: what is
-                // there may be the value it replaced. Load, store nothing.
-                Role::Lead(guard) if self.pending.blocks(key, &[]) => {
-                    counters.misses.add();
-                    now.push((i, Some(guard), None));
-                }
-                Role::Lead(guard) => led.push((i, guard)),
-                Role::Wait(rx) => joined.push((i, rx)),
-            }
-        }
-
-        // 2. One read of the keys this batch leads.
-        let mut asks = Vec::new();
-        if !led.is_empty() {
-            let names: Vec<&str> = led.iter().map(|(i, _)| keys[*i].as_str()).collect();
+        // 1. One read of every key (but those with a change pending: what
+        // is there may be the value it replaced; they are loaded, not
+        // stored). A batch shares no read: it is one round trip already.
+        let (blocked, readable): (Vec<usize>, Vec<usize>) = todo
+            .into_iter()
+            .partition(|&i| self.pending.blocks(&keys[i], &[]));
+        let mut misses: Vec<(usize, LeaseIf)> = Vec::new();
+        let mut unread: Vec<usize> = blocked;
+        if !readable.is_empty() {
+            let names: Vec<&str> = readable.iter().map(|&i| keys[i].as_str()).collect();
             let started = Instant::now();
             let fetched = self.backend.fetch_many(&names, self.op_timeout).await;
             match fetched {
@@ -142,7 +130,7 @@ impl Engine {
                         counters.latency_get.record(started.elapsed());
                     }
                     let mut hits = 0;
-                    for ((i, mut guard), entry) in led.into_iter().zip(entries) {
+                    for (&i, entry) in readable.iter().zip(entries) {
                         // Until something this batch cannot use is seen
                         // under the key, its lease is taken only while the
                         // key is empty (as `take_lease` asks).
@@ -152,30 +140,46 @@ impl Engine {
                             LeaseIf::Any
                         };
                         match self.interpret::<T>(&keys[i], counters, Ok(entry)) {
-                            Read::Fresh(item, meta) => {
+                            Read::Fresh(item, _) => {
                                 hits += 1;
-                                guard.land_with(&item, Shared::Fresh(meta));
                                 found[i] = item;
                             }
-                            Read::Stale(item, meta) => {
+                            Read::Stale(item, _) => {
                                 hits += 1;
                                 counters.stale_served.add();
-                                guard.land_with(&item, Shared::Stale(meta));
                                 found[i] = item;
                             }
-                            Read::Miss | Read::Failed => asks.push((i, guard, cond)),
+                            Read::Miss | Read::Failed => misses.push((i, cond)),
                         }
                     }
                     counters.hits.add_n(hits);
-                    counters.misses.add_n(asks.len() as u64);
                     tracing::debug!(keys = names.len(), hits, "cache get (batch)");
                 }
                 Err(e) => {
                     // Served by the function, as a single call's failed read.
                     self.backend_failed(names[0], "get", &e, counters);
-                    counters.misses.add_n(led.len() as u64);
-                    now.extend(led.into_iter().map(|(i, guard)| (i, Some(guard), None)));
+                    unread.extend(readable);
                 }
+            }
+        }
+        counters.misses.add_n((misses.len() + unread.len()) as u64);
+
+        // 2. Flights of the misses: a key another caller here is loading is
+        // waited for (step 5), not loaded again.
+        let mut asks = Vec::new();
+        let mut now: Vec<ToLoad<'_>> = Vec::new();
+        let mut joined = Vec::new();
+        let flights = unread
+            .into_iter()
+            .map(|i| (i, None))
+            .chain(misses.into_iter().map(|(i, cond)| (i, Some(cond))));
+        for (i, cond) in flights {
+            match (self.flights.join_or_lead(self, &keys[i], policy.wait), cond) {
+                (Role::Lead(guard), Some(cond)) => asks.push((i, guard, cond)),
+                // Not read (a pending change, or the backend failed): loaded
+                // without a lease, not stored.
+                (Role::Lead(guard), None) => now.push((i, Some(guard), None)),
+                (Role::Wait(rx), _) => joined.push((i, rx)),
             }
         }
 
