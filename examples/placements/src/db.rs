@@ -228,42 +228,63 @@ impl Db {
         Ok(row.map(|r| r.try_get("video_id")).transpose()?)
     }
 
-    pub async fn by_video(&self, video_id: i64) -> Result<Vec<Placement>, DbError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM placements WHERE video_id = $1 ORDER BY id"
-        ))
-        .bind(video_id)
-        .fetch_all(&self.pool)
-        .await?;
+    /// The placements among `ids` that exist, in one query
+    /// (`WHERE id IN (...)`); a batch of the cache's misses.
+    pub async fn placements(&self, ids: &[i64]) -> Result<Vec<Placement>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params = (1..=ids.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT {COLUMNS} FROM placements WHERE id IN ({params})");
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(placement).collect::<Result<_, _>>()?)
     }
 
-    pub async fn query(&self, q: &PlacementQuery) -> Result<Vec<Placement>, DbError> {
+    /// The ids of a video's placements, in order.
+    pub async fn ids_by_video(&self, video_id: i64) -> Result<Vec<i64>, DbError> {
+        let rows = sqlx::query("SELECT id FROM placements WHERE video_id = $1 ORDER BY id")
+            .bind(video_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The ids a query selects, in order.
+    pub async fn query_ids(&self, q: &PlacementQuery) -> Result<Vec<i64>, DbError> {
         let limit = i64::from(q.limit);
         let offset = i64::from(q.offset);
-        let rows = match q.video_id {
-            Some(video_id) => {
-                sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM placements WHERE video_id = $1
-                     ORDER BY id LIMIT $2 OFFSET $3"
-                ))
+        let rows =
+            match q.video_id {
+                Some(video_id) => sqlx::query(
+                    "SELECT id FROM placements WHERE video_id = $1 ORDER BY id LIMIT $2 OFFSET $3",
+                )
                 .bind(video_id)
                 .bind(limit)
                 .bind(offset)
                 .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM placements ORDER BY id LIMIT $1 OFFSET $2"
-                ))
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        Ok(rows.iter().map(placement).collect::<Result<_, _>>()?)
+                .await?,
+                None => {
+                    sqlx::query("SELECT id FROM placements ORDER BY id LIMIT $1 OFFSET $2")
+                        .bind(limit)
+                        .bind(offset)
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            };
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn products(&self) -> Result<Vec<Product>, DbError> {

@@ -1,6 +1,7 @@
 //! `PlacementService`: the seed guide's service, each cache pattern one
 //! attribute. No cache code is written by hand here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cached_runtime::{Cache, cache_evict, cache_put, cached};
@@ -33,8 +34,8 @@ impl PlacementService {
         self.db.placement(id).await
     }
 
-    /// Updates a placement: write-through, then its video's list and every
-    /// query result go.
+    /// Updates a placement: write-through (the lists read their members
+    /// through the same entries, so they show it too).
     ///
     /// The cache is written while the transaction holds the row's lock, so
     /// two updates (or an update and a delete) reach the cache in the order
@@ -57,9 +58,8 @@ impl PlacementService {
             self.forget(id).await;
             return Err(e.into());
         }
-        if let Some(p) = &row {
-            self.lists_changed(p.video_id).await;
-        }
+        // The lists hold ids, which an update does not change; their
+        // members are read through `get_many`, which sees this write.
         Ok(row)
     }
 
@@ -77,11 +77,6 @@ impl PlacementService {
         let _ = id;
     }
 
-    #[cache_evict(keys = ["video:{video_id}:placements"], tags = ["placements"])]
-    async fn lists_changed(&self, video_id: i64) {
-        let _ = video_id;
-    }
-
     /// Deletes, then evicts: the row first, so that no reader can load the
     /// old row between the eviction and the delete (the seed guide reads
     /// the row after deleting it to find what to evict, and evicts first).
@@ -97,23 +92,50 @@ impl PlacementService {
         }
     }
 
-    #[cache_evict(keys = ["placement:{id}", "video:{video_id}:placements"], tags = ["placements"])]
+    #[cache_evict(keys = ["placement:{id}", "video:{video_id}:placement_ids"], tags = ["placements"])]
     async fn evict_deleted(&self, id: i64, video_id: i64) {
         let _ = (id, video_id);
     }
 
-    /// A video's placements, cached 90 s, evicted by any write to one of
-    /// them.
-    #[cached(prefix = "video", ttl = "90s", key = "{video_id}:placements")]
-    pub async fn by_video(&self, video_id: i64) -> Result<Vec<Placement>, DbError> {
-        self.db.by_video(video_id).await
+    /// Placements by id: every id's entry read in one round trip, the
+    /// misses loaded in one query, written back in one round trip. The
+    /// entries are `get_by_id`'s (same prefix, same key), so a write-through
+    /// shows here at once. Unknown ids are left out, and remembered 30 s.
+    #[cached(prefix = "placement", ttl = "5m", key = ids, cache_none = "30s", batch)]
+    pub async fn get_many(&self, ids: Vec<i64>) -> Result<HashMap<i64, Placement>, DbError> {
+        let rows = self.db.placements(&ids).await?;
+        Ok(rows.into_iter().map(|p| (p.id, p)).collect())
     }
 
-    /// A query, cached under a stable hash of its parameters; every write
-    /// evicts the `placements` tag, so no result outlives a change.
-    #[cached(prefix = "placements_query", ttl = "1m", key = hashed(&query), tags = ["placements"])]
+    /// A video's placements, in id order: its ids cached 90 s (evicted
+    /// when one of them is deleted), the placements from `get_many`.
+    pub async fn by_video(&self, video_id: i64) -> Result<Vec<Placement>, DbError> {
+        let ids = self.video_ids(video_id).await?;
+        self.in_order(ids).await
+    }
+
+    #[cached(prefix = "video", ttl = "90s", key = "{video_id}:placement_ids")]
+    async fn video_ids(&self, video_id: i64) -> Result<Vec<i64>, DbError> {
+        self.db.ids_by_video(video_id).await
+    }
+
+    /// A query's placements: the ids it selects cached under a stable hash
+    /// of its parameters (every delete evicts the `placements` tag, so no
+    /// result lists a deleted row), the placements from `get_many`.
     pub async fn query(&self, query: PlacementQuery) -> Result<Vec<Placement>, DbError> {
-        self.db.query(&query).await
+        let ids = self.query_ids(query).await?;
+        self.in_order(ids).await
+    }
+
+    #[cached(prefix = "placements_query", ttl = "1m", key = hashed(&query), tags = ["placements"])]
+    async fn query_ids(&self, query: PlacementQuery) -> Result<Vec<i64>, DbError> {
+        self.db.query_ids(&query).await
+    }
+
+    /// The placements of `ids` that exist, in the order of `ids`.
+    async fn in_order(&self, ids: Vec<i64>) -> Result<Vec<Placement>, DbError> {
+        let mut found = self.get_many(ids.clone()).await?;
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     /// The public catalogue, cached for an hour.

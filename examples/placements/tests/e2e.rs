@@ -273,8 +273,52 @@ async fn a_delete_then_404_and_the_lists_forget_it() {
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
 }
 
+/// A list's members come from one batch: the placements already cached
+/// are hits, the rest one load; the list's entry holds ids, and each
+/// member's entry is `GET /placements/{id}`'s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_evicts_its_videos_list() {
+async fn a_list_reads_its_members_in_one_batch_shared_with_single_reads() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    // Video 3's placements are 21..=30; two of them read one by one first.
+    for id in [22, 27] {
+        assert_eq!(
+            env.json(&format!("/placements/{id}")).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, list) = env.json("/videos/3/placements").await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<i64> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| p["id"].as_i64())
+        .collect();
+    assert_eq!(ids, (21..=30).collect::<Vec<_>>());
+    let s = env.stats("placement");
+    assert_eq!(
+        (s.hits, s.misses, s.loads),
+        (2, 2 + 8, 2 + 1),
+        "two single loads, then 2 hits and one load of the other 8"
+    );
+    let entry: Vec<u8> = redis.cmd(&["GET", "placements:video:3:placement_ids"]);
+    let entry = String::from_utf8_lossy(&entry);
+    assert!(
+        entry.contains("[21,22,23"),
+        "the list's entry holds ids: {entry}"
+    );
+    // Every member is now a single read's hit.
+    assert_eq!(env.json("/placements/29").await.0, StatusCode::OK);
+    assert_eq!(env.stats("placement").loads, 3);
+    // A query of the same rows loads nothing more.
+    let (_, query) = env.json("/placements?video_id=3&limit=50").await;
+    assert_eq!(query, list);
+    assert_eq!(env.stats("placement").loads, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_shows_in_its_videos_list_at_once() {
     let redis = RedisServer::start();
     let env = Env::with(Some(&redis)).await;
     let name_of = |v: &Value, id: i64| {
