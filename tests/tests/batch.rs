@@ -27,6 +27,7 @@ on_both_backends!(
     hostile_ids_get_keys_of_their_own,
     an_empty_batch_calls_nothing,
     a_slice_of_ids_and_a_btree_map_work_alike,
+    a_batch_waits_for_a_single_load_in_flight_and_counts_it_once,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -559,4 +560,46 @@ async fn foreign_values_in_a_batch_are_misses_read_within_the_limit() {
         "each unreadable entry counted: {stats:?}"
     );
     backend.assert_nothing_refused();
+}
+
+/// A single call is loading id 5 when a batch asks for 4, 5 and 6: the
+/// batch loads 4 and 6, takes 5 from the single call's load, and each
+/// call counts its own miss once.
+async fn a_batch_waits_for_a_single_load_in_flight_and_counts_it_once(backend: &Backend) {
+    #[derive(Clone)]
+    struct SlowOne(Catalog);
+    impl SlowOne {
+        fn cache(&self) -> &Cache {
+            &self.0.cache
+        }
+        #[cached(prefix = "item", ttl = "5m", key = id, cache = self.cache())]
+        async fn get(&self, id: u64) -> Result<Option<Item>, DbError> {
+            self.0.singles.lock().expect("singles").push(id);
+            let row = self.0.rows.lock().expect("rows").get(&id).cloned();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(row)
+        }
+    }
+    let c = Catalog::new(backend.cache(), 9);
+    let slow = SlowOne(c.clone());
+    let single = tokio::spawn(async move { slow.get(5).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = c.get_many(vec![4, 5, 6]).await.expect("loads");
+    assert_eq!(got, items([4, 5, 6], 1));
+    assert_eq!(
+        single.await.expect("joins"),
+        Ok(Some(Item { id: 5, version: 1 }))
+    );
+    assert_eq!(
+        c.batches(),
+        vec![vec![4, 6]],
+        "5 was the single call's to load"
+    );
+    assert_eq!(c.loads_per_id().get(&5), Some(&1));
+    let s = c.cache.stats_for("item").expect("stats");
+    assert_eq!(
+        (s.hits, s.misses, s.loads, s.coalesced),
+        (0, 1 + 3, 2, 1),
+        "one miss per id per call, one load each, the batch's 5 shared"
+    );
 }

@@ -281,17 +281,10 @@ impl Engine {
         }
         let mut again = Vec::new();
         for (i, landed) in landed {
-            let hit = matches!(landed, Landed::Hit(..));
             match landed {
+                // (Its miss was counted with the batch's read.)
                 Landed::Value(any) | Landed::Hit(any, _) => {
-                    // Counted as this batch's own hit or miss, as a single
-                    // call counts a shared read or a shared load.
                     counters.coalesced.add();
-                    if hit {
-                        counters.hits.add();
-                    } else {
-                        counters.misses.add();
-                    }
                     if let Some(item) = any.downcast_ref::<Option<T>>() {
                         found[i] = item.clone();
                     } else if let Some(value) = any.downcast_ref::<T>() {
