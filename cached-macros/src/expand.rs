@@ -19,6 +19,8 @@ pub(crate) struct Plan {
     pub(crate) info: FnInfo,
     pub(crate) args: Args,
     pub(crate) templates: Templates,
+    /// Where the `{name}_uncached` twin goes.
+    pub(crate) twin: crate::companions::Twin,
 }
 
 /// What every expansion shares: names, paths and the twin.
@@ -47,6 +49,12 @@ pub(crate) fn expand(plan: Plan) -> TokenStream {
         twin,
         ..
     } = parts;
+    // In a trait impl the twin cannot be a member: `#[cached]` on the impl
+    // block puts it in an inherent impl of the type.
+    let twin = match plan.twin {
+        crate::companions::Twin::Here => twin,
+        crate::companions::Twin::Elsewhere => TokenStream::new(),
+    };
     quote! {
         #(#wrapper_attrs)*
         #[allow(clippy::redundant_closure, clippy::used_underscore_binding)]

@@ -13,7 +13,11 @@ use quote::{ToTokens as _, format_ident, quote};
 // Output:
 //     async fn get(&self, id: u64) -> Result<P, E> { compile_error!("..."); body }
 //     async fn get_uncached(&self, id: u64) -> Result<P, E> { body }
-pub(crate) fn fallback(func: syn::ItemFn, err: Option<syn::Error>) -> TokenStream {
+pub(crate) fn fallback(
+    func: syn::ItemFn,
+    err: Option<syn::Error>,
+    twin_here: crate::companions::Twin,
+) -> TokenStream {
     let mut twin = func.clone();
     twin.sig.ident = format_ident!("{}_uncached", func.sig.ident);
     twin.attrs.retain(|a| !a.path().is_ident("doc"));
@@ -23,6 +27,9 @@ pub(crate) fn fallback(func: syn::ItemFn, err: Option<syn::Error>) -> TokenStrea
         func.block
             .stmts
             .insert(0, syn::Stmt::Item(syn::Item::Verbatim(tokens)));
+    }
+    if twin_here == crate::companions::Twin::Elsewhere {
+        return func.into_token_stream();
     }
     let twin = twin.into_token_stream();
     quote! {

@@ -9,6 +9,7 @@
 //! from every phase are collected and reported together.
 
 mod attr;
+mod companions;
 mod duration;
 mod errors;
 mod expand;
@@ -74,6 +75,24 @@ pub(crate) use crate::valid::Templates;
 /// `Result<T, E>`: only `Ok` is cached; an `Err` goes back to the caller
 /// unchanged. `Result<Option<T>, E>` combines both. The value type must be
 /// `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`.
+///
+/// # Trait methods
+///
+/// On a method of a trait impl, put `#[cached]` (no options) on the impl
+/// block as well: a trait impl cannot hold the `_uncached` twins (they are
+/// not members of the trait), so the block's attribute moves them to an
+/// inherent impl of the same type, with the same generics. The methods keep
+/// their semantics, including `#[cache_put]`, `#[cache_evict]`, `batch` and
+/// background refreshes; callers reach the twins as usual.
+///
+/// ```ignore
+/// #[cached]
+/// impl Repo for PgRepo {
+///     #[cached(prefix = "placement", ttl = "5m", key = id)]
+///     async fn get(&self, id: i64) -> Result<Option<Placement>, DbError> { /* … */ }
+/// }
+/// // repo.get(id) caches; repo.get_uncached(id) reads the database.
+/// ```
 ///
 /// # Batch
 ///
@@ -161,6 +180,13 @@ fn run(
     args: proc_macro2::TokenStream,
     item: proc_macro2::TokenStream,
 ) -> proc_macro2::TokenStream {
+    // `#[cached]` on an impl block: the companions of its methods.
+    if kind == Kind::Cached
+        && let Ok(imp) = syn::parse2::<syn::ItemImpl>(item.clone())
+    {
+        return companions::impl_block(args, imp);
+    }
+    let (args, twin) = companions::strip_marker(args);
     let mut errors = Errors::default();
     // Phase 1, parse: the options, then the function.
     let raw = match syn::parse2::<RawArgs>(args) {
@@ -204,7 +230,8 @@ fn run(
             info,
             args,
             templates,
+            twin,
         }),
-        (err, _) => fallback::fallback(func, err),
+        (err, _) => fallback::fallback(func, err, twin),
     }
 }
