@@ -28,6 +28,7 @@ on_both_backends!(
     an_empty_batch_calls_nothing,
     a_slice_of_ids_and_a_btree_map_work_alike,
     a_batch_waits_for_a_single_load_in_flight_and_counts_it_once,
+    an_entry_inside_its_stale_window_is_a_hit_counted_as_stale,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +105,7 @@ impl Catalog {
     }
 
     /// Reads the rows, then waits out the delay: what it returns is what
-    /// the table held when the load began.
+    /// the table held when the load began (or, `failing`, an error).
     async fn read_rows(
         &self,
         ids: impl IntoIterator<Item = u64>,
@@ -112,9 +113,6 @@ impl Catalog {
         let mut asked: Vec<u64> = ids.into_iter().collect();
         asked.sort_unstable();
         self.batches.lock().expect("batches").push(asked.clone());
-        if self.failing.load(SeqCst) {
-            return Err(DbError);
-        }
         let found: HashMap<u64, Item> = {
             let rows = self.rows.lock().expect("rows");
             asked
@@ -124,11 +122,21 @@ impl Catalog {
         };
         let delay = *self.delay.lock().expect("delay");
         tokio::time::sleep(delay).await;
+        if self.failing.load(SeqCst) {
+            return Err(DbError);
+        }
         Ok(found)
     }
 
     #[cached(prefix = "item", ttl = "5m", key = id)]
     async fn get(&self, id: u64) -> Result<Option<Item>, DbError> {
+        self.singles.lock().expect("singles").push(id);
+        Ok(self.rows.lock().expect("rows").get(&id).cloned())
+    }
+
+    /// The same entries, written with a stale window.
+    #[cached(prefix = "item", ttl = "100ms", key = id, stale = "1m", name = "item_stale")]
+    async fn get_stale(&self, id: u64) -> Result<Option<Item>, DbError> {
         self.singles.lock().expect("singles").push(id);
         Ok(self.rows.lock().expect("rows").get(&id).cloned())
     }
@@ -601,5 +609,86 @@ async fn a_batch_waits_for_a_single_load_in_flight_and_counts_it_once(backend: &
         (s.hits, s.misses, s.loads, s.coalesced),
         (0, 1 + 3, 2, 1),
         "one miss per id per call, one load each, the batch's 5 shared"
+    );
+}
+
+/// An entry past its TTL but inside the stale window its writer gave it is
+/// served to a batch as it is to a single call without `stale`: a hit,
+/// counted as served stale.
+async fn an_entry_inside_its_stale_window_is_a_hit_counted_as_stale(backend: &Backend) {
+    let c = Catalog::new(backend.cache_with(|b| b.ttl_jitter(0.0)), 9);
+    c.get_stale(1).await.expect("loads");
+    c.set_version(1, 2);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let got = c.get_many(vec![1, 2]).await.expect("loads");
+    assert_eq!(
+        got.get(&1),
+        Some(&Item { id: 1, version: 1 }),
+        "served stale"
+    );
+    assert_eq!(c.batches(), vec![vec![2]], "only 2 loaded");
+    let s = c.cache.stats_for("item").expect("stats");
+    assert_eq!((s.hits, s.misses, s.stale_served), (1, 1, 1), "{s:?}");
+}
+
+/// A failed body's lease release that fails too (the connections go
+/// silently dead while the body runs, so the release times out) is
+/// retried, so once the cache is on a working connection again the next
+/// caller of those ids loads and stores at once, instead of waiting out
+/// `wait` for a lease nobody holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_after_a_failed_body_is_retried() {
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let cache = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .expect("builds");
+    let c = Catalog::new(cache, 9);
+    c.get_many(vec![5]).await.expect("warms both connections");
+    c.slow(Duration::from_millis(200));
+    c.failing.store(true, SeqCst);
+    let failing = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_many(vec![1, 2]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    proxy.strand();
+    assert_eq!(failing.await.expect("joins"), Err(DbError));
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert_eq!(
+        leases.len(),
+        2,
+        "the release did not reach the server: {leases:?}"
+    );
+    c.failing.store(false, SeqCst);
+    c.slow(Duration::ZERO);
+    // Back on working connections (the breaker's probe makes new ones).
+    let back = Instant::now();
+    while c.cache.get::<Item>("item:5").await.is_none() || c.cache.breaker_open() {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the cache did not recover"
+        );
+        c.get_many(vec![6]).await.expect("loads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert!(leases.is_empty(), "released by a retry: {leases:?}");
+    let started = Instant::now();
+    assert_eq!(
+        c.get_many(vec![1, 2]).await.expect("loads"),
+        items([1, 2], 1)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?} for a lease",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.cache.get::<Item>("item:1").await,
+        Some(Item { id: 1, version: 1 }),
+        "stored"
     );
 }

@@ -445,3 +445,77 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::{BatchCall, MAX_ROUNDS};
+    use crate::engine::flight::Role;
+    use crate::engine::policy::Policy;
+
+    /// Lets the batch task run until it waits again (a current-thread
+    /// runtime, the memory backend: nothing else runs meanwhile).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A batch whose key's leader here goes away, again and again, waits
+    /// for a new leader at most `MAX_ROUNDS` times, then loads the key
+    /// itself (and stores nothing: another leader runs).
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_max_rounds_of_abandoned_leaders_a_batch_loads_for_itself() {
+        let cache = crate::Cache::memory();
+        let engine = Arc::clone(cache.engine());
+        let key = "cache:item:1".to_owned();
+        let wait = Duration::from_secs(30);
+        let policy: &'static Policy =
+            Box::leak(Box::new(Policy::new(Duration::from_secs(60)).wait(wait)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let Role::Lead(mut leader) = engine.flights.join_or_lead(&engine, &key, wait) else {
+            panic!("the test leads first");
+        };
+        let batch = tokio::spawn({
+            let (engine, key, calls) = (Arc::clone(&engine), key.clone(), Arc::clone(&calls));
+            async move {
+                let call = BatchCall {
+                    counters: Cow::Owned(engine.stats.counters("item")),
+                    policy,
+                };
+                let load = |indexes: Vec<usize>| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, ()>(indexes.iter().map(|_| Some(7u32)).collect()) }
+                };
+                engine.load_batch(&call, &[key], load, None).await
+            }
+        });
+        settle().await;
+        for round in 1..=MAX_ROUNDS {
+            assert!(
+                !batch.is_finished(),
+                "round {round}: still waiting for a leader"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 0, "round {round}");
+            // The leader goes away; another takes its place at once.
+            drop(leader);
+            let Role::Lead(next) = engine.flights.join_or_lead(&engine, &key, wait) else {
+                panic!("round {round}: the batch has not run yet");
+            };
+            leader = next;
+            settle().await;
+        }
+        assert!(
+            batch.is_finished(),
+            "after {MAX_ROUNDS} rounds it loads for itself"
+        );
+        assert_eq!(batch.await.expect("joins"), Ok(vec![Some(7)]));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        drop(leader);
+        assert_eq!(cache.get::<u32>("item:1").await, None, "not stored");
+    }
+}
