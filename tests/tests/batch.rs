@@ -29,6 +29,7 @@ on_both_backends!(
     a_slice_of_ids_and_a_btree_map_work_alike,
     a_batch_waits_for_a_single_load_in_flight_and_counts_it_once,
     an_entry_inside_its_stale_window_is_a_hit_counted_as_stale,
+    a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -689,6 +690,106 @@ async fn a_release_that_fails_after_a_failed_body_is_retried() {
     assert_eq!(
         c.cache.get::<Item>("item:1").await,
         Some(Item { id: 1, version: 1 }),
+        "stored"
+    );
+}
+
+/// A single call waiting on a batch's load of id 2 when id 2 changes and is
+/// evicted (on Redis by another process, whose eviction this process's
+/// flights do not see): the batch's write is refused, and the waiter is not
+/// handed the value read before the change; it reads again and gets the
+/// new row.
+async fn a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 5);
+    let evictor = match backend.server() {
+        Some(_) => c.with_cache(backend.cache()),
+        None => c.clone(),
+    };
+    c.slow(Duration::from_millis(300));
+    let batch = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_many(vec![1, 2, 3]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiter = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.set_version(2, 2);
+    evictor.changed(2).await.expect("evicts");
+    batch.await.expect("joins").expect("loads");
+    assert_eq!(
+        waiter
+            .await
+            .expect("joins")
+            .expect("loads")
+            .map(|i| i.version),
+        Some(2),
+        "the waiter read after the change"
+    );
+}
+
+/// A batch whose write-back fails (the connections go silently dead while
+/// its body runs) leaves its leases to its guards, which release them once
+/// the cache is on a working connection: the next caller loads and stores
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_failed_write_back_are_released_later() {
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let cache = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .expect("builds");
+    let c = Catalog::new(cache, 9);
+    c.get_many(vec![5]).await.expect("warms both connections");
+    c.slow(Duration::from_millis(200));
+    let loading = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_many(vec![1, 2]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    proxy.strand();
+    assert_eq!(
+        loading.await.expect("joins").expect("loads"),
+        items([1, 2], 1)
+    );
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert_eq!(
+        leases.len(),
+        2,
+        "the write did not reach the server: {leases:?}"
+    );
+    c.slow(Duration::ZERO);
+    let back = Instant::now();
+    while c.cache.get::<Item>("item:5").await.is_none() || c.cache.breaker_open() {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the cache did not recover"
+        );
+        c.get_many(vec![6]).await.expect("loads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert!(
+        leases.is_empty(),
+        "released by the guards' retries: {leases:?}"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        c.get_many(vec![1, 2]).await.expect("loads"),
+        items([1, 2], 1)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.cache.get::<Item>("item:2").await,
+        Some(Item { id: 2, version: 1 }),
         "stored"
     );
 }

@@ -403,7 +403,8 @@ impl Engine {
                 Ok(results) => {
                     for (finish, result) in finishes.iter().zip(results) {
                         ends.push(match result {
-                            Ok(true) if finish.write.is_none() => LeaseEnd::Released,
+                            // Stored, or (nothing to write) released: the
+                            // lease ended either way.
                             Ok(true) => LeaseEnd::Stored,
                             Ok(false) => {
                                 counters.leases_lost.add();
