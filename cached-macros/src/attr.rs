@@ -88,6 +88,11 @@ const OPTIONS: &[Opt] = &[
         read: |a, e, n, v| a.prefixes = string_list(e, n, &v),
     },
     Opt {
+        name: "of",
+        kinds: EVICT,
+        read: read_of,
+    },
+    Opt {
         name: "cache",
         kinds: ALL,
         read: |a, _, _, v| a.cache = Some(v),
@@ -148,6 +153,38 @@ const OPTIONS: &[Opt] = &[
         read: read_crate,
     },
 ];
+
+/// `of = [Self::get_by_id(id), list_for_video(video_id)]`: the entries of
+/// those calls of `#[cached]` functions.
+fn read_of(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
+    let bad = |errors: &mut Errors, at: &dyn quote::ToTokens| {
+        errors.push(syn::Error::new_spanned(
+            at,
+            format!(
+                "`{name}` takes calls of `#[cached]` functions with the arguments whose entries to \
+                 remove, e.g. `{name} = [Self::get_by_id(placement_id)]`"
+            ),
+        ));
+    };
+    let Expr::Array(array) = &value else {
+        bad(errors, &value);
+        return;
+    };
+    for elem in &array.elems {
+        match elem {
+            Expr::Call(call) if matches!(&*call.func, Expr::Path(p) if p.qself.is_none()) => {
+                args.of.push(call.clone());
+            }
+            other => bad(errors, other),
+        }
+    }
+    if array.elems.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &value,
+            format!("`{name} = []` removes nothing: name at least one call, or leave `{name}` out"),
+        ));
+    }
+}
 
 /// `batch` (the function's only parameter holds the ids) or `batch = ids`
 /// (names the parameter that does).
@@ -318,6 +355,8 @@ pub(crate) struct Args {
     pub(crate) patterns: Vec<LitStr>,
     /// `prefixes = [..]`: every key under each.
     pub(crate) prefixes: Vec<LitStr>,
+    /// `of = [Self::get(id), ..]`: the entries of those cached calls.
+    pub(crate) of: Vec<syn::ExprCall>,
     pub(crate) prefix: Option<LitStr>,
     pub(crate) ttl: Option<Ttl>,
     pub(crate) key: Option<KeySpec>,
@@ -416,6 +455,12 @@ fn string_list(errors: &mut Errors, name: &Ident, value: &Expr) -> Vec<LitStr> {
         ));
         return Vec::new();
     };
+    if array.elems.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            value,
+            format!("`{name} = []` names nothing: give at least one, or leave `{name}` out"),
+        ));
+    }
     let mut out = Vec::new();
     for elem in &array.elems {
         match elem {

@@ -19,8 +19,8 @@ pub(crate) struct Plan {
     pub(crate) info: FnInfo,
     pub(crate) args: Args,
     pub(crate) templates: Templates,
-    /// Where the `{name}_uncached` twin goes.
-    pub(crate) twin: crate::companions::Twin,
+    /// What to emit: the method, its twin and companions, or a part.
+    pub(crate) emit: crate::companions::Emit,
 }
 
 /// What every expansion shares: names, paths and the twin.
@@ -36,33 +36,188 @@ struct Parts {
 }
 
 pub(crate) fn expand(plan: Plan) -> TokenStream {
+    use crate::companions::Emit;
     let parts = parts(&plan);
-    let body = match plan.kind {
-        Kind::Cached => cached_body(&plan, &parts),
-        Kind::Put => put_body(&plan, &parts),
-        Kind::Evict => evict_body(&plan, &parts),
-    };
-    let Parts {
-        wrapper_attrs,
-        wrapper_sig,
-        vis,
-        twin,
-        ..
-    } = parts;
-    // In a trait impl the twin cannot be a member: `#[cached]` on the impl
-    // block puts it in an inherent impl of the type.
-    let twin = match plan.twin {
-        crate::companions::Twin::Here => twin,
-        crate::companions::Twin::Elsewhere => TokenStream::new(),
+    // In a trait impl neither the twin nor the companions can be members:
+    // `#[cached]` on the impl block copies the method into an inherent impl
+    // of the type, where only they are emitted.
+    let method = (plan.emit != Emit::Companions).then(|| {
+        let body = match plan.kind {
+            Kind::Cached => cached_body(&plan, &parts),
+            Kind::Put => put_body(&plan, &parts),
+            Kind::Evict => evict_body(&plan, &parts),
+        };
+        let Parts {
+            wrapper_attrs,
+            wrapper_sig,
+            vis,
+            ..
+        } = &parts;
+        quote! {
+            #(#wrapper_attrs)*
+            #[allow(clippy::redundant_closure, clippy::used_underscore_binding)]
+            #vis #wrapper_sig {
+                #body
+            }
+        }
+    });
+    let (twin, companions) = if plan.emit == Emit::Method {
+        (TokenStream::new(), TokenStream::new())
+    } else {
+        (parts.twin.clone(), companions(&plan, &parts))
     };
     quote! {
-        #(#wrapper_attrs)*
-        #[allow(clippy::redundant_closure, clippy::used_underscore_binding)]
-        #vis #wrapper_sig {
-            #body
+        #method
+        #twin
+        #companions
+    }
+}
+
+/// The typed companions of a `#[cached]` function (not a batch):
+/// `{name}_key`, `{name}_invalidate`, `{name}_prime` and `{name}_refresh`,
+/// so that callers name the entry of a call by the function and its
+/// arguments rather than by a key written out by hand.
+//
+// Input:
+//     #[cached(prefix = "placement", ttl = "5m", key = id)]
+//     pub async fn get(&self, id: u64) -> Result<Option<P>, E> { body }
+// Output (besides the method and its twin):
+//     pub fn get_key(id: &u64) -> String { KeyBuilder::new("", "placement").part(&(id)).finish() }
+//     pub async fn get_invalidate(&self, id: &u64) { evict(cache, &[full key], &[], &[]).await }
+//     pub async fn get_prime(&self, id: &u64, value: &P) { (write-through of value) }
+//     pub async fn get_refresh(&self, id: u64) -> Result<Option<P>, E> { (as #[cache_put] of the twin) }
+fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
+    if plan.kind != Kind::Cached || plan.templates.batch.is_some() {
+        return TokenStream::new();
+    }
+    let Plan {
+        func, info, args, ..
+    } = plan;
+    let Parts { p, krate, vis, .. } = parts;
+    let name = &func.sig.ident;
+    let prefix = args.prefix.as_ref().map(LitStr::value).unwrap_or_default();
+    let generics = &func.sig.generics;
+    let typed: Vec<(&Ident, &syn::Type)> = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|a| match a {
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(pi) => Some((&pi.ident, &*pt.ty)),
+                _ => None,
+            },
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let by_ref: Vec<TokenStream> = typed.iter().map(|(i, ty)| quote!(#i: &#ty)).collect();
+    let names: Vec<&Ident> = typed.iter().map(|(i, _)| *i).collect();
+    let receiver = info.has_self.then(|| quote!(&self,));
+    let value_ty = &info.value_ty;
+    let key_fn = format_ident!("{}_key", name);
+    let invalidate_fn = format_ident!("{}_invalidate", name);
+    let prime_fn = format_ident!("{}_prime", name);
+    let refresh_fn = format_ident!("{}_refresh", name);
+    let this = if info.has_self {
+        quote!(Self::)
+    } else {
+        TokenStream::new()
+    };
+    let call_key = quote!(#this #key_fn(#(#names),*));
+    let key_doc = format!(
+        " The key `{name}` caches the value of these arguments under, relative to the cache's \
+         namespace: what `Cache::get` and `Cache::invalidate` take."
+    );
+    let invalidate_doc = format!(
+        " Removes the entry of `{name}` for these arguments, and destroys its lease (a load of \
+         it in flight does not store). Retried until it lands, as `#[cache_evict]`."
+    );
+    let prime_doc = format!(
+        " Stores `value` as the entry of `{name}` for these arguments without calling it: a \
+         write-through (a load of it in flight does not store)."
+    );
+    let refresh_doc = format!(
+        " Calls `{name}` without the cache and replaces its entry with what it returns, as \
+         `#[cache_put]` would (an error changes nothing; `None` removes the entry): an admin's \
+         \"refresh\", or after a change the cache did not see. Returns what the function returned."
+    );
+    // Built without the checks the method's own key and tags make: a part
+    // that is not a `KeyPart` is reported there, once.
+    let key_soft = soft_parts(
+        &key_part_exprs(plan),
+        quote!(#p::KeyBuilder::new("", #prefix)),
+        p,
+    );
+    let cache_expr = &parts.cache_expr;
+    let tags: Vec<TokenStream> = plan
+        .templates
+        .tags
+        .iter()
+        .map(|(lit, pieces)| {
+            let parts = template_part_exprs(lit, pieces);
+            soft_parts(&parts, quote!(#p::tag(__cached_cache)), p)
+        })
+        .collect();
+    let tags = quote!([#(#tags),*]);
+    let site = site(args, p);
+    let put = quote! {{
+        #[allow(unused_imports)]
+        use #p::{CachePut as _, PlainPut as _};
+        (&&#p::Runner::<#value_ty>::NEW)
+            .put(__cached_cache, &__CACHED_SITE, __cached_key, ::core::option::Option::Some(value), __cached_tags)
+            .await;
+    }};
+    let refresh_sig = {
+        let mut sig = parts.wrapper_sig.clone();
+        sig.ident = refresh_fn.clone();
+        sig
+    };
+    let call = &parts.call;
+    let store = store_result(info, p);
+    let refs = names.iter().map(|n| quote!(&#n));
+    let refresh_body = quote! {
+        #site
+        #cache_expr
+        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        let __cached_key = __cached_cache.full_key(&#this #key_fn(#(#refs),*));
+        let __cached_tags: &[::std::string::String] = &#tags;
+        let __cached_result = #call.await;
+        #store
+        __cached_result
+    };
+    quote! {
+        #[doc = #key_doc]
+        #[allow(dead_code, unused_variables, clippy::all, clippy::pedantic)]
+        #vis fn #key_fn #generics (#(#by_ref),*) -> ::std::string::String {
+            #[allow(unused_imports)]
+            use #p::hashed;
+            #key_soft
         }
 
-        #twin
+        #[doc = #invalidate_doc]
+        #[allow(dead_code, unused_variables, clippy::all, clippy::pedantic)]
+        #vis async fn #invalidate_fn #generics (#receiver #(#by_ref),*) {
+            #cache_expr
+            let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+            let __cached_keys = [__cached_cache.full_key(&#call_key)];
+            #p::evict(__cached_cache, &__cached_keys, &[], &[]).await;
+        }
+
+        #[doc = #prime_doc]
+        #[allow(dead_code, unused_variables, clippy::all, clippy::pedantic)]
+        #vis async fn #prime_fn #generics (#receiver #(#by_ref,)* value: &#value_ty) {
+            #site
+            #cache_expr
+            let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+            let __cached_key = __cached_cache.full_key(&#call_key);
+            let __cached_tags: &[::std::string::String] = &#tags;
+            #put
+        }
+
+        #[doc = #refresh_doc]
+        #[allow(dead_code, clippy::all, clippy::pedantic)]
+        #vis #refresh_sig {
+            #refresh_body
+        }
     }
 }
 
@@ -159,6 +314,11 @@ fn used_by_attribute(plan: &Plan) -> Vec<Ident> {
     if let Some(e) = &plan.args.cache {
         syn::visit::Visit::visit_expr(&mut found, e);
     }
+    for call in &plan.args.of {
+        for arg in &call.args {
+            syn::visit::Visit::visit_expr(&mut found, arg);
+        }
+    }
     let t = &plan.templates;
     let templates = t
         .key
@@ -236,7 +396,20 @@ fn beta(args: &Args) -> Option<f64> {
 
 /// `let __cached_key = ...;` for `#[cached]` and `#[cache_put]`.
 fn key(plan: &Plan, p: &TokenStream) -> TokenStream {
-    let (prelude, chain) = match (&plan.args.key, &plan.templates.key) {
+    let (prelude, chain) = key_parts(plan, p);
+    quote! {
+        let __cached_key = {
+            #[allow(unused_imports)]
+            use #p::hashed;
+            #prelude
+            #p::key(__cached_cache, &__CACHED_SITE) #chain .finish()
+        };
+    }
+}
+
+/// A key's parts: statements binding them, and the `.part(..)` chain.
+fn key_parts(plan: &Plan, p: &TokenStream) -> (TokenStream, TokenStream) {
+    match (&plan.args.key, &plan.templates.key) {
         (Some(KeySpec::Template(_)), Some((lit, pieces))) => {
             (TokenStream::new(), chain(lit, pieces))
         }
@@ -273,15 +446,73 @@ fn key(plan: &Plan, p: &TokenStream) -> TokenStream {
                 .map(|ident| quote_spanned!(ident.span()=> .part(&#ident)));
             (TokenStream::new(), chain.collect())
         }
-    };
-    quote! {
-        let __cached_key = {
-            #[allow(unused_imports)]
-            use #p::hashed;
-            #prelude
-            #p::key(__cached_cache, &__CACHED_SITE) #chain .finish()
-        };
     }
+}
+
+/// One piece of a key in the order written: literal text, or an
+/// expression whose value is a key part.
+enum KeyPiece {
+    Literal(String),
+    Part(TokenStream),
+}
+
+/// The pieces of a call's key (see [`key_parts`]).
+fn key_part_exprs(plan: &Plan) -> Vec<KeyPiece> {
+    match (&plan.args.key, &plan.templates.key) {
+        (Some(KeySpec::Template(_)), Some((lit, pieces))) => template_part_exprs(lit, pieces),
+        (Some(KeySpec::Expr(e)), _) => {
+            let elems: Vec<&syn::Expr> = match e {
+                syn::Expr::Tuple(t) if !t.elems.is_empty() => t.elems.iter().collect(),
+                other => vec![other],
+            };
+            elems
+                .into_iter()
+                .map(|e| KeyPiece::Part(quote_spanned!(e.span()=> &(#e))))
+                .collect()
+        }
+        _ => plan
+            .info
+            .params
+            .iter()
+            .map(|ident| KeyPiece::Part(quote!(&#ident)))
+            .collect(),
+    }
+}
+
+/// The pieces of a checked template.
+fn template_part_exprs(lit: &LitStr, pieces: &[Piece]) -> Vec<KeyPiece> {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Literal(text) => KeyPiece::Literal(text.clone()),
+            Piece::Param(name) => {
+                let ident = Ident::new(name, lit.span());
+                KeyPiece::Part(quote!(&#ident))
+            }
+        })
+        .collect()
+}
+
+/// A key from `start` and `pieces`, each part added only if its type is a
+/// `KeyPart` (autoref specialization): the function's own key has already
+/// required it, with the worded error, so a second one here would only
+/// repeat it.
+fn soft_parts(pieces: &[KeyPiece], start: TokenStream, p: &TokenStream) -> TokenStream {
+    let steps = pieces.iter().map(|piece| match piece {
+        KeyPiece::Literal(text) => quote!(let __cached_b = __cached_b.literal(#text);),
+        KeyPiece::Part(expr) => quote! {
+            let __cached_b = {
+                #[allow(unused_imports)]
+                use #p::{PushPart as _, SkipPart as _};
+                (&&#p::PartOf(#expr)).push_to(__cached_b)
+            };
+        },
+    });
+    quote! {{
+        let __cached_b = #start;
+        #(#steps)*
+        __cached_b.finish()
+    }}
 }
 
 /// The `.literal(..)` / `.part(..)` chain of a checked template.
@@ -606,11 +837,29 @@ fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
         cache_expr,
         ..
     } = parts;
-    let value_ty = &info.value_ty;
     let check = value_check(info, p);
     let site = site(args, p);
     let key = key(plan, p);
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
+    let store = store_result(info, p);
+    quote! {
+        #check
+        #site
+        #cache_expr
+        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        #key
+        let __cached_tags: &[::std::string::String] = &#tags;
+        let __cached_result = #call.await;
+        #store
+        __cached_result
+    }
+}
+
+/// Writes `__cached_result` through under `__cached_key`, as `#[cache_put]`
+/// does: `Ok`, `Some` or a plain value stored, `None` invalidated, `Err`
+/// nothing.
+fn store_result(info: &FnInfo, p: &TokenStream) -> TokenStream {
+    let value_ty = &info.value_ty;
     let put = |value: TokenStream| {
         quote! {{
             #[allow(unused_imports)]
@@ -624,7 +873,7 @@ fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
         put(quote!(::core::option::Option::Some(__cached_value))),
         put(quote!(::core::option::Option::None)),
     );
-    let store = match info.shape {
+    match info.shape {
         Shape::Plain => quote!({ let __cached_value = &__cached_result; #some }),
         Shape::Option => quote! {
             match &__cached_result {
@@ -642,17 +891,6 @@ fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
                 ::core::result::Result::Err(_) => {}
             }
         },
-    };
-    quote! {
-        #check
-        #site
-        #cache_expr
-        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
-        #key
-        let __cached_tags: &[::std::string::String] = &#tags;
-        let __cached_result = #call.await;
-        #store
-        __cached_result
     }
 }
 
@@ -689,6 +927,22 @@ fn evict_body(plan: &Plan, parts: &Parts) -> TokenStream {
         .cloned()
         .collect();
     let keys = full_keys(&keys, &start, "");
+    // `of = [Self::get(id)]`: the key of that call, by its `_key`
+    // companion, called with the user's arguments (so a wrong count or
+    // type is an error at the user's tokens).
+    let of = plan.args.of.iter().map(|call| {
+        let mut path = match &*call.func {
+            syn::Expr::Path(p) => p.path.clone(),
+            _ => unreachable!("`of` takes calls of paths (checked when read)"),
+        };
+        if let Some(last) = path.segments.last_mut() {
+            last.ident = format_ident!("{}_key", last.ident, span = last.ident.span());
+        }
+        let args = call.args.iter().map(|a| quote_spanned!(a.span()=> &(#a)));
+        quote_spanned! {call.span()=>
+            __cached_cache.full_key(&#path(#(#args),*))
+        }
+    });
     let mut patterns: Vec<(LitStr, Vec<Piece>)> = templates.patterns.clone();
     patterns.extend(templates.prefixes.iter().map(|(lit, pieces)| {
         let mut pieces = pieces.clone();
@@ -704,7 +958,11 @@ fn evict_body(plan: &Plan, parts: &Parts) -> TokenStream {
     quote! {
         #cache_expr
         let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
-        let __cached_keys: &[::std::string::String] = &#keys;
+        let __cached_keys: &[::std::string::String] = &{
+            let mut __cached_all = ::std::vec::Vec::from(#keys);
+            #(__cached_all.push(#of);)*
+            __cached_all
+        };
         let __cached_patterns: &[::std::string::String] = &#patterns;
         let __cached_tags: &[::std::string::String] = &#tags;
         let __cached_result = #call.await;

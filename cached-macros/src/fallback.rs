@@ -16,7 +16,7 @@ use quote::{ToTokens as _, format_ident, quote};
 pub(crate) fn fallback(
     func: syn::ItemFn,
     err: Option<syn::Error>,
-    twin_here: crate::companions::Twin,
+    emit: crate::companions::Emit,
 ) -> TokenStream {
     let mut twin = func.clone();
     twin.sig.ident = format_ident!("{}_uncached", func.sig.ident);
@@ -28,8 +28,15 @@ pub(crate) fn fallback(
             .stmts
             .insert(0, syn::Stmt::Item(syn::Item::Verbatim(tokens)));
     }
-    if twin_here == crate::companions::Twin::Elsewhere {
-        return func.into_token_stream();
+    match emit {
+        crate::companions::Emit::All => {}
+        crate::companions::Emit::Method => return func.into_token_stream(),
+        crate::companions::Emit::Companions => {
+            return quote! {
+                #[allow(dead_code, unused_variables, clippy::all)]
+                #twin
+            };
+        }
     }
     let twin = twin.into_token_stream();
     quote! {

@@ -76,6 +76,22 @@ pub(crate) use crate::valid::Templates;
 /// unchanged. `Result<Option<T>, E>` combines both. The value type must be
 /// `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`.
 ///
+/// # Companions
+///
+/// Beside the function and its twin, `#[cached]` emits typed companions
+/// (not for `batch`), with the function's visibility, so that callers name
+/// an entry by the function and its arguments, never by a key written out:
+///
+/// | companion | what it does |
+/// | --- | --- |
+/// | `get_by_id_key(&id) -> String` | the entry's key, relative to the namespace (`"placement:7"`) |
+/// | `self.get_by_id_invalidate(&id)` | removes the entry and destroys its lease, as `#[cache_evict]` |
+/// | `self.get_by_id_prime(&id, &value)` | stores `value` as the entry without calling the function (a write-through) |
+/// | `self.get_by_id_refresh(id)` | calls the function without the cache and writes its result through, as `#[cache_put]`; returns it |
+///
+/// `#[cache_evict(of = [Self::get_by_id(id)])]` removes the entries of those
+/// calls; a wrong argument count or type is a compile error at its token.
+///
 /// # Trait methods
 ///
 /// On a method of a trait impl, put `#[cached]` (no options) on the impl
@@ -164,6 +180,7 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `patterns = ["video:{video_id}:*"]` | every key matching the glob (SCAN + UNLINK in batches on Redis); parameter values are escaped, so they match only themselves |
 /// | `prefixes = ["placements"]` | every key of a `#[cached]` prefix, and the prefix's own key (a function without key parameters) |
 /// | `tags = ["video:{video_id}"]` | every entry cached with that tag |
+/// | `of = [Self::get_by_id(placement_id)]` | the entries of those calls of `#[cached]` functions (their `_key` companions), checked at compile time |
 /// | `cache = <expr>`, `crate = "…"` | as for [`cached`] |
 ///
 /// Placeholders must name parameters (checked at compile time). For a
@@ -186,7 +203,7 @@ fn run(
     {
         return companions::impl_block(args, imp);
     }
-    let (args, twin) = companions::strip_marker(args);
+    let (args, emit) = companions::strip_marker(args);
     let mut errors = Errors::default();
     // Phase 1, parse: the options, then the function.
     let raw = match syn::parse2::<RawArgs>(args) {
@@ -230,8 +247,8 @@ fn run(
             info,
             args,
             templates,
-            twin,
+            emit,
         }),
-        (err, _) => fallback::fallback(func, err, twin),
+        (err, _) => fallback::fallback(func, err, emit),
     }
 }

@@ -101,7 +101,7 @@ pub(crate) fn required(kind: Kind, args: &Args, errors: &mut Errors) {
             }
         }
         Kind::Evict => {
-            if !["keys", "patterns", "prefixes", "tags"]
+            if !["keys", "patterns", "prefixes", "tags", "of"]
                 .iter()
                 .any(|o| seen(o))
             {

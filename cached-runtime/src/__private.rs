@@ -194,6 +194,36 @@ pub fn __glob_matches(pattern: &str, text: &str) -> bool {
     crate::glob::matches(pattern, text)
 }
 
+/// A key part as the typed companions add it: [`PushPart`] when its type
+/// is a `KeyPart`, [`SkipPart`] otherwise (autoref specialization; never
+/// run: the function's own key fails to compile first, with a worded
+/// error, and the companions do not repeat it).
+#[derive(Debug)]
+pub struct PartOf<'a, T: ?Sized>(pub &'a T);
+
+/// Adds the part.
+pub trait PushPart {
+    /// The builder with the part added.
+    fn push_to(&self, builder: KeyBuilder) -> KeyBuilder;
+}
+
+impl<T: crate::KeyPart + ?Sized> PushPart for &PartOf<'_, T> {
+    #[inline]
+    fn push_to(&self, builder: KeyBuilder) -> KeyBuilder {
+        builder.part(self.0)
+    }
+}
+
+/// The fallback of [`PushPart`].
+pub trait SkipPart {
+    /// The builder as it was.
+    fn push_to(&self, builder: KeyBuilder) -> KeyBuilder {
+        builder
+    }
+}
+
+impl<T: ?Sized> SkipPart for PartOf<'_, T> {}
+
 /// Starts a tag of a call: `{namespace}:~tag:`.
 #[inline]
 pub fn tag(cache: &Cache) -> KeyBuilder {

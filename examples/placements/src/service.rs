@@ -72,7 +72,7 @@ impl PlacementService {
         row
     }
 
-    #[cache_evict(keys = ["placement:{id}"])]
+    #[cache_evict(of = [Self::get_by_id(id)])]
     async fn forget(&self, id: i64) {
         let _ = id;
     }
@@ -92,7 +92,7 @@ impl PlacementService {
         }
     }
 
-    #[cache_evict(keys = ["placement:{id}", "video:{video_id}:placement_ids"], tags = ["placements"])]
+    #[cache_evict(of = [Self::get_by_id(id), Self::video_ids(video_id)], tags = ["placements"])]
     async fn evict_deleted(&self, id: i64, video_id: i64) {
         let _ = (id, video_id);
     }

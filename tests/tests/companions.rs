@@ -1,0 +1,193 @@
+//! The typed companions of a `#[cached]` function, on both backends:
+//! `{name}_key`, `{name}_invalidate`, `{name}_prime`, `{name}_refresh`, and
+//! `#[cache_evict(of = [Self::name(args)])]`, which names the entries to
+//! remove by the function and its arguments instead of a key written out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cached_runtime::{Cache, cache_evict, cached};
+use cached_tests::{Backend, on_both_backends};
+use serde::{Deserialize, Serialize};
+
+on_both_backends!(
+    key_names_the_entry_the_function_stores,
+    invalidate_removes_one_entry_and_refuses_a_load_in_flight,
+    prime_stores_without_a_load,
+    refresh_reads_the_source_and_replaces_the_entry,
+    evict_of_removes_exactly_the_named_calls,
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DbError;
+
+#[derive(Clone)]
+struct Store {
+    cache: Cache,
+    rows: Arc<Mutex<HashMap<u64, u64>>>,
+    loads: Arc<AtomicU32>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Store {
+    fn new(cache: Cache) -> Store {
+        Store {
+            cache,
+            rows: Arc::new(Mutex::new((1..=9).map(|id| (id, 1)).collect())),
+            loads: Arc::default(),
+            delay: Arc::default(),
+        }
+    }
+
+    fn set(&self, id: u64, version: u64) {
+        self.rows.lock().expect("rows").insert(id, version);
+    }
+
+    fn loads(&self) -> u32 {
+        self.loads.load(SeqCst)
+    }
+
+    #[cached(prefix = "item", ttl = "5m", key = id)]
+    async fn get(&self, id: u64) -> Result<Option<Item>, DbError> {
+        self.loads.fetch_add(1, SeqCst);
+        let version = self.rows.lock().expect("rows").get(&id).copied();
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        Ok(version.map(|version| Item { id, version }))
+    }
+
+    #[cached(prefix = "pair", ttl = "5m", key = "{a}:x:{b}")]
+    async fn pair(&self, a: u64, b: String) -> String {
+        self.loads.fetch_add(1, SeqCst);
+        format!("{a}/{b}")
+    }
+
+    #[cached(prefix = "query", ttl = "5m", key = (tenant, cached_runtime::hashed(&filter)))]
+    async fn query(&self, tenant: String, filter: Vec<u64>) -> Vec<u64> {
+        self.loads.fetch_add(1, SeqCst);
+        filter.into_iter().map(|f| f * 10).collect()
+    }
+
+    #[cache_evict(of = [Self::get(id), Self::pair(id, label)])]
+    async fn changed(&self, id: u64, label: String) -> Result<(), DbError> {
+        Ok(())
+    }
+}
+
+async fn key_names_the_entry_the_function_stores(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    // The key text is the attribute's: stable, and what redis-cli shows.
+    assert_eq!(Store::get_key(&7), "item:7");
+    assert_eq!(Store::pair_key(&3, &"a:b".to_owned()), "pair:3:x:a\\:b");
+    let filter = vec![1, 2];
+    assert!(Store::query_key(&"t1".to_owned(), &filter).starts_with("query:t1:"));
+    assert_ne!(
+        Store::query_key(&"t1".to_owned(), &filter),
+        Store::query_key(&"t2".to_owned(), &filter),
+        "another tenant, another key"
+    );
+    s.get(7).await.expect("loads");
+    s.pair(3, "a:b".into()).await;
+    s.query("t1".into(), filter.clone()).await;
+    assert_eq!(
+        s.cache.get::<Item>(&Store::get_key(&7)).await,
+        Some(Item { id: 7, version: 1 })
+    );
+    assert_eq!(
+        s.cache
+            .get::<String>(&Store::pair_key(&3, &"a:b".into()))
+            .await,
+        Some("3/a:b".to_owned())
+    );
+    assert_eq!(
+        s.cache
+            .get::<Vec<u64>>(&Store::query_key(&"t1".into(), &filter))
+            .await,
+        Some(vec![10, 20])
+    );
+}
+
+async fn invalidate_removes_one_entry_and_refuses_a_load_in_flight(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(1).await.expect("loads");
+    s.get(2).await.expect("loads");
+    s.get_invalidate(&1).await;
+    assert_eq!(s.cache.get::<Item>("item:1").await, None);
+    assert!(
+        s.cache.get::<Item>("item:2").await.is_some(),
+        "only the one named"
+    );
+    // A load that read version 1 before the change does not store it.
+    *s.delay.lock().expect("delay") = Duration::from_millis(200);
+    let loading = tokio::spawn({
+        let s = s.clone();
+        async move { s.get(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.set(1, 2);
+    s.get_invalidate(&1).await;
+    loading.await.expect("joins").expect("loads");
+    assert_eq!(s.cache.get::<Item>("item:1").await, None, "not stored");
+}
+
+async fn prime_stores_without_a_load(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get_prime(&4, &Item { id: 4, version: 9 }).await;
+    assert_eq!(s.get(4).await, Ok(Some(Item { id: 4, version: 9 })));
+    assert_eq!(s.loads(), 0, "served the primed value");
+}
+
+async fn refresh_reads_the_source_and_replaces_the_entry(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(5).await.expect("loads");
+    s.set(5, 3);
+    assert_eq!(
+        s.get(5).await,
+        Ok(Some(Item { id: 5, version: 1 })),
+        "cached"
+    );
+    assert_eq!(s.get_refresh(5).await, Ok(Some(Item { id: 5, version: 3 })));
+    assert_eq!(s.loads(), 2);
+    assert_eq!(
+        s.get(5).await,
+        Ok(Some(Item { id: 5, version: 3 })),
+        "replaced"
+    );
+    assert_eq!(s.loads(), 2, "a hit");
+    // Gone at the source: the entry goes too.
+    s.rows.lock().expect("rows").remove(&5);
+    assert_eq!(s.get_refresh(5).await, Ok(None));
+    assert_eq!(s.cache.get::<Item>("item:5").await, None);
+}
+
+async fn evict_of_removes_exactly_the_named_calls(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(1).await.expect("loads");
+    s.get(2).await.expect("loads");
+    s.pair(1, "x".into()).await;
+    s.pair(1, "y".into()).await;
+    s.changed(1, "x".into()).await.expect("evicts");
+    assert_eq!(s.cache.get::<Item>("item:1").await, None);
+    assert!(s.cache.get::<Item>("item:2").await.is_some());
+    assert_eq!(
+        s.cache
+            .get::<String>(&Store::pair_key(&1, &"x".into()))
+            .await,
+        None
+    );
+    assert!(
+        s.cache
+            .get::<String>(&Store::pair_key(&1, &"y".into()))
+            .await
+            .is_some(),
+        "another label, another entry"
+    );
+}
