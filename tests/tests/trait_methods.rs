@@ -115,10 +115,18 @@ async fn a_trait_method_caches_and_its_twin_does_not(backend: &Backend) {
     );
     assert_eq!(s.loads(), 2, "the twin reads the source");
     assert_eq!(
-        s.cache.get::<Item>("item:3").await,
+        s.cache.get::<Item>(&Store::get_key(&3)).await,
         Some(Item { id: 3, version: 1 }),
         "stored under the attribute's key"
     );
+    // The companions, in the inherent impl like the twin.
+    s.rows.lock().expect("rows").insert(3, 4);
+    assert_eq!(s.get_refresh(3).await, Ok(Some(Item { id: 3, version: 4 })));
+    assert_eq!(through(&s, 3).await, Some(Item { id: 3, version: 4 }));
+    s.get_invalidate(&3).await;
+    assert_eq!(s.cache.get::<Item>("item:3").await, None);
+    s.get_prime(&3, &Item { id: 3, version: 9 }).await;
+    assert_eq!(through(&s, 3).await, Some(Item { id: 3, version: 9 }));
 }
 
 async fn write_through_eviction_and_batch_through_the_trait(backend: &Backend) {
