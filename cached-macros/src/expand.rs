@@ -171,6 +171,26 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         sig.ident = refresh_fn.clone();
         sig
     };
+    let with_outcome_fn = format_ident!("{}_with_outcome", name);
+    let with_outcome_sig = {
+        let mut sig = parts.wrapper_sig.clone();
+        sig.ident = with_outcome_fn;
+        let ret = match &sig.output {
+            syn::ReturnType::Type(_, ty) => quote!(#ty),
+            syn::ReturnType::Default => quote!(()),
+        };
+        sig.output = syn::parse_quote!(-> (#ret, ::core::option::Option<#krate::Outcome>));
+        sig
+    };
+    let with_outcome_doc = format!(
+        " `{name}`, and what it did: a hit, a load, a shared load... (`None`: the cache was \
+         not reached, as when the function is not cacheable)."
+    );
+    let method_call = if info.has_self {
+        quote!(self.#name(#(#names),*))
+    } else {
+        quote!(#name(#(#names),*))
+    };
     let call = &parts.call;
     let store = store_result(info, p);
     let refs = names.iter().map(|n| quote!(&#n));
@@ -217,6 +237,12 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         #[allow(dead_code, clippy::all, clippy::pedantic)]
         #vis #refresh_sig {
             #refresh_body
+        }
+
+        #[doc = #with_outcome_doc]
+        #[allow(dead_code, clippy::all, clippy::pedantic)]
+        #vis #with_outcome_sig {
+            #krate::with_outcome(#method_call).await
         }
     }
 }

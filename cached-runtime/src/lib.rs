@@ -56,6 +56,7 @@ mod glob;
 pub mod http;
 mod key;
 mod redact;
+mod scope;
 mod stats;
 
 #[doc(hidden)]
@@ -70,6 +71,7 @@ pub use cache::{
 pub use codec::{Codec, Compression, EntryMeta};
 pub use error::{BuildError, CacheError};
 pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text};
+pub use scope::{CallMode, Outcome, with_mode, with_outcome};
 pub use stats::{CacheStats, names as metric_names};
 
 #[doc(inline)]

@@ -36,6 +36,7 @@ use super::policy::{Call, CountersRef, ErrorSharing, Keep, Policy, Shape};
 use super::read::Read;
 use crate::Cacheable;
 use crate::backend::{BackendError, Fetched, Lease, LeaseFinish, LeaseIf, LeaseOutcome};
+use crate::scope::{CallMode, Outcome, record};
 
 /// Rounds before the batch stops waiting for leaders that keep going away
 /// and loads what is left itself, storing nothing (as a single call does
@@ -72,13 +73,25 @@ impl Engine {
     {
         let mut found: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
         let mut todo: Vec<usize> = (0..keys.len()).collect();
+        let mode = crate::scope::current_mode();
+        let bypass = !self.enabled || mode == CallMode::Bypass;
+        let refresh = mode == CallMode::Refresh;
+        if refresh {
+            // No read begun before this refresh is shared with it.
+            self.flights.detach(keys);
+        }
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let load = |indexes: Vec<usize>| {
+            ran.store(true, std::sync::atomic::Ordering::Relaxed);
+            load(indexes)
+        };
         let mut round = 0;
         while !todo.is_empty() {
             round += 1;
             // The cache is off, or leaders kept going away: load, store
             // nothing.
-            if !self.enabled || round > MAX_ROUNDS {
-                if self.enabled {
+            if bypass || round > MAX_ROUNDS {
+                if !bypass {
                     call.counters.misses.add_n(todo.len() as u64);
                 }
                 let (values, _) = self
@@ -89,12 +102,20 @@ impl Engine {
                 }
                 break;
             }
-            todo = Box::pin(self.batch_round(call, keys, todo, &load, errors, &mut found)).await?;
+            todo = Box::pin(self.batch_round(call, keys, todo, &load, errors, &mut found, refresh))
+                .await?;
+        }
+        if bypass {
+            record(Outcome::Bypassed);
+        } else if !ran.load(std::sync::atomic::Ordering::Relaxed) {
+            // Every id from the cache (a load records itself).
+            record(Outcome::Hit);
         }
         Ok(found)
     }
 
     /// One round (see the module docs); returns the keys for the next.
+    #[allow(clippy::too_many_arguments)]
     async fn batch_round<T, E, L, Fut>(
         self: &Arc<Self>,
         call: &BatchCall<'_>,
@@ -103,6 +124,7 @@ impl Engine {
         load: &L,
         errors: Option<ErrorSharing<E>>,
         found: &mut [Option<T>],
+        refresh: bool,
     ) -> Result<Vec<usize>, E>
     where
         T: Cacheable,
@@ -120,7 +142,11 @@ impl Engine {
             .partition(|&i| self.pending.blocks(&keys[i], &[]));
         let mut misses: Vec<(usize, LeaseIf)> = Vec::new();
         let mut unread: Vec<usize> = blocked;
-        if !readable.is_empty() {
+        // `CallMode::Refresh`: nothing is read; every id is loaded and
+        // replaces what is stored.
+        if refresh {
+            misses.extend(readable.iter().map(|&i| (i, LeaseIf::Any)));
+        } else if !readable.is_empty() {
             let names: Vec<&str> = readable.iter().map(|&i| keys[i].as_str()).collect();
             let started = Instant::now();
             let fetched = self.backend.fetch_many(&names, self.op_timeout).await;
@@ -238,8 +264,19 @@ impl Engine {
         }
 
         // 4. One load, one write.
-        self.load_and_store(call, keys, load, errors, now, found)
+        self.load_and_store(call, keys, load, errors, now, found, refresh)
             .await?;
+
+        // A refresh does not wait for another holder's value (it may be
+        // the one being replaced): it loads those ids too, storing nothing.
+        if refresh {
+            let contested = std::mem::take(&mut contested);
+            let mine = contested
+                .into_iter()
+                .map(|(i, guard)| (i, Some(guard), None));
+            self.load_and_store(call, keys, load, errors, mine.collect(), found, false)
+                .await?;
+        }
 
         // 5. The keys others are loading, all at once.
         let polls = contested.into_iter().map(|(i, mut guard)| async move {
@@ -304,21 +341,23 @@ impl Engine {
                 Landed::Failed(_) => later.push((i, None, None)),
             }
         }
-        self.load_and_store(call, keys, load, errors, later, found)
+        self.load_and_store(call, keys, load, errors, later, found, refresh)
             .await?;
         Ok(again)
     }
 
     /// Loads `items` in one call of the function, stores the leased ones in
     /// one round trip, and hands every value to its flight's waiters.
+    #[allow(clippy::too_many_arguments)]
     async fn load_and_store<'g, T, E, L, Fut>(
-        &self,
+        self: &Arc<Self>,
         call: &BatchCall<'_>,
         keys: &'g [String],
         load: &L,
         errors: Option<ErrorSharing<E>>,
         items: Vec<ToLoad<'g>>,
         found: &mut [Option<T>],
+        replace: bool,
     ) -> Result<(), E>
     where
         T: Cacheable,
@@ -425,6 +464,19 @@ impl Engine {
             }
         }
 
+        // A refresh replaces: an entry whose new value is not kept (an
+        // absence without `cache_none`) goes.
+        if replace {
+            let gone: Vec<String> = finishes
+                .iter()
+                .zip(&ends)
+                .filter(|(finish, end)| finish.write.is_none() && **end == LeaseEnd::Stored)
+                .map(|(finish, _)| finish.key.to_owned())
+                .collect();
+            if !gone.is_empty() {
+                let _ = self.invalidate_full(&gone).await;
+            }
+        }
         let mut ends = ends.into_iter();
         for ((i, guard, lease), value) in items.into_iter().zip(values) {
             let end = lease.and_then(|_| ends.next());

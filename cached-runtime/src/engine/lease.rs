@@ -131,6 +131,50 @@ impl Engine {
         }
     }
 
+    /// Takes the key's lease whatever is stored (a forced refresh,
+    /// `CallMode::Refresh`), waiting up to the policy's `wait` while another
+    /// holds it. Never reads: what is stored is what the refresh replaces.
+    pub(super) async fn force_lease<V, T>(&self, call: &Call<'_, V, T>, token: u64) -> Leasing<V>
+    where
+        V: Shape<T>,
+        T: Cacheable,
+    {
+        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
+        let started = Instant::now();
+        loop {
+            let outcome = self
+                .backend
+                .acquire_lease(
+                    key,
+                    token,
+                    policy.lease,
+                    LeaseIf::Any,
+                    call.tags,
+                    call.tag_for(),
+                    self.op_timeout,
+                )
+                .await;
+            match outcome {
+                Ok(LeaseOutcome::Acquired(epoch)) => return Leasing::Ours(epoch),
+                Ok(_) => {
+                    if started.elapsed() >= policy.wait {
+                        counters.wait_timeouts.add();
+                        return Leasing::NotOurs;
+                    }
+                    tokio::time::sleep(poll_interval(started.elapsed())).await;
+                }
+                Err(e) => {
+                    self.backend_failed(key, "lease", &e, counters);
+                    return if matches!(e, BackendError::Skipped) {
+                        Leasing::NotOurs
+                    } else {
+                        Leasing::Failed
+                    };
+                }
+            }
+        }
+    }
+
     /// Ends the lease this caller took for its load: the loaded value is
     /// written while the lease holds; a value not to be kept, or a failed
     /// load (`None`), releases it.

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::Cacheable;
 use crate::backend::{Backend, Lease};
+use crate::scope::{CallMode, Outcome, record};
 use crate::stats::{Counters, LogLimiter, Registry};
 
 pub(crate) use flight::Flights;
@@ -140,9 +141,16 @@ impl Engine {
     {
         let counters = &*call.counters;
         let mut load = load;
-        // The cache is switched off: the function runs, as if uncached.
-        if !self.enabled {
-            return self.run_loader(counters, load).await.map(|(v, _)| v);
+        let mode = crate::scope::current_mode();
+        // The cache is switched off (for this scope, or for good): the
+        // function runs, as if uncached.
+        if !self.enabled || mode == CallMode::Bypass {
+            let result = self.run_loader(counters, load).await.map(|(v, _)| v);
+            record(Outcome::Bypassed);
+            return result;
+        }
+        if mode == CallMode::Refresh {
+            return Box::pin(self.refresh_now(call, load, errors)).await;
         }
         // A change of this key has not reached the backend: what is there
         // may be the value it replaced. Load, and store nothing.
@@ -167,6 +175,7 @@ impl Engine {
                 if let Landed::Hit(any, shared) = &landed {
                     if let Some(value) = any.downcast_ref::<V>() {
                         self.shared_hit(&call, value, *shared, refresh);
+                        record(Outcome::Coalesced);
                         return Ok(value.clone());
                     }
                     // A hit of another type (another call site shares the
@@ -190,6 +199,7 @@ impl Engine {
                     if let Some(v) = any.downcast_ref::<V>() {
                         counters.coalesced.add();
                         counters.misses.add();
+                        record(Outcome::Coalesced);
                         return Ok(v.clone());
                     }
                 }
@@ -211,10 +221,12 @@ impl Engine {
         match self.open_as(&call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 self.refresh_after_hit(&call, &value, Shared::Fresh(meta), refresh);
+                record(Outcome::Hit);
                 return Ok(value);
             }
             Read::Stale(value, meta) => {
                 self.refresh_after_hit(&call, &value, Shared::Stale(meta), refresh);
+                record(Outcome::Stale);
                 return Ok(value);
             }
             Read::Miss => {}
@@ -277,6 +289,7 @@ impl Engine {
         }
         if let Some(v) = any.as_deref().and_then(|a| a.downcast_ref::<V>()) {
             counters.coalesced.add();
+            record(Outcome::Coalesced);
             return Ok(Ok(v.clone()));
         }
         // The leader's error went to the leader, its load ran past this
@@ -328,11 +341,13 @@ impl Engine {
             Read::Fresh(value, meta) => {
                 guard.land_with(&value, Shared::Fresh(meta));
                 self.refresh_after_hit(call, &value, Shared::Fresh(meta), refresh);
+                record(Outcome::Hit);
                 Ok(value)
             }
             Read::Stale(value, meta) => {
                 guard.land_with(&value, Shared::Stale(meta));
                 self.refresh_after_hit(call, &value, Shared::Stale(meta), refresh);
+                record(Outcome::Stale);
                 Ok(value)
             }
             Read::Miss => Box::pin(self.lead(call, guard, load, errors, Via::Backend)).await,
@@ -409,6 +424,7 @@ impl Engine {
                     Leasing::Value(value) => {
                         guard.lease.take();
                         guard.land_with(&value, Shared::Loaded);
+                        record(Outcome::Coalesced);
                         return Ok(value);
                     }
                     Leasing::NotOurs => {
@@ -451,6 +467,94 @@ impl Engine {
         result.map(|(v, _)| v)
     }
 
+    /// A call in a `CallMode::Refresh` scope: reads nothing, loads from the
+    /// source and replaces the entry under the key's lease (a write-through
+    /// or an invalidation meanwhile takes the lease, and this load does not
+    /// store). Callers here that start during it share its load.
+    async fn refresh_now<V, T, E, F, Fut>(
+        self: &Arc<Self>,
+        call: Call<'_, V, T>,
+        load: F,
+        errors: Option<ErrorSharing<E>>,
+    ) -> Result<V, E>
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let counters = &*call.counters;
+        counters.misses.add();
+        // No read begun before this refresh is shared with later callers.
+        self.flights.detach(std::slice::from_ref(&call.key));
+        let mut guard = match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
+            Role::Lead(guard) => guard,
+            // Another refresh of the key began this instant: its load is as
+            // fresh as this one's would be.
+            Role::Wait(rx) => {
+                let landed = landing(rx).await;
+                // A read's hit (a caller that started between the detach
+                // and here) is what this refresh replaces: load instead.
+                if matches!(landed, Landed::Hit(..)) {
+                    return self.run_loader(counters, load).await.map(|(v, _)| v);
+                }
+                return match Box::pin(self.settle(landed, counters, load, errors, false)).await {
+                    Ok(result) => result,
+                    Err(load) => self.run_loader(counters, load).await.map(|(v, _)| v),
+                };
+            }
+        };
+        let leased = if self.pending.blocks(&call.key, call.tags) {
+            None
+        } else {
+            let token = fastrand::u64(1..);
+            guard.lease = Some(token);
+            match self.force_lease(&call, token).await {
+                Leasing::Ours(epoch) => Some(Lease { token, epoch }),
+                Leasing::Value(_) | Leasing::NotOurs => {
+                    guard.lease = None;
+                    None
+                }
+                // Perhaps ours on the server: the guard releases it.
+                Leasing::Failed => None,
+            }
+        };
+        let result = self.run_loader(counters, load).await;
+        if let Err(e) = &result {
+            guard.land(Landed::Failed(errors.map(|s| s.share(e))));
+        }
+        let ended = match leased {
+            Some(lease) => {
+                let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
+                let ended = self.finish_lease(&call, lease, loaded).await;
+                if ended != LeaseEnd::Failed {
+                    guard.lease.take();
+                }
+                Some(ended)
+            }
+            None => None,
+        };
+        if let Ok((value, _)) = &result {
+            if ended == Some(LeaseEnd::Lost) {
+                guard.land(Landed::Abandoned);
+            } else {
+                guard.land_with(value, Shared::Loaded);
+            }
+            match ended {
+                Some(LeaseEnd::Stored) => record(Outcome::Refreshed),
+                // Not a value to keep (a `None` without `cache_none`): the
+                // entry it replaces goes, as a write-through of `None`
+                // removes it.
+                Some(LeaseEnd::Released) => {
+                    let _ = self.invalidate_full(std::slice::from_ref(&call.key)).await;
+                    record(Outcome::Refreshed);
+                }
+                _ => {}
+            }
+        }
+        result.map(|(v, _)| v)
+    }
+
     /// Runs a loader, counting and timing it.
     async fn run_loader<T, E, F, Fut>(
         &self,
@@ -466,6 +570,7 @@ impl Engine {
         let result = load().await;
         let took = started.elapsed();
         counters.load_seconds.record(took);
+        record(Outcome::Loaded);
         match result {
             Ok(v) => Ok((v, took)),
             Err(e) => {

@@ -57,8 +57,38 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(|| async { ApiError::NotFound("no such route") })
+        .layer(axum::middleware::from_fn(refresh_on_no_cache))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A request with `Cache-Control: no-cache` (RFC 9111 section 5.2.1.4:
+/// the client wants nothing stored used without checking the origin) or
+/// `Pragma: no-cache` is served from the database, and what it reads
+/// replaces the cached entries (`CallMode::Refresh`). One place for it: the
+/// handlers below do not know.
+async fn refresh_on_no_cache(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Decided before any await: the request is not `Sync`, so no borrow of
+    // it may be held across one.
+    let refresh = {
+        let no_cache = |name: header::HeaderName| {
+            request.headers().get_all(name).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+                })
+            })
+        };
+        no_cache(header::CACHE_CONTROL) || no_cache(header::PRAGMA)
+    };
+    if refresh {
+        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, next.run(request)).await
+    } else {
+        next.run(request).await
+    }
 }
 
 /// For `axum::middleware::map_response`, around the whole router: an

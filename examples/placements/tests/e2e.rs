@@ -317,6 +317,53 @@ async fn a_list_reads_its_members_in_one_batch_shared_with_single_reads() {
     assert_eq!(env.stats("placement").loads, 3);
 }
 
+/// `Cache-Control: no-cache` from a client reads the database and replaces
+/// the cached entries: a change made behind the cache's back shows, to
+/// that request and to every later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_cache_request_reads_the_database_and_replaces_the_entries() {
+    let redis = RedisServer::start();
+    let env = Env::with(Some(&redis)).await;
+    assert_eq!(env.json("/placements/4").await.1["name"], "video 1 break 4");
+    assert_eq!(
+        env.json("/videos/1/placements").await.1[3]["name"],
+        "video 1 break 4"
+    );
+    // Behind the cache's back: the database only.
+    let db = env.running.service.db();
+    let mut tx = db.begin().await.expect("begins");
+    let update = cached_placements::db::PlacementUpdate {
+        name: Some("changed".into()),
+        position_sec: None,
+    };
+    cached_placements::db::Db::update(&mut tx, 4, &update, None)
+        .await
+        .expect("updates");
+    tx.commit().await.expect("commits");
+    assert_eq!(
+        env.json("/placements/4").await.1["name"],
+        "video 1 break 4",
+        "cached"
+    );
+    let r = reqwest::Client::new()
+        .get(env.url("/placements/4"))
+        .header("cache-control", "no-cache")
+        .send()
+        .await
+        .expect("answers");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["name"], "changed");
+    assert_eq!(
+        env.json("/placements/4").await.1["name"],
+        "changed",
+        "replaced"
+    );
+    assert_eq!(
+        env.json("/videos/1/placements").await.1[3]["name"],
+        "changed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_shows_in_its_videos_list_at_once() {
     let redis = RedisServer::start();

@@ -1,0 +1,207 @@
+//! Per-call control on both backends: `with_mode(CallMode::Bypass | Refresh)`
+//! around calls (single and batch), and `with_outcome` / the
+//! `{name}_with_outcome` companion.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cached_runtime::{Cache, CallMode, Outcome, cache_put, cached, with_mode, with_outcome};
+use cached_tests::{Backend, on_both_backends};
+use serde::{Deserialize, Serialize};
+
+on_both_backends!(
+    outcomes_name_what_each_call_did,
+    bypass_neither_reads_nor_writes,
+    refresh_reads_the_source_and_replaces_the_entry,
+    a_write_through_during_a_refresh_wins,
+    batches_follow_the_mode,
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    version: u64,
+}
+
+#[derive(Clone)]
+struct Store {
+    cache: Cache,
+    rows: Arc<Mutex<HashMap<u64, u64>>>,
+    loads: Arc<AtomicU32>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Store {
+    fn new(cache: Cache) -> Store {
+        Store {
+            cache,
+            rows: Arc::new(Mutex::new((1..=9).map(|id| (id, 1)).collect())),
+            loads: Arc::default(),
+            delay: Arc::default(),
+        }
+    }
+
+    fn set(&self, id: u64, version: u64) {
+        self.rows.lock().expect("rows").insert(id, version);
+    }
+
+    fn loads(&self) -> u32 {
+        self.loads.load(SeqCst)
+    }
+
+    async fn read(&self, id: u64) -> Option<Item> {
+        self.loads.fetch_add(1, SeqCst);
+        let version = self.rows.lock().expect("rows").get(&id).copied();
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        version.map(|version| Item { id, version })
+    }
+
+    #[cached(prefix = "item", ttl = "5m", key = id)]
+    async fn get(&self, id: u64) -> Option<Item> {
+        self.read(id).await
+    }
+
+    #[cached(prefix = "item", ttl = "5m", key = ids, batch)]
+    async fn get_many(&self, ids: Vec<u64>) -> HashMap<u64, Item> {
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Some(item) = self.read(id).await {
+                out.insert(id, item);
+            }
+        }
+        out
+    }
+
+    #[cache_put(prefix = "item", ttl = "5m", key = id)]
+    async fn update(&self, id: u64, version: u64) -> Item {
+        self.set(id, version);
+        Item { id, version }
+    }
+}
+
+async fn outcomes_name_what_each_call_did(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    assert_eq!(s.get_with_outcome(1).await.1, Some(Outcome::Loaded));
+    assert_eq!(s.get_with_outcome(1).await.1, Some(Outcome::Hit));
+    let (got, outcome) = with_outcome(s.get(1)).await;
+    assert_eq!((got.map(|i| i.id), outcome), (Some(1), Some(Outcome::Hit)));
+    // Two callers of a cold key: one loads, the other shares its load.
+    *s.delay.lock().expect("delay") = Duration::from_millis(100);
+    let (a, b) = tokio::join!(s.get_with_outcome(2), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.get_with_outcome(2).await
+    });
+    assert_eq!(
+        (a.1, b.1),
+        (Some(Outcome::Loaded), Some(Outcome::Coalesced))
+    );
+    // Outside a scope nothing is recorded, and nothing breaks.
+    assert!(s.get(1).await.is_some());
+    // A batch: every id a hit, or the body ran.
+    assert_eq!(
+        with_outcome(s.get_many(vec![1, 2])).await.1,
+        Some(Outcome::Hit)
+    );
+    *s.delay.lock().expect("delay") = Duration::ZERO;
+    assert_eq!(
+        with_outcome(s.get_many(vec![1, 3])).await.1,
+        Some(Outcome::Loaded)
+    );
+}
+
+async fn bypass_neither_reads_nor_writes(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(1).await;
+    s.set(1, 2);
+    let (got, outcome) = with_outcome(with_mode(CallMode::Bypass, s.get(1))).await;
+    assert_eq!(got.map(|i| i.version), Some(2), "the source, not the entry");
+    assert_eq!(outcome, Some(Outcome::Bypassed));
+    assert_eq!(
+        s.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(1),
+        "the entry untouched"
+    );
+    with_mode(CallMode::Bypass, s.get(4)).await;
+    assert_eq!(s.cache.get::<Item>("item:4").await, None, "nothing stored");
+    assert_eq!(s.loads(), 3);
+    // Outside the scope, the cache again.
+    assert_eq!(s.get(1).await.map(|i| i.version), Some(1));
+    assert_eq!(s.loads(), 3);
+}
+
+async fn refresh_reads_the_source_and_replaces_the_entry(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(1).await;
+    s.set(1, 2);
+    assert_eq!(s.get(1).await.map(|i| i.version), Some(1), "cached");
+    let (got, outcome) = with_outcome(with_mode(CallMode::Refresh, s.get(1))).await;
+    assert_eq!(got.map(|i| i.version), Some(2));
+    assert_eq!(outcome, Some(Outcome::Refreshed));
+    assert_eq!(
+        s.get_with_outcome(1).await,
+        (Some(Item { id: 1, version: 2 }), Some(Outcome::Hit))
+    );
+    // Gone at the source: refreshed to an absence (not cached without
+    // `cache_none`), so the next call loads.
+    s.rows.lock().expect("rows").remove(&1);
+    assert_eq!(with_mode(CallMode::Refresh, s.get(1)).await, None);
+    assert_eq!(s.get_with_outcome(1).await.1, Some(Outcome::Loaded));
+}
+
+/// A refresh that read the row before a write-through does not replace
+/// the write-through's value.
+async fn a_write_through_during_a_refresh_wins(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(1).await;
+    *s.delay.lock().expect("delay") = Duration::from_millis(200);
+    let refreshing = tokio::spawn({
+        let s = s.clone();
+        async move { with_outcome(with_mode(CallMode::Refresh, s.get(1))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.update(1, 5).await;
+    let (got, outcome) = refreshing.await.expect("joins");
+    assert_eq!(got.map(|i| i.version), Some(1), "read before the write");
+    assert_eq!(outcome, Some(Outcome::Loaded), "loaded, not stored");
+    assert_eq!(
+        s.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(5)
+    );
+}
+
+async fn batches_follow_the_mode(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get_many(vec![1, 2]).await;
+    s.set(1, 3);
+    let before = s.loads();
+    let got = with_mode(CallMode::Bypass, s.get_many(vec![1, 2])).await;
+    assert_eq!(got.get(&1).map(|i| i.version), Some(3));
+    assert_eq!(s.loads(), before + 2);
+    assert_eq!(
+        s.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(1),
+        "untouched"
+    );
+    let got = with_mode(CallMode::Refresh, s.get_many(vec![1, 2])).await;
+    assert_eq!(got.get(&1).map(|i| i.version), Some(3));
+    assert_eq!(s.loads(), before + 4);
+    assert_eq!(
+        s.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(3),
+        "replaced"
+    );
+    assert_eq!(s.get_many(vec![1, 2]).await.len(), 2);
+    assert_eq!(s.loads(), before + 4, "hits again");
+    // Gone at the source: a refresh removes its entry.
+    s.rows.lock().expect("rows").remove(&2);
+    let got = with_mode(CallMode::Refresh, s.get_many(vec![1, 2])).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        s.cache.get::<Item>("item:2").await,
+        None,
+        "the old entry went"
+    );
+}
