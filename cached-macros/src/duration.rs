@@ -96,9 +96,19 @@ pub(crate) fn parse_ttl(errors: &mut Errors, what: &str, value: &Expr) -> Option
         ));
         return None;
     }
-    let Ok(millis) = u64::try_from(duration.as_millis()) else {
-        errors.push(err(span, format!("`{what}` is too long")));
+    // The runtime keeps entries at most this long (its `LONGEST`): a
+    // longer duration would be cut to it without a word.
+    const MAX_DAYS: u64 = 100 * 365;
+    if duration > Duration::from_secs(MAX_DAYS * 24 * 60 * 60) {
+        errors.push(err(
+            span,
+            format!(
+                "`{what}` is longer than the most a cache keeps anything, 100 years \
+                 ({MAX_DAYS} days); write at most \"{MAX_DAYS}d\""
+            ),
+        ));
         return None;
-    };
+    }
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     Some(Ttl { millis, span })
 }

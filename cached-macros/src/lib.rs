@@ -88,6 +88,7 @@ pub(crate) use crate::valid::Templates;
 /// | `self.get_by_id_invalidate(&id)` | removes the entry and destroys its lease, as `#[cache_evict]` |
 /// | `self.get_by_id_prime(&id, &value)` | stores `value` as the entry without calling the function (a write-through) |
 /// | `self.get_by_id_refresh(id)` | calls the function without the cache and writes its result through, as `#[cache_put]`; returns it |
+/// | `self.get_by_id_with_outcome(id)` | the call, and what it did (`cached_runtime::Outcome`: hit, loaded, ...) |
 ///
 /// `#[cache_evict(of = [Self::get_by_id(id)])]` removes the entries of those
 /// calls; a wrong argument count or type is a compile error at its token.

@@ -1,0 +1,22 @@
+#![allow(dead_code, unused_imports, unused_variables)]
+
+use cached_runtime::{cache_evict, cache_put, cached, Cache};
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Placement {
+    id: u64,
+}
+
+#[derive(Clone)]
+struct Service {
+    cache: Cache,
+}
+
+impl Service {
+    #[cache_put(prefix = "placement", key = id)]
+    async fn update(&self, id: u64) -> Placement {
+        Placement { id }
+    }
+}
+
+fn main() {}
