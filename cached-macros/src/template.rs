@@ -48,6 +48,19 @@ pub(crate) fn parse(lit: &LitStr) -> syn::Result<Vec<Piece>> {
                     }
                 }
                 let name = name.trim().to_owned();
+                // `{id:?}`, `{id:>8}`: a format spec, as in `format!`.
+                if let Some((param, _)) = name.split_once(':')
+                    && is_ident(param.trim())
+                {
+                    let param = param.trim();
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "`{{{name}}}` in key template {text:?}: a placeholder takes a parameter name only, \
+                             no format spec (each type's key text is fixed: see `KeyPart`); write `{{{param}}}`"
+                        ),
+                    ));
+                }
                 if name.is_empty() || !is_ident(&name) {
                     return Err(syn::Error::new(
                         lit.span(),
