@@ -17,6 +17,7 @@ on_both_backends!(
     refresh_reads_the_source_and_replaces_the_entry,
     a_write_through_during_a_refresh_wins,
     batches_follow_the_mode,
+    a_refresh_waits_for_a_load_in_flight_then_replaces_its_value,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,5 +204,33 @@ async fn batches_follow_the_mode(backend: &Backend) {
         s.cache.get::<Item>("item:2").await,
         None,
         "the old entry went"
+    );
+}
+
+/// A refresh while another caller's load holds the key's lease waits for
+/// it (up to `wait`), then takes the lease and replaces what that load
+/// stored: it neither gives up at once (its load would then store
+/// nothing) nor reads the other's value (read before the refresh began).
+async fn a_refresh_waits_for_a_load_in_flight_then_replaces_its_value(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    *s.delay.lock().expect("delay") = Duration::from_millis(200);
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { s.get(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.set(1, 2);
+    *s.delay.lock().expect("delay") = Duration::ZERO;
+    let (got, outcome) = with_outcome(with_mode(CallMode::Refresh, s.get(1))).await;
+    assert_eq!(got.map(|i| i.version), Some(2));
+    assert_eq!(
+        outcome,
+        Some(Outcome::Refreshed),
+        "stored under the lease it waited for"
+    );
+    assert_eq!(first.await.expect("joins").map(|i| i.version), Some(1));
+    assert_eq!(
+        s.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(2)
     );
 }
