@@ -234,3 +234,58 @@ async fn a_refresh_waits_for_a_load_in_flight_then_replaces_its_value(backend: &
         Some(2)
     );
 }
+
+/// A refresh whose write never reaches Redis (the connections go silently
+/// dead during its load) leaves its lease to its guard, which releases it
+/// once the cache is on a working connection: the next caller of the key
+/// loads and stores at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_write_fails_releases_its_lease_later() {
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let cache = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .expect("builds");
+    let s = Store::new(cache);
+    s.get(5).await;
+    *s.delay.lock().expect("delay") = Duration::from_millis(200);
+    let refreshing = tokio::spawn({
+        let s = s.clone();
+        async move { with_outcome(with_mode(CallMode::Refresh, s.get(7))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    proxy.strand();
+    let (got, outcome) = refreshing.await.expect("joins");
+    assert_eq!(got.map(|i| i.id), Some(7));
+    assert_eq!(outcome, Some(Outcome::Loaded), "not stored");
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert_eq!(
+        leases.len(),
+        1,
+        "the write did not reach the server: {leases:?}"
+    );
+    *s.delay.lock().expect("delay") = Duration::ZERO;
+    let back = std::time::Instant::now();
+    while s.cache.get::<Item>("item:5").await.is_none() || s.cache.breaker_open() {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the cache did not recover"
+        );
+        s.get(6).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(s.get(7).await.map(|i| i.id), Some(7));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        s.cache.get::<Item>("item:7").await.map(|i| i.id),
+        Some(7),
+        "stored"
+    );
+}
