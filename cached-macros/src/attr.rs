@@ -143,6 +143,16 @@ const OPTIONS: &[Opt] = &[
         read: |a, e, _, v| a.audit = parse_rate(e, &v),
     },
     Opt {
+        name: "cache_if",
+        kinds: CACHED,
+        read: |a, e, n, v| a.keep_if = predicate(e, n, v, true),
+    },
+    Opt {
+        name: "unless",
+        kinds: CACHED,
+        read: |a, e, n, v| a.keep_if = predicate(e, n, v, false),
+    },
+    Opt {
         name: "batch",
         kinds: CACHED,
         read: read_batch,
@@ -184,6 +194,31 @@ fn read_of(args: &mut Args, errors: &mut Errors, name: &Ident, value: Expr) {
             format!("`{name} = []` removes nothing: name at least one call, or leave `{name}` out"),
         ));
     }
+}
+
+/// `cache_if = |p: &Placement| !p.draft` (`keep` true) or `unless = ...`:
+/// a closure or the path of a function taking the stored value.
+fn predicate(errors: &mut Errors, name: &Ident, value: Expr, keep: bool) -> Option<Predicate> {
+    match &value {
+        Expr::Closure(_) | Expr::Path(_) => Some(Predicate { expr: value, keep }),
+        other => {
+            errors.push(syn::Error::new_spanned(
+                other,
+                format!(
+                    "`{name}` takes a closure or a function of the value, e.g. \
+                     `{name} = |p: &Placement| p.archived` or `{name} = Placement::is_archived`"
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// `cache_if` / `unless`: which, and the closure or function.
+pub(crate) struct Predicate {
+    pub(crate) expr: Expr,
+    /// `cache_if` (store when true) rather than `unless` (when false).
+    pub(crate) keep: bool,
 }
 
 /// `batch` (the function's only parameter holds the ids) or `batch = ids`
@@ -374,6 +409,8 @@ pub(crate) struct Args {
     pub(crate) audit: Option<(f64, proc_macro2::Span)>,
     /// `batch`: the function loads many ids at once.
     pub(crate) batch: Option<Batch>,
+    /// `cache_if` or `unless`.
+    pub(crate) keep_if: Option<Predicate>,
     /// Every option written, valid or not: an invalid `ttl` is not also
     /// reported as missing.
     pub(crate) seen: Vec<String>,

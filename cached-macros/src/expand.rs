@@ -158,7 +158,7 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         })
         .collect();
     let tags = quote!([#(#tags),*]);
-    let site = site(args, p);
+    let site = site(args, p, &info.value_ty);
     let put = quote! {{
         #[allow(unused_imports)]
         use #p::{CachePut as _, PlainPut as _};
@@ -367,7 +367,7 @@ fn used_by_attribute(plan: &Plan) -> Vec<Ident> {
 }
 
 /// `static __CACHED_SITE: Site = ...;`
-fn site(args: &Args, p: &TokenStream) -> TokenStream {
+fn site(args: &Args, p: &TokenStream, value_ty: &syn::Type) -> TokenStream {
     let prefix = args.prefix.as_ref().map(LitStr::value).unwrap_or_default();
     let name = args
         .name
@@ -407,6 +407,21 @@ fn site(args: &Args, p: &TokenStream) -> TokenStream {
     }
     if let Some((rate, _)) = args.audit {
         policy.extend(quote!(.audit(#rate)));
+    }
+    if let Some(pred) = &args.keep_if {
+        let expr = &pred.expr;
+        // The user's closure or function, called on the stored type: a
+        // wrong parameter or return type is an error at their tokens.
+        let call = quote_spanned!(expr.span()=> #p::decide(#expr, __cached_v));
+        let decide = if pred.keep { call } else { quote!(!#call) };
+        policy.extend(quote! {
+            .keep_if(|__cached_any: &dyn ::core::any::Any| {
+                match __cached_any.downcast_ref::<#value_ty>() {
+                    ::core::option::Option::Some(__cached_v) => #decide,
+                    ::core::option::Option::None => true,
+                }
+            })
+        });
     }
     quote! {
         static __CACHED_SITE: #p::Site = #p::Site::new(#name, #prefix, #policy);
@@ -608,7 +623,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     let params = &info.params;
     let value_ty = &info.value_ty;
     let check = value_check(info, p);
-    let site = site(args, p);
+    let site = site(args, p, value_ty);
     let key = key(plan, p);
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
 
@@ -753,7 +768,7 @@ fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> To
     let check = quote_spanned! {value_ty.span()=>
         #p::check::cacheable::<#value_ty>();
     };
-    let site = site(args, p);
+    let site = site(args, p, value_ty);
     let ids = &batch.ids;
     // A borrowed collection (`&[u64]`) is read as it is, and the function
     // is called with a borrow of the owned one (`Vec<u64>`) made of the
@@ -864,7 +879,7 @@ fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
         ..
     } = parts;
     let check = value_check(info, p);
-    let site = site(args, p);
+    let site = site(args, p, &info.value_ty);
     let key = key(plan, p);
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
     let store = store_result(info, p);

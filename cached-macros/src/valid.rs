@@ -17,6 +17,15 @@ pub(crate) fn validate(
 ) -> Templates {
     let mut templates = Templates::default();
     let Some(info) = info else { return templates };
+    if args.seen.iter().any(|o| o == "cache_if")
+        && args.seen.iter().any(|o| o == "unless")
+        && let Some(pred) = &args.keep_if
+    {
+        errors.push(syn::Error::new_spanned(
+            &pred.expr,
+            "give `cache_if` or `unless`, not both: one predicate decides whether a value is stored",
+        ));
+    }
     if let Some(batch) = &args.batch {
         templates.batch = check_batch(batch, args, func, info, errors);
     }

@@ -130,6 +130,9 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
         let engine = cache.engine();
         let keys = [key];
         let unfinished = engine.unfinished(&keys, &[], &[]);
+        // A value `cache_if` / `unless` keeps out is not stored, and the
+        // entry it replaces goes.
+        let value = value.filter(|v| site.policy.keep_if.is_none_or(|keep| keep(*v)));
         match value {
             Some(value) => {
                 let counters = site.counters(cache);
@@ -568,6 +571,13 @@ pub trait KeepErrors<E> {
 }
 
 impl<E> KeepErrors<E> for Errors<E> {}
+
+/// Calls a `cache_if` / `unless` predicate on a value (through a generic
+/// function, so an unannotated closure gets its parameter type).
+#[inline(always)]
+pub fn decide<T: ?Sized>(predicate: impl FnOnce(&T) -> bool, value: &T) -> bool {
+    predicate(value)
+}
 
 /// Lifts an infallible body into the `Result` the runtime works with.
 #[inline]

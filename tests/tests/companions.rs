@@ -18,6 +18,7 @@ on_both_backends!(
     prime_stores_without_a_load,
     refresh_reads_the_source_and_replaces_the_entry,
     evict_of_removes_exactly_the_named_calls,
+    cache_if_and_unless_keep_values_out,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,4 +191,80 @@ async fn evict_of_removes_exactly_the_named_calls(backend: &Backend) {
             .is_some(),
         "another label, another entry"
     );
+}
+
+/// Drafts are not cached (`unless`), nor are empty lists (`cache_if`),
+/// whether loaded by a single call, a batch, or written by `_refresh`.
+#[derive(Clone)]
+struct Drafts {
+    cache: Cache,
+    loads: Arc<AtomicU32>,
+    draft: Arc<Mutex<bool>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Doc {
+    id: u64,
+    draft: bool,
+}
+
+impl Doc {
+    fn is_draft(&self) -> bool {
+        self.draft
+    }
+}
+
+impl Drafts {
+    fn doc(&self, id: u64) -> Doc {
+        self.loads.fetch_add(1, SeqCst);
+        Doc {
+            id,
+            draft: *self.draft.lock().expect("draft"),
+        }
+    }
+
+    #[cached(prefix = "doc", ttl = "5m", key = id, unless = Doc::is_draft)]
+    async fn get(&self, id: u64) -> Doc {
+        self.doc(id)
+    }
+
+    #[cached(prefix = "doc", ttl = "5m", key = ids, batch, unless = |d: &Doc| d.draft)]
+    async fn get_many(&self, ids: Vec<u64>) -> HashMap<u64, Doc> {
+        ids.into_iter().map(|id| (id, self.doc(id))).collect()
+    }
+
+    #[cached(prefix = "list", ttl = "5m", key = id, cache_if = |l: &Vec<u64>| !l.is_empty())]
+    async fn list(&self, id: u64) -> Option<Vec<u64>> {
+        self.loads.fetch_add(1, SeqCst);
+        Some(if id == 0 { Vec::new() } else { vec![id] })
+    }
+}
+
+async fn cache_if_and_unless_keep_values_out(backend: &Backend) {
+    let d = Drafts {
+        cache: backend.cache(),
+        loads: Arc::default(),
+        draft: Arc::new(Mutex::new(true)),
+    };
+    let loads = || d.loads.load(SeqCst);
+    d.get(1).await;
+    d.get(1).await;
+    assert_eq!(loads(), 2, "a draft is loaded each time");
+    d.get_many(vec![2, 3]).await;
+    d.get_many(vec![2, 3]).await;
+    assert_eq!(loads(), 6, "and in a batch");
+    *d.draft.lock().expect("draft") = false;
+    d.get(1).await;
+    d.get(1).await;
+    assert_eq!(loads(), 7, "published: cached");
+    // A refresh that finds it a draft again removes the entry.
+    *d.draft.lock().expect("draft") = true;
+    assert!(d.get_refresh(1).await.draft);
+    assert_eq!(d.cache.get::<Doc>("doc:1").await, None);
+    // cache_if on an Option's value: an empty list is not kept.
+    d.list(0).await;
+    d.list(0).await;
+    d.list(5).await;
+    d.list(5).await;
+    assert_eq!(loads(), 8 + 3);
 }

@@ -32,6 +32,9 @@ pub struct Policy {
     /// The share of hits audited against the source (`audit`), in (0, 1];
     /// `None`: the cache's default (`CacheBuilder::audit`).
     pub audit: Option<f64>,
+    /// Whether a loaded value may be stored (`cache_if`, `unless`), given
+    /// the stored type's value; `None`: every value may.
+    pub keep_if: Option<fn(&dyn Any) -> bool>,
 }
 
 impl Policy {
@@ -47,7 +50,20 @@ impl Policy {
             stale: Duration::ZERO,
             early_refresh: None,
             audit: None,
+            keep_if: None,
         }
+    }
+
+    /// Stores a loaded value only if `keep` says so (`cache_if`, `unless`).
+    pub const fn keep_if(mut self, keep: fn(&dyn Any) -> bool) -> Policy {
+        self.keep_if = Some(keep);
+        self
+    }
+
+    /// Whether `value` (of the stored type) may be stored.
+    #[inline]
+    fn keeps(&self, value: &dyn Any) -> bool {
+        self.keep_if.is_none_or(|keep| keep(value))
     }
 
     /// Keeps `None` for `ttl` (`cache_none`).
@@ -108,8 +124,9 @@ pub trait Shape<T>: Sized {
     fn keep_for(&self, policy: &Policy) -> Option<Duration>;
 }
 
-/// Every value is stored, for the policy's TTL.
-impl<T> Shape<T> for T {
+/// Every value is stored (unless `cache_if` / `unless` says otherwise),
+/// for the policy's TTL.
+impl<T: 'static> Shape<T> for T {
     #[inline(always)]
     fn item(&self) -> Option<&T> {
         Some(self)
@@ -120,12 +137,13 @@ impl<T> Shape<T> for T {
     }
     #[inline(always)]
     fn keep_for(&self, policy: &Policy) -> Option<Duration> {
-        Some(policy.ttl)
+        policy.keeps(self).then_some(policy.ttl)
     }
 }
 
-/// `Some` for the TTL; `None` as a marker, only with `cache_none`.
-impl<T> Shape<T> for Option<T> {
+/// `Some` for the TTL (unless `cache_if` / `unless` says otherwise);
+/// `None` as a marker, only with `cache_none`.
+impl<T: 'static> Shape<T> for Option<T> {
     #[inline(always)]
     fn item(&self) -> Option<&T> {
         self.as_ref()
@@ -136,10 +154,9 @@ impl<T> Shape<T> for Option<T> {
     }
     #[inline(always)]
     fn keep_for(&self, policy: &Policy) -> Option<Duration> {
-        if self.is_some() {
-            Some(policy.ttl)
-        } else {
-            policy.none_ttl
+        match self {
+            Some(value) => policy.keeps(value).then_some(policy.ttl),
+            None => policy.none_ttl,
         }
     }
 }
