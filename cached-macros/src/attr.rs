@@ -143,6 +143,11 @@ const OPTIONS: &[Opt] = &[
         read: |a, e, _, v| a.audit = parse_rate(e, &v),
     },
     Opt {
+        name: "hard_timeout",
+        kinds: CACHED,
+        read: |a, e, _, v| a.hard_timeout = duration::parse_ttl(e, "hard_timeout", &v),
+    },
+    Opt {
         name: "cache_if",
         kinds: CACHED,
         read: |a, e, n, v| a.keep_if = predicate(e, n, v, true),
@@ -411,6 +416,8 @@ pub(crate) struct Args {
     pub(crate) batch: Option<Batch>,
     /// `cache_if` or `unless`.
     pub(crate) keep_if: Option<Predicate>,
+    /// `hard_timeout = "2s"`: the longest a load may run.
+    pub(crate) hard_timeout: Option<Ttl>,
     /// Every option written, valid or not: an invalid `ttl` is not also
     /// reported as missing.
     pub(crate) seen: Vec<String>,

@@ -628,6 +628,27 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
 
     let lifted = matches!(info.shape, Shape::Plain | Shape::Option);
+    // `hard_timeout`: the body bounded (Result shapes only, checked).
+    let bound = |body: TokenStream| match &args.hard_timeout {
+        Some(t) => {
+            let ms = t.millis;
+            quote!(#p::hard_timeout(__cached_cache, &__CACHED_SITE, #p::Duration::from_millis(#ms), #body))
+        }
+        None => body,
+    };
+    let bound_refresh = |body: TokenStream| match &args.hard_timeout {
+        Some(t) => {
+            let ms = t.millis;
+            quote!(#p::hard_timeout_refresh(#p::Duration::from_millis(#ms), #body))
+        }
+        None => body,
+    };
+    let timeout_check = match (&args.hard_timeout, &info.error_ty) {
+        (Some(t), Some(err_ty)) => {
+            quote_spanned!(t.span=> #p::check::timeout_error::<#err_ty>();)
+        }
+        _ => TokenStream::new(),
+    };
 
     // With a stale window or early refresh, a load may run after the caller
     // has returned, so it needs its own copies of `self` and the arguments.
@@ -645,6 +666,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         let loader = if lifted {
             quote!(|| #p::infallible(#fg_call))
         } else {
+            let fg_call = bound(fg_call);
             quote!(|| #fg_call)
         };
         let span = args
@@ -669,11 +691,12 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         } else {
             quote!(#bg_call.await.ok())
         };
+        let refreshing = bound_refresh(quote!(async move { #finish }));
         let refresh = quote! {
             ::core::option::Option::Some(&|| -> #p::Refresh<_> {
                 #this
                 #(let #params = ::core::clone::Clone::clone(&#params);)*
-                ::std::boxed::Box::pin(async move { #finish })
+                ::std::boxed::Box::pin(#refreshing)
             })
         };
         let self_check = if info.has_self {
@@ -689,6 +712,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         let loader = if lifted {
             quote!(move || #p::infallible(#call))
         } else {
+            let call = bound(call.clone());
             quote!(move || #call)
         };
         (
@@ -719,6 +743,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     };
     quote! {
         #check
+        #timeout_check
         #refresh_checks
         #site
         #cache_expr

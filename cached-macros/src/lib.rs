@@ -55,6 +55,7 @@ pub(crate) use crate::valid::Templates;
 /// | `early_refresh = true` or `early_refresh = 2.0` | Probabilistic early refresh (XFetch) near expiry, in the background; a number is beta (larger refreshes earlier). Needs a `Clone` service and owned arguments. |
 /// | `audit = 0.001` | Audit this share of hits against the source, in the background: the function's body runs again and its value is compared with the one served; a confirmed difference counts in `stats().inconsistencies` and `cache_inconsistencies_total`. Needs a `Clone` service and owned arguments. |
 /// | `cache_if = \|p: &Placement\| !p.draft` or `unless = Placement::is_draft` | Store a loaded value only if the predicate (a closure or a function of the stored type) says so; `None` follows `cache_none`. A value kept out is returned, not stored, and a write-through of it (`_refresh`) removes the entry instead. |
+/// | `hard_timeout = "2s"` | The longest a load may run: past it the body is dropped (its lease released) and the call returns its error type's `From<cached_runtime::LoadTimeout>` (so only for `Result` returns), counted in `load_timeouts`. Background refreshes are bounded too. |
 /// | `batch` or `batch = ids` | Batch cache-aside: the function takes a collection of ids and returns a map from id to value (see *Batch* below). `batch` alone when the ids are the only parameter; `batch = ids` names their parameter. |
 /// | `crate = "my_deps::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
 ///

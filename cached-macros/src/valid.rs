@@ -26,6 +26,20 @@ pub(crate) fn validate(
             "give `cache_if` or `unless`, not both: one predicate decides whether a value is stored",
         ));
     }
+    if let Some(t) = &args.hard_timeout {
+        if args.batch.is_some() {
+            errors.push(syn::Error::new(
+                t.span,
+                "`hard_timeout` cannot be used with `batch` yet: bound the batch's query itself",
+            ));
+        } else if matches!(info.shape, Shape::Plain | Shape::Option) {
+            errors.push(syn::Error::new(
+                t.span,
+                "`hard_timeout` needs a `Result` return: a load past it returns the error type's \
+                 `From<cached_runtime::LoadTimeout>`, and a function that cannot fail has no way to say it timed out",
+            ));
+        }
+    }
     if let Some(batch) = &args.batch {
         templates.batch = check_batch(batch, args, func, info, errors);
     }

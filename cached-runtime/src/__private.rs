@@ -572,6 +572,37 @@ pub trait KeepErrors<E> {
 
 impl<E> KeepErrors<E> for Errors<E> {}
 
+/// A function's body under its `hard_timeout`: past it, the body is
+/// dropped (a lease it held is released by its caller's guard) and the
+/// call returns the error type's `From<LoadTimeout>`, counted in
+/// `load_timeouts`.
+pub async fn hard_timeout<T, E>(
+    cache: &Cache,
+    site: &'static Site,
+    after: Duration,
+    body: impl Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: check::TimeoutError,
+{
+    match tokio::time::timeout(after, body).await {
+        Ok(result) => result,
+        Err(_) => {
+            site.counters(cache).load_timeouts.add();
+            Err(E::from(crate::LoadTimeout { after }))
+        }
+    }
+}
+
+/// A background refresh under its function's `hard_timeout`: `None` (the
+/// refresh failed; the entry is kept) past it.
+pub async fn hard_timeout_refresh<T>(
+    after: Duration,
+    refresh: impl Future<Output = Option<T>>,
+) -> Option<T> {
+    tokio::time::timeout(after, refresh).await.ok().flatten()
+}
+
 /// Calls a `cache_if` / `unless` predicate on a value (through a generic
 /// function, so an unannotated closure gets its parameter type).
 #[inline(always)]
@@ -717,6 +748,19 @@ pub mod check {
     /// Asserts an argument can be copied into a background refresh.
     #[inline(always)]
     pub fn refreshable_arg<T: RefreshableArg>(_: &T) {}
+
+    /// The error type of a function with `hard_timeout`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot report a `hard_timeout`: it does not implement `From<cached_runtime::LoadTimeout>`",
+        label = "a load that runs past its hard timeout returns this error type",
+        note = "add `impl From<cached_runtime::LoadTimeout> for {Self}` (say, a `Timeout` variant)"
+    )]
+    pub trait TimeoutError: From<crate::LoadTimeout> {}
+    impl<E: From<crate::LoadTimeout>> TimeoutError for E {}
+
+    /// Asserts the error type of a function with `hard_timeout`.
+    #[inline(always)]
+    pub fn timeout_error<E: TimeoutError>() {}
 
     /// Asserts every requirement on a cached type.
     #[inline(always)]

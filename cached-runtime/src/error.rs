@@ -82,3 +82,24 @@ impl std::error::Error for CacheError {
         }
     }
 }
+
+/// A load stopped by its function's `hard_timeout`: what a
+/// `#[cached(hard_timeout = "2s")]` function returns, through its error
+/// type's `From<LoadTimeout>`, when its body runs longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadTimeout {
+    /// The timeout that ran out.
+    pub after: std::time::Duration,
+}
+
+impl std::fmt::Display for LoadTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the load did not finish within its hard timeout of {:?}",
+            self.after
+        )
+    }
+}
+
+impl std::error::Error for LoadTimeout {}

@@ -69,7 +69,7 @@ pub use cache::{
     DEFAULT_NAMESPACE, DEFAULT_OP_TIMEOUT, DEFAULT_TTL_JITTER,
 };
 pub use codec::{Codec, Compression, EntryMeta};
-pub use error::{BuildError, CacheError};
+pub use error::{BuildError, CacheError, LoadTimeout};
 pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text};
 pub use scope::{CallMode, Outcome, with_mode, with_outcome};
 pub use stats::{CacheStats, names as metric_names};

@@ -20,6 +20,7 @@ pub struct Counters {
     pub(crate) misses: Striped,
     pub(crate) loads: Tally,
     pub(crate) load_errors: Tally,
+    pub(crate) load_timeouts: Tally,
     pub(crate) errors: Tally,
     pub(crate) coalesced: Tally,
     pub(crate) stale_served: Tally,
@@ -59,6 +60,8 @@ pub mod names {
     pub const LOADS: &str = "cache_loads_total";
     /// Loader runs that returned an error.
     pub const LOAD_ERRORS: &str = "cache_load_errors_total";
+    /// Loader runs stopped by their `hard_timeout`.
+    pub const LOAD_TIMEOUTS: &str = "cache_load_timeouts_total";
     /// Loader run time (histogram, seconds).
     pub const LOAD_SECONDS: &str = "cache_load_seconds";
     /// Callers that shared another caller's load.
@@ -109,6 +112,7 @@ impl Counters {
             misses: Striped::new(metrics::counter!(names::MISSES, "cache" => label())),
             loads: tally(names::LOADS),
             load_errors: tally(names::LOAD_ERRORS),
+            load_timeouts: tally(names::LOAD_TIMEOUTS),
             // Exported by kind where it is counted (`cache_errors_total{kind}`).
             errors: Tally {
                 count: AtomicU64::new(0),
@@ -257,6 +261,7 @@ impl Registry {
                 misses: c.misses.load(),
                 loads: c.loads.load(),
                 load_errors: c.load_errors.load(),
+                load_timeouts: c.load_timeouts.load(),
                 errors: c.errors.load(),
                 coalesced: c.coalesced.load(),
                 stale_served: c.stale_served.load(),
@@ -291,6 +296,9 @@ pub struct CacheStats {
     pub loads: u64,
     /// Loader runs that returned an error.
     pub load_errors: u64,
+    /// Loader runs stopped by their `hard_timeout` (counted in
+    /// `load_errors` too).
+    pub load_timeouts: u64,
     /// Backend failures (timeouts, connection errors, unreadable values),
     /// none of which reached a caller.
     pub errors: u64,

@@ -18,6 +18,7 @@ on_both_backends!(
     a_write_through_during_a_refresh_wins,
     batches_follow_the_mode,
     a_refresh_waits_for_a_load_in_flight_then_replaces_its_value,
+    a_load_past_its_hard_timeout_fails_its_callers_and_blocks_no_one,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,4 +289,68 @@ async fn a_refresh_whose_write_fails_releases_its_lease_later() {
         Some(7),
         "stored"
     );
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum SlowError {
+    Timeout,
+}
+
+impl From<cached_runtime::LoadTimeout> for SlowError {
+    fn from(_: cached_runtime::LoadTimeout) -> SlowError {
+        SlowError::Timeout
+    }
+}
+
+#[derive(Clone)]
+struct Slow {
+    cache: Cache,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Slow {
+    #[cached(prefix = "slow", ttl = "5m", key = id, hard_timeout = "100ms")]
+    async fn get(&self, id: u64) -> Result<Option<u64>, SlowError> {
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        Ok(Some(id))
+    }
+}
+
+/// A body that runs past `hard_timeout`: the caller, and the caller who
+/// waited for its load, get the timeout error at once; nothing is stored;
+/// the lease is released, so the next call (the source well again) loads
+/// and stores without waiting.
+async fn a_load_past_its_hard_timeout_fails_its_callers_and_blocks_no_one(backend: &Backend) {
+    let s = Slow {
+        cache: backend.cache(),
+        delay: Arc::new(Mutex::new(Duration::from_secs(30))),
+    };
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(s.get(1), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.get(1).await
+    });
+    assert_eq!((a, b), (Err(SlowError::Timeout), Err(SlowError::Timeout)));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let stats = s.cache.stats_for("slow").expect("stats");
+    assert!(stats.load_timeouts >= 1, "{stats:?}");
+    assert_eq!(
+        stats.load_timeouts, stats.loads,
+        "every load timed out: {stats:?}"
+    );
+    assert_eq!(s.cache.get::<u64>("slow:1").await, None);
+    *s.delay.lock().expect("delay") = Duration::ZERO;
+    let started = std::time::Instant::now();
+    assert_eq!(s.get(1).await, Ok(Some(1)));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.cache.get::<u64>("slow:1").await, Some(1));
 }
