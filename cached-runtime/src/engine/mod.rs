@@ -207,8 +207,11 @@ impl Engine {
                 // (Without this arm the caller would read, miss, join the
                 // same flight and find `TimedOut` already sent: the same
                 // outcome after one more backend read; scripts/mutants
-                // reports that mutant as a survivor for that reason.)
-                landed @ Landed::TimedOut => {
+                // reports that mutant as a survivor for that reason.) The
+                // load failed: its error, if it can be shared, as for a
+                // waiter of a shared read (one failure, one run of the
+                // source), else a load of its own.
+                landed @ (Landed::TimedOut | Landed::Failed(_)) => {
                     match Box::pin(self.settle(landed, counters, load, errors, true)).await {
                         Ok(result) => return result,
                         Err(again) => load = again,
