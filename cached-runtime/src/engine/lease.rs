@@ -56,6 +56,10 @@ pub(super) enum Ask {
     /// the refresh's read wins); if another holds the lease, that one
     /// refreshes.
     ForRefresh(EntryMeta),
+    /// A forced refresh (`CallMode::Refresh`): taken whatever is stored,
+    /// waiting up to `wait` while another holds it; never reads, since
+    /// what is stored is what the refresh replaces.
+    Replace,
 }
 
 impl Engine {
@@ -80,6 +84,7 @@ impl Engine {
         let mut cond = match ask {
             Ask::ForLoad => LeaseIf::Absent,
             Ask::ForRefresh(seen) => LeaseIf::Unchanged(seen),
+            Ask::Replace => LeaseIf::Any,
         };
         loop {
             let asked = Instant::now();
@@ -122,55 +127,14 @@ impl Engine {
                     };
                 }
             }
+            if ask == Ask::Replace {
+                continue;
+            }
             let (fetched, took) = self.fetch_timed(key, call.tags, counters).await;
             if let Read::Fresh(value, _) | Read::Stale(value, _) =
                 self.open_as(call, fetched, took, false)
             {
                 return Leasing::Value(value);
-            }
-        }
-    }
-
-    /// Takes the key's lease whatever is stored (a forced refresh,
-    /// `CallMode::Refresh`), waiting up to the policy's `wait` while another
-    /// holds it. Never reads: what is stored is what the refresh replaces.
-    pub(super) async fn force_lease<V, T>(&self, call: &Call<'_, V, T>, token: u64) -> Leasing<V>
-    where
-        V: Shape<T>,
-        T: Cacheable,
-    {
-        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
-        let started = Instant::now();
-        loop {
-            let outcome = self
-                .backend
-                .acquire_lease(
-                    key,
-                    token,
-                    policy.lease,
-                    LeaseIf::Any,
-                    call.tags,
-                    call.tag_for(),
-                    self.op_timeout,
-                )
-                .await;
-            match outcome {
-                Ok(LeaseOutcome::Acquired(epoch)) => return Leasing::Ours(epoch),
-                Ok(_) => {
-                    if started.elapsed() >= policy.wait {
-                        counters.wait_timeouts.add();
-                        return Leasing::NotOurs;
-                    }
-                    tokio::time::sleep(poll_interval(started.elapsed())).await;
-                }
-                Err(e) => {
-                    self.backend_failed(key, "lease", &e, counters);
-                    return if matches!(e, BackendError::Skipped) {
-                        Leasing::NotOurs
-                    } else {
-                        Leasing::Failed
-                    };
-                }
             }
         }
     }

@@ -414,7 +414,6 @@ impl Engine {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let counters = &*call.counters;
         let token = fastrand::u64(1..);
         let leased = match via {
             Via::LoaderOnly => None,
@@ -440,9 +439,31 @@ impl Engine {
             }
         };
 
-        // Without the lease (the backend failed, or the wait ran out) the
-        // value is returned but not stored: only a leaseholder may write.
-        let result = self.run_loader(counters, load).await;
+        self.load_leased(call, &mut guard, leased, load, errors)
+            .await
+            .0
+    }
+
+    /// A leader's load: runs the loader, writes its value while `leased`
+    /// holds (without a lease, because the backend failed or the wait ran
+    /// out, the value is returned but not stored: only a leaseholder may
+    /// write), and hands the value or the error to the flight's waiters.
+    /// Returns how the lease ended.
+    async fn load_leased<V, T, E, F, Fut>(
+        &self,
+        call: &Call<'_, V, T>,
+        guard: &mut FlightGuard<'_>,
+        leased: Option<Lease>,
+        load: F,
+        errors: Option<ErrorSharing<E>>,
+    ) -> (Result<V, E>, Option<LeaseEnd>)
+    where
+        V: Shape<T> + Clone + Send + Sync + 'static,
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let result = self.run_loader(&call.counters, load).await;
         if let Err(e) = &result {
             guard.land(Landed::Failed(errors.map(|s| s.share(e))));
         }
@@ -467,7 +488,7 @@ impl Engine {
                 guard.land_with(value, Shared::Loaded);
             }
         }
-        result.map(|(v, _)| v)
+        (result.map(|(v, _)| v), ended)
     }
 
     /// A call in a `CallMode::Refresh` scope: reads nothing, loads from the
@@ -512,7 +533,7 @@ impl Engine {
         } else {
             let token = fastrand::u64(1..);
             guard.lease = Some(token);
-            match self.force_lease(&call, token).await {
+            match self.take_lease(&call, token, Ask::Replace).await {
                 Leasing::Ours(epoch) => Some(Lease { token, epoch }),
                 Leasing::Value(_) | Leasing::NotOurs => {
                     guard.lease = None;
@@ -522,27 +543,10 @@ impl Engine {
                 Leasing::Failed => None,
             }
         };
-        let result = self.run_loader(counters, load).await;
-        if let Err(e) = &result {
-            guard.land(Landed::Failed(errors.map(|s| s.share(e))));
-        }
-        let ended = match leased {
-            Some(lease) => {
-                let loaded = result.as_ref().ok().map(|(v, took)| (v, *took));
-                let ended = self.finish_lease(&call, lease, loaded).await;
-                if ended != LeaseEnd::Failed {
-                    guard.lease.take();
-                }
-                Some(ended)
-            }
-            None => None,
-        };
-        if let Ok((value, _)) = &result {
-            if ended == Some(LeaseEnd::Lost) {
-                guard.land(Landed::Abandoned);
-            } else {
-                guard.land_with(value, Shared::Loaded);
-            }
+        let (result, ended) = self
+            .load_leased(&call, &mut guard, leased, load, errors)
+            .await;
+        if result.is_ok() {
             match ended {
                 Some(LeaseEnd::Stored) => record(Outcome::Refreshed),
                 // Not a value to keep (a `None` without `cache_none`): the
@@ -555,7 +559,7 @@ impl Engine {
                 _ => {}
             }
         }
-        result.map(|(v, _)| v)
+        result
     }
 
     /// Runs a loader, counting and timing it.
