@@ -7,7 +7,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, LitStr, Token};
 
-use crate::duration::{self, Ttl};
+use crate::duration::{self, Ttl, TtlSpec};
 use crate::errors::Errors;
 
 /// Which attribute is being expanded.
@@ -65,7 +65,12 @@ const OPTIONS: &[Opt] = &[
     Opt {
         name: "ttl",
         kinds: STORING,
-        read: |a, e, _, v| a.ttl = duration::parse_ttl(e, "ttl", &v),
+        read: |a, e, _, v| a.ttl = duration::parse_ttl_spec(e, v),
+    },
+    Opt {
+        name: "max_ttl",
+        kinds: STORING,
+        read: |a, e, _, v| a.max_ttl = duration::parse_ttl(e, "max_ttl", &v),
     },
     Opt {
         name: "key",
@@ -146,6 +151,11 @@ const OPTIONS: &[Opt] = &[
         name: "hard_timeout",
         kinds: CACHED,
         read: |a, e, _, v| a.hard_timeout = duration::parse_ttl(e, "hard_timeout", &v),
+    },
+    Opt {
+        name: "soft_timeout",
+        kinds: CACHED,
+        read: |a, e, _, v| a.soft_timeout = duration::parse_ttl(e, "soft_timeout", &v),
     },
     Opt {
         name: "cache_if",
@@ -398,7 +408,9 @@ pub(crate) struct Args {
     /// `of = [Self::get(id), ..]`: the entries of those cached calls.
     pub(crate) of: Vec<syn::ExprCall>,
     pub(crate) prefix: Option<LitStr>,
-    pub(crate) ttl: Option<Ttl>,
+    pub(crate) ttl: Option<TtlSpec>,
+    /// `max_ttl = "1d"`: the longest a run-time `ttl` may be.
+    pub(crate) max_ttl: Option<Ttl>,
     pub(crate) key: Option<KeySpec>,
     pub(crate) cache: Option<Expr>,
     pub(crate) cache_none: Option<Ttl>,
@@ -418,6 +430,9 @@ pub(crate) struct Args {
     pub(crate) keep_if: Option<Predicate>,
     /// `hard_timeout = "2s"`: the longest a load may run.
     pub(crate) hard_timeout: Option<Ttl>,
+    /// `soft_timeout = "20ms"`: how long a caller waits for the refresh of
+    /// a stale value before it is served the stale one.
+    pub(crate) soft_timeout: Option<Ttl>,
     /// Every option written, valid or not: an invalid `ttl` is not also
     /// reported as missing.
     pub(crate) seen: Vec<String>,

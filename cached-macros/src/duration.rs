@@ -13,6 +13,24 @@ pub(crate) struct Ttl {
     pub(crate) span: Span,
 }
 
+/// A `ttl`: a literal checked now, or an expression evaluated at run time
+/// (a `Duration` per call, or a function of the stored value).
+pub(crate) enum TtlSpec {
+    /// `ttl = "5m"` or `ttl = 300`.
+    Fixed(Ttl),
+    /// `ttl = <expression>`, `ttl = |v: &T| ...` or `ttl = path`.
+    Run(Expr),
+}
+
+/// Parses `ttl`: a literal (checked as [`parse_ttl`] does), or any other
+/// expression, kept for run time.
+pub(crate) fn parse_ttl_spec(errors: &mut Errors, value: Expr) -> Option<TtlSpec> {
+    match &value {
+        Expr::Lit(_) | Expr::Unary(_) => parse_ttl(errors, "ttl", &value).map(TtlSpec::Fixed),
+        _ => Some(TtlSpec::Run(value)),
+    }
+}
+
 /// Parses the value of a duration option named `what`.
 pub(crate) fn parse_ttl(errors: &mut Errors, what: &str, value: &Expr) -> Option<Ttl> {
     let err = |span: Span, msg: String| syn::Error::new(span, msg);

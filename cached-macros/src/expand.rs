@@ -5,10 +5,11 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
-use syn::{FnArg, Ident, ItemFn, LitStr, Pat};
+use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Pat};
 
 use crate::Templates;
 use crate::attr::{Args, KeySpec, Kind};
+use crate::duration::TtlSpec;
 use crate::func::{FnInfo, Shape};
 use crate::template::Piece;
 
@@ -158,12 +159,12 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         })
         .collect();
     let tags = quote!([#(#tags),*]);
-    let site = site(args, p, &info.value_ty);
+    let site = site(args, &info.params, p, &info.value_ty);
     let put = quote! {{
         #[allow(unused_imports)]
         use #p::{CachePut as _, PlainPut as _};
         (&&#p::Runner::<#value_ty>::NEW)
-            .put(__cached_cache, &__CACHED_SITE, __cached_key, ::core::option::Option::Some(value), __cached_tags)
+            .put(__cached_cache, &__CACHED_SITE, __cached_key, ::core::option::Option::Some(value), __cached_tags, ::core::option::Option::None)
             .await;
     }};
     let refresh_sig = {
@@ -194,12 +195,14 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
     let call = &parts.call;
     let store = store_result(info, p);
     let refs = names.iter().map(|n| quote!(&#n));
+    let ttl = call_ttl(args, &info.params, p);
     let refresh_body = quote! {
         #site
         #cache_expr
         let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
         let __cached_key = __cached_cache.full_key(&#this #key_fn(#(#refs),*));
         let __cached_tags: &[::std::string::String] = &#tags;
+        #ttl
         let __cached_result = #call.await;
         #store
         __cached_result
@@ -366,8 +369,49 @@ fn used_by_attribute(plan: &Plan) -> Vec<Ident> {
     found.1
 }
 
+/// What a `ttl` given as an expression is.
+enum RunTtl<'a> {
+    /// A closure, or a path that is not a parameter: a function of the
+    /// stored value, or a constant `Duration` (told apart by its type).
+    Rule(&'a Expr),
+    /// Anything else (a parameter, `self.ttl`, a call): a `Duration`
+    /// evaluated when the function is called.
+    PerCall(&'a Expr),
+}
+
+fn run_ttl<'a>(args: &'a Args, params: &[Ident]) -> Option<RunTtl<'a>> {
+    let Some(TtlSpec::Run(e)) = &args.ttl else {
+        return None;
+    };
+    Some(match e {
+        Expr::Closure(_) => RunTtl::Rule(e),
+        Expr::Path(path)
+            if path.qself.is_none()
+                && !path.path.get_ident().is_some_and(|i| params.contains(i)) =>
+        {
+            RunTtl::Rule(e)
+        }
+        _ => RunTtl::PerCall(e),
+    })
+}
+
+/// `let __cached_ttl = ...;`: this call's TTL when the attribute computes
+/// one per call (`None`: the call site's policy decides). Evaluated before
+/// the body can move the parameters.
+fn call_ttl(args: &Args, params: &[Ident], p: &TokenStream) -> TokenStream {
+    match run_ttl(args, params) {
+        Some(RunTtl::PerCall(e)) => quote! {
+            let __cached_ttl: ::core::option::Option<#p::Duration> =
+                ::core::option::Option::Some(#p::call_ttl(#e));
+        },
+        _ => quote! {
+            let __cached_ttl: ::core::option::Option<#p::Duration> = ::core::option::Option::None;
+        },
+    }
+}
+
 /// `static __CACHED_SITE: Site = ...;`
-fn site(args: &Args, p: &TokenStream, value_ty: &syn::Type) -> TokenStream {
+fn site(args: &Args, params: &[Ident], p: &TokenStream, value_ty: &syn::Type) -> TokenStream {
     let prefix = args.prefix.as_ref().map(LitStr::value).unwrap_or_default();
     let name = args
         .name
@@ -380,9 +424,37 @@ fn site(args: &Args, p: &TokenStream, value_ty: &syn::Type) -> TokenStream {
         }
         None => default,
     };
-    let ttl = ms(&args.ttl, quote!(#p::Duration::ZERO));
+    // A run-time TTL: the site's TTL is its bound.
+    let ttl = match &args.ttl {
+        Some(TtlSpec::Fixed(t)) => {
+            let ms = t.millis;
+            quote!(#p::Duration::from_millis(#ms))
+        }
+        _ => ms(&args.max_ttl, quote!(#p::Duration::ZERO)),
+    };
     // Only what the attribute sets; every default is the runtime's.
     let mut policy = quote!(#p::Policy::new(#ttl));
+    if let Some(RunTtl::Rule(expr)) = run_ttl(args, params) {
+        // A closure gets its parameter type from `ttl_fn`'s bound; a path
+        // is told apart (a function or a `Duration`) by `TtlRule`.
+        let call = if matches!(expr, Expr::Closure(_)) {
+            quote_spanned!(expr.span()=> #p::ttl_fn(#expr, __cached_v))
+        } else {
+            quote_spanned!(expr.span()=> #p::ttl_rule::<#value_ty, _>(#expr, __cached_v))
+        };
+        policy.extend(quote! {
+            .ttl_of(|__cached_any: &dyn ::core::any::Any| {
+                match __cached_any.downcast_ref::<#value_ty>() {
+                    ::core::option::Option::Some(__cached_v) => #call,
+                    ::core::option::Option::None => #p::Duration::MAX,
+                }
+            })
+        });
+    }
+    if let Some(t) = &args.soft_timeout {
+        let ms = t.millis;
+        policy.extend(quote!(.soft_timeout(#p::Duration::from_millis(#ms))));
+    }
     if args.cache_none.is_some() {
         let d = ms(&args.cache_none, TokenStream::new());
         policy.extend(quote!(.cache_none(#d)));
@@ -623,9 +695,10 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     let params = &info.params;
     let value_ty = &info.value_ty;
     let check = value_check(info, p);
-    let site = site(args, p, value_ty);
+    let site = site(args, &info.params, p, value_ty);
     let key = key(plan, p);
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
+    let ttl = call_ttl(args, &info.params, p);
 
     let lifted = matches!(info.shape, Shape::Plain | Shape::Option);
     // `hard_timeout`: the body bounded (Result shapes only, checked).
@@ -733,7 +806,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         #[allow(unused_imports)]
         use #p::{CacheRun as _, PlainRun as _};
         (&&#p::Runner::<#value_ty>::NEW)
-            .cached(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, #errors, __cached_tags)
+            .cached(__cached_cache, &__CACHED_SITE, __cached_key, #loader, #refresh, #errors, __cached_tags, __cached_ttl)
             .await
     }};
     let result = if lifted {
@@ -750,6 +823,7 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
         let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
         #key
         let __cached_tags: &[::std::string::String] = &#tags;
+        #ttl
         #result
     }
 }
@@ -793,7 +867,8 @@ fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> To
     let check = quote_spanned! {value_ty.span()=>
         #p::check::cacheable::<#value_ty>();
     };
-    let site = site(args, p, value_ty);
+    let site = site(args, &info.params, p, value_ty);
+    let ttl = call_ttl(args, &info.params, p);
     let ids = &batch.ids;
     // A borrowed collection (`&[u64]`) is read as it is, and the function
     // is called with a borrow of the owned one (`Vec<u64>`) made of the
@@ -861,6 +936,7 @@ fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> To
                     #body
                 },
                 #errors,
+                __cached_ttl,
             )
             #await_batch
     }};
@@ -874,6 +950,7 @@ fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> To
         #site
         #cache_expr
         let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
+        #ttl
         #input
         #result
     }
@@ -904,10 +981,11 @@ fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
         ..
     } = parts;
     let check = value_check(info, p);
-    let site = site(args, p, &info.value_ty);
+    let site = site(args, &info.params, p, &info.value_ty);
     let key = key(plan, p);
     let tags = full_keys(&templates.tags, &quote!(#p::tag(__cached_cache)), "");
     let store = store_result(info, p);
+    let ttl = call_ttl(args, &info.params, p);
     quote! {
         #check
         #site
@@ -915,6 +993,7 @@ fn put_body(plan: &Plan, parts: &Parts) -> TokenStream {
         let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
         #key
         let __cached_tags: &[::std::string::String] = &#tags;
+        #ttl
         let __cached_result = #call.await;
         #store
         __cached_result
@@ -931,7 +1010,7 @@ fn store_result(info: &FnInfo, p: &TokenStream) -> TokenStream {
             #[allow(unused_imports)]
             use #p::{CachePut as _, PlainPut as _};
             (&&#p::Runner::<#value_ty>::NEW)
-                .put(__cached_cache, &__CACHED_SITE, __cached_key, #value, __cached_tags)
+                .put(__cached_cache, &__CACHED_SITE, __cached_key, #value, __cached_tags, __cached_ttl)
                 .await;
         }}
     };

@@ -41,7 +41,10 @@ pub(crate) use crate::valid::Templates;
 /// | option | meaning |
 /// | --- | --- |
 /// | `prefix = "placement"` | **required.** The key prefix: keys are `{namespace}:{prefix}:{key}`. Letters, digits and `_-./` only. |
-/// | `ttl = "5m"` or `ttl = 300` | **required.** How long a value is kept: a duration (`"30s"`, `"5m"`, `"1h 30m"`) or whole seconds. A small random jitter is added. |
+/// | `ttl = "5m"` or `ttl = 300` | **required.** How long a value is kept: a duration (`"30s"`, `"5m"`, `"1h 30m"`) or whole seconds, checked at compile time. A small random jitter is added. |
+/// | `ttl = \|p: &Placement\| p.ttl()` or `ttl = Placement::ttl` | A TTL chosen by the stored value: a closure or a path to a function of it (a path to a `Duration` constant is a fixed TTL). Applied to loads, batches, background refreshes and write-throughs. A zero (or sub-millisecond) answer stores nothing. Needs `max_ttl`. |
+/// | `ttl = self.ttl` or `ttl = ttl_for(tier)` | A TTL computed per call: any other expression over `self` and the parameters, of type `Duration`, evaluated when the function is called. Needs `max_ttl`. |
+/// | `max_ttl = "1d"` | With a run-time `ttl`: the longest it may be (a longer answer is cut to it). Tag bookkeeping lives this long, and `{name}_prime` stores for it when the TTL is per call. |
 /// | `key = placement_id` | The key part: any expression over the parameters whose value is a `KeyPart` (integers, strings, UUIDs, tuples of them, `hashed(&query)`). Default: every parameter but `self`, joined with `:`. |
 /// | `key = "video:{video_id}:placements"` | A key template; each placeholder names a parameter and stands alone between `:` separators (checked at compile time). `{{` and `}}` are literal braces. |
 /// | `cache = CACHE` | Where the `Cache` is. Default `self.cache`; required on free functions (e.g. a `static CACHE: LazyLock<Cache>`). |
@@ -56,6 +59,7 @@ pub(crate) use crate::valid::Templates;
 /// | `audit = 0.001` | Audit this share of hits against the source, in the background: the function's body runs again and its value is compared with the one served; a confirmed difference counts in `stats().inconsistencies` and `cache_inconsistencies_total`. Needs a `Clone` service and owned arguments. |
 /// | `cache_if = \|p: &Placement\| !p.draft` or `unless = Placement::is_draft` | Store a loaded value only if the predicate (a closure or a function of the stored type) says so; `None` follows `cache_none`. A value kept out is returned, not stored, and a write-through of it (`_refresh`) removes the entry instead. |
 /// | `hard_timeout = "2s"` | The longest a load may run: past it the body is dropped (its lease released) and the call returns its error type's `From<cached_runtime::LoadTimeout>` (so only for `Result` returns), counted in `load_timeouts`. Background refreshes are bounded too. |
+/// | `soft_timeout = "20ms"` | With `stale`: a caller that finds a stale value waits up to this long for this process's refresh of it, and gets the refreshed value if it comes in time; else the stale one, while the refresh goes on and stores. Counted in `soft_timeouts`. Shorter than `hard_timeout`. |
 /// | `batch` or `batch = ids` | Batch cache-aside: the function takes a collection of ids and returns a map from id to value (see *Batch* below). `batch` alone when the ids are the only parameter; `batch = ids` names their parameter. |
 /// | `crate = "my_deps::cached_runtime"` | Where `cached-runtime` is, if renamed or re-exported. |
 ///
@@ -162,7 +166,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// that read the old row cannot write it back afterwards. `None` invalidates
 /// the key; an `Err` changes nothing.
 ///
-/// Options, each as for [`cached`]: `prefix` and `ttl` (required), `key`,
+/// Options, each as for [`cached`]: `prefix` and `ttl` (required; a run-time
+/// `ttl` with `max_ttl`), `key`,
 /// `cache`, `tags`, `name`, `stale`, `crate`. For example
 /// `#[cache_put(prefix = "placement", ttl = "5m", key = id, tags = ["video:{video_id}"], stale = "1h")]`.
 #[proc_macro_attribute]

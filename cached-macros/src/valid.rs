@@ -2,6 +2,7 @@
 //! Everything here only reports; nothing is generated.
 
 use crate::attr::{Args, KeySpec, Kind, missing};
+use crate::duration::TtlSpec;
 use crate::errors::Errors;
 use crate::func::{self, FnInfo, Shape};
 use crate::template;
@@ -37,6 +38,36 @@ pub(crate) fn validate(
                 t.span,
                 "`hard_timeout` needs a `Result` return: a load past it returns the error type's \
                  `From<cached_runtime::LoadTimeout>`, and a function that cannot fail has no way to say it timed out",
+            ));
+        }
+    }
+    match (&args.ttl, &args.max_ttl) {
+        (Some(TtlSpec::Run(e)), None) => errors.push(syn::Error::new_spanned(
+            e,
+            "a `ttl` computed at run time needs `max_ttl = \"...\"`, the longest it may be \
+             (a longer answer is cut to it; tag bookkeeping and `_prime` use it)",
+        )),
+        (Some(TtlSpec::Fixed(_)), Some(max)) => errors.push(syn::Error::new(
+            max.span,
+            "`max_ttl` bounds a `ttl` computed at run time; with a literal `ttl` it does nothing: remove it",
+        )),
+        _ => {}
+    }
+    if let Some(soft) = &args.soft_timeout {
+        if args.stale.is_none() {
+            errors.push(syn::Error::new(
+                soft.span,
+                "`soft_timeout` needs `stale = \"...\"`: past it the caller is served the stale value \
+                 while the refresh goes on, and without a stale window there is none to serve \
+                 (`hard_timeout` bounds a load)",
+            ));
+        }
+        if let Some(hard) = &args.hard_timeout
+            && soft.millis >= hard.millis
+        {
+            errors.push(syn::Error::new(
+                soft.span,
+                "`soft_timeout` must be shorter than `hard_timeout`: past the hard one the load is dropped",
             ));
         }
     }

@@ -1,6 +1,7 @@
 //! What `#[cached]` expansions call. Not a public API: it changes with the
 //! macro, which is pinned to this crate's exact version.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
@@ -97,6 +98,7 @@ pub trait CacheRun<T> {
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
         tags: &[String],
+        ttl: Option<Duration>,
     ) -> impl Future<Output = Result<V, E>>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -115,6 +117,7 @@ pub trait CachePut<T> {
         key: String,
         value: Option<&T>,
         tags: &[String],
+        ttl: Option<Duration>,
     ) -> impl Future<Output = ()>;
 }
 
@@ -126,19 +129,25 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
         key: String,
         value: Option<&T>,
         tags: &[String],
+        ttl: Option<Duration>,
     ) {
         let engine = cache.engine();
         let keys = [key];
         let unfinished = engine.unfinished(&keys, &[], &[]);
         // A value `cache_if` / `unless` keeps out is not stored, and the
         // entry it replaces goes.
-        let value = value.filter(|v| site.policy.keep_if.is_none_or(|keep| keep(*v)));
-        match value {
-            Some(value) => {
+        let policy = match ttl {
+            None => site.policy,
+            Some(ttl) => site.policy.for_call(ttl),
+        };
+        let value = value.filter(|v| policy.keep_if.is_none_or(|keep| keep(*v)));
+        // A value its TTL rule keeps for no time is not stored either.
+        match value.and_then(|v| Some((v, policy.ttl_for(v)?))) {
+            Some((value, ttl)) => {
                 let counters = site.counters(cache);
                 let keep = Keep {
-                    ttl: site.policy.ttl,
-                    stale: site.policy.stale,
+                    ttl,
+                    stale: policy.stale,
                     load_time: Duration::ZERO,
                 };
                 engine
@@ -163,8 +172,9 @@ pub trait PlainPut<T> {
         key: String,
         value: Option<&T>,
         tags: &[String],
+        ttl: Option<Duration>,
     ) -> impl Future<Output = ()> {
-        let _ = (cache, site, key, value, tags);
+        let _ = (cache, site, key, value, tags, ttl);
         std::future::ready(())
     }
 }
@@ -259,6 +269,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
         tags: &[String],
+        ttl: Option<Duration>,
     ) -> impl Future<Output = Result<V, E>>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -268,7 +279,10 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         let call: Call<'_, V, T> = Call {
             key,
             counters: site.counters(cache),
-            policy: &site.policy,
+            policy: match ttl {
+                None => Cow::Borrowed(&site.policy),
+                Some(ttl) => Cow::Owned(site.policy.for_call(ttl)),
+            },
             tags,
             shape: PhantomData,
         };
@@ -290,12 +304,13 @@ pub trait PlainRun<T> {
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
         tags: &[String],
+        ttl: Option<Duration>,
     ) -> Fut
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let _ = (cache, site, key, refresh, errors, tags);
+        let _ = (cache, site, key, refresh, errors, tags, ttl);
         load()
     }
 }
@@ -310,6 +325,7 @@ impl<T> PlainRun<T> for Runner<T> {}
 pub trait CacheBatch<T> {
     /// Reads every id's entry, calls `load` with the ids it must load, and
     /// returns a map of every id that has a value.
+    #[allow(clippy::too_many_arguments)]
     fn batch<K, M, E, L, Fut>(
         &self,
         cache: &Cache,
@@ -318,6 +334,7 @@ pub trait CacheBatch<T> {
         key: impl Fn(&K) -> String,
         load: L,
         errors: Option<ErrorSharing<E>>,
+        ttl: Option<Duration>,
     ) -> impl Future<Output = Result<M, E>>
     where
         K: Clone,
@@ -335,6 +352,7 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
         key: impl Fn(&K) -> String,
         load: L,
         errors: Option<ErrorSharing<E>>,
+        ttl: Option<Duration>,
     ) -> Result<M, E>
     where
         K: Clone,
@@ -356,9 +374,13 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
             let mut again = repeated.iter();
             unique.retain(|_| again.next() == Some(&false));
         }
+        let policy = match ttl {
+            None => site.policy,
+            Some(ttl) => site.policy.for_call(ttl),
+        };
         let call = BatchCall {
             counters: site.counters(cache),
-            policy: &site.policy,
+            policy: &policy,
         };
         let unique = &unique;
         let load = &load;
@@ -386,6 +408,7 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
 /// The fallback of [`CacheBatch`]; never runs (see [`PlainRun`]).
 pub trait PlainBatch<T> {
     /// Calls the function with every id.
+    #[allow(clippy::too_many_arguments)]
     fn batch<K, M, E, L, Fut>(
         &self,
         cache: &Cache,
@@ -394,11 +417,12 @@ pub trait PlainBatch<T> {
         key: impl Fn(&K) -> String,
         load: L,
         errors: Option<ErrorSharing<E>>,
+        ttl: Option<Duration>,
     ) -> Fut
     where
         L: Fn(Vec<K>) -> Fut,
     {
-        let _ = (cache, site, key, errors);
+        let _ = (cache, site, key, errors, ttl);
         load(ids)
     }
 }
@@ -769,4 +793,77 @@ pub mod check {
     /// Asserts a key part.
     #[inline(always)]
     pub fn key_part<T: KeyPart + ?Sized>(_: &T) {}
+}
+
+/// A `ttl` computed per call (`ttl = self.ttl`, `ttl = ttl_for(tier)`):
+/// a `Duration`, or a reference to one.
+#[diagnostic::on_unimplemented(
+    message = "a `ttl` computed per call must be a `std::time::Duration`, not `{Self}`",
+    label = "not a `Duration`",
+    note = "write e.g. `ttl = Duration::from_secs(self.ttl_secs)`; for a TTL chosen by the value, \
+            write a closure `ttl = |v: &Value| ...`"
+)]
+pub trait CallTtl {
+    /// The duration.
+    fn duration(self) -> Duration;
+}
+
+impl CallTtl for Duration {
+    #[inline]
+    fn duration(self) -> Duration {
+        self
+    }
+}
+
+impl CallTtl for &Duration {
+    #[inline]
+    fn duration(self) -> Duration {
+        *self
+    }
+}
+
+/// This call's TTL (`ttl = <expression>`).
+#[inline]
+pub fn call_ttl(ttl: impl CallTtl) -> Duration {
+    ttl.duration()
+}
+
+/// Calls a `ttl = |v: &T| ...` closure on a value (through a generic
+/// function, so an unannotated closure gets its parameter type).
+#[inline(always)]
+pub fn ttl_fn<T: ?Sized>(rule: impl FnOnce(&T) -> Duration, value: &T) -> Duration {
+    rule(value)
+}
+
+/// A `ttl = path`: a function of the stored value, or a constant
+/// `Duration`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the `ttl` of a value of type `{T}`",
+    label = "neither a `Duration` nor a function of `&{T}`",
+    note = "write a `Duration` constant, a function `fn(&{T}) -> Duration`, or a closure \
+            `|v: &{T}| ...`"
+)]
+pub trait TtlRule<T: ?Sized> {
+    /// How long to keep `value`.
+    fn ttl_of(self, value: &T) -> Duration;
+}
+
+impl<T: ?Sized> TtlRule<T> for Duration {
+    #[inline]
+    fn ttl_of(self, _: &T) -> Duration {
+        self
+    }
+}
+
+impl<T: ?Sized, F: FnOnce(&T) -> Duration> TtlRule<T> for F {
+    #[inline]
+    fn ttl_of(self, value: &T) -> Duration {
+        self(value)
+    }
+}
+
+/// Applies a `ttl = path` rule to a value.
+#[inline(always)]
+pub fn ttl_rule<T: ?Sized, R: TtlRule<T>>(rule: R, value: &T) -> Duration {
+    rule.ttl_of(value)
 }

@@ -21,6 +21,7 @@ pub struct Counters {
     pub(crate) loads: Tally,
     pub(crate) load_errors: Tally,
     pub(crate) load_timeouts: Tally,
+    pub(crate) soft_timeouts: Tally,
     pub(crate) errors: Tally,
     pub(crate) coalesced: Tally,
     pub(crate) stale_served: Tally,
@@ -62,6 +63,9 @@ pub mod names {
     pub const LOAD_ERRORS: &str = "cache_load_errors_total";
     /// Loader runs stopped by their `hard_timeout`.
     pub const LOAD_TIMEOUTS: &str = "cache_load_timeouts_total";
+    /// Callers served a stale value once their `soft_timeout` passed with
+    /// the refresh still running.
+    pub const SOFT_TIMEOUTS: &str = "cache_soft_timeouts_total";
     /// Loader run time (histogram, seconds).
     pub const LOAD_SECONDS: &str = "cache_load_seconds";
     /// Callers that shared another caller's load.
@@ -113,6 +117,7 @@ impl Counters {
             loads: tally(names::LOADS),
             load_errors: tally(names::LOAD_ERRORS),
             load_timeouts: tally(names::LOAD_TIMEOUTS),
+            soft_timeouts: tally(names::SOFT_TIMEOUTS),
             // Exported by kind where it is counted (`cache_errors_total{kind}`).
             errors: Tally {
                 count: AtomicU64::new(0),
@@ -262,6 +267,7 @@ impl Registry {
                 loads: c.loads.load(),
                 load_errors: c.load_errors.load(),
                 load_timeouts: c.load_timeouts.load(),
+                soft_timeouts: c.soft_timeouts.load(),
                 errors: c.errors.load(),
                 coalesced: c.coalesced.load(),
                 stale_served: c.stale_served.load(),
@@ -299,6 +305,9 @@ pub struct CacheStats {
     /// Loader runs stopped by their `hard_timeout` (counted in
     /// `load_errors` too).
     pub load_timeouts: u64,
+    /// Callers served a stale value because their `soft_timeout` passed
+    /// before the refresh of it finished (the refresh went on).
+    pub soft_timeouts: u64,
     /// Backend failures (timeouts, connection errors, unreadable values),
     /// none of which reached a caller.
     pub errors: u64,

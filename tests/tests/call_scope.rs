@@ -19,6 +19,7 @@ on_both_backends!(
     batches_follow_the_mode,
     a_refresh_waits_for_a_load_in_flight_then_replaces_its_value,
     a_load_past_its_hard_timeout_fails_its_callers_and_blocks_no_one,
+    a_stale_value_waits_its_soft_timeout_for_the_refresh,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,4 +354,105 @@ async fn a_load_past_its_hard_timeout_fails_its_callers_and_blocks_no_one(backen
         started.elapsed()
     );
     assert_eq!(s.cache.get::<u64>("slow:1").await, Some(1));
+}
+
+/// A source whose answer, delay and failure the test sets.
+#[derive(Clone)]
+struct Soft {
+    cache: Cache,
+    version: Arc<AtomicU32>,
+    delay: Arc<Mutex<Duration>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    loads: Arc<AtomicU32>,
+}
+
+impl Soft {
+    #[cached(prefix = "soft", ttl = "300ms", stale = "1h", soft_timeout = "60ms", key = id)]
+    async fn get(&self, id: u64) -> Result<u32, SlowError> {
+        self.loads.fetch_add(1, SeqCst);
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        if self.fail.load(SeqCst) {
+            return Err(SlowError::Timeout);
+        }
+        let _ = id;
+        Ok(self.version.load(SeqCst))
+    }
+
+    /// 16 concurrent callers of a stale entry: what each got, and the
+    /// longest any of them took.
+    async fn sixteen(&self) -> (Vec<u32>, Duration) {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let s = self.clone();
+            calls.spawn(async move {
+                let started = std::time::Instant::now();
+                let got = s.get(1).await.expect("served");
+                (got, started.elapsed())
+            });
+        }
+        let answers = calls.join_all().await;
+        let slowest = answers.iter().map(|(_, t)| *t).max().expect("16");
+        (answers.into_iter().map(|(v, _)| v).collect(), slowest)
+    }
+}
+
+/// `soft_timeout` with `stale`: callers of a stale entry wait for its
+/// refresh up to the soft timeout. A slow refresh: every caller gets the
+/// stale value just after it (not after the 600 ms load), each counted,
+/// and the one refresh stores its value when it lands. A quick refresh:
+/// every caller gets the new value. A failing one: the stale value, at
+/// once.
+async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend) {
+    let s = Soft {
+        cache: backend.cache_with(|b| b.ttl_jitter(0.0)),
+        version: Arc::new(AtomicU32::new(1)),
+        delay: Arc::default(),
+        fail: Arc::default(),
+        loads: Arc::default(),
+    };
+    let stale = || tokio::time::sleep(Duration::from_millis(400));
+    assert_eq!(s.get(1).await, Ok(1));
+    stale().await;
+
+    // Slow: 600 ms.
+    s.version.store(2, SeqCst);
+    *s.delay.lock().expect("delay") = Duration::from_millis(600);
+    let (got, slowest) = s.sixteen().await;
+    assert_eq!(got, vec![1; 16], "the stale value after the soft timeout");
+    assert!(
+        slowest >= Duration::from_millis(55) && slowest < Duration::from_millis(450),
+        "waited the soft timeout, not the load: {slowest:?}"
+    );
+    let stats = s.cache.stats_for("soft").expect("stats");
+    assert_eq!(
+        (stats.soft_timeouts, s.loads.load(SeqCst)),
+        (16, 2),
+        "{stats:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    *s.delay.lock().expect("delay") = Duration::ZERO;
+    assert_eq!(s.get(1).await, Ok(2), "the refresh stored its value");
+    assert_eq!(s.loads.load(SeqCst), 2, "a hit");
+
+    // Quick: 10 ms.
+    stale().await;
+    s.version.store(3, SeqCst);
+    *s.delay.lock().expect("delay") = Duration::from_millis(10);
+    let (got, _) = s.sixteen().await;
+    assert_eq!(
+        got,
+        vec![3; 16],
+        "the refreshed value, within the soft timeout"
+    );
+    assert_eq!(s.loads.load(SeqCst), 3, "one refresh");
+    let stats = s.cache.stats_for("soft").expect("stats");
+    assert_eq!(stats.soft_timeouts, 16, "none timed out");
+
+    // Failing: the stale value without waiting the soft timeout out.
+    stale().await;
+    s.fail.store(true, SeqCst);
+    let (got, slowest) = s.sixteen().await;
+    assert_eq!(got, vec![3; 16], "stale, the refresh having failed");
+    assert!(slowest < Duration::from_millis(55), "{slowest:?}");
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cached_runtime::{Cache, cache_evict, cached};
+use cached_runtime::{Cache, cache_evict, cache_put, cached};
 use cached_tests::{Backend, on_both_backends};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,7 @@ on_both_backends!(
     refresh_reads_the_source_and_replaces_the_entry,
     evict_of_removes_exactly_the_named_calls,
     cache_if_and_unless_keep_values_out,
+    run_time_ttls_decide_how_long_each_value_is_kept,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,4 +268,172 @@ async fn cache_if_and_unless_keep_values_out(backend: &Backend) {
     d.list(5).await;
     d.list(5).await;
     assert_eq!(loads(), 8 + 3);
+}
+
+/// A record whose TTL depends on it: archived records keep (cut to
+/// `max_ttl`), live ones expire soon, record 0 is not kept at all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rec {
+    id: u64,
+    archived: bool,
+}
+
+const SHORT: Duration = Duration::from_millis(400);
+
+fn rec_ttl(r: &Rec) -> Duration {
+    if r.id == 0 {
+        Duration::ZERO
+    } else if r.archived {
+        Duration::from_secs(7200)
+    } else {
+        SHORT
+    }
+}
+
+#[derive(Clone)]
+struct Ttls {
+    cache: Cache,
+    loads: Arc<AtomicU32>,
+    per_call: Duration,
+}
+
+impl Ttls {
+    fn rec(&self, id: u64) -> Rec {
+        self.loads.fetch_add(1, SeqCst);
+        Rec {
+            id,
+            archived: id >= 100,
+        }
+    }
+
+    #[cached(prefix = "rt", ttl = |r: &Rec| rec_ttl(r), max_ttl = "1h", key = id)]
+    async fn by_closure(&self, id: u64) -> Rec {
+        self.rec(id)
+    }
+
+    #[cached(prefix = "rt_path", ttl = rec_ttl, max_ttl = "1h", key = id)]
+    async fn by_path(&self, id: u64) -> Option<Rec> {
+        Some(self.rec(id))
+    }
+
+    #[cached(prefix = "rt_const", ttl = SHORT, max_ttl = "1h", key = id)]
+    async fn by_const(&self, id: u64) -> Rec {
+        self.rec(id)
+    }
+
+    #[cached(prefix = "rt_field", ttl = self.per_call, max_ttl = "1h", key = id)]
+    async fn by_field(&self, id: u64) -> Rec {
+        self.rec(id)
+    }
+
+    #[cached(prefix = "rt_param", ttl = ttl, max_ttl = "1s", key = id)]
+    async fn by_param(&self, id: u64, ttl: Duration) -> Result<Rec, DbError> {
+        let _ = ttl; // used by the attribute only
+        Ok(self.rec(id))
+    }
+
+    #[cached(prefix = "rt", ttl = rec_ttl, max_ttl = "1h", batch)]
+    async fn many(&self, ids: Vec<u64>) -> HashMap<u64, Rec> {
+        ids.into_iter().map(|id| (id, self.rec(id))).collect()
+    }
+
+    #[cache_put(prefix = "rt", ttl = rec_ttl, max_ttl = "1h", key = rec.id)]
+    async fn save(&self, rec: Rec) -> Rec {
+        rec
+    }
+}
+
+async fn run_time_ttls_decide_how_long_each_value_is_kept(backend: &Backend) {
+    let t = Ttls {
+        cache: backend.cache_with(|b| b.ttl_jitter(0.0)),
+        loads: Arc::default(),
+        per_call: SHORT,
+    };
+    let loads = || t.loads.load(SeqCst);
+    // Twice each: what is kept is loaded once.
+    for _ in 0..2 {
+        t.by_closure(1).await;
+        t.by_closure(100).await;
+        t.by_closure(0).await;
+        t.by_path(2).await;
+        t.by_path(102).await;
+        t.by_const(3).await;
+        t.by_field(4).await;
+        t.by_param(5, SHORT).await.expect("ok");
+        t.by_param(105, Duration::from_secs(60)).await.expect("ok");
+    }
+    assert_eq!(
+        loads(),
+        10,
+        "each kept value loaded once; record 0 (TTL zero) twice"
+    );
+    t.many(vec![6, 106]).await;
+    t.many(vec![6, 106, 1, 100]).await;
+    assert_eq!(
+        loads(),
+        12,
+        "the batch keeps its values, and shares by_closure's"
+    );
+    t.save(Rec {
+        id: 7,
+        archived: false,
+    })
+    .await;
+    t.save(Rec {
+        id: 107,
+        archived: true,
+    })
+    .await;
+    t.by_closure(7).await;
+    t.by_closure(107).await;
+    assert_eq!(loads(), 12, "written through, for the value's TTL");
+
+    // On Redis the server's TTL shows the rule: a long one cut to max_ttl.
+    if let Some(server) = backend.server() {
+        let pttl = |key: &str| server.cmd::<i64>(&["PTTL", &t.cache.full_key(key)]);
+        let hour = 3_600_000;
+        for key in ["rt:100", "rt:106", "rt:107", "rt_path:102"] {
+            let left = pttl(key);
+            assert!(hour - 60_000 < left && left <= hour, "{key}: {left} ms");
+        }
+        for key in [
+            "rt:1",
+            "rt:6",
+            "rt:7",
+            "rt_path:2",
+            "rt_const:3",
+            "rt_field:4",
+            "rt_param:5",
+        ] {
+            let left = pttl(key);
+            assert!(0 < left && left <= 400, "{key}: {left} ms");
+        }
+        let left = pttl("rt_param:105");
+        assert!(
+            0 < left && left <= 1_000,
+            "rt_param:105 cut to max_ttl: {left} ms"
+        );
+        assert_eq!(pttl("rt:0"), -2, "a zero TTL stores nothing");
+    }
+
+    // Past the short TTLs: those reload, the long ones are still there.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let before = loads();
+    t.by_closure(1).await;
+    t.by_path(2).await;
+    t.by_const(3).await;
+    t.by_field(4).await;
+    t.by_param(5, SHORT).await.expect("ok");
+    t.by_param(105, Duration::from_secs(60)).await.expect("ok");
+    t.many(vec![6, 7]).await;
+    assert_eq!(
+        loads() - before,
+        8,
+        "every short TTL, and max_ttl's cut, expired"
+    );
+    let before = loads();
+    t.by_closure(100).await;
+    t.by_path(102).await;
+    t.many(vec![106, 107]).await;
+    assert_eq!(loads(), before, "the long TTLs kept");
 }

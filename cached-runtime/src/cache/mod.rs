@@ -221,7 +221,7 @@ impl Cache {
         let call: Call<'_, T, T> = Call {
             key: full,
             counters: Cow::Borrowed(&counters),
-            policy: &policy,
+            policy: std::borrow::Cow::Borrowed(&policy),
             tags: &[],
             shape: std::marker::PhantomData,
         };

@@ -285,7 +285,7 @@ impl Engine {
             let single: Call<'_, Option<T>, T> = Call {
                 key: keys[i].clone(),
                 counters: Cow::Borrowed(&*call.counters),
-                policy,
+                policy: Cow::Borrowed(policy),
                 tags: &[],
                 shape: std::marker::PhantomData,
             };

@@ -9,7 +9,8 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,9 +56,11 @@ pub(super) enum Shared {
 pub(crate) struct Flights {
     running: Mutex<HashMap<String, Flight, FlightHasher>>,
     /// Keys with a background refresh running: one per key at a time, kept
-    /// apart from `running` because nobody waits for one (and a refresh may
-    /// start while callers share a read). Nothing detaches a refresh.
-    refreshing: Mutex<HashSet<String, FlightHasher>>,
+    /// apart from `running` because only callers served a stale value with
+    /// a `soft_timeout` wait for one (and a refresh may start while callers
+    /// share a read). Nothing detaches a refresh. Its channel tells those
+    /// callers the refreshed value.
+    refreshing: Mutex<HashMap<String, Arc<watch::Sender<Landed>>, FlightHasher>>,
     /// Flights in `running`: while zero, a call on the memory backend need
     /// not look for one before reading, and its hit takes no lock.
     misses: AtomicUsize,
@@ -165,7 +168,7 @@ impl Flights {
             engine: Cow::Borrowed(engine),
             key: Cow::Borrowed(key),
             id,
-            refresh: false,
+            refresh: None,
             landed: false,
             lease: None,
         })
@@ -226,17 +229,29 @@ impl Flights {
 
     /// Leads a background refresh of `key`, unless one is running here.
     pub(super) fn try_lead(&self, engine: &Arc<Engine>, key: &str) -> Option<FlightGuard<'static>> {
-        if !crate::lock(&self.refreshing).insert(key.to_owned()) {
-            return None;
-        }
+        let tx = match crate::lock(&self.refreshing).entry(key.to_owned()) {
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(slot) => {
+                Arc::clone(slot.insert(Arc::new(watch::Sender::new(Landed::Running))))
+            }
+        };
         Some(FlightGuard {
             engine: Cow::Owned(Arc::clone(engine)),
             key: Cow::Owned(key.to_owned()),
             id: 0,
-            refresh: true,
+            refresh: Some(tx),
             landed: false,
             lease: None,
         })
+    }
+
+    /// The background refresh of `key` running in this process, if any:
+    /// its channel gets the refreshed value (`Landed::Value`), or closes
+    /// when the refresh ends without one.
+    pub(super) fn refresh_in_flight(&self, key: &str) -> Option<watch::Receiver<Landed>> {
+        crate::lock(&self.refreshing)
+            .get(key)
+            .map(|tx| tx.subscribe())
     }
 }
 
@@ -256,8 +271,9 @@ pub(super) struct FlightGuard<'a> {
     key: Cow<'a, str>,
     /// Its flight's number in `running` (a refresh has none).
     id: u64,
-    /// A background refresh (nobody waits for it) rather than a get-or-load.
-    refresh: bool,
+    /// A background refresh rather than a get-or-load: the channel its
+    /// `soft_timeout` waiters listen on.
+    refresh: Option<Arc<watch::Sender<Landed>>>,
     landed: bool,
     /// The lease this leader holds, released if it is dropped holding it.
     pub(super) lease: Option<u64>,
@@ -290,13 +306,25 @@ impl FlightGuard<'_> {
         }
     }
 
+    /// Hands a background refresh's value to the callers waiting for it
+    /// (`soft_timeout`), made only if there are any. The refresh goes on to
+    /// store it.
+    pub(super) fn tell<V: Clone + Send + Sync + 'static>(&self, value: &V) {
+        if let Some(tx) = &self.refresh
+            && tx.receiver_count() > 0
+        {
+            tx.send_replace(Landed::Value(Arc::new(value.clone())));
+        }
+    }
+
     /// Ends the flight; returns its channel if anyone joined.
     pub(super) fn end(&mut self) -> Option<Arc<watch::Sender<Landed>>> {
         if std::mem::replace(&mut self.landed, true) {
             return None;
         }
         let flights = &self.engine.flights;
-        if self.refresh {
+        if self.refresh.is_some() {
+            // Its waiters, if the value was not told, see the channel close.
             crate::lock(&flights.refreshing).remove(&*self.key);
             return None;
         }

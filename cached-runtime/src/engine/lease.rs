@@ -76,7 +76,7 @@ impl Engine {
         V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
     {
-        let (key, counters, policy) = (&call.key, &*call.counters, call.policy);
+        let (key, counters, policy) = (&call.key, &*call.counters, &*call.policy);
         let started = Instant::now();
         // Until something is seen under the key that this caller cannot use
         // (an absence marker for a function that never returns `None`, a

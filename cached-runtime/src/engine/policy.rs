@@ -35,6 +35,13 @@ pub struct Policy {
     /// Whether a loaded value may be stored (`cache_if`, `unless`), given
     /// the stored type's value; `None`: every value may.
     pub keep_if: Option<fn(&dyn Any) -> bool>,
+    /// A TTL chosen by the stored value (`ttl = |v: &T| ...`), at most
+    /// `ttl`; `None`: every value is kept for `ttl`.
+    pub ttl_of: Option<fn(&dyn Any) -> Duration>,
+    /// With a stale window: how long a caller that found a stale value
+    /// waits for this process's refresh of it before it is served the
+    /// stale value (`soft_timeout`); `None`: served at once.
+    pub soft_timeout: Option<Duration>,
 }
 
 impl Policy {
@@ -51,7 +58,42 @@ impl Policy {
             early_refresh: None,
             audit: None,
             keep_if: None,
+            ttl_of: None,
+            soft_timeout: None,
         }
+    }
+
+    /// Keeps each value for what `ttl_of` says of it, at most the policy's
+    /// TTL (`ttl = |v: &T| ...`, with `max_ttl`).
+    pub const fn ttl_of(mut self, ttl_of: fn(&dyn Any) -> Duration) -> Policy {
+        self.ttl_of = Some(ttl_of);
+        self
+    }
+
+    /// Waits this long for a refresh of a stale value before serving it
+    /// (`soft_timeout`).
+    pub const fn soft_timeout(mut self, after: Duration) -> Policy {
+        self.soft_timeout = Some(after);
+        self
+    }
+
+    /// This policy for one call whose TTL was computed when it was made
+    /// (`ttl = <expression>`): at most the policy's own TTL (`max_ttl`).
+    pub fn for_call(mut self, ttl: Duration) -> Policy {
+        self.ttl = ttl.min(self.ttl);
+        self
+    }
+
+    /// How long to keep `value` (of the stored type), if at all: the TTL
+    /// rule's answer or the policy's TTL, at most the policy's TTL; a TTL
+    /// under a millisecond (what backends count in) keeps nothing.
+    #[inline]
+    pub(crate) fn ttl_for(&self, value: &dyn Any) -> Option<Duration> {
+        let ttl = match self.ttl_of {
+            Some(rule) => rule(value).min(self.ttl),
+            None => self.ttl,
+        };
+        (ttl >= Duration::from_millis(1)).then_some(ttl)
     }
 
     /// Stores a loaded value only if `keep` says so (`cache_if`, `unless`).
@@ -137,7 +179,11 @@ impl<T: 'static> Shape<T> for T {
     }
     #[inline(always)]
     fn keep_for(&self, policy: &Policy) -> Option<Duration> {
-        policy.keeps(self).then_some(policy.ttl)
+        if policy.keeps(self) {
+            policy.ttl_for(self)
+        } else {
+            None
+        }
     }
 }
 
@@ -155,7 +201,8 @@ impl<T: 'static> Shape<T> for Option<T> {
     #[inline(always)]
     fn keep_for(&self, policy: &Policy) -> Option<Duration> {
         match self {
-            Some(value) => policy.keeps(value).then_some(policy.ttl),
+            Some(value) if policy.keeps(value) => policy.ttl_for(value),
+            Some(_) => None,
             None => policy.none_ttl,
         }
     }
@@ -230,7 +277,9 @@ pub(crate) type CountersRef<'a> = Cow<'a, Arc<Counters>>;
 pub(crate) struct Call<'a, V, T> {
     pub(crate) key: String,
     pub(crate) counters: CountersRef<'a>,
-    pub(crate) policy: &'a Policy,
+    /// The call site's policy, or this call's copy of it (a TTL computed
+    /// per call).
+    pub(crate) policy: Cow<'a, Policy>,
     /// Full tag keys the entry is recorded under.
     pub(crate) tags: &'a [String],
     /// How `V` maps to `T` ([`Shape`]).
@@ -241,7 +290,7 @@ impl<V: Shape<T>, T> Call<'_, V, T> {
     /// How long to keep `value`, which took `load_time` to load (`None`:
     /// not at all).
     pub(super) fn keep(&self, value: &V, load_time: Duration) -> Option<Keep> {
-        value.keep_for(self.policy).map(|ttl| Keep {
+        value.keep_for(&self.policy).map(|ttl| Keep {
             ttl,
             stale: self.policy.stale,
             load_time,
@@ -279,7 +328,7 @@ mod tests {
         let call = Call {
             key: "k".to_owned(),
             counters: Cow::Owned(registry.counters("k")),
-            policy,
+            policy: Cow::Borrowed(policy),
             tags: &[],
             shape: std::marker::PhantomData,
         };

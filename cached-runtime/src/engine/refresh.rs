@@ -8,13 +8,14 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::Engine;
-use super::flight::Shared;
+use super::flight::{Landed, Shared, landing};
 use super::lease::{Ask, LeaseEnd, Leasing};
 use super::policy::{Call, Refresh, Shape};
 use crate::Cacheable;
 use crate::backend::Lease;
 use crate::clock::now_ms;
 use crate::codec::EntryMeta;
+use crate::scope::{Outcome, record};
 
 /// XFetch: refresh early when `now - delta * beta * ln(rand) >= expiry`,
 /// `delta` being how long the last load took. An entry stored by a
@@ -63,6 +64,34 @@ impl Engine {
         }
     }
 
+    /// `soft_timeout`: a caller about to be served the stale `value` waits
+    /// up to the timeout for this process's refresh of the key (which
+    /// `refresh_after_hit` started, or found running) and is served the
+    /// refreshed value if it comes in time; else the stale one, while the
+    /// refresh goes on and stores. Records the outcome either way.
+    pub(super) async fn serve_stale<V, T>(&self, call: &Call<'_, V, T>, value: V) -> V
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        if let Some(soft) = call.policy.soft_timeout
+            && let Some(rx) = self.flights.refresh_in_flight(&call.key)
+        {
+            match tokio::time::timeout(soft, landing(rx)).await {
+                Ok(Landed::Value(any)) => {
+                    if let Some(fresh) = any.downcast_ref::<V>() {
+                        record(Outcome::Coalesced);
+                        return fresh.clone();
+                    }
+                }
+                // The refresh failed, or another process holds the lease.
+                Ok(_) => {}
+                Err(_) => call.counters.soft_timeouts.add(),
+            }
+        }
+        record(Outcome::Stale);
+        value
+    }
+
     /// Refreshes the key from a task of its own, replacing the entry `seen`
     /// only if it is still there: a write-through since then wins.
     fn refresh_in_background<V, T>(
@@ -89,7 +118,7 @@ impl Engine {
             let call: Call<'_, V, T> = Call {
                 key,
                 counters: Cow::Borrowed(&counters),
-                policy: &policy,
+                policy: Cow::Borrowed(&policy),
                 tags: &tags,
                 shape: std::marker::PhantomData,
             };
@@ -114,6 +143,11 @@ impl Engine {
                 .run_loader(&counters, || async { load.await.ok_or(()) })
                 .await;
             let value = loaded.as_ref().ok().map(|(v, took)| (v, *took));
+            // Callers waiting out their `soft_timeout` take it now; the
+            // write follows.
+            if let Some((v, _)) = value {
+                guard.tell(v);
+            }
             if engine
                 .finish_lease(&call, Lease { token, epoch }, value)
                 .await
