@@ -38,6 +38,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("hot_key_expiry", |r| {
         Box::pin(scenarios::stampede::hot_key_expiry(r))
     }),
+    ("soft_timeout", |r| {
+        Box::pin(scenarios::stampede::soft_timeout(r))
+    }),
     ("stale_set_race", |r| {
         Box::pin(scenarios::invalidation::stale_set_race(r))
     }),

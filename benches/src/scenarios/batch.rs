@@ -97,6 +97,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
         "raw_pipeline_getrange",
         "raw_script_getrange",
         "sequential_single",
+        "raw_script_mget",
     ];
     let mut samples = vec![Vec::with_capacity(ROUNDS); systems.len()];
     for _ in 0..ROUNDS {
@@ -109,6 +110,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
                     "raw_pipeline" => raw_pipeline(&mut conn, &raw_keys, false).await,
                     "raw_pipeline_getrange" => raw_pipeline(&mut conn, &raw_keys, true).await,
                     "raw_script_getrange" => raw_script(&mut conn, &raw_keys).await,
+                    "raw_script_mget" => raw_script_mget(&mut conn, &raw_keys).await,
                     _ => {
                         let mut n = 0;
                         for id in &ids {
@@ -179,6 +181,18 @@ async fn raw_script(conn: &mut ConnectionManager, keys: &[String]) -> usize {
     static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
         redis::Script::new(
             "local out = {} for i, k in ipairs(KEYS) do out[i] = redis.call('GETRANGE', k, 0, ARGV[1]) end return out",
+        )
+    });
+    let mut call = SCRIPT.key(keys);
+    call.arg(1 << 20);
+    let values: Vec<Option<Vec<u8>>> = call.invoke_async(conn).await.expect("reads");
+    decode_all(values)
+}
+
+async fn raw_script_mget(conn: &mut ConnectionManager, keys: &[String]) -> usize {
+    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            "local v = redis.call('MGET', unpack(KEYS)) local max = tonumber(ARGV[1]) for i = 1, #v do if v[i] and #v[i] > max then v[i] = false end end return v",
         )
     });
     let mut call = SCRIPT.key(keys);

@@ -312,3 +312,95 @@ pub async fn hot_key_expiry(redis: &Redis) -> Vec<Row> {
     }
     rows
 }
+
+/// The source of `soft_timeout`: its first load is quick, later ones take
+/// `SOFT_LOAD`.
+#[derive(Clone)]
+struct SoftSource {
+    cache: Cache,
+    version: Arc<AtomicU64>,
+    loads: Arc<AtomicU64>,
+}
+
+const SOFT_LOAD: Duration = Duration::from_millis(500);
+
+impl SoftSource {
+    async fn load(&self) -> u64 {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let version = self.version.load(Ordering::SeqCst);
+        if version > 1 {
+            tokio::time::sleep(SOFT_LOAD).await;
+        }
+        version
+    }
+
+    #[cached(prefix = "soft", ttl = "1s", stale = "1h", soft_timeout = "20ms", key = id)]
+    async fn soft(&self, id: u64) -> u64 {
+        let _ = id;
+        self.load().await
+    }
+
+    #[cached(prefix = "hard_expiry", ttl = "1s", key = id)]
+    async fn expiring(&self, id: u64) -> u64 {
+        let _ = id;
+        self.load().await
+    }
+}
+
+/// `soft_timeout`: 64 callers of an entry past its TTL whose refresh takes
+/// 500 ms. With `stale` and `soft_timeout = "20ms"` (`this`) they wait 20
+/// ms for the refresh and are served the stale value; the entry holds the
+/// refreshed value once the load is over. Beside it, the same function
+/// without a stale window (`without_stale`): every caller waits the load.
+pub async fn soft_timeout(redis: &Redis) -> Vec<Row> {
+    const CALLERS: usize = 64;
+    let cache = Cache::builder()
+        .redis(redis.url.as_str())
+        .namespace("bench_soft")
+        .ttl_jitter(0.0)
+        .build()
+        .expect("a valid URL");
+    let mut rows = Vec::new();
+    for system in ["this", "without_stale"] {
+        let s = SoftSource {
+            cache: cache.clone(),
+            version: Arc::new(AtomicU64::new(1)),
+            loads: Arc::default(),
+        };
+        let _ = cache.invalidate_pattern("*").await;
+        let soft = system == "this";
+        let call = move |s: SoftSource| async move {
+            if soft {
+                s.soft(1).await
+            } else {
+                s.expiring(1).await
+            }
+        };
+        call(s.clone()).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        s.version.store(2, Ordering::SeqCst);
+        let stale_answers = Arc::new(AtomicU64::new(0));
+        let latencies = {
+            let (s, stale_answers) = (s.clone(), Arc::clone(&stale_answers));
+            together(CALLERS, move |_| {
+                let (s, stale_answers) = (s.clone(), Arc::clone(&stale_answers));
+                async move {
+                    if call(s).await == 1 {
+                        stale_answers.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .await
+        };
+        // The load is over: the entry holds its value, read without a load.
+        tokio::time::sleep(SOFT_LOAD + Duration::from_millis(200)).await;
+        let loads = s.loads.load(Ordering::SeqCst);
+        let replaced = call(s.clone()).await == 2 && s.loads.load(Ordering::SeqCst) == loads;
+        rows.push(
+            row("soft_timeout", system, loads - 1, &latencies)
+                .with("stale_answers", stale_answers.load(Ordering::SeqCst))
+                .with("replaced", replaced),
+        );
+    }
+    rows
+}
