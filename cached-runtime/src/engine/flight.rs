@@ -484,6 +484,37 @@ mod tests {
         );
     }
 
+    /// Counts its clones (apart from [`Counted`], whose test asserts
+    /// absolute counts while this one runs beside it).
+    struct Told;
+    static TOLD: AtomicUsize = AtomicUsize::new(0);
+    impl Clone for Told {
+        fn clone(&self) -> Self {
+            TOLD.fetch_add(1, Ordering::Relaxed);
+            Told
+        }
+    }
+
+    #[test]
+    fn a_refresh_tells_its_value_only_to_callers_waiting_for_it() {
+        let engine = engine();
+        let flights = &engine.flights;
+        assert!(flights.refresh_in_flight("r").is_none(), "none running");
+        let refresh = flights.try_lead(&engine, "r").expect("leads the refresh");
+        refresh.tell(&Told);
+        assert_eq!(TOLD.load(Ordering::Relaxed), 0, "nobody waits: no copy");
+        let rx = flights.refresh_in_flight("r").expect("running");
+        assert!(matches!(&*rx.borrow(), Landed::Running));
+        refresh.tell(&Told);
+        assert_eq!(TOLD.load(Ordering::Relaxed), 1, "one copy for the waiters");
+        assert!(matches!(&*rx.borrow(), Landed::Value(_)));
+        drop(refresh);
+        assert!(
+            flights.refresh_in_flight("r").is_none(),
+            "ended with its guard"
+        );
+    }
+
     #[test]
     fn refreshes_run_one_per_key_beside_shared_reads() {
         let engine = engine();
