@@ -22,7 +22,8 @@ use serde::Serialize;
     message = "`{Self}` cannot be used as a cache key part",
     label = "not a cache key part",
     note = "key parts are integers, strings, UUIDs, tuples of them, or `hashed(&value)` for any `Serialize` value",
-    note = "implement `cached_runtime::KeyPart` for `{Self}`, or write `key = hashed(&...)`"
+    note = "write `key = hashed(&...)` (a float, a struct, anything `Serialize`: a stable hash of its value); \
+            a type defined in your crate may implement `cached_runtime::KeyPart` instead"
 )]
 pub trait KeyPart {
     /// Appends this part to `out`. Text must go through [`push_key_text`].
