@@ -455,4 +455,18 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
     let (got, slowest) = s.sixteen().await;
     assert_eq!(got, vec![3; 16], "stale, the refresh having failed");
     assert!(slowest < Duration::from_millis(55), "{slowest:?}");
+
+    // Another process holds the key's lease (its refresh runs there): this
+    // process's refresh gives way, and its callers do not wait for it.
+    if let Some(server) = backend.server() {
+        s.fail.store(false, SeqCst);
+        s.version.store(4, SeqCst);
+        let lease = format!("{}:~lease", s.cache.full_key("soft:1"));
+        server.cmd::<()>(&["SET", &lease, "4242", "PX", "5000"]);
+        let loads = s.loads.load(SeqCst);
+        let (got, slowest) = s.sixteen().await;
+        assert_eq!(got, vec![3; 16], "stale: the other process refreshes");
+        assert!(slowest < Duration::from_millis(55), "{slowest:?}");
+        assert_eq!(s.loads.load(SeqCst), loads, "no load here");
+    }
 }
