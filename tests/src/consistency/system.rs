@@ -289,6 +289,14 @@ impl Stale {
         self.0.load(Variant::Stale, id, &ctx).await
     }
 
+    /// The same entries, read with `soft_timeout` (the odd ids): a caller
+    /// of a stale entry waits up to 30 ms for its refresh.
+    #[cached(prefix = "stale", key = "{id}:row", cache = self.0.cache, lease = "3s", wait = "300ms", ttl = "1s", stale = "2s", soft_timeout = "30ms")]
+    pub async fn read_soft(&self, id: u64, group: u64, ctx: Ctx) -> Result<Row, DbError> {
+        let _ = group;
+        self.0.load(Variant::Stale, id, &ctx).await
+    }
+
     #[cache_put(prefix = "stale", key = "{id}:row", cache = self.0.cache, ttl = "1s", stale = "2s")]
     pub async fn put(&self, id: u64, group: u64, ctx: Ctx) -> Result<Row, DbError> {
         let _ = group;
@@ -437,6 +445,7 @@ impl Framework {
         let g = group(id);
         match variant {
             Variant::Plain => self.plain.read(id, g, ctx).await,
+            Variant::Stale if id % 2 == 1 => self.stale.read_soft(id, g, ctx).await,
             Variant::Stale => self.stale.read(id, g, ctx).await,
             Variant::Early => self.early.read(id, g, ctx).await,
             Variant::Tagged => self.tagged.read(id, g, ctx).await,
