@@ -13,6 +13,7 @@
 //! ([`Source`]).
 
 pub mod backend;
+pub mod cluster;
 pub mod consistency;
 pub mod proxy;
 pub mod source;
@@ -21,6 +22,7 @@ pub use backend::{
     ACL_PASSWORD, ACL_USER, Backend, NAMESPACE, acl_user_args, memory_builder, redis_builder,
     redis_builder_at, redis_cache, redis_cache_with, unreachable_redis_builder,
 };
+pub use cluster::RedisCluster;
 pub use proxy::Proxy;
 pub use source::{Source, SourceDown};
 pub use tls::{ClientAuth, Pki};
