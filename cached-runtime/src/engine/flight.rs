@@ -516,6 +516,12 @@ mod tests {
     }
 
     #[test]
+    fn flights_say_what_they_are_in_debug_output() {
+        let engine = engine();
+        assert_eq!(format!("{:?}", engine.flights), "Flights { .. }");
+    }
+
+    #[test]
     fn refreshes_run_one_per_key_beside_shared_reads() {
         let engine = engine();
         let flights = &engine.flights;
