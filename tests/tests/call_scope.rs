@@ -413,6 +413,20 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
     };
     let stale = || tokio::time::sleep(Duration::from_millis(400));
     assert_eq!(s.get(1).await, Ok(1));
+    // Fresh: callers sharing a read are served at once, as coalesced hits
+    // (the soft timeout is for stale values only).
+    let mut fresh = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        fresh.spawn(with_outcome(async move { s.get(1).await }));
+    }
+    for (got, outcome) in fresh.join_all().await {
+        assert_eq!(got, Ok(1));
+        assert!(
+            matches!(outcome, Some(Outcome::Hit | Outcome::Coalesced)),
+            "{outcome:?}"
+        );
+    }
     stale().await;
 
     // Slow: 600 ms.
