@@ -28,11 +28,10 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is missing, or the cluster does
     /// not form within 30 s (the message holds `redis-cli`'s output).
     pub fn start() -> RedisCluster {
-        // The bus port is the port + 10000: a node whose bus port is out of
-        // range or taken fails to start, and `RedisServer` tries another.
+        // The bus port is the port + 10000: chosen free and in range.
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
-                RedisServer::start_with(&[
+                RedisServer::start_cluster_node(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",

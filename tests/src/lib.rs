@@ -68,7 +68,7 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start`].
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        RedisServer::start_configured(extra, None)
+        RedisServer::start_configured(extra, None, free_port)
     }
 
     /// A server that also listens for TLS on a port of its own (see
@@ -92,10 +92,20 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start_tls`].
     pub fn start_tls_with(pki: &Pki, clients: ClientAuth, extra: &[&str]) -> RedisServer {
-        RedisServer::start_configured(extra, Some((pki, clients)))
+        RedisServer::start_configured(extra, Some((pki, clients)), free_port)
     }
 
-    fn start_configured(extra: &[&str], tls: Option<(&Pki, ClientAuth)>) -> RedisServer {
+    /// A cluster node (`--cluster-enabled yes` among `extra`): on a port
+    /// whose cluster bus port (the port + 10000) is free and in range.
+    pub(crate) fn start_cluster_node(extra: &[&str]) -> RedisServer {
+        RedisServer::start_configured(extra, None, free_port_with_bus)
+    }
+
+    fn start_configured(
+        extra: &[&str],
+        tls: Option<(&Pki, ClientAuth)>,
+        pick_port: fn() -> u16,
+    ) -> RedisServer {
         // A port can be taken between choosing and binding it; try a few.
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -108,7 +118,7 @@ impl RedisServer {
                 tls_port = Some(port);
             }
             let mut server = RedisServer {
-                port: free_port(),
+                port: pick_port(),
                 child: None,
                 dir,
                 frozen: false,
@@ -342,6 +352,19 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A loopback port nothing listens on right now, whose port + 10000 (a
+/// cluster node's bus) is free too.
+fn free_port_with_bus() -> u16 {
+    loop {
+        let port = free_port();
+        if let Some(bus) = port.checked_add(10_000)
+            && TcpListener::bind(("127.0.0.1", bus)).is_ok()
+        {
+            return port;
+        }
     }
 }
 
