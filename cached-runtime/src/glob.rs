@@ -55,6 +55,10 @@ fn matches_bytes(p: &[u8], t: &[u8]) -> bool {
         match star {
             Some((sp, st)) => {
                 pi = sp;
+                // (scripts/mutants: `st * 1` here survives, and is
+                // equivalent: the first retry then repeats the attempt the
+                // `*` began with, which fails the same way, and the next
+                // goes on from `st + 1` as here: same answers, more work.)
                 ti = st + 1;
                 star = Some((sp, st + 1));
             }
