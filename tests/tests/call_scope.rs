@@ -20,6 +20,7 @@ on_both_backends!(
     a_refresh_waits_for_a_load_in_flight_then_replaces_its_value,
     a_load_past_its_hard_timeout_fails_its_callers_and_blocks_no_one,
     a_stale_value_waits_its_soft_timeout_for_the_refresh,
+    a_soft_wait_never_takes_a_refresh_of_an_older_entry,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -379,6 +380,26 @@ impl Soft {
         Ok(self.version.load(SeqCst))
     }
 
+    /// The same entries with a soft timeout longer than the test's
+    /// refreshes take to start and end; the source read when the load
+    /// begins.
+    #[cached(prefix = "soft", ttl = "300ms", stale = "1h", soft_timeout = "900ms", key = id)]
+    async fn get_patient(&self, id: u64) -> Result<u32, SlowError> {
+        self.loads.fetch_add(1, SeqCst);
+        let version = self.version.load(SeqCst);
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        let _ = id;
+        Ok(version)
+    }
+
+    #[cache_put(prefix = "soft", ttl = "300ms", stale = "1h", key = id)]
+    async fn put(&self, id: u64, version: u32) -> Result<u32, SlowError> {
+        let _ = id;
+        self.version.store(version, SeqCst);
+        Ok(version)
+    }
+
     /// 16 concurrent callers of a stale entry: what each got, and the
     /// longest any of them took.
     async fn sixteen(&self) -> (Vec<u32>, Duration) {
@@ -483,4 +504,47 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
         assert!(slowest < Duration::from_millis(55), "{slowest:?}");
         assert_eq!(s.loads.load(SeqCst), loads, "no load here");
     }
+}
+
+/// A refresh that read the source before a write-through must not hand
+/// its value to a caller that read the write-through's entry: that caller
+/// began after the write completed, and the refresh's value is older. Here
+/// the write-through's entry goes stale (300 ms TTL) while the older
+/// refresh (1.2 s load) still runs; a caller of it must get the
+/// write-through's value, not wait for the refresh.
+async fn a_soft_wait_never_takes_a_refresh_of_an_older_entry(backend: &Backend) {
+    let s = Soft {
+        cache: backend.cache_with(|b| b.ttl_jitter(0.0)),
+        version: Arc::new(AtomicU32::new(1)),
+        delay: Arc::default(),
+        fail: Arc::default(),
+        loads: Arc::default(),
+    };
+    assert_eq!(s.get_patient(1).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(400)).await; // stale
+    *s.delay.lock().expect("delay") = Duration::from_millis(1_200);
+    // A caller of the stale entry starts the refresh, which reads 1.
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { s.get_patient(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        s.put(1, 5).await,
+        Ok(5),
+        "written through during the refresh"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await; // 5 is stale now
+    let started = std::time::Instant::now();
+    assert_eq!(
+        s.get_patient(1).await,
+        Ok(5),
+        "the write-through's value, not the older refresh's"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "did not wait for the older refresh: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(first.await.expect("joins"), Ok(1), "its own entry, stale");
 }

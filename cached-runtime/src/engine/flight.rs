@@ -60,7 +60,7 @@ pub(crate) struct Flights {
     /// a `soft_timeout` wait for one (and a refresh may start while callers
     /// share a read). Nothing detaches a refresh. Its channel tells those
     /// callers the refreshed value.
-    refreshing: Mutex<HashMap<String, Arc<watch::Sender<Landed>>, FlightHasher>>,
+    refreshing: Mutex<HashMap<String, Refreshing, FlightHasher>>,
     /// Flights in `running`: while zero, a call on the memory backend need
     /// not look for one before reading, and its hit takes no lock.
     misses: AtomicUsize,
@@ -68,6 +68,13 @@ pub(crate) struct Flights {
     /// write or an invalidation) never removes its successor.
     next_id: AtomicU64,
 }
+
+/// The identity of the entry a refresh replaces (`codec::identity`): only
+/// callers that read that same entry may take the refresh's value.
+type Identity = [u8; crate::codec::IDENTITY_LEN];
+
+/// A background refresh running: its channel, and the entry it replaces.
+type Refreshing = (Arc<watch::Sender<Landed>>, Identity);
 
 /// Every Redis hit hashes its key into `running` twice: SipHash cost more
 /// than the rest of the bookkeeping (seen in `seq_hit`'s profile). The map
@@ -227,12 +234,20 @@ impl Flights {
         None
     }
 
-    /// Leads a background refresh of `key`, unless one is running here.
-    pub(super) fn try_lead(&self, engine: &Arc<Engine>, key: &str) -> Option<FlightGuard<'static>> {
+    /// Leads a background refresh of `key`, replacing the entry `seen`
+    /// (its identity), unless one is running here.
+    pub(super) fn try_lead(
+        &self,
+        engine: &Arc<Engine>,
+        key: &str,
+        seen: &EntryMeta,
+    ) -> Option<FlightGuard<'static>> {
         let tx = match crate::lock(&self.refreshing).entry(key.to_owned()) {
             Entry::Occupied(_) => return None,
             Entry::Vacant(slot) => {
-                Arc::clone(slot.insert(Arc::new(watch::Sender::new(Landed::Running))))
+                let tx = Arc::new(watch::Sender::new(Landed::Running));
+                slot.insert((Arc::clone(&tx), crate::codec::identity(seen)));
+                tx
             }
         };
         Some(FlightGuard {
@@ -245,13 +260,20 @@ impl Flights {
         })
     }
 
-    /// The background refresh of `key` running in this process, if any:
-    /// its channel gets the refreshed value (`Landed::Value`), or closes
-    /// when the refresh ends without one.
-    pub(super) fn refresh_in_flight(&self, key: &str) -> Option<watch::Receiver<Landed>> {
+    /// The background refresh of `key` running in this process, if it
+    /// replaces the entry `seen` (a refresh of an older entry may hold a
+    /// value older than `seen`: a write-through or a reload replaced what
+    /// it read): its channel gets the refreshed value (`Landed::Value`), or
+    /// closes when the refresh ends without one.
+    pub(super) fn refresh_in_flight(
+        &self,
+        key: &str,
+        seen: &EntryMeta,
+    ) -> Option<watch::Receiver<Landed>> {
         crate::lock(&self.refreshing)
             .get(key)
-            .map(|tx| tx.subscribe())
+            .filter(|(_, of)| *of == crate::codec::identity(seen))
+            .map(|(tx, _)| tx.subscribe())
     }
 }
 
@@ -307,12 +329,10 @@ impl FlightGuard<'_> {
     }
 
     /// Hands a background refresh's value to the callers waiting for it
-    /// (`soft_timeout`), made only if there are any. The refresh goes on to
-    /// store it.
+    /// (`soft_timeout`), and to those who come before the refresh ends (its
+    /// write is still to come). The refresh goes on to store it.
     pub(super) fn tell<V: Clone + Send + Sync + 'static>(&self, value: &V) {
-        if let Some(tx) = &self.refresh
-            && tx.receiver_count() > 0
-        {
+        if let Some(tx) = &self.refresh {
             tx.send_replace(Landed::Value(Arc::new(value.clone())));
         }
     }
@@ -484,7 +504,7 @@ mod tests {
         );
     }
 
-    /// Counts its clones (apart from [`Counted`], whose test asserts
+    /// Counts its clones (apart from `Counted`, whose test asserts
     /// absolute counts while this one runs beside it).
     struct Told;
     static TOLD: AtomicUsize = AtomicUsize::new(0);
@@ -495,22 +515,42 @@ mod tests {
         }
     }
 
+    /// The metadata of an entry written at `created_ms`.
+    fn entry(created_ms: u64) -> EntryMeta {
+        EntryMeta {
+            created_ms,
+            load_us: 0,
+            expires_ms: created_ms + 1_000,
+            stale_until_ms: created_ms + 2_000,
+        }
+    }
+
     #[test]
-    fn a_refresh_tells_its_value_only_to_callers_waiting_for_it() {
+    fn a_refresh_tells_its_value_to_callers_of_the_entry_it_replaces() {
         let engine = engine();
         let flights = &engine.flights;
-        assert!(flights.refresh_in_flight("r").is_none(), "none running");
-        let refresh = flights.try_lead(&engine, "r").expect("leads the refresh");
-        refresh.tell(&Told);
-        assert_eq!(TOLD.load(Ordering::Relaxed), 0, "nobody waits: no copy");
-        let rx = flights.refresh_in_flight("r").expect("running");
+        let (old, newer) = (entry(1), entry(2));
+        assert!(
+            flights.refresh_in_flight("r", &old).is_none(),
+            "none running"
+        );
+        let refresh = flights
+            .try_lead(&engine, "r", &old)
+            .expect("leads the refresh");
+        // A caller that read a newer entry (a write-through since) must not
+        // take this refresh's value: it may predate that write.
+        assert!(flights.refresh_in_flight("r", &newer).is_none());
+        let rx = flights.refresh_in_flight("r", &old).expect("running");
         assert!(matches!(&*rx.borrow(), Landed::Running));
         refresh.tell(&Told);
         assert_eq!(TOLD.load(Ordering::Relaxed), 1, "one copy for the waiters");
         assert!(matches!(&*rx.borrow(), Landed::Value(_)));
+        // One who comes after the value, before the refresh ends, has it.
+        let late = flights.refresh_in_flight("r", &old).expect("still running");
+        assert!(matches!(&*late.borrow(), Landed::Value(_)));
         drop(refresh);
         assert!(
-            flights.refresh_in_flight("r").is_none(),
+            flights.refresh_in_flight("r", &old).is_none(),
             "ended with its guard"
         );
     }
@@ -525,17 +565,26 @@ mod tests {
     fn refreshes_run_one_per_key_beside_shared_reads() {
         let engine = engine();
         let flights = &engine.flights;
-        let refresh = flights.try_lead(&engine, "k").expect("leads the refresh");
-        assert!(flights.try_lead(&engine, "k").is_none(), "one at a time");
+        let seen = entry(1);
+        let refresh = flights
+            .try_lead(&engine, "k", &seen)
+            .expect("leads the refresh");
+        assert!(
+            flights.try_lead(&engine, "k", &entry(2)).is_none(),
+            "one at a time"
+        );
         // Readers still share a read while it runs, and start a new one.
         let Role::Lead(_read) = flights.join_or_lead(&engine, "k", Duration::from_secs(5)) else {
             panic!("a reader leads its own flight");
         };
         flights.detach_all();
-        assert!(flights.try_lead(&engine, "k").is_none(), "not detached");
+        assert!(
+            flights.try_lead(&engine, "k", &seen).is_none(),
+            "not detached"
+        );
         drop(refresh);
         assert!(
-            flights.try_lead(&engine, "k").is_some(),
+            flights.try_lead(&engine, "k", &seen).is_some(),
             "ended when dropped"
         );
     }

@@ -175,9 +175,10 @@ impl Engine {
                 if let Landed::Hit(any, shared) = &landed {
                     if let Some(value) = any.downcast_ref::<V>() {
                         self.shared_hit(&call, value, *shared, refresh);
-                        if matches!(shared, Shared::Stale(_)) && call.policy.soft_timeout.is_some()
+                        if let Shared::Stale(meta) = shared
+                            && call.policy.soft_timeout.is_some()
                         {
-                            return Ok(Box::pin(self.serve_stale(&call, value.clone())).await);
+                            return Ok(Box::pin(self.serve_stale(&call, value.clone(), meta)).await);
                         }
                         record(Outcome::Coalesced);
                         return Ok(value.clone());
@@ -234,7 +235,7 @@ impl Engine {
             Read::Stale(value, meta) => {
                 self.refresh_after_hit(&call, &value, Shared::Stale(meta), refresh);
                 if call.policy.soft_timeout.is_some() {
-                    return Ok(Box::pin(self.serve_stale(&call, value)).await);
+                    return Ok(Box::pin(self.serve_stale(&call, value, &meta)).await);
                 }
                 record(Outcome::Stale);
                 return Ok(value);
@@ -358,7 +359,7 @@ impl Engine {
                 guard.land_with(&value, Shared::Stale(meta));
                 self.refresh_after_hit(call, &value, Shared::Stale(meta), refresh);
                 if call.policy.soft_timeout.is_some() {
-                    return Ok(Box::pin(self.serve_stale(call, value)).await);
+                    return Ok(Box::pin(self.serve_stale(call, value, &meta)).await);
                 }
                 record(Outcome::Stale);
                 Ok(value)

@@ -64,17 +64,22 @@ impl Engine {
         }
     }
 
-    /// `soft_timeout`: a caller about to be served the stale `value` waits
-    /// up to the timeout for this process's refresh of the key (which
-    /// `refresh_after_hit` started, or found running) and is served the
-    /// refreshed value if it comes in time; else the stale one, while the
+    /// `soft_timeout`: a caller about to be served the stale `value` (the
+    /// entry `seen`) waits up to the timeout for this process's refresh of
+    /// that entry (which `refresh_after_hit` started, or found running) and
+    /// is served the refreshed value if it comes in time; else the stale one, while the
     /// refresh goes on and stores. Records the outcome either way.
-    pub(super) async fn serve_stale<V, T>(&self, call: &Call<'_, V, T>, value: V) -> V
+    pub(super) async fn serve_stale<V, T>(
+        &self,
+        call: &Call<'_, V, T>,
+        value: V,
+        seen: &EntryMeta,
+    ) -> V
     where
         V: Clone + Send + Sync + 'static,
     {
         if let Some(soft) = call.policy.soft_timeout
-            && let Some(rx) = self.flights.refresh_in_flight(&call.key)
+            && let Some(rx) = self.flights.refresh_in_flight(&call.key, seen)
         {
             match tokio::time::timeout(soft, landing(rx)).await {
                 Ok(Landed::Value(any)) => {
@@ -107,7 +112,7 @@ impl Engine {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(mut guard) = self.flights.try_lead(self, &call.key) else {
+        let Some(mut guard) = self.flights.try_lead(self, &call.key, &seen) else {
             return;
         };
         let load = refresh();
