@@ -26,7 +26,12 @@ pub(crate) enum TtlSpec {
 /// expression, kept for run time.
 pub(crate) fn parse_ttl_spec(errors: &mut Errors, value: Expr) -> Option<TtlSpec> {
     match &value {
-        Expr::Lit(_) | Expr::Unary(_) => parse_ttl(errors, "ttl", &value).map(TtlSpec::Fixed),
+        // A negative literal is a literal (and an error); `*TTL` is not.
+        Expr::Lit(_)
+        | Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            ..
+        }) => parse_ttl(errors, "ttl", &value).map(TtlSpec::Fixed),
         _ => Some(TtlSpec::Run(value)),
     }
 }

@@ -29,6 +29,8 @@ fn doc_ttl(d: &Doc) -> Duration {
 
 const TTL: Duration = Duration::from_secs(90);
 
+static LAZY_TTL: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| Duration::from_secs(45));
+
 #[derive(Debug, Clone)]
 struct Timeout;
 
@@ -89,6 +91,11 @@ impl Service {
         id
     }
 
+    #[cached(prefix = "n", ttl = *LAZY_TTL, max_ttl = "1h", key = id)]
+    async fn k(&self, id: u64) -> u64 {
+        id
+    }
+
     // Write-through by the value's TTL.
     #[cache_put(prefix = "doc", ttl = Doc::ttl, max_ttl = "1h", key = doc.id)]
     async fn save(&self, doc: Doc) -> Doc {
@@ -125,6 +132,7 @@ async fn main() {
     let _ = s.save(Doc { id: 1, archived: true }).await;
     let _ = s.i(1).await;
     let _ = s.j(1).await;
+    let _ = s.k(1).await;
     s.a_prime(&1, &Doc { id: 1, archived: false }).await;
     let _ = s.f_refresh(1).await;
 }
