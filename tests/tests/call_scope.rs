@@ -368,6 +368,17 @@ struct Soft {
 }
 
 impl Soft {
+    /// At version 1, quick, on a cache without TTL jitter.
+    fn new(backend: &Backend) -> Soft {
+        Soft {
+            cache: backend.cache_with(|b| b.ttl_jitter(0.0)),
+            version: Arc::new(AtomicU32::new(1)),
+            delay: Arc::default(),
+            fail: Arc::default(),
+            loads: Arc::default(),
+        }
+    }
+
     #[cached(prefix = "soft", ttl = "300ms", stale = "1h", soft_timeout = "60ms", key = id)]
     async fn get(&self, id: u64) -> Result<u32, SlowError> {
         self.loads.fetch_add(1, SeqCst);
@@ -425,13 +436,7 @@ impl Soft {
 /// every caller gets the new value. A failing one: the stale value, at
 /// once.
 async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend) {
-    let s = Soft {
-        cache: backend.cache_with(|b| b.ttl_jitter(0.0)),
-        version: Arc::new(AtomicU32::new(1)),
-        delay: Arc::default(),
-        fail: Arc::default(),
-        loads: Arc::default(),
-    };
+    let s = Soft::new(backend);
     let stale = || tokio::time::sleep(Duration::from_millis(400));
     assert_eq!(s.get(1).await, Ok(1));
     // Fresh: callers sharing a read are served at once, as coalesced hits
@@ -513,13 +518,7 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
 /// refresh (1.2 s load) still runs; a caller of it must get the
 /// write-through's value, not wait for the refresh.
 async fn a_soft_wait_never_takes_a_refresh_of_an_older_entry(backend: &Backend) {
-    let s = Soft {
-        cache: backend.cache_with(|b| b.ttl_jitter(0.0)),
-        version: Arc::new(AtomicU32::new(1)),
-        delay: Arc::default(),
-        fail: Arc::default(),
-        loads: Arc::default(),
-    };
+    let s = Soft::new(backend);
     assert_eq!(s.get_patient(1).await, Ok(1));
     tokio::time::sleep(Duration::from_millis(400)).await; // stale
     *s.delay.lock().expect("delay") = Duration::from_millis(1_200);
