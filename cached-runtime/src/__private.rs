@@ -54,6 +54,15 @@ impl Site {
 
     /// The counters of `cache` for this site: from the site for the cache it
     /// first served, from the cache's registry for any other.
+    /// The policy of one call: the site's, or a copy with this call's TTL
+    /// (`ttl = <expression>`).
+    fn policy_for(&self, ttl: Option<Duration>) -> Cow<'_, Policy> {
+        match ttl {
+            None => Cow::Borrowed(&self.policy),
+            Some(ttl) => Cow::Owned(self.policy.for_call(ttl)),
+        }
+    }
+
     fn counters(&'static self, cache: &Cache) -> CountersRef<'static> {
         let (id, counters) = self
             .counters
@@ -136,10 +145,7 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
         let unfinished = engine.unfinished(&keys, &[], &[]);
         // A value `cache_if` / `unless` keeps out is not stored, and the
         // entry it replaces goes.
-        let policy = match ttl {
-            None => site.policy,
-            Some(ttl) => site.policy.for_call(ttl),
-        };
+        let policy = site.policy_for(ttl);
         let value = value.filter(|v| policy.keep_if.is_none_or(|keep| keep(*v)));
         // A value its TTL rule keeps for no time is not stored either.
         match value.and_then(|v| Some((v, policy.ttl_for(v)?))) {
@@ -279,10 +285,7 @@ impl<T: Cacheable> CacheRun<T> for &Runner<T> {
         let call: Call<'_, V, T> = Call {
             key,
             counters: site.counters(cache),
-            policy: match ttl {
-                None => Cow::Borrowed(&site.policy),
-                Some(ttl) => Cow::Owned(site.policy.for_call(ttl)),
-            },
+            policy: site.policy_for(ttl),
             tags,
             shape: PhantomData,
         };
@@ -374,10 +377,7 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
             let mut again = repeated.iter();
             unique.retain(|_| again.next() == Some(&false));
         }
-        let policy = match ttl {
-            None => site.policy,
-            Some(ttl) => site.policy.for_call(ttl),
-        };
+        let policy = site.policy_for(ttl);
         let call = BatchCall {
             counters: site.counters(cache),
             policy: &policy,
