@@ -62,6 +62,9 @@ mod stats;
 #[doc(hidden)]
 pub mod __private;
 
+pub use backend::near::{
+    DEFAULT_NEAR_HEARTBEAT, DEFAULT_NEAR_MAX_BYTES, DEFAULT_NEAR_MAX_TTL, NearCache, NearStats,
+};
 pub use backend::redis::redis_acl_rule;
 pub use breaker::CircuitBreaker;
 pub use cache::{

@@ -97,6 +97,23 @@ pub mod names {
     pub const BREAKER_STATE: &str = "cache_breaker_state";
     /// Breaker transitions, by `to` (`open`, `closed`); labelled `namespace`.
     pub const BREAKER_TRANSITIONS: &str = "cache_breaker_transitions_total";
+    /// With the near tier: reads answered per tier (`tier` = `l1`, in
+    /// process, or `l2`, Redis); labelled `namespace`.
+    pub const TIER_HITS: &str = "cache_tier_hits_total";
+    /// With the near tier: keys named in invalidation pushes from Redis.
+    pub const NEAR_INVALIDATIONS_RECEIVED: &str = "cache_near_invalidations_received_total";
+    /// With the near tier: entries dropped from L1 to keep within its bound.
+    pub const NEAR_EVICTIONS: &str = "cache_near_evictions_total";
+    /// With the near tier: times L1 was emptied because it could not be
+    /// trusted (a disconnect, a missed heartbeat, a failed barrier).
+    pub const NEAR_FLUSHES: &str = "cache_near_flushes_total";
+    /// With the near tier: bytes L1 holds, as its bound counts them (gauge,
+    /// updated at each heartbeat).
+    pub const NEAR_BYTES: &str = "cache_near_bytes";
+    /// With the near tier: entries in L1 (gauge, updated at each heartbeat).
+    pub const NEAR_ENTRIES: &str = "cache_near_entries";
+    /// With the near tier: 1 while L1 is trusted, 0 while not (gauge).
+    pub const NEAR_TRUSTED: &str = "cache_near_trusted";
 }
 
 use metrics::{Counter, Histogram};

@@ -5,6 +5,7 @@
 //! never reaches the caller of a cached function.
 
 pub(crate) mod memory;
+pub(crate) mod near;
 pub(crate) mod redis;
 
 use std::time::Duration;
@@ -141,6 +142,9 @@ pub(crate) enum Fetched {
     Encoded(Vec<u8>),
     /// A typed entry (memory).
     Memory(memory::MemEntry),
+    /// An entry of the near tier's L1 (or just read into it): its bytes,
+    /// and its value once decoded.
+    Near(near::NearEntry),
     /// The key holds another kind of Redis value (a list, a hash).
     WrongKind,
     /// The value under the key is larger than the limit (`max_value_bytes`):
@@ -159,6 +163,7 @@ impl Fetched {
                 Err(e) => Lookup::Unreadable(e),
             },
             Fetched::Memory(entry) => entry.open(),
+            Fetched::Near(entry) => entry.open(),
             Fetched::WrongKind => Lookup::Unreadable(DecodeError::WrongKind),
             Fetched::TooLarge(limit) => Lookup::Unreadable(DecodeError::TooLarge(limit)),
         }
@@ -232,6 +237,8 @@ pub(crate) const LEASE_SUFFIX: &str = ":~lease";
 pub(crate) enum Backend {
     Memory(memory::MemoryBackend),
     Redis(Box<redis::RedisBackend>),
+    /// Redis with an in-process tier in front of it.
+    Near(Box<near::NearBackend>),
 }
 
 impl Backend {
@@ -239,6 +246,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => "memory",
             Backend::Redis(_) => "redis",
+            Backend::Near(_) => "redis+near",
         }
     }
 
@@ -253,6 +261,7 @@ impl Backend {
         match self {
             Backend::Memory(m) => Ok(m.fetch(key, tags)),
             Backend::Redis(r) => r.fetch(key, tags, timeout).await,
+            Backend::Near(n) => n.fetch(key, tags, timeout).await,
         }
     }
 
@@ -274,6 +283,13 @@ impl Backend {
                 Ok(true)
             }
             Backend::Redis(r) => r.put(key, value, meta, keep_for, tags, timeout).await,
+            Backend::Near(n) => {
+                n.changing(
+                    &[key],
+                    n.redis.put(key, value, meta, keep_for, tags, timeout),
+                )
+                .await
+            }
         }
     }
 
@@ -292,6 +308,13 @@ impl Backend {
         match self {
             Backend::Memory(m) => Ok(m.fill(key, value, *meta, keep_for, tags)),
             Backend::Redis(r) => r.fill(key, value, meta, keep_for, tags, timeout).await,
+            Backend::Near(n) => {
+                n.changing(
+                    &[key],
+                    n.redis.fill(key, value, meta, keep_for, tags, timeout),
+                )
+                .await
+            }
         }
     }
 
@@ -307,6 +330,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.invalidate(keys, timeout).await,
+            Backend::Near(n) => n.changing(keys, n.redis.invalidate(keys, timeout)).await,
         }
     }
 
@@ -319,6 +343,11 @@ impl Backend {
         match self {
             Backend::Memory(m) => Ok(m.invalidate_pattern(pattern)),
             Backend::Redis(r) => r.invalidate_pattern(pattern, timeout).await,
+            Backend::Near(n) => {
+                let removed = n.redis.invalidate_pattern(pattern, timeout).await;
+                n.barrier().await;
+                removed
+            }
         }
     }
 
@@ -331,6 +360,11 @@ impl Backend {
         match self {
             Backend::Memory(m) => Ok(m.invalidate_tag(tag)),
             Backend::Redis(r) => r.invalidate_tag(tag, timeout).await,
+            Backend::Near(n) => {
+                let removed = n.redis.invalidate_tag(tag, timeout).await;
+                n.barrier().await;
+                removed
+            }
         }
     }
 
@@ -351,6 +385,11 @@ impl Backend {
             Backend::Memory(m) => Ok(m.acquire_lease(key, token, ttl, cond, tags)),
             Backend::Redis(r) => {
                 r.acquire_lease(key, token, ttl, cond, tags, tag_for, timeout)
+                    .await
+            }
+            Backend::Near(n) => {
+                n.redis
+                    .acquire_lease(key, token, ttl, cond, tags, tag_for, timeout)
                     .await
             }
         }
@@ -378,6 +417,12 @@ impl Backend {
                 r.set_if_leased(key, value, meta, keep_for, lease, tags, timeout)
                     .await
             }
+            Backend::Near(n) => {
+                let write = n
+                    .redis
+                    .set_if_leased(key, value, meta, keep_for, lease, tags, timeout);
+                n.changing(&[key], write).await
+            }
         }
     }
 
@@ -394,6 +439,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.release_lease(key, token, timeout).await,
+            Backend::Near(n) => n.redis.release_lease(key, token, timeout).await,
         }
     }
 
@@ -408,6 +454,7 @@ impl Backend {
         match self {
             Backend::Memory(m) => Ok(keys.iter().map(|k| m.fetch(k, &[])).collect()),
             Backend::Redis(r) => r.fetch_many(keys, timeout).await,
+            Backend::Near(n) => n.fetch_many(keys, timeout).await,
         }
     }
 
@@ -426,6 +473,7 @@ impl Backend {
                 .map(|(key, cond)| m.acquire_lease(key, token, ttl, *cond, &[]))
                 .collect()),
             Backend::Redis(r) => r.acquire_leases(asks, token, ttl, timeout).await,
+            Backend::Near(n) => n.redis.acquire_leases(asks, token, ttl, timeout).await,
         }
     }
 
@@ -458,12 +506,21 @@ impl Backend {
                 })
                 .collect()),
             Backend::Redis(r) => r.finish_leases(items, timeout).await,
+            Backend::Near(n) => {
+                let keys: Vec<&str> = items
+                    .iter()
+                    .filter(|item| item.write.is_some())
+                    .map(|item| item.key)
+                    .collect();
+                n.changing(&keys, n.redis.finish_leases(items, timeout))
+                    .await
+            }
         }
     }
 
     /// Whether operations leave the process (and are worth timing).
     pub(crate) fn is_remote(&self) -> bool {
-        matches!(self, Backend::Redis(_))
+        matches!(self, Backend::Redis(_) | Backend::Near(_))
     }
 
     /// Whether the circuit breaker is open (always false in memory).
@@ -471,6 +528,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => false,
             Backend::Redis(r) => r.breaker_open(),
+            Backend::Near(n) => n.redis.breaker_open(),
         }
     }
 
@@ -478,6 +536,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(r) => r.ping(timeout).await,
+            Backend::Near(n) => n.ping(timeout).await,
         }
     }
 }

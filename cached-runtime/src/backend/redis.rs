@@ -53,6 +53,11 @@ const COMMANDS: &[&str] = &[
     "sadd",
     "sismember",
     "srandmember",
+    // The near tier's tracking connection: RESP3 (`HELLO 3`), then
+    // `CLIENT TRACKING ON BCAST PREFIX {namespace}:` and its heartbeat
+    // (`PING`, above).
+    "hello",
+    "client|tracking",
     // When the URL names a database other than 0. (redis-rs's `CLIENT
     // SETINFO` on connecting may be refused: it ignores the answer.)
     "select",

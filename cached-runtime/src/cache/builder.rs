@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::Cache;
 use super::connect::{Origin, Pem, RedisSettings};
+use crate::backend::near::{NearBackend, NearCache};
 use crate::backend::{Backend, memory::MemoryBackend, redis::RedisBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::codec::{Codec, Compression, Format};
@@ -27,6 +28,59 @@ pub const DEFAULT_TTL_JITTER: f64 = 0.1;
 /// The default size limit of one stored value (its encoded form), 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
+/// Where the near tier's settings came from.
+#[derive(Debug, Clone)]
+enum NearSource {
+    Builder(NearCache),
+    /// `CACHE_NEAR_MAX_BYTES` and `CACHE_NEAR_MAX_TTL`, checked by `build`.
+    Env {
+        bytes: Option<String>,
+        ttl: Option<String>,
+    },
+}
+
+impl NearSource {
+    fn name(&self) -> &'static str {
+        match self {
+            NearSource::Builder(_) => "CacheBuilder::near_cache",
+            NearSource::Env { .. } => "CACHE_NEAR_MAX_BYTES",
+        }
+    }
+
+    fn settings(&self) -> Result<NearCache, BuildError> {
+        let near = match self {
+            NearSource::Builder(near) => *near,
+            NearSource::Env { bytes, ttl } => {
+                let mut near = NearCache::new();
+                if let Some(bytes) = bytes {
+                    let n = bytes.trim().parse::<u64>().map_err(|_| {
+                        BuildError::InvalidSetting(format!(
+                            "CACHE_NEAR_MAX_BYTES must be a number of bytes, got `{bytes}`"
+                        ))
+                    })?;
+                    near = near.max_bytes(n);
+                }
+                if let Some(ttl) = ttl {
+                    let d = humantime::parse_duration(ttl.trim()).map_err(|e| {
+                        BuildError::InvalidSetting(format!(
+                            "CACHE_NEAR_MAX_TTL must be a duration such as `30s`, got `{ttl}`: {e}"
+                        ))
+                    })?;
+                    near = near.max_ttl(d);
+                }
+                near
+            }
+        };
+        match near.invalid() {
+            Some(why) => Err(BuildError::InvalidSetting(format!(
+                "{why} (from {})",
+                self.name()
+            ))),
+            None => Ok(near),
+        }
+    }
+}
+
 /// Builds a [`Cache`]. Every setting has a default; see [`Cache::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `.build()`"]
@@ -43,6 +97,8 @@ pub struct CacheBuilder {
     enabled: bool,
     audit: AuditSettings,
     format: Format,
+    /// The near tier, and where its settings came from.
+    near: Option<NearSource>,
 }
 
 impl Default for CacheBuilder {
@@ -60,6 +116,7 @@ impl Default for CacheBuilder {
             enabled: true,
             audit: AuditSettings::default(),
             format: Format::default(),
+            near: None,
         }
     }
 }
@@ -131,6 +188,8 @@ impl CacheBuilder {
     /// | `REDIS_PASSWORD` | the password, overriding the URL's |
     /// | `REDIS_TLS_CA_FILE` | a PEM file of CA certificates to trust (`rediss://`) |
     /// | `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` | a client certificate and its key (PEM files), for mutual TLS |
+    /// | `CACHE_NEAR_MAX_BYTES` | the near tier in front of Redis, bounded to this many bytes ([`near_cache`](Self::near_cache)) |
+    /// | `CACHE_NEAR_MAX_TTL` | with it, the longest an entry stays in the tier (`30s`, `2m`) |
     ///
     /// Files are read, and every value checked, by [`build`](Self::build),
     /// whose error names the variable.
@@ -164,6 +223,10 @@ impl CacheBuilder {
         }
         if let Some(path) = var("REDIS_TLS_CA_FILE") {
             self.redis.tls_ca = Some(Pem::File(path.into(), "REDIS_TLS_CA_FILE"));
+        }
+        match (var("CACHE_NEAR_MAX_BYTES"), var("CACHE_NEAR_MAX_TTL")) {
+            (None, None) => {}
+            (bytes, ttl) => self.near = Some(NearSource::Env { bytes, ttl }),
         }
         match (var("REDIS_TLS_CERT_FILE"), var("REDIS_TLS_KEY_FILE")) {
             (Some(cert), Some(key)) => {
@@ -247,6 +310,32 @@ impl CacheBuilder {
     pub fn compression(mut self, compression: Compression, above_bytes: usize) -> Self {
         self.format.compression = compression;
         self.format.compress_above = above_bytes;
+        self
+    }
+
+    /// Keeps an in-process copy (L1, bounded) of what this process reads
+    /// from Redis, kept true across processes by Redis's client-side
+    /// caching (`CLIENT TRACKING`, on a RESP3 connection of its own): a hit
+    /// costs a lookup instead of a round trip, and a change made by any
+    /// process removes the copies in every other within about a
+    /// millisecond on a local network. While that invalidation channel is
+    /// down (a disconnect, a missed heartbeat, the breaker open), L1 is
+    /// neither read nor filled, and it is emptied before it is trusted
+    /// again. Needs Redis 6 or later; ignored by the memory backend
+    /// (`build` refuses the combination). See README.md, "Near cache".
+    ///
+    /// ```
+    /// use cached_runtime::{Cache, NearCache};
+    ///
+    /// let cache = Cache::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .near_cache(NearCache::new().max_bytes(32 << 20))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.backend_kind(), "redis+near");
+    /// ```
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near = Some(NearSource::Builder(near));
         self
     }
 
@@ -343,19 +432,42 @@ impl CacheBuilder {
                 "circuit_breaker: min_backoff must be above zero and at most max_backoff".into(),
             ));
         }
-        let backend = match &self.redis.url {
-            None => Backend::Memory(MemoryBackend::new(self.max_entries)),
-            Some((url, origin)) => {
+        let near = self.near.as_ref().map(NearSource::settings).transpose()?;
+        let backend = match (&self.redis.url, near) {
+            (None, None) => Backend::Memory(MemoryBackend::new(self.max_entries)),
+            (None, Some(_)) => {
+                return Err(BuildError::InvalidSetting(format!(
+                    "a near cache ({}) needs Redis behind it: set REDIS_URL or CacheBuilder::redis",
+                    self.near.as_ref().map(NearSource::name).unwrap_or_default()
+                )));
+            }
+            (Some((url, origin)), near) => {
                 let client = self.redis.client(url, *origin)?;
+                let tracking = near
+                    .is_some()
+                    .then(|| super::connect::resp3(&client))
+                    .transpose()
+                    .map_err(|e| BuildError::InvalidSetting(e.to_string()))?;
                 let breaker = Breaker::new(self.breaker, self.namespace.clone());
-                Backend::Redis(Box::new(RedisBackend::new(
+                let redis = RedisBackend::new(
                     client,
                     self.connect_timeout,
                     breaker,
                     self.max_value_bytes,
                     self.format,
                     &self.namespace,
-                )))
+                );
+                match (near, tracking) {
+                    (Some(near), Some(tracking)) => Backend::Near(Box::new(NearBackend::new(
+                        redis,
+                        tracking,
+                        &near,
+                        &self.namespace,
+                        self.op_timeout,
+                        self.connect_timeout,
+                    ))),
+                    _ => Backend::Redis(Box::new(redis)),
+                }
             }
         };
         Ok(self.finish(backend))

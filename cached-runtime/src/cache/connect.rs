@@ -104,6 +104,18 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
+/// A client for the same server, credentials and TLS as `client`, speaking
+/// RESP3: the near tier's tracking connection receives its invalidations as
+/// RESP3 pushes.
+pub(crate) fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 const EXPECTED: &str = "expected redis://[user:password@]host[:port][/db], \
                         rediss://... (TLS), or redis+unix:///path/to/socket";
 

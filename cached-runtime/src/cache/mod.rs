@@ -88,7 +88,16 @@ impl Cache {
         self.engine.enabled
     }
 
-    /// `"memory"` or `"redis"`.
+    /// The near tier's counters (see
+    /// [`CacheBuilder::near_cache`]), or `None` without one.
+    pub fn near_stats(&self) -> Option<crate::NearStats> {
+        match &self.engine.backend {
+            crate::backend::Backend::Near(near) => Some(near.stats()),
+            _ => None,
+        }
+    }
+
+    /// `"memory"`, `"redis"`, or `"redis+near"` (Redis with the near tier).
     pub fn backend_kind(&self) -> &'static str {
         self.engine.backend.kind()
     }

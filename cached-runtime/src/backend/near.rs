@@ -1,0 +1,1024 @@
+//! The near tier: an in-process copy (L1, moka) of what this process read
+//! from Redis (L2), kept true by Redis's client-side caching.
+//!
+//! A dedicated RESP3 connection subscribes with `CLIENT TRACKING ON BCAST
+//! PREFIX {namespace}:`: from then on Redis pushes the name of every key
+//! under the namespace that changes (written, deleted, expired, evicted, or
+//! all of them on a flush) to this process, whoever changed it. The
+//! connection's reader hands each push to [`Shared::on_push`] before it
+//! reads the next reply, so the L1 copies of those keys are gone by the time
+//! anything sent later on that connection is answered: a PING on it is a
+//! barrier that this process uses after its own pattern and tag
+//! invalidations.
+//!
+//! Three rules keep L1 from serving what might be stale:
+//!
+//! - **Fills are guarded.** Each key hashes to a slot of change counters;
+//!   a read from Redis notes its key's slot (and its tags' slots) before it
+//!   asks, and its value enters L1 only if no change of the key reached this
+//!   process since (checked after the insert, so a change that arrives
+//!   during the insert removes what was inserted).
+//! - **Trust needs a live channel.** L1 is consulted, and filled, only
+//!   while the tracking connection is subscribed and answers its heartbeat
+//!   PING within the operation timeout, and while the circuit breaker in
+//!   front of Redis is closed. A disconnect, a PING that goes unanswered (a
+//!   frozen or unreachable server) or a push that cannot be read withdraws
+//!   trust at once and empties L1; trust returns only after the connection
+//!   is subscribed again, and L1 is emptied then too, since whatever changed
+//!   in between was never announced.
+//! - **This process's own changes** remove the keys they touch from L1 as
+//!   they return (a keyed write or eviction), or wait for the barrier (a
+//!   pattern or tag invalidation, whose keys only Redis knows); if the
+//!   barrier fails, L1 is emptied.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::sync::Cache as Moka;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+
+use super::redis::RedisBackend;
+use super::{BackendError, Fetched, LEASE_SUFFIX, Lookup};
+use crate::Cacheable;
+use crate::clock::now_ms;
+use crate::codec::{self, EntryMeta};
+use crate::stats::names;
+
+/// The settings of the near tier (see
+/// [`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache)).
+///
+/// ```
+/// use std::time::Duration;
+/// use cached_runtime::NearCache;
+///
+/// let near = NearCache::new()
+///     .max_bytes(64 << 20)
+///     .max_ttl(Duration::from_secs(30));
+/// assert_eq!(near.get_max_bytes(), 64 << 20);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NearCache {
+    max_bytes: u64,
+    max_ttl: Duration,
+    heartbeat: Duration,
+}
+
+/// The default bound of the near tier: 64 MiB of encoded entries.
+pub const DEFAULT_NEAR_MAX_BYTES: u64 = 64 << 20;
+/// The default longest time an entry stays in the near tier: 60 s.
+pub const DEFAULT_NEAR_MAX_TTL: Duration = Duration::from_secs(60);
+/// The default interval of the tracking connection's heartbeat: 50 ms.
+pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(50);
+
+impl Default for NearCache {
+    fn default() -> Self {
+        NearCache {
+            max_bytes: DEFAULT_NEAR_MAX_BYTES,
+            max_ttl: DEFAULT_NEAR_MAX_TTL,
+            heartbeat: DEFAULT_NEAR_HEARTBEAT,
+        }
+    }
+}
+
+impl NearCache {
+    /// The defaults: 64 MiB, entries kept at most 60 s, a heartbeat every
+    /// 50 ms.
+    pub fn new() -> Self {
+        NearCache::default()
+    }
+
+    /// The most bytes the tier keeps: each entry weighs its key, its
+    /// encoded value and 96 bytes of bookkeeping. The decoded copy a hit
+    /// keeps beside the bytes (so that only the first hit decodes) is not
+    /// counted: budget for up to twice this with values whose decoded form
+    /// is larger than their encoding.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The longest an entry stays in the tier (never longer than it lives
+    /// in Redis): a bound on memory held by keys nobody reads, not on
+    /// staleness, which invalidation bounds.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// How often the tracking connection is checked with a PING (it must
+    /// answer within the cache's operation timeout, or the tier stops
+    /// serving until it is subscribed again). This plus the operation
+    /// timeout is how long a silently broken connection can go unnoticed.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// The byte bound.
+    pub fn get_max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The longest time in the tier.
+    pub fn get_max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// The heartbeat interval.
+    pub fn get_heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Why these settings cannot be used, if they cannot.
+    pub(crate) fn invalid(&self) -> Option<&'static str> {
+        if self.max_bytes == 0 {
+            Some("near_cache: max_bytes must be at least 1")
+        } else if self.max_ttl.is_zero() {
+            Some("near_cache: max_ttl must be greater than zero")
+        } else if self.heartbeat.is_zero() {
+            Some("near_cache: heartbeat must be greater than zero")
+        } else {
+            None
+        }
+    }
+}
+
+/// A snapshot of the near tier's counters, for one [`Cache`](crate::Cache)
+/// (every cache name together), since it was built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearStats {
+    /// Reads answered from the near tier (L1).
+    pub l1_hits: u64,
+    /// Reads that went to Redis (L2) and found an entry there.
+    pub l2_hits: u64,
+    /// Reads that went to Redis and found nothing (or nothing usable).
+    pub l2_misses: u64,
+    /// Entries Redis reported changed (keys named in invalidation pushes).
+    pub invalidations_received: u64,
+    /// Entries dropped from L1 to keep within its bound.
+    pub l1_evictions: u64,
+    /// Times L1 was emptied because it could not be trusted (a
+    /// disconnect, a missed heartbeat, a failed barrier, a flush on Redis).
+    pub flushes: u64,
+    /// Times the tracking connection was subscribed (the first time and
+    /// after each loss).
+    pub subscriptions: u64,
+    /// Entries in L1 now.
+    pub l1_entries: u64,
+    /// Bytes L1 holds now, as its bound counts them.
+    pub l1_bytes: u64,
+    /// Whether L1 is trusted now (its invalidation channel is up).
+    pub trusted: bool,
+}
+
+/// Change counters: a key's slot is bumped whenever a change of a key
+/// hashing there reaches this process. More slots, fewer fills refused
+/// because another key of the slot changed.
+const SLOTS: usize = 1 << 14;
+
+/// What one L1 entry weighs besides its key and bytes.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// One L1 entry: the bytes as Redis holds them, and the value decoded by
+/// the first hit (kept for the next ones).
+#[derive(Clone)]
+pub(crate) struct NearEntry(Arc<NearInner>);
+
+struct NearInner {
+    bytes: Vec<u8>,
+    /// `(Option<T>, EntryMeta)` for the type the first hit asked for.
+    typed: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// How long L1 keeps it.
+    keep_for: Duration,
+    /// The tags it was read under (a tagged read on Redis checks that each
+    /// one's index lists the key), with their change counters then
+    /// (`(tag, slot, count)`): a hit is served only to a call with exactly
+    /// these tags, and only while none of them changed.
+    tags: Box<[(Box<str>, usize, u64)]>,
+}
+
+impl NearEntry {
+    /// The entry as a value of type `T`: decoded once, cloned after.
+    pub(crate) fn open<T: Cacheable>(&self) -> Lookup<T> {
+        if let Some(typed) = self.0.typed.get()
+            && let Some((value, meta)) = typed.downcast_ref::<(Option<T>, EntryMeta)>()
+        {
+            return Lookup::Found(value.clone(), *meta);
+        }
+        match codec::decode::<T>(&self.0.bytes) {
+            Ok((value, meta)) => {
+                // Another type's decode may have come first: then every hit
+                // of this type decodes (two types under one key is a bug
+                // the type fingerprint reports anyway).
+                let _ = self.0.typed.set(Box::new((value.clone(), meta)));
+                Lookup::Found(value, meta)
+            }
+            Err(e) => Lookup::Unreadable(e),
+        }
+    }
+}
+
+struct KeepFor;
+
+impl moka::Expiry<String, NearEntry> for KeepFor {
+    fn expire_after_create(&self, _: &String, value: &NearEntry, _: Instant) -> Option<Duration> {
+        Some(value.0.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &NearEntry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.0.keep_for)
+    }
+}
+
+#[derive(Default)]
+struct Tallies {
+    l1_hits: AtomicU64,
+    l2_hits: AtomicU64,
+    l2_misses: AtomicU64,
+    invalidations: AtomicU64,
+    evictions: Arc<AtomicU64>,
+    flushes: AtomicU64,
+    subscriptions: AtomicU64,
+}
+
+struct Metrics {
+    l1_hits: metrics::Counter,
+    l2_hits: metrics::Counter,
+    invalidations: metrics::Counter,
+    flushes: metrics::Counter,
+    bytes: metrics::Gauge,
+    entries: metrics::Gauge,
+    trusted: metrics::Gauge,
+}
+
+/// What the tracking connection's reader, the heartbeat and every reader
+/// and writer of this process share.
+pub(crate) struct Shared {
+    l1: Moka<String, NearEntry>,
+    /// Per-slot change counts (see [`SLOTS`]).
+    slots: Box<[AtomicU64]>,
+    /// Bumped whenever L1 is emptied: a fill noted before it is refused.
+    generation: AtomicU64,
+    /// Whether L1 may be read and filled.
+    trusted: AtomicBool,
+    max_ttl: Duration,
+    tallies: Tallies,
+    metrics: Metrics,
+}
+
+fn slot(key: &str) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize) % SLOTS
+}
+
+/// What a read noted before it asked Redis: `None` while L1 is not trusted
+/// (nothing read then may enter it).
+#[derive(Debug, Clone, Copy)]
+struct Noted {
+    generation: u64,
+    slot: usize,
+    count: u64,
+}
+
+impl Shared {
+    fn new(settings: &NearCache, namespace: &str) -> Arc<Shared> {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let evicted = Arc::clone(&evictions);
+        let evicted_metric =
+            metrics::counter!(names::NEAR_EVICTIONS, "namespace" => namespace.to_owned());
+        let l1 = Moka::builder()
+            .max_capacity(settings.max_bytes)
+            .weigher(|key: &String, entry: &NearEntry| {
+                u32::try_from(key.len() + entry.0.bytes.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(KeepFor)
+            .eviction_listener(move |_key, _entry, cause| {
+                if cause == RemovalCause::Size {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                    evicted_metric.increment(1);
+                }
+            })
+            .build();
+        let label = || namespace.to_owned();
+        Arc::new(Shared {
+            l1,
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            trusted: AtomicBool::new(false),
+            max_ttl: settings.max_ttl,
+            tallies: Tallies {
+                evictions,
+                ..Tallies::default()
+            },
+            metrics: Metrics {
+                l1_hits: metrics::counter!(names::TIER_HITS, "namespace" => label(), "tier" => "l1"),
+                l2_hits: metrics::counter!(names::TIER_HITS, "namespace" => label(), "tier" => "l2"),
+                invalidations: metrics::counter!(names::NEAR_INVALIDATIONS_RECEIVED, "namespace" => label()),
+                flushes: metrics::counter!(names::NEAR_FLUSHES, "namespace" => label()),
+                bytes: metrics::gauge!(names::NEAR_BYTES, "namespace" => label()),
+                entries: metrics::gauge!(names::NEAR_ENTRIES, "namespace" => label()),
+                trusted: metrics::gauge!(names::NEAR_TRUSTED, "namespace" => label()),
+            },
+        })
+    }
+
+    fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::SeqCst)
+    }
+
+    /// A change of `key` reached this process: no read noted before it may
+    /// fill, and no copy stays.
+    fn changed(&self, key: &str) {
+        self.slots[slot(key)].fetch_add(1, Ordering::SeqCst);
+        self.l1.invalidate(key);
+    }
+
+    /// Empties L1 and refuses every fill noted before.
+    fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.l1.invalidate_all();
+        self.tallies.flushes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.flushes.increment(1);
+    }
+
+    /// Stops trusting L1 (and empties it) until the channel is subscribed
+    /// again.
+    fn distrust(&self) {
+        self.trusted.store(false, Ordering::SeqCst);
+        self.metrics.trusted.set(0.0);
+        self.flush();
+    }
+
+    /// Trusts L1 again, emptied first: what changed while the channel was
+    /// down was never announced.
+    fn trust(&self) {
+        self.flush();
+        self.trusted.store(true, Ordering::SeqCst);
+        self.metrics.trusted.set(1.0);
+        self.tallies.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn note(&self, key: &str) -> Option<Noted> {
+        // Generation first: a flush between the two reads is then seen by
+        // the check after the insert.
+        let generation = self.generation.load(Ordering::SeqCst);
+        if !self.is_trusted() {
+            return None;
+        }
+        let slot = slot(key);
+        Some(Noted {
+            generation,
+            slot,
+            count: self.slots[slot].load(Ordering::SeqCst),
+        })
+    }
+
+    fn unchanged(&self, noted: &Noted) -> bool {
+        self.generation.load(Ordering::SeqCst) == noted.generation
+            && self.slots[noted.slot].load(Ordering::SeqCst) == noted.count
+    }
+
+    /// Puts what a read brought from Redis into L1, unless a change of the
+    /// key (or a flush) reached this process since the read was noted.
+    fn fill(&self, key: &str, noted: Option<Noted>, tags: &[String], bytes: Vec<u8>) -> Fetched {
+        let Some(noted) = noted else {
+            return Fetched::Encoded(bytes);
+        };
+        let Ok(meta) = codec::decode_meta(&bytes) else {
+            return Fetched::Encoded(bytes);
+        };
+        let left = meta.stale_until_ms.saturating_sub(now_ms());
+        let keep_for = self.max_ttl.min(Duration::from_millis(left));
+        if keep_for.is_zero() || !self.unchanged(&noted) {
+            return Fetched::Encoded(bytes);
+        }
+        let tags = tags
+            .iter()
+            .map(|tag| {
+                let s = slot(tag);
+                (
+                    Box::from(tag.as_str()),
+                    s,
+                    self.slots[s].load(Ordering::SeqCst),
+                )
+            })
+            .collect();
+        let entry = NearEntry(Arc::new(NearInner {
+            bytes,
+            typed: OnceLock::new(),
+            keep_for,
+            tags,
+        }));
+        self.l1.insert(key.to_owned(), entry.clone());
+        if !self.unchanged(&noted) {
+            // A change arrived during the insert: what was inserted may be
+            // older than it.
+            self.l1.invalidate(key);
+        }
+        Fetched::Near(entry)
+    }
+
+    /// L1's entry for `key`, if it may be served.
+    #[inline]
+    fn get(&self, key: &str, tags: &[String]) -> Option<NearEntry> {
+        let entry = self.l1.get(key)?;
+        if entry.0.tags.len() != tags.len()
+            || entry
+                .0
+                .tags
+                .iter()
+                .zip(tags)
+                .any(|((tag, s, count), asked)| {
+                    **tag != **asked || self.slots[*s].load(Ordering::SeqCst) != *count
+                })
+        {
+            // Read under other tags, or one of its tags changed since (a
+            // tag invalidation, or its index evicted): ask Redis.
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// One push from Redis, handed over by the tracking connection's
+    /// reader before it reads the next reply.
+    fn on_push(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        match key {
+                            Value::BulkString(bytes) => {
+                                let Ok(key) = std::str::from_utf8(bytes) else {
+                                    // Not a key this cache wrote; but a slot
+                                    // cannot be told for it: trust nothing.
+                                    self.flush();
+                                    continue;
+                                };
+                                if key.ends_with(LEASE_SUFFIX) {
+                                    continue;
+                                }
+                                self.changed(key);
+                                self.tallies.invalidations.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.invalidations.increment(1);
+                            }
+                            _ => self.flush(),
+                        }
+                    }
+                }
+                // `FLUSHDB`/`FLUSHALL` (a null key list), or a push this
+                // version cannot read: every key may have changed.
+                _ => self.flush(),
+            },
+            PushKind::Disconnection => self.distrust(),
+            _ => {}
+        }
+    }
+
+    fn stats(&self) -> NearStats {
+        self.l1.run_pending_tasks();
+        let t = &self.tallies;
+        NearStats {
+            l1_hits: t.l1_hits.load(Ordering::Relaxed),
+            l2_hits: t.l2_hits.load(Ordering::Relaxed),
+            l2_misses: t.l2_misses.load(Ordering::Relaxed),
+            invalidations_received: t.invalidations.load(Ordering::Relaxed),
+            l1_evictions: t.evictions.load(Ordering::Relaxed),
+            flushes: t.flushes.load(Ordering::Relaxed),
+            subscriptions: t.subscriptions.load(Ordering::Relaxed),
+            l1_entries: self.l1.entry_count(),
+            l1_bytes: self.l1.weighted_size(),
+            trusted: self.is_trusted(),
+        }
+    }
+}
+
+/// Removes the keys a write touched from L1 when dropped: after the write
+/// returns, and also if the caller's future is dropped mid-write (the
+/// write may have landed).
+struct ForgetOnDrop<'a, K: AsRef<str>> {
+    shared: &'a Shared,
+    keys: &'a [K],
+}
+
+impl<K: AsRef<str>> Drop for ForgetOnDrop<'_, K> {
+    fn drop(&mut self) {
+        for key in self.keys {
+            self.shared.changed(key.as_ref());
+        }
+    }
+}
+
+/// The Redis backend with the near tier in front of it.
+pub(crate) struct NearBackend {
+    pub(crate) redis: RedisBackend,
+    shared: Arc<Shared>,
+    tracker: Tracker,
+}
+
+impl std::fmt::Debug for NearBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NearBackend")
+            .field("redis", &self.redis)
+            .field("l1_entries", &self.shared.l1.entry_count())
+            .field("trusted", &self.shared.is_trusted())
+            .finish()
+    }
+}
+
+/// The tracking connection's settings, and whether its task runs.
+struct Tracker {
+    /// A RESP3 client for the same server and credentials as the backend.
+    client: redis::Client,
+    prefix: String,
+    heartbeat: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    started: AtomicBool,
+    /// The tracking connection, for the barrier.
+    conn: Arc<arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>>,
+}
+
+impl NearBackend {
+    pub(crate) fn new(
+        redis: RedisBackend,
+        tracking_client: redis::Client,
+        settings: &NearCache,
+        namespace: &str,
+        op_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        NearBackend {
+            redis,
+            shared: Shared::new(settings, namespace),
+            tracker: Tracker {
+                client: tracking_client,
+                prefix: if namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!("{namespace}:")
+                },
+                heartbeat: settings.heartbeat,
+                timeout: op_timeout,
+                connect_timeout,
+                started: AtomicBool::new(false),
+                conn: Arc::default(),
+            },
+        }
+    }
+
+    /// Starts the tracking task on first use, inside the caller's Tokio
+    /// runtime (building a `Cache` needs no runtime).
+    #[inline]
+    fn ensure_tracking(&self) {
+        if self.tracker.started.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.tracker.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.tracker.started.store(false, Ordering::SeqCst);
+            return;
+        };
+        runtime.spawn(track(
+            Arc::downgrade(&self.shared),
+            self.tracker.client.clone(),
+            self.tracker.prefix.clone(),
+            self.tracker.heartbeat,
+            self.tracker.timeout,
+            self.tracker.connect_timeout,
+            Arc::clone(&self.tracker.conn),
+        ));
+    }
+
+    /// A health check: also starts the tracking connection, so that a
+    /// service that pings at startup has its L1 trusted by its first call.
+    pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
+        self.ensure_tracking();
+        self.redis.ping(timeout).await
+    }
+
+    /// Whether L1 may be read now.
+    #[inline]
+    fn l1_usable(&self) -> bool {
+        self.shared.is_trusted() && !self.redis.breaker_open()
+    }
+
+    pub(crate) async fn fetch(
+        &self,
+        key: &str,
+        tags: &[String],
+        timeout: Duration,
+    ) -> Result<Fetched, BackendError> {
+        self.ensure_tracking();
+        if self.l1_usable()
+            && let Some(entry) = self.shared.get(key, tags)
+        {
+            self.shared.tallies.l1_hits.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.l1_hits.increment(1);
+            return Ok(Fetched::Near(entry));
+        }
+        let noted = if self.redis.breaker_open() {
+            None
+        } else {
+            self.shared.note(key)
+        };
+        let fetched = self.redis.fetch(key, tags, timeout).await?;
+        Ok(self.received(key, noted, tags, fetched))
+    }
+
+    fn received(&self, key: &str, noted: Option<Noted>, tags: &[String], got: Fetched) -> Fetched {
+        match got {
+            Fetched::Encoded(bytes) => {
+                self.shared.tallies.l2_hits.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.l2_hits.increment(1);
+                self.shared.fill(key, noted, tags, bytes)
+            }
+            other => {
+                self.shared
+                    .tallies
+                    .l2_misses
+                    .fetch_add(1, Ordering::Relaxed);
+                other
+            }
+        }
+    }
+
+    pub(crate) async fn fetch_many(
+        &self,
+        keys: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        self.ensure_tracking();
+        let usable = self.l1_usable();
+        let mut out: Vec<Option<Fetched>> = Vec::with_capacity(keys.len());
+        let mut ask = Vec::new();
+        for key in keys {
+            match usable.then(|| self.shared.get(key, &[])).flatten() {
+                Some(entry) => {
+                    self.shared.tallies.l1_hits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.l1_hits.increment(1);
+                    out.push(Some(Fetched::Near(entry)));
+                }
+                None => {
+                    ask.push(*key);
+                    out.push(None);
+                }
+            }
+        }
+        if ask.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let noted: Vec<Option<Noted>> = ask
+            .iter()
+            .map(|k| if usable { self.shared.note(k) } else { None })
+            .collect();
+        let fetched = self.redis.fetch_many(&ask, timeout).await?;
+        let mut answers = ask.iter().zip(noted).zip(fetched);
+        Ok(out
+            .into_iter()
+            .map(|slot| match slot {
+                Some(hit) => hit,
+                None => match answers.next() {
+                    Some(((key, noted), got)) => self.received(key, noted, &[], got),
+                    None => Fetched::Absent,
+                },
+            })
+            .collect())
+    }
+
+    /// Runs a write that changes `keys`, removing them from L1 when it
+    /// returns (or is dropped).
+    pub(crate) async fn changing<K: AsRef<str>, T>(
+        &self,
+        keys: &[K],
+        write: impl Future<Output = T>,
+    ) -> T {
+        let _forget = ForgetOnDrop {
+            shared: &self.shared,
+            keys,
+        };
+        write.await
+    }
+
+    /// After a change whose keys only Redis knows (a pattern or a tag):
+    /// waits until every invalidation Redis sent for it has reached L1 (a
+    /// PING on the tracking connection, answered after them), or, if that
+    /// fails, empties L1.
+    pub(crate) async fn barrier(&self) {
+        let conn = self.tracker.conn.load_full();
+        let answered = match conn {
+            Some(conn) if self.shared.is_trusted() => {
+                let mut conn = (*conn).clone();
+                matches!(
+                    tokio::time::timeout(
+                        self.tracker.timeout,
+                        redis::cmd("PING").query_async::<String>(&mut conn)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+            _ => false,
+        };
+        if !answered {
+            self.shared.flush();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> NearStats {
+        self.shared.stats()
+    }
+}
+
+/// The tracking connection's life: connect, subscribe, trust; PING every
+/// heartbeat; on any failure distrust, and start again. Ends when the cache
+/// is dropped.
+async fn track(
+    shared: Weak<Shared>,
+    client: redis::Client,
+    prefix: String,
+    heartbeat: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    slot: Arc<arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>>,
+) {
+    let mut backoff = heartbeat.min(Duration::from_millis(10));
+    loop {
+        if shared.strong_count() == 0 {
+            return;
+        }
+        let reader = shared.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(timeout))
+            .set_push_sender(move |push: PushInfo| -> Result<(), ()> {
+                if let Some(shared) = reader.upgrade() {
+                    shared.on_push(push);
+                }
+                Ok(())
+            });
+        let subscribed = tokio::time::timeout(connect_timeout + timeout, async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("TRACKING").arg("ON").arg("BCAST");
+            if !prefix.is_empty() {
+                cmd.arg("PREFIX").arg(&prefix);
+            }
+            cmd.query_async::<()>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        })
+        .await;
+        let mut conn = match subscribed {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "near cache: tracking connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = heartbeat.min(Duration::from_millis(10));
+        match shared.upgrade() {
+            Some(s) => s.trust(),
+            None => return,
+        }
+        slot.store(Some(Arc::new(conn.clone())));
+        loop {
+            tokio::time::sleep(heartbeat).await;
+            let Some(s) = shared.upgrade() else { return };
+            s.metrics.bytes.set(s.l1.weighted_size() as f64);
+            s.metrics.entries.set(s.l1.entry_count() as f64);
+            if !s.is_trusted() {
+                // A disconnect push came: make a new connection.
+                break;
+            }
+            drop(s);
+            let pong =
+                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+                    .await;
+            if !matches!(pong, Ok(Ok(_))) {
+                tracing::debug!("near cache: tracking connection missed its heartbeat");
+                break;
+            }
+        }
+        slot.store(None);
+        if let Some(s) = shared.upgrade() {
+            s.distrust();
+        }
+        drop(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        let s = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
+        s.trust();
+        s
+    }
+
+    fn entry_bytes(value: u32) -> Vec<u8> {
+        let now = now_ms();
+        let meta = EntryMeta {
+            created_ms: now,
+            load_us: 0,
+            expires_ms: now + 60_000,
+            stale_until_ms: now + 60_000,
+        };
+        codec::encode(Some(&value), &meta).expect("encodes")
+    }
+
+    fn value_of(f: Fetched) -> Option<u32> {
+        match f.open::<u32>() {
+            Lookup::Found(v, _) => v,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_fill_noted_before_a_change_of_its_key_is_refused() {
+        let s = shared();
+        let noted = s.note("t:k");
+        s.changed("t:k");
+        s.fill("t:k", noted, &[], entry_bytes(1));
+        assert!(s.get("t:k", &[]).is_none());
+        // Noted after the change: kept, and served.
+        let noted = s.note("t:k");
+        let f = s.fill("t:k", noted, &[], entry_bytes(2));
+        assert_eq!(value_of(f), Some(2));
+        assert_eq!(
+            value_of(Fetched::Near(s.get("t:k", &[]).expect("kept"))),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_fill_noted_before_a_flush_or_while_distrusted_is_refused() {
+        let s = shared();
+        let noted = s.note("t:k");
+        s.flush();
+        s.fill("t:k", noted, &[], entry_bytes(1));
+        assert!(s.get("t:k", &[]).is_none());
+        s.distrust();
+        assert!(s.note("t:k").is_none());
+        s.trust();
+        let noted = s.note("t:k");
+        s.fill("t:k", noted, &[], entry_bytes(1));
+        assert!(s.get("t:k", &[]).is_some());
+        s.distrust();
+        assert!(s.get("t:k", &[]).is_none(), "distrust empties L1");
+    }
+
+    #[test]
+    fn pushes_remove_keys_and_a_null_push_empties_everything() {
+        let s = shared();
+        for k in ["t:a", "t:b"] {
+            let noted = s.note(k);
+            s.fill(k, noted, &[], entry_bytes(1));
+        }
+        let push = |data| PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![data],
+        };
+        s.on_push(push(Value::Array(vec![Value::BulkString(b"t:a".to_vec())])));
+        assert!(s.get("t:a", &[]).is_none());
+        assert!(s.get("t:b", &[]).is_some());
+        // A lease's key changes nothing.
+        s.on_push(push(Value::Array(vec![Value::BulkString(
+            b"t:b:~lease".to_vec(),
+        )])));
+        assert!(s.get("t:b", &[]).is_some());
+        s.on_push(push(Value::Nil));
+        assert!(s.get("t:b", &[]).is_none());
+        assert_eq!(s.stats().invalidations_received, 1);
+        s.on_push(PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+        assert!(!s.is_trusted());
+    }
+
+    #[test]
+    fn a_tagged_entry_is_not_served_once_its_tag_changed() {
+        let s = shared();
+        let tags = vec!["t:~tag:x".to_owned()];
+        let noted = s.note("t:k");
+        s.fill("t:k", noted, &tags, entry_bytes(1));
+        assert!(s.get("t:k", &tags).is_some());
+        assert!(s.get("t:k", &[]).is_none(), "read under other tags");
+        assert!(
+            s.get("t:k", &["t:~tag:y".to_owned()]).is_none(),
+            "read under another tag"
+        );
+        s.changed("t:~tag:x");
+        assert!(s.get("t:k", &tags).is_none());
+    }
+
+    #[test]
+    fn an_entry_is_kept_no_longer_than_redis_keeps_it() {
+        let s = shared();
+        let now = now_ms();
+        let meta = EntryMeta {
+            created_ms: now,
+            load_us: 0,
+            expires_ms: now,
+            stale_until_ms: now,
+        };
+        let bytes = codec::encode(Some(&1u32), &meta).expect("encodes");
+        let noted = s.note("t:k");
+        s.fill("t:k", noted, &[], bytes);
+        assert!(s.get("t:k", &[]).is_none());
+    }
+
+    /// A backend on a port nothing listens on: its tracking connection
+    /// never subscribes, which these tests do not need.
+    fn backend() -> NearBackend {
+        let client = redis::Client::open("redis://127.0.0.1:1").expect("url");
+        let redis = RedisBackend::new(
+            client.clone(),
+            Duration::from_millis(50),
+            crate::breaker::Breaker::new(crate::CircuitBreaker::default(), "t".to_owned()),
+            1 << 20,
+            codec::Format::default(),
+            "t",
+        );
+        let near = NearBackend::new(
+            redis,
+            client,
+            &NearCache::new(),
+            "t",
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+        );
+        near.shared.trust();
+        near
+    }
+
+    fn filled(b: &NearBackend, key: &str) {
+        let noted = b.shared.note(key);
+        b.shared.fill(key, noted, &[], entry_bytes(1));
+        assert!(b.shared.get(key, &[]).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_write_removes_its_keys_from_l1_when_it_returns_or_is_dropped() {
+        let b = backend();
+        filled(&b, "t:a");
+        filled(&b, "t:b");
+        let noted = b.shared.note("t:a");
+        b.changing(&["t:a"], async {}).await;
+        assert!(b.shared.get("t:a", &[]).is_none());
+        assert!(b.shared.get("t:b", &[]).is_some(), "only its keys");
+        // A read noted before the write cannot fill after it.
+        b.shared.fill("t:a", noted, &[], entry_bytes(1));
+        assert!(b.shared.get("t:a", &[]).is_none());
+        // Dropped mid-write (the write may have landed): removed too.
+        let write = b.changing(&["t:b"], std::future::pending::<()>());
+        let _ = tokio::time::timeout(Duration::from_millis(5), write).await;
+        assert!(b.shared.get("t:b", &[]).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_barrier_that_cannot_reach_the_tracking_connection_empties_l1() {
+        let b = backend();
+        filled(&b, "t:a");
+        b.barrier().await;
+        assert!(b.shared.get("t:a", &[]).is_none());
+        assert_eq!(b.stats().flushes, 2, "the trust's and the barrier's");
+    }
+
+    #[test]
+    fn l1_stays_within_its_byte_bound() {
+        let s = Shared::new(&NearCache::new().max_bytes(64 << 10), "t");
+        s.trust();
+        // A million distinct keys.
+        let bytes = entry_bytes(7);
+        for i in 0..1_000_000 {
+            let key = format!("t:{i}");
+            let noted = s.note(&key);
+            s.fill(&key, noted, &[], bytes.clone());
+        }
+        let stats = s.stats();
+        assert!(stats.l1_bytes <= 64 << 10, "{stats:?}");
+        assert!(stats.l1_evictions > 0, "{stats:?}");
+    }
+}
