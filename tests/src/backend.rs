@@ -93,12 +93,17 @@ fn build(builder: CacheBuilder) -> Cache {
 #[derive(Debug)]
 pub struct Backend {
     server: Option<RedisServer>,
+    /// With the near tier in front of Redis.
+    near: bool,
 }
 
 impl Backend {
     /// The memory backend.
     pub fn memory() -> Backend {
-        Backend { server: None }
+        Backend {
+            server: None,
+            near: false,
+        }
     }
 
     /// Redis, on a server started for this backend and stopped with it;
@@ -112,7 +117,27 @@ impl Backend {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Backend {
             server: Some(RedisServer::start_with(&args)),
+            near: false,
         }
+    }
+
+    /// Redis as [`Backend::redis`], with the near tier in front of it
+    /// (every cache built here has an L1 of its own, kept by `CLIENT
+    /// TRACKING`): the same tests, the same assertions.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn near() -> Backend {
+        Backend {
+            near: true,
+            ..Backend::redis()
+        }
+    }
+
+    /// Whether caches built here have the near tier.
+    pub fn is_near(&self) -> bool {
+        self.near
     }
 
     /// Panics if the Redis server refused any command of [`ACL_USER`]'s
@@ -146,6 +171,10 @@ impl Backend {
     /// A builder for a cache on this backend, namespace [`NAMESPACE`].
     pub fn builder(&self) -> CacheBuilder {
         match &self.server {
+            Some(server) if self.near => redis_builder(server)
+                .redis_username(ACL_USER)
+                .redis_password(ACL_PASSWORD)
+                .near_cache(cached_runtime::NearCache::new()),
             Some(server) => redis_builder(server)
                 .redis_username(ACL_USER)
                 .redis_password(ACL_PASSWORD),
@@ -173,10 +202,11 @@ impl Backend {
     }
 }
 
-/// Runs each named `async fn(&Backend)` as two tests, `{name}::on_memory`
-/// and `{name}::on_redis` (the second on a `redis-server` of its own, as
-/// the least-privileged [`ACL_USER`], failing if the server refused any of
-/// its commands), on a multi-threaded runtime with two workers.
+/// Runs each named `async fn(&Backend)` as three tests, `{name}::on_memory`,
+/// `{name}::on_redis` and `{name}::on_near` (Redis with the near tier; the
+/// last two each on a `redis-server` of its own, as the least-privileged
+/// [`ACL_USER`], failing if the server refused any of its commands), on a
+/// multi-threaded runtime with two workers.
 ///
 /// ```no_run
 /// use cached_tests::Backend;
@@ -203,6 +233,13 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn on_redis() {
                     let backend = $crate::Backend::redis();
+                    super::$name(&backend).await;
+                    backend.assert_nothing_refused();
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_near() {
+                    let backend = $crate::Backend::near();
                     super::$name(&backend).await;
                     backend.assert_nothing_refused();
                 }

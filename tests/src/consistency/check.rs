@@ -163,6 +163,8 @@ pub struct Report {
     pub lags_window: Vec<u64>,
     /// The same, of those excused by a fault in between.
     pub lags_fault: Vec<u64>,
+    /// Reads the near tier's L1 answered (0 without it).
+    pub l1_hits: u64,
 }
 
 impl Report {
@@ -253,6 +255,7 @@ pub fn check(input: &Input) -> Report {
     }
 
     counts(input, &mut report);
+    report.l1_hits = input.counters.l1_hits;
     read_your_writes(input, &by_object, &mut report);
     convergence(input, &by_object, &mut report);
     bounded(input, &mut report);
@@ -301,6 +304,12 @@ fn counts(input: &Input, report: &mut Report) {
         report.notes.push(format!(
             "cache: {} hits, {} misses, {} loads, {} coalesced, {} stale served, {} early and {} stale refreshes, {} waits ran out, {} leases lost to invalidations, {} backend errors, {} skipped by the breaker",
             k.hits, k.misses, k.loads, k.coalesced, k.stale_served, k.early_refreshes, k.stale_refreshes, k.wait_timeouts, k.leases_lost, k.errors, k.skipped
+        ));
+    }
+    if k.l1_hits + k.invalidations_received > 0 {
+        report.notes.push(format!(
+            "near tier: {} of the hits from L1, {} invalidations received, L1 emptied {} times",
+            k.l1_hits, k.invalidations_received, k.near_flushes
         ));
     }
     let mut by_kind: BTreeMap<&str, (usize, u64)> = BTreeMap::new();

@@ -198,6 +198,15 @@ pub struct Counters {
     pub leases_lost: u64,
     pub errors: u64,
     pub skipped: u64,
+    /// With the near tier: reads its L1 answered.
+    #[serde(default)]
+    pub l1_hits: u64,
+    /// With the near tier: keys Redis said changed.
+    #[serde(default)]
+    pub invalidations_received: u64,
+    /// With the near tier: times L1 was emptied, not trusted.
+    #[serde(default)]
+    pub near_flushes: u64,
 }
 
 impl Counters {
@@ -216,6 +225,11 @@ impl Counters {
             c.errors += s.errors;
             c.skipped += s.skipped;
         }
+        if let Some(near) = cache.near_stats() {
+            c.l1_hits = near.l1_hits;
+            c.invalidations_received = near.invalidations_received;
+            c.near_flushes = near.flushes;
+        }
         c
     }
 
@@ -231,6 +245,9 @@ impl Counters {
         self.leases_lost += o.leases_lost;
         self.errors += o.errors;
         self.skipped += o.skipped;
+        self.l1_hits += o.l1_hits;
+        self.invalidations_received += o.invalidations_received;
+        self.near_flushes += o.near_flushes;
     }
 }
 

@@ -145,6 +145,9 @@ enum Mode {
     Memory,
     /// Worker processes on one Redis, through the proxy.
     Redis,
+    /// Worker processes on one Redis, each with the near tier (an L1 of
+    /// its own kept by `CLIENT TRACKING`), through the proxy.
+    Near,
     /// The control: hand-written cache-aside, worker processes on Redis.
     HandWritten,
 }
@@ -154,6 +157,7 @@ impl Mode {
         match self {
             Mode::Memory => "memory",
             Mode::Redis => "redis",
+            Mode::Near => "near",
             Mode::HandWritten => "hand_written",
         }
     }
@@ -195,6 +199,21 @@ fn cases() -> Vec<Case> {
     ] {
         cases.push(Case {
             mode: Mode::Redis,
+            fault,
+        });
+    }
+    // The near tier under the faults that reach its tracking connection
+    // (frozen, restarted empty, silent, cut) and all of them mixed.
+    for fault in [
+        Fault::None,
+        Fault::Freeze,
+        Fault::KillEmpty,
+        Fault::Blackhole,
+        Fault::Cut,
+        Fault::Mixed,
+    ] {
+        cases.push(Case {
+            mode: Mode::Near,
             fault,
         });
     }
@@ -529,6 +548,15 @@ fn verdict(case: Case, report: &Report) -> Verdict {
             }
         };
     }
+    if case.mode == Mode::Near && report.l1_hits == 0 {
+        return Verdict {
+            kind: Kind::Failed,
+            passed: false,
+            text:
+                "FAILED: no read was answered by the near tier's L1: the case checked Redis alone"
+                    .to_owned(),
+        };
+    }
     let known = known_failing(&case.name());
     match known {
         _ if violated.is_empty() => Verdict {
@@ -671,10 +699,10 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Summary {
             } else {
                 "this"
             },
-            backend: if o.case.mode == Mode::Memory {
-                "memory"
-            } else {
-                "redis"
+            backend: match o.case.mode {
+                Mode::Memory => "memory",
+                Mode::Near => "redis+near",
+                Mode::Redis | Mode::HandWritten => "redis",
             },
             fault: o.case.fault.name(),
             control: o.case.is_control(),
@@ -814,10 +842,13 @@ fn run_case(case: Case, settings: &Options, out: &mut dyn Write) -> Report {
         history: dir.path().join("p1.jsonl"),
         tasks: settings.tasks,
         writes: settings.writes.clone(),
+        near: case.mode == Mode::Near,
     };
     let mut input = match case.mode {
         Mode::Memory => memory_case(template, settings),
-        Mode::Redis | Mode::HandWritten => redis_case(case, template, settings, dir.path()),
+        Mode::Redis | Mode::Near | Mode::HandWritten => {
+            redis_case(case, template, settings, dir.path())
+        }
     };
     for record in history::read_dir(dir.path()) {
         match record {

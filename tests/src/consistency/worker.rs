@@ -42,6 +42,10 @@ pub struct WorkerConfig {
     pub tasks: u32,
     /// The kinds of write to make (empty: all of them).
     pub writes: Vec<Op>,
+    /// Redis with the near tier in front of it (each process an L1 of
+    /// its own).
+    #[serde(default)]
+    pub near: bool,
 }
 
 /// A worker process's `main`: runs until its stdin closes (the
@@ -79,12 +83,14 @@ async fn build(config: &WorkerConfig, cache_url: &str) -> System {
     if config.hand_written {
         return System::HandWritten(HandWritten::connect(cache_url, db, OP_TIMEOUT).await);
     }
-    let cache = Cache::builder()
+    let mut builder = Cache::builder()
         .redis(cache_url)
         .namespace(config.namespace.clone())
-        .op_timeout(OP_TIMEOUT)
-        .build()
-        .expect("a valid cache");
+        .op_timeout(OP_TIMEOUT);
+    if config.near {
+        builder = builder.near_cache(cached_runtime::NearCache::new());
+    }
+    let cache = builder.build().expect("a valid cache");
     System::Framework(Box::new(Framework::new(Svc::new(cache, db))))
 }
 

@@ -1,0 +1,372 @@
+//! The near tier (an L1 in process, kept by Redis's `CLIENT TRACKING`):
+//! what one cache changes, another's L1 stops serving within milliseconds;
+//! what a cache changes itself, it never serves old again, not even once;
+//! and a cache whose invalidation channel is lost (stranded, cut, a frozen
+//! server) stops trusting its L1 and never serves what it may have missed.
+//!
+//! Each cache here has an L1 and a tracking connection of its own, as a
+//! process does. The same properties across OS processes are checked by the
+//! consistency checker's `near/*` cases (two worker processes, every kind
+//! of write, faults) and measured by the `near_invalidation` benchmark.
+//! Every test of the `on_both_backends!` suites also runs on the near tier
+//! (`on_near`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use cached_runtime::{Cache, NearCache, cache_evict, cache_put, cached};
+use cached_tests::{Proxy, RedisServer, redis_builder, redis_builder_at};
+
+/// A cache with the near tier on `url`, its heartbeat every 20 ms.
+fn near_at(url: &str) -> Cache {
+    redis_builder_at(url)
+        .near_cache(NearCache::new().heartbeat(Duration::from_millis(20)))
+        .build()
+        .expect("builds")
+}
+
+fn near(server: &RedisServer) -> Cache {
+    near_at(&server.url())
+}
+
+/// Waits (at most 5 s) until `cache`'s L1 is trusted: its tracking
+/// connection (started by the first use, a ping here) subscribed.
+async fn trusted(cache: &Cache) {
+    let _ = cache.ping().await;
+    let until = Instant::now() + Duration::from_secs(5);
+    while !cache.near_stats().expect("a near cache").trusted {
+        assert!(
+            Instant::now() < until,
+            "the tracking connection never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn l1_hits(cache: &Cache) -> u64 {
+    cache.near_stats().expect("a near cache").l1_hits
+}
+
+/// Reads `id` through `svc` until L1 answers (a fill can be undone by the
+/// push of a change made just before it, so the first read after a change
+/// may not stick, and after a fault the breaker may keep L1 aside until
+/// the data connection is replaced): every read returns `version`, and
+/// within 3 s one comes from L1.
+async fn l1_serves(svc: &Svc, id: u64, version: u64, what: &str) {
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let before = l1_hits(&svc.cache);
+        assert_eq!(svc.get(id).await, version, "{what}");
+        if l1_hits(&svc.cache) > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{what}: L1 never answered");
+}
+
+/// A service whose source is one counter per id: every load returns the
+/// source's current version.
+#[derive(Clone)]
+struct Svc {
+    cache: Cache,
+    source: Arc<AtomicU64>,
+    loads: Arc<AtomicU64>,
+}
+
+impl Svc {
+    fn new(cache: Cache, source: &Arc<AtomicU64>) -> Svc {
+        Svc {
+            cache,
+            source: Arc::clone(source),
+            loads: Arc::default(),
+        }
+    }
+
+    #[cached(prefix = "item", ttl = "1h", key = id, tags = ["items"])]
+    async fn get(&self, id: u64) -> u64 {
+        let _ = id;
+        self.loads.fetch_add(1, SeqCst);
+        self.source.load(SeqCst)
+    }
+
+    #[cache_put(prefix = "item", ttl = "1h", key = id)]
+    async fn put(&self, id: u64, version: u64) -> u64 {
+        let _ = id;
+        self.source.store(version, SeqCst);
+        version
+    }
+
+    #[cache_evict(keys = ["item:{id}"])]
+    async fn evict(&self, id: u64, version: u64) {
+        let _ = id;
+        self.source.store(version, SeqCst);
+    }
+
+    #[cache_evict(patterns = ["item:*"])]
+    async fn evict_pattern(&self, version: u64) {
+        self.source.store(version, SeqCst);
+    }
+
+    #[cache_evict(tags = ["items"])]
+    async fn evict_tag(&self, version: u64) {
+        self.source.store(version, SeqCst);
+    }
+}
+
+/// Reads through `svc` until it returns `version` (at most `within`);
+/// returns how long that took.
+async fn until_served(svc: &Svc, id: u64, version: u64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = svc.get(id).await;
+        if got == version {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still served v{got} {:?} after v{version} was written",
+            started.elapsed()
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_served_from_l1_after_the_first_read() {
+    let server = RedisServer::start();
+    let source = Arc::new(AtomicU64::new(1));
+    let svc = Svc::new(near(&server), &source);
+    trusted(&svc.cache).await;
+    assert_eq!(svc.get(1).await, 1);
+    for _ in 0..100 {
+        assert_eq!(svc.get(1).await, 1);
+    }
+    assert_eq!(svc.loads.load(SeqCst), 1);
+    let stats = svc.cache.near_stats().expect("near");
+    assert!(stats.l1_hits >= 99, "{stats:?}");
+    assert!(stats.l2_hits <= 1, "{stats:?}");
+    assert_eq!(svc.cache.backend_kind(), "redis+near");
+}
+
+/// Every kind of change made through one cache (write-through, eviction by
+/// key, pattern and tag, and a command sent to Redis by hand) stops the
+/// other cache's L1 serving the old value within 100 ms (the benchmark
+/// measures the real figure, a fraction of a millisecond); and the cache
+/// that made it never serves the old value after the change returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_reaches_every_l1() {
+    let server = RedisServer::start();
+    let source = Arc::new(AtomicU64::new(1));
+    let a = Svc::new(near(&server), &source);
+    let b = Svc::new(near(&server), &source);
+    trusted(&a.cache).await;
+    trusted(&b.cache).await;
+    let within = Duration::from_millis(100);
+    let mut version = 1;
+    for change in ["put", "evict", "pattern", "tag", "by hand"] {
+        // Both L1s hold the current version.
+        for svc in [&a, &b] {
+            until_served(svc, 1, version, within).await;
+            l1_serves(svc, 1, version, change).await;
+        }
+        version += 1;
+        match change {
+            "put" => {
+                a.put(1, version).await;
+            }
+            "evict" => a.evict(1, version).await,
+            "pattern" => a.evict_pattern(version).await,
+            "tag" => a.evict_tag(version).await,
+            _ => {
+                source.store(version, SeqCst);
+                server.cmd::<()>(&["DEL", "t:item:1"]);
+            }
+        }
+        if change != "by hand" {
+            // The writer's own L1: the new version at once, every time.
+            for _ in 0..20 {
+                assert_eq!(a.get(1).await, version, "{change}: the writer's L1");
+            }
+        }
+        until_served(&b, 1, version, within).await;
+        for _ in 0..20 {
+            assert_eq!(b.get(1).await, version, "{change}: the other L1, after");
+        }
+    }
+    let b_stats = b.cache.near_stats().expect("near");
+    assert!(b_stats.invalidations_received >= 5, "{b_stats:?}");
+}
+
+/// A tracking connection that goes silent (stranded by the network) while
+/// another cache writes: the push is lost for good. The heartbeat notices,
+/// L1 stops serving, and after a new subscription it is emptied: the old
+/// value is never served past the heartbeat's bound, nor after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_channel_never_serves_what_it_missed() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let source = Arc::new(AtomicU64::new(1));
+    let writer = Svc::new(near(&server), &source);
+    let reader = Svc::new(near_at(&proxy.url()), &source);
+    trusted(&reader.cache).await;
+    for fault in ["strand", "cut"] {
+        let version = source.load(SeqCst);
+        until_served(&reader, 1, version, Duration::from_millis(100)).await;
+        l1_serves(&reader, 1, version, fault).await;
+        let subscribed = reader.cache.near_stats().expect("near").subscriptions;
+        match fault {
+            "strand" => proxy.strand(),
+            _ => proxy.cut(),
+        }
+        writer.put(1, version + 1).await;
+        // Heartbeat (20 ms) + its timeout (the op timeout, 50 ms) + slack.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let until = Instant::now() + Duration::from_secs(3);
+        loop {
+            assert_eq!(
+                reader.get(1).await,
+                version + 1,
+                "{fault}: the old value served after the channel was lost"
+            );
+            let stats = reader.cache.near_stats().expect("near");
+            if stats.trusted && stats.subscriptions > subscribed {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{fault}: never subscribed again: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Subscribed again: L1 works, and holds only the new value.
+        for _ in 0..20 {
+            assert_eq!(reader.get(1).await, version + 1, "{fault}: after");
+        }
+        assert!(reader.cache.near_stats().expect("near").flushes > 0);
+    }
+}
+
+/// A frozen server answers nothing, the heartbeat included: L1 is distrusted
+/// within the heartbeat's bound, calls go to their loaders, and after the
+/// thaw L1 is trusted again, emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_not_trusted_until_it_answers() {
+    let mut server = RedisServer::start();
+    let source = Arc::new(AtomicU64::new(1));
+    let svc = Svc::new(near(&server), &source);
+    trusted(&svc.cache).await;
+    assert_eq!(svc.get(1).await, 1);
+    l1_serves(&svc, 1, 1, "before the freeze").await;
+    server.freeze();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stats = svc.cache.near_stats().expect("near");
+    assert!(
+        !stats.trusted,
+        "still trusted with the server frozen: {stats:?}"
+    );
+    let hits = stats.l1_hits;
+    // The source changes behind the frozen cache; the call loads it.
+    source.store(2, SeqCst);
+    assert_eq!(svc.get(1).await, 2, "L1 served while distrusted");
+    assert_eq!(l1_hits(&svc.cache), hits);
+    server.thaw();
+    trusted(&svc.cache).await;
+}
+
+/// The byte bound holds whatever the key space: 100,000 distinct keys read
+/// through L1 from Redis, and it weighs no more than its bound (moka evicts
+/// as it goes; `near_stats` settles its pending work first). The unit test
+/// `l1_stays_within_its_byte_bound` fills it with a million.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_stays_within_its_byte_bound_under_many_keys() {
+    const KEYS: u64 = 100_000;
+    const BOUND: u64 = 256 << 10;
+    let server = RedisServer::start();
+    let cache = redis_builder(&server)
+        .near_cache(NearCache::new().max_bytes(BOUND))
+        .build()
+        .expect("builds");
+    trusted(&cache).await;
+    // The entries, written straight to Redis in pipelines of 10,000.
+    let bytes = {
+        let writer = redis_builder(&server).build().expect("builds");
+        writer.set("probe", &7u64, Duration::from_secs(3600)).await;
+        let raw: Vec<u8> = server.cmd(&["GET", "t:probe"]);
+        raw
+    };
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.set(format!("t:k:{i}"), &bytes).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.expect("pipeline");
+    }
+    // A million reads, each a miss of L1 and a fill, 64 at a time.
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..64u64 {
+        let cache = cache.clone();
+        tasks.spawn(async move {
+            let mut i = lane;
+            while i < KEYS {
+                assert_eq!(cache.get::<u64>(&format!("k:{i}")).await, Some(7));
+                i += 64;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("reader");
+    }
+    let stats = cache.near_stats().expect("near");
+    assert!(stats.l1_bytes <= BOUND, "{stats:?}");
+    assert!(stats.l1_evictions > 0, "{stats:?}");
+    assert!(stats.l2_hits >= KEYS, "{stats:?}");
+}
+
+/// A process's own changes are never served old by it, even when every
+/// byte to and from Redis takes 10 ms more: a keyed change removes its key
+/// from L1 as it returns, a pattern or tag invalidation waits for the
+/// tracking connection to catch up. (The pushes here come back about when
+/// the change's reply does; the unit tests of `backend::near` check the
+/// removal and the barrier's fallback without a server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_changes_are_never_served_old_even_when_pushes_are_slow() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let source = Arc::new(AtomicU64::new(1));
+    let svc = Svc::new(
+        redis_builder_at(proxy.url())
+            .op_timeout(Duration::from_millis(200))
+            .near_cache(NearCache::new().heartbeat(Duration::from_millis(20)))
+            .build()
+            .expect("builds"),
+        &source,
+    );
+    trusted(&svc.cache).await;
+    proxy.set_delay(Duration::from_millis(10));
+    let mut version = 1;
+    for change in ["put", "evict", "pattern", "tag"] {
+        until_served(&svc, 1, version, Duration::from_secs(1)).await;
+        l1_serves(&svc, 1, version, change).await;
+        version += 1;
+        match change {
+            "put" => {
+                svc.put(1, version).await;
+            }
+            "evict" => svc.evict(1, version).await,
+            "pattern" => svc.evict_pattern(version).await,
+            _ => svc.evict_tag(version).await,
+        }
+        assert_eq!(
+            svc.get(1).await,
+            version,
+            "{change}: served old right after"
+        );
+    }
+}
