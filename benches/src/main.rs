@@ -24,6 +24,7 @@ type Scenario = for<'a> fn(&'a Redis) -> Pin<Box<dyn Future<Output = Vec<Row>> +
 /// Every scenario, in the order a full run takes them.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("memory_hit", |r| Box::pin(scenarios::hits::memory_hit(r))),
+    ("near_hit", |r| Box::pin(scenarios::near::near_hit(r))),
     ("seq_hit", |r| Box::pin(scenarios::hits::seq_hit(r))),
     ("concurrent_hit", |r| {
         Box::pin(scenarios::hits::concurrent_hit(r))
@@ -40,6 +41,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     }),
     ("soft_timeout", |r| {
         Box::pin(scenarios::stampede::soft_timeout(r))
+    }),
+    ("near_invalidation", |r| {
+        Box::pin(scenarios::near::near_invalidation(r))
     }),
     ("stale_set_race", |r| {
         Box::pin(scenarios::invalidation::stale_set_race(r))
@@ -113,6 +117,16 @@ fn main() {
         let redis = Redis::start();
         runtime.block_on(scenarios::batch::profile(&redis, n));
         return;
+    }
+
+    // `near_invalidation`'s reader process.
+    if args.first().map(String::as_str) == Some("__near_reader") {
+        if let [_, url] = args.as_slice() {
+            runtime.block_on(scenarios::near::reader(url));
+            return;
+        }
+        eprintln!("usage: __near_reader URL");
+        std::process::exit(2);
     }
 
     // A child process of a multi-process scenario.

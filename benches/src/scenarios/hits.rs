@@ -31,7 +31,7 @@ where
 }
 
 /// A warm memory hit through `get`, then moka's own `get`, in ns per op.
-async fn this_and_moka<F, Fut>(get: F) -> (f64, f64)
+pub(crate) async fn this_and_moka<F, Fut>(get: F) -> (f64, f64)
 where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = Placement>,
@@ -160,8 +160,18 @@ fn hit_rows(
     samples: Vec<Vec<f64>>,
     figure: impl Fn(Row, f64) -> Row,
 ) -> Vec<Row> {
+    hit_rows_of(&HIT_SYSTEMS, scenario, samples, figure)
+}
+
+/// [`hit_rows`] for these systems (`raw_redis` the third).
+fn hit_rows_of(
+    systems: &[&'static str],
+    scenario: &'static str,
+    samples: Vec<Vec<f64>>,
+    figure: impl Fn(Row, f64) -> Row,
+) -> Vec<Row> {
     let raw = samples[2].clone();
-    HIT_SYSTEMS
+    systems
         .iter()
         .zip(samples)
         .map(|(system, samples)| {
@@ -441,6 +451,12 @@ impl Zipf {
 /// in flight, so here it shares on the popular keys and not on the rest.
 pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
     let this = Arc::new(This::new(redis_cache(redis), Duration::ZERO));
+    // The same keys read through the near tier: a cache of its own (an L1
+    // of its own) over the same Redis entries.
+    let near = Arc::new(This::new(
+        crate::scenarios::near::near_cache(redis),
+        Duration::ZERO,
+    ));
     let raw = redis::aio::ConnectionManager::new(redis.client())
         .await
         .expect("connects");
@@ -477,6 +493,10 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         });
     }
     while warm.join_next().await.is_some() {}
+    // The near tier's L1, warmed by reading every key once (from Redis).
+    for id in 1..=KEYS {
+        near.get(id).await;
+    }
     let this_loads = this.loads.load(Ordering::Relaxed);
     let crate_loads = CACHED_CRATE_LOADS.load(Ordering::Relaxed);
 
@@ -532,8 +552,18 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
                 let _ = std::hint::black_box(cached_crate_get(id).await);
             })
         }),
+        Arc::new({
+            let near = near.clone();
+            move |id| {
+                let near = near.clone();
+                Box::pin(async move {
+                    std::hint::black_box(near.get(id).await);
+                })
+            }
+        }),
     ];
     let samples = throughput_keys(&systems, &Arc::new(Zipf::new(KEYS, ZIPF_S))).await;
+    let near_stats = near.cache.near_stats().unwrap_or_default();
     // Calls that did not find their key (all should: the keys are warm and
     // live an hour).
     let missed = [
@@ -542,11 +572,20 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         raw_misses.load(Ordering::Relaxed),
         hand_loads.load(Ordering::Relaxed),
         CACHED_CRATE_LOADS.load(Ordering::Relaxed) - crate_loads,
+        near.loads.load(Ordering::Relaxed),
     ];
     // Its 10,000 warm keys share prefixes with the scenarios after it (the
     // stampede's key among them): leave none behind.
     redis.cmd::<()>(&["FLUSHALL"]);
-    hit_rows("concurrent_hit_keys", samples, |row, ops| {
+    let systems = [
+        HIT_SYSTEMS[0],
+        HIT_SYSTEMS[1],
+        HIT_SYSTEMS[2],
+        HIT_SYSTEMS[3],
+        HIT_SYSTEMS[4],
+        "this_near",
+    ];
+    hit_rows_of(&systems, "concurrent_hit_keys", samples, |row, ops| {
         row.with("ops_per_s", ops)
             .with("tasks", TASKS as u64)
             .with("keys", KEYS)
@@ -554,7 +593,16 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
     })
     .into_iter()
     .zip(missed)
-    .map(|(row, missed)| row.with("misses", missed))
+    .map(|(row, missed)| {
+        let row = row.with("misses", missed);
+        if row.system == "this_near" {
+            // How many reads L1 answered (the warm-up's fills are L2 hits).
+            row.with("l1_hits", near_stats.l1_hits)
+                .with("l2_hits", near_stats.l2_hits)
+        } else {
+            row
+        }
+    })
     .collect()
 }
 

@@ -150,17 +150,21 @@ async fn race(this: Option<This>, hand: Option<Store>, versions: Versions) -> us
 
 pub async fn stale_set_race(redis: &Redis) -> Vec<Row> {
     let mut rows = Vec::new();
-    for backend in ["redis", "memory"] {
+    for backend in ["redis", "memory", "near"] {
         for system in ["this", "hand_written"] {
+            if backend == "near" && system == "hand_written" {
+                // The control has no near tier.
+                continue;
+            }
             let mut per_run = Vec::new();
             for _ in 0..RUNS {
                 redis.cmd::<()>(&["FLUSHALL"]);
                 let versions: Versions = Arc::new(Mutex::new(vec![0; KEYS]));
                 let stale = if system == "this" {
-                    let cache = if backend == "redis" {
-                        redis_cache(redis)
-                    } else {
-                        Cache::memory()
+                    let cache = match backend {
+                        "redis" => redis_cache(redis),
+                        "near" => crate::scenarios::near::near_cache(redis),
+                        _ => Cache::memory(),
                     };
                     race(
                         Some(This {
@@ -186,11 +190,18 @@ pub async fn stale_set_race(redis: &Redis) -> Vec<Row> {
                 per_run.push(stale as u64);
             }
             rows.push(
-                Row::new("stale_set_race", format!("{system}/{backend}"))
-                    .with("stale_keys_after_quiesce", serde_json::json!(per_run))
-                    .with("max_stale_keys", per_run.iter().copied().max().unwrap_or(0))
-                    .with("keys", KEYS as u64)
-                    .with("seconds_per_run", RUN.as_secs()),
+                Row::new(
+                    "stale_set_race",
+                    if backend == "near" {
+                        "this_near/redis".to_owned()
+                    } else {
+                        format!("{system}/{backend}")
+                    },
+                )
+                .with("stale_keys_after_quiesce", serde_json::json!(per_run))
+                .with("max_stale_keys", per_run.iter().copied().max().unwrap_or(0))
+                .with("keys", KEYS as u64)
+                .with("seconds_per_run", RUN.as_secs()),
             );
         }
     }

@@ -7,4 +7,5 @@ pub mod consistency;
 pub mod faults;
 pub mod hits;
 pub mod invalidation;
+pub mod near;
 pub mod stampede;
