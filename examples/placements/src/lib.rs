@@ -41,16 +41,20 @@ pub struct Config {
     pub redis: RedisVars,
     /// Every read from the database: the baseline for the load test.
     pub bypass: bool,
+    /// The near tier in front of Redis (`--near`; also on when
+    /// `CACHE_NEAR_MAX_BYTES` is among the [`RedisVars`]).
+    pub near: bool,
 }
 
 impl Config {
-    /// From the command line (`--listen ADDR`, `--no-cache`) and the
+    /// From the command line (`--listen ADDR`, `--no-cache`, `--near`) and the
     /// environment (`LISTEN_ADDR`, `DATABASE_URL`, and the cache's
     /// [`RedisVars`]).
     pub fn from_args_and_env(args: &[String]) -> Result<Config, String> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut listen = env("LISTEN_ADDR").unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let mut bypass = false;
+        let mut near = false;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -58,9 +62,10 @@ impl Config {
                     listen = args.next().ok_or("--listen needs an address")?.clone();
                 }
                 "--no-cache" => bypass = true,
+                "--near" => near = true,
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?}; usage: placements [--listen ADDR] [--no-cache]"
+                        "unknown argument {other:?}; usage: placements [--listen ADDR] [--no-cache] [--near]"
                     ));
                 }
             }
@@ -74,6 +79,7 @@ impl Config {
             database_url,
             redis: RedisVars::from_env(),
             bypass,
+            near,
         })
     }
 }
@@ -83,7 +89,8 @@ impl Config {
 /// `REDIS_PASSWORD` (an ACL user; see `cached_runtime::redis_acl_rule` for
 /// the rule it needs, namespace `placements`), `REDIS_TLS_CA_FILE` (a
 /// private CA, PEM) and `REDIS_TLS_CERT_FILE` with `REDIS_TLS_KEY_FILE`
-/// (mutual TLS). `Debug` shows which are set, never their values.
+/// (mutual TLS), `CACHE_NEAR_MAX_BYTES` and `CACHE_NEAR_MAX_TTL` (the near
+/// tier). `Debug` shows which are set, never their values.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RedisVars(BTreeMap<String, String>);
 
@@ -95,13 +102,15 @@ impl std::fmt::Debug for RedisVars {
 
 impl RedisVars {
     /// The names read.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "REDIS_URL",
         "REDIS_USERNAME",
         "REDIS_PASSWORD",
         "REDIS_TLS_CA_FILE",
         "REDIS_TLS_CERT_FILE",
         "REDIS_TLS_KEY_FILE",
+        "CACHE_NEAR_MAX_BYTES",
+        "CACHE_NEAR_MAX_TTL",
     ];
 
     /// Those of [`RedisVars::NAMES`] set (and not empty) in the environment.
@@ -204,11 +213,14 @@ pub async fn start(config: &Config) -> Result<Running, Box<dyn std::error::Error
     let db = Db::open(&config.database_url).await?;
     // `--no-cache`: the same service with the cache switched off, the
     // baseline for the load test.
-    let cache = Cache::builder()
+    let mut builder = Cache::builder()
         .from_vars(|name| config.redis.get(name))
         .namespace(NAMESPACE)
-        .enabled(!config.bypass)
-        .build()?;
+        .enabled(!config.bypass);
+    if config.near {
+        builder = builder.near_cache(cached_runtime::NearCache::new());
+    }
+    let cache = builder.build()?;
     let service = PlacementService::new(cache, db);
     let app = api::router(AppState {
         service: service.clone(),

@@ -33,6 +33,7 @@ impl Env {
             ),
             redis,
             bypass: false,
+            near: false,
         };
         let running = start(&config).await.expect("the service starts");
         // A connection per request: a pooled one that the server closes
