@@ -199,7 +199,7 @@ pub(crate) struct Striped {
 struct Stripe(AtomicU64);
 
 impl Striped {
-    fn new(metric: Counter) -> Striped {
+    pub(crate) fn new(metric: Counter) -> Striped {
         Striped {
             stripes: Default::default(),
             metric,

@@ -370,3 +370,25 @@ async fn own_changes_are_never_served_old_even_when_pushes_are_slow() {
         );
     }
 }
+
+/// A cache outlives the runtime that started its tracking connection (a
+/// static cache shared by per-test runtimes, say): when that runtime shuts
+/// down, L1 is distrusted at once, and the next use, in another runtime,
+/// subscribes again.
+#[test]
+fn a_cache_outliving_its_tracking_runtime_distrusts_then_subscribes_again() {
+    let server = RedisServer::start();
+    let cache = near(&server);
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    first.block_on(trusted(&cache));
+    drop(first);
+    let stats = cache.near_stats().expect("near");
+    assert!(!stats.trusted, "trusted with no tracking task: {stats:?}");
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        trusted(&cache).await;
+        let source = Arc::new(AtomicU64::new(1));
+        let svc = Svc::new(cache.clone(), &source);
+        l1_serves(&svc, 1, 1, "in the second runtime").await;
+    });
+}

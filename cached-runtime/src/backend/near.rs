@@ -45,7 +45,7 @@ use super::{BackendError, Fetched, LEASE_SUFFIX, Lookup};
 use crate::Cacheable;
 use crate::clock::now_ms;
 use crate::codec::{self, EntryMeta};
-use crate::stats::names;
+use crate::stats::{Striped, names};
 
 /// The settings of the near tier (see
 /// [`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache)).
@@ -194,11 +194,11 @@ struct NearInner {
     typed: OnceLock<Box<dyn Any + Send + Sync>>,
     /// How long L1 keeps it.
     keep_for: Duration,
-    /// The tags it was read under (a tagged read on Redis checks that each
-    /// one's index lists the key), with their change counters then
-    /// (`(tag, slot, count)`): a hit is served only to a call with exactly
-    /// these tags, and only while none of them changed.
-    tags: Box<[(Box<str>, usize, u64)]>,
+    /// What its read noted before asking Redis: a hit is served only while
+    /// none of it moved (no flush, no change of the key's slot, none of its
+    /// tags'), so an entry inserted just as a change arrived is never
+    /// served, not even before the fill's own re-check removes it.
+    noted: Noted,
 }
 
 impl NearEntry {
@@ -240,9 +240,10 @@ impl moka::Expiry<String, NearEntry> for KeepFor {
     }
 }
 
-#[derive(Default)]
 struct Tallies {
-    l1_hits: AtomicU64,
+    /// Every L1 hit counts here: striped over cache lines, so that two
+    /// cores serving hits do not fight over one (with its metric).
+    l1_hits: Striped,
     l2_hits: AtomicU64,
     l2_misses: AtomicU64,
     invalidations: AtomicU64,
@@ -252,7 +253,6 @@ struct Tallies {
 }
 
 struct Metrics {
-    l1_hits: metrics::Counter,
     l2_hits: metrics::Counter,
     invalidations: metrics::Counter,
     flushes: metrics::Counter,
@@ -264,13 +264,17 @@ struct Metrics {
 /// What the tracking connection's reader, the heartbeat and every reader
 /// and writer of this process share.
 pub(crate) struct Shared {
-    l1: Moka<String, NearEntry>,
+    l1: Moka<String, NearEntry, foldhash::fast::RandomState>,
     /// Per-slot change counts (see [`SLOTS`]).
     slots: Box<[AtomicU64]>,
     /// Bumped whenever L1 is emptied: a fill noted before it is refused.
     generation: AtomicU64,
     /// Whether L1 may be read and filled.
     trusted: AtomicBool,
+    /// The tracking connection being made or in use (each one's number).
+    epoch: AtomicU64,
+    /// The newest tracking connection known lost (its disconnect pushed).
+    dead: AtomicU64,
     max_ttl: Duration,
     tallies: Tallies,
     metrics: Metrics,
@@ -282,11 +286,17 @@ fn slot(key: &str) -> usize {
 
 /// What a read noted before it asked Redis: `None` while L1 is not trusted
 /// (nothing read then may enter it).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Noted {
     generation: u64,
     slot: usize,
     count: u64,
+    /// The tags it asked Redis about (a tagged read checks that each one's
+    /// index lists the key), with their change counters before it asked
+    /// (`(tag, slot, count)`): a hit is served only to a call with exactly
+    /// these tags, and only while none of them changed (an index evicted or
+    /// invalidated after the read).
+    tags: Box<[(Box<str>, usize, u64)]>,
 }
 
 impl Shared {
@@ -307,20 +317,31 @@ impl Shared {
                     evicted_metric.increment(1);
                 }
             })
-            .build();
+            // Every hit hashes its key: foldhash rather than SipHash (keys
+            // are the application's, not an attacker's choice of bucket:
+            // foldhash is seeded per process all the same).
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let label = || namespace.to_owned();
         Arc::new(Shared {
             l1,
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
             max_ttl: settings.max_ttl,
             tallies: Tallies {
+                l1_hits: Striped::new(
+                    metrics::counter!(names::TIER_HITS, "namespace" => label(), "tier" => "l1"),
+                ),
+                l2_hits: AtomicU64::new(0),
+                l2_misses: AtomicU64::new(0),
+                invalidations: AtomicU64::new(0),
                 evictions,
-                ..Tallies::default()
+                flushes: AtomicU64::new(0),
+                subscriptions: AtomicU64::new(0),
             },
             metrics: Metrics {
-                l1_hits: metrics::counter!(names::TIER_HITS, "namespace" => label(), "tier" => "l1"),
                 l2_hits: metrics::counter!(names::TIER_HITS, "namespace" => label(), "tier" => "l2"),
                 invalidations: metrics::counter!(names::NEAR_INVALIDATIONS_RECEIVED, "namespace" => label()),
                 flushes: metrics::counter!(names::NEAR_FLUSHES, "namespace" => label()),
@@ -358,16 +379,31 @@ impl Shared {
         self.flush();
     }
 
-    /// Trusts L1 again, emptied first: what changed while the channel was
-    /// down was never announced.
-    fn trust(&self) {
+    /// Trusts L1 again, emptied first (what changed while the channel was
+    /// down was never announced), on the word of tracking connection
+    /// `epoch`: unless that connection was reported lost already.
+    fn trust(&self, epoch: u64) {
         self.flush();
         self.trusted.store(true, Ordering::SeqCst);
         self.metrics.trusted.set(1.0);
         self.tallies.subscriptions.fetch_add(1, Ordering::Relaxed);
+        // A disconnect of this connection pushed before the store above:
+        // its handler saw the old trust, so it is undone here.
+        if self.dead.load(Ordering::SeqCst) >= epoch {
+            self.distrust();
+        }
     }
 
-    fn note(&self, key: &str) -> Option<Noted> {
+    /// Tracking connection `epoch` is lost: if it is the one trusted, L1
+    /// is not any more.
+    fn lost(&self, epoch: u64) {
+        self.dead.fetch_max(epoch, Ordering::SeqCst);
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            self.distrust();
+        }
+    }
+
+    fn note(&self, key: &str, tags: &[String]) -> Option<Noted> {
         // Generation first: a flush between the two reads is then seen by
         // the check after the insert.
         let generation = self.generation.load(Ordering::SeqCst);
@@ -379,12 +415,29 @@ impl Shared {
             generation,
             slot,
             count: self.slots[slot].load(Ordering::SeqCst),
+            tags: tags
+                .iter()
+                .map(|tag| {
+                    let s = self::slot(tag);
+                    (
+                        Box::from(tag.as_str()),
+                        s,
+                        self.slots[s].load(Ordering::SeqCst),
+                    )
+                })
+                .collect(),
         })
     }
 
+    /// Whether nothing `noted` covers moved since.
+    #[inline]
     fn unchanged(&self, noted: &Noted) -> bool {
         self.generation.load(Ordering::SeqCst) == noted.generation
             && self.slots[noted.slot].load(Ordering::SeqCst) == noted.count
+            && noted
+                .tags
+                .iter()
+                .all(|(_, s, count)| self.slots[*s].load(Ordering::SeqCst) == *count)
     }
 
     /// Puts what a read brought from Redis into L1, unless a change of the
@@ -398,28 +451,25 @@ impl Shared {
         };
         let left = meta.stale_until_ms.saturating_sub(now_ms());
         let keep_for = self.max_ttl.min(Duration::from_millis(left));
-        if keep_for.is_zero() || !self.unchanged(&noted) {
+        if keep_for.is_zero()
+            || !self.unchanged(&noted)
+            || noted.tags.len() != tags.len()
+            || noted
+                .tags
+                .iter()
+                .zip(tags)
+                .any(|((t, _, _), asked)| **t != **asked)
+        {
             return Fetched::Encoded(bytes);
         }
-        let tags = tags
-            .iter()
-            .map(|tag| {
-                let s = slot(tag);
-                (
-                    Box::from(tag.as_str()),
-                    s,
-                    self.slots[s].load(Ordering::SeqCst),
-                )
-            })
-            .collect();
         let entry = NearEntry(Arc::new(NearInner {
             bytes,
             typed: OnceLock::new(),
             keep_for,
-            tags,
+            noted,
         }));
         self.l1.insert(key.to_owned(), entry.clone());
-        if !self.unchanged(&noted) {
+        if !self.unchanged(&entry.0.noted) {
             // A change arrived during the insert: what was inserted may be
             // older than it.
             self.l1.invalidate(key);
@@ -431,18 +481,19 @@ impl Shared {
     #[inline]
     fn get(&self, key: &str, tags: &[String]) -> Option<NearEntry> {
         let entry = self.l1.get(key)?;
-        if entry.0.tags.len() != tags.len()
-            || entry
-                .0
+        let noted = &entry.0.noted;
+        if noted.tags.len() != tags.len()
+            || noted
                 .tags
                 .iter()
                 .zip(tags)
-                .any(|((tag, s, count), asked)| {
-                    **tag != **asked || self.slots[*s].load(Ordering::SeqCst) != *count
-                })
+                .any(|((tag, _, _), asked)| **tag != **asked)
+            || !self.unchanged(noted)
         {
-            // Read under other tags, or one of its tags changed since (a
-            // tag invalidation, or its index evicted): ask Redis.
+            // Read under other tags; or the key, one of its tags or the
+            // whole of L1 changed since its read was noted (the copy may be
+            // older than the change, even if the change's removal of it has
+            // not happened yet): ask Redis.
             return None;
         }
         Some(entry)
@@ -450,7 +501,7 @@ impl Shared {
 
     /// One push from Redis, handed over by the tracking connection's
     /// reader before it reads the next reply.
-    fn on_push(&self, push: PushInfo) {
+    fn on_push(&self, epoch: u64, push: PushInfo) {
         match push.kind {
             PushKind::Invalidate => match push.data.first() {
                 Some(Value::Array(keys)) => {
@@ -478,7 +529,7 @@ impl Shared {
                 // version cannot read: every key may have changed.
                 _ => self.flush(),
             },
-            PushKind::Disconnection => self.distrust(),
+            PushKind::Disconnection => self.lost(epoch),
             _ => {}
         }
     }
@@ -487,7 +538,7 @@ impl Shared {
         self.l1.run_pending_tasks();
         let t = &self.tallies;
         NearStats {
-            l1_hits: t.l1_hits.load(Ordering::Relaxed),
+            l1_hits: t.l1_hits.load(),
             l2_hits: t.l2_hits.load(Ordering::Relaxed),
             l2_misses: t.l2_misses.load(Ordering::Relaxed),
             invalidations_received: t.invalidations.load(Ordering::Relaxed),
@@ -521,7 +572,7 @@ impl<K: AsRef<str>> Drop for ForgetOnDrop<'_, K> {
 pub(crate) struct NearBackend {
     pub(crate) redis: RedisBackend,
     shared: Arc<Shared>,
-    tracker: Tracker,
+    tracker: TrackerSettings,
 }
 
 impl std::fmt::Debug for NearBackend {
@@ -535,14 +586,16 @@ impl std::fmt::Debug for NearBackend {
 }
 
 /// The tracking connection's settings, and whether its task runs.
-struct Tracker {
+#[derive(Clone)]
+struct TrackerSettings {
     /// A RESP3 client for the same server and credentials as the backend.
     client: redis::Client,
     prefix: String,
     heartbeat: Duration,
     timeout: Duration,
     connect_timeout: Duration,
-    started: AtomicBool,
+    /// Whether the task runs (cleared by [`TrackGuard`] when it ends).
+    started: Arc<AtomicBool>,
     /// The tracking connection, for the barrier.
     conn: Arc<arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>>,
 }
@@ -559,7 +612,7 @@ impl NearBackend {
         NearBackend {
             redis,
             shared: Shared::new(settings, namespace),
-            tracker: Tracker {
+            tracker: TrackerSettings {
                 client: tracking_client,
                 prefix: if namespace.is_empty() {
                     String::new()
@@ -569,7 +622,7 @@ impl NearBackend {
                 heartbeat: settings.heartbeat,
                 timeout: op_timeout,
                 connect_timeout,
-                started: AtomicBool::new(false),
+                started: Arc::default(),
                 conn: Arc::default(),
             },
         }
@@ -589,15 +642,7 @@ impl NearBackend {
             self.tracker.started.store(false, Ordering::SeqCst);
             return;
         };
-        runtime.spawn(track(
-            Arc::downgrade(&self.shared),
-            self.tracker.client.clone(),
-            self.tracker.prefix.clone(),
-            self.tracker.heartbeat,
-            self.tracker.timeout,
-            self.tracker.connect_timeout,
-            Arc::clone(&self.tracker.conn),
-        ));
+        runtime.spawn(track(Arc::downgrade(&self.shared), self.tracker.clone()));
     }
 
     /// A health check: also starts the tracking connection, so that a
@@ -613,24 +658,32 @@ impl NearBackend {
         self.shared.is_trusted() && !self.redis.breaker_open()
     }
 
+    /// L1's entry for `key`, if it has one it may serve now (counted as an
+    /// L1 hit): what a read tries before anything else.
+    #[inline]
+    pub(crate) fn l1_hit(&self, key: &str, tags: &[String]) -> Option<Fetched> {
+        self.ensure_tracking();
+        if !self.l1_usable() {
+            return None;
+        }
+        let entry = self.shared.get(key, tags)?;
+        self.shared.tallies.l1_hits.add();
+        Some(Fetched::Near(entry))
+    }
+
     pub(crate) async fn fetch(
         &self,
         key: &str,
         tags: &[String],
         timeout: Duration,
     ) -> Result<Fetched, BackendError> {
-        self.ensure_tracking();
-        if self.l1_usable()
-            && let Some(entry) = self.shared.get(key, tags)
-        {
-            self.shared.tallies.l1_hits.fetch_add(1, Ordering::Relaxed);
-            self.shared.metrics.l1_hits.increment(1);
-            return Ok(Fetched::Near(entry));
+        if let Some(hit) = self.l1_hit(key, tags) {
+            return Ok(hit);
         }
         let noted = if self.redis.breaker_open() {
             None
         } else {
-            self.shared.note(key)
+            self.shared.note(key, tags)
         };
         let fetched = self.redis.fetch(key, tags, timeout).await?;
         Ok(self.received(key, noted, tags, fetched))
@@ -665,8 +718,7 @@ impl NearBackend {
         for key in keys {
             match usable.then(|| self.shared.get(key, &[])).flatten() {
                 Some(entry) => {
-                    self.shared.tallies.l1_hits.fetch_add(1, Ordering::Relaxed);
-                    self.shared.metrics.l1_hits.increment(1);
+                    self.shared.tallies.l1_hits.add();
                     out.push(Some(Fetched::Near(entry)));
                 }
                 None => {
@@ -680,7 +732,13 @@ impl NearBackend {
         }
         let noted: Vec<Option<Noted>> = ask
             .iter()
-            .map(|k| if usable { self.shared.note(k) } else { None })
+            .map(|k| {
+                if usable {
+                    self.shared.note(k, &[])
+                } else {
+                    None
+                }
+            })
             .collect();
         let fetched = self.redis.fetch_many(&ask, timeout).await?;
         let mut answers = ask.iter().zip(noted).zip(fetched);
@@ -742,39 +800,46 @@ impl NearBackend {
 
 /// The tracking connection's life: connect, subscribe, trust; PING every
 /// heartbeat; on any failure distrust, and start again. Ends when the cache
-/// is dropped.
-async fn track(
-    shared: Weak<Shared>,
-    client: redis::Client,
-    prefix: String,
-    heartbeat: Duration,
-    timeout: Duration,
-    connect_timeout: Duration,
-    slot: Arc<arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>>,
-) {
-    let mut backoff = heartbeat.min(Duration::from_millis(10));
+/// is dropped; if its runtime drops it first (shut down with the task
+/// pending), [`TrackGuard`] distrusts L1 and lets the next use start it
+/// again.
+async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
+    let _guard = TrackGuard {
+        shared: shared.clone(),
+        started: Arc::clone(&tracker.started),
+    };
+    let first_backoff = tracker.heartbeat.min(Duration::from_millis(10));
+    let mut backoff = first_backoff;
+    // Whether a failure to subscribe has been logged at `warn` since the
+    // last subscription (the rest go to `debug`).
+    let mut warned = false;
     loop {
-        if shared.strong_count() == 0 {
-            return;
-        }
+        let Some(s) = shared.upgrade() else { return };
+        // Each connection's pushes carry its epoch: a disconnect reported
+        // by an older connection does not withdraw the trust a newer one
+        // earned, and one reported before this connection was trusted
+        // stops it being trusted.
+        let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        drop(s);
         let reader = shared.clone();
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(tracker.connect_timeout))
+            .set_response_timeout(Some(tracker.timeout))
             .set_push_sender(move |push: PushInfo| -> Result<(), ()> {
                 if let Some(shared) = reader.upgrade() {
-                    shared.on_push(push);
+                    shared.on_push(epoch, push);
                 }
                 Ok(())
             });
-        let subscribed = tokio::time::timeout(connect_timeout + timeout, async {
-            let mut conn = client
+        let subscribed = tokio::time::timeout(tracker.connect_timeout + tracker.timeout, async {
+            let mut conn = tracker
+                .client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
             let mut cmd = redis::cmd("CLIENT");
             cmd.arg("TRACKING").arg("ON").arg("BCAST");
-            if !prefix.is_empty() {
-                cmd.arg("PREFIX").arg(&prefix);
+            if !tracker.prefix.is_empty() {
+                cmd.arg("PREFIX").arg(&tracker.prefix);
             }
             cmd.query_async::<()>(&mut conn).await?;
             Ok::<_, redis::RedisError>(conn)
@@ -782,47 +847,79 @@ async fn track(
         .await;
         let mut conn = match subscribed {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "near cache: tracking connection failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            Err(_) => {
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                if warned {
+                    tracing::debug!(error = %why, "near cache: cannot subscribe its tracking connection");
+                } else {
+                    // A refused `CLIENT TRACKING` (an ACL rule without it, a
+                    // server older than 6) keeps the tier off for good: say so.
+                    tracing::warn!(error = %why, "near cache: cannot subscribe its tracking connection; serving from Redis only until it can");
+                    warned = true;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        backoff = heartbeat.min(Duration::from_millis(10));
         match shared.upgrade() {
-            Some(s) => s.trust(),
+            Some(s) => s.trust(epoch),
             None => return,
         }
-        slot.store(Some(Arc::new(conn.clone())));
+        warned = false;
+        tracker.conn.store(Some(Arc::new(conn.clone())));
         loop {
-            tokio::time::sleep(heartbeat).await;
+            tokio::time::sleep(tracker.heartbeat).await;
             let Some(s) = shared.upgrade() else { return };
             s.metrics.bytes.set(s.l1.weighted_size() as f64);
             s.metrics.entries.set(s.l1.entry_count() as f64);
-            if !s.is_trusted() {
+            if !s.is_trusted() || s.dead.load(Ordering::SeqCst) >= epoch {
                 // A disconnect push came: make a new connection.
                 break;
             }
             drop(s);
-            let pong =
-                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
-                    .await;
+            let pong = tokio::time::timeout(
+                tracker.timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
             if !matches!(pong, Ok(Ok(_))) {
                 tracing::debug!("near cache: tracking connection missed its heartbeat");
                 break;
             }
+            // A heartbeat answered: the connection is good, so a failure
+            // after it starts the backoff over. (Not at subscription: a
+            // server that subscribes and then drops every connection at
+            // once would be re-subscribed, and L1 emptied, in a tight loop.)
+            backoff = first_backoff;
         }
-        slot.store(None);
+        tracker.conn.store(None);
         if let Some(s) = shared.upgrade() {
             s.distrust();
         }
         drop(conn);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Distrusts L1 and marks the tracker stopped when the tracking task ends
+/// or is dropped (its runtime shut down): without its channel, L1 must not
+/// be served, and the next use starts a new task.
+struct TrackGuard {
+    shared: Weak<Shared>,
+    started: Arc<AtomicBool>,
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.upgrade() {
+            s.distrust();
+        }
+        self.started.store(false, Ordering::SeqCst);
     }
 }
 
@@ -832,7 +929,8 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         let s = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
-        s.trust();
+        s.epoch.store(1, Ordering::SeqCst);
+        s.trust(1);
         s
     }
 
@@ -857,12 +955,12 @@ mod tests {
     #[test]
     fn a_fill_noted_before_a_change_of_its_key_is_refused() {
         let s = shared();
-        let noted = s.note("t:k");
+        let noted = s.note("t:k", &[]);
         s.changed("t:k");
         s.fill("t:k", noted, &[], entry_bytes(1));
         assert!(s.get("t:k", &[]).is_none());
         // Noted after the change: kept, and served.
-        let noted = s.note("t:k");
+        let noted = s.note("t:k", &[]);
         let f = s.fill("t:k", noted, &[], entry_bytes(2));
         assert_eq!(value_of(f), Some(2));
         assert_eq!(
@@ -874,14 +972,14 @@ mod tests {
     #[test]
     fn a_fill_noted_before_a_flush_or_while_distrusted_is_refused() {
         let s = shared();
-        let noted = s.note("t:k");
+        let noted = s.note("t:k", &[]);
         s.flush();
         s.fill("t:k", noted, &[], entry_bytes(1));
         assert!(s.get("t:k", &[]).is_none());
         s.distrust();
-        assert!(s.note("t:k").is_none());
-        s.trust();
-        let noted = s.note("t:k");
+        assert!(s.note("t:k", &[]).is_none());
+        s.trust(1);
+        let noted = s.note("t:k", &[]);
         s.fill("t:k", noted, &[], entry_bytes(1));
         assert!(s.get("t:k", &[]).is_some());
         s.distrust();
@@ -892,28 +990,37 @@ mod tests {
     fn pushes_remove_keys_and_a_null_push_empties_everything() {
         let s = shared();
         for k in ["t:a", "t:b"] {
-            let noted = s.note(k);
+            let noted = s.note(k, &[]);
             s.fill(k, noted, &[], entry_bytes(1));
         }
         let push = |data| PushInfo {
             kind: PushKind::Invalidate,
             data: vec![data],
         };
-        s.on_push(push(Value::Array(vec![Value::BulkString(b"t:a".to_vec())])));
+        s.on_push(
+            1,
+            push(Value::Array(vec![Value::BulkString(b"t:a".to_vec())])),
+        );
         assert!(s.get("t:a", &[]).is_none());
         assert!(s.get("t:b", &[]).is_some());
         // A lease's key changes nothing.
-        s.on_push(push(Value::Array(vec![Value::BulkString(
-            b"t:b:~lease".to_vec(),
-        )])));
+        s.on_push(
+            1,
+            push(Value::Array(vec![Value::BulkString(
+                b"t:b:~lease".to_vec(),
+            )])),
+        );
         assert!(s.get("t:b", &[]).is_some());
-        s.on_push(push(Value::Nil));
+        s.on_push(1, push(Value::Nil));
         assert!(s.get("t:b", &[]).is_none());
         assert_eq!(s.stats().invalidations_received, 1);
-        s.on_push(PushInfo {
-            kind: PushKind::Disconnection,
-            data: vec![],
-        });
+        s.on_push(
+            1,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
         assert!(!s.is_trusted());
     }
 
@@ -921,7 +1028,7 @@ mod tests {
     fn a_tagged_entry_is_not_served_once_its_tag_changed() {
         let s = shared();
         let tags = vec!["t:~tag:x".to_owned()];
-        let noted = s.note("t:k");
+        let noted = s.note("t:k", &tags);
         s.fill("t:k", noted, &tags, entry_bytes(1));
         assert!(s.get("t:k", &tags).is_some());
         assert!(s.get("t:k", &[]).is_none(), "read under other tags");
@@ -931,6 +1038,63 @@ mod tests {
         );
         s.changed("t:~tag:x");
         assert!(s.get("t:k", &tags).is_none());
+    }
+
+    #[test]
+    fn an_entry_inserted_as_a_change_arrives_is_never_served() {
+        // The change's counter moves after the fill's first check and
+        // before its insert's re-check removes the entry: a reader in
+        // between must not be served it.
+        let s = shared();
+        let noted = s.note("t:k", &[]);
+        s.fill("t:k", noted, &[], entry_bytes(1));
+        s.slots[slot("t:k")].fetch_add(1, Ordering::SeqCst);
+        assert!(s.get("t:k", &[]).is_none());
+        // The same for a flush that has not emptied moka yet.
+        let noted = s.note("t:k", &[]);
+        s.fill("t:k", noted, &[], entry_bytes(1));
+        assert!(s.get("t:k", &[]).is_some());
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        assert!(s.get("t:k", &[]).is_none());
+    }
+
+    #[test]
+    fn a_tag_changed_between_the_read_and_the_fill_keeps_the_entry_out() {
+        // The tagged read ran while the index listed the key; the index
+        // was then evicted (a push for the tag, none for the key).
+        let s = shared();
+        let tags = vec!["t:~tag:x".to_owned()];
+        let noted = s.note("t:k", &tags);
+        s.changed("t:~tag:x");
+        s.fill("t:k", noted, &tags, entry_bytes(1));
+        assert!(s.get("t:k", &tags).is_none());
+    }
+
+    #[test]
+    fn a_lost_connection_withdraws_trust_only_its_own_and_for_good() {
+        let s = shared();
+        // An older connection's disconnect, arriving late: no effect.
+        s.epoch.store(2, Ordering::SeqCst);
+        s.trust(2);
+        s.on_push(
+            1,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
+        assert!(s.is_trusted());
+        // This connection lost before it was trusted: never trusted.
+        s.epoch.store(3, Ordering::SeqCst);
+        s.on_push(
+            3,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
+        s.trust(3);
+        assert!(!s.is_trusted());
     }
 
     #[test]
@@ -944,7 +1108,7 @@ mod tests {
             stale_until_ms: now,
         };
         let bytes = codec::encode(Some(&1u32), &meta).expect("encodes");
-        let noted = s.note("t:k");
+        let noted = s.note("t:k", &[]);
         s.fill("t:k", noted, &[], bytes);
         assert!(s.get("t:k", &[]).is_none());
     }
@@ -969,12 +1133,12 @@ mod tests {
             Duration::from_millis(50),
             Duration::from_millis(50),
         );
-        near.shared.trust();
+        near.shared.trust(1);
         near
     }
 
     fn filled(b: &NearBackend, key: &str) {
-        let noted = b.shared.note(key);
+        let noted = b.shared.note(key, &[]);
         b.shared.fill(key, noted, &[], entry_bytes(1));
         assert!(b.shared.get(key, &[]).is_some());
     }
@@ -984,7 +1148,7 @@ mod tests {
         let b = backend();
         filled(&b, "t:a");
         filled(&b, "t:b");
-        let noted = b.shared.note("t:a");
+        let noted = b.shared.note("t:a", &[]);
         b.changing(&["t:a"], async {}).await;
         assert!(b.shared.get("t:a", &[]).is_none());
         assert!(b.shared.get("t:b", &[]).is_some(), "only its keys");
@@ -1009,12 +1173,12 @@ mod tests {
     #[test]
     fn l1_stays_within_its_byte_bound() {
         let s = Shared::new(&NearCache::new().max_bytes(64 << 10), "t");
-        s.trust();
+        s.trust(1);
         // A million distinct keys.
         let bytes = entry_bytes(7);
         for i in 0..1_000_000 {
             let key = format!("t:{i}");
-            let noted = s.note(&key);
+            let noted = s.note(&key, &[]);
             s.fill(&key, noted, &[], bytes.clone());
         }
         let stats = s.stats();
