@@ -368,6 +368,17 @@ impl Backend {
         }
     }
 
+    /// The near tier's in-process copy of `key`, if it has one it may
+    /// serve now (always `None` without the tier): a read tries it before
+    /// joining or leading a shared read of Redis.
+    #[inline]
+    pub(crate) fn l1_hit(&self, key: &str, tags: &[String]) -> Option<Fetched> {
+        match self {
+            Backend::Near(n) => n.l1_hit(key, tags),
+            _ => None,
+        }
+    }
+
     /// Takes the lease on `key` for `ttl` with `token`, unless another holder
     /// has it, or the stored entry does not meet `cond`.
     #[allow(clippy::too_many_arguments)]

@@ -158,10 +158,13 @@ impl Engine {
             counters.misses.add();
             return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
         }
+        // With the near tier, its in-process copy first: a hit there needs
+        // no shared read (nor any other step below before the read).
+        let l1 = self.backend.l1_hit(&call.key, call.tags);
         // On Redis, callers of one key in this process share one read, and
         // after a miss its one load: 1000 callers of a cold key would
         // otherwise queue 1000 reads ahead of the leader's lease and load.
-        if call.policy.lock && self.backend.is_remote() {
+        if l1.is_none() && call.policy.lock && self.backend.is_remote() {
             // Each round waits for another flight to land: only a leader
             // that went away (cancelled, or detached) brings another.
             loop {
@@ -196,7 +199,8 @@ impl Engine {
         // A load of this key is already running here: wait for it rather
         // than add a read to the pile. Failed, abandoned, or another type:
         // go the usual way.
-        if call.policy.lock
+        if l1.is_none()
+            && call.policy.lock
             && let Some(rx) = self.flights.miss_in_flight(&call.key, call.policy.wait)
         {
             match Box::pin(landing(rx)).await {
@@ -225,7 +229,18 @@ impl Engine {
                 _ => {}
             }
         }
-        let (fetched, took) = self.fetch_timed(&call.key, call.tags, counters).await;
+        let (fetched, took) = match l1 {
+            Some(hit) => {
+                // A hit in process completes without waiting on anything:
+                // a task calling in a loop would never give its worker
+                // back, starving the runtime's timers and connections (the
+                // tracking connection's heartbeat among them). Tokio's
+                // budget makes it yield every so often, as its own I/O does.
+                tokio::task::coop::consume_budget().await;
+                (Ok(hit), None)
+            }
+            None => self.fetch_timed(&call.key, call.tags, counters).await,
+        };
         match self.open_as(&call, fetched, took, true) {
             Read::Fresh(value, meta) => {
                 self.refresh_after_hit(&call, &value, Shared::Fresh(meta), refresh);
