@@ -111,6 +111,14 @@ fn main() {
         return;
     }
 
+    // `__profile_near N`: N near-tier hits of one warm key.
+    if args.first().map(String::as_str) == Some("__profile_near") {
+        let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        let redis = Redis::start();
+        runtime.block_on(scenarios::near::profile(&redis, n));
+        return;
+    }
+
     // `__profile_batch N`: N warm 100-id batch calls, for a profiler.
     if args.first().map(String::as_str) == Some("__profile_batch") {
         let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2_000);

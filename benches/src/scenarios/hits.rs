@@ -564,6 +564,10 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
     ];
     let samples = throughput_keys(&systems, &Arc::new(Zipf::new(KEYS, ZIPF_S))).await;
     let near_stats = near.cache.near_stats().unwrap_or_default();
+    let near_cache_stats = near.cache.stats();
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        eprintln!("{near_stats:?}\n{near_cache_stats:?}");
+    }
     // Calls that did not find their key (all should: the keys are warm and
     // live an hour).
     let missed = [

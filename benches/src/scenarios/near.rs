@@ -287,3 +287,23 @@ pub async fn near_invalidation(redis: &Redis) -> Vec<Row> {
             .with("bound_ms", BOUND.as_secs_f64() * 1e3),
     ]
 }
+
+/// `__profile_near N`: N near-tier hits of one warm key, for an instruction
+/// profiler.
+pub async fn profile(redis: &Redis, n: u32) {
+    let this = This::new(near_cache(redis), Duration::ZERO);
+    this.get(1).await;
+    if !until_trusted(&this.cache).await {
+        eprintln!("never subscribed");
+        return;
+    }
+    this.get(1).await;
+    near_hits(&this, n).await;
+}
+
+#[inline(never)]
+async fn near_hits(this: &This, n: u32) {
+    for _ in 0..n {
+        std::hint::black_box(this.get(std::hint::black_box(1)).await);
+    }
+}

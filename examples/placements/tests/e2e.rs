@@ -781,3 +781,42 @@ async fn every_answer_states_its_cacheability() {
         r.headers()
     );
 }
+
+/// The service on the near tier (`CACHE_NEAR_MAX_BYTES`, as a deployment
+/// sets it): hits come from L1 and show per tier in `/metrics`, and a
+/// change is seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_near_tier_serves_hits_in_process_and_shows_in_metrics() {
+    let redis = RedisServer::start();
+    let vars = RedisVars::default()
+        .with("REDIS_URL", redis.url())
+        .with("CACHE_NEAR_MAX_BYTES", "8388608");
+    let env = Env::with_vars(vars).await;
+    let (_, health) = env.json("/health").await;
+    assert_eq!(health["cache"]["backend"], "redis+near");
+    let l1 = r#"cache_tier_hits_total{namespace="placements",tier="l1"}"#;
+    let (_, first) = env.json("/placements/5").await;
+    // The tracking connection subscribes on first use: hits come from L1
+    // once it has.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, again) = env.json("/placements/5").await;
+        assert_eq!(again, first);
+        let metrics = env.get("/metrics").await.text().await.expect("text");
+        if sample(&metrics, l1) >= 1.0 {
+            assert!(metrics.contains("cache_near_trusted"), "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < until, "no L1 hit: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, updated) = env
+        .put(
+            "/placements/5",
+            json!({ "name": "near", "position_sec": 7 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, now) = env.json("/placements/5").await;
+    assert_eq!(now, updated, "the change is seen at once");
+}
