@@ -5,9 +5,11 @@
 //! server) stops trusting its L1 and never serves what it may have missed.
 //!
 //! Each cache here has an L1 and a tracking connection of its own, as a
-//! process does. The same properties across OS processes are checked by the
-//! consistency checker's `near/*` cases (two worker processes, every kind
-//! of write, faults) and measured by the `near_invalidation` benchmark.
+//! process does; the last test runs a second OS process (this binary, its
+//! ignored `near_reader_child`) against the same server. The consistency
+//! checker's `near/*` cases (two worker processes, every kind of write,
+//! faults) check the same across processes, and the `near_invalidation`
+//! benchmark measures the delay.
 //! Every test of the `on_both_backends!` suites also runs on the near tier
 //! (`on_near`).
 
@@ -391,4 +393,209 @@ fn a_cache_outliving_its_tracking_runtime_distrusts_then_subscribes_again() {
         let svc = Svc::new(cache.clone(), &source);
         l1_serves(&svc, 1, 1, "in the second runtime").await;
     });
+}
+
+// ---- across OS processes ----------------------------------------------------
+
+/// Set in a child's environment: the ignored child test does nothing
+/// without it (when `--ignored` runs it in the parent, say).
+const CHILD_ENV: &str = "CACHED_TEST_NEAR_CHILD";
+
+/// A service whose source is a key outside the cache's namespace (`source`,
+/// read and written on a direct connection): what a database is to a
+/// service, shared by every process.
+#[derive(Clone)]
+struct Shared2 {
+    cache: Cache,
+    source: redis::aio::MultiplexedConnection,
+}
+
+impl Shared2 {
+    async fn new(cache: Cache, source_url: &str) -> Shared2 {
+        let source = redis::Client::open(source_url)
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        Shared2 { cache, source }
+    }
+
+    #[cached(prefix = "x", ttl = "1h", key = id)]
+    async fn get(&self, id: u64) -> u64 {
+        let _ = id;
+        let mut source = self.source.clone();
+        redis::cmd("GET")
+            .arg("source")
+            .query_async::<Option<u64>>(&mut source)
+            .await
+            .expect("the source answers")
+            .unwrap_or(0)
+    }
+
+    #[cache_put(prefix = "x", ttl = "1h", key = id)]
+    async fn put(&self, id: u64, version: u64) -> u64 {
+        let _ = id;
+        let mut source = self.source.clone();
+        let () = redis::cmd("SET")
+            .arg("source")
+            .arg(version)
+            .query_async(&mut source)
+            .await
+            .expect("the source answers");
+        version
+    }
+}
+
+/// The child: a process with the near tier on `NEAR_CACHE_URL` (the
+/// parent's proxy), reading key 1. Prints `ready` once L1 serves it; then
+/// for each `expect V BOUND_MS` line on stdin reads it every ~100 µs for
+/// BOUND_MS + 200 ms and prints `seen V LAG_US STALE`: how long after the
+/// line (sent once V's write had returned) it first read V, and how many
+/// reads begun after BOUND_MS still returned an older version.
+#[test]
+#[ignore = "a child process of a_change_in_one_process_reaches_another_and_a_lost_channel_never_serves_old"]
+fn near_reader_child() {
+    if std::env::var(CHILD_ENV).is_err() {
+        return;
+    }
+    let cache_url = std::env::var("NEAR_CACHE_URL").expect("the parent sets it");
+    let source_url = std::env::var("NEAR_SOURCE_URL").expect("the parent sets it");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let svc = Shared2::new(near_at(&cache_url), &source_url).await;
+        trusted(&svc.cache).await;
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let before = l1_hits(&svc.cache);
+            svc.get(1).await;
+            if l1_hits(&svc.cache) > before {
+                break;
+            }
+            assert!(Instant::now() < until, "L1 never served");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        println!("ready");
+        let mut line = String::new();
+        while {
+            line.clear();
+            std::io::stdin().read_line(&mut line).expect("stdin") > 0
+        } {
+            let mut words = line.split_whitespace().skip(1);
+            let (Some(v), Some(bound)) = (words.next(), words.next()) else {
+                return;
+            };
+            let version: u64 = v.parse().expect("a version");
+            let bound = Duration::from_millis(bound.parse().expect("ms"));
+            let asked = Instant::now();
+            let (mut lag, mut stale) = (None, 0u64);
+            while asked.elapsed() < bound + Duration::from_millis(200) {
+                let started = asked.elapsed();
+                let got = svc.get(1).await;
+                if got >= version {
+                    lag.get_or_insert(started);
+                } else if started > bound {
+                    stale += 1;
+                }
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            let lag = lag.map_or(u128::MAX, |l| l.as_micros());
+            println!("seen {version} {lag} {stale}");
+        }
+    });
+}
+
+/// Two OS processes on one `redis-server`, each with the near tier: 20
+/// write-throughs in this one each reach the child's L1 (it reads the new
+/// version at once, and never the old one 20 ms after the write returned);
+/// then the child's connections are stranded (silent for good) or cut
+/// while this process writes: the child never serves the old value once
+/// its heartbeat's bound has passed, nor after it subscribes again.
+#[test]
+fn a_change_in_one_process_reaches_another_and_a_lost_channel_never_serves_old() {
+    use std::io::{BufRead as _, Write as _};
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    server.cmd::<()>(&["SET", "source", "1"]);
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_crate, module)| module);
+    let name = if module.is_empty() {
+        "near_reader_child".to_owned()
+    } else {
+        format!("{module}::near_reader_child")
+    };
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            &name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .env("NEAR_CACHE_URL", proxy.url())
+        .env("NEAR_SOURCE_URL", server.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the child starts");
+    let mut to_child = child.stdin.take().expect("piped");
+    let mut from_child = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    let mut next_line = |line: &mut String| {
+        loop {
+            line.clear();
+            let n = from_child.read_line(line).expect("the child's output");
+            assert!(n > 0, "the child ended early");
+            // The harness prints its own lines ("running 1 test"), and the
+            // child's first line follows its "test near_reader_child ... ".
+            if let Some(at) = line.find("ready").or_else(|| line.find("seen ")) {
+                *line = line[at..].to_owned();
+                return;
+            }
+        }
+    };
+    next_line(&mut line);
+    assert_eq!(line.trim(), "ready");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let writer = rt.block_on(Shared2::new(near(&server), &server.url()));
+    let mut version = 1;
+    let mut ask = |version: u64, bound_ms: u64, line: &mut String| -> (u128, u64) {
+        writeln!(to_child, "expect {version} {bound_ms}").expect("stdin");
+        to_child.flush().expect("stdin");
+        next_line(line);
+        let mut words = line.split_whitespace().skip(1);
+        let seen: u64 = words.next().expect("version").parse().expect("a number");
+        assert_eq!(seen, version);
+        let lag: u128 = words.next().expect("lag").parse().expect("a number");
+        let stale: u64 = words.next().expect("stale").parse().expect("a number");
+        (lag, stale)
+    };
+    for _ in 0..20 {
+        version += 1;
+        rt.block_on(writer.put(1, version));
+        let (lag, stale) = ask(version, 20, &mut line);
+        assert_eq!(
+            stale, 0,
+            "v{version}: the old value read 20 ms after the write returned"
+        );
+        assert!(lag < 20_000, "v{version}: first seen {lag} µs after");
+    }
+    for fault in ["strand", "cut"] {
+        match fault {
+            "strand" => proxy.strand(),
+            _ => proxy.cut(),
+        }
+        version += 1;
+        rt.block_on(writer.put(1, version));
+        // The heartbeat (20 ms) and its timeout (50 ms), and slack.
+        let (_, stale) = ask(version, 150, &mut line);
+        assert_eq!(stale, 0, "{fault}: the old value served after the bound");
+        // Subscribed again by now or soon: still never the old value.
+        let (_, stale) = ask(version, 0, &mut line);
+        assert_eq!(stale, 0, "{fault}: the old value served after reconnecting");
+    }
+    drop(to_child);
+    let status = child.wait().expect("the child exits");
+    assert!(status.success(), "the child failed: {status}");
 }
