@@ -115,6 +115,20 @@ impl Svc {
     async fn evict_tag(&self, version: u64) {
         self.source.store(version, SeqCst);
     }
+
+    /// Makes `version` the source's, through the change named (`put`,
+    /// `evict`, `pattern` or `tag`) of item 1.
+    async fn change(&self, change: &str, version: u64) {
+        match change {
+            "put" => {
+                self.put(1, version).await;
+            }
+            "evict" => self.evict(1, version).await,
+            "pattern" => self.evict_pattern(version).await,
+            "tag" => self.evict_tag(version).await,
+            other => panic!("no change {other}"),
+        }
+    }
 }
 
 /// Reads through `svc` until it returns `version` (at most `within`);
@@ -174,17 +188,11 @@ async fn every_change_reaches_every_l1() {
             l1_serves(svc, 1, version, change).await;
         }
         version += 1;
-        match change {
-            "put" => {
-                a.put(1, version).await;
-            }
-            "evict" => a.evict(1, version).await,
-            "pattern" => a.evict_pattern(version).await,
-            "tag" => a.evict_tag(version).await,
-            _ => {
-                source.store(version, SeqCst);
-                server.cmd::<()>(&["DEL", "t:item:1"]);
-            }
+        if change == "by hand" {
+            source.store(version, SeqCst);
+            server.cmd::<()>(&["DEL", "t:item:1"]);
+        } else {
+            a.change(change, version).await;
         }
         if change != "by hand" {
             // The writer's own L1: the new version at once, every time.
@@ -357,14 +365,7 @@ async fn own_changes_are_never_served_old_even_when_pushes_are_slow() {
         until_served(&svc, 1, version, Duration::from_secs(1)).await;
         l1_serves(&svc, 1, version, change).await;
         version += 1;
-        match change {
-            "put" => {
-                svc.put(1, version).await;
-            }
-            "evict" => svc.evict(1, version).await,
-            "pattern" => svc.evict_pattern(version).await,
-            _ => svc.evict_tag(version).await,
-        }
+        svc.change(change, version).await;
         assert_eq!(
             svc.get(1).await,
             version,

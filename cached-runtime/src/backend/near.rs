@@ -442,7 +442,8 @@ impl Shared {
 
     /// Puts what a read brought from Redis into L1, unless a change of the
     /// key (or a flush) reached this process since the read was noted.
-    fn fill(&self, key: &str, noted: Option<Noted>, tags: &[String], bytes: Vec<u8>) -> Fetched {
+    /// The tags the entry is served under are the ones its read noted.
+    fn fill(&self, key: &str, noted: Option<Noted>, bytes: Vec<u8>) -> Fetched {
         let Some(noted) = noted else {
             return Fetched::Encoded(bytes);
         };
@@ -451,15 +452,7 @@ impl Shared {
         };
         let left = meta.stale_until_ms.saturating_sub(now_ms());
         let keep_for = self.max_ttl.min(Duration::from_millis(left));
-        if keep_for.is_zero()
-            || !self.unchanged(&noted)
-            || noted.tags.len() != tags.len()
-            || noted
-                .tags
-                .iter()
-                .zip(tags)
-                .any(|((t, _, _), asked)| **t != **asked)
-        {
+        if keep_for.is_zero() || !self.unchanged(&noted) {
             return Fetched::Encoded(bytes);
         }
         let entry = NearEntry(Arc::new(NearInner {
@@ -671,30 +664,33 @@ impl NearBackend {
         Some(Fetched::Near(entry))
     }
 
+    /// Reads `key` from Redis, and fills L1 with what it found. L1 itself
+    /// is not consulted here: a read tries [`l1_hit`](Self::l1_hit) first,
+    /// once (the engine before its shared read, `Cache::get` before its
+    /// fetch), and the reads that follow a lease or serve an audit want
+    /// Redis's copy.
     pub(crate) async fn fetch(
         &self,
         key: &str,
         tags: &[String],
         timeout: Duration,
     ) -> Result<Fetched, BackendError> {
-        if let Some(hit) = self.l1_hit(key, tags) {
-            return Ok(hit);
-        }
+        self.ensure_tracking();
         let noted = if self.redis.breaker_open() {
             None
         } else {
             self.shared.note(key, tags)
         };
         let fetched = self.redis.fetch(key, tags, timeout).await?;
-        Ok(self.received(key, noted, tags, fetched))
+        Ok(self.received(key, noted, fetched))
     }
 
-    fn received(&self, key: &str, noted: Option<Noted>, tags: &[String], got: Fetched) -> Fetched {
+    fn received(&self, key: &str, noted: Option<Noted>, got: Fetched) -> Fetched {
         match got {
             Fetched::Encoded(bytes) => {
                 self.shared.tallies.l2_hits.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.l2_hits.increment(1);
-                self.shared.fill(key, noted, tags, bytes)
+                self.shared.fill(key, noted, bytes)
             }
             other => {
                 self.shared
@@ -747,7 +743,7 @@ impl NearBackend {
             .map(|slot| match slot {
                 Some(hit) => hit,
                 None => match answers.next() {
-                    Some(((key, noted), got)) => self.received(key, noted, &[], got),
+                    Some(((key, noted), got)) => self.received(key, noted, got),
                     None => Fetched::Absent,
                 },
             })
@@ -957,11 +953,11 @@ mod tests {
         let s = shared();
         let noted = s.note("t:k", &[]);
         s.changed("t:k");
-        s.fill("t:k", noted, &[], entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &[]).is_none());
         // Noted after the change: kept, and served.
         let noted = s.note("t:k", &[]);
-        let f = s.fill("t:k", noted, &[], entry_bytes(2));
+        let f = s.fill("t:k", noted, entry_bytes(2));
         assert_eq!(value_of(f), Some(2));
         assert_eq!(
             value_of(Fetched::Near(s.get("t:k", &[]).expect("kept"))),
@@ -974,13 +970,13 @@ mod tests {
         let s = shared();
         let noted = s.note("t:k", &[]);
         s.flush();
-        s.fill("t:k", noted, &[], entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &[]).is_none());
         s.distrust();
         assert!(s.note("t:k", &[]).is_none());
         s.trust(1);
         let noted = s.note("t:k", &[]);
-        s.fill("t:k", noted, &[], entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &[]).is_some());
         s.distrust();
         assert!(s.get("t:k", &[]).is_none(), "distrust empties L1");
@@ -991,7 +987,7 @@ mod tests {
         let s = shared();
         for k in ["t:a", "t:b"] {
             let noted = s.note(k, &[]);
-            s.fill(k, noted, &[], entry_bytes(1));
+            s.fill(k, noted, entry_bytes(1));
         }
         let push = |data| PushInfo {
             kind: PushKind::Invalidate,
@@ -1029,7 +1025,7 @@ mod tests {
         let s = shared();
         let tags = vec!["t:~tag:x".to_owned()];
         let noted = s.note("t:k", &tags);
-        s.fill("t:k", noted, &tags, entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &tags).is_some());
         assert!(s.get("t:k", &[]).is_none(), "read under other tags");
         assert!(
@@ -1047,12 +1043,12 @@ mod tests {
         // between must not be served it.
         let s = shared();
         let noted = s.note("t:k", &[]);
-        s.fill("t:k", noted, &[], entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         s.slots[slot("t:k")].fetch_add(1, Ordering::SeqCst);
         assert!(s.get("t:k", &[]).is_none());
         // The same for a flush that has not emptied moka yet.
         let noted = s.note("t:k", &[]);
-        s.fill("t:k", noted, &[], entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &[]).is_some());
         s.generation.fetch_add(1, Ordering::SeqCst);
         assert!(s.get("t:k", &[]).is_none());
@@ -1066,7 +1062,7 @@ mod tests {
         let tags = vec!["t:~tag:x".to_owned()];
         let noted = s.note("t:k", &tags);
         s.changed("t:~tag:x");
-        s.fill("t:k", noted, &tags, entry_bytes(1));
+        s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &tags).is_none());
     }
 
@@ -1109,7 +1105,7 @@ mod tests {
         };
         let bytes = codec::encode(Some(&1u32), &meta).expect("encodes");
         let noted = s.note("t:k", &[]);
-        s.fill("t:k", noted, &[], bytes);
+        s.fill("t:k", noted, bytes);
         assert!(s.get("t:k", &[]).is_none());
     }
 
@@ -1139,7 +1135,7 @@ mod tests {
 
     fn filled(b: &NearBackend, key: &str) {
         let noted = b.shared.note(key, &[]);
-        b.shared.fill(key, noted, &[], entry_bytes(1));
+        b.shared.fill(key, noted, entry_bytes(1));
         assert!(b.shared.get(key, &[]).is_some());
     }
 
@@ -1153,7 +1149,7 @@ mod tests {
         assert!(b.shared.get("t:a", &[]).is_none());
         assert!(b.shared.get("t:b", &[]).is_some(), "only its keys");
         // A read noted before the write cannot fill after it.
-        b.shared.fill("t:a", noted, &[], entry_bytes(1));
+        b.shared.fill("t:a", noted, entry_bytes(1));
         assert!(b.shared.get("t:a", &[]).is_none());
         // Dropped mid-write (the write may have landed): removed too.
         let write = b.changing(&["t:b"], std::future::pending::<()>());
@@ -1179,7 +1175,7 @@ mod tests {
         for i in 0..1_000_000 {
             let key = format!("t:{i}");
             let noted = s.note(&key, &[]);
-            s.fill(&key, noted, &[], bytes.clone());
+            s.fill(&key, noted, bytes.clone());
         }
         let stats = s.stats();
         assert!(stats.l1_bytes <= 64 << 10, "{stats:?}");

@@ -121,7 +121,11 @@ impl Cache {
             counters.misses.add();
             return None;
         }
-        let (fetched, took) = self.engine.fetch_timed(&full, &[], &counters).await;
+        // The near tier's in-process copy first, as every cached call does.
+        let (fetched, took) = match self.engine.backend.l1_hit(&full, &[]) {
+            Some(hit) => (Ok(hit), None),
+            None => self.engine.fetch_timed(&full, &[], &counters).await,
+        };
         let read = self.engine.interpret::<T>(&full, &counters, fetched);
         self.engine.count_read(&full, &counters, &read, took);
         match read {
