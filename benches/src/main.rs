@@ -119,6 +119,15 @@ fn main() {
         return;
     }
 
+    // `__profile_near_keys SECS`: `this_near` of `concurrent_hit_keys`
+    // alone, for a sampling profiler.
+    if args.first().map(String::as_str) == Some("__profile_near_keys") {
+        let secs: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10);
+        let redis = Redis::start();
+        runtime.block_on(scenarios::near::profile_keys(&redis, secs));
+        return;
+    }
+
     // `__profile_batch N`: N warm 100-id batch calls, for a profiler.
     if args.first().map(String::as_str) == Some("__profile_batch") {
         let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2_000);

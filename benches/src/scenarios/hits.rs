@@ -250,8 +250,39 @@ pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
 /// A shareable operation for the throughput runs.
 type SharedOp = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// A shareable operation on one key, by id.
-type KeyOp = Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// A read of one key, by id, borrowing its system.
+type KeyFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// One system of [`throughput_keys`]: its state, and how it reads key `id`.
+/// A call borrows the state rather than cloning an `Arc` of it: 64 tasks
+/// cloning one `Arc` per call would bounce its count between the cores,
+/// a cost of the harness, not of the system (it held the fastest system,
+/// the near tier, to two thirds of its rate).
+struct KeySystem<S> {
+    state: S,
+    read: for<'a> fn(&'a S, u64) -> KeyFuture<'a>,
+}
+
+/// A [`KeySystem`] of any state.
+trait KeyRead: Send + Sync {
+    fn read(&self, id: u64) -> KeyFuture<'_>;
+}
+
+impl<S: Send + Sync> KeyRead for KeySystem<S> {
+    fn read(&self, id: u64) -> KeyFuture<'_> {
+        (self.read)(&self.state, id)
+    }
+}
+
+/// A shareable system of [`throughput_keys`].
+type KeyOp = Arc<dyn KeyRead>;
+
+fn key_op<S: Send + Sync + 'static>(
+    state: S,
+    read: for<'a> fn(&'a S, u64) -> KeyFuture<'a>,
+) -> KeyOp {
+    Arc::new(KeySystem { state, read })
+}
 
 /// Tasks of the throughput runs.
 const TASKS: usize = 64;
@@ -288,7 +319,7 @@ async fn throughput_keys(systems: &[KeyOp], keys: &Arc<Zipf>) -> Vec<Vec<f64>> {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                op(keys.sample(&mut rng)).await;
+                op.read(keys.sample(&mut rng)).await;
                 n += 1;
             }
             n
@@ -503,63 +534,47 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
     // The same cache and keys, loads counted apart.
     let unshared = Arc::new(This::new(this.cache.clone(), Duration::ZERO));
     let systems: Vec<KeyOp> = vec![
-        Arc::new({
-            let this = this.clone();
-            move |id| {
-                let this = this.clone();
-                Box::pin(async move {
-                    std::hint::black_box(this.get(id).await);
-                })
-            }
+        key_op(this.clone(), |this, id| {
+            Box::pin(async move {
+                std::hint::black_box(this.get(id).await);
+            })
         }),
-        Arc::new({
-            let unshared = unshared.clone();
-            move |id| {
-                let this = unshared.clone();
-                Box::pin(async move {
-                    std::hint::black_box(this.get_unshared(id).await);
-                })
-            }
+        key_op(unshared.clone(), |this, id| {
+            Box::pin(async move {
+                std::hint::black_box(this.get_unshared(id).await);
+            })
         }),
-        Arc::new({
-            let misses = raw_misses.clone();
-            move |id| {
-                let (mut c, misses) = (raw.clone(), misses.clone());
-                Box::pin(async move {
-                    let key = format!("raw:placement:{id}");
-                    if std::hint::black_box(raw_get(&mut c, &key).await).is_none() {
-                        misses.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            }
+        // A `ConnectionManager` takes `&mut self`: each call clones its
+        // handle, as each of a service's requests would.
+        key_op((raw, raw_misses.clone()), |(raw, misses), id| {
+            let mut c = raw.clone();
+            Box::pin(async move {
+                let key = format!("raw:placement:{id}");
+                if std::hint::black_box(raw_get(&mut c, &key).await).is_none() {
+                    misses.fetch_add(1, Ordering::Relaxed);
+                }
+            })
         }),
-        Arc::new({
-            let loads = hand_loads.clone();
-            move |id| {
-                let (mut c, loads) = (hand.clone(), loads.clone());
-                Box::pin(async move {
-                    let key = format!("hand:placement:{id}");
-                    let load = || async move {
-                        loads.fetch_add(1, Ordering::Relaxed);
-                        Placement::sample(id)
-                    };
-                    std::hint::black_box(hand_written_get(&mut c, &key, 3600, load).await);
-                })
-            }
+        key_op((hand, hand_loads.clone()), |(hand, loads), id| {
+            let mut c = hand.clone();
+            Box::pin(async move {
+                let key = format!("hand:placement:{id}");
+                let load = || async move {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    Placement::sample(id)
+                };
+                std::hint::black_box(hand_written_get(&mut c, &key, 3600, load).await);
+            })
         }),
-        Arc::new(|id| {
+        key_op((), |(), id| {
             Box::pin(async move {
                 let _ = std::hint::black_box(cached_crate_get(id).await);
             })
         }),
-        Arc::new({
-            let near = near.clone();
-            move |id| {
-                let near = near.clone();
-                Box::pin(async move {
-                    std::hint::black_box(near.get(id).await);
-                })
-            }
+        key_op(near.clone(), |near, id| {
+            Box::pin(async move {
+                std::hint::black_box(near.get(id).await);
+            })
         }),
     ];
     let samples = throughput_keys(&systems, &Arc::new(Zipf::new(KEYS, ZIPF_S))).await;

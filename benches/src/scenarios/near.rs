@@ -307,3 +307,44 @@ async fn near_hits(this: &This, n: u32) {
         std::hint::black_box(this.get(std::hint::black_box(1)).await);
     }
 }
+
+/// `__profile_near_keys SECS`: `concurrent_hit_keys`'s `this_near` alone,
+/// 64 tasks for SECS seconds, for a sampling profiler.
+pub async fn profile_keys(redis: &Redis, secs: u64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let this = Arc::new(This::new(near_cache(redis), Duration::ZERO));
+    this.get(1).await;
+    if !until_trusted(&this.cache).await {
+        eprintln!("never subscribed");
+        return;
+    }
+    let keys = Arc::new(super::hits::Zipf::new(10_000, 1.0));
+    for id in 1..=10_000 {
+        this.get(id).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let (this, keys, stop, total) =
+                (this.clone(), keys.clone(), stop.clone(), total.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(t);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(this.get(keys.sample(&mut rng)).await);
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let n = total.load(Ordering::Relaxed);
+    eprintln!("{:.0} ops/s", n as f64 / secs as f64);
+}
