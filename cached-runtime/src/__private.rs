@@ -25,19 +25,25 @@ pub struct Site {
     prefix: &'static str,
     /// TTLs, locking, stale window, early refresh.
     policy: Policy,
-    /// The counters of the first cache this site served, kept here so a hit
-    /// takes no lock and no reference count (both contended under load).
+    /// The counters of the first caches this site served, kept here so a
+    /// hit takes no lock and no reference count (both contended under load).
     counters: SiteCounters,
 }
 
-/// See the `counters` field of [`Site`].
+/// How many caches a site keeps the counters of (a service with a cache
+/// per tier or per tenant; tests with a cache each): calls through any
+/// further cache find theirs in the cache's registry.
+const SITE_CACHES: usize = 4;
+
+/// See the `counters` field of [`Site`]: `(engine id, its counters)`, each
+/// slot taken by the first cache that finds it empty.
 #[derive(Debug)]
-struct SiteCounters(OnceLock<(u64, Arc<Counters>)>);
+struct SiteCounters([OnceLock<(u64, Arc<Counters>)>; SITE_CACHES]);
 
 impl SiteCounters {
     /// Empty until the first call.
     const fn new() -> SiteCounters {
-        SiteCounters(OnceLock::new())
+        SiteCounters([const { OnceLock::new() }; SITE_CACHES])
     }
 }
 
@@ -52,8 +58,6 @@ impl Site {
         }
     }
 
-    /// The counters of `cache` for this site: from the site for the cache it
-    /// first served, from the cache's registry for any other.
     /// The policy of one call: the site's, or a copy with this call's TTL
     /// (`ttl = <expression>`).
     fn policy_for(&self, ttl: Option<Duration>) -> Cow<'_, Policy> {
@@ -63,16 +67,18 @@ impl Site {
         }
     }
 
+    /// The counters of `cache` for this site: from the site for the first
+    /// [`SITE_CACHES`] caches it served, from the cache's registry for any
+    /// other.
     fn counters(&'static self, cache: &Cache) -> CountersRef<'static> {
-        let (id, counters) = self
-            .counters
-            .0
-            .get_or_init(|| (cache.engine().id, cache.engine().stats.counters(self.name)));
-        if *id == cache.engine().id {
-            std::borrow::Cow::Borrowed(counters)
-        } else {
-            std::borrow::Cow::Owned(cache.engine().stats.counters(self.name))
+        let engine = cache.engine();
+        for slot in &self.counters.0 {
+            let (id, counters) = slot.get_or_init(|| (engine.id, engine.stats.counters(self.name)));
+            if *id == engine.id {
+                return std::borrow::Cow::Borrowed(counters);
+            }
         }
+        std::borrow::Cow::Owned(engine.stats.counters(self.name))
     }
 }
 

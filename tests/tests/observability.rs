@@ -132,6 +132,11 @@ impl Service {
         id
     }
 
+    #[cached(prefix = "obs_per_cache", ttl = "5m", key = id)]
+    async fn per_cache_row(&self, id: u64) -> u64 {
+        id
+    }
+
     #[cached(prefix = "obs_named", name = "renamed", ttl = "5m", key = id)]
     async fn named(&self, id: u64) -> u64 {
         id
@@ -311,6 +316,44 @@ async fn stats_are_a_snapshot_per_name_with_a_hit_rate() {
     s.named(3).await;
     let names: Vec<String> = s.cache.stats().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["obs_stats", "renamed"], "sorted by name");
+}
+
+/// One call site served by more caches than it keeps counters for: each
+/// cache counts its own calls, none another's, whether its counters live on
+/// the site or in its registry, and whichever cache comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cache_counts_its_own_calls_of_a_shared_call_site() {
+    let services: Vec<Service> = (0..7)
+        .map(|_| Service {
+            cache: Cache::memory(),
+        })
+        .collect();
+    // Cache `i` reads ids 0..=i twice (a miss, then a hit, each), the
+    // caches taking turns, concurrently.
+    let mut calls = tokio::task::JoinSet::new();
+    let services = Arc::new(services);
+    for _round in 0..2 {
+        for i in 0..services.len() {
+            let services = Arc::clone(&services);
+            calls.spawn(async move {
+                for id in 0..=i as u64 {
+                    services[i].per_cache_row(id).await;
+                }
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.expect("no panic");
+        }
+    }
+    for (i, s) in services.iter().enumerate() {
+        let stats = s.cache.stats_for("obs_per_cache").expect("stats");
+        let n = i as u64 + 1;
+        assert_eq!(
+            (stats.hits, stats.misses, stats.loads),
+            (n, n, n),
+            "cache {i}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
