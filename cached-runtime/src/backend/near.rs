@@ -1,5 +1,14 @@
-//! The near tier: an in-process copy (L1, moka) of what this process read
-//! from Redis (L2), kept true by Redis's client-side caching.
+//! The near tier: an in-process copy (L1) of what this process read from
+//! Redis (L2), kept true by Redis's client-side caching.
+//!
+//! L1 is a `quick_cache` bounded by bytes. Not moka, which the memory
+//! backend uses: moka records every read in a queue for its eviction
+//! policy's bookkeeping, which 64 tasks hitting one map on two cores fight
+//! over (a third of an L1 hit's time, measured by `cached-bench`'s
+//! `concurrent_hit_keys`); quick_cache's read takes a shard's read lock and
+//! marks the entry referenced. It has no expiry of its own: each entry
+//! records until when it may be served, every hit checks it, and the
+//! tracking task drops the entries past it every [`SWEEP_EVERY`].
 //!
 //! A dedicated RESP3 connection subscribes with `CLIENT TRACKING ON BCAST
 //! PREFIX {namespace}:`: from then on Redis pushes the name of every key
@@ -34,10 +43,8 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::notification::RemovalCause;
-use moka::sync::Cache as Moka;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use super::redis::RedisBackend;
@@ -94,14 +101,17 @@ impl NearCache {
     /// encoded value and 96 bytes of bookkeeping. The decoded copy a hit
     /// keeps beside the bytes (so that only the first hit decodes) is not
     /// counted: budget for up to twice this with values whose decoded form
-    /// is larger than their encoding.
+    /// is larger than their encoding. The bound is split among the tier's
+    /// shards (four per core, fewer for a small bound): an entry heavier
+    /// than its shard's share is served from Redis, never kept.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self
     }
 
-    /// The longest an entry stays in the tier (never longer than it lives
-    /// in Redis): a bound on memory held by keys nobody reads, not on
+    /// The longest an entry is served from the tier (never longer than it
+    /// lives in Redis; past it, the entry's memory is given back within a
+    /// second): a bound on memory held by keys nobody reads, not on
     /// staleness, which invalidation bounds.
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         self.max_ttl = ttl;
@@ -180,6 +190,9 @@ pub struct NearStats {
 /// because another key of the slot changed.
 const SLOTS: usize = 1 << 14;
 
+/// How often the tracking task drops L1's entries past their time.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// What one L1 entry weighs besides its key and bytes.
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -192,8 +205,9 @@ struct NearInner {
     bytes: Vec<u8>,
     /// `(Option<T>, EntryMeta)` for the type the first hit asked for.
     typed: OnceLock<Box<dyn Any + Send + Sync>>,
-    /// How long L1 keeps it.
-    keep_for: Duration,
+    /// Until when L1 may serve it (ms since the epoch, as [`now_ms`]):
+    /// checked by each hit, the entry staying until evicted or replaced.
+    keep_until_ms: u64,
     /// What its read noted before asking Redis: a hit is served only while
     /// none of it moved (no flush, no change of the key's slot, none of its
     /// tags'), so an entry inserted just as a change arrived is never
@@ -222,23 +236,36 @@ impl NearEntry {
     }
 }
 
-struct KeepFor;
+/// Counts L1's evictions (entries dropped to keep within its bound; not
+/// removals by invalidation, flush or expiry).
+#[derive(Clone)]
+struct Evictions {
+    count: Arc<AtomicU64>,
+    metric: metrics::Counter,
+}
 
-impl moka::Expiry<String, NearEntry> for KeepFor {
-    fn expire_after_create(&self, _: &String, value: &NearEntry, _: Instant) -> Option<Duration> {
-        Some(value.0.keep_for)
-    }
+impl quick_cache::Lifecycle<String, NearEntry> for Evictions {
+    type RequestState = ();
 
-    fn expire_after_update(
-        &self,
-        _: &String,
-        value: &NearEntry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.0.keep_for)
+    fn on_evict(&self, _: &mut (), _: String, _: NearEntry) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.metric.increment(1);
     }
 }
+
+/// What an L1 entry weighs against the byte bound: its key, its bytes and
+/// [`ENTRY_OVERHEAD`].
+#[derive(Clone)]
+struct Weight;
+
+impl quick_cache::Weighter<String, NearEntry> for Weight {
+    fn weight(&self, key: &String, entry: &NearEntry) -> u64 {
+        (key.len() + entry.0.bytes.len() + ENTRY_OVERHEAD) as u64
+    }
+}
+
+type L1 =
+    quick_cache::sync::Cache<String, NearEntry, Weight, foldhash::fast::RandomState, Evictions>;
 
 struct Tallies {
     /// Every L1 hit counts here: striped over cache lines, so that two
@@ -264,7 +291,7 @@ struct Metrics {
 /// What the tracking connection's reader, the heartbeat and every reader
 /// and writer of this process share.
 pub(crate) struct Shared {
-    l1: Moka<String, NearEntry, foldhash::fast::RandomState>,
+    l1: L1,
     /// Per-slot change counts (see [`SLOTS`]).
     slots: Box<[AtomicU64]>,
     /// Bumped whenever L1 is emptied: a fill noted before it is refused.
@@ -305,22 +332,23 @@ impl Shared {
         let evicted = Arc::clone(&evictions);
         let evicted_metric =
             metrics::counter!(names::NEAR_EVICTIONS, "namespace" => namespace.to_owned());
-        let l1 = Moka::builder()
-            .max_capacity(settings.max_bytes)
-            .weigher(|key: &String, entry: &NearEntry| {
-                u32::try_from(key.len() + entry.0.bytes.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .expire_after(KeepFor)
-            .eviction_listener(move |_key, _entry, cause| {
-                if cause == RemovalCause::Size {
-                    evicted.fetch_add(1, Ordering::Relaxed);
-                    evicted_metric.increment(1);
-                }
-            })
+        let l1 = L1::with(
+            // quick_cache sizes its table from this estimate (and grows it
+            // as needed): one entry per 4 KiB of the bound, within limits.
+            usize::try_from(settings.max_bytes / 4096)
+                .unwrap_or(usize::MAX)
+                .clamp(64, 1 << 16),
+            settings.max_bytes,
+            Weight,
             // Every hit hashes its key: foldhash rather than SipHash (keys
             // are the application's, not an attacker's choice of bucket:
             // foldhash is seeded per process all the same).
-            .build_with_hasher(foldhash::fast::RandomState::default());
+            foldhash::fast::RandomState::default(),
+            Evictions {
+                count: evicted,
+                metric: evicted_metric,
+            },
+        );
         let label = || namespace.to_owned();
         Arc::new(Shared {
             l1,
@@ -360,13 +388,13 @@ impl Shared {
     /// fill, and no copy stays.
     fn changed(&self, key: &str) {
         self.slots[slot(key)].fetch_add(1, Ordering::SeqCst);
-        self.l1.invalidate(key);
+        self.l1.remove(key);
     }
 
     /// Empties L1 and refuses every fill noted before.
     fn flush(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.l1.invalidate_all();
+        self.l1.clear();
         self.tallies.flushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.flushes.increment(1);
     }
@@ -450,24 +478,33 @@ impl Shared {
         let Ok(meta) = codec::decode_meta(&bytes) else {
             return Fetched::Encoded(bytes);
         };
-        let left = meta.stale_until_ms.saturating_sub(now_ms());
-        let keep_for = self.max_ttl.min(Duration::from_millis(left));
-        if keep_for.is_zero() || !self.unchanged(&noted) {
+        let now = now_ms();
+        let max_ttl = u64::try_from(self.max_ttl.as_millis()).unwrap_or(u64::MAX);
+        let keep_until_ms = meta.stale_until_ms.min(now.saturating_add(max_ttl));
+        if keep_until_ms <= now || !self.unchanged(&noted) {
             return Fetched::Encoded(bytes);
         }
         let entry = NearEntry(Arc::new(NearInner {
             bytes,
             typed: OnceLock::new(),
-            keep_for,
+            keep_until_ms,
             noted,
         }));
         self.l1.insert(key.to_owned(), entry.clone());
         if !self.unchanged(&entry.0.noted) {
             // A change arrived during the insert: what was inserted may be
             // older than it.
-            self.l1.invalidate(key);
+            self.l1.remove(key);
         }
         Fetched::Near(entry)
+    }
+
+    /// Drops the entries past their time (a hit never serves one, but
+    /// until dropped or evicted it holds its share of the bound). The
+    /// heartbeat calls it every [`SWEEP_EVERY`].
+    fn sweep(&self) {
+        let now = now_ms();
+        self.l1.retain(|_, entry| entry.0.keep_until_ms > now);
     }
 
     /// L1's entry for `key`, if it may be served.
@@ -475,7 +512,8 @@ impl Shared {
     fn get(&self, key: &str, tags: &[String]) -> Option<NearEntry> {
         let entry = self.l1.get(key)?;
         let noted = &entry.0.noted;
-        if noted.tags.len() != tags.len()
+        if now_ms() >= entry.0.keep_until_ms
+            || noted.tags.len() != tags.len()
             || noted
                 .tags
                 .iter()
@@ -528,7 +566,6 @@ impl Shared {
     }
 
     fn stats(&self) -> NearStats {
-        self.l1.run_pending_tasks();
         let t = &self.tallies;
         NearStats {
             l1_hits: t.l1_hits.load(),
@@ -538,8 +575,8 @@ impl Shared {
             l1_evictions: t.evictions.load(Ordering::Relaxed),
             flushes: t.flushes.load(Ordering::Relaxed),
             subscriptions: t.subscriptions.load(Ordering::Relaxed),
-            l1_entries: self.l1.entry_count(),
-            l1_bytes: self.l1.weighted_size(),
+            l1_entries: self.l1.len() as u64,
+            l1_bytes: self.l1.weight(),
             trusted: self.is_trusted(),
         }
     }
@@ -572,7 +609,7 @@ impl std::fmt::Debug for NearBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NearBackend")
             .field("redis", &self.redis)
-            .field("l1_entries", &self.shared.l1.entry_count())
+            .field("l1_entries", &self.shared.l1.len())
             .field("trusted", &self.shared.is_trusted())
             .finish()
     }
@@ -867,11 +904,16 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
         }
         warned = false;
         tracker.conn.store(Some(Arc::new(conn.clone())));
+        let mut swept = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(tracker.heartbeat).await;
             let Some(s) = shared.upgrade() else { return };
-            s.metrics.bytes.set(s.l1.weighted_size() as f64);
-            s.metrics.entries.set(s.l1.entry_count() as f64);
+            if swept.elapsed() >= SWEEP_EVERY {
+                s.sweep();
+                swept = tokio::time::Instant::now();
+            }
+            s.metrics.bytes.set(s.l1.weight() as f64);
+            s.metrics.entries.set(s.l1.len() as f64);
             if !s.is_trusted() || s.dead.load(Ordering::SeqCst) >= epoch {
                 // A disconnect push came: make a new connection.
                 break;
@@ -1046,7 +1088,7 @@ mod tests {
         s.fill("t:k", noted, entry_bytes(1));
         s.slots[slot("t:k")].fetch_add(1, Ordering::SeqCst);
         assert!(s.get("t:k", &[]).is_none());
-        // The same for a flush that has not emptied moka yet.
+        // The same for a flush that has not emptied L1 yet.
         let noted = s.note("t:k", &[]);
         s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &[]).is_some());
@@ -1107,6 +1149,58 @@ mod tests {
         let noted = s.note("t:k", &[]);
         s.fill("t:k", noted, bytes);
         assert!(s.get("t:k", &[]).is_none());
+    }
+
+    /// `max_ttl` bounds how long L1 serves an entry Redis keeps longer, and
+    /// the entry's own stale window bounds it when shorter; the sweep then
+    /// gives back what they held.
+    #[test]
+    fn an_entry_is_served_neither_past_max_ttl_nor_past_its_life_and_the_sweep_drops_it() {
+        let s = Shared::new(
+            &NearCache::new()
+                .max_bytes(1 << 20)
+                .max_ttl(Duration::from_millis(40)),
+            "t",
+        );
+        s.trust(1);
+        // Redis keeps it a minute: L1 serves it 40 ms.
+        let noted = s.note("t:long", &[]);
+        s.fill("t:long", noted, entry_bytes(1));
+        // Redis keeps it 40 ms (L1 would keep it a minute).
+        let long = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
+        long.trust(1);
+        let now = now_ms();
+        let meta = EntryMeta {
+            created_ms: now,
+            load_us: 0,
+            expires_ms: now + 20,
+            stale_until_ms: now + 40,
+        };
+        let short = codec::encode(Some(&2u32), &meta).expect("encodes");
+        let noted = long.note("t:short", &[]);
+        long.fill("t:short", noted, short);
+        let started = std::time::Instant::now();
+        let (a, b) = (
+            s.get("t:long", &[]).is_some(),
+            long.get("t:short", &[]).is_some(),
+        );
+        if started.elapsed() < Duration::from_millis(30) {
+            assert!(a && b, "served while young");
+        }
+        std::thread::sleep(Duration::from_millis(45));
+        assert!(s.get("t:long", &[]).is_none(), "served past max_ttl");
+        assert!(long.get("t:short", &[]).is_none(), "served past its life");
+        // Not served, but still held until swept.
+        assert_eq!(s.stats().l1_entries, 1);
+        s.sweep();
+        long.sweep();
+        assert_eq!((s.stats().l1_entries, s.stats().l1_bytes), (0, 0));
+        assert_eq!(long.stats().l1_entries, 0);
+        // The sweep keeps what is still in time.
+        let noted = s.note("t:k", &[]);
+        s.fill("t:k", noted, entry_bytes(1));
+        s.sweep();
+        assert!(s.get("t:k", &[]).is_some());
     }
 
     /// A backend on a port nothing listens on: its tracking connection
@@ -1180,5 +1274,7 @@ mod tests {
         let stats = s.stats();
         assert!(stats.l1_bytes <= 64 << 10, "{stats:?}");
         assert!(stats.l1_evictions > 0, "{stats:?}");
+        // And it is used: bounded, not emptied.
+        assert!(stats.l1_bytes >= 32 << 10, "{stats:?}");
     }
 }
