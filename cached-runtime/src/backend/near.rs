@@ -973,12 +973,17 @@ mod tests {
     }
 
     fn entry_bytes(value: u32) -> Vec<u8> {
+        entry_living(value, 60_000, 60_000)
+    }
+
+    /// An entry fresh for `fresh_ms` from now, then stale until `life_ms`.
+    fn entry_living(value: u32, fresh_ms: u64, life_ms: u64) -> Vec<u8> {
         let now = now_ms();
         let meta = EntryMeta {
             created_ms: now,
             load_us: 0,
-            expires_ms: now + 60_000,
-            stale_until_ms: now + 60_000,
+            expires_ms: now + fresh_ms,
+            stale_until_ms: now + life_ms,
         };
         codec::encode(Some(&value), &meta).expect("encodes")
     }
@@ -1138,17 +1143,11 @@ mod tests {
     #[test]
     fn an_entry_is_kept_no_longer_than_redis_keeps_it() {
         let s = shared();
-        let now = now_ms();
-        let meta = EntryMeta {
-            created_ms: now,
-            load_us: 0,
-            expires_ms: now,
-            stale_until_ms: now,
-        };
-        let bytes = codec::encode(Some(&1u32), &meta).expect("encodes");
         let noted = s.note("t:k", &[]);
-        s.fill("t:k", noted, bytes);
+        s.fill("t:k", noted, entry_living(1, 0, 0));
         assert!(s.get("t:k", &[]).is_none());
+        // Not kept either.
+        assert_eq!(s.stats().l1_entries, 0);
     }
 
     /// `max_ttl` bounds how long L1 serves an entry Redis keeps longer, and
@@ -1156,51 +1155,44 @@ mod tests {
     /// gives back what they held.
     #[test]
     fn an_entry_is_served_neither_past_max_ttl_nor_past_its_life_and_the_sweep_drops_it() {
-        let s = Shared::new(
+        // A tier keeping entries 40 ms, and one keeping them a minute.
+        let brief = Shared::new(
             &NearCache::new()
                 .max_bytes(1 << 20)
                 .max_ttl(Duration::from_millis(40)),
             "t",
         );
-        s.trust(1);
-        // Redis keeps it a minute: L1 serves it 40 ms.
-        let noted = s.note("t:long", &[]);
-        s.fill("t:long", noted, entry_bytes(1));
-        // Redis keeps it 40 ms (L1 would keep it a minute).
-        let long = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
-        long.trust(1);
-        let now = now_ms();
-        let meta = EntryMeta {
-            created_ms: now,
-            load_us: 0,
-            expires_ms: now + 20,
-            stale_until_ms: now + 40,
-        };
-        let short = codec::encode(Some(&2u32), &meta).expect("encodes");
-        let noted = long.note("t:short", &[]);
-        long.fill("t:short", noted, short);
+        let lasting = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
+        brief.trust(1);
+        lasting.trust(1);
+        // Redis keeps this one a minute: the brief tier serves it 40 ms.
+        let noted = brief.note("t:k", &[]);
+        brief.fill("t:k", noted, entry_bytes(1));
+        // Redis keeps this one 40 ms: so does the lasting tier.
+        let noted = lasting.note("t:k", &[]);
+        lasting.fill("t:k", noted, entry_living(2, 20, 40));
         let started = std::time::Instant::now();
-        let (a, b) = (
-            s.get("t:long", &[]).is_some(),
-            long.get("t:short", &[]).is_some(),
+        let served = (
+            brief.get("t:k", &[]).is_some(),
+            lasting.get("t:k", &[]).is_some(),
         );
         if started.elapsed() < Duration::from_millis(30) {
-            assert!(a && b, "served while young");
+            assert_eq!(served, (true, true), "served while young");
         }
         std::thread::sleep(Duration::from_millis(45));
-        assert!(s.get("t:long", &[]).is_none(), "served past max_ttl");
-        assert!(long.get("t:short", &[]).is_none(), "served past its life");
+        assert!(brief.get("t:k", &[]).is_none(), "served past max_ttl");
+        assert!(lasting.get("t:k", &[]).is_none(), "served past its life");
         // Not served, but still held until swept.
-        assert_eq!(s.stats().l1_entries, 1);
-        s.sweep();
-        long.sweep();
-        assert_eq!((s.stats().l1_entries, s.stats().l1_bytes), (0, 0));
-        assert_eq!(long.stats().l1_entries, 0);
+        assert_eq!(brief.stats().l1_entries, 1);
+        brief.sweep();
+        lasting.sweep();
+        assert_eq!((brief.stats().l1_entries, brief.stats().l1_bytes), (0, 0));
+        assert_eq!(lasting.stats().l1_entries, 0);
         // The sweep keeps what is still in time.
-        let noted = s.note("t:k", &[]);
-        s.fill("t:k", noted, entry_bytes(1));
-        s.sweep();
-        assert!(s.get("t:k", &[]).is_some());
+        let noted = brief.note("t:k", &[]);
+        brief.fill("t:k", noted, entry_bytes(1));
+        brief.sweep();
+        assert!(brief.get("t:k", &[]).is_some());
     }
 
     /// A backend on a port nothing listens on: its tracking connection
