@@ -504,6 +504,9 @@ impl Shared {
     /// heartbeat calls it every [`SWEEP_EVERY`].
     fn sweep(&self) {
         let now = now_ms();
+        // (`>=` here would keep an entry at its very last millisecond for
+        // one sweep more, which no hit serves: only when its memory comes
+        // back differs, so that mutant survives.)
         self.l1.retain(|_, entry| entry.0.keep_until_ms > now);
     }
 
@@ -1243,6 +1246,31 @@ mod tests {
         assert!(b.shared.get("t:b", &[]).is_none());
     }
 
+    /// An open breaker means Redis is failing, and the tracking connection
+    /// with it may be (its heartbeat has not told yet): L1 is not served
+    /// meanwhile, though it is trusted and holds the entry.
+    #[tokio::test]
+    async fn l1_is_not_served_while_the_breaker_is_open() {
+        let b = backend();
+        // No tracking task: nothing but the breaker changes below.
+        b.tracker.started.store(true, Ordering::SeqCst);
+        filled(&b, "t:a");
+        assert!(b.l1_hit("t:a", &[]).is_some());
+        // Nothing listens: each read fails, until the breaker opens.
+        for _ in 0..50 {
+            if b.redis.breaker_open() {
+                break;
+            }
+            let _ = b.fetch("t:b", &[], Duration::from_millis(50)).await;
+        }
+        assert!(b.redis.breaker_open(), "the breaker opened");
+        assert!(b.shared.is_trusted() && b.shared.get("t:a", &[]).is_some());
+        assert!(
+            b.l1_hit("t:a", &[]).is_none(),
+            "served with the breaker open"
+        );
+    }
+
     #[tokio::test]
     async fn a_barrier_that_cannot_reach_the_tracking_connection_empties_l1() {
         let b = backend();
@@ -1256,8 +1284,13 @@ mod tests {
     fn l1_stays_within_its_byte_bound() {
         let s = Shared::new(&NearCache::new().max_bytes(64 << 10), "t");
         s.trust(1);
-        // A million distinct keys.
         let bytes = entry_bytes(7);
+        // An entry weighs its key, its bytes and the overhead, exactly.
+        let noted = s.note("t:first", &[]);
+        s.fill("t:first", noted, bytes.clone());
+        let weight = ("t:first".len() + bytes.len() + ENTRY_OVERHEAD) as u64;
+        assert_eq!((s.stats().l1_entries, s.stats().l1_bytes), (1, weight));
+        // A million distinct keys.
         for i in 0..1_000_000 {
             let key = format!("t:{i}");
             let noted = s.note(&key, &[]);
