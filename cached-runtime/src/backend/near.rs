@@ -8,7 +8,7 @@
 //! `concurrent_hit_keys`); quick_cache's read takes a shard's read lock and
 //! marks the entry referenced. It has no expiry of its own: each entry
 //! records until when it may be served, every hit checks it, and the
-//! tracking task drops the entries past it every [`SWEEP_EVERY`].
+//! tracking task drops the entries past it once per `max_ttl`.
 //!
 //! A dedicated RESP3 connection subscribes with `CLIENT TRACKING ON BCAST
 //! PREFIX {namespace}:`: from then on Redis pushes the name of every key
@@ -103,16 +103,19 @@ impl NearCache {
     /// counted: budget for up to twice this with values whose decoded form
     /// is larger than their encoding. The bound is split among the tier's
     /// shards (four per core, fewer for a small bound): an entry heavier
-    /// than its shard's share is served from Redis, never kept.
+    /// than about its shard's share is served from Redis, never kept (and
+    /// counted as an eviction).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self
     }
 
     /// The longest an entry is served from the tier (never longer than it
-    /// lives in Redis; past it, the entry's memory is given back within a
-    /// second): a bound on memory held by keys nobody reads, not on
-    /// staleness, which invalidation bounds.
+    /// lives in Redis; at least 1 ms): a bound on memory held by keys nobody
+    /// reads (past it, an entry is given back by the next sweep, within
+    /// another `max_ttl` while the tracking connection is up, or evicted
+    /// when newer entries need the room), not on staleness, which
+    /// invalidation bounds.
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         self.max_ttl = ttl;
         self
@@ -146,8 +149,9 @@ impl NearCache {
     pub(crate) fn invalid(&self) -> Option<&'static str> {
         if self.max_bytes == 0 {
             Some("near_cache: max_bytes must be at least 1")
-        } else if self.max_ttl.is_zero() {
-            Some("near_cache: max_ttl must be greater than zero")
+        } else if self.max_ttl < Duration::from_millis(1) {
+            // L1 keeps time in milliseconds: less would keep nothing.
+            Some("near_cache: max_ttl must be at least 1 ms")
         } else if self.heartbeat.is_zero() {
             Some("near_cache: heartbeat must be greater than zero")
         } else {
@@ -169,7 +173,9 @@ pub struct NearStats {
     pub l2_misses: u64,
     /// Entries Redis reported changed (keys named in invalidation pushes).
     pub invalidations_received: u64,
-    /// Entries dropped from L1 to keep within its bound.
+    /// Entries dropped from L1 to keep within its bound, and entries too
+    /// heavy to be kept at all (not removals, nor replacements by a newer
+    /// copy of the same key).
     pub l1_evictions: u64,
     /// Times L1 was emptied because it could not be trusted (a
     /// disconnect, a missed heartbeat, a failed barrier, a flush on Redis).
@@ -190,7 +196,8 @@ pub struct NearStats {
 /// because another key of the slot changed.
 const SLOTS: usize = 1 << 14;
 
-/// How often the tracking task drops L1's entries past their time.
+/// The least time between two sweeps of L1's entries past their time (see
+/// [`Shared::sweep`]); otherwise one per `max_ttl`.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What one L1 entry weighs besides its key and bytes.
@@ -236,20 +243,39 @@ impl NearEntry {
     }
 }
 
-/// Counts L1's evictions (entries dropped to keep within its bound; not
-/// removals by invalidation, flush or expiry).
+/// Counts L1's evictions: entries dropped to keep within its bound (and
+/// new entries too heavy to be kept), not removals by invalidation, flush
+/// or sweep, nor an entry replaced by a newer copy of its key.
 #[derive(Clone)]
 struct Evictions {
     count: Arc<AtomicU64>,
     metric: metrics::Counter,
 }
 
-impl quick_cache::Lifecycle<String, NearEntry> for Evictions {
-    type RequestState = ();
+/// One insert into L1, for [`Evictions`]: quick_cache reports the entry an
+/// insert replaces through the same hook as an eviction, so the hook is
+/// told which key is being inserted, and by which entry.
+#[derive(Default)]
+struct Inserting {
+    /// The key, and the address of its new entry.
+    new: Option<(String, usize)>,
+    /// What the insert dropped: released when this is, after the shard's
+    /// lock (a decoded value can be large).
+    dropped: Vec<NearEntry>,
+}
 
-    fn on_evict(&self, _: &mut (), _: String, _: NearEntry) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.metric.increment(1);
+impl quick_cache::Lifecycle<String, NearEntry> for Evictions {
+    type RequestState = Inserting;
+
+    fn on_evict(&self, state: &mut Inserting, key: String, entry: NearEntry) {
+        let replaced = state.new.as_ref().is_some_and(|(new_key, new_entry)| {
+            *new_key == key && *new_entry != Arc::as_ptr(&entry.0) as usize
+        });
+        if !replaced {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.metric.increment(1);
+        }
+        state.dropped.push(entry);
     }
 }
 
@@ -490,7 +516,13 @@ impl Shared {
             keep_until_ms,
             noted,
         }));
-        self.l1.insert(key.to_owned(), entry.clone());
+        let mut inserting = Inserting {
+            new: Some((key.to_owned(), Arc::as_ptr(&entry.0) as usize)),
+            dropped: Vec::new(),
+        };
+        self.l1
+            .insert_with_lifecycle(key.to_owned(), entry.clone(), &mut inserting);
+        drop(inserting);
         if !self.unchanged(&entry.0.noted) {
             // A change arrived during the insert: what was inserted may be
             // older than it.
@@ -501,7 +533,9 @@ impl Shared {
 
     /// Drops the entries past their time (a hit never serves one, but
     /// until dropped or evicted it holds its share of the bound). The
-    /// heartbeat calls it every [`SWEEP_EVERY`].
+    /// tracking task runs it once per `max_ttl` (at least [`SWEEP_EVERY`]
+    /// apart), on Tokio's blocking pool: it visits every entry, holding
+    /// each shard's lock in turn.
     fn sweep(&self) {
         let now = now_ms();
         // (`>=` here would keep an entry at its very last millisecond for
@@ -911,8 +945,9 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
         loop {
             tokio::time::sleep(tracker.heartbeat).await;
             let Some(s) = shared.upgrade() else { return };
-            if swept.elapsed() >= SWEEP_EVERY {
-                s.sweep();
+            if swept.elapsed() >= s.max_ttl.max(SWEEP_EVERY) {
+                let sweeping = Arc::clone(&s);
+                tokio::task::spawn_blocking(move || sweeping.sweep());
                 swept = tokio::time::Instant::now();
             }
             s.metrics.bytes.set(s.l1.weight() as f64);
@@ -1278,6 +1313,48 @@ mod tests {
         b.barrier().await;
         assert!(b.shared.get("t:a", &[]).is_none());
         assert_eq!(b.stats().flushes, 2, "the trust's and the barrier's");
+    }
+
+    /// A fill that replaces its key's entry is not an eviction; an entry
+    /// too heavy for L1's bound is (it is served, never kept).
+    #[test]
+    fn only_entries_dropped_for_the_bound_count_as_evictions() {
+        let s = Shared::new(&NearCache::new().max_bytes(64 << 10), "t");
+        s.trust(1);
+        for value in 0..5 {
+            let noted = s.note("t:k", &[]);
+            s.fill("t:k", noted, entry_bytes(value));
+        }
+        assert_eq!(
+            value_of(s.get("t:k", &[]).map(Fetched::Near).expect("kept")),
+            Some(4)
+        );
+        assert_eq!((s.stats().l1_entries, s.stats().l1_evictions), (1, 0));
+        // Heavier than the whole bound: served from what Redis sent, not
+        // kept, counted.
+        let now = now_ms();
+        let meta = EntryMeta {
+            created_ms: now,
+            load_us: 0,
+            expires_ms: now + 60_000,
+            stale_until_ms: now + 60_000,
+        };
+        let heavy = codec::encode(Some(&"x".repeat(80 << 10)), &meta).expect("encodes");
+        let noted = s.note("t:heavy", &[]);
+        assert!(matches!(
+            s.fill("t:heavy", noted, heavy).open::<String>(),
+            Lookup::Found(Some(v), _) if v.len() == 80 << 10
+        ));
+        assert!(s.get("t:heavy", &[]).is_none());
+        assert_eq!((s.stats().l1_entries, s.stats().l1_evictions), (1, 1));
+    }
+
+    #[test]
+    fn max_ttl_below_a_millisecond_is_refused() {
+        let ttl = |d| NearCache::new().max_ttl(d).invalid();
+        assert!(ttl(Duration::from_micros(999)).is_some());
+        assert!(ttl(Duration::ZERO).is_some());
+        assert_eq!(ttl(Duration::from_millis(1)), None);
     }
 
     #[test]
