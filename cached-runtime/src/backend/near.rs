@@ -1350,11 +1350,43 @@ mod tests {
     }
 
     #[test]
-    fn max_ttl_below_a_millisecond_is_refused() {
-        let ttl = |d| NearCache::new().max_ttl(d).invalid();
-        assert!(ttl(Duration::from_micros(999)).is_some());
-        assert!(ttl(Duration::ZERO).is_some());
-        assert_eq!(ttl(Duration::from_millis(1)), None);
+    fn settings_are_kept_and_each_unusable_one_is_refused() {
+        // The documented defaults: 64 MiB, 60 s, 50 ms.
+        assert_eq!(DEFAULT_NEAR_MAX_BYTES, 67_108_864);
+        let near = NearCache::new();
+        assert_eq!(
+            (
+                near.get_max_bytes(),
+                near.get_max_ttl(),
+                near.get_heartbeat()
+            ),
+            (
+                DEFAULT_NEAR_MAX_BYTES,
+                DEFAULT_NEAR_MAX_TTL,
+                DEFAULT_NEAR_HEARTBEAT
+            )
+        );
+        assert_eq!(near.invalid(), None);
+        let set = near
+            .max_bytes(12_345)
+            .max_ttl(Duration::from_millis(7))
+            .heartbeat(Duration::from_millis(3));
+        assert_eq!(
+            (set.get_max_bytes(), set.get_max_ttl(), set.get_heartbeat()),
+            (12_345, Duration::from_millis(7), Duration::from_millis(3))
+        );
+        assert_eq!(set.invalid(), None);
+        let refused = |near: NearCache| near.invalid().expect("refused");
+        assert!(refused(NearCache::new().max_bytes(0)).contains("max_bytes"));
+        assert!(refused(NearCache::new().heartbeat(Duration::ZERO)).contains("heartbeat"));
+        // L1 keeps milliseconds: less would keep nothing.
+        let ttl = |d| refused(NearCache::new().max_ttl(d));
+        assert!(ttl(Duration::from_micros(999)).contains("max_ttl"));
+        assert!(ttl(Duration::ZERO).contains("max_ttl"));
+        assert_eq!(
+            NearCache::new().max_ttl(Duration::from_millis(1)).invalid(),
+            None
+        );
     }
 
     #[test]
