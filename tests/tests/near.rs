@@ -168,6 +168,41 @@ async fn a_hit_is_served_from_l1_after_the_first_read() {
     assert_eq!(stats.l1_hits, before.l1_hits + 100, "{stats:?}");
     assert_eq!(stats.l2_hits, before.l2_hits, "{stats:?}");
     assert_eq!(svc.cache.backend_kind(), "redis+near");
+    // Subscribed once, and kept: no flush since.
+    assert_eq!(stats.subscriptions, 1, "{stats:?}");
+
+    // Keys outside the namespace are not tracked: writing them costs this
+    // tier no push and no entry.
+    let ns = svc.cache.namespace().to_owned();
+    let mut raw = redis::Client::open(server.url())
+        .expect("URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    for key in ["elsewhere:item:1".to_owned(), format!("{ns}x:item:1")] {
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .query_async(&mut raw)
+            .await
+            .expect("SET");
+    }
+    // A change in the namespace after them: once its push is in, theirs
+    // would be too.
+    svc.put(2, 2).await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while svc.cache.near_stats().expect("near").invalidations_received
+        == stats.invalidations_received
+    {
+        assert!(Instant::now() < until, "the namespace's push never came");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let after = svc.cache.near_stats().expect("near");
+    assert!(
+        after.invalidations_received <= stats.invalidations_received + 2,
+        "pushes for keys outside the namespace: {stats:?} then {after:?}"
+    );
+    assert_eq!(after.flushes, stats.flushes, "{after:?}");
 }
 
 /// Every kind of change made through one cache (write-through, eviction by

@@ -844,6 +844,9 @@ impl NearBackend {
     /// fails, empties L1.
     pub(crate) async fn barrier(&self) {
         let conn = self.tracker.conn.load_full();
+        // (Untrusted, L1 is empty and takes no fills, so the guard below
+        // only spares a PING: made `true` or `false` by cargo-mutants, no
+        // test can tell, and none should.)
         let answered = match conn {
             Some(conn) if self.shared.is_trusted() => {
                 let mut conn = (*conn).clone();
@@ -878,6 +881,10 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
         shared: shared.clone(),
         started: Arc::clone(&tracker.started),
     };
+    // Retries back off from 10 ms (or the heartbeat) to 1 s, doubling.
+    // (How fast a lost tracking connection is retried is not a guarantee
+    // any test holds: halving instead, or sweeping at every heartbeat
+    // below, survive cargo-mutants and cost only load.)
     let first_backoff = tracker.heartbeat.min(Duration::from_millis(10));
     let mut backoff = first_backoff;
     // Whether a failure to subscribe has been logged at `warn` since the
@@ -901,6 +908,10 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
                 }
                 Ok(())
             });
+        // (A subscription that stalls after connecting ends after both
+        // timeouts; only a server that stalls mid-subscribe tells `+` from
+        // `-` here, which the consistency checker's `near/freeze` does, not
+        // the targets `scripts/mutants` runs for this file.)
         let subscribed = tokio::time::timeout(tracker.connect_timeout + tracker.timeout, async {
             let mut conn = tracker
                 .client
@@ -918,6 +929,7 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
         let mut conn = match subscribed {
             Ok(Ok(conn)) => conn,
             failed => {
+                // (Only the log's wording depends on this arm.)
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "timed out".to_owned(),
@@ -952,6 +964,8 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
             }
             s.metrics.bytes.set(s.l1.weight() as f64);
             s.metrics.entries.set(s.l1.len() as f64);
+            // (The two go together: this connection's loss distrusts, and
+            // only its loss does, so `&&` for `||` survives mutation.)
             if !s.is_trusted() || s.dead.load(Ordering::SeqCst) >= epoch {
                 // A disconnect push came: make a new connection.
                 break;
@@ -1279,6 +1293,16 @@ mod tests {
         let write = b.changing(&["t:b"], std::future::pending::<()>());
         let _ = tokio::time::timeout(Duration::from_millis(5), write).await;
         assert!(b.shared.get("t:b", &[]).is_none());
+    }
+
+    #[test]
+    fn the_backend_debugs_as_its_tier() {
+        let b = backend();
+        filled(&b, "t:a");
+        let shown = format!("{b:?}");
+        assert!(shown.starts_with("NearBackend"), "{shown}");
+        assert!(shown.contains("l1_entries: 1"), "{shown}");
+        assert!(shown.contains("trusted: true"), "{shown}");
     }
 
     /// An open breaker means Redis is failing, and the tracking connection
