@@ -183,7 +183,7 @@ pub struct NearStats {
     /// Times the tracking connection was subscribed (the first time and
     /// after each loss).
     pub subscriptions: u64,
-    /// Entries in L1 now.
+    /// Entries in L1 now (those past their time count until swept).
     pub l1_entries: u64,
     /// Bytes L1 holds now, as its bound counts them.
     pub l1_bytes: u64,
