@@ -1,9 +1,12 @@
-//! Where entries live: in process ([`memory`], moka) or in Redis ([`redis`]).
+//! Where entries live: in process ([`memory`], moka) or in Redis ([`redis`]),
+//! one server or a cluster ([`cluster`]), with an in-process tier in front
+//! ([`near`]).
 //!
 //! Every backend answers the same typed operations; the cache above them turns
 //! every failure into a miss (reads) or a no-op (writes), so a backend error
 //! never reaches the caller of a cached function.
 
+pub(crate) mod cluster;
 pub(crate) mod memory;
 pub(crate) mod near;
 pub(crate) mod redis;
@@ -245,6 +248,7 @@ impl Backend {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Backend::Memory(_) => "memory",
+            Backend::Redis(r) if r.is_cluster() => "redis-cluster",
             Backend::Redis(_) => "redis",
             Backend::Near(_) => "redis+near",
         }

@@ -1252,7 +1252,7 @@ mod tests {
     fn backend() -> NearBackend {
         let client = redis::Client::open("redis://127.0.0.1:1").expect("url");
         let redis = RedisBackend::new(
-            client.clone(),
+            super::super::redis::Target::Single(client.clone()),
             Duration::from_millis(50),
             crate::breaker::Breaker::new(crate::CircuitBreaker::default(), "t".to_owned()),
             1 << 20,

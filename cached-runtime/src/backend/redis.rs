@@ -2,20 +2,30 @@
 //! (redis-rs `ConnectionManager`), one for reads, write-throughs and
 //! invalidations, shared by every caller so concurrent requests pipeline on
 //! one socket, and one for lease traffic, so that a stampede's leader does
-//! not queue its lease request behind every other caller's read.
+//! not queue its lease request behind every other caller's read. On a Redis
+//! Cluster the two are redis-rs cluster connections (which keep one
+//! multiplexed connection per node and follow `MOVED` and `ASK`), and keys
+//! are laid out for slots as [`cluster`](super::cluster) describes.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
+use super::cluster;
 use super::{BackendError, Fetched, LEASE_SUFFIX, Lease, LeaseIf, LeaseOutcome, lease_key};
 
 /// Keys per SCAN/SSCAN round trip, and so per UNLINK: small enough that no
 /// single command holds the server for long.
 const SCAN_BATCH: u64 = 500;
+
+/// Epoch INCRs per pipeline to one cluster node in a pattern invalidation.
+const EPOCH_BATCH: usize = 1024;
 
 /// The name of the invalidation epoch under a namespace. Text parts of keys
 /// escape `~`, so no entry key is it.
@@ -61,11 +71,14 @@ const COMMANDS: &[&str] = &[
     // When the URL names a database other than 0. (redis-rs's `CLIENT
     // SETINFO` on connecting may be refused: it ignores the answer.)
     "select",
+    // On a Redis Cluster: the slot map (redis-rs's, and a pattern
+    // invalidation's list of primaries).
+    "cluster|slots",
 ];
 
 /// The Redis ACL rule a cache with `namespace` needs, and no more: its keys
-/// only (`~{namespace}:*`), no pub/sub channels, and exactly the commands it
-/// sends. Give it to the cache's user, with its password:
+/// only (`~{namespace}:*`, and `~{{namespace}:*` for a Redis Cluster's
+/// layout), no pub/sub channels, and exactly the commands it sends. Give it to the cache's user, with its password:
 ///
 /// ```text
 /// ACL SETUSER placement-cache on >long-random-password <rule>
@@ -73,7 +86,9 @@ const COMMANDS: &[&str] = &[
 ///
 /// ```
 /// let rule = cached_runtime::redis_acl_rule("placement-v1");
-/// assert!(rule.starts_with("resetkeys ~placement-v1:* resetchannels -@all +ping +get"));
+/// assert!(rule.starts_with(
+///     "resetkeys ~placement-v1:* ~{placement-v1:* resetchannels -@all +ping +get"
+/// ));
 /// ```
 ///
 /// The namespace is escaped for the pattern (`*`, `?`, `[`, `]`, `\\`). An
@@ -82,6 +97,9 @@ const COMMANDS: &[&str] = &[
 pub fn redis_acl_rule(namespace: &str) -> String {
     let mut rule = String::from("resetkeys ~");
     if !namespace.is_empty() {
+        crate::push_escaped(&mut rule, namespace);
+        rule.push_str(":* ~{");
+        // On a cluster, entry keys are `{namespace:...}` (see `cluster`).
         crate::push_escaped(&mut rule, namespace);
         rule.push(':');
     }
@@ -103,9 +121,129 @@ pub(crate) struct RedisBackend {
     max_value_bytes: usize,
     /// How values are written.
     format: codec::Format,
-    /// `{namespace}:~epoch`: bumped by every pattern invalidation (see
+    /// Where keys live.
+    layout: Layout,
+}
+
+/// Where the backend's keys live.
+enum Layout {
+    /// One server: keys as the engine names them, tag indexes as sets, and
+    /// `{namespace}:~epoch`, bumped by every pattern invalidation (see
     /// [`Lease`]).
-    epoch_key: String,
+    Single { epoch_key: String },
+    /// A Redis Cluster: keys laid out for slots (see
+    /// [`cluster`](super::cluster)).
+    Cluster { namespace: String },
+}
+
+/// The keys one entry's operations touch, as they are named in Redis.
+struct EntryKeys<'a> {
+    value: Cow<'a, str>,
+    lease: String,
+    epoch: Cow<'a, str>,
+}
+
+impl Layout {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Layout::Cluster { .. })
+    }
+
+    fn entry<'a>(&'a self, key: &'a str) -> EntryKeys<'a> {
+        match self {
+            Layout::Single { epoch_key } => EntryKeys {
+                value: Cow::Borrowed(key),
+                lease: lease_key(key),
+                epoch: Cow::Borrowed(epoch_key),
+            },
+            Layout::Cluster { namespace } => {
+                let value = cluster::value_key(key);
+                let lease = cluster::beside(&value, cluster::LEASE);
+                let epoch = cluster::epoch_key(namespace, cluster::slot(value.as_bytes()));
+                EntryKeys {
+                    value: Cow::Owned(value),
+                    lease,
+                    epoch: Cow::Owned(epoch),
+                }
+            }
+        }
+    }
+
+    /// Where the value of `key` lives.
+    fn value<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        match self {
+            Layout::Single { .. } => Cow::Borrowed(key),
+            Layout::Cluster { .. } => Cow::Owned(cluster::value_key(key)),
+        }
+    }
+}
+
+/// Where the backend's connections come from.
+enum Source {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        config: redis::cluster::ClusterConfig,
+    },
+}
+
+/// A connection to one server or to a cluster. Both are handles to a
+/// multiplexed connection, cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// A PING. On a cluster, to one primary chosen at random: a PING to
+    /// every node would fail for as long as a dead node is still listed.
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Single(c) => ping.query_async::<String>(c).await.map(drop),
+            Conn::Cluster(c) => c
+                .route_command(
+                    ping,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                )
+                .await
+                .map(drop),
+        }
+    }
 }
 
 /// Tells the breaker how its probe went, or that it failed if dropped first.
@@ -138,26 +276,30 @@ enum Gate {
 /// later), so every probe uses a fresh connection and, when it answers,
 /// becomes the connection callers use.
 struct Connections {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    source: Source,
     /// Reads, write-throughs and invalidations.
-    main: ArcSwapOption<ConnectionManager>,
+    main: ArcSwapOption<Conn>,
     /// Leases and guarded writes travel on a connection of their own: on
     /// the shared one, a stampede's leader queued its lease request behind
     /// every other caller's read before its load could start.
-    control: ArcSwapOption<ConnectionManager>,
+    control: ArcSwapOption<Conn>,
 }
 
 impl Connections {
-    fn fresh(&self) -> Result<ConnectionManager, BackendError> {
-        ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-            .map_err(BackendError::Redis)
+    fn fresh(&self) -> Result<Conn, BackendError> {
+        match &self.source {
+            Source::Single { client, config } => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(Conn::Single)
+                    .map_err(BackendError::Redis)
+            }
+            Source::Cluster { client, config } => Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(config.clone()),
+            )),
+        }
     }
 
-    fn get(
-        &self,
-        slot: &ArcSwapOption<ConnectionManager>,
-    ) -> Result<ConnectionManager, BackendError> {
+    fn get(&self, slot: &ArcSwapOption<Conn>) -> Result<Conn, BackendError> {
         if let Some(c) = slot.load().as_deref() {
             return Ok(c.clone());
         }
@@ -175,7 +317,7 @@ impl Connections {
     /// traffic `control` (made and answering already, so that the first
     /// miss after an outage waits for no connect), or a new one made on
     /// its next use.
-    fn replace(&self, fresh: ConnectionManager, control: Option<ConnectionManager>) {
+    fn replace(&self, fresh: Conn, control: Option<Conn>) {
         self.main.store(Some(Arc::new(fresh)));
         self.control.store(control.map(Arc::new));
     }
@@ -183,41 +325,82 @@ impl Connections {
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let info = self.conns.client.get_connection_info();
-        f.debug_struct("RedisBackend")
-            .field("addr", &info.addr().to_string())
-            .field("connected", &self.conns.main.load().is_some())
+        let mut d = f.debug_struct("RedisBackend");
+        match &self.conns.source {
+            Source::Single { client, .. } => {
+                d.field("addr", &client.get_connection_info().addr().to_string())
+            }
+            Source::Cluster { .. } => d.field("addr", &"cluster"),
+        };
+        d.field("connected", &self.conns.main.load().is_some())
             .field("breaker", &self.breaker)
             .finish()
     }
 }
 
+/// Where a [`RedisBackend`] connects: one server, or a cluster given by its
+/// seed nodes.
+// Made once per cache, and moved into the backend at once: its size does
+// not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 impl RedisBackend {
     pub(crate) fn new(
-        client: redis::Client,
+        target: Target,
         connect_timeout: Duration,
         breaker: Breaker,
         max_value_bytes: usize,
         format: codec::Format,
         namespace: &str,
     ) -> Self {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            // The cache's own timeout bounds everything a caller waits,
-            // reconnects included, which redis-rs's response timeout does not;
-            // one timer per operation is enough (a second one cost ~18 µs a
-            // hit in `seq_hit`).
-            .set_response_timeout(None)
-            // A refused connection is a definite answer: fail the call at
-            // once (the breaker counts it) rather than retry inside it and
-            // wait out the op timeout; the probe makes new connections.
-            .set_number_of_retries(0)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500));
+        let (source, layout) = match target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    // The cache's own timeout bounds everything a caller
+                    // waits, reconnects included, which redis-rs's response
+                    // timeout does not; one timer per operation is enough (a
+                    // second one cost ~18 µs a hit in `seq_hit`).
+                    .set_response_timeout(None)
+                    // A refused connection is a definite answer: fail the
+                    // call at once (the breaker counts it) rather than retry
+                    // inside it and wait out the op timeout; the probe makes
+                    // new connections.
+                    .set_number_of_retries(0)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(500));
+                let epoch_key = if namespace.is_empty() {
+                    EPOCH.to_owned()
+                } else {
+                    format!("{namespace}:{EPOCH}")
+                };
+                (
+                    Source::Single { client, config },
+                    Layout::Single { epoch_key },
+                )
+            }
+            Target::Cluster(client) => {
+                // The cluster connection follows redirections and refreshes
+                // its slot map itself; the cache's own timeout bounds what a
+                // caller waits for that.
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(connect_timeout)
+                    .set_response_timeout(Duration::from_secs(3600));
+                (
+                    Source::Cluster { client, config },
+                    Layout::Cluster {
+                        namespace: namespace.to_owned(),
+                    },
+                )
+            }
+        };
         RedisBackend {
             conns: Arc::new(Connections {
-                client,
-                config,
+                source,
                 main: ArcSwapOption::empty(),
                 control: ArcSwapOption::empty(),
             }),
@@ -225,12 +408,13 @@ impl RedisBackend {
             probe_timeout: connect_timeout,
             max_value_bytes,
             format,
-            epoch_key: if namespace.is_empty() {
-                EPOCH.to_owned()
-            } else {
-                format!("{namespace}:{EPOCH}")
-            },
+            layout,
         }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.layout.is_cluster()
     }
 
     pub(crate) fn breaker_open(&self) -> bool {
@@ -281,23 +465,25 @@ impl RedisBackend {
         // shut down): the breaker must not wait for a probe forever.
         let mut report = ProbeReport(Some(breaker));
         runtime.spawn(async move {
-            let pong = run::<String>(timeout, redis::cmd("PING").query_async(&mut fresh)).await;
+            let pong = run(timeout, fresh.ping()).await;
             if pong.is_ok() {
                 // A restarted server has lost its script cache: load what
                 // every miss runs now, or the first misses after it each
-                // pay a NOSCRIPT and a reload.
-                let mut load = redis::pipe();
-                for script in [ACQUIRE_LUA.as_str(), SET_IF_LEASED_LUA.as_str()] {
-                    load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+                // pay a NOSCRIPT and a reload. (A cluster's scripts are
+                // loaded on every primary by the first NOSCRIPT: a
+                // pipeline goes to one node.)
+                if let Conn::Single(single) = &mut fresh {
+                    let mut load = redis::pipe();
+                    for script in [ACQUIRE_LUA.as_str(), SET_IF_LEASED_LUA.as_str()] {
+                        load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+                    }
+                    let _ = run::<()>(timeout, load.query_async(single)).await;
                 }
-                let _ = run::<()>(timeout, load.query_async(&mut fresh)).await;
                 // The lease connection, made now rather than by the first
                 // miss (a connect and handshake: a millisecond or more).
                 let control = match conns.fresh() {
                     Ok(mut control) => {
-                        let pong =
-                            run::<String>(timeout, redis::cmd("PING").query_async(&mut control))
-                                .await;
+                        let pong = run(timeout, control.ping()).await;
                         pong.is_ok().then_some(control)
                     }
                     Err(_) => None,
@@ -325,12 +511,12 @@ impl RedisBackend {
 
     /// The connection for reads, writes and invalidations.
     #[inline]
-    fn conn(&self) -> Result<ConnectionManager, BackendError> {
+    fn conn(&self) -> Result<Conn, BackendError> {
         self.conns.get(&self.conns.main)
     }
 
     /// The connection for lease traffic.
-    fn control(&self) -> Result<ConnectionManager, BackendError> {
+    fn control(&self) -> Result<Conn, BackendError> {
         self.conns.get(&self.conns.control)
     }
 
@@ -348,6 +534,10 @@ impl RedisBackend {
     ) -> Result<Fetched, BackendError> {
         use redis::aio::ConnectionLike as _;
         let mut conn = self.conn()?;
+        if self.layout.is_cluster() {
+            let read = self.fetch_cluster(conn, key, tags);
+            return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
+        }
         if !tags.is_empty() {
             let mut call = FETCH_TAGGED.key(key);
             for tag in tags {
@@ -364,6 +554,8 @@ impl RedisBackend {
             };
             return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
         }
+        let key = self.layout.value(key);
+        let key = key.as_ref();
         // Sized up front, and the reply taken apart by hand rather than
         // through `query_async`: this is every hit's path. GETRANGE rather
         // than GET: at most one byte over the size limit comes back, so a
@@ -387,6 +579,141 @@ impl RedisBackend {
             }
         };
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
+    }
+
+    /// A read on a cluster: the entry and the tag versions it was stored
+    /// with, in one round trip, in parallel with the current versions of
+    /// the call's tags. The entry is served only if each of the call's tags
+    /// is among those it was stored with, and each of those is still at
+    /// the version stored (see [`cluster`](super::cluster)): a tag
+    /// invalidation outdates an entry for every reader, tagged or not. An
+    /// entry stored with tags the call does not have costs one more round
+    /// trip, for their versions.
+    async fn fetch_cluster(
+        &self,
+        mut conn: Conn,
+        key: &str,
+        tags: &[String],
+    ) -> redis::RedisResult<Fetched> {
+        let value = cluster::value_key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GETRANGE")
+            .arg(&value)
+            .arg(0)
+            .arg(self.max_value_bytes)
+            .cmd("GET")
+            .arg(cluster::beside(&value, cluster::TAGS));
+        let mut versions_conn = conn.clone();
+        let entry = async {
+            pipe.query_async::<(redis::Value, Option<String>)>(&mut conn)
+                .await
+        };
+        let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let current = self.current_versions(&mut versions_conn, &tag_names);
+        let ((entry, stored), mut current) = tokio::try_join!(entry, current)?;
+        let stored = stored.unwrap_or_default();
+        let Some(stored) = cluster::parse_versions(&stored) else {
+            return Ok(Fetched::Absent);
+        };
+        if !tags
+            .iter()
+            .all(|tag| stored.iter().any(|(t, _)| *t == tag.as_str()))
+        {
+            return Ok(Fetched::Absent);
+        }
+        let others: Vec<&str> = stored
+            .iter()
+            .map(|(t, _)| *t)
+            .filter(|t| !tag_names.contains(t))
+            .collect();
+        if !others.is_empty() {
+            let more = self.current_versions(&mut versions_conn, &others).await?;
+            current.extend(others.into_iter().zip(more.into_iter().map(|(_, v)| v)));
+        }
+        let outdated = stored.iter().any(|(tag, version)| {
+            current
+                .iter()
+                .find(|(t, _)| t == tag)
+                .is_none_or(|(_, now)| now.as_deref() != Some(*version))
+        });
+        if outdated {
+            return Ok(Fetched::Absent);
+        }
+        match entry {
+            redis::Value::Nil => Ok(Fetched::Absent),
+            redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
+            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
+            other => other.extract_error().map(|_| Fetched::WrongKind),
+        }
+    }
+
+    /// The current version of each of `tags` on a cluster (`None`: it has
+    /// none), read in parallel.
+    async fn current_versions<'t>(
+        &self,
+        conn: &mut Conn,
+        tags: &[&'t str],
+    ) -> redis::RedisResult<Vec<(&'t str, Option<String>)>> {
+        let reads = tags.iter().map(|tag| {
+            let mut conn = conn.clone();
+            async move {
+                let version = redis::cmd("GET")
+                    .arg(cluster::version_key(tag))
+                    .query_async::<Option<String>>(&mut conn)
+                    .await?;
+                Ok::<_, redis::RedisError>((*tag, version))
+            }
+        });
+        futures_util::future::try_join_all(reads).await
+    }
+
+    /// The versions of `tags` on a cluster, as an entry stores them, each
+    /// made if missing and kept at least `keep` (so that it outlives what
+    /// is stored with it). No tags: the empty list.
+    async fn versions(
+        &self,
+        conn: &mut Conn,
+        tags: &[String],
+        keep: Duration,
+    ) -> redis::RedisResult<String> {
+        if tags.is_empty() {
+            return Ok(String::new());
+        }
+        let reads = tags.iter().map(|tag| {
+            let mut conn = conn.clone();
+            async move {
+                cluster::VERSION
+                    .key(cluster::version_key(tag))
+                    .arg(cluster::new_version())
+                    .arg(millis(keep))
+                    .invoke_async::<String>(&mut conn)
+                    .await
+            }
+        });
+        let versions = futures_util::future::try_join_all(reads).await?;
+        Ok(cluster::versions_text(
+            tags.iter()
+                .map(String::as_str)
+                .zip(versions.into_iter().map(Cow::Owned)),
+        ))
+    }
+
+    /// The versions a load, write-through or fill stores with its value
+    /// (on a cluster; the empty list on one server, whose scripts record
+    /// tags in their indexes).
+    async fn versions_for_write(
+        &self,
+        tags: &[String],
+        keep: Duration,
+        timeout: Duration,
+        gate: Gate,
+    ) -> Result<String, BackendError> {
+        if tags.is_empty() || !self.layout.is_cluster() {
+            return Ok(String::new());
+        }
+        let mut conn = self.conn()?;
+        let read = self.versions(&mut conn, tags, keep);
+        self.run(gate, timeout, read).await
     }
 
     /// What a bounded read brought back: GETRANGE answers an empty string
@@ -435,29 +762,64 @@ impl RedisBackend {
                 return Err(e);
             }
         };
+        let versions = self
+            .versions_for_write(tags, keep_for, timeout, Gate::Always)
+            .await?;
         let token = fastrand::u64(1..);
         let mut conn = self.conn()?;
+        let keys = self.layout.entry(key);
         // Sent whole with EVAL: a claim must land even when its caller
         // stopped waiting (see ACQUIRE_LUA).
+        let tag_keys = self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS]);
         let mut call = redis::cmd("EVAL");
-        call.arg(ACQUIRE_LUA.as_str())
-            .arg(3 + tags.len())
-            .arg(key)
-            .arg(lease_key(key))
-            .arg(&self.epoch_key);
-        for tag in tags {
-            call.arg(tag);
+        call.arg(self.scripts().acquire_lua)
+            .arg(3 + tag_keys.len())
+            .arg(keys.value.as_ref())
+            .arg(&keys.lease)
+            .arg(keys.epoch.as_ref());
+        for tag in &tag_keys {
+            call.arg(tag.as_ref());
         }
         call.arg(token)
             .arg(millis(claim_for(timeout)))
             .arg(CLAIM)
             .arg(millis(keep_for))
             .arg(&[] as &[u8]);
+        if self.layout.is_cluster() {
+            call.arg(&versions);
+        }
         let (_, epoch): (i64, u64) = self
             .run(Gate::Always, timeout, call.query_async(&mut conn))
             .await?;
         self.store_if_leased(key, bytes, keep_for, Lease { token, epoch }, tags, timeout)
             .await
+    }
+
+    /// The scripts of this layout.
+    fn scripts(&self) -> &'static Scripts {
+        if self.layout.is_cluster() {
+            &CLUSTER
+        } else {
+            &SINGLE
+        }
+    }
+
+    /// The keys a script that records tags takes after an entry's own: the
+    /// tag indexes on one server; on a cluster, the tag-version keys beside
+    /// the value named by `beside`.
+    fn tag_keys<'a>(
+        &self,
+        keys: &EntryKeys<'_>,
+        tags: &'a [String],
+        beside: &[&str],
+    ) -> Vec<Cow<'a, str>> {
+        match self.layout {
+            Layout::Single { .. } => tags.iter().map(|t| Cow::Borrowed(t.as_str())).collect(),
+            Layout::Cluster { .. } => beside
+                .iter()
+                .map(|suffix| Cow::Owned(cluster::beside(&keys.value, suffix)))
+                .collect(),
+        }
     }
 
     /// A plain fill (see [`Backend::fill`](super::Backend::fill)).
@@ -471,13 +833,20 @@ impl RedisBackend {
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         let bytes = self.encode(value, meta)?;
+        let versions = self
+            .versions_for_write(tags, keep_for, timeout, Gate::Always)
+            .await?;
         let mut conn = self.conn()?;
-        let mut call = FILL.key(key);
-        call.key(lease_key(key));
-        for tag in tags {
-            call.key(tag);
+        let keys = self.layout.entry(key);
+        let mut call = self.scripts().fill.key(keys.value.as_ref());
+        call.key(&keys.lease);
+        for tag in self.tag_keys(&keys, tags, &[cluster::TAGS]) {
+            call.key(tag.as_ref());
         }
         call.arg(bytes).arg(millis(keep_for));
+        if self.layout.is_cluster() {
+            call.arg(&versions);
+        }
         let stored: i64 = self
             .run(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await?;
@@ -485,7 +854,8 @@ impl RedisBackend {
     }
 
     /// Removes the values and their leases, so no load in flight can write
-    /// an older value back.
+    /// an older value back. (On a cluster the keys are in many slots: the
+    /// cluster connection sends each node its share.)
     pub(crate) async fn invalidate(
         &self,
         keys: &[String],
@@ -497,7 +867,12 @@ impl RedisBackend {
         let mut conn = self.conn()?;
         let mut cmd = redis::cmd("UNLINK");
         for key in keys {
-            cmd.arg(key).arg(lease_key(key));
+            let entry = self.layout.entry(key);
+            cmd.arg(entry.value.as_ref()).arg(&entry.lease);
+            if self.layout.is_cluster() {
+                cmd.arg(cluster::beside(&entry.value, cluster::TAGS))
+                    .arg(cluster::beside(&entry.value, cluster::LEASE_TAGS));
+            }
         }
         self.run::<i64>(Gate::Always, timeout, cmd.query_async(&mut conn))
             .await
@@ -513,8 +888,16 @@ impl RedisBackend {
         pattern: &str,
         timeout: Duration,
     ) -> Result<u64, BackendError> {
+        let epoch_key = match &self.layout {
+            Layout::Single { epoch_key } => epoch_key,
+            Layout::Cluster { namespace } => {
+                return self
+                    .invalidate_pattern_cluster(namespace, pattern, timeout)
+                    .await;
+            }
+        };
         let mut conn = self.conn()?;
-        let bump = redis::cmd("INCR").arg(&self.epoch_key).to_owned();
+        let bump = redis::cmd("INCR").arg(epoch_key).to_owned();
         self.run::<i64>(Gate::Always, timeout, bump.query_async(&mut conn))
             .await?;
         let mut cursor: u64 = 0;
@@ -550,15 +933,221 @@ impl RedisBackend {
         }
     }
 
+    /// A pattern invalidation on a cluster:
+    ///
+    /// 1. every slot's epoch is bumped (16,384 INCRs, sent concurrently in
+    ///    batches), for the loads in flight, as on one server;
+    /// 2. every primary of the slot map is scanned for `{pattern}` and what
+    ///    it finds is unlinked with its lease and tag versions;
+    /// 3. the slot map is read again: if it changed (a failover, a
+    ///    resharding moved keys between nodes mid-scan), the scan runs
+    ///    again on the new map, up to four times, and then gives up with an
+    ///    error rather than claim a complete invalidation.
+    async fn invalidate_pattern_cluster(
+        &self,
+        namespace: &str,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let conn = self.conn()?;
+        let Conn::Cluster(cluster_conn) = conn else {
+            unreachable!("a cluster layout has cluster connections")
+        };
+        let mut map = self.slot_map(&cluster_conn, timeout).await?;
+        self.bump_epochs(&cluster_conn, &map, namespace, timeout)
+            .await?;
+        let glob = cluster::value_pattern(pattern);
+        let mut removed = 0;
+        for _ in 0..4 {
+            for (host, port) in cluster::primaries(&map) {
+                removed += self
+                    .scan_node(&cluster_conn, &host, port, &glob, timeout)
+                    .await?;
+            }
+            let now = self.slot_map(&cluster_conn, timeout).await?;
+            if now == map {
+                return Ok(removed);
+            }
+            map = now;
+        }
+        Err(BackendError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "the cluster's slot map kept changing during a pattern invalidation",
+        ))))
+    }
+
+    /// INCRs every slot's epoch under `namespace`: to each primary, the
+    /// epochs of the slots `map` says it serves, in pipelines of
+    /// [`EPOCH_BATCH`] (a node runs a thousand INCRs in well under a
+    /// millisecond). An INCR the node refused (the slot moved since `map`
+    /// was read: `MOVED`, `ASK`) or a pipeline that failed is sent again on
+    /// its own, where the cluster client follows redirections. Each
+    /// pipeline, and each retry, has the operation timeout.
+    async fn bump_epochs(
+        &self,
+        conn: &ClusterConnection,
+        map: &[cluster::SlotRange],
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let bump_one = |key: &str| {
+            let mut conn = conn.clone();
+            let incr = redis::cmd("INCR").arg(key).to_owned();
+            async move {
+                self.run(Gate::Always, timeout, async move {
+                    incr.query_async::<i64>(&mut conn).await
+                })
+                .await
+            }
+        };
+        let batches = map.iter().flat_map(|range| {
+            let slots: Vec<usize> = (usize::from(range.first)..=usize::from(range.last)).collect();
+            let owner = (range.host.clone(), range.port);
+            slots
+                .chunks(EPOCH_BATCH)
+                .map(|chunk| (owner.clone(), chunk.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let sends = batches.map(|((host, port), slots)| {
+            let mut conn = conn.clone();
+            let keys: Vec<String> = slots
+                .iter()
+                .map(|&s| cluster::epoch_key(namespace, s))
+                .collect();
+            async move {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("INCR").arg(key);
+                }
+                let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                let sent = self
+                    .run(Gate::Always, timeout, async {
+                        conn.route_pipeline(pipe, 0, keys.len(), route).await
+                    })
+                    .await;
+                let refused: Vec<&String> = match &sent {
+                    Ok(replies) if replies.len() == keys.len() => keys
+                        .iter()
+                        .zip(replies)
+                        .filter(|(_, r)| !matches!(r, redis::Value::Int(_)))
+                        .map(|(k, _)| k)
+                        .collect(),
+                    _ => keys.iter().collect(),
+                };
+                for key in refused {
+                    bump_one(key).await?;
+                }
+                Ok::<(), BackendError>(())
+            }
+        });
+        futures_util::future::try_join_all(sends).await?;
+        // Slots no range names (a map read mid-change): bumped one by one.
+        let covered = |s: usize| {
+            map.iter()
+                .any(|r| usize::from(r.first) <= s && s <= usize::from(r.last))
+        };
+        for s in (0..cluster::SLOTS).filter(|&s| !covered(s)) {
+            bump_one(&cluster::epoch_key(namespace, s)).await?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's slot map, as one node sees it.
+    async fn slot_map(
+        &self,
+        conn: &ClusterConnection,
+        timeout: Duration,
+    ) -> Result<Vec<cluster::SlotRange>, BackendError> {
+        let mut conn = conn.clone();
+        let read = async {
+            let reply = conn
+                .route_command(
+                    redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                )
+                .await?;
+            cluster::slot_map(reply)
+        };
+        self.run(Gate::Always, timeout, read).await
+    }
+
+    /// SCAN + UNLINK on one node of a cluster, as on one server.
+    async fn scan_node(
+        &self,
+        conn: &ClusterConnection,
+        host: &str,
+        port: u16,
+        glob: &str,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let mut conn = conn.clone();
+        let node = || {
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.to_owned(),
+                port,
+            })
+        };
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(glob)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .to_owned();
+            let reply = self
+                .run(Gate::Always, timeout, conn.route_command(scan, node()))
+                .await?;
+            let (next, keys): (u64, Vec<String>) =
+                redis::from_redis_value(reply).map_err(|e| BackendError::Redis(e.into()))?;
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                for value in &keys {
+                    unlink
+                        .arg(value)
+                        .arg(cluster::beside(value, cluster::LEASE))
+                        .arg(cluster::beside(value, cluster::TAGS))
+                        .arg(cluster::beside(value, cluster::LEASE_TAGS));
+                }
+                let n: u64 = self
+                    .run(Gate::Always, timeout, unlink.query_async(&mut conn))
+                    .await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
     /// Removes every entry recorded under the tag, in SSCAN batches. A key
     /// is dropped from the tag only once its entry is gone, so a failed or
     /// partial invalidation leaves the rest for the next one.
+    ///
+    /// On a cluster, replaces the tag's version instead (one command): the
+    /// entries stored under the old one are never served again and expire
+    /// on their own. How many there were is not known: answers 0.
     pub(crate) async fn invalidate_tag(
         &self,
         tag: &str,
         timeout: Duration,
     ) -> Result<u64, BackendError> {
         let mut conn = self.conn()?;
+        if self.layout.is_cluster() {
+            // XX: a missing version serves nothing already.
+            let mut replace = redis::cmd("SET");
+            replace
+                .arg(cluster::version_key(tag))
+                .arg(cluster::new_version())
+                .arg("XX")
+                .arg("KEEPTTL");
+            self.run::<Option<String>>(Gate::Always, timeout, replace.query_async(&mut conn))
+                .await?;
+            return Ok(0);
+        }
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -593,13 +1182,7 @@ impl RedisBackend {
 
     pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
         let mut conn = self.conn()?;
-        self.run::<String>(
-            Gate::Always,
-            timeout,
-            redis::cmd("PING").query_async(&mut conn),
-        )
-        .await
-        .map(drop)
+        self.run(Gate::Always, timeout, conn.ping()).await
     }
 }
 
@@ -635,9 +1218,17 @@ end
 /// when its caller stopped waiting (a frozen server runs it when it
 /// wakes), and EVALSHA on a server that lost its script cache (a restart)
 /// answers NOSCRIPT, which only a caller still waiting would retry.
-static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| {
+static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| acquire_lua(TAG_LUA, "tag(4, ARGV[4])"));
+
+/// [`ACQUIRE_LUA`] on a cluster. KEYS: value, lease, epoch, the lease's tag
+/// versions. ARGV: as on one server, then the versions the load starts
+/// from, kept beside its lease.
+static ACQUIRE_CLUSTER_LUA: LazyLock<String> =
+    LazyLock::new(|| acquire_lua(cluster::HOLD_LUA, "hold(KEYS[4], ARGV[6], ARGV[2])"));
+
+fn acquire_lua(prelude: &str, record_tags: &str) -> String {
     format!(
-        "{TAG_LUA}
+        "{prelude}
         if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {{2, 0}} end
         if ARGV[3] == '2' then
           local v = redis.call('GET', KEYS[1])
@@ -649,13 +1240,10 @@ static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| {
         elseif not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
           return {{0, 0}}
         end
-        tag(4, ARGV[4])
+        {record_tags}
         return {{1, tonumber(redis.call('GET', KEYS[3]) or '0')}}"
     )
-});
-
-/// [`ACQUIRE_LUA`], by its digest (EVALSHA, loaded again after NOSCRIPT).
-static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&ACQUIRE_LUA));
+}
 
 /// [`ACQUIRE_LUA`]'s condition for a write-through's claim.
 const CLAIM: &str = "3";
@@ -663,9 +1251,23 @@ const CLAIM: &str = "3";
 /// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
 /// Stores only while the token holds the lease and no pattern invalidation
 /// has bumped the epoch since it was taken, then ends the lease.
-static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
+static SET_IF_LEASED_LUA: LazyLock<String> =
+    LazyLock::new(|| set_if_leased_lua(TAG_LUA, "tag(4, ARGV[3])"));
+
+/// [`SET_IF_LEASED_LUA`] on a cluster. KEYS: value, lease, epoch, the
+/// entry's tag versions, the lease's: the versions the load started from
+/// are stored beside the value.
+static SET_IF_LEASED_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
+    set_if_leased_lua(
+        cluster::HOLD_LUA,
+        "hold(KEYS[4], redis.call('GET', KEYS[5]) or '', ARGV[3])
+        redis.call('DEL', KEYS[5])",
+    )
+});
+
+fn set_if_leased_lua(prelude: &str, record_tags: &str) -> String {
     format!(
-        "{TAG_LUA}
+        "{prelude}
         if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
         if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then
           redis.call('DEL', KEYS[2])
@@ -673,14 +1275,51 @@ static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
         end
         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
         redis.call('DEL', KEYS[2])
-        tag(4, ARGV[3])
+        {record_tags}
         return 1"
     )
+}
+
+/// KEYS: value, lease, tags... ARGV: envelope, keep ms. A plain fill:
+/// stores unless a lease is held (a load or a write-through in flight).
+fn fill_lua(prelude: &str, record_tags: &str) -> String {
+    format!(
+        "{prelude}
+        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        {record_tags}
+        return 1"
+    )
+}
+
+/// The scripts that record tags, as one server or a cluster records them.
+struct Scripts {
+    /// The lease script's text, for a claim sent whole (see [`ACQUIRE_LUA`]).
+    acquire_lua: &'static str,
+    acquire: redis::Script,
+    set_if_leased: redis::Script,
+    fill: redis::Script,
+}
+
+/// The scripts on one server.
+static SINGLE: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    acquire_lua: ACQUIRE_LUA.as_str(),
+    acquire: redis::Script::new(&ACQUIRE_LUA),
+    set_if_leased: redis::Script::new(&SET_IF_LEASED_LUA),
+    fill: redis::Script::new(&fill_lua(TAG_LUA, "tag(3, ARGV[2])")),
 });
 
-/// [`SET_IF_LEASED_LUA`], by its digest.
-static SET_IF_LEASED: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&SET_IF_LEASED_LUA));
+/// The scripts on a cluster. The fill's KEYS: value, lease, the entry's tag
+/// versions; its ARGV ends with the versions.
+static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    acquire_lua: ACQUIRE_CLUSTER_LUA.as_str(),
+    acquire: redis::Script::new(&ACQUIRE_CLUSTER_LUA),
+    set_if_leased: redis::Script::new(&SET_IF_LEASED_CLUSTER_LUA),
+    fill: redis::Script::new(&fill_lua(
+        cluster::HOLD_LUA,
+        "hold(KEYS[3], ARGV[3], ARGV[2])",
+    )),
+});
 
 /// KEYS: value, tags... The value while every tag index lists it, else
 /// nil; 0 if the key holds another kind of value.
@@ -694,18 +1333,6 @@ static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
           end
           return v",
     )
-});
-
-/// KEYS: value, lease, tags... ARGV: envelope, keep ms. A plain fill:
-/// stores unless a lease is held (a load or a write-through in flight).
-static FILL: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{TAG_LUA}
-        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        tag(3, ARGV[2])
-        return 1"
-    ))
 });
 
 /// KEYS: value, lease. ARGV: token. Removes the value and ends the lease,
@@ -754,15 +1381,22 @@ impl RedisBackend {
         tag_for: Duration,
         timeout: Duration,
     ) -> Result<LeaseOutcome, BackendError> {
+        // On a cluster, the versions this load starts from: read before
+        // the lease, so that a tag invalidation from now on outdates what
+        // it stores.
+        let versions = self
+            .versions_for_write(tags, tag_for, timeout, Gate::Breaker)
+            .await?;
         let mut conn = self.control()?;
         let identity = match &cond {
             LeaseIf::Unchanged(meta) => codec::identity(meta),
             _ => [0; codec::IDENTITY_LEN],
         };
-        let mut call = ACQUIRE.key(key);
-        call.key(lease_key(key)).key(&self.epoch_key);
-        for tag in tags {
-            call.key(tag);
+        let keys = self.layout.entry(key);
+        let mut call = self.scripts().acquire.key(keys.value.as_ref());
+        call.key(&keys.lease).key(keys.epoch.as_ref());
+        for tag in self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS]) {
+            call.key(tag.as_ref());
         }
         let (mode, seen): (&str, &[u8]) = match &cond {
             LeaseIf::Absent => ("1", &[]),
@@ -774,6 +1408,9 @@ impl RedisBackend {
             .arg(mode)
             .arg(millis(tag_for))
             .arg(seen);
+        if self.layout.is_cluster() {
+            call.arg(&versions);
+        }
         let (outcome, epoch): (i64, u64) = self
             .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
             .await?;
@@ -803,8 +1440,9 @@ impl RedisBackend {
                 // goes too (if the lease still holds), and the lease ends so
                 // that others load at once.
                 let mut conn = self.control()?;
-                let mut call = DROP_IF_LEASED.key(key);
-                call.key(lease_key(key)).arg(lease.token);
+                let keys = self.layout.entry(key);
+                let mut call = DROP_IF_LEASED.key(keys.value.as_ref());
+                call.key(&keys.lease).arg(lease.token);
                 if let Err(dropped) = self
                     .run::<i64>(Gate::Always, timeout, call.invoke_async(&mut conn))
                     .await
@@ -829,10 +1467,11 @@ impl RedisBackend {
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         let mut conn = self.control()?;
-        let mut call = SET_IF_LEASED.key(key);
-        call.key(lease_key(key)).key(&self.epoch_key);
-        for tag in tags {
-            call.key(tag);
+        let keys = self.layout.entry(key);
+        let mut call = self.scripts().set_if_leased.key(keys.value.as_ref());
+        call.key(&keys.lease).key(keys.epoch.as_ref());
+        for tag in self.tag_keys(&keys, tags, &[cluster::TAGS, cluster::LEASE_TAGS]) {
+            call.key(tag.as_ref());
         }
         call.arg(lease.token)
             .arg(bytes)
@@ -852,7 +1491,10 @@ impl RedisBackend {
     ) -> Result<(), BackendError> {
         let mut conn = self.control()?;
         let mut call = redis::cmd("EVAL");
-        call.arg(RELEASE_LUA).arg(1).arg(lease_key(key)).arg(token);
+        call.arg(RELEASE_LUA)
+            .arg(1)
+            .arg(self.layout.entry(key).lease)
+            .arg(token);
         self.run::<i64>(Gate::Always, timeout, call.query_async(&mut conn))
             .await
             .map(drop)
@@ -875,19 +1517,42 @@ fn evalsha(script: &redis::Script, keys: &[&[u8]]) -> redis::Cmd {
     cmd
 }
 
-/// Sends `cmds` as one pipeline, one reply per command (an error reply in
-/// its place). Script calls that found their script missing (a restarted
+/// Sends `cmds` as one pipeline, one reply per command (an error reply as
+/// its `Err`). Script calls that found their script missing (a restarted
 /// server lost its script cache) are sent again, once, after loading
-/// `scripts`: the others ran, and must not run twice.
+/// `scripts`: the others ran, and must not run twice. A cluster runs a
+/// pipeline within one slot only: there each command is sent on its own,
+/// all at once, and the cluster connection takes each to its node.
 async fn pipeline(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     cmds: &[redis::Cmd],
     scripts: &[&redis::Script],
-) -> redis::RedisResult<Vec<redis::Value>> {
+) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
     async fn send(
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         cmds: &[&redis::Cmd],
-    ) -> redis::RedisResult<Vec<redis::Value>> {
+    ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+        if let Conn::Cluster(cluster) = conn {
+            let sends = cmds.iter().map(|cmd| {
+                let mut conn = cluster.clone();
+                async move {
+                    use redis::aio::ConnectionLike as _;
+                    conn.req_packed_command(cmd)
+                        .await
+                        .and_then(redis::Value::extract_error)
+                }
+            });
+            let replies = futures_util::future::join_all(sends).await;
+            // A failure to reach the cluster fails the whole batch, as it
+            // does on one server.
+            if let Some(Err(e)) = replies.iter().find(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.is_io_error() || e.is_connection_dropped())
+            }) {
+                return Err(e.clone());
+            }
+            return Ok(replies);
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for cmd in cmds {
@@ -900,16 +1565,19 @@ async fn pipeline(
                 "a pipeline's replies do not match its commands",
             )));
         }
-        Ok(replies)
+        Ok(replies
+            .into_iter()
+            .map(redis::Value::extract_error)
+            .collect())
     }
     let all: Vec<&redis::Cmd> = cmds.iter().collect();
     let mut replies = send(conn, &all).await?;
     let missing: Vec<usize> = replies
         .iter()
         .enumerate()
-        .filter(
-            |(_, reply)| matches!(reply, redis::Value::ServerError(e) if e.code() == "NOSCRIPT"),
-        )
+        .filter(|(_, reply)| {
+            matches!(reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        })
         .map(|(i, _)| i)
         .collect();
     if missing.is_empty() {
@@ -937,6 +1605,15 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
+        if self.layout.is_cluster() {
+            // A cluster runs a pipeline within one slot: each key is read
+            // as `fetch` reads it, all at once.
+            let reads = keys
+                .iter()
+                .map(|key| self.fetch_cluster(conn.clone(), key, &[]));
+            let read = futures_util::future::try_join_all(reads);
+            return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for key in keys {
@@ -982,6 +1659,7 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.control()?;
+        let scripts = self.scripts();
         let (ttl, tag_ms) = (millis(ttl), 1u64);
         let cmds: Vec<redis::Cmd> = asks
             .iter()
@@ -995,22 +1673,29 @@ impl RedisBackend {
                     LeaseIf::Any => ("0", &[]),
                     LeaseIf::Unchanged(_) => ("2", &identity),
                 };
-                let lease = lease_key(key);
-                let mut cmd = evalsha(
-                    &ACQUIRE,
-                    &[key.as_bytes(), lease.as_bytes(), self.epoch_key.as_bytes()],
-                );
+                let keys = self.layout.entry(key);
+                let tag_keys = self.tag_keys(&keys, &[], &[cluster::LEASE_TAGS]);
+                let mut named: Vec<&[u8]> = vec![
+                    keys.value.as_bytes(),
+                    keys.lease.as_bytes(),
+                    keys.epoch.as_bytes(),
+                ];
+                named.extend(tag_keys.iter().map(|k| k.as_bytes()));
+                let mut cmd = evalsha(&scripts.acquire, &named);
                 cmd.arg(token).arg(ttl).arg(mode).arg(tag_ms).arg(seen);
+                if self.layout.is_cluster() {
+                    // The entries of a batch carry no tags.
+                    cmd.arg("");
+                }
                 cmd
             })
             .collect();
         let ask = async {
-            let replies = pipeline(&mut conn, &cmds, &[&ACQUIRE]).await?;
+            let replies = pipeline(&mut conn, &cmds, &[&scripts.acquire]).await?;
             replies
                 .into_iter()
                 .map(|reply| {
-                    let (outcome, epoch): (i64, u64) =
-                        redis::from_redis_value(reply.extract_error()?)?;
+                    let (outcome, epoch): (i64, u64) = redis::from_redis_value(reply?)?;
                     Ok(match outcome {
                         1 => LeaseOutcome::Acquired(epoch),
                         2 => LeaseOutcome::ValuePresent,
@@ -1034,26 +1719,29 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.control()?;
+        let set_if_leased = &self.scripts().set_if_leased;
         let mut unstorable: Vec<Option<BackendError>> = Vec::with_capacity(items.len());
         let cmds: Vec<redis::Cmd> = items
             .iter()
             .map(|item| {
-                let lease = lease_key(item.key);
-                let key = item.key.as_bytes();
+                let keys = self.layout.entry(item.key);
+                let lease = keys.lease.as_bytes();
+                let key = keys.value.as_bytes();
                 let token = item.lease.token;
                 let Some((value, meta, keep_for)) = &item.write else {
                     unstorable.push(None);
-                    let mut cmd = evalsha(&RELEASE, &[lease.as_bytes()]);
+                    let mut cmd = evalsha(&RELEASE, &[lease]);
                     cmd.arg(token);
                     return cmd;
                 };
                 match self.encode(*value, meta) {
                     Ok(bytes) => {
                         unstorable.push(None);
-                        let mut cmd = evalsha(
-                            &SET_IF_LEASED,
-                            &[key, lease.as_bytes(), self.epoch_key.as_bytes()],
-                        );
+                        let tag_keys =
+                            self.tag_keys(&keys, &[], &[cluster::TAGS, cluster::LEASE_TAGS]);
+                        let mut named: Vec<&[u8]> = vec![key, lease, keys.epoch.as_bytes()];
+                        named.extend(tag_keys.iter().map(|k| k.as_bytes()));
+                        let mut cmd = evalsha(set_if_leased, &named);
                         cmd.arg(token)
                             .arg(bytes)
                             .arg(millis(*keep_for))
@@ -1065,14 +1753,14 @@ impl RedisBackend {
                     // ends so that others load at once.
                     Err(e) => {
                         unstorable.push(Some(e));
-                        let mut cmd = evalsha(&DROP_IF_LEASED, &[key, lease.as_bytes()]);
+                        let mut cmd = evalsha(&DROP_IF_LEASED, &[key, lease]);
                         cmd.arg(token);
                         cmd
                     }
                 }
             })
             .collect();
-        let scripts: [&redis::Script; 3] = [&SET_IF_LEASED, &DROP_IF_LEASED, &RELEASE];
+        let scripts: [&redis::Script; 3] = [set_if_leased, &DROP_IF_LEASED, &RELEASE];
         let replies = self
             .run(Gate::Always, timeout, pipeline(&mut conn, &cmds, &scripts))
             .await?;
@@ -1082,7 +1770,6 @@ impl RedisBackend {
             .zip(items)
             .map(|((reply, unstorable), item)| {
                 let done: i64 = reply
-                    .extract_error()
                     .and_then(|v| Ok(redis::from_redis_value(v)?))
                     .map_err(BackendError::Redis)?;
                 match unstorable {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::Cache;
 use super::connect::{Origin, Pem, RedisSettings};
 use crate::backend::near::{NearBackend, NearCache};
-use crate::backend::{Backend, memory::MemoryBackend, redis::RedisBackend};
+use crate::backend::redis::{RedisBackend, Target};
+use crate::backend::{Backend, memory::MemoryBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::codec::{Codec, Compression, Format};
 use crate::engine::{AuditSettings, Engine, Settings};
@@ -125,6 +126,7 @@ impl CacheBuilder {
     /// Keep entries in process (moka). The default.
     pub fn memory(mut self) -> Self {
         self.redis.url = None;
+        self.redis.cluster = None;
         self
     }
 
@@ -135,6 +137,45 @@ impl CacheBuilder {
     /// masked.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis.url = Some((url.into(), Origin::Builder("CacheBuilder::redis")));
+        self.redis.cluster = None;
+        self
+    }
+
+    /// Keep entries on a Redis Cluster, reached through its seed nodes
+    /// `urls` (`redis://[user:password@]host:port`, or `rediss://` with the
+    /// `tls` feature): any of its nodes, primaries or replicas; the client
+    /// learns the others from them. Give more than one, so that the cache
+    /// can start while one is down. Credentials and TLS settings
+    /// ([`redis_password`](Self::redis_password),
+    /// [`redis_tls_ca`](Self::redis_tls_ca), ...) apply to every node.
+    ///
+    /// Annotated code is unchanged; keys are laid out for hash slots (each
+    /// `{namespace}:{prefix}:{key}` stored as `{...}` so that a value and
+    /// its lease share a slot), tags are per-tag versions, and a pattern
+    /// invalidation visits every primary: README.md's "Redis Cluster"
+    /// section says what each costs. The namespace must not be empty nor
+    /// hold `{` or `}`; the near tier cannot sit in front of a cluster yet.
+    ///
+    /// ```
+    /// use cached_runtime::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+    ///     .namespace("placement-v1")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.backend_kind(), "redis-cluster");
+    /// ```
+    pub fn redis_cluster<I>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.redis.cluster = Some((
+            urls.into_iter().map(Into::into).collect(),
+            Origin::Builder("CacheBuilder::redis_cluster"),
+        ));
+        self.redis.url = None;
         self
     }
 
@@ -184,6 +225,7 @@ impl CacheBuilder {
     /// | variable | meaning |
     /// | --- | --- |
     /// | `REDIS_URL` | Redis at this URL (else the memory backend) |
+    /// | `REDIS_CLUSTER_URLS` | instead, a Redis Cluster through these seed nodes, comma-separated ([`redis_cluster`](Self::redis_cluster)) |
     /// | `REDIS_USERNAME` | the ACL user, overriding the URL's |
     /// | `REDIS_PASSWORD` | the password, overriding the URL's |
     /// | `REDIS_TLS_CA_FILE` | a PEM file of CA certificates to trust (`rediss://`) |
@@ -215,6 +257,16 @@ impl CacheBuilder {
     pub fn from_vars(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         self.redis.url = var("REDIS_URL").map(|url| (url, Origin::Env("REDIS_URL")));
+        self.redis.cluster = var("REDIS_CLUSTER_URLS").map(|urls| {
+            (
+                urls.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                Origin::Env("REDIS_CLUSTER_URLS"),
+            )
+        });
         if let Some(user) = var("REDIS_USERNAME") {
             self.redis.username = Some(user);
         }
@@ -433,6 +485,9 @@ impl CacheBuilder {
             ));
         }
         let near = self.near.as_ref().map(NearSource::settings).transpose()?;
+        if let Some((urls, origin)) = self.redis.cluster.clone() {
+            return self.build_cluster(&urls, origin, near.is_some());
+        }
         let backend = match (&self.redis.url, near) {
             (None, None) => Backend::Memory(MemoryBackend::new(self.max_entries)),
             (None, Some(_)) => {
@@ -450,7 +505,7 @@ impl CacheBuilder {
                     .map_err(|e| BuildError::InvalidSetting(e.to_string()))?;
                 let breaker = Breaker::new(self.breaker, self.namespace.clone());
                 let redis = RedisBackend::new(
-                    client,
+                    Target::Single(client),
                     self.connect_timeout,
                     breaker,
                     self.max_value_bytes,
@@ -471,6 +526,44 @@ impl CacheBuilder {
             }
         };
         Ok(self.finish(backend))
+    }
+
+    /// A cache on a Redis Cluster (`urls`: its seed nodes).
+    fn build_cluster(
+        self,
+        urls: &[String],
+        origin: Origin,
+        near: bool,
+    ) -> Result<Cache, BuildError> {
+        if self.redis.url.is_some() {
+            return Err(BuildError::InvalidSetting(
+                "both REDIS_URL and REDIS_CLUSTER_URLS are set: one server or a cluster, not both"
+                    .into(),
+            ));
+        }
+        if near {
+            return Err(BuildError::InvalidSetting(format!(
+                "the near tier ({}) cannot sit in front of a Redis Cluster yet",
+                self.near.as_ref().map(NearSource::name).unwrap_or_default()
+            )));
+        }
+        if let Some(why) = crate::backend::cluster::namespace_problem(&self.namespace) {
+            return Err(BuildError::InvalidSetting(format!(
+                "{why}, got `{}`",
+                self.namespace
+            )));
+        }
+        let client = self.redis.cluster_client(urls, origin)?;
+        let breaker = Breaker::new(self.breaker, self.namespace.clone());
+        let redis = RedisBackend::new(
+            Target::Cluster(client),
+            self.connect_timeout,
+            breaker,
+            self.max_value_bytes,
+            self.format,
+            &self.namespace,
+        );
+        Ok(self.finish(Backend::Redis(Box::new(redis))))
     }
 
     /// An in-process cache with these (default, so valid) settings.

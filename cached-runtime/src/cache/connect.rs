@@ -83,8 +83,10 @@ impl Pem {
 /// the URL with its password masked, and no secret.
 #[derive(Clone, Default)]
 pub(crate) struct RedisSettings {
-    /// `None`: the memory backend.
+    /// `None` (and no `cluster`): the memory backend.
     pub(crate) url: Option<(String, Origin)>,
+    /// A Redis Cluster's seed nodes, instead of `url`.
+    pub(crate) cluster: Option<(Vec<String>, Origin)>,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<(Secret, Origin)>,
     pub(crate) tls_ca: Option<Pem>,
@@ -96,6 +98,13 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &self.url.as_ref().map(|(url, _)| mask_url(url)))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .as_ref()
+                    .map(|(urls, _)| urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>()),
+            )
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|(p, _)| p))
             .field("tls_ca", &self.tls_ca)
@@ -120,15 +129,20 @@ const EXPECTED: &str = "expected redis://[user:password@]host[:port][/db], \
                         rediss://... (TLS), or redis+unix:///path/to/socket";
 
 impl RedisSettings {
-    /// A client for these settings; no connection is made.
-    pub(crate) fn client(&self, url: &str, origin: Origin) -> Result<redis::Client, BuildError> {
+    /// The connection details of `url` with the settings' credentials,
+    /// checked part by part.
+    fn connection_info(
+        &self,
+        url: &str,
+        origin: Origin,
+    ) -> Result<redis::ConnectionInfo, BuildError> {
         let invalid = |reason: String| BuildError::InvalidUrl {
             origin: origin.name(),
             url: mask_url(url),
             reason,
         };
         check_url(url).map_err(invalid)?;
-        let mut info = url
+        let info = url
             .into_connection_info()
             .map_err(|e| invalid(format!("{e}; {EXPECTED}")))?;
         // No `CLIENT SETINFO` on connecting: the ACL rule (`redis_acl_rule`)
@@ -140,7 +154,96 @@ impl RedisSettings {
         if let Some((password, _)) = &self.password {
             redis = redis.set_password(&password.0);
         }
-        info = info.set_redis_settings(redis);
+        Ok(info.set_redis_settings(redis))
+    }
+
+    /// A cluster client for the seed nodes `urls` (any of the cluster's
+    /// nodes; one is enough, more survive one being down when the cache
+    /// starts), with the settings' credentials and TLS; no connection is
+    /// made.
+    pub(crate) fn cluster_client(
+        &self,
+        urls: &[String],
+        origin: Origin,
+    ) -> Result<redis::cluster::ClusterClient, BuildError> {
+        let Some(first) = urls.first() else {
+            return Err(BuildError::InvalidUrl {
+                origin: origin.name(),
+                url: String::new(),
+                reason: "no seed node: give the redis:// URL of one or more of the cluster's nodes"
+                    .into(),
+            });
+        };
+        let mut infos = Vec::with_capacity(urls.len());
+        for url in urls {
+            let info = self.connection_info(url, origin)?;
+            if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) {
+                return Err(BuildError::InvalidUrl {
+                    origin: origin.name(),
+                    url: mask_url(url),
+                    reason: "a cluster's nodes are reached over TCP: redis:// or rediss://".into(),
+                });
+            }
+            infos.push(info);
+        }
+        let builder = redis::cluster::ClusterClientBuilder::new(infos);
+        let builder = self.cluster_tls(builder)?;
+        builder.build().map_err(|e| BuildError::InvalidUrl {
+            origin: origin.name(),
+            url: mask_url(first),
+            reason: e.to_string(),
+        })
+    }
+
+    #[cfg(feature = "tls")]
+    fn cluster_tls(
+        &self,
+        builder: redis::cluster::ClusterClientBuilder,
+    ) -> Result<redis::cluster::ClusterClientBuilder, BuildError> {
+        if self.tls_ca.is_none() && self.tls_client.is_none() {
+            return Ok(builder);
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root_cert = self.tls_ca.as_ref().map(Pem::load).transpose()?;
+        let client_tls = match &self.tls_client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: cert.load()?,
+                client_key: key.load()?,
+            }),
+            None => None,
+        };
+        Ok(builder.certs(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn cluster_tls(
+        &self,
+        builder: redis::cluster::ClusterClientBuilder,
+    ) -> Result<redis::cluster::ClusterClientBuilder, BuildError> {
+        match self
+            .tls_ca
+            .as_ref()
+            .or(self.tls_client.as_ref().map(|(c, _)| c))
+        {
+            None => Ok(builder),
+            Some(pem) => Err(BuildError::InvalidTls {
+                origin: pem.origin(),
+                reason: "TLS needs the `tls` feature of cached-runtime".into(),
+            }),
+        }
+    }
+
+    /// A client for these settings; no connection is made.
+    pub(crate) fn client(&self, url: &str, origin: Origin) -> Result<redis::Client, BuildError> {
+        let invalid = |reason: String| BuildError::InvalidUrl {
+            origin: origin.name(),
+            url: mask_url(url),
+            reason,
+        };
+        let info = self.connection_info(url, origin)?;
         let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
         if self.tls_ca.is_none() && self.tls_client.is_none() {
             return redis::Client::open(info).map_err(|e| invalid(e.to_string()));

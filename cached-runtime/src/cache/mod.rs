@@ -97,7 +97,8 @@ impl Cache {
         }
     }
 
-    /// `"memory"`, `"redis"`, or `"redis+near"` (Redis with the near tier).
+    /// `"memory"`, `"redis"`, `"redis-cluster"`, or `"redis+near"` (Redis
+    /// with the near tier).
     pub fn backend_kind(&self) -> &'static str {
         self.engine.backend.kind()
     }

@@ -1,0 +1,313 @@
+//! The key layout and the multi-node steps of the Redis backend on a Redis
+//! Cluster. A cluster runs a command or a script only when every key it
+//! touches hashes to one slot (else `CROSSSLOT`), and `SCAN` sees one node.
+//! So, on a cluster:
+//!
+//! - **An entry and everything about it share a slot.** The value of the
+//!   logical key `K` (`{namespace}:{prefix}:{parts}`) lives at `{K}`: the
+//!   braces make `K` (up to its first `}`) the hash tag. Its lease is
+//!   `{K}:~lease`, its tag versions `{K}:~tags`, and the versions its
+//!   lease's load started from `{K}:~ltags`. Every script touches these
+//!   and the slot's epoch only. Keys stay readable in `redis-cli`.
+//! - **One invalidation epoch per slot.** A pattern invalidation bumps the
+//!   epoch a load's lease recorded, so that a load in flight cannot store
+//!   what it read before the change behind the scan's back (see
+//!   [`Lease`](super::Lease)). One epoch per namespace would sit in one slot;
+//!   instead slot `s` has `{namespace}:~epoch:{t}` where the hash tag `t` is
+//!   a number chosen so that it hashes to `s` ([`epoch_key`]). A pattern
+//!   invalidation bumps all 16,384 of them, then scans every primary.
+//! - **Tags are versions, not sets.** A tag `T` has a version at `{T}`, a
+//!   random number made when first needed. A load (or write-through, or
+//!   fill) reads its tags' versions before it takes its lease and stores
+//!   them beside its value; a read of a tagged entry reads the current
+//!   versions in parallel with the entry and serves it only if they are the
+//!   same. Invalidating a tag replaces its version: one command, whatever
+//!   the number of entries, which become unreachable and expire on their own
+//!   time. A version that is missing (expired, evicted) serves nothing, so
+//!   losing it can never bring an entry back.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+/// The number of hash slots of a Redis Cluster.
+pub(crate) const SLOTS: usize = 16_384;
+
+/// The hash slot of `key`, as Redis computes it: CRC16 (XMODEM) of the key's
+/// hash tag (the text between its first `{` and the first `}` after it, if
+/// that is not empty), else of the whole key, modulo 16,384.
+pub(crate) fn slot(key: &[u8]) -> usize {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    usize::from(crc16::State::<crc16::XMODEM>::calculate(hashed)) % SLOTS
+}
+
+/// For each slot, the smallest number whose decimal text hashes to it: the
+/// hash tag of that slot's epoch key. Found once per process by counting up
+/// (about 160,000 CRCs, well under a millisecond).
+static SLOT_TAGS: LazyLock<Box<[u32]>> = LazyLock::new(|| {
+    let mut tags = vec![u32::MAX; SLOTS].into_boxed_slice();
+    let mut left = SLOTS;
+    let mut n: u32 = 0;
+    while left > 0 {
+        let s = slot(itoa::Buffer::new().format(n).as_bytes());
+        if tags[s] == u32::MAX {
+            tags[s] = n;
+            left -= 1;
+        }
+        n += 1;
+    }
+    tags
+});
+
+/// The epoch key of slot `s` under `namespace`: `{namespace}:~epoch:{t}`,
+/// which hashes to `s`.
+pub(crate) fn epoch_key(namespace: &str, s: usize) -> String {
+    let tag = itoa::Buffer::new().format(SLOT_TAGS[s]).to_owned();
+    format!("{namespace}:~epoch:{{{tag}}}")
+}
+
+/// Why a namespace cannot be used on a cluster, if it cannot: every key
+/// starts with it, and a brace in it would move the hash tag of every key
+/// and epoch.
+pub(crate) fn namespace_problem(namespace: &str) -> Option<&'static str> {
+    if namespace.is_empty() {
+        Some("a cache on a Redis Cluster needs a namespace (every key's hash tag starts with it)")
+    } else if namespace.contains(['{', '}']) {
+        Some(
+            "a cache on a Redis Cluster needs a namespace without `{` or `}` (they would change every key's hash slot)",
+        )
+    } else {
+        None
+    }
+}
+
+/// The physical key of the value of logical key `key`: `{key}`.
+pub(crate) fn value_key(key: &str) -> String {
+    let mut k = String::with_capacity(key.len() + 2);
+    k.push('{');
+    k.push_str(key);
+    k.push('}');
+    k
+}
+
+/// A key beside the value of physical key `value` (`{K}`), in its slot:
+/// `{K}` followed by `suffix`.
+pub(crate) fn beside(value: &str, suffix: &str) -> String {
+    let mut k = String::with_capacity(value.len() + suffix.len());
+    k.push_str(value);
+    k.push_str(suffix);
+    k
+}
+
+/// Where a lease lives, beside its value.
+pub(crate) const LEASE: &str = ":~lease";
+/// The tag versions an entry was stored with, beside its value.
+pub(crate) const TAGS: &str = ":~tags";
+/// The tag versions the load holding the lease read before it started.
+pub(crate) const LEASE_TAGS: &str = ":~ltags";
+
+/// The glob on physical keys that matches the values whose logical keys
+/// `pattern` matches: `{pattern}`. The braces are literal in a glob and
+/// match the value key's own; a lease or tag-version key (which goes on
+/// after the `}`) does not match.
+pub(crate) fn value_pattern(pattern: &str) -> String {
+    value_key(pattern)
+}
+
+/// The version key of the full tag key `tag`: `{tag}`.
+pub(crate) fn version_key(tag: &str) -> String {
+    value_key(tag)
+}
+
+/// The text an entry's tag versions are stored as: each tag's full key with
+/// its length (so that no two lists read the same) and its version.
+pub(crate) fn versions_text<'a>(tags: impl IntoIterator<Item = (&'a str, Cow<'a, str>)>) -> String {
+    let mut text = String::new();
+    for (tag, version) in tags {
+        text.push_str(itoa::Buffer::new().format(tag.len()));
+        text.push(':');
+        text.push_str(tag);
+        text.push('=');
+        text.push_str(&version);
+        text.push('\n');
+    }
+    text
+}
+
+/// The tags and versions of a list [`versions_text`] wrote; `None` if it
+/// does not read as one (nothing stored with it may be served).
+pub(crate) fn parse_versions(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut list = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (len, after) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let tag = after.get(..len)?;
+        let after = after.get(len..)?.strip_prefix('=')?;
+        let (version, next) = after.split_once('\n')?;
+        list.push((tag, version));
+        rest = next;
+    }
+    Some(list)
+}
+
+/// Stores a tag-version list beside a value (or removes it, for an entry
+/// without tags). Shared by the cluster's scripts.
+pub(crate) const HOLD_LUA: &str = r"
+local function hold(k, v, ms)
+  if v == '' then redis.call('DEL', k) else redis.call('SET', k, v, 'PX', ms) end
+end
+";
+
+/// KEYS: a tag's version. ARGV: a new version (used if there is none), ms.
+/// The version, kept at least `ms` so that it outlives what is stored with
+/// it.
+pub(crate) static VERSION: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"local v = redis.call('GET', KEYS[1])
+          if not v then v = ARGV[1]; redis.call('SET', KEYS[1], v) end
+          if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+          return v",
+    )
+});
+
+/// A fresh version: 16 hex digits, random.
+pub(crate) fn new_version() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// One slot range of `CLUSTER SLOTS`: its first and last slot and the
+/// address of the primary serving it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SlotRange {
+    pub(crate) first: u16,
+    pub(crate) last: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+/// The cluster's slot map from a `CLUSTER SLOTS` reply, sorted.
+pub(crate) fn slot_map(reply: redis::Value) -> redis::RedisResult<Vec<SlotRange>> {
+    let bad = || {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "CLUSTER SLOTS answered something else than slot ranges",
+        ))
+    };
+    let redis::Value::Array(ranges) = reply else {
+        return Err(bad());
+    };
+    let mut map = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let redis::Value::Array(range) = range else {
+            return Err(bad());
+        };
+        let (Some(redis::Value::Int(first)), Some(redis::Value::Int(last)), Some(primary)) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            return Err(bad());
+        };
+        let redis::Value::Array(primary) = primary else {
+            return Err(bad());
+        };
+        let host = match primary.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            _ => return Err(bad()),
+        };
+        let Some(redis::Value::Int(port)) = primary.get(1) else {
+            return Err(bad());
+        };
+        map.push(SlotRange {
+            first: u16::try_from(*first).map_err(|_| bad())?,
+            last: u16::try_from(*last).map_err(|_| bad())?,
+            host,
+            port: u16::try_from(*port).map_err(|_| bad())?,
+        });
+    }
+    map.sort();
+    Ok(map)
+}
+
+/// The primaries of a slot map, each once.
+pub(crate) fn primaries(map: &[SlotRange]) -> Vec<(String, u16)> {
+    let mut nodes: Vec<(String, u16)> = map.iter().map(|r| (r.host.clone(), r.port)).collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_computed_as_redis_computes_them() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"{user1000}.followers"), slot(b"user1000"));
+        // An empty hash tag hashes the whole key; only the first `{` counts.
+        assert_eq!(slot(b"foo{}{bar}"), 8363);
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+    }
+
+    #[test]
+    fn every_slot_has_an_epoch_key_that_hashes_to_it() {
+        for s in 0..SLOTS {
+            assert_eq!(slot(epoch_key("ns", s).as_bytes()), s, "slot {s}");
+        }
+    }
+
+    #[test]
+    fn an_entry_and_everything_beside_it_share_a_slot() {
+        for key in ["ns:p:1", "ns:p:a}b", "ns:p:{x}", "ns:p:}", "ns:p:\\:{"] {
+            let value = value_key(key);
+            let s = slot(value.as_bytes());
+            for suffix in [LEASE, TAGS, LEASE_TAGS] {
+                assert_eq!(slot(beside(&value, suffix).as_bytes()), s, "{key}{suffix}");
+            }
+        }
+    }
+
+    #[test]
+    fn namespaces_that_would_move_hash_tags_are_refused() {
+        assert!(namespace_problem("placement-v1").is_none());
+        assert!(namespace_problem("").is_some());
+        assert!(namespace_problem("a{b").is_some());
+        assert!(namespace_problem("a}b").is_some());
+    }
+
+    #[test]
+    fn version_lists_read_back_and_garbage_reads_as_none() {
+        let text = versions_text([
+            ("ns:~tag:a=b", Cow::from("00ff")),
+            ("ns:~tag:\n", Cow::from("1")),
+        ]);
+        assert_eq!(
+            parse_versions(&text),
+            Some(vec![("ns:~tag:a=b", "00ff"), ("ns:~tag:\n", "1")])
+        );
+        assert_eq!(parse_versions(""), Some(vec![]));
+        for garbage in ["x", "3:ab=1\n", "2:ab1\n", "2:ab=1", "99:a=1\n", "-1:=\n"] {
+            assert_eq!(parse_versions(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn version_lists_are_injective() {
+        let a = versions_text([("t:a", Cow::from("1")), ("b", Cow::from("2"))]);
+        let b = versions_text([("t", Cow::from("a=1\n1:b")), ("", Cow::from("2"))]);
+        assert_ne!(a, b);
+        assert_eq!(versions_text([]), "");
+    }
+}
