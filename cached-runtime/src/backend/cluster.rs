@@ -9,13 +9,21 @@
 //!   `{K}:~lease`, its tag versions `{K}:~tags`, and the versions its
 //!   lease's load started from `{K}:~ltags`. Every script touches these
 //!   and the slot's epoch only. Keys stay readable in `redis-cli`.
-//! - **One invalidation epoch per slot.** A pattern invalidation bumps the
-//!   epoch a load's lease recorded, so that a load in flight cannot store
-//!   what it read before the change behind the scan's back (see
-//!   [`Lease`](super::Lease)). One epoch per namespace would sit in one slot;
-//!   instead slot `s` has `{namespace}:~epoch:{t}` where the hash tag `t` is
-//!   a number chosen so that it hashes to `s` ([`epoch_key`]). A pattern
-//!   invalidation bumps all 16,384 of them, then scans every primary.
+//! - **A pattern invalidation removes leases, then values.** On one
+//!   server it bumps the namespace's epoch, which every lease recorded, so
+//!   that a load in flight cannot store what it read before the change
+//!   behind the scan's back (see [`Lease`](super::Lease)). One epoch per
+//!   namespace would sit in one slot, and one per slot would make every
+//!   pattern invalidation 16,384 writes (the first design here: it took
+//!   hundreds of milliseconds and timed out under load). Instead it scans
+//!   every primary twice: first for the matching entries' leases, which it
+//!   removes, so that a load holding one from before the change cannot
+//!   store its value; then for the values. A load whose write landed
+//!   before the first pass reached its lease left a value that the second
+//!   pass finds (SCAN returns every key present throughout it). The
+//!   scripts still read an epoch key in the entry's slot,
+//!   `{namespace}:~epoch:{t}` ([`epoch_key`]), as on one server; nothing
+//!   on a cluster bumps it, so it reads 0 and costs no round trip.
 //! - **Tags are versions, not sets.** A tag `T` has a version at `{T}`, a
 //!   random number made when first needed. A load (or write-through, or
 //!   fill) reads its tags' versions before it takes its lease and stores
@@ -112,6 +120,13 @@ pub(crate) const LEASE: &str = ":~lease";
 pub(crate) const TAGS: &str = ":~tags";
 /// The tag versions the load holding the lease read before it started.
 pub(crate) const LEASE_TAGS: &str = ":~ltags";
+
+/// The key of the tag versions read by the load holding the lease `lease`
+/// (`{K}:~lease` -> `{K}:~ltags`).
+pub(crate) fn lease_tags_of(lease: &str) -> String {
+    let value = lease.strip_suffix(LEASE).unwrap_or(lease);
+    beside(value, LEASE_TAGS)
+}
 
 /// The glob on physical keys that matches the values whose logical keys
 /// `pattern` matches: `{pattern}`. The braces are literal in a glob and

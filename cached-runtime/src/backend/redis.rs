@@ -24,8 +24,14 @@ use super::{BackendError, Fetched, LEASE_SUFFIX, Lease, LeaseIf, LeaseOutcome, l
 /// single command holds the server for long.
 const SCAN_BATCH: u64 = 500;
 
-/// Epoch INCRs per pipeline to one cluster node in a pattern invalidation.
-const EPOCH_BATCH: usize = 1024;
+/// What a scan of a cluster node removes with each key it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// A value: with its lease and tag versions.
+    Value,
+    /// A lease: with the tag versions its load read.
+    Lease,
+}
 
 /// The name of the invalidation epoch under a namespace. Text parts of keys
 /// escape `~`, so no entry key is it.
@@ -890,10 +896,8 @@ impl RedisBackend {
     ) -> Result<u64, BackendError> {
         let epoch_key = match &self.layout {
             Layout::Single { epoch_key } => epoch_key,
-            Layout::Cluster { namespace } => {
-                return self
-                    .invalidate_pattern_cluster(namespace, pattern, timeout)
-                    .await;
+            Layout::Cluster { .. } => {
+                return self.invalidate_pattern_cluster(pattern, timeout).await;
             }
         };
         let mut conn = self.conn()?;
@@ -935,17 +939,18 @@ impl RedisBackend {
 
     /// A pattern invalidation on a cluster:
     ///
-    /// 1. every slot's epoch is bumped (16,384 INCRs, sent concurrently in
-    ///    batches), for the loads in flight, as on one server;
-    /// 2. every primary of the slot map is scanned for `{pattern}` and what
-    ///    it finds is unlinked with its lease and tag versions;
+    /// 1. every primary of the slot map is scanned (all at once) for the
+    ///    leases of matching entries, `{pattern}:~lease`, which are
+    ///    removed: the load holding one cannot store what it read before
+    ///    the change (what the epoch does on one server);
+    /// 2. then for `{pattern}`, each value found unlinked with its lease
+    ///    and tag versions;
     /// 3. the slot map is read again: if it changed (a failover, a
     ///    resharding moved keys between nodes mid-scan), the scan runs
     ///    again on the new map, up to four times, and then gives up with an
     ///    error rather than claim a complete invalidation.
     async fn invalidate_pattern_cluster(
         &self,
-        namespace: &str,
         pattern: &str,
         timeout: Duration,
     ) -> Result<u64, BackendError> {
@@ -954,15 +959,30 @@ impl RedisBackend {
             unreachable!("a cluster layout has cluster connections")
         };
         let mut map = self.slot_map(&cluster_conn, timeout).await?;
-        self.bump_epochs(&cluster_conn, &map, namespace, timeout)
-            .await?;
-        let glob = cluster::value_pattern(pattern);
+        let values = cluster::value_pattern(pattern);
+        let leases = cluster::beside(&values, cluster::LEASE);
         let mut removed = 0;
         for _ in 0..4 {
-            for (host, port) in cluster::primaries(&map) {
-                removed += self
-                    .scan_node(&cluster_conn, &host, port, &glob, timeout)
-                    .await?;
+            // Leases first, on every primary at once: a load that read the
+            // source before the change holds its lease from before this
+            // pass began, so either this pass removes the lease (and its
+            // write is refused) or the write landed first, and the value
+            // is there for the second pass to remove.
+            for (glob, found) in [(&leases, Found::Lease), (&values, Found::Value)] {
+                let scans = cluster::primaries(&map).into_iter().map(|(host, port)| {
+                    let conn = &cluster_conn;
+                    async move {
+                        self.scan_node(conn, &host, port, glob, found, timeout)
+                            .await
+                    }
+                });
+                let n: u64 = futures_util::future::try_join_all(scans)
+                    .await?
+                    .into_iter()
+                    .sum();
+                if found == Found::Value {
+                    removed += n;
+                }
             }
             let now = self.slot_map(&cluster_conn, timeout).await?;
             if now == map {
@@ -974,82 +994,6 @@ impl RedisBackend {
             redis::ErrorKind::Client,
             "the cluster's slot map kept changing during a pattern invalidation",
         ))))
-    }
-
-    /// INCRs every slot's epoch under `namespace`: to each primary, the
-    /// epochs of the slots `map` says it serves, in pipelines of
-    /// [`EPOCH_BATCH`] (a node runs a thousand INCRs in well under a
-    /// millisecond). An INCR the node refused (the slot moved since `map`
-    /// was read: `MOVED`, `ASK`) or a pipeline that failed is sent again on
-    /// its own, where the cluster client follows redirections. Each
-    /// pipeline, and each retry, has the operation timeout.
-    async fn bump_epochs(
-        &self,
-        conn: &ClusterConnection,
-        map: &[cluster::SlotRange],
-        namespace: &str,
-        timeout: Duration,
-    ) -> Result<(), BackendError> {
-        let bump_one = |key: &str| {
-            let mut conn = conn.clone();
-            let incr = redis::cmd("INCR").arg(key).to_owned();
-            async move {
-                self.run(Gate::Always, timeout, async move {
-                    incr.query_async::<i64>(&mut conn).await
-                })
-                .await
-            }
-        };
-        let batches = map.iter().flat_map(|range| {
-            let slots: Vec<usize> = (usize::from(range.first)..=usize::from(range.last)).collect();
-            let owner = (range.host.clone(), range.port);
-            slots
-                .chunks(EPOCH_BATCH)
-                .map(|chunk| (owner.clone(), chunk.to_vec()))
-                .collect::<Vec<_>>()
-        });
-        let sends = batches.map(|((host, port), slots)| {
-            let mut conn = conn.clone();
-            let keys: Vec<String> = slots
-                .iter()
-                .map(|&s| cluster::epoch_key(namespace, s))
-                .collect();
-            async move {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("INCR").arg(key);
-                }
-                let route = SingleNodeRoutingInfo::ByAddress { host, port };
-                let sent = self
-                    .run(Gate::Always, timeout, async {
-                        conn.route_pipeline(pipe, 0, keys.len(), route).await
-                    })
-                    .await;
-                let refused: Vec<&String> = match &sent {
-                    Ok(replies) if replies.len() == keys.len() => keys
-                        .iter()
-                        .zip(replies)
-                        .filter(|(_, r)| !matches!(r, redis::Value::Int(_)))
-                        .map(|(k, _)| k)
-                        .collect(),
-                    _ => keys.iter().collect(),
-                };
-                for key in refused {
-                    bump_one(key).await?;
-                }
-                Ok::<(), BackendError>(())
-            }
-        });
-        futures_util::future::try_join_all(sends).await?;
-        // Slots no range names (a map read mid-change): bumped one by one.
-        let covered = |s: usize| {
-            map.iter()
-                .any(|r| usize::from(r.first) <= s && s <= usize::from(r.last))
-        };
-        for s in (0..cluster::SLOTS).filter(|&s| !covered(s)) {
-            bump_one(&cluster::epoch_key(namespace, s)).await?;
-        }
-        Ok(())
     }
 
     /// The cluster's slot map, as one node sees it.
@@ -1071,13 +1015,15 @@ impl RedisBackend {
         self.run(Gate::Always, timeout, read).await
     }
 
-    /// SCAN + UNLINK on one node of a cluster, as on one server.
+    /// SCAN + UNLINK on one node of a cluster, as on one server: each key
+    /// matching `glob` with what goes with it (see [`Found`]).
     async fn scan_node(
         &self,
         conn: &ClusterConnection,
         host: &str,
         port: u16,
         glob: &str,
+        found: Found,
         timeout: Duration,
     ) -> Result<u64, BackendError> {
         let mut conn = conn.clone();
@@ -1104,12 +1050,15 @@ impl RedisBackend {
                 redis::from_redis_value(reply).map_err(|e| BackendError::Redis(e.into()))?;
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
-                for value in &keys {
-                    unlink
-                        .arg(value)
-                        .arg(cluster::beside(value, cluster::LEASE))
-                        .arg(cluster::beside(value, cluster::TAGS))
-                        .arg(cluster::beside(value, cluster::LEASE_TAGS));
+                for key in &keys {
+                    unlink.arg(key);
+                    match found {
+                        Found::Value => unlink
+                            .arg(cluster::beside(key, cluster::LEASE))
+                            .arg(cluster::beside(key, cluster::TAGS))
+                            .arg(cluster::beside(key, cluster::LEASE_TAGS)),
+                        Found::Lease => unlink.arg(cluster::lease_tags_of(key)),
+                    };
                 }
                 let n: u64 = self
                     .run(Gate::Always, timeout, unlink.query_async(&mut conn))
