@@ -7,7 +7,7 @@
 
 use cached_runtime::{Cache, CacheBuilder};
 
-use crate::{RedisServer, free_port};
+use crate::{RedisCluster, RedisServer, free_port};
 
 /// The namespace of every cache built here: Redis keys start with `t:`.
 pub const NAMESPACE: &str = "t";
@@ -95,6 +95,8 @@ pub struct Backend {
     server: Option<RedisServer>,
     /// With the near tier in front of Redis.
     near: bool,
+    /// A Redis Cluster instead of one server.
+    cluster: Option<RedisCluster>,
 }
 
 impl Backend {
@@ -103,6 +105,7 @@ impl Backend {
         Backend {
             server: None,
             near: false,
+            cluster: None,
         }
     }
 
@@ -118,7 +121,30 @@ impl Backend {
         Backend {
             server: Some(RedisServer::start_with(&args)),
             near: false,
+            cluster: None,
         }
+    }
+
+    /// A local Redis Cluster (three primaries, three replicas, see
+    /// [`RedisCluster`]) started for this backend and stopped with it; its
+    /// caches connect as [`ACL_USER`], as on one server.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisCluster::start`].
+    pub fn cluster() -> Backend {
+        let args = acl_user_args(NAMESPACE);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Backend {
+            server: None,
+            near: false,
+            cluster: Some(RedisCluster::start_with(&args)),
+        }
+    }
+
+    /// The cluster, on [`Backend::cluster`].
+    pub fn redis_cluster(&self) -> Option<&RedisCluster> {
+        self.cluster.as_ref()
     }
 
     /// Redis as [`Backend::redis`], with the near tier in front of it
@@ -149,7 +175,8 @@ impl Backend {
     ///
     /// As said, naming what was refused.
     pub fn assert_nothing_refused(&self) {
-        if let Some(server) = &self.server {
+        let cluster = self.cluster.iter().flat_map(|c| c.nodes().iter());
+        for server in self.server.iter().chain(cluster).filter(|s| s.answers()) {
             let log: redis::Value = server.cmd(&["ACL", "LOG"]);
             let redis::Value::Array(entries) = &log else {
                 panic!("ACL LOG answered {log:?}");
@@ -170,6 +197,13 @@ impl Backend {
 
     /// A builder for a cache on this backend, namespace [`NAMESPACE`].
     pub fn builder(&self) -> CacheBuilder {
+        if let Some(cluster) = &self.cluster {
+            return Cache::builder()
+                .redis_cluster(cluster.urls())
+                .namespace(NAMESPACE)
+                .redis_username(ACL_USER)
+                .redis_password(ACL_PASSWORD);
+        }
         match &self.server {
             Some(server) if self.near => redis_builder(server)
                 .redis_username(ACL_USER)
@@ -245,5 +279,27 @@ macro_rules! on_both_backends {
                 }
             }
         )+
+    };
+}
+
+/// Runs each named `async fn(&Backend)` once more, as the test
+/// `on_cluster::{name}`, on a local Redis Cluster of its own
+/// ([`Backend::cluster`]), failing if a node refused any command of
+/// [`ACL_USER`]'s. For the key cases of a suite that already runs
+/// [`on_both_backends!`](crate::on_both_backends): each cluster is six
+/// processes and a few seconds to form.
+#[macro_export]
+macro_rules! on_cluster {
+    ($($name:ident),+ $(,)?) => {
+        mod on_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = $crate::Backend::cluster();
+                    super::$name(&backend).await;
+                    backend.assert_nothing_refused();
+                }
+            )+
+        }
     };
 }

@@ -28,10 +28,20 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is missing, or the cluster does
     /// not form within 30 s (the message holds `redis-cli`'s output).
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(&[])
+    }
+
+    /// [`RedisCluster::start`], each node started with `extra` arguments
+    /// too (an ACL user, say).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisCluster::start`].
+    pub fn start_with(extra: &[&str]) -> RedisCluster {
         // The bus port is the port + 10000: chosen free and in range.
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
-                RedisServer::start_cluster_node(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -42,7 +52,9 @@ impl RedisCluster {
                     // its first sync at once, not after 5 s.
                     "--repl-diskless-sync-delay",
                     "0",
-                ])
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::start_cluster_node(&args)
             })
             .collect();
         let addresses: Vec<String> = nodes
@@ -122,6 +134,38 @@ impl RedisCluster {
         started.elapsed()
     }
 
+    /// The index of the primary that serves `key`'s slot now, by
+    /// `CLUSTER SLOTS` as a live node reports it.
+    ///
+    /// # Panics
+    ///
+    /// When no live node answers or none serves the slot.
+    pub fn owner_of(&self, key: &str) -> usize {
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| n.answers())
+            .expect("a node answers");
+        let slot: i64 = asked.cmd(&["CLUSTER", "KEYSLOT", key]);
+        let ranges: Vec<Vec<redis::Value>> = asked.cmd(&["CLUSTER", "SLOTS"]);
+        let int = |v: &redis::Value| match v {
+            redis::Value::Int(n) => *n,
+            other => panic!("CLUSTER SLOTS: {other:?}"),
+        };
+        let port = ranges
+            .iter()
+            .find(|r| int(&r[0]) <= slot && slot <= int(&r[1]))
+            .and_then(|r| match &r[2] {
+                redis::Value::Array(node) => node.get(1).map(int),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no primary serves slot {slot} of {key:?}"));
+        self.nodes
+            .iter()
+            .position(|n| i64::from(n.port()) == port)
+            .unwrap_or_else(|| panic!("port {port} is not one of this cluster's nodes"))
+    }
+
     fn role(&self, i: usize) -> String {
         let role: Vec<redis::Value> = self.nodes[i].cmd(&["ROLE"]);
         match role.first() {
@@ -154,4 +198,175 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// What [`failover_under_load`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverReport {
+    /// Calls the readers made.
+    pub calls: u64,
+    /// Calls that returned an error (the loader never fails, so any error
+    /// came from the cache).
+    pub errors: u64,
+    /// Rows the writer changed (each then invalidated).
+    pub writes: u64,
+    /// Reads that returned a version older than one whose invalidation
+    /// had been acknowledged before the read started.
+    pub stale_reads: u64,
+    /// Cached rows that differ from the database once the run is over.
+    pub stale_after: u64,
+    /// From the kill until a replica served the primary's slots.
+    pub failover: Duration,
+    /// From then until caching resumed: a key read twice is loaded once.
+    pub recovered_after: Duration,
+}
+
+/// Kills a primary of `cluster` while `readers` tasks read `keys` rows
+/// through `cache` (`get_or_load`, a loader that never fails) and a writer
+/// changes rows and invalidates them, retrying each invalidation until it
+/// is acknowledged, as a careful service does. Blocks the calling task's
+/// thread only inside `spawn_blocking`. Returns the cluster (one primary
+/// down) and what was seen.
+///
+/// # Panics
+///
+/// When the cluster does not fail over, or caching does not resume within
+/// 30 s.
+pub async fn failover_under_load(
+    mut cluster: RedisCluster,
+    cache: cached_runtime::Cache,
+    readers: usize,
+    keys: u64,
+) -> (RedisCluster, FailoverReport) {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+
+    type Rows = Arc<Mutex<HashMap<u64, u64>>>;
+    let rows: Rows = Arc::new(Mutex::new((0..keys).map(|k| (k, 0)).collect()));
+    // The version each row's last acknowledged invalidation made current.
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
+    let loads = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let read = |cache: cached_runtime::Cache, rows: Rows, loads: Arc<AtomicU64>, k: u64| async move {
+        cache
+            .get_or_load(
+                &format!("row:{k}"),
+                Duration::from_secs(60),
+                || async move {
+                    loads.fetch_add(1, SeqCst);
+                    let version = rows.lock().map(|rows| rows[&k]).unwrap_or(0);
+                    Ok::<u64, ()>(version)
+                },
+            )
+            .await
+    };
+    let tasks: Vec<_> = (0..readers)
+        .map(|_| {
+            let (cache, rows, committed, loads, stop) = (
+                cache.clone(),
+                rows.clone(),
+                committed.clone(),
+                loads.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut calls, mut errors, mut stale) = (0u64, 0u64, 0u64);
+                while !stop.load(SeqCst) {
+                    let k = fastrand::u64(..keys);
+                    let floor = committed[k as usize].load(SeqCst);
+                    match read(cache.clone(), rows.clone(), loads.clone(), k).await {
+                        Ok(got) if got < floor => stale += 1,
+                        Ok(_) => {}
+                        Err(()) => errors += 1,
+                    }
+                    calls += 1;
+                }
+                (calls, errors, stale)
+            })
+        })
+        .collect();
+    let writer = {
+        let (cache, rows, committed, stop) =
+            (cache.clone(), rows.clone(), committed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut writes = 0u64;
+            while !stop.load(SeqCst) {
+                let k = fastrand::u64(..keys);
+                let version = {
+                    let mut rows = rows.lock().expect("rows");
+                    let v = rows.get_mut(&k).expect("row");
+                    *v += 1;
+                    *v
+                };
+                while cache.invalidate(&format!("row:{k}")).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                committed[k as usize].store(version, SeqCst);
+                writes += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            writes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = cluster.primaries()[0];
+    let (cluster, failover) = tokio::task::spawn_blocking(move || {
+        let took = cluster.kill_primary(victim);
+        (cluster, took)
+    })
+    .await
+    .expect("the failover joins");
+    let resumed = Instant::now();
+    loop {
+        for _ in 0..2 {
+            for k in 0..20 {
+                let _ = read(cache.clone(), rows.clone(), loads.clone(), k).await;
+            }
+        }
+        let before = loads.load(SeqCst);
+        for k in 0..20 {
+            let _ = read(cache.clone(), rows.clone(), loads.clone(), k).await;
+        }
+        if loads.load(SeqCst) == before {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < FORM_TIMEOUT,
+            "caching did not resume within {FORM_TIMEOUT:?} of the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered_after = resumed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, SeqCst);
+    let writes = writer.await.expect("the writer joins");
+    let (mut calls, mut errors, mut stale_reads) = (0, 0, 0);
+    for task in tasks {
+        let (c, e, s) = task.await.expect("a reader joins");
+        calls += c;
+        errors += e;
+        stale_reads += s;
+    }
+    let mut stale_after = 0;
+    for k in 0..keys {
+        let want = rows.lock().expect("rows")[&k];
+        if cache
+            .get::<u64>(&format!("row:{k}"))
+            .await
+            .is_some_and(|got| got != want)
+        {
+            stale_after += 1;
+        }
+    }
+    let report = FailoverReport {
+        calls,
+        errors,
+        writes,
+        stale_reads,
+        stale_after,
+        failover,
+        recovered_after,
+    };
+    (cluster, report)
 }

@@ -32,6 +32,14 @@ on_both_backends!(
     a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again,
 );
 
+cached_tests::on_cluster!(
+    a_batch_loads_only_the_missing_ids_in_one_call,
+    overlapping_concurrent_batches_load_each_id_once,
+    an_eviction_during_a_batch_load_is_not_overwritten,
+    a_write_through_during_a_batch_load_wins,
+    a_dropped_batch_leaves_no_key_waiting,
+);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Item {
     id: u64,

@@ -17,6 +17,12 @@ on_both_backends!(
     uncached_twin_bypasses_the_cache,
 );
 
+cached_tests::on_cluster!(
+    cache_aside_loads_once_then_hits,
+    keys_come_from_parameters_templates_and_hashes,
+    entries_expire_after_their_ttl,
+);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Placement {
     id: u64,

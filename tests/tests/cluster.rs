@@ -1,8 +1,16 @@
 //! The local Redis Cluster the cluster backend's tests and benches run on
 //! (`cached_tests::RedisCluster`): it forms with every slot served, keys
-//! route by slot, and a killed primary's replica takes over.
+//! route by slot, and a killed primary's replica takes over; and the cache
+//! on it: its key layout in slots, its configuration, and a primary killed
+//! under load. (The suites' key cases run on a cluster through
+//! `cached_tests::on_cluster!`.)
 
-use cached_tests::RedisCluster;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cached_runtime::Cache;
+use cached_tests::cluster::failover_under_load;
+use cached_tests::{NAMESPACE, RedisCluster};
 
 #[test]
 fn a_local_cluster_forms_routes_by_slot_and_fails_over() {
@@ -60,4 +68,112 @@ fn a_local_cluster_forms_routes_by_slot_and_fails_over() {
     let new_primaries = cluster.primaries();
     assert_eq!(new_primaries.len(), 3);
     assert!(!new_primaries.contains(&owner));
+}
+
+/// A cache on `cluster`, namespace [`NAMESPACE`].
+fn cluster_cache(cluster: &RedisCluster) -> Cache {
+    Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(NAMESPACE)
+        .build()
+        .expect("builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_its_lease_and_its_tags_live_in_one_slot_readable_by_name() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    assert_eq!(cache.backend_kind(), "redis-cluster");
+    let loaded: Result<u32, ()> = cache
+        .get_or_load("user:a}b:7", Duration::from_secs(60), || async { Ok(7) })
+        .await;
+    assert_eq!(loaded, Ok(7));
+    assert_eq!(cache.get::<u32>("user:a}b:7").await, Some(7));
+    // `{t:user:a}b:7}`: the hash tag ends at the first `}`, which the key
+    // text holds; the value still shares its slot with everything beside it.
+    let owner = cluster.owner_of("{t:user:a}b:7}");
+    let node = &cluster.nodes()[owner];
+    let stored: Option<Vec<u8>> = node.cmd(&["GET", "{t:user:a}b:7}"]);
+    assert!(stored.is_some(), "the value is readable under its name");
+    // A pattern invalidation writes nothing of its own: it removes the
+    // entry and leaves no key behind (no epochs, no lease).
+    cache
+        .invalidate_pattern("user:*")
+        .await
+        .expect("invalidates");
+    assert_eq!(cache.get::<u32>("user:a}b:7").await, None);
+    let left: i64 = cluster
+        .primaries()
+        .into_iter()
+        .map(|i| cluster.nodes()[i].cmd::<i64>(&["DBSIZE"]))
+        .sum();
+    assert_eq!(left, 0, "nothing left");
+}
+
+#[test]
+fn a_cluster_cache_is_configured_from_the_builder_or_the_environment() {
+    let vars = HashMap::from([(
+        "REDIS_CLUSTER_URLS",
+        "redis://127.0.0.1:7000, redis://127.0.0.1:7001,",
+    )]);
+    let cache = Cache::builder()
+        .from_vars(|name| vars.get(name).map(|v| (*v).to_owned()))
+        .build()
+        .expect("builds");
+    assert_eq!(cache.backend_kind(), "redis-cluster");
+
+    let refused =
+        |builder: cached_runtime::CacheBuilder| builder.build().expect_err("refused").to_string();
+    let both = HashMap::from([
+        ("REDIS_CLUSTER_URLS", "redis://127.0.0.1:7000"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ]);
+    let e = refused(Cache::builder().from_vars(|n| both.get(n).map(|v| (*v).to_owned())));
+    assert!(e.contains("both REDIS_URL and REDIS_CLUSTER_URLS"), "{e}");
+    let e = refused(Cache::builder().redis_cluster(Vec::<String>::new()));
+    assert!(e.contains("no seed node"), "{e}");
+    let e = refused(Cache::builder().redis_cluster(["redis+unix:///tmp/r.sock"]));
+    assert!(e.contains("over TCP"), "{e}");
+    let e = refused(Cache::builder().redis_cluster(["redis://127.0.0.1:70000"]));
+    assert!(
+        e.starts_with("invalid Redis URL in CacheBuilder::redis_cluster"),
+        "{e}"
+    );
+    for namespace in ["", "a{b", "a}b"] {
+        let e = refused(
+            Cache::builder()
+                .redis_cluster(["redis://127.0.0.1:7000"])
+                .namespace(namespace),
+        );
+        assert!(e.contains("namespace"), "{namespace:?}: {e}");
+    }
+    let e = refused(
+        Cache::builder()
+            .redis_cluster(["redis://127.0.0.1:7000"])
+            .near_cache(cached_runtime::NearCache::new()),
+    );
+    assert!(e.contains("cannot sit in front of a Redis Cluster"), "{e}");
+    // The last backend chosen wins.
+    let cache = Cache::builder()
+        .redis_cluster(["redis://127.0.0.1:7000"])
+        .redis("redis://127.0.0.1:6379")
+        .build()
+        .expect("builds");
+    assert_eq!(cache.backend_kind(), "redis");
+}
+
+/// A primary is killed while 8 tasks read 200 keys and a writer changes
+/// rows (`cached_tests::cluster::failover_under_load`): no call fails,
+/// caching resumes once a replica took over, and no read returns a version
+/// older than one whose invalidation had returned before the read started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_fails_no_call_and_serves_nothing_stale() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let (_cluster, seen) = failover_under_load(cluster, cache, 8, 200).await;
+    eprintln!("{seen:?}");
+    assert!(seen.writes > 10 && seen.calls > 100, "{seen:?}");
+    assert_eq!(seen.errors, 0, "{seen:?}");
+    assert_eq!(seen.stale_reads, 0, "{seen:?}");
+    assert_eq!(seen.stale_after, 0, "{seen:?}");
 }

@@ -22,6 +22,12 @@ on_both_backends!(
     run_time_ttls_decide_how_long_each_value_is_kept,
 );
 
+cached_tests::on_cluster!(
+    invalidate_removes_one_entry_and_refuses_a_load_in_flight,
+    evict_of_removes_exactly_the_named_calls,
+    prime_stores_without_a_load,
+);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Item {
     id: u64,

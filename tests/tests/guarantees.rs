@@ -23,6 +23,16 @@ on_both_backends!(
     a_cache_switched_off_runs_every_call_and_stores_nothing,
 );
 
+cached_tests::on_cluster!(
+    a_tenant_never_reads_another_tenants_entry,
+    a_key_part_holding_the_separator_is_not_a_template_key,
+    a_pattern_eviction_removes_only_the_entity_it_names,
+    a_prefix_eviction_removes_the_entry_of_a_function_without_key_parameters,
+    a_background_refresh_never_replaces_a_newer_write_through,
+    a_pattern_eviction_stops_a_load_in_flight_from_storing_what_it_read_before,
+    one_failure_costs_the_source_one_run_and_every_waiter_gets_the_error,
+);
+
 struct Docs {
     cache: Cache,
     source: Source,

@@ -1,8 +1,8 @@
 //! The seed guide's placement service, end to end: axum over a real
 //! database (SQLite by default, PostgreSQL by `DATABASE_URL`), cached in
-//! Redis (`REDIS_URL`, with TLS and an ACL user from the other `REDIS_*`
-//! variables: see [`RedisVars`]) or in memory, with HTTP caching and
-//! `/metrics`.
+//! Redis (`REDIS_URL`, or a Redis Cluster by `REDIS_CLUSTER_URLS`, with
+//! TLS and an ACL user from the other `REDIS_*` variables: see
+//! [`RedisVars`]) or in memory, with HTTP caching and `/metrics`.
 //!
 //! `cargo run --release --example placements` runs it; the end-to-end tests
 //! start it in process on a free port.
@@ -37,7 +37,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
-    /// Redis when `REDIS_URL` is among them, memory otherwise.
+    /// Redis when `REDIS_URL` is among them, a Redis Cluster when
+    /// `REDIS_CLUSTER_URLS` is, memory otherwise.
     pub redis: RedisVars,
     /// Every read from the database: the baseline for the load test.
     pub bypass: bool,
@@ -85,7 +86,8 @@ impl Config {
 }
 
 /// The cache's Redis settings, by the names `CacheBuilder::from_env`
-/// reads: `REDIS_URL` (Redis, else memory), `REDIS_USERNAME` and
+/// reads: `REDIS_URL` (Redis, else memory), `REDIS_CLUSTER_URLS` (a Redis
+/// Cluster instead: seed nodes, comma-separated), `REDIS_USERNAME` and
 /// `REDIS_PASSWORD` (an ACL user; see `cached_runtime::redis_acl_rule` for
 /// the rule it needs, namespace `placements`), `REDIS_TLS_CA_FILE` (a
 /// private CA, PEM) and `REDIS_TLS_CERT_FILE` with `REDIS_TLS_KEY_FILE`
@@ -102,8 +104,9 @@ impl std::fmt::Debug for RedisVars {
 
 impl RedisVars {
     /// The names read.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
         "REDIS_USERNAME",
         "REDIS_PASSWORD",
         "REDIS_TLS_CA_FILE",

@@ -820,3 +820,53 @@ async fn the_near_tier_serves_hits_in_process_and_shows_in_metrics() {
     let (_, now) = env.json("/placements/5").await;
     assert_eq!(now, updated, "the change is seen at once");
 }
+
+/// The same service on a Redis Cluster, chosen by `REDIS_CLUSTER_URLS`
+/// alone: a miss then a hit stored in the cluster, a change seen at once,
+/// and a delete that its list and its tagged query forget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_on_a_redis_cluster_by_configuration_alone() {
+    let cluster = cached_tests::RedisCluster::start();
+    let vars = RedisVars::default().with("REDIS_CLUSTER_URLS", cluster.urls().join(","));
+    let env = Env::with_vars(vars).await;
+    let (_, health) = env.json("/health").await;
+    assert_eq!(health["cache"]["backend"], "redis-cluster");
+
+    let (status, first) = env.json("/placements/5").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(env.json("/placements/5").await.1, first);
+    let s = env.stats("placement");
+    assert_eq!((s.misses, s.hits, s.loads), (1, 1, 1));
+    let key = "{placements:placement:5}";
+    let owner = &cluster.nodes()[cluster.owner_of(key)];
+    assert_eq!(
+        owner.cmd::<i64>(&["EXISTS", key]),
+        1,
+        "stored in the cluster, its name its own hash tag"
+    );
+
+    let (_, query) = env.json("/placements?video_id=1&limit=50").await;
+    let has = |v: &Value, id: i64| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p["id"].as_i64() == Some(id)))
+    };
+    assert!(has(&query, 5));
+    let (status, updated) = env
+        .put(
+            "/placements/5",
+            json!({ "name": "sharded", "position_sec": 9 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(env.json("/placements/5").await.1, updated);
+
+    assert_eq!(
+        env.delete("/placements/5").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(env.json("/placements/5").await.0, StatusCode::NOT_FOUND);
+    let (_, list) = env.json("/videos/1/placements").await;
+    assert!(!has(&list, 5), "the list was evicted: {list}");
+    let (_, query) = env.json("/placements?video_id=1&limit=50").await;
+    assert!(!has(&query, 5), "the tagged query was invalidated: {query}");
+}

@@ -22,7 +22,8 @@
 //!   writer that was dropped inside its body or killed (the cache never
 //!   heard of it).
 //! - **(c) bounded calls**: no call takes longer than its own loader or
-//!   write body plus [`READ_BOUND`] / [`WRITE_BOUND`] (and any scheduler
+//!   write body plus [`READ_BOUND`] / [`WRITE_BOUND`] (on a cluster,
+//!   [`CLUSTER_PATTERN_BOUND`] for pattern and prefix invalidations; and any scheduler
 //!   stall of its process); no error reaches a caller; a dropped call is
 //!   gone within [`CANCEL_BOUND`] of its deadline; every worker stops.
 //! - **(d) no orphaned lease**: a read waits out `wait` for another's load
@@ -55,6 +56,12 @@ pub const BATCH_READ_BOUND: Duration = READ_BOUND.saturating_add(OP_TIMEOUT.satu
 /// The most a write's cache operation may take: up to four backend
 /// operations (SCAN + UNLINK, SSCAN + MULTI) of at most the op timeout.
 pub const WRITE_BOUND: Duration = OP_TIMEOUT.saturating_mul(4).saturating_add(SLACK);
+/// The most a pattern or prefix invalidation's cache operation may take on
+/// a Redis Cluster, where it is more operations, each of at most the op
+/// timeout: the slot map read twice, and on every primary at once two
+/// passes (leases, then values) of SCAN + UNLINK: six, with room for one
+/// more round trip in each pass.
+pub const CLUSTER_PATTERN_BOUND: Duration = OP_TIMEOUT.saturating_mul(8).saturating_add(SLACK);
 /// How long after a write completed another process may still share a
 /// read begun before it: a GET and a lease request, at most the op timeout
 /// each, plus a load.
@@ -137,6 +144,32 @@ pub struct Input {
     pub counters: Counters,
     /// The case's start, for relative times.
     pub t0: u64,
+    /// The workers ran on a Redis Cluster: a pattern or prefix
+    /// invalidation is bounded by [`CLUSTER_PATTERN_BOUND`].
+    pub cluster: bool,
+}
+
+impl Input {
+    /// The most `op`'s cache operation may take, past its own work.
+    fn bound(&self, op: Op) -> Duration {
+        match op {
+            Op::BatchRead => BATCH_READ_BOUND,
+            Op::EvictPatternOne | Op::EvictPatternAll | Op::EvictPrefix if self.cluster => {
+                CLUSTER_PATTERN_BOUND
+            }
+            _ if op.is_write() => WRITE_BOUND,
+            _ => READ_BOUND,
+        }
+    }
+
+    /// The longest any write's cache operation may take.
+    fn write_bound(&self) -> Duration {
+        if self.cluster {
+            CLUSTER_PATTERN_BOUND
+        } else {
+            WRITE_BOUND
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -379,7 +412,7 @@ fn read_your_writes(
     report: &mut Report,
 ) {
     let t0 = input.t0;
-    let grace = ns(WRITE_BOUND);
+    let grace = ns(input.write_bound());
     let window = ns(CROSS_WINDOW);
     let mut lags_fault = Vec::new();
     let mut lags_window = Vec::new();
@@ -710,11 +743,7 @@ fn bounded(input: &Input, report: &mut Report) {
             }
             Outcome::Read(_) | Outcome::Wrote(_) => {
                 let write = usize::from(c.op.is_write());
-                let bound = ns(match c.op {
-                    Op::BatchRead => BATCH_READ_BOUND,
-                    _ if write == 1 => WRITE_BOUND,
-                    _ => READ_BOUND,
-                });
+                let bound = ns(input.bound(c.op));
                 let excess = c.took_ns().saturating_sub(c.own_ns + stall);
                 if excess > worst[write].0 {
                     worst[write] = (excess, Some(c));
@@ -738,7 +767,7 @@ fn bounded(input: &Input, report: &mut Report) {
         flag(report, p.clone());
     }
     report.max_excess_ms = ms(worst[0].0.max(worst[1].0));
-    for (i, what, bound) in [(0, "read", READ_BOUND), (1, "write", WRITE_BOUND)] {
+    for (i, what, bound) in [(0, "read", READ_BOUND), (1, "write", input.write_bound())] {
         if let (excess, Some(c)) = worst[i] {
             report.notes.push(format!(
                 "slowest {what} beyond its own work: {:.3} ms (bound {:.0} ms): {}",

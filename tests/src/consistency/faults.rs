@@ -34,6 +34,8 @@ pub enum Fault {
     WorkerKill,
     /// Any of the above, one after another.
     Mixed,
+    /// On a Redis Cluster: a primary SIGKILLed, and its replica promoted.
+    KillPrimary,
 }
 
 /// What `Mixed` picks from.
@@ -66,6 +68,7 @@ impl Fault {
             Fault::Cut => "cut",
             Fault::WorkerKill => "worker_kill",
             Fault::Mixed => "mixed",
+            Fault::KillPrimary => "kill_primary",
         }
     }
 
@@ -305,6 +308,7 @@ fn window(
             format!("worker process {proc} SIGKILLed")
         }
         Fault::None | Fault::Mixed => unreachable!("not a single fault"),
+        Fault::KillPrimary => unreachable!("a cluster's fault, injected by its case"),
     };
     FaultWindow {
         kind: kind.name(),

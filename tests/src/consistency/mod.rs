@@ -14,15 +14,16 @@
 //!   `select!` against a sleep). On Redis the workers are processes of
 //!   their own (the running binary, re-executed with [`WORKER_ENV`] set:
 //!   its `main` hands over to [`worker_main`] first), each with its own
-//!   `Cache` reaching the cache's Redis through a [`Proxy`];
-//!   on the memory backend, tasks of one process.
+//!   `Cache` reaching the cache's Redis through a [`Proxy`] (on a local
+//!   Redis Cluster, directly); on the memory backend, tasks of one process.
 //! - **The history**: every call, with its process, task, row, invoke and
 //!   complete times (`SystemTime`, one clock for every process), outcome
 //!   (version read or written, dropped, error), as JSON lines.
 //! - **Faults**, injected by the orchestrator while the workers run, each
 //!   alone and mixed, their windows recorded: Redis frozen, killed and
 //!   restarted empty or with its data, refusing writes (-OOM, -READONLY),
-//!   blackholed, slowed, its connections cut, a worker SIGKILLed.
+//!   blackholed, slowed, its connections cut, a worker SIGKILLed; on the
+//!   cluster, a primary SIGKILLed and its replica promoted.
 //! - **Properties** (`check.rs`): (a) read-your-writes after completed
 //!   writes, (a2) writes whose caller was dropped after the source changed
 //!   are not lost, (b) convergence after quiesce, (c) bounded calls, (d) no
@@ -72,10 +73,10 @@ use cached_runtime::Cache;
 
 use self::check::{Entry, Input, Property, Recovery, Report};
 use self::faults::{Fault, Target, Workers};
-use self::history::{Op, Record, Variant, now_ns};
+use self::history::{FaultWindow, Op, Record, Variant, now_ns};
 use self::system::{Ctx, DbError, HandWritten, KEYS, LEASE, System};
 use self::worker::WorkerConfig;
-use crate::{Proxy, RedisServer};
+use crate::{Proxy, RedisCluster, RedisServer};
 
 /// Set in a worker process (to its configuration, as JSON): a program that
 /// runs the checker must call [`worker_main`] with it before anything else.
@@ -148,6 +149,9 @@ enum Mode {
     /// Worker processes on one Redis, each with the near tier (an L1 of
     /// its own kept by `CLIENT TRACKING`), through the proxy.
     Near,
+    /// Worker processes on a local Redis Cluster (three primaries, three
+    /// replicas), without a proxy.
+    Cluster,
     /// The control: hand-written cache-aside, worker processes on Redis.
     HandWritten,
 }
@@ -158,6 +162,7 @@ impl Mode {
             Mode::Memory => "memory",
             Mode::Redis => "redis",
             Mode::Near => "near",
+            Mode::Cluster => "cluster",
             Mode::HandWritten => "hand_written",
         }
     }
@@ -214,6 +219,13 @@ fn cases() -> Vec<Case> {
     ] {
         cases.push(Case {
             mode: Mode::Near,
+            fault,
+        });
+    }
+    // The cluster backend, as it is and with a primary killed mid-run.
+    for fault in [Fault::None, Fault::KillPrimary] {
+        cases.push(Case {
+            mode: Mode::Cluster,
             fault,
         });
     }
@@ -702,6 +714,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Summary {
             backend: match o.case.mode {
                 Mode::Memory => "memory",
                 Mode::Near => "redis+near",
+                Mode::Cluster => "redis-cluster",
                 Mode::Redis | Mode::HandWritten => "redis",
             },
             fault: o.case.fault.name(),
@@ -843,12 +856,14 @@ fn run_case(case: Case, settings: &Options, out: &mut dyn Write) -> Report {
         tasks: settings.tasks,
         writes: settings.writes.clone(),
         near: case.mode == Mode::Near,
+        cluster_urls: Vec::new(),
     };
     let mut input = match case.mode {
         Mode::Memory => memory_case(template, settings),
         Mode::Redis | Mode::Near | Mode::HandWritten => {
             redis_case(case, template, settings, dir.path())
         }
+        Mode::Cluster => cluster_case(case, template, settings, dir.path()),
     };
     for record in history::read_dir(dir.path()) {
         match record {
@@ -1002,6 +1017,73 @@ fn redis_case(
         recovery,
         problems,
         t0,
+        ..Input::default()
+    }
+}
+
+/// Worker processes on a local Redis Cluster. With `KillPrimary`, a
+/// quarter into the run a primary is SIGKILLed: the fault's window lasts
+/// until its replica has taken its slots, and the run goes on for half its
+/// time after that, so that reads after the failover are checked too.
+fn cluster_case(
+    case: Case,
+    mut template: WorkerConfig,
+    settings: &Options,
+    dir: &std::path::Path,
+) -> Input {
+    let mut cluster = RedisCluster::start();
+    template.cluster_urls = cluster.urls();
+    let source_url = template.source_url.clone();
+    let mut rng = fastrand::Rng::with_seed(template.seed);
+    let mut workers = Workers::new(template, dir);
+    for _ in 0..settings.workers {
+        workers.spawn();
+    }
+    let t0 = now_ns();
+    let mut until = Instant::now() + settings.secs;
+    let mut faults = Vec::new();
+    if case.fault == Fault::KillPrimary {
+        std::thread::sleep(settings.secs / 4);
+        let primaries = cluster.primaries();
+        let victim = primaries[rng.usize(..primaries.len())];
+        let port = cluster.nodes()[victim].port();
+        let start = now_ns();
+        let took = cluster.kill_primary(victim);
+        faults.push(FaultWindow {
+            kind: Fault::KillPrimary.name(),
+            start,
+            end: now_ns(),
+            detail: format!("primary on port {port} SIGKILLed; replica promoted in {took:?}"),
+        });
+        until = until.max(Instant::now() + settings.secs / 2);
+    }
+    let left = until.saturating_duration_since(Instant::now());
+    std::thread::sleep(left);
+    let problems = workers.stop(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let rt = runtime();
+    let (entries, recovery) = rt.block_on(async {
+        let direct = || {
+            Cache::builder()
+                .redis_cluster(cluster.urls())
+                .namespace(NAMESPACE)
+                .op_timeout(Duration::from_secs(1))
+                .build()
+                .expect("a cache")
+        };
+        let entries = probe(direct(), &source_url).await;
+        let recovery = recover(direct(), &source_url).await;
+        (entries, recovery)
+    });
+    rt.shutdown_background();
+    drop(cluster);
+    Input {
+        faults,
+        entries,
+        recovery,
+        problems,
+        t0,
+        cluster: true,
         ..Input::default()
     }
 }

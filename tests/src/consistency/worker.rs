@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     /// its own).
     #[serde(default)]
     pub near: bool,
+    /// A Redis Cluster's seed nodes instead of `cache_url` (not empty:
+    /// the cluster backend).
+    #[serde(default)]
+    pub cluster_urls: Vec<String>,
 }
 
 /// A worker process's `main`: runs until its stdin closes (the
@@ -70,6 +74,7 @@ pub fn main_worker(json: &str) -> ! {
         let url = config
             .cache_url
             .clone()
+            .or_else(|| config.cluster_urls.first().cloned())
             .expect("a worker process runs on Redis");
         let system = build(&config, &url).await;
         run(&config, system, stop).await;
@@ -77,14 +82,19 @@ pub fn main_worker(json: &str) -> ! {
     std::process::exit(0)
 }
 
-/// The system of a worker on the cache at `cache_url`.
+/// The system of a worker on the cache at `cache_url` (or on the cluster
+/// of `config.cluster_urls`).
 async fn build(config: &WorkerConfig, cache_url: &str) -> System {
     let db = Db::connect(&config.source_url).await;
     if config.hand_written {
         return System::HandWritten(HandWritten::connect(cache_url, db, OP_TIMEOUT).await);
     }
-    let mut builder = Cache::builder()
-        .redis(cache_url)
+    let builder = if config.cluster_urls.is_empty() {
+        Cache::builder().redis(cache_url)
+    } else {
+        Cache::builder().redis_cluster(config.cluster_urls.clone())
+    };
+    let mut builder = builder
         .namespace(config.namespace.clone())
         .op_timeout(OP_TIMEOUT);
     if config.near {

@@ -1,13 +1,14 @@
 //! Real processes: children of this test binary, each running one ignored
 //! test of this module against the parent's server. Four processes share
-//! one load of a cold key, and a leaseholder killed with SIGKILL holds the
-//! others only until its lease expires.
+//! one load of a cold key (on one server, and on a local Redis Cluster),
+//! and a leaseholder killed with SIGKILL holds the others only until its
+//! lease expires.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cached_runtime::{Cache, cached};
-use cached_tests::{RedisServer, redis_builder_at, redis_cache};
+use cached_tests::{NAMESPACE, RedisCluster, RedisServer, redis_builder_at, redis_cache};
 
 use crate::Svc;
 
@@ -37,6 +38,10 @@ fn child(name: &str, server: &RedisServer) -> Command {
     command
 }
 
+/// Set in a child's environment to have its cache on these cluster nodes
+/// (comma-separated); `REDIS_URL`'s server then only coordinates.
+const CLUSTER_ENV: &str = "CACHED_TEST_CLUSTER";
+
 /// The server a child was started against; `None` when this process is
 /// not a child.
 fn parents_server() -> Option<String> {
@@ -54,7 +59,14 @@ fn stampede_child() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let cache = redis_builder_at(url.as_str()).build().expect("builds");
+        let cache = match std::env::var(CLUSTER_ENV) {
+            Ok(nodes) => Cache::builder()
+                .redis_cluster(nodes.split(','))
+                .namespace(NAMESPACE)
+                .build(),
+            Err(_) => redis_builder_at(url.as_str()).build(),
+        }
+        .expect("builds");
         let client = redis::Client::open(url.as_str()).expect("url");
         let mut conn = client
             .get_multiplexed_async_connection()
@@ -97,10 +109,25 @@ async fn counted_load(cache: &Cache, conn: redis::aio::MultiplexedConnection) ->
 
 #[test]
 fn child_processes_share_one_load() {
+    four_processes_share_one_load(None);
+}
+
+#[test]
+fn child_processes_share_one_load_on_a_cluster() {
+    four_processes_share_one_load(Some(&RedisCluster::start()));
+}
+
+/// Four processes of 50 callers each ask for one cold key on `cluster`, or
+/// on the coordinating server itself.
+fn four_processes_share_one_load(cluster: Option<&RedisCluster>) {
     let server = RedisServer::start();
     let children: Vec<_> = (0..4)
         .map(|_| {
-            child("stampede_child", &server)
+            let mut command = child("stampede_child", &server);
+            if let Some(cluster) = cluster {
+                command.env(CLUSTER_ENV, cluster.urls().join(","));
+            }
+            command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -126,6 +153,17 @@ fn child_processes_share_one_load() {
         Some(1),
         "4 processes x 50 callers of a cold key: one load in total"
     );
+    if let Some(cluster) = cluster {
+        // The value is on the cluster, in the slot of its hash tag.
+        let slot: i64 = cluster.nodes()[0].cmd(&["CLUSTER", "KEYSLOT", "{t:shared:the-key}"]);
+        let slot = slot.to_string();
+        let stored: i64 = cluster
+            .primaries()
+            .into_iter()
+            .map(|i| cluster.nodes()[i].cmd::<i64>(&["CLUSTER", "COUNTKEYSINSLOT", &slot]))
+            .sum();
+        assert!(stored >= 1, "nothing stored in slot {slot} of the cluster");
+    }
 }
 
 #[test]

@@ -9,6 +9,8 @@ use crate::{Svc, join_all};
 
 on_both_backends!(early_refresh_fires_once_for_many_callers);
 
+cached_tests::on_cluster!(early_refresh_fires_once_for_many_callers,);
+
 async fn early_refresh_fires_once_for_many_callers(backend: &Backend) {
     // No jitter, so the expiry this test aims at is exact.
     let cache = backend.cache_with(|b| b.ttl_jitter(0.0));

@@ -14,6 +14,11 @@ on_both_backends!(
     a_cancelled_leader_wakes_its_waiters_and_releases_its_lease,
 );
 
+cached_tests::on_cluster!(
+    concurrent_callers_share_one_load,
+    a_cancelled_leader_wakes_its_waiters_and_releases_its_lease,
+);
+
 async fn concurrent_callers_share_one_load(backend: &Backend) {
     let svc = Svc::new(backend.cache(), Duration::from_millis(50));
     let tasks = (0..200)

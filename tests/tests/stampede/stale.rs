@@ -10,6 +10,8 @@ use crate::{Svc, join_all};
 
 on_both_backends!(stale_is_served_while_one_caller_refreshes);
 
+cached_tests::on_cluster!(stale_is_served_while_one_caller_refreshes,);
+
 async fn stale_is_served_while_one_caller_refreshes(backend: &Backend) {
     let svc = Svc::new(backend.cache(), Duration::from_millis(200));
     assert_eq!(svc.swr(1).await, Ok(1));
