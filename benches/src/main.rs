@@ -67,6 +67,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("consistency", |r| {
         Box::pin(scenarios::consistency::consistency(r))
     }),
+    ("cluster_failover", |r| {
+        Box::pin(scenarios::cluster::cluster_failover(r))
+    }),
+    ("invalidate_tag", |r| {
+        Box::pin(scenarios::cluster::invalidate_tag(r))
+    }),
     // Last: it installs a metrics recorder for the rest of the run.
     ("memory_hit_metrics", |r| {
         Box::pin(scenarios::hits::memory_hit_metrics(r))
@@ -148,12 +154,13 @@ fn main() {
 
     // A child process of a multi-process scenario.
     if args.first().map(String::as_str) == Some("__child") {
-        if let [_, _, system, url, start_at] = args.as_slice() {
+        if let [_, _, system, url, start_at, rest @ ..] = args.as_slice() {
             let start_at = start_at.parse().unwrap_or(0);
-            runtime.block_on(scenarios::stampede::child(system, url, start_at));
+            let cluster = rest.first().map(String::as_str);
+            runtime.block_on(scenarios::stampede::child(system, url, start_at, cluster));
             return;
         }
-        eprintln!("usage: __child SCENARIO SYSTEM URL START_AT_MS");
+        eprintln!("usage: __child SCENARIO SYSTEM URL START_AT_MS [CLUSTER_URLS]");
         std::process::exit(2);
     }
 

@@ -528,6 +528,35 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
     for id in 1..=KEYS {
         near.get(id).await;
     }
+    // The same keys on a local Redis Cluster: through this framework, and
+    // as raw GETs of redis-rs's cluster client.
+    let cluster = cached_tests::RedisCluster::start();
+    let on_cluster = Arc::new(This::new(
+        crate::scenarios::cluster::cluster_cache(&cluster),
+        Duration::ZERO,
+    ));
+    let raw_cluster = redis::cluster::ClusterClient::new(cluster.urls())
+        .expect("valid seed URLs")
+        .get_async_connection()
+        .await
+        .expect("connects");
+    let raw_cluster_misses = Arc::new(AtomicU64::new(0));
+    let mut warm = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (this, mut raw, json) = (on_cluster.clone(), raw_cluster.clone(), json.clone());
+        warm.spawn(async move {
+            for id in (1..=KEYS).filter(|id| id % 16 == lane) {
+                this.get(id).await;
+                let _: Result<(), _> = redis::cmd("SET")
+                    .arg(format!("raw:placement:{id}"))
+                    .arg(&json)
+                    .query_async(&mut raw)
+                    .await;
+            }
+        });
+    }
+    while warm.join_next().await.is_some() {}
+    let cluster_loads = on_cluster.loads.load(Ordering::Relaxed);
     let this_loads = this.loads.load(Ordering::Relaxed);
     let crate_loads = CACHED_CRATE_LOADS.load(Ordering::Relaxed);
 
@@ -576,6 +605,24 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
                 std::hint::black_box(near.get(id).await);
             })
         }),
+        key_op(on_cluster.clone(), |this, id| {
+            Box::pin(async move {
+                std::hint::black_box(this.get(id).await);
+            })
+        }),
+        key_op(
+            (raw_cluster, raw_cluster_misses.clone()),
+            |(raw, misses), id| {
+                let mut c = raw.clone();
+                Box::pin(async move {
+                    let key = format!("raw:placement:{id}");
+                    let got = crate::scenarios::cluster::raw_cluster_get(&mut c, &key).await;
+                    if std::hint::black_box(got).is_none() {
+                        misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            },
+        ),
     ];
     let samples = throughput_keys(&systems, &Arc::new(Zipf::new(KEYS, ZIPF_S))).await;
     let near_stats = near.cache.near_stats().unwrap_or_default();
@@ -592,7 +639,12 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         hand_loads.load(Ordering::Relaxed),
         CACHED_CRATE_LOADS.load(Ordering::Relaxed) - crate_loads,
         near.loads.load(Ordering::Relaxed),
+        on_cluster.loads.load(Ordering::Relaxed) - cluster_loads,
+        raw_cluster_misses.load(Ordering::Relaxed),
     ];
+    drop(cluster);
+    // `this_cluster` beside `raw_cluster`, round by round.
+    let (vs_cluster, vs_cluster_min, vs_cluster_max) = paired_ratios(&samples[6], &samples[7]);
     // Its 10,000 warm keys share prefixes with the scenarios after it (the
     // stampede's key among them): leave none behind.
     redis.cmd::<()>(&["FLUSHALL"]);
@@ -603,6 +655,8 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         HIT_SYSTEMS[3],
         HIT_SYSTEMS[4],
         "this_near",
+        "this_cluster",
+        "raw_cluster",
     ];
     hit_rows_of(&systems, "concurrent_hit_keys", samples, |row, ops| {
         row.with("ops_per_s", ops)
@@ -618,6 +672,10 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
             // How many reads L1 answered (the warm-up's fills are L2 hits).
             row.with("l1_hits", near_stats.l1_hits)
                 .with("l2_hits", near_stats.l2_hits)
+        } else if row.system == "this_cluster" {
+            row.with("ratio_vs_raw_cluster", vs_cluster)
+                .with("ratio_vs_raw_cluster_min", vs_cluster_min)
+                .with("ratio_vs_raw_cluster_max", vs_cluster_max)
         } else {
             row
         }

@@ -1,7 +1,8 @@
 //! The scenarios, by issue: hits (the foundation), stampedes, invalidation,
-//! batches and codecs, faults, and the consistency checker.
+//! batches and codecs, faults, the consistency checker, and Redis Cluster.
 
 pub mod batch;
+pub mod cluster;
 pub mod codecs;
 pub mod consistency;
 pub mod faults;

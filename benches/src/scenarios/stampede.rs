@@ -74,6 +74,26 @@ pub async fn stampede(redis: &Redis) -> Vec<Row> {
         &lat,
     ));
 
+    // The same on a local Redis Cluster.
+    let cluster = cached_tests::RedisCluster::start();
+    let this = This::new(crate::scenarios::cluster::cluster_cache(&cluster), LOAD);
+    let _ = this.cache.ping().await;
+    let t = this.clone();
+    let lat = together(CALLERS, move |_| {
+        let t = t.clone();
+        async move {
+            std::hint::black_box(t.get(4242).await);
+        }
+    })
+    .await;
+    rows.push(row(
+        "stampede",
+        "this_cluster",
+        this.loads.load(Ordering::Relaxed),
+        &lat,
+    ));
+    drop(cluster);
+
     let loads = Arc::new(AtomicU64::new(0));
     let conn = redis::aio::ConnectionManager::new(redis.client())
         .await
@@ -169,20 +189,23 @@ impl Counted {
 }
 
 /// In a child process: waits for the start time, runs the callers, prints
-/// their latencies (ms) as one JSON array.
-pub async fn child(system: &str, url: &str, start_at_ms: u64) {
+/// their latencies (ms) as one JSON array. With `cluster` (its seed URLs,
+/// comma-separated), the cache is on that cluster; `url`'s server counts
+/// the loads.
+pub async fn child(system: &str, url: &str, start_at_ms: u64, cluster: Option<&str>) {
     let client = redis::Client::open(url).expect("a valid URL");
     let conn = redis::aio::ConnectionManager::new(client)
         .await
         .expect("connects");
-    let counted = Counted {
-        cache: Cache::builder()
+    let cache = match cluster {
+        Some(urls) => crate::scenarios::cluster::cluster_cache_at(urls.split(',')),
+        None => Cache::builder()
             .redis(url)
             .namespace("bench")
             .build()
             .expect("builds"),
-        conn,
     };
+    let counted = Counted { cache, conn };
     // Warm the connections before the start, as a running service would be.
     let _ = counted.cache.ping().await;
     let wait = start_at_ms.saturating_sub(now_ms());
@@ -191,7 +214,7 @@ pub async fn child(system: &str, url: &str, start_at_ms: u64) {
     let lat = together(PER_PROCESS, move |_| {
         let (c, system) = (counted.clone(), system.clone());
         async move {
-            if system == "this" {
+            if system.starts_with("this") {
                 std::hint::black_box(c.get(7).await);
             } else {
                 let mut conn = c.conn.clone();
@@ -217,7 +240,9 @@ pub async fn stampede_processes(redis: &Redis) -> Vec<Row> {
         Err(e) => return vec![Row::new("stampede_processes", "this").with("error", e.to_string())],
     };
     let mut rows = Vec::new();
-    for system in ["this", "hand_written"] {
+    let cluster = cached_tests::RedisCluster::start();
+    let cluster_urls = cluster.urls().join(",");
+    for system in ["this", "this_cluster", "hand_written"] {
         redis.cmd::<()>(&[
             "DEL",
             "bench:stampede_processes:loads",
@@ -229,14 +254,18 @@ pub async fn stampede_processes(redis: &Redis) -> Vec<Row> {
         let start_at = now_ms() + 1500;
         let children: Vec<_> = (0..PROCESSES)
             .map(|_| {
-                tokio::process::Command::new(&exe)
-                    .args([
-                        "__child",
-                        "stampede_processes",
-                        system,
-                        &redis.url,
-                        &start_at.to_string(),
-                    ])
+                let mut command = tokio::process::Command::new(&exe);
+                command.args([
+                    "__child",
+                    "stampede_processes",
+                    system,
+                    &redis.url,
+                    &start_at.to_string(),
+                ]);
+                if system == "this_cluster" {
+                    command.arg(&cluster_urls);
+                }
+                command
                     .stdout(std::process::Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
