@@ -141,15 +141,19 @@ impl RedisCluster {
     ///
     /// When no live node answers or none serves the slot.
     pub fn owner_of(&self, key: &str) -> usize {
-        let asked = self
-            .nodes
-            .iter()
-            .find(|n| n.answers())
-            .expect("a node answers");
-        let slot: i64 = asked.cmd(&["CLUSTER", "KEYSLOT", key]);
-        let ranges: Vec<Vec<redis::Value>> = asked.cmd(&["CLUSTER", "SLOTS"]);
+        self.owner_of_slot(self.slot_of(key))
+    }
+
+    /// The index of the primary that serves `slot` now, by `CLUSTER SLOTS`
+    /// as a live node reports it.
+    ///
+    /// # Panics
+    ///
+    /// When no live node answers or none serves the slot.
+    pub fn owner_of_slot(&self, slot: usize) -> usize {
+        let ranges: Vec<Vec<redis::Value>> = self.answering().cmd(&["CLUSTER", "SLOTS"]);
         let int = |v: &redis::Value| match v {
-            redis::Value::Int(n) => *n,
+            redis::Value::Int(n) => usize::try_from(*n).unwrap_or(usize::MAX),
             other => panic!("CLUSTER SLOTS: {other:?}"),
         };
         let port = ranges
@@ -159,11 +163,82 @@ impl RedisCluster {
                 redis::Value::Array(node) => node.get(1).map(int),
                 _ => None,
             })
-            .unwrap_or_else(|| panic!("no primary serves slot {slot} of {key:?}"));
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"));
         self.nodes
             .iter()
-            .position(|n| i64::from(n.port()) == port)
+            .position(|n| usize::from(n.port()) == port)
             .unwrap_or_else(|| panic!("port {port} is not one of this cluster's nodes"))
+    }
+
+    /// The slot of `key`, as the cluster computes it.
+    pub fn slot_of(&self, key: &str) -> usize {
+        let slot: i64 = self.answering().cmd(&["CLUSTER", "KEYSLOT", key]);
+        usize::try_from(slot).expect("a slot")
+    }
+
+    fn answering(&self) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.answers())
+            .expect("a node of the cluster answers")
+    }
+
+    /// Moves `slots` to primary `to`, one slot at a time, as `redis-cli
+    /// --cluster reshard` does: the target marks the slot importing, its
+    /// owner migrating, the keys go over with `MIGRATE` a hundred at a
+    /// time, and then every primary is told the slot's new owner. While a
+    /// slot moves, clients meet `ASK` (a key already moved) and `TRYAGAIN`
+    /// (a multi-key command whose keys are split); after, `MOVED`. Returns
+    /// how long it took. Slots `to` already serves are skipped.
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step.
+    pub fn move_slots(&self, slots: &[usize], to: usize) -> Duration {
+        let started = Instant::now();
+        let id = |i: usize| self.nodes[i].cmd::<String>(&["CLUSTER", "MYID"]);
+        let target_id = id(to);
+        let target_port = self.nodes[to].port().to_string();
+        for &slot in slots {
+            let from = self.owner_of_slot(slot);
+            if from == to {
+                continue;
+            }
+            let (source, target) = (&self.nodes[from], &self.nodes[to]);
+            let slot_text = slot.to_string();
+            let () = target.cmd(&["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &id(from)]);
+            let () = source.cmd(&["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target_id]);
+            loop {
+                let keys: Vec<String> =
+                    source.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot_text, "100"]);
+                if keys.is_empty() {
+                    break;
+                }
+                let mut args = vec![
+                    "MIGRATE",
+                    "127.0.0.1",
+                    &target_port,
+                    "",
+                    "0",
+                    "5000",
+                    "REPLACE",
+                    "KEYS",
+                ];
+                args.extend(keys.iter().map(String::as_str));
+                let _: redis::Value = source.cmd(&args);
+            }
+            // The target first, then the source, then every other primary.
+            let mut told = vec![to, from];
+            told.extend(
+                self.primaries()
+                    .into_iter()
+                    .filter(|&i| i != to && i != from),
+            );
+            for i in told {
+                let () = self.nodes[i].cmd(&["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id]);
+            }
+        }
+        started.elapsed()
     }
 
     fn role(&self, i: usize) -> String {
@@ -200,7 +275,7 @@ impl RedisCluster {
     }
 }
 
-/// What [`failover_under_load`] saw.
+/// What [`disrupt_under_load`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverReport {
     /// Calls the readers made.
@@ -215,28 +290,49 @@ pub struct FailoverReport {
     pub stale_reads: u64,
     /// Cached rows that differ from the database once the run is over.
     pub stale_after: u64,
-    /// From the kill until a replica served the primary's slots.
+    /// How long the disruption took: from the kill until a replica served
+    /// the primary's slots, or the slots' migration.
     pub failover: Duration,
     /// From then until caching resumed: a key read twice is loaded once.
     pub recovered_after: Duration,
 }
 
-/// Kills a primary of `cluster` while `readers` tasks read `keys` rows
-/// through `cache` (`get_or_load`, a loader that never fails) and a writer
-/// changes rows and invalidates them, retrying each invalidation until it
-/// is acknowledged, as a careful service does. Blocks the calling task's
-/// thread only inside `spawn_blocking`. Returns the cluster (one primary
-/// down) and what was seen.
+/// Kills a primary of `cluster` under load: [`disrupt_under_load`] with
+/// [`RedisCluster::kill_primary`] of the first primary; `disrupted` is the
+/// failover's time.
 ///
 /// # Panics
 ///
-/// When the cluster does not fail over, or caching does not resume within
-/// 30 s.
+/// As [`disrupt_under_load`] and [`RedisCluster::kill_primary`].
 pub async fn failover_under_load(
-    mut cluster: RedisCluster,
+    cluster: RedisCluster,
     cache: cached_runtime::Cache,
     readers: usize,
     keys: u64,
+) -> (RedisCluster, FailoverReport) {
+    disrupt_under_load(cluster, cache, readers, keys, |cluster| {
+        let victim = cluster.primaries()[0];
+        cluster.kill_primary(victim)
+    })
+    .await
+}
+
+/// Runs `disrupt` on `cluster` (on a blocking thread; it returns how long
+/// the disruption took) while `readers` tasks read `keys` rows through
+/// `cache` (`get_or_load` of `row:{k}`, a loader that never fails) and a
+/// writer changes rows and invalidates each, by key or (every third) by a
+/// pattern naming it, retrying until the invalidation is acknowledged, as
+/// a careful service does. Returns the cluster and what was seen.
+///
+/// # Panics
+///
+/// When caching does not resume within 30 s of the disruption.
+pub async fn disrupt_under_load(
+    cluster: RedisCluster,
+    cache: cached_runtime::Cache,
+    readers: usize,
+    keys: u64,
+    disrupt: impl FnOnce(&mut RedisCluster) -> Duration + Send + 'static,
 ) -> (RedisCluster, FailoverReport) {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -299,7 +395,16 @@ pub async fn failover_under_load(
                     *v += 1;
                     *v
                 };
-                while cache.invalidate(&format!("row:{k}")).await.is_err() {
+                let key = format!("row:{k}");
+                loop {
+                    let done = if writes % 3 == 2 {
+                        cache.invalidate_pattern(&key).await.map(|_| ())
+                    } else {
+                        cache.invalidate(&key).await
+                    };
+                    if done.is_ok() {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 committed[k as usize].store(version, SeqCst);
@@ -310,13 +415,13 @@ pub async fn failover_under_load(
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = cluster.primaries()[0];
     let (cluster, failover) = tokio::task::spawn_blocking(move || {
-        let took = cluster.kill_primary(victim);
+        let mut cluster = cluster;
+        let took = disrupt(&mut cluster);
         (cluster, took)
     })
     .await
-    .expect("the failover joins");
+    .expect("the disruption joins");
     let resumed = Instant::now();
     loop {
         for _ in 0..2 {
@@ -333,7 +438,7 @@ pub async fn failover_under_load(
         }
         assert!(
             resumed.elapsed() < FORM_TIMEOUT,
-            "caching did not resume within {FORM_TIMEOUT:?} of the failover"
+            "caching did not resume within {FORM_TIMEOUT:?} of the disruption"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

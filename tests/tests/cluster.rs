@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cached_runtime::Cache;
-use cached_tests::cluster::failover_under_load;
+use cached_tests::cluster::{disrupt_under_load, failover_under_load};
 use cached_tests::{NAMESPACE, RedisCluster};
 
 #[test]
@@ -172,6 +172,62 @@ async fn a_primary_killed_under_load_fails_no_call_and_serves_nothing_stale() {
     let cache = cluster_cache(&cluster);
     let (_cluster, seen) = failover_under_load(cluster, cache, 8, 200).await;
     eprintln!("{seen:?}");
+    assert!(seen.writes > 10 && seen.calls > 100, "{seen:?}");
+    assert_eq!(seen.errors, 0, "{seen:?}");
+    assert_eq!(seen.stale_reads, 0, "{seen:?}");
+    assert_eq!(seen.stale_after, 0, "{seen:?}");
+}
+
+/// The slots of the rows under load that one primary serves are moved to
+/// another while 8 tasks read 200 rows and a writer changes them and
+/// invalidates each by key or by pattern: the client meets `ASK`,
+/// `TRYAGAIN` and `MOVED`, pattern invalidations meet a slot map that
+/// changes under them, and still no call fails and no read returns a
+/// version older than one whose invalidation had returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharding_under_load_fails_no_call_and_serves_nothing_stale() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let mut slots: Vec<usize> = (0..200)
+        .map(|k| cluster.slot_of(&format!("{{{NAMESPACE}:row:{k}}}")))
+        .filter(|&s| cluster.owner_of_slot(s) == from)
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert!(slots.len() > 20, "{} slots to move", slots.len());
+    let moved = slots.clone();
+    let (cluster, seen) = disrupt_under_load(cluster, cache, 8, 200, move |cluster| {
+        cluster.move_slots(&moved, to)
+    })
+    .await;
+    eprintln!("{} slots moved: {seen:?}", slots.len());
+    // The clients met the resharding: redirections were answered.
+    let redirected: u64 = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.answers())
+        .map(|n| {
+            let info: String = n.cmd(&["INFO", "errorstats"]);
+            info.lines()
+                .filter(|l| l.starts_with("errorstat_MOVED") || l.starts_with("errorstat_ASK"))
+                .filter_map(|l| {
+                    l.split("count=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(redirected > 0, "no MOVED or ASK was answered");
+    for &slot in &slots {
+        assert_eq!(cluster.owner_of_slot(slot), to, "slot {slot} moved");
+    }
     assert!(seen.writes > 10 && seen.calls > 100, "{seen:?}");
     assert_eq!(seen.errors, 0, "{seen:?}");
     assert_eq!(seen.stale_reads, 0, "{seen:?}");
