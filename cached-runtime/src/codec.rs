@@ -12,7 +12,9 @@
 //!     30     8  stale-until (end of the stale window), unix ms, LE
 //!     38     1  flags: bit 0 set = a cached `None` (no payload follows);
 //!                 bit 1 set = MessagePack payload (else serde_json);
-//!                 bits 2-3 = compression: 0 none, 1 LZ4, 2 Zstandard
+//!                 bits 2-3 = compression: 0 none, 1 LZ4, 2 Zstandard;
+//!                 bit 4 set = stored with tag versions beside it (the
+//!                 Redis Cluster layout's mark, taken off before decoding)
 //!     39     …  payload (compressed: its uncompressed length, u32 LE, then
 //!                 the compressed bytes)
 //! ```
@@ -40,6 +42,12 @@ const COMPRESSION_SHIFT: u8 = 2;
 const COMPRESSION_MASK: u8 = 0b11 << COMPRESSION_SHIFT;
 const FLAG_LZ4: u8 = 1 << COMPRESSION_SHIFT;
 const FLAG_ZSTD: u8 = 2 << COMPRESSION_SHIFT;
+/// The Redis Cluster layout's mark: the entry was stored with tag versions
+/// beside it, which a read must check (see `backend::cluster`). Never seen
+/// by the decoder: the backend takes it off first.
+const FLAG_TAGGED: u8 = 1 << 4;
+/// The offset of the flags byte.
+const FLAGS_AT: usize = 38;
 /// Flags this build knows; any other bit makes an entry unreadable.
 const KNOWN_FLAGS: u8 = FLAG_NONE | FLAG_MSGPACK | COMPRESSION_MASK;
 
@@ -384,6 +392,24 @@ pub(crate) fn identity(meta: &EntryMeta) -> [u8; IDENTITY_LEN] {
     out
 }
 
+/// Marks the envelope `bytes` as stored with tag versions beside it (the
+/// cluster layout). Bytes that are not an envelope are left as they are.
+pub(crate) fn mark_tagged(bytes: &mut [u8]) {
+    if bytes.len() >= HEADER_LEN && bytes[0] == MAGIC {
+        bytes[FLAGS_AT] |= FLAG_TAGGED;
+    }
+}
+
+/// Takes the mark of [`mark_tagged`] off `bytes`; whether it was there.
+pub(crate) fn take_tagged_mark(bytes: &mut [u8]) -> bool {
+    if bytes.len() >= HEADER_LEN && bytes[0] == MAGIC && bytes[FLAGS_AT] & FLAG_TAGGED != 0 {
+        bytes[FLAGS_AT] &= !FLAG_TAGGED;
+        true
+    } else {
+        false
+    }
+}
+
 /// Reads only the header: enough to judge freshness without the payload.
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
     if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
@@ -427,6 +453,40 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_tagged_mark_is_taken_off_whole_and_only_from_envelopes() {
+        let m = EntryMeta {
+            created_ms: 1,
+            load_us: 2,
+            expires_ms: 3,
+            stale_until_ms: 4,
+        };
+        let plain = encode(Some(&"v".to_owned()), &m).expect("encodes");
+        assert!(decode::<String>(&plain).is_ok());
+        let mut bytes = plain.clone();
+        assert!(!take_tagged_mark(&mut bytes), "not marked");
+        mark_tagged(&mut bytes);
+        assert_ne!(bytes, plain);
+        assert_eq!(
+            bytes[..FLAGS_AT],
+            plain[..FLAGS_AT],
+            "the identity is untouched"
+        );
+        assert!(
+            decode::<String>(&bytes).is_err(),
+            "a marked envelope is not read as it is"
+        );
+        assert!(take_tagged_mark(&mut bytes));
+        assert_eq!(bytes, plain, "taken off, the envelope is as written");
+        assert!(!take_tagged_mark(&mut bytes), "taken off once");
+        for mut other in [b"garbage".to_vec(), vec![0u8; 64], Vec::new()] {
+            let before = other.clone();
+            mark_tagged(&mut other);
+            assert_eq!(other, before);
+            assert!(!take_tagged_mark(&mut other));
+        }
+    }
+
     use super::*;
 
     #[test]

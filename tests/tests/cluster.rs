@@ -233,3 +233,53 @@ async fn a_resharding_under_load_fails_no_call_and_serves_nothing_stale() {
     assert_eq!(seen.stale_reads, 0, "{seen:?}");
     assert_eq!(seen.stale_after, 0, "{seen:?}");
 }
+
+#[derive(Clone)]
+struct Docs {
+    cache: Cache,
+    loads: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Docs {
+    #[cached_runtime::cached(prefix = "doc", ttl = "5m", key = id, tags = ["docs"])]
+    async fn get(&self, id: u64) -> u64 {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        id
+    }
+}
+
+/// An entry stored with tags is marked as such in its envelope, so that a
+/// read checks its tag versions even when the call names no tag; if those
+/// versions are gone (evicted apart from the value, deleted by hand), no
+/// tag invalidation could reach the entry any more, and it is not served,
+/// to tagged and untagged callers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_tag_versions_are_gone_is_served_to_no_one() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let docs = Docs {
+        cache: cache.clone(),
+        loads: Default::default(),
+    };
+    let loads = || docs.loads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(docs.get(1).await, 1);
+    assert_eq!(docs.get(1).await, 1);
+    assert_eq!(loads(), 1, "a hit");
+    assert_eq!(
+        cache.get::<u64>("doc:1").await,
+        Some(1),
+        "untagged, current"
+    );
+    // The tag invalidated: outdated for an untagged reader too.
+    cache.invalidate_tag("docs").await.expect("invalidates");
+    assert_eq!(cache.get::<u64>("doc:1").await, None);
+    assert_eq!(docs.get(1).await, 1);
+    assert_eq!(loads(), 2, "loaded again after the tag's invalidation");
+    // The versions stored beside the value disappear.
+    let beside = format!("{{{NAMESPACE}:doc:1}}:~tags");
+    let owner = &cluster.nodes()[cluster.owner_of(&beside)];
+    assert_eq!(owner.cmd::<i64>(&["DEL", &beside]), 1, "they were there");
+    assert_eq!(cache.get::<u64>("doc:1").await, None, "untagged reader");
+    assert_eq!(docs.get(1).await, 1);
+    assert_eq!(loads(), 3, "the tagged reader loads too");
+}

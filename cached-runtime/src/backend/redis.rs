@@ -587,14 +587,16 @@ impl RedisBackend {
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
     }
 
-    /// A read on a cluster: the entry and the tag versions it was stored
-    /// with, in one round trip, in parallel with the current versions of
-    /// the call's tags. The entry is served only if each of the call's tags
-    /// is among those it was stored with, and each of those is still at
-    /// the version stored (see [`cluster`](super::cluster)): a tag
+    /// A read on a cluster. An entry stored with tags carries a mark in its
+    /// envelope (see [`cluster`](super::cluster)), and the versions it was
+    /// stored with beside it; it is served only if each of the call's tags
+    /// is among them and each of them is still current, so a tag
     /// invalidation outdates an entry for every reader, tagged or not. An
-    /// entry stored with tags the call does not have costs one more round
-    /// trip, for their versions.
+    /// untagged call sends one `GETRANGE`, as on one server, and reads the
+    /// versions only when the entry is marked; a tagged call reads the
+    /// entry and its stored versions in one round trip, in parallel with
+    /// its tags' current versions. An entry the call's tags do not name
+    /// costs one more round trip, for their versions.
     async fn fetch_cluster(
         &self,
         mut conn: Conn,
@@ -602,28 +604,67 @@ impl RedisBackend {
         tags: &[String],
     ) -> redis::RedisResult<Fetched> {
         let value = cluster::value_key(key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("GETRANGE")
-            .arg(&value)
-            .arg(0)
-            .arg(self.max_value_bytes)
-            .cmd("GET")
-            .arg(cluster::beside(&value, cluster::TAGS));
+        let stored_at = cluster::beside(&value, cluster::TAGS);
         let mut versions_conn = conn.clone();
-        let entry = async {
-            pipe.query_async::<(redis::Value, Option<String>)>(&mut conn)
-                .await
-        };
         let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let current = self.current_versions(&mut versions_conn, &tag_names);
-        let ((entry, stored), mut current) = tokio::try_join!(entry, current)?;
-        let stored = stored.unwrap_or_default();
-        let Some(stored) = cluster::parse_versions(&stored) else {
+        let (entry, stored, mut current) = if tags.is_empty() {
+            let entry = redis::cmd("GETRANGE")
+                .arg(&value)
+                .arg(0)
+                .arg(self.max_value_bytes)
+                .query_async::<redis::Value>(&mut conn)
+                .await?;
+            (entry, None, Vec::new())
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GETRANGE")
+                .arg(&value)
+                .arg(0)
+                .arg(self.max_value_bytes)
+                .cmd("GET")
+                .arg(&stored_at);
+            let entry = async {
+                pipe.query_async::<(redis::Value, Option<String>)>(&mut conn)
+                    .await
+            };
+            let current = self.current_versions(&mut versions_conn, &tag_names);
+            let ((entry, stored), current) = tokio::try_join!(entry, current)?;
+            (entry, Some(stored), current)
+        };
+        let mut bytes = match entry {
+            redis::Value::Nil => return Ok(Fetched::Absent),
+            redis::Value::BulkString(bytes) => bytes,
+            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => {
+                return Ok(Fetched::WrongKind);
+            }
+            other => return other.extract_error().map(|_| Fetched::WrongKind),
+        };
+        if !codec::take_tagged_mark(&mut bytes) {
+            // Stored without tags: no tag of the call reaches it.
+            return Ok(if tags.is_empty() {
+                self.received(bytes)
+            } else {
+                Fetched::Absent
+            });
+        }
+        let stored = match stored {
+            Some(stored) => stored,
+            None => {
+                redis::cmd("GET")
+                    .arg(&stored_at)
+                    .query_async::<Option<String>>(&mut versions_conn)
+                    .await?
+            }
+        };
+        // Marked but without its versions (evicted apart from it): no tag
+        // invalidation can be checked, so it is not served.
+        let Some(stored) = stored.as_deref().and_then(cluster::parse_versions) else {
             return Ok(Fetched::Absent);
         };
-        if !tags
-            .iter()
-            .all(|tag| stored.iter().any(|(t, _)| *t == tag.as_str()))
+        if stored.is_empty()
+            || !tags
+                .iter()
+                .all(|tag| stored.iter().any(|(t, _)| *t == tag.as_str()))
         {
             return Ok(Fetched::Absent);
         }
@@ -642,15 +683,11 @@ impl RedisBackend {
                 .find(|(t, _)| t == tag)
                 .is_none_or(|(_, now)| now.as_deref() != Some(*version))
         });
-        if outdated {
-            return Ok(Fetched::Absent);
-        }
-        match entry {
-            redis::Value::Nil => Ok(Fetched::Absent),
-            redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
-            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
-            other => other.extract_error().map(|_| Fetched::WrongKind),
-        }
+        Ok(if outdated {
+            Fetched::Absent
+        } else {
+            self.received(bytes)
+        })
     }
 
     /// The current version of each of `tags` on a cluster (`None`: it has
@@ -720,6 +757,15 @@ impl RedisBackend {
         let mut conn = self.conn()?;
         let read = self.versions(&mut conn, tags, keep);
         self.run(gate, timeout, read).await
+    }
+
+    /// On a cluster, marks the envelope of an entry stored with tags (see
+    /// [`cluster`](super::cluster)): a read checks the versions beside a
+    /// marked entry, and only those.
+    fn mark_if_tagged(&self, bytes: &mut [u8], tags: &[String]) {
+        if self.layout.is_cluster() && !tags.is_empty() {
+            codec::mark_tagged(bytes);
+        }
     }
 
     /// What a bounded read brought back: GETRANGE answers an empty string
@@ -838,7 +884,8 @@ impl RedisBackend {
         tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
-        let bytes = self.encode(value, meta)?;
+        let mut bytes = self.encode(value, meta)?;
+        self.mark_if_tagged(&mut bytes, tags);
         let versions = self
             .versions_for_write(tags, keep_for, timeout, Gate::Always)
             .await?;
@@ -1409,12 +1456,13 @@ impl RedisBackend {
     async fn store_if_leased(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        mut bytes: Vec<u8>,
         keep_for: Duration,
         lease: Lease,
         tags: &[String],
         timeout: Duration,
     ) -> Result<bool, BackendError> {
+        self.mark_if_tagged(&mut bytes, tags);
         let mut conn = self.control()?;
         let keys = self.layout.entry(key);
         let mut call = self.scripts().set_if_leased.key(keys.value.as_ref());
