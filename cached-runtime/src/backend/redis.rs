@@ -604,18 +604,30 @@ impl RedisBackend {
         tags: &[String],
     ) -> redis::RedisResult<Fetched> {
         let value = cluster::value_key(key);
-        let stored_at = cluster::beside(&value, cluster::TAGS);
-        let mut versions_conn = conn.clone();
-        let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let (entry, stored, mut current) = if tags.is_empty() {
+        if tags.is_empty() {
+            // Every untagged hit's path: one command, nothing else made
+            // unless the entry is marked.
             let entry = redis::cmd("GETRANGE")
                 .arg(&value)
                 .arg(0)
                 .arg(self.max_value_bytes)
                 .query_async::<redis::Value>(&mut conn)
                 .await?;
-            (entry, None, Vec::new())
-        } else {
+            let mut bytes = match entry {
+                redis::Value::BulkString(bytes) => bytes,
+                other => return Self::not_bytes(other),
+            };
+            if !codec::take_tagged_mark(&mut bytes) {
+                return Ok(self.received(bytes));
+            }
+            return self
+                .fetched_if_current(conn, &value, bytes, None, &[], Vec::new())
+                .await;
+        }
+        let stored_at = cluster::beside(&value, cluster::TAGS);
+        let mut versions_conn = conn.clone();
+        let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let (entry, stored, current) = {
             let mut pipe = redis::pipe();
             pipe.cmd("GETRANGE")
                 .arg(&value)
@@ -629,30 +641,55 @@ impl RedisBackend {
             };
             let current = self.current_versions(&mut versions_conn, &tag_names);
             let ((entry, stored), current) = tokio::try_join!(entry, current)?;
-            (entry, Some(stored), current)
+            (entry, stored, current)
         };
         let mut bytes = match entry {
-            redis::Value::Nil => return Ok(Fetched::Absent),
             redis::Value::BulkString(bytes) => bytes,
-            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => {
-                return Ok(Fetched::WrongKind);
-            }
-            other => return other.extract_error().map(|_| Fetched::WrongKind),
+            other => return Self::not_bytes(other),
         };
         if !codec::take_tagged_mark(&mut bytes) {
             // Stored without tags: no tag of the call reaches it.
-            return Ok(if tags.is_empty() {
-                self.received(bytes)
-            } else {
-                Fetched::Absent
-            });
+            return Ok(Fetched::Absent);
         }
+        self.fetched_if_current(
+            versions_conn,
+            &value,
+            bytes,
+            Some(stored),
+            &tag_names,
+            current,
+        )
+        .await
+    }
+
+    /// What a read that did not bring bytes back means: nothing there
+    /// (`Nil`), a value of another kind (`WRONGTYPE`), or an error.
+    fn not_bytes(reply: redis::Value) -> redis::RedisResult<Fetched> {
+        match reply {
+            redis::Value::Nil => Ok(Fetched::Absent),
+            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
+            other => other.extract_error().map(|_| Fetched::WrongKind),
+        }
+    }
+
+    /// `bytes`, an entry marked as stored with tags, if every tag version
+    /// stored beside it (`stored`, or read now when `None`) is current and
+    /// names each of `tags` (whose current versions are `current`).
+    async fn fetched_if_current(
+        &self,
+        mut conn: Conn,
+        value: &str,
+        bytes: Vec<u8>,
+        stored: Option<Option<String>>,
+        tags: &[&str],
+        mut current: Vec<(&str, Option<String>)>,
+    ) -> redis::RedisResult<Fetched> {
         let stored = match stored {
             Some(stored) => stored,
             None => {
                 redis::cmd("GET")
-                    .arg(&stored_at)
-                    .query_async::<Option<String>>(&mut versions_conn)
+                    .arg(cluster::beside(value, cluster::TAGS))
+                    .query_async::<Option<String>>(&mut conn)
                     .await?
             }
         };
@@ -661,20 +698,16 @@ impl RedisBackend {
         let Some(stored) = stored.as_deref().and_then(cluster::parse_versions) else {
             return Ok(Fetched::Absent);
         };
-        if stored.is_empty()
-            || !tags
-                .iter()
-                .all(|tag| stored.iter().any(|(t, _)| *t == tag.as_str()))
-        {
+        if stored.is_empty() || !tags.iter().all(|tag| stored.iter().any(|(t, _)| t == tag)) {
             return Ok(Fetched::Absent);
         }
         let others: Vec<&str> = stored
             .iter()
             .map(|(t, _)| *t)
-            .filter(|t| !tag_names.contains(t))
+            .filter(|t| !tags.contains(t))
             .collect();
         if !others.is_empty() {
-            let more = self.current_versions(&mut versions_conn, &others).await?;
+            let more = self.current_versions(&mut conn, &others).await?;
             current.extend(others.into_iter().zip(more.into_iter().map(|(_, v)| v)));
         }
         let outdated = stored.iter().any(|(tag, version)| {
