@@ -27,12 +27,17 @@
 //! - **Tags are versions, not sets.** A tag `T` has a version at `{T}`, a
 //!   random number made when first needed. A load (or write-through, or
 //!   fill) reads its tags' versions before it takes its lease and stores
-//!   them beside its value; a read of a tagged entry reads the current
-//!   versions in parallel with the entry and serves it only if they are the
-//!   same. Invalidating a tag replaces its version: one command, whatever
-//!   the number of entries, which become unreachable and expire on their own
-//!   time. A version that is missing (expired, evicted) serves nothing, so
-//!   losing it can never bring an entry back.
+//!   them beside its value, and marks the value's envelope as stored with
+//!   tags (a flag bit, see `codec`). A read of a marked entry checks the
+//!   versions beside it against the current ones and serves it only if
+//!   they are the same: a tagged call reads them in the same round trip as
+//!   the entry, in parallel with its tags' current versions; an untagged
+//!   call reads the entry alone (one `GETRANGE`, as on one server) and the
+//!   versions only if it is marked. Invalidating a tag replaces its
+//!   version: one command, whatever the number of entries, which become
+//!   unreachable and expire on their own time. A version that is missing
+//!   (expired, evicted), or a marked entry whose stored versions are, serves
+//!   nothing, so losing one can never bring an entry back.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
