@@ -283,3 +283,67 @@ async fn an_entry_whose_tag_versions_are_gone_is_served_to_no_one() {
     assert_eq!(docs.get(1).await, 1);
     assert_eq!(loads(), 3, "the tagged reader loads too");
 }
+
+/// A tagged function whose loader reads its row, says so, then takes
+/// 300 ms: a load another process's change can overtake.
+#[derive(Clone)]
+struct SlowDocs {
+    cache: Cache,
+    row: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    read: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl SlowDocs {
+    #[cached_runtime::cached(prefix = "slow", ttl = "5m", key = id, tags = ["slow_docs"])]
+    async fn get(&self, id: u64) -> u64 {
+        let _ = id;
+        let version = self.row.load(std::sync::atomic::Ordering::SeqCst);
+        self.read.notify_one();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        version
+    }
+}
+
+/// Two processes' caches on one cluster. In the first, a load of a tagged
+/// entry reads version 1 of its row; the second changes the row and
+/// invalidates the tag (which, on a cluster, replaces the tag's version and
+/// leaves the load's lease alone). A caller of the first process who starts
+/// after that invalidation returned joins the load still in flight, and
+/// must not be handed what it read: the load's process learns, after
+/// storing, that the versions it stored with are outdated, and its joiners
+/// read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_joining_a_load_after_another_process_invalidated_its_tag_gets_the_new_row() {
+    let cluster = RedisCluster::start();
+    let (here, there) = (cluster_cache(&cluster), cluster_cache(&cluster));
+    let row = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let read = std::sync::Arc::new(tokio::sync::Notify::new());
+    let docs = SlowDocs {
+        cache: here.clone(),
+        row: row.clone(),
+        read: read.clone(),
+    };
+    let leader = tokio::spawn({
+        let docs = docs.clone();
+        async move { docs.get(7).await }
+    });
+    read.notified().await;
+    row.store(2, std::sync::atomic::Ordering::SeqCst);
+    there
+        .invalidate_tag("slow_docs")
+        .await
+        .expect("the other process invalidates");
+    // Begun after the invalidation returned: joins the load in flight.
+    let joiner = tokio::spawn({
+        let docs = docs.clone();
+        async move { docs.get(7).await }
+    });
+    assert_eq!(leader.await.expect("joins"), 1, "the leader began before");
+    assert_eq!(
+        joiner.await.expect("joins"),
+        2,
+        "a caller who began after the invalidation got the row it replaced"
+    );
+    assert_eq!(docs.get(7).await, 2);
+    assert_eq!(there.get::<u64>("slow:7").await, Some(2));
+}

@@ -620,25 +620,25 @@ impl RedisBackend {
             if !codec::take_tagged_mark(&mut bytes) {
                 return Ok(self.received(bytes));
             }
+            // Marked: read again, the value with the versions beside it in
+            // one transaction, so that both are of one write (a newer
+            // entry's versions must not vouch for this one).
+            let (entry, stored) = self.entry_with_versions(&mut conn, &value).await?;
+            let mut bytes = match entry {
+                redis::Value::BulkString(bytes) => bytes,
+                other => return Self::not_bytes(other),
+            };
+            if !codec::take_tagged_mark(&mut bytes) {
+                return Ok(self.received(bytes));
+            }
             return self
-                .fetched_if_current(conn, &value, bytes, None, &[], Vec::new())
+                .fetched_if_current(conn, bytes, stored, &[], Vec::new())
                 .await;
         }
-        let stored_at = cluster::beside(&value, cluster::TAGS);
         let mut versions_conn = conn.clone();
         let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
         let (entry, stored, current) = {
-            let mut pipe = redis::pipe();
-            pipe.cmd("GETRANGE")
-                .arg(&value)
-                .arg(0)
-                .arg(self.max_value_bytes)
-                .cmd("GET")
-                .arg(&stored_at);
-            let entry = async {
-                pipe.query_async::<(redis::Value, Option<String>)>(&mut conn)
-                    .await
-            };
+            let entry = self.entry_with_versions(&mut conn, &value);
             let current = self.current_versions(&mut versions_conn, &tag_names);
             let ((entry, stored), current) = tokio::try_join!(entry, current)?;
             (entry, stored, current)
@@ -651,15 +651,8 @@ impl RedisBackend {
             // Stored without tags: no tag of the call reaches it.
             return Ok(Fetched::Absent);
         }
-        self.fetched_if_current(
-            versions_conn,
-            &value,
-            bytes,
-            Some(stored),
-            &tag_names,
-            current,
-        )
-        .await
+        self.fetched_if_current(versions_conn, bytes, stored, &tag_names, current)
+            .await
     }
 
     /// What a read that did not bring bytes back means: nothing there
@@ -672,27 +665,35 @@ impl RedisBackend {
         }
     }
 
+    /// The value at `value` (bounded) and the tag versions stored beside
+    /// it, in one `MULTI`/`EXEC` (one slot): both of one write.
+    async fn entry_with_versions(
+        &self,
+        conn: &mut Conn,
+        value: &str,
+    ) -> redis::RedisResult<(redis::Value, Option<String>)> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GETRANGE")
+            .arg(value)
+            .arg(0)
+            .arg(self.max_value_bytes)
+            .cmd("GET")
+            .arg(cluster::beside(value, cluster::TAGS));
+        pipe.query_async(conn).await
+    }
+
     /// `bytes`, an entry marked as stored with tags, if every tag version
-    /// stored beside it (`stored`, or read now when `None`) is current and
-    /// names each of `tags` (whose current versions are `current`).
+    /// stored beside it (`stored`) is current and names each of `tags`
+    /// (whose current versions are `current`).
     async fn fetched_if_current(
         &self,
         mut conn: Conn,
-        value: &str,
         bytes: Vec<u8>,
-        stored: Option<Option<String>>,
+        stored: Option<String>,
         tags: &[&str],
         mut current: Vec<(&str, Option<String>)>,
     ) -> redis::RedisResult<Fetched> {
-        let stored = match stored {
-            Some(stored) => stored,
-            None => {
-                redis::cmd("GET")
-                    .arg(cluster::beside(value, cluster::TAGS))
-                    .query_async::<Option<String>>(&mut conn)
-                    .await?
-            }
-        };
         // Marked but without its versions (evicted apart from it): no tag
         // invalidation can be checked, so it is not served.
         let Some(stored) = stored.as_deref().and_then(cluster::parse_versions) else {
@@ -1510,7 +1511,46 @@ impl RedisBackend {
         let stored: i64 = self
             .run(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await?;
+        if stored == 1 && self.layout.is_cluster() && !tags.is_empty() {
+            return Ok(self.still_current(key, tags, timeout).await);
+        }
         Ok(stored == 1)
+    }
+
+    /// On a cluster, after a tagged entry was stored: whether the versions
+    /// stored with it are all still current. A tag invalidation does not
+    /// touch the leases of its entries there (it replaces the tag's
+    /// version), so a load that read the source before one stores what it
+    /// read (unreachable, stored with the old version); this is how its
+    /// process learns of it, to hand the value to no caller who joined the
+    /// load after the invalidation (they read again). A check that fails
+    /// answers `false` too: read again rather than trust.
+    async fn still_current(&self, key: &str, tags: &[String], timeout: Duration) -> bool {
+        let Ok(mut conn) = self.conn() else {
+            return false;
+        };
+        let value = cluster::value_key(key);
+        let mut versions_conn = conn.clone();
+        let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let check = async {
+            let get = redis::cmd("GET")
+                .arg(cluster::beside(&value, cluster::TAGS))
+                .to_owned();
+            let stored = get.query_async::<Option<String>>(&mut conn);
+            let current = self.current_versions(&mut versions_conn, &tag_names);
+            let (stored, current) = tokio::try_join!(stored, current)?;
+            let Some(stored) = stored.as_deref().and_then(cluster::parse_versions) else {
+                return Ok(false);
+            };
+            Ok(current.iter().all(|(tag, now)| {
+                stored
+                    .iter()
+                    .any(|(t, v)| t == tag && now.as_deref() == Some(*v))
+            }))
+        };
+        self.run(Gate::Always, timeout, check)
+            .await
+            .unwrap_or(false)
     }
 
     pub(crate) async fn release_lease(
