@@ -296,7 +296,13 @@ mod tests {
             for suffix in [LEASE, TAGS, LEASE_TAGS] {
                 assert_eq!(slot(beside(&value, suffix).as_bytes()), s, "{key}{suffix}");
             }
+            // A pattern invalidation's first pass finds a lease and
+            // removes the versions its load read with it.
+            let lease = beside(&value, LEASE);
+            assert_eq!(lease_tags_of(&lease), beside(&value, LEASE_TAGS));
         }
+        assert_eq!(value_pattern("ns:p:*"), "{ns:p:*}");
+        assert_eq!(version_key("ns:~tag:t"), "{ns:~tag:t}");
     }
 
     #[test]
