@@ -203,6 +203,15 @@ impl RedisSettings {
         if self.tls_ca.is_none() && self.tls_client.is_none() {
             return Ok(builder);
         }
+        Ok(builder.certs(self.tls_certificates()?))
+    }
+
+    /// The CA and client certificate given, read from their PEM, for
+    /// redis-rs (one server or every node of a cluster).
+    #[cfg(feature = "tls")]
+    fn tls_certificates(&self) -> Result<redis::TlsCertificates, BuildError> {
+        // rustls needs a crypto provider; one the application installed
+        // first stays.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let root_cert = self.tls_ca.as_ref().map(Pem::load).transpose()?;
         let client_tls = match &self.tls_client {
@@ -212,10 +221,10 @@ impl RedisSettings {
             }),
             None => None,
         };
-        Ok(builder.certs(redis::TlsCertificates {
+        Ok(redis::TlsCertificates {
             client_tls,
             root_cert,
-        }))
+        })
     }
 
     #[cfg(not(feature = "tls"))]
@@ -273,29 +282,12 @@ impl RedisSettings {
         info: redis::ConnectionInfo,
         origin: String,
     ) -> Result<redis::Client, BuildError> {
-        // rustls needs a crypto provider; one the application installed
-        // first stays.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let root_cert = self.tls_ca.as_ref().map(Pem::load).transpose()?;
-        let client_tls = match &self.tls_client {
-            Some((cert, key)) => Some(redis::ClientTlsConfig {
-                client_cert: cert.load()?,
-                client_key: key.load()?,
-            }),
-            None => None,
-        };
-        redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        )
-        // rustls's messages name the part that failed; none holds the key.
-        .map_err(|e| BuildError::InvalidTls {
-            origin,
-            reason: e.to_string(),
-        })
+        redis::Client::build_with_tls(info, self.tls_certificates()?)
+            // rustls's messages name the part that failed; none holds the key.
+            .map_err(|e| BuildError::InvalidTls {
+                origin,
+                reason: e.to_string(),
+            })
     }
 
     #[cfg(not(feature = "tls"))]
