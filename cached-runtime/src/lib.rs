@@ -31,7 +31,7 @@
 //! - **Return types**: `T` is cached; `Option<T>` caches `Some` (and `None`
 //!   with `cache_none = "30s"`); `Result<T, E>` caches `Ok` and hands `Err`
 //!   back unchanged; `Result<Option<T>, E>` combines both.
-//! - **Backends**: memory (moka, the default) and Redis (auto-reconnecting
+//! - **Backends**: memory (quick_cache, the default) and Redis (auto-reconnecting
 //!   multiplexed connections). Chosen when the [`Cache`] is built, e.g. by
 //!   [`Cache::from_env`] from `REDIS_URL`; annotated code does not change.
 //! - **Failures never reach the caller**: every backend operation has a short

@@ -1,4 +1,4 @@
-//! Where entries live: in process ([`memory`], moka) or in Redis ([`redis`]),
+//! Where entries live: in process ([`memory`]) or in Redis ([`redis`]),
 //! one server or a cluster ([`cluster`]), with an in-process tier in front
 //! ([`near`]).
 //!

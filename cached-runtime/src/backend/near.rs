@@ -1,8 +1,8 @@
 //! The near tier: an in-process copy (L1) of what this process read from
 //! Redis (L2), kept true by Redis's client-side caching.
 //!
-//! L1 is a `quick_cache` bounded by bytes. Not moka, which the memory
-//! backend uses: moka records every read in a queue for its eviction
+//! L1 is a `quick_cache` bounded by bytes (as the memory backend is by
+//! count). Not moka: moka records every read in a queue for its eviction
 //! policy's bookkeeping, which 64 tasks hitting one map on two cores fight
 //! over (a third of an L1 hit's time, measured by `cached-bench`'s
 //! `concurrent_hit_keys`); quick_cache's read takes a shard's read lock and

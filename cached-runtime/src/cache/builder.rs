@@ -123,7 +123,8 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Keep entries in process (moka). The default.
+    /// Keep entries in process (a bounded map with per-entry expiry). The
+    /// default.
     pub fn memory(mut self) -> Self {
         self.redis.url = None;
         self.redis.cluster = None;
