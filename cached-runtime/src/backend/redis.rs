@@ -605,14 +605,14 @@ impl RedisBackend {
     ) -> redis::RedisResult<Fetched> {
         let value = cluster::value_key(key);
         if tags.is_empty() {
-            // Every untagged hit's path: one command, nothing else made
-            // unless the entry is marked.
-            let entry = redis::cmd("GETRANGE")
+            // Every untagged hit's path: one command (sized up front, as
+            // on one server), nothing else made unless the entry is marked.
+            let mut cmd = redis::Cmd::with_capacity(4, 24 + value.len());
+            cmd.arg("GETRANGE")
                 .arg(&value)
                 .arg(0)
-                .arg(self.max_value_bytes)
-                .query_async::<redis::Value>(&mut conn)
-                .await?;
+                .arg(self.max_value_bytes);
+            let entry = cmd.query_async::<redis::Value>(&mut conn).await?;
             let mut bytes = match entry {
                 redis::Value::BulkString(bytes) => bytes,
                 other => return Self::not_bytes(other),
@@ -620,25 +620,41 @@ impl RedisBackend {
             if !codec::take_tagged_mark(&mut bytes) {
                 return Ok(self.received(bytes));
             }
-            // Marked: read again, the value with the versions beside it in
-            // one transaction, so that both are of one write (a newer
-            // entry's versions must not vouch for this one).
-            let (entry, stored) = self.entry_with_versions(&mut conn, &value).await?;
-            let mut bytes = match entry {
-                redis::Value::BulkString(bytes) => bytes,
-                other => return Self::not_bytes(other),
-            };
-            if !codec::take_tagged_mark(&mut bytes) {
-                return Ok(self.received(bytes));
-            }
-            return self
-                .fetched_if_current(conn, bytes, stored, &[], Vec::new())
-                .await;
+            // Boxed, as the tagged path below: the untagged hit's future
+            // stays small (it is boxed and copied on every call).
+            return Box::pin(self.fetch_marked(conn, &value)).await;
         }
+        Box::pin(self.fetch_tagged(conn, &value, tags)).await
+    }
+
+    /// An untagged read that found a marked entry: reads it again, the
+    /// value with the versions beside it in one transaction, so that both
+    /// are of one write (a newer entry's versions must not vouch for this
+    /// one).
+    async fn fetch_marked(&self, mut conn: Conn, value: &str) -> redis::RedisResult<Fetched> {
+        let (entry, stored) = self.entry_with_versions(&mut conn, value).await?;
+        let mut bytes = match entry {
+            redis::Value::BulkString(bytes) => bytes,
+            other => return Self::not_bytes(other),
+        };
+        if !codec::take_tagged_mark(&mut bytes) {
+            return Ok(self.received(bytes));
+        }
+        self.fetched_if_current(conn, bytes, stored, &[], Vec::new())
+            .await
+    }
+
+    /// A tagged read on a cluster (see [`RedisBackend::fetch_cluster`]).
+    async fn fetch_tagged(
+        &self,
+        mut conn: Conn,
+        value: &str,
+        tags: &[String],
+    ) -> redis::RedisResult<Fetched> {
         let mut versions_conn = conn.clone();
         let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
         let (entry, stored, current) = {
-            let entry = self.entry_with_versions(&mut conn, &value);
+            let entry = self.entry_with_versions(&mut conn, value);
             let current = self.current_versions(&mut versions_conn, &tag_names);
             let ((entry, stored), current) = tokio::try_join!(entry, current)?;
             (entry, stored, current)
