@@ -109,6 +109,14 @@ fn main() {
         return;
     }
 
+    // `__profile_cluster SYSTEM N`: N sequential hits on a local cluster.
+    if args.first().map(String::as_str) == Some("__profile_cluster") {
+        let system = args.get(1).cloned().unwrap_or_default();
+        let n: u32 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+        runtime.block_on(scenarios::cluster::profile(&system, n));
+        return;
+    }
+
     // `__profile_memory N`: N memory hits of `this`, then N of moka, for
     // an instruction profiler.
     if args.first().map(String::as_str) == Some("__profile_memory") {

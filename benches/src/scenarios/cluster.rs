@@ -141,3 +141,33 @@ async fn warm(tagged: &Tagged) {
         let _ = task.await;
     }
 }
+
+/// `__profile_cluster SYSTEM N`: N sequential hits of one warm key on a
+/// local cluster, for an instruction profiler: `this` (the framework),
+/// `this_unshared` (without shared reads) or `raw` (`raw_cluster`).
+pub async fn profile(system: &str, n: u32) {
+    let cluster = RedisCluster::start();
+    let this = crate::systems::This::new(cluster_cache(&cluster), Duration::ZERO);
+    let mut raw = redis::cluster::ClusterClient::new(cluster.urls())
+        .expect("valid seed URLs")
+        .get_async_connection()
+        .await
+        .expect("connects");
+    let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
+    let _: () = redis::cmd("SET")
+        .arg("raw:placement:1")
+        .arg(&json)
+        .query_async(&mut raw)
+        .await
+        .expect("stores");
+    this.get(1).await;
+    for _ in 0..n {
+        match system {
+            "this" => drop(std::hint::black_box(this.get(1).await)),
+            "this_unshared" => drop(std::hint::black_box(this.get_unshared(1).await)),
+            _ => drop(std::hint::black_box(
+                raw_cluster_get(&mut raw, "raw:placement:1").await,
+            )),
+        }
+    }
+}
