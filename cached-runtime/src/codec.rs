@@ -207,6 +207,9 @@ fn memoized_fingerprint(type_name: &'static str) -> u64 {
             const { std::cell::Cell::new([(0, 0, 0); SLOTS]) };
     }
     let id = (type_name.as_ptr() as usize, type_name.len());
+    // Any slot would do (the key is compared below): cargo-mutants' `^` to
+    // `|` or `&` and `>>` to `<<` here change only which names share a
+    // slot, so they survive as equivalent.
     let slot = (id.0 >> 3 ^ id.1) % SLOTS;
     MEMO.with(|memo| {
         let mut entries = memo.get();
