@@ -200,7 +200,15 @@ impl Engine {
             .map(|i| (i, None))
             .chain(misses.into_iter().map(|(i, cond)| (i, Some(cond))));
         for (i, cond) in flights {
-            match (self.flights.join_or_lead(self, &keys[i], policy.wait), cond) {
+            // A key kept from the backend by a pending change shares only
+            // loads made the same way (see `Via::AfterChange`).
+            let role = if cond.is_none() && self.pending.blocks(&keys[i], &[]) {
+                self.flights
+                    .join_or_lead_after_change(self, &keys[i], policy.wait)
+            } else {
+                self.flights.join_or_lead(self, &keys[i], policy.wait)
+            };
+            match (role, cond) {
                 (Role::Lead(guard), Some(cond)) => asks.push((i, guard, cond)),
                 // Not read (a pending change, or the backend failed): loaded
                 // without a lease, not stored.

@@ -92,6 +92,10 @@ struct Flight {
     /// per flight, not one per waiter (1000 waiters' timers cost a
     /// stampede's callers milliseconds).
     timer: Option<tokio::task::AbortHandle>,
+    /// Led by a caller a pending change kept from the backend (see
+    /// [`Flights::join_or_lead_after_change`]): its value comes from the
+    /// loader, never from a read of what the change was to replace.
+    after_change: bool,
 }
 
 impl Flight {
@@ -157,9 +161,39 @@ impl Flights {
         key: &'a str,
         wait: Duration,
     ) -> Role<'a> {
+        self.join_or_lead_as(engine, key, wait, false)
+    }
+
+    /// [`Flights::join_or_lead`] for a caller a pending change of `key`
+    /// keeps from the backend (it loads and stores nothing): it joins only
+    /// a flight led the same way. A flight led otherwise may hand out a
+    /// read of the value the change was to replace (begun by a caller
+    /// that started before the change, which may see it), so this caller
+    /// takes the key's place in the map from it, as a write detaches a
+    /// flight: its waiters are told it went away and start again.
+    pub(super) fn join_or_lead_after_change<'a>(
+        &self,
+        engine: &'a Arc<Engine>,
+        key: &'a str,
+        wait: Duration,
+    ) -> Role<'a> {
+        self.join_or_lead_as(engine, key, wait, true)
+    }
+
+    fn join_or_lead_as<'a>(
+        &self,
+        engine: &'a Arc<Engine>,
+        key: &'a str,
+        wait: Duration,
+        after_change: bool,
+    ) -> Role<'a> {
         let mut running = self.lock();
         if let Some(flight) = running.get_mut(key) {
-            return Role::Wait(flight.subscribe(wait));
+            if flight.after_change || !after_change {
+                return Role::Wait(flight.subscribe(wait));
+            }
+            running.remove(key);
+            self.misses.fetch_sub(1, Ordering::Relaxed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         running.insert(
@@ -168,6 +202,7 @@ impl Flights {
                 id,
                 tx: None,
                 timer: None,
+                after_change,
             },
         );
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -425,6 +460,51 @@ mod tests {
                 "{key}: a caller after the invalidation starts afresh"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_caller_after_a_pending_change_shares_only_loads_made_after_it() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let wait = Duration::from_secs(5);
+        // A flight led as usual (its read may see what a change replaced),
+        // with a waiter.
+        let Role::Lead(mut before) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        let Role::Wait(waiter) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("waits");
+        };
+        // A caller kept from the backend by a pending change does not join
+        // it: it leads a flight of its own in the key's place.
+        let Role::Lead(mut after) = flights.join_or_lead_after_change(&engine, "k", wait) else {
+            panic!("a caller after the change joined a flight begun before it");
+        };
+        assert_eq!(
+            flights.misses.load(Ordering::Relaxed),
+            1,
+            "one flight in the map"
+        );
+        // The first flight's waiter is told it went away (and starts again).
+        assert!(matches!(landing(waiter).await, Landed::Abandoned));
+        // Callers of either kind from now on join the flight after it.
+        let Role::Wait(later) = flights.join_or_lead_after_change(&engine, "k", wait) else {
+            panic!("a second caller after the change did not join the first's load");
+        };
+        let Role::Wait(usual) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("a usual caller did not join the load after the change");
+        };
+        // The first flight's landing reaches nobody and leaves its successor.
+        before.land_with(&1u32, Shared::Loaded);
+        assert_eq!(flights.misses.load(Ordering::Relaxed), 1);
+        after.land_with(&2u32, Shared::Loaded);
+        for rx in [later, usual] {
+            match landing(rx).await {
+                Landed::Value(v) => assert_eq!(v.downcast_ref::<u32>(), Some(&2)),
+                _ => panic!("not the load after the change"),
+            }
+        }
+        assert_eq!(flights.misses.load(Ordering::Relaxed), 0);
     }
 
     #[test]

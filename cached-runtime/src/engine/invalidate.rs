@@ -25,12 +25,14 @@ impl Engine {
         }
         let started = Instant::now();
         let result = self.backend.invalidate(keys, self.op_timeout).await;
-        // After the backend has answered: a read begun before then may have
-        // seen the old value, and no caller from now on may share it.
-        self.flights.detach(keys);
+        // Pending first, if it failed: a caller woken by the detach below
+        // finds the key blocked.
         if result.is_err() {
             self.pend(Change::Keys(keys.to_vec()));
         }
+        // After the backend has answered: a read begun before then may have
+        // seen the old value, and no caller from now on may share it.
+        self.flights.detach(keys);
         self.invalidated(
             first,
             "invalidate",
@@ -53,10 +55,10 @@ impl Engine {
             .backend
             .invalidate_pattern(pattern, self.op_timeout)
             .await;
-        self.flights.detach_all();
         if result.is_err() {
             self.pend(Change::Pattern(pattern.to_owned()));
         }
+        self.flights.detach_all();
         self.invalidated(pattern, "invalidate_pattern", started, result)
     }
 
@@ -70,10 +72,10 @@ impl Engine {
         }
         let started = Instant::now();
         let result = self.backend.invalidate_tag(tag, self.op_timeout).await;
-        self.flights.detach_all();
         if result.is_err() {
             self.pend(Change::Tag(tag.to_owned()));
         }
+        self.flights.detach_all();
         self.invalidated(tag, "invalidate_tag", started, result)
     }
 

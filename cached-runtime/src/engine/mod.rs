@@ -97,12 +97,18 @@ impl std::fmt::Debug for Engine {
 
 pub(crate) use audit::AuditSettings;
 
-/// Whether a miss goes through the backend (lease, write) or, when the
-/// backend has just failed, only through the loader.
+/// Whether a miss goes through the backend (lease, write) or only through
+/// the loader: when the backend has just failed, or when a change of the
+/// key has not reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
     Backend,
     LoaderOnly,
+    /// Loader only, because a change of the key is pending: what the
+    /// backend holds may be the value it replaced, so this caller shares
+    /// only loads of callers kept from the backend the same way
+    /// ([`Flights::join_or_lead_after_change`]).
+    AfterChange,
 }
 
 impl Engine {
@@ -156,7 +162,7 @@ impl Engine {
         // may be the value it replaced. Load, and store nothing.
         if self.pending.blocks(&call.key, call.tags) {
             counters.misses.add();
-            return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
+            return Box::pin(self.miss(call, load, errors, Via::AfterChange)).await;
         }
         // With the near tier, its in-process copy first: a hit there needs
         // no shared read (nor any other step below before the read).
@@ -410,7 +416,13 @@ impl Engine {
             return Ok(value);
         }
         loop {
-            match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
+            let role = if via == Via::AfterChange {
+                self.flights
+                    .join_or_lead_after_change(self, &call.key, call.policy.wait)
+            } else {
+                self.flights.join_or_lead(self, &call.key, call.policy.wait)
+            };
+            match role {
                 Role::Lead(guard) => return self.lead(&call, guard, load, errors, via).await,
                 Role::Wait(rx) => match self
                     .settle(landing(rx).await, counters, load, errors, false)
@@ -425,7 +437,8 @@ impl Engine {
 
     /// The flight leader: take the lease (or wait for its holder's value),
     /// load, write while the lease holds, and hand the value to the waiters.
-    /// `Via::LoaderOnly`: no lease, no write, only the value to the waiters.
+    /// `Via::LoaderOnly` and `Via::AfterChange`: no lease, no write, only the
+    /// value to the waiters.
     async fn lead<V, T, E, F, Fut>(
         &self,
         call: &Call<'_, V, T>,
@@ -442,7 +455,7 @@ impl Engine {
     {
         let token = fastrand::u64(1..);
         let leased = match via {
-            Via::LoaderOnly => None,
+            Via::LoaderOnly | Via::AfterChange => None,
             Via::Backend => {
                 // Held by the guard from the moment the request is sent: a
                 // caller dropped while it is in flight releases it.

@@ -319,7 +319,18 @@ async fn retry(engine: Weak<Engine>) {
                 Change::Release(k, token) => engine.backend.release_lease(k, *token, timeout).await,
             };
             match result {
-                Ok(()) => engine.pending.landed(&change),
+                Ok(()) => {
+                    engine.pending.landed(&change);
+                    // As when a change lands the first time: no caller
+                    // from now on shares a read begun before it (by a
+                    // caller that started before the change, while it
+                    // was pending).
+                    match &change {
+                        Change::Keys(keys) => engine.flights.detach(keys),
+                        Change::Pattern(_) | Change::Tag(_) => engine.flights.detach_all(),
+                        Change::Release(..) => {}
+                    }
+                }
                 Err(_) => failed = true,
             }
         }
@@ -424,6 +435,44 @@ mod tests {
             "a new task"
         );
         wait_idle(engine).await;
+    }
+
+    /// A change that lands late detaches the flights it touches, as it
+    /// would have on time: a read begun while it was pending (by a caller
+    /// that started before it, which may see the old value) is shared with
+    /// no caller from then on.
+    #[tokio::test]
+    async fn a_change_landing_late_detaches_the_flights_it_touches() {
+        use super::super::flight::Role;
+        let engine = engine();
+        let wait = Duration::from_secs(5);
+        let flights = &engine.flights;
+        let leads = |key: &str| matches!(flights.join_or_lead(&engine, key, wait), Role::Lead(_));
+        let Role::Lead(_k) = flights.join_or_lead(&engine, "ns:k:1", wait) else {
+            panic!("leads");
+        };
+        let Role::Lead(_other) = flights.join_or_lead(&engine, "ns:other", wait) else {
+            panic!("leads");
+        };
+        engine.pend(Change::Keys(vec!["ns:k:1".into()]));
+        let started = Instant::now();
+        while engine.pending.len() > 0 {
+            assert!(started.elapsed() < SETTLE * 3, "never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            leads("ns:k:1"),
+            "a flight of the changed key was still joinable"
+        );
+        assert!(!leads("ns:other"), "a flight of another key was detached");
+        // A tag (or pattern) reaches keys only the backend knows: every
+        // flight goes.
+        engine.pend(Change::Tag("ns:~tag:t".into()));
+        while engine.pending.len() > 0 {
+            assert!(started.elapsed() < SETTLE * 6, "never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(leads("ns:other"), "a tag landing late detached nothing");
     }
 
     #[test]

@@ -48,6 +48,13 @@ impl Engine {
             .backend
             .put(key, value, &meta, keep_for, tags, self.op_timeout)
             .await;
+        // A failed write is pending before the key's flight is detached:
+        // a caller woken by the detach already finds it so.
+        if let Err(e) = &result
+            && must_retry(e)
+        {
+            self.pend(Change::Keys(vec![key.to_owned()]));
+        }
         // As for an invalidation: callers from now on read the new value.
         self.flights.detach(&[key]);
         self.wrote(key, counters, started, "cache set");
@@ -59,12 +66,7 @@ impl Engine {
                 counters.leases_lost.add();
                 tracing::debug!(cache_key = %key, "a concurrent change took the key before the write-through stored; not stored");
             }
-            Err(e) => {
-                if must_retry(&e) {
-                    self.pend(Change::Keys(vec![key.to_owned()]));
-                }
-                self.backend_failed(key, "set", &e, counters);
-            }
+            Err(e) => self.backend_failed(key, "set", &e, counters),
         }
     }
 
