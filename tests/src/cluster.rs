@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::RedisServer;
+use crate::{ClientAuth, Pki, RedisServer};
 
 /// How long the cluster may take to form, or a replica to take over.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -16,7 +16,26 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// A TLS-only cluster's client files (the CA, and the client
+    /// certificate `redis-cli` presents), kept while the cluster runs.
+    tls: Option<tempfile::TempDir>,
 }
+
+/// The arguments every node gets: cluster mode, a 1 s node timeout (a
+/// later `--cluster-node-timeout` among a caller's arguments wins), and
+/// replicas that sync at once.
+const NODE_ARGS: [&str; 8] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+    // A replica that never synced cannot take over; start its first sync
+    // at once, not after 5 s.
+    "--repl-diskless-sync-delay",
+    "0",
+];
 
 impl RedisCluster {
     /// Starts six nodes and joins them into three primaries with one
@@ -38,30 +57,77 @@ impl RedisCluster {
     ///
     /// As [`RedisCluster::start`].
     pub fn start_with(extra: &[&str]) -> RedisCluster {
+        let args: Vec<&str> = NODE_ARGS.iter().chain(extra).copied().collect();
         // The bus port is the port + 10000: chosen free and in range.
-        let nodes: Vec<RedisServer> = (0..6)
+        let nodes = (0..6)
+            .map(|_| RedisServer::start_cluster_node(&args))
+            .collect();
+        RedisCluster::form(nodes, None, &[])
+    }
+
+    /// [`RedisCluster::start`] over TLS only: each node's one TCP port
+    /// speaks TLS with `pki`'s server certificate (its `rediss://` URLs:
+    /// [`RedisCluster::urls`]), the cluster bus (that port + 10000) and
+    /// replication run over TLS too (`--tls-cluster yes`,
+    /// `--tls-replication yes`, the nodes presenting `pki`'s client
+    /// certificate to each other), and clients' certificates are required
+    /// or not as `clients` says. No plain TCP port is open; the harness's
+    /// own commands ([`RedisServer::cmd`]) reach each node over a Unix
+    /// socket. Returns once the cluster formed as
+    /// [`RedisCluster::start`]'s does, replicas synced over TLS included.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisCluster::start`], and when `redis-server` or `redis-cli`
+    /// was built without TLS.
+    pub fn start_tls(pki: &Pki, clients: ClientAuth) -> RedisCluster {
+        RedisCluster::start_tls_with(pki, clients, &[])
+    }
+
+    /// [`RedisCluster::start_tls`], each node started with `extra`
+    /// arguments too.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisCluster::start_tls`].
+    pub fn start_tls_with(pki: &Pki, clients: ClientAuth, extra: &[&str]) -> RedisCluster {
+        let args: Vec<&str> = NODE_ARGS.iter().chain(extra).copied().collect();
+        let nodes = (0..6)
             .map(|_| {
-                let mut args = vec![
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    // A replica that never synced cannot take over; start
-                    // its first sync at once, not after 5 s.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ];
-                args.extend_from_slice(extra);
-                RedisServer::start_cluster_node(&args)
+                RedisServer::start_tls_cluster_node(&args, |dir, port| {
+                    pki.cluster_node_args(dir, port, clients)
+                })
             })
             .collect();
+        let dir = tempfile::tempdir().expect("a directory for the client's TLS files");
+        let (ca, cert, key) = pki.write(dir.path());
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        let cli = [
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            path(ca),
+            "--cert".to_owned(),
+            path(cert),
+            "--key".to_owned(),
+            path(key),
+        ];
+        RedisCluster::form(nodes, Some(dir), &cli)
+    }
+
+    /// Joins six started nodes into three primaries with a replica each
+    /// (`redis-cli --cluster create`, with `cli` arguments before it), and
+    /// waits until the cluster is whole.
+    fn form(
+        nodes: Vec<RedisServer>,
+        tls: Option<tempfile::TempDir>,
+        cli: &[String],
+    ) -> RedisCluster {
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         let out = Command::new("redis-cli")
+            .args(cli)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -75,7 +141,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         cluster.wait_until("formed", |c| {
             c.nodes.iter().all(|n| {
                 let info = n.cmd::<String>(&["CLUSTER", "INFO"]);
@@ -90,9 +156,14 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis://127.0.0.1:{port}` of every node, primaries and replicas.
+    /// `redis://127.0.0.1:{port}` of every node, primaries and replicas
+    /// (`rediss://` on a cluster started with [`RedisCluster::start_tls`]).
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
+        if self.tls.is_some() {
+            self.nodes.iter().map(RedisServer::tls_url).collect()
+        } else {
+            self.nodes.iter().map(RedisServer::url).collect()
+        }
     }
 
     /// The nodes, in the order they were started.
@@ -132,6 +203,47 @@ impl RedisCluster {
                 })
         });
         started.elapsed()
+    }
+
+    /// Freezes primary `i` (SIGSTOP) until one of its replicas has taken
+    /// its slots (a stall longer than the node timeout: a GC or VM pause),
+    /// then thaws it (SIGCONT) and waits until it has rejoined as a
+    /// replica of the node that took over, its link up, and every node
+    /// reports `cluster_state:ok`. Returns how long it was frozen. The node
+    /// is thawed even when a wait panics.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not a primary, or no replica takes over, or the old
+    /// primary does not rejoin, within 30 s each.
+    pub fn freeze_primary_until_failover(&mut self, i: usize) -> Duration {
+        assert_eq!(self.role(i), "master", "node {i} is not a primary");
+        let started = Instant::now();
+        self.nodes[i].freeze();
+        let taken_over = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wait_until("a replica took over from a frozen primary", |c| {
+                c.primaries().len() == 3
+                    && c.nodes.iter().filter(|n| n.answers()).all(|n| {
+                        n.cmd::<String>(&["CLUSTER", "INFO"])
+                            .contains("cluster_state:ok")
+                    })
+            });
+        }));
+        self.nodes[i].thaw();
+        let frozen_for = started.elapsed();
+        if let Err(panic) = taken_over {
+            std::panic::resume_unwind(panic);
+        }
+        self.wait_until("the thawed primary rejoined as a replica", |c| {
+            let replication: String = c.nodes[i].cmd(&["INFO", "replication"]);
+            replication.contains("role:slave")
+                && replication.contains("master_link_status:up")
+                && c.nodes.iter().all(|n| {
+                    n.cmd::<String>(&["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                })
+        });
+        frozen_for
     }
 
     /// The index of the primary that serves `key`'s slot now, by

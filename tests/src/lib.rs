@@ -29,7 +29,7 @@ pub use tls::{ClientAuth, Pki};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ pub struct RedisServer {
     base: Vec<String>,
     /// The TLS port, for a server started with [`RedisServer::start_tls`].
     tls_port: Option<u16>,
+    /// A TLS-only server's Unix socket: it has no plain TCP port, and the
+    /// test's own commands ([`RedisServer::cmd`]) and pings go there.
+    unix: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -101,6 +104,47 @@ impl RedisServer {
         RedisServer::start_configured(extra, None, free_port_with_bus)
     }
 
+    /// A TLS-only cluster node: its one TCP port speaks TLS (clients, and
+    /// with `--tls-cluster yes` among `tls_args` the cluster bus on the
+    /// port + 10000), no plain TCP port is open, and the test's own
+    /// commands go over a Unix socket in the server's directory. `tls_args`
+    /// (given the server's directory and TLS port) name its TLS settings.
+    pub(crate) fn start_tls_cluster_node(
+        extra: &[&str],
+        tls_args: impl Fn(&Path, u16) -> Vec<String>,
+    ) -> RedisServer {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+            let port = free_port_with_bus();
+            let unix = dir.path().join("redis.sock");
+            let mut base: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+            base.extend(tls_args(dir.path(), port));
+            base.extend([
+                "--unixsocket".to_owned(),
+                unix.display().to_string(),
+                "--unixsocketperm".to_owned(),
+                "700".to_owned(),
+            ]);
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir,
+                frozen: false,
+                base,
+                tls_port: Some(port),
+                unix: Some(unix),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!(
+            "a TLS-only redis-server did not start on a free loopback port; its log:\n{last_log}"
+        );
+    }
+
     fn start_configured(
         extra: &[&str],
         tls: Option<(&Pki, ClientAuth)>,
@@ -124,6 +168,7 @@ impl RedisServer {
                 frozen: false,
                 base,
                 tls_port,
+                unix: None,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -150,8 +195,10 @@ impl RedisServer {
     ) -> Result<(), String> {
         // Later arguments win: the defaults, then the server's own, then
         // this start's.
+        // A TLS-only server listens on its TLS port alone (in `base`).
+        let plain = if self.unix.is_some() { 0 } else { self.port };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--port", &plain.to_string()])
             .args([
                 "--save",
                 "",
@@ -199,12 +246,23 @@ impl RedisServer {
         Err(format!("no answer to PING within {READY_TIMEOUT:?}\n{log}"))
     }
 
-    /// `redis://127.0.0.1:{port}`.
+    /// `redis://127.0.0.1:{port}` (a TLS-only cluster node has no plain
+    /// port: see [`RedisServer::tls_url`]).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// The port the server listens on.
+    /// Where the test's own commands go: the plain port, or a TLS-only
+    /// server's Unix socket.
+    fn admin_url(&self) -> String {
+        match &self.unix {
+            Some(path) => format!("redis+unix://{}", path.display()),
+            None => self.url(),
+        }
+    }
+
+    /// The port the server listens on (a TLS-only cluster node's TLS port,
+    /// the one the cluster announces).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -234,11 +292,20 @@ impl RedisServer {
 
     /// The first `N` bytes of the server's answer to PING, within 200 ms.
     fn ping_reply<const N: usize>(&self) -> Option<[u8; N]> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        s.write_all(b"PING\r\n").ok()?;
+        let limit = Duration::from_millis(200);
         let mut buf = [0u8; N];
+        if let Some(path) = &self.unix {
+            // Connecting to a Unix socket does not wait on the server.
+            let mut s = std::os::unix::net::UnixStream::connect(path).ok()?;
+            let _ = s.set_read_timeout(Some(limit));
+            s.write_all(b"PING\r\n").ok()?;
+            s.read_exact(&mut buf).ok()?;
+            return Some(buf);
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, limit).ok()?;
+        let _ = s.set_read_timeout(Some(limit));
+        s.write_all(b"PING\r\n").ok()?;
         s.read_exact(&mut buf).ok()?;
         Some(buf)
     }
@@ -249,7 +316,7 @@ impl RedisServer {
     ///
     /// When the server cannot be reached or the reply is not a `T`.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let client = redis::Client::open(self.url()).expect("valid URL");
+        let client = redis::Client::open(self.admin_url()).expect("valid URL");
         let mut conn = client
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connects to the test redis-server");
@@ -263,7 +330,7 @@ impl RedisServer {
 
     /// Writes raw bytes under `key`, bypassing every envelope.
     pub fn set_raw(&self, key: &str, value: &[u8]) {
-        let client = redis::Client::open(self.url()).expect("valid URL");
+        let client = redis::Client::open(self.admin_url()).expect("valid URL");
         let mut conn = client
             .get_connection()
             .expect("connects to the test redis-server");
@@ -294,6 +361,14 @@ impl RedisServer {
     pub fn thaw(&mut self) {
         self.signal("-CONT");
         self.frozen = false;
+    }
+
+    /// Freezes the server (SIGSTOP) until the returned guard is dropped or
+    /// [thawed](FrozenServer::thaw): a test that panics mid-freeze still
+    /// thaws it as it unwinds.
+    pub fn freeze_guarded(&mut self) -> FrozenServer<'_> {
+        self.freeze();
+        FrozenServer { server: self }
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.
@@ -345,6 +420,28 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// A server frozen by [`RedisServer::freeze_guarded`], thawed (SIGCONT)
+/// when this is dropped.
+#[derive(Debug)]
+pub struct FrozenServer<'a> {
+    server: &'a mut RedisServer,
+}
+
+impl FrozenServer<'_> {
+    /// Thaws the server now.
+    pub fn thaw(self) {
+        drop(self);
+    }
+}
+
+impl Drop for FrozenServer<'_> {
+    fn drop(&mut self) {
+        if self.server.frozen {
+            self.server.thaw();
         }
     }
 }

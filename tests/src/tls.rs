@@ -111,6 +111,32 @@ impl Pki {
         )
     }
 
+    /// `redis-server` arguments for a TLS-only cluster node on `port`
+    /// (its files written into `dir`): [`Pki::server_args`], the cluster
+    /// bus and replication over TLS too, and the client certificate for
+    /// the node's own connections to the others (whose servers may require
+    /// one: the server certificate is for servers only).
+    pub(crate) fn cluster_node_args(
+        &self,
+        dir: &Path,
+        port: u16,
+        clients: ClientAuth,
+    ) -> Vec<String> {
+        let mut args = self.server_args(dir, port, clients);
+        let path = |name: &str| dir.join(name).display().to_string();
+        args.extend([
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--tls-client-cert-file".into(),
+            path("client.crt"),
+            "--tls-client-key-file".into(),
+            path("client.key"),
+        ]);
+        args
+    }
+
     /// `redis-server` arguments for TLS on `port`, its files written into
     /// `dir`.
     pub(crate) fn server_args(&self, dir: &Path, port: u16, clients: ClientAuth) -> Vec<String> {

@@ -1,12 +1,16 @@
 //! The local Redis Cluster the cluster backend's tests and benches run on
 //! (`cached_tests::RedisCluster`): it forms with every slot served, keys
 //! route by slot, and a killed primary's replica takes over; and the cache
-//! on it: its key layout in slots, its configuration, and a primary killed
-//! under load. (The suites' key cases run on a cluster through
+//! on it: its key layout in slots, its configuration, and faults of one
+//! primary under load (killed; frozen, within and past the node timeout;
+//! refusing writes; pausing writes), and a cluster that speaks TLS alone.
+//! (The suites' key cases run on a cluster through
 //! `cached_tests::on_cluster!`.)
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use cached_runtime::Cache;
 use cached_tests::cluster::{disrupt_under_load, failover_under_load};
@@ -346,4 +350,1011 @@ async fn a_caller_joining_a_load_after_another_process_invalidated_its_tag_gets_
     );
     assert_eq!(docs.get(7).await, 2);
     assert_eq!(there.get::<u64>("slow:7").await, Some(2));
+}
+
+/// The operation timeout of the caches that meet one faulty primary.
+const OP: Duration = Duration::from_millis(100);
+
+/// The longest a call may take while a primary is frozen or refuses
+/// writes: one operation timeout (then the loader, which takes no time),
+/// and scheduling slack on a loaded 2-core machine. A backend operation
+/// without a bound would wait out the whole freeze.
+const CALL_BOUND: Duration = Duration::from_millis(500);
+
+/// The longest a pattern invalidation may take: its steps (the slot map,
+/// a scan of every primary, twice) are each bounded by the operation
+/// timeout.
+const PATTERN_BOUND: Duration = Duration::from_millis(1500);
+
+/// `n` keys `{prefix}:{i}` whose entries (`{t:{prefix}:{i}}`) live on a
+/// primary that `on` accepts.
+fn keys_on(
+    cluster: &RedisCluster,
+    prefix: &str,
+    on: impl Fn(usize) -> bool,
+    n: usize,
+) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}:{i}"))
+        .filter(|key| on(cluster.owner_of(&format!("{{{NAMESPACE}:{key}}}"))))
+        .take(n)
+        .collect()
+}
+
+/// A cache on `cluster` whose operations time out after [`OP`].
+fn fault_cache(cluster: &RedisCluster) -> Cache {
+    Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(NAMESPACE)
+        .op_timeout(OP)
+        .build()
+        .expect("builds")
+}
+
+/// How a writer tells the cache about a row it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    WriteThrough,
+    Evict,
+    Pattern,
+}
+
+/// Rows of a source of truth, each a version that a writer bumps, read
+/// through a cache with `get_or_load` (TTL one minute).
+struct Table {
+    keys: Vec<String>,
+    /// The source: each row's current version.
+    source: Vec<AtomicU64>,
+    /// Each row's version as of its last change whose call returned
+    /// (whether or not Redis took it: in the process that made it, a
+    /// change counts from then on).
+    committed: Vec<AtomicU64>,
+    /// Loader runs, per row.
+    loads: Vec<AtomicU64>,
+    /// Each row's changes, for the message of a stale read: what, which
+    /// version, and when it began and returned (ms since `t0`).
+    history: Vec<std::sync::Mutex<Vec<String>>>,
+    t0: Instant,
+}
+
+/// What readers saw.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    calls: u64,
+    errors: u64,
+    /// Reads older than their row's committed version when they began.
+    stale: Vec<String>,
+    slowest: Duration,
+}
+
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.stale.extend(other.stale);
+        self.slowest = self.slowest.max(other.slowest);
+    }
+}
+
+const ROW_TTL: Duration = Duration::from_secs(60);
+
+impl Table {
+    fn new(keys: Vec<String>) -> Arc<Table> {
+        let zeros = || keys.iter().map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        Arc::new(Table {
+            source: keys.iter().map(|_| AtomicU64::new(1)).collect(),
+            committed: keys.iter().map(|_| AtomicU64::new(1)).collect(),
+            loads: zeros(),
+            history: keys.iter().map(|_| Default::default()).collect(),
+            t0: Instant::now(),
+            keys,
+        })
+    }
+
+    /// Row `i` through `cache`, checked against the version committed
+    /// before the call began; recorded in `seen`.
+    async fn read(&self, cache: &Cache, i: usize, seen: &mut Seen) -> Option<u64> {
+        let floor = self.committed[i].load(SeqCst);
+        let started = Instant::now();
+        let got = cache
+            .get_or_load(&self.keys[i], ROW_TTL, || async {
+                self.loads[i].fetch_add(1, SeqCst);
+                Ok::<u64, ()>(self.source[i].load(SeqCst))
+            })
+            .await;
+        let took = started.elapsed();
+        seen.calls += 1;
+        seen.slowest = seen.slowest.max(took);
+        match got {
+            Ok(v) => {
+                if v < floor && seen.stale.len() < 20 {
+                    let history = self.history[i].lock().expect("history");
+                    let recent = &history[history.len().saturating_sub(3)..];
+                    seen.stale.push(format!(
+                        "{}: read v{v} at {}..{} ms, after v{floor} was committed; its last \
+                         changes: {recent:?}",
+                        self.keys[i],
+                        self.ms(started),
+                        self.ms(Instant::now()),
+                    ));
+                }
+                Some(v)
+            }
+            Err(()) => {
+                seen.errors += 1;
+                None
+            }
+        }
+    }
+
+    /// Bumps row `i` in the source, then tells `cache` as `how` says (the
+    /// pattern naming the row alone); the new version counts as committed
+    /// once that returns, whatever Redis did with it. Returns how long the
+    /// cache took.
+    async fn change(&self, cache: &Cache, i: usize, how: Change) -> Duration {
+        let version = self.source[i].fetch_add(1, SeqCst) + 1;
+        let started = Instant::now();
+        let failed = match how {
+            Change::WriteThrough => {
+                cache.set(&self.keys[i], &version, ROW_TTL).await;
+                None
+            }
+            Change::Evict => cache.invalidate(&self.keys[i]).await.err(),
+            Change::Pattern => cache.invalidate_pattern(&self.keys[i]).await.err(),
+        };
+        let took = started.elapsed();
+        self.committed[i].store(version, SeqCst);
+        self.history[i].lock().expect("history").push(format!(
+            "{how:?} v{version} at {}..{} ms{}",
+            self.ms(started),
+            self.ms(started + took),
+            failed.map_or(String::new(), |e| format!(" ({e})"))
+        ));
+        took
+    }
+
+    /// Milliseconds from the table's making to `at`.
+    fn ms(&self, at: Instant) -> u128 {
+        at.duration_since(self.t0).as_millis()
+    }
+
+    fn loads_of(&self, rows: std::ops::Range<usize>) -> u64 {
+        self.loads[rows].iter().map(|l| l.load(SeqCst)).sum()
+    }
+
+    /// Reads each of `rows` until a second read of it is served without a
+    /// load (caching works for it), or panics after `limit`.
+    async fn until_cached(
+        &self,
+        cache: &Cache,
+        rows: std::ops::Range<usize>,
+        limit: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        let mut seen = Seen::default();
+        for i in rows {
+            loop {
+                self.read(cache, i, &mut seen).await;
+                let before = self.loads[i].load(SeqCst);
+                self.read(cache, i, &mut seen).await;
+                if self.loads[i].load(SeqCst) == before {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < limit,
+                    "{} is still loaded on every read {limit:?} after the fault ended: {:?}",
+                    self.keys[i],
+                    cache.stats()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(seen.errors, 0, "{seen:?}");
+        assert!(seen.stale.is_empty(), "{seen:?}");
+        started.elapsed()
+    }
+
+    /// Every row's entry, as another process reads it from the cluster
+    /// (`other`, a cache with no pending changes of its own), is absent or
+    /// the source's version. Returns the rows that are not.
+    async fn diverged(&self, other: &Cache) -> Vec<String> {
+        let mut wrong = Vec::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let want = self.source[i].load(SeqCst);
+            if let Some(got) = other.get::<u64>(key).await
+                && got != want
+            {
+                wrong.push(format!("{key}: cached v{got}, source v{want}"));
+            }
+        }
+        wrong
+    }
+}
+
+/// Readers over `rows` of `table` until `stop`; each returns what it saw.
+fn spawn_readers(
+    n: usize,
+    cache: &Cache,
+    table: &Arc<Table>,
+    rows: std::ops::Range<usize>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    (0..n)
+        .map(|_| {
+            let (cache, table, stop, rows) =
+                (cache.clone(), table.clone(), stop.clone(), rows.clone());
+            tokio::spawn(async move {
+                let mut seen = Seen::default();
+                while !stop.load(SeqCst) {
+                    let i = fastrand::usize(rows.clone());
+                    table.read(&cache, i, &mut seen).await;
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+/// What a writer did: changes made, and the slowest of each kind.
+#[derive(Debug, Default)]
+struct Written {
+    changes: u64,
+    slowest_key: Duration,
+    slowest_pattern: Duration,
+}
+
+/// A writer over `rows` of `table` until `stop`: a write-through, an
+/// eviction, and (every third) a pattern invalidation naming the row, one
+/// every 15 ms.
+fn spawn_writer(
+    cache: &Cache,
+    table: &Arc<Table>,
+    rows: std::ops::Range<usize>,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Written> {
+    let (cache, table, stop) = (cache.clone(), table.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut written = Written::default();
+        while !stop.load(SeqCst) {
+            let i = fastrand::usize(rows.clone());
+            let how = [Change::WriteThrough, Change::Evict, Change::Pattern]
+                [(written.changes % 3) as usize];
+            let took = table.change(&cache, i, how).await;
+            if how == Change::Pattern {
+                written.slowest_pattern = written.slowest_pattern.max(took);
+            } else {
+                written.slowest_key = written.slowest_key.max(took);
+            }
+            written.changes += 1;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        written
+    })
+}
+
+async fn join_readers(readers: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
+    let mut seen = Seen::default();
+    for reader in readers {
+        seen.add(reader.await.expect("a reader joins"));
+    }
+    seen
+}
+
+fn hits_of(cache: &Cache, name: &str) -> u64 {
+    cache.stats_for(name).map_or(0, |s| s.hits)
+}
+
+/// One primary is frozen (SIGSTOP) for 2 s, below the cluster's node
+/// timeout (raised to 5 s, so that no replica takes over: a stall, not a
+/// failover), while 4 tasks read rows, some on that primary, and a writer
+/// changes them and writes each through or evicts it (by key or pattern).
+///
+/// Broken runtimes this catches: an operation with no bound of its own
+/// (the cluster connection's response timeout is an hour) waits out the
+/// freeze (`slowest` reaches 2 s, over `CALL_BOUND`); an error of the
+/// frozen node returned to a caller (`errors`); a change that timed out
+/// and was forgotten, or a write that lands late when the node wakes over
+/// a newer one, serves an older row (`stale`) or leaves one cached
+/// (`diverged`); a cache that never uses the thawed node again fails
+/// `until_cached`. (It fails now and then, `stale` holding a read right
+/// after a change that timed out: the runtime bug that
+/// `a_caller_after_a_failed_change_is_not_handed_a_read_of_the_old_row`
+/// reproduces step by step.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_fails_no_call_bounds_every_wait_and_serves_nothing_stale_after_the_thaw()
+{
+    let mut cluster = RedisCluster::start_with(&["--cluster-node-timeout", "5000"]);
+    let victim = cluster.primaries()[0];
+    let mut keys = keys_on(&cluster, "frozen", |o| o == victim, 6);
+    keys.extend(keys_on(&cluster, "live", |o| o != victim, 6));
+    let frozen_rows = 0..6;
+    let table = Table::new(keys);
+    let cache = fault_cache(&cluster);
+    let other_process = fault_cache(&cluster);
+
+    table
+        .until_cached(&cache, 0..12, Duration::from_secs(5))
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(4, &cache, &table, 0..12, &stop);
+    let writer = spawn_writer(&cache, &table, 0..12, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let frozen = cluster.node_mut(victim).freeze_guarded();
+    let frozen_at = table.ms(Instant::now());
+    let (loads_before, errors_before) = (
+        table.loads_of(frozen_rows.clone()),
+        cache.stats_for("frozen").map_or(0, |s| s.errors),
+    );
+    let live_hits_before = hits_of(&cache, "live");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded_while_frozen = table.loads_of(frozen_rows.clone()) - loads_before;
+    let errors_while_frozen = cache.stats_for("frozen").map_or(0, |s| s.errors) - errors_before;
+    let live_hits_while_frozen = hits_of(&cache, "live") - live_hits_before;
+    frozen.thaw();
+    let thawed_at = table.ms(Instant::now());
+
+    // Changes made during the freeze land (or are retried) after it, under
+    // load.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, SeqCst);
+    let written = writer.await.expect("the writer joins");
+    let seen = join_readers(readers).await;
+    let resumed = table
+        .until_cached(&cache, frozen_rows.clone(), Duration::from_secs(8))
+        .await;
+    let hits_after = hits_of(&cache, "frozen");
+    table
+        .until_cached(&cache, frozen_rows.clone(), Duration::from_secs(1))
+        .await;
+    let diverged = table.diverged(&other_process).await;
+    eprintln!(
+        "frozen at {frozen_at} ms, thawed at {thawed_at} ms: \
+         {seen:?} {written:?}; while frozen: {loaded_while_frozen} loads of its rows, \
+         {errors_while_frozen} errors, {live_hits_while_frozen} hits on the other primaries; \
+         caching resumed {resumed:?} after the load stopped"
+    );
+
+    let first = &table.keys[0];
+    assert_eq!(
+        cluster.owner_of(&format!("{{{NAMESPACE}:{first}}}")),
+        victim,
+        "no failover"
+    );
+    assert_eq!(seen.errors, 0, "{seen:?}");
+    assert!(
+        seen.slowest < CALL_BOUND,
+        "a read waited on the frozen node: {seen:?}"
+    );
+    assert!(
+        written.slowest_key < CALL_BOUND,
+        "a change waited on the frozen node: {written:?}"
+    );
+    assert!(
+        written.slowest_pattern < PATTERN_BOUND,
+        "a pattern invalidation waited on the frozen node: {written:?}"
+    );
+    assert!(
+        loaded_while_frozen > 5 && errors_while_frozen > 0,
+        "the frozen node's rows were not served by the loader: {loaded_while_frozen} loads, \
+         {errors_while_frozen} errors"
+    );
+    assert!(
+        seen.calls > 100 && written.changes > 50,
+        "{seen:?} {written:?}"
+    );
+    assert!(seen.stale.is_empty(), "{:#?}", seen.stale);
+    assert!(
+        hits_of(&cache, "frozen") >= hits_after + 6,
+        "hits are counted again: {:?}",
+        cache.stats()
+    );
+    assert!(diverged.is_empty(), "{diverged:#?}");
+    // One frozen node does not stop the others' hits: the breaker's probe
+    // goes to a random primary, and the cluster connection does not queue
+    // other nodes' commands behind the frozen one's.
+    assert!(
+        live_hits_while_frozen > 20,
+        "{live_hits_while_frozen} hits on the healthy primaries during the freeze"
+    );
+}
+
+/// Whether `node` refuses a plain write with `-OOM`.
+fn refuses_writes(node: &cached_tests::RedisServer) -> bool {
+    let client = redis::Client::open(node.url()).expect("a URL");
+    let mut conn = client.get_connection().expect("connects");
+    let set: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg("x").query(&mut conn);
+    set.is_err_and(|e| e.to_string().contains("OOM"))
+}
+
+/// One primary refuses every write (`maxmemory 1` with `noeviction`: its
+/// writes fail with `-OOM`, its reads work) while its rows are changed,
+/// written through and evicted, then takes writes again.
+///
+/// Broken runtimes this catches: a refused write-through or eviction that
+/// is forgotten leaves the old row in Redis (checked: another process still
+/// reads it there), and the next read serves it (`stale`, or the
+/// `assert_eq!` on each row); a refused write returned to a caller as an
+/// error (`errors`); an `-OOM` taken for an outage opens the breaker and
+/// stops caching on the healthy primaries too (`live` rows loaded, or no
+/// hits there); retries that never land, or keys left blocked once they
+/// did, fail `until_cached`; a retry that lands on nothing leaves old rows
+/// cached (`diverged`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_refusing_writes_serves_the_loader_and_nothing_stale_while_the_others_keep_caching()
+ {
+    let cluster = RedisCluster::start();
+    let victim = cluster.primaries()[0];
+    let node = &cluster.nodes()[victim];
+    let mut keys = keys_on(&cluster, "full", |o| o == victim, 6);
+    keys.extend(keys_on(&cluster, "live", |o| o != victim, 6));
+    let (full_rows, live_rows) = (0..6, 6..12);
+    let table = Table::new(keys);
+    let cache = fault_cache(&cluster);
+    let other_process = fault_cache(&cluster);
+    table
+        .until_cached(&cache, 0..12, Duration::from_secs(5))
+        .await;
+
+    let () = node.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let () = node.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    assert!(refuses_writes(node), "the primary still takes writes");
+
+    // Each row changed once. A write-through is refused (a script that
+    // writes); an eviction (`UNLINK`) is not, as Redis takes deletions
+    // under `maxmemory`. This process must not serve the old row, not
+    // even before its retry has removed it from Redis.
+    let mut seen = Seen::default();
+    let errors = cache.stats_for("full").map_or(0, |s| s.errors);
+    for i in full_rows.clone() {
+        let how = if i % 2 == 0 {
+            Change::WriteThrough
+        } else {
+            Change::Evict
+        };
+        let took = table.change(&cache, i, how).await;
+        assert!(took < CALL_BOUND, "{how:?} took {took:?}");
+        assert_eq!(
+            table.read(&cache, i, &mut seen).await,
+            Some(2),
+            "{}",
+            table.keys[i]
+        );
+        assert_ne!(
+            other_process.get::<u64>(&table.keys[i]).await,
+            Some(2),
+            "{how:?} of {} was stored: the fault did not happen",
+            table.keys[i]
+        );
+    }
+    let refused = cache.stats_for("full").map_or(0, |s| s.errors) - errors;
+    assert!(
+        refused >= 3,
+        "{refused} refused writes counted: {:?}",
+        cache.stats()
+    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        for i in full_rows.clone() {
+            assert_eq!(
+                table.read(&cache, i, &mut seen).await,
+                Some(2),
+                "{}",
+                table.keys[i]
+            );
+            assert_ne!(
+                cache.get::<u64>(&table.keys[i]).await,
+                Some(1),
+                "the typed API served it"
+            );
+        }
+    }
+
+    // Then under load: readers over every row, a writer over the full
+    // primary's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (live_loads, live_hits) = (table.loads_of(live_rows.clone()), hits_of(&cache, "live"));
+    let full_loads = table.loads_of(full_rows.clone());
+    let readers = spawn_readers(4, &cache, &table, 0..12, &stop);
+    let writer = spawn_writer(&cache, &table, full_rows.clone(), &stop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, SeqCst);
+    let written = writer.await.expect("the writer joins");
+    seen.add(join_readers(readers).await);
+    let live_loaded = table.loads_of(live_rows.clone()) - live_loads;
+    let live_hit = hits_of(&cache, "live") - live_hits;
+    let full_loaded = table.loads_of(full_rows.clone()) - full_loads;
+    assert!(refuses_writes(node), "the primary took writes again");
+
+    let () = node.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    let full_hits = hits_of(&cache, "full");
+    let resumed = table
+        .until_cached(&cache, full_rows.clone(), Duration::from_secs(5))
+        .await;
+    let diverged = table.diverged(&other_process).await;
+    eprintln!(
+        "{seen:?} {written:?}; while refused: {full_loaded} loads of its rows, {live_loaded} loads \
+         and {live_hit} hits of the others'; caching resumed after {resumed:?}"
+    );
+
+    assert!(
+        seen.calls > 100 && written.changes > 30,
+        "{seen:?} {written:?}"
+    );
+    assert_eq!(seen.errors, 0, "{seen:?}");
+    assert!(seen.stale.is_empty(), "{:#?}", seen.stale);
+    assert!(seen.slowest < CALL_BOUND, "{seen:?}");
+    assert!(written.slowest_key < CALL_BOUND, "{written:?}");
+    assert!(written.slowest_pattern < PATTERN_BOUND, "{written:?}");
+    assert!(
+        full_loaded > 10,
+        "the refused primary's rows were not loaded: {full_loaded}"
+    );
+    assert_eq!(
+        live_loaded,
+        0,
+        "rows on the healthy primaries stopped caching: {:?}",
+        cache.stats()
+    );
+    assert!(
+        live_hit > 100,
+        "{live_hit} hits on the healthy primaries: {:?}",
+        cache.stats()
+    );
+    assert!(!cache.breaker_open(), "-OOM opened the breaker");
+    assert!(
+        hits_of(&cache, "full") > full_hits,
+        "no hit counted: {:?}",
+        cache.stats()
+    );
+    assert!(diverged.is_empty(), "{diverged:#?}");
+}
+
+/// A cache on the TLS cluster's `rediss://` seeds, trusting `ca`. Patient,
+/// as the single-node TLS tests are: handshakes on a loaded machine must
+/// not turn a test of certificates into one of timeouts.
+fn tls_cluster_builder(cluster: &RedisCluster, ca: &str) -> cached_runtime::CacheBuilder {
+    Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(NAMESPACE)
+        .redis_tls_ca(ca.to_owned())
+        .op_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+}
+
+/// Asserts that `cluster` formed over TLS alone: every node reports
+/// `cluster_state:ok` and runs with no plain port and the cluster bus and
+/// replication on TLS, and every replica's link to its primary is up.
+fn assert_formed_over_tls(cluster: &RedisCluster) {
+    for node in cluster.nodes() {
+        let info: String = node.cmd(&["CLUSTER", "INFO"]);
+        assert!(info.contains("cluster_state:ok"), "{info}");
+        assert!(info.contains("cluster_known_nodes:6"), "{info}");
+        for (setting, want) in [
+            ("port", "0"),
+            ("tls-cluster", "yes"),
+            ("tls-replication", "yes"),
+        ] {
+            let got: Vec<String> = node.cmd(&["CONFIG", "GET", setting]);
+            assert_eq!(got.get(1).map(String::as_str), Some(want), "{setting}");
+        }
+        let replication: String = node.cmd(&["INFO", "replication"]);
+        assert!(
+            replication.contains("role:master") || replication.contains("master_link_status:up"),
+            "{replication}"
+        );
+    }
+    assert!(
+        cluster.urls().iter().all(|u| u.starts_with("rediss://")),
+        "{:?}",
+        cluster.urls()
+    );
+}
+
+/// How many values the cluster's primaries hold.
+fn stored_entries(cluster: &RedisCluster) -> i64 {
+    cluster
+        .primaries()
+        .into_iter()
+        .map(|i| cluster.nodes()[i].cmd::<i64>(&["DBSIZE"]))
+        .sum()
+}
+
+/// A row per primary, read through `cache` twice, then evicted and read
+/// again: returns the loader's runs and each read's value.
+async fn read_evict_read(cluster: &RedisCluster, cache: &Cache) -> (u64, Vec<u64>) {
+    let loads = AtomicU64::new(0);
+    let rows: Vec<String> = cluster
+        .primaries()
+        .into_iter()
+        .flat_map(|p| keys_on(cluster, "tls", move |o| o == p, 1))
+        .collect();
+    assert_eq!(rows.len(), 3, "one row on each primary");
+    let mut got = Vec::new();
+    let read = |key: &str| {
+        let loads = &loads;
+        let key = key.to_owned();
+        async move {
+            let n = key.len() as u64;
+            cache
+                .get_or_load(&key, ROW_TTL, || async {
+                    loads.fetch_add(1, SeqCst);
+                    Ok::<u64, ()>(n)
+                })
+                .await
+                .expect("no cache failure reaches the caller")
+        }
+    };
+    for key in &rows {
+        got.push(read(key).await);
+        got.push(read(key).await);
+    }
+    for key in &rows {
+        let evicted = cache.invalidate(key).await;
+        if cache.ping().await.is_ok() {
+            evicted.expect("the eviction reached the node");
+        }
+        got.push(read(key).await);
+    }
+    (loads.load(SeqCst), got)
+}
+
+/// A cluster that speaks TLS alone (clients, the cluster bus, replication;
+/// no plain port) caches for a cache given its `rediss://` seeds and the
+/// private CA: a row on each primary misses once, then hits, is evicted,
+/// and loads again; with a CA that did not sign the nodes' certificates,
+/// every call falls back to its loader without an error, stores nothing,
+/// and `ping` fails.
+///
+/// Broken runtimes this catches: the CA not passed to the cluster client
+/// (or TLS dropped for the nodes it discovers: they speak TLS alone) makes
+/// every call load (`loads` 9 rather than 6) and `ping` fail; a node's
+/// certificate not checked lets the wrong-CA cache store rows (`DBSIZE`)
+/// or answer `ping`; a handshake failure returned to the caller fails the
+/// `expect` in `read_evict_read`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_cluster_caches_for_the_private_ca_and_refuses_another() {
+    let pki = cached_tests::Pki::generate();
+    let cluster = RedisCluster::start_tls(&pki, cached_tests::ClientAuth::Optional);
+    assert_formed_over_tls(&cluster);
+
+    let cache = tls_cluster_builder(&cluster, &pki.ca_pem)
+        .build()
+        .expect("builds");
+    assert_eq!(cache.backend_kind(), "redis-cluster");
+    cache.ping().await.expect("a TLS connection to the cluster");
+    let (loads, got) = read_evict_read(&cluster, &cache).await;
+    assert_eq!(
+        loads, 6,
+        "each row loaded once, then again after its eviction: {got:?}"
+    );
+    assert_eq!(got, [5, 5, 5, 5, 5, 5, 5, 5, 5], "the loader's values");
+    assert_eq!(
+        stored_entries(&cluster),
+        3,
+        "the rows loaded again are stored"
+    );
+    let stats = cache.stats_for("tls").expect("stats");
+    assert_eq!((stats.hits, stats.errors), (3, 0), "{stats:?}");
+
+    // A cache that trusts another CA: the nodes' certificates are refused.
+    for p in cluster.primaries() {
+        let () = cluster.nodes()[p].cmd(&["FLUSHALL"]);
+    }
+    let stranger = cached_tests::Pki::generate_named("another CA");
+    let wrong = tls_cluster_builder(&cluster, &stranger.ca_pem)
+        .build()
+        .expect("builds: certificates are checked on connecting");
+    let refused = wrong
+        .ping()
+        .await
+        .expect_err("a node's certificate was trusted");
+    eprintln!("ping with the wrong CA: {refused}");
+    let started = Instant::now();
+    let (loads, got) = read_evict_read(&cluster, &wrong).await;
+    assert_eq!(got, [5, 5, 5, 5, 5, 5, 5, 5, 5], "the loader's values");
+    assert_eq!(loads, 9, "nothing was cached");
+    assert_eq!(stored_entries(&cluster), 0, "nothing was stored");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Mutual TLS on a TLS-only cluster: a cache without a client certificate
+/// is turned away by every node (its calls fall back to their loaders, no
+/// error, nothing stored, `ping` fails); one with the CA's client
+/// certificate caches and evicts.
+///
+/// Broken runtimes this catches: the client certificate not presented to
+/// the nodes (or to those discovered after the seeds) leaves the second
+/// cache loading every call (`loads` 9, not 6); a refused handshake
+/// returned to the caller fails the `expect` in `read_evict_read`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_cluster_requiring_client_certificates_caches_only_for_a_client_with_one() {
+    let pki = cached_tests::Pki::generate();
+    let cluster = RedisCluster::start_tls(&pki, cached_tests::ClientAuth::Required);
+    assert_formed_over_tls(&cluster);
+
+    let anonymous = tls_cluster_builder(&cluster, &pki.ca_pem)
+        .build()
+        .expect("builds");
+    let refused = anonymous
+        .ping()
+        .await
+        .expect_err("connected without a certificate");
+    let started = Instant::now();
+    let (loads, got) = read_evict_read(&cluster, &anonymous).await;
+    eprintln!(
+        "ping without a client certificate: {refused}; 9 calls took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(got, [5, 5, 5, 5, 5, 5, 5, 5, 5], "the loader's values");
+    assert_eq!(loads, 9, "nothing was cached");
+    assert_eq!(stored_entries(&cluster), 0, "nothing was stored");
+
+    let cache = tls_cluster_builder(&cluster, &pki.ca_pem)
+        .redis_tls_client(pki.client_cert.clone(), pki.client_key.clone())
+        .build()
+        .expect("builds");
+    cache.ping().await.expect("mutual TLS with every node");
+    let (loads, got) = read_evict_read(&cluster, &cache).await;
+    assert_eq!(
+        loads, 6,
+        "each row loaded once, then again after its eviction: {got:?}"
+    );
+    assert_eq!(stored_entries(&cluster), 3);
+    let stats = cache.stats_for("tls").expect("stats");
+    assert_eq!((stats.hits, stats.errors), (3, 0), "{stats:?}");
+}
+
+/// One primary is frozen (SIGSTOP) past the cluster's node timeout while
+/// 4 tasks read rows, some on that primary, and a writer changes them:
+/// its replica takes over while it sleeps, and when it is thawed it still
+/// holds the commands that queued up on its sockets, and believes for a
+/// moment that it serves its slots, until it learns otherwise and rejoins
+/// as a replica.
+///
+/// Broken runtimes this catches: a call that waits on the frozen node
+/// past its operation timeout, or until the slot map is refreshed
+/// (`slowest`); an error returned (`errors`); a change made during the
+/// freeze that only "landed" on the old primary (whose writes the new one
+/// never sees) and so was not retried on the new one, after which this
+/// process serves the row it replaced (`stale`) or leaves it cached
+/// (`diverged`); caching that does not move to the promoted replica
+/// (`until_cached`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_frozen_past_its_failover_fails_no_call_and_serves_nothing_stale_after_it_wakes()
+{
+    let cluster = RedisCluster::start();
+    let victim = cluster.primaries()[0];
+    let mut keys = keys_on(&cluster, "frozen", |o| o == victim, 6);
+    keys.extend(keys_on(&cluster, "live", |o| o != victim, 6));
+    let frozen_rows = 0..6;
+    let table = Table::new(keys);
+    let cache = fault_cache(&cluster);
+    let other_process = fault_cache(&cluster);
+
+    table
+        .until_cached(&cache, 0..12, Duration::from_secs(5))
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(4, &cache, &table, 0..12, &stop);
+    let writer = spawn_writer(&cache, &table, 0..12, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (cluster, frozen_for) = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        let frozen_for = cluster.freeze_primary_until_failover(victim);
+        (cluster, frozen_for)
+    })
+    .await
+    .expect("the failover joins");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, SeqCst);
+    let written = writer.await.expect("the writer joins");
+    let seen = join_readers(readers).await;
+    let resumed = table
+        .until_cached(&cache, frozen_rows.clone(), Duration::from_secs(10))
+        .await;
+    let diverged = table.diverged(&other_process).await;
+    eprintln!(
+        "{seen:?} {written:?}; frozen for {frozen_for:?}, caching resumed {resumed:?} after the \
+         load stopped"
+    );
+
+    let first = &table.keys[0];
+    assert_ne!(
+        cluster.owner_of(&format!("{{{NAMESPACE}:{first}}}")),
+        victim,
+        "a failover"
+    );
+    assert!(
+        seen.calls > 100 && written.changes > 50,
+        "{seen:?} {written:?}"
+    );
+    assert_eq!(seen.errors, 0, "{seen:?}");
+    assert!(
+        seen.slowest < CALL_BOUND,
+        "a read waited on the frozen node: {seen:?}"
+    );
+    assert!(
+        written.slowest_key < CALL_BOUND,
+        "a change waited on the frozen node: {written:?}"
+    );
+    assert!(
+        written.slowest_pattern < PATTERN_BOUND,
+        "a pattern invalidation waited on the frozen node: {written:?}"
+    );
+    assert!(seen.stale.is_empty(), "{:#?}", seen.stale);
+    assert!(diverged.is_empty(), "{diverged:#?}");
+}
+
+/// One primary pauses its writers for 3 s (`CLIENT PAUSE 3000 WRITE`, as
+/// a manual failover does): reads of what it holds are answered on any
+/// connection but a blocked one, while each write-through or eviction
+/// (and the cache's connection to that node, which a paused write blocks)
+/// waits until the operation timeout gives up on it, and lands when the
+/// pause ends. Rows are changed, written through and evicted, during it.
+///
+/// Broken runtimes this catches: a write-through or eviction that timed
+/// out and was forgotten leaves the old row readable in Redis (checked:
+/// another process reads it), and once the breaker's probe has moved
+/// callers to a fresh connection (one that no paused write blocks) this
+/// process serves that row (`assert_eq!` on each read, `stale`); a call
+/// waiting on the blocked connection past its timeout (`slowest`); a
+/// change that lands late over a newer one (`diverged`); caching that does
+/// not resume once the writes have landed (`until_cached`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_pausing_writes_serves_nothing_its_timed_out_changes_replaced() {
+    let cluster = RedisCluster::start();
+    let victim = cluster.primaries()[0];
+    let node = &cluster.nodes()[victim];
+    let mut keys = keys_on(&cluster, "paused", |o| o == victim, 6);
+    keys.extend(keys_on(&cluster, "live", |o| o != victim, 6));
+    let paused_rows = 0..6;
+    let table = Table::new(keys);
+    let cache = fault_cache(&cluster);
+    let other_process = fault_cache(&cluster);
+    table
+        .until_cached(&cache, 0..12, Duration::from_secs(5))
+        .await;
+
+    let () = node.cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
+    let paused = Instant::now();
+    let mut seen = Seen::default();
+    for (i, how) in [(0, Change::WriteThrough), (1, Change::Evict)] {
+        let took = table.change(&cache, i, how).await;
+        assert!(took < CALL_BOUND, "{how:?} took {took:?}");
+        assert_eq!(
+            other_process.get::<u64>(&table.keys[i]).await,
+            Some(1),
+            "{how:?} of {} was not held back: the fault did not happen",
+            table.keys[i]
+        );
+    }
+    // Only the paused node's rows: its failures open the breaker, whose
+    // probe gives callers a fresh connection that reads the old rows.
+    while paused.elapsed() < Duration::from_millis(1200) {
+        for i in paused_rows.clone() {
+            let want = table.source[i].load(SeqCst);
+            assert_eq!(
+                table.read(&cache, i, &mut seen).await,
+                Some(want),
+                "{} after its change timed out",
+                table.keys[i]
+            );
+        }
+    }
+    let opened = cache.stats_for("paused").map_or(0, |s| s.skipped);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(4, &cache, &table, 0..12, &stop);
+    let writer = spawn_writer(&cache, &table, 0..12, &stop);
+    tokio::time::sleep(Duration::from_millis(1800) + Duration::from_millis(1000)).await;
+    stop.store(true, SeqCst);
+    let written = writer.await.expect("the writer joins");
+    seen.add(join_readers(readers).await);
+    let resumed = table
+        .until_cached(&cache, paused_rows.clone(), Duration::from_secs(8))
+        .await;
+    let diverged = table.diverged(&other_process).await;
+    eprintln!(
+        "{seen:?} {written:?}; {opened} calls skipped by the breaker before the load; caching \
+         resumed {resumed:?} after the load stopped"
+    );
+
+    assert!(
+        seen.calls > 100 && written.changes > 50,
+        "{seen:?} {written:?}"
+    );
+    assert_eq!(seen.errors, 0, "{seen:?}");
+    assert!(seen.stale.is_empty(), "{:#?}", seen.stale);
+    assert!(seen.slowest < CALL_BOUND, "{seen:?}");
+    assert!(written.slowest_key < CALL_BOUND, "{written:?}");
+    assert!(written.slowest_pattern < PATTERN_BOUND, "{written:?}");
+    assert!(diverged.is_empty(), "{diverged:#?}");
+}
+
+/// A caller that begins after a change of its row failed (so the change is
+/// pending, and the row's old value may still be in Redis) must not be
+/// handed a value read from Redis by another caller's read. Arranged step
+/// by step: a pattern invalidation of a row fails (another primary is
+/// frozen, so it times out before its second pass removes the value); a
+/// caller who began before it was waiting on a read of the row (slowed
+/// by `CLIENT PAUSE` on the row's primary) and, its read detached by the
+/// invalidation, reads again; a caller who begins after the invalidation
+/// returned joins that second read.
+///
+/// A correct runtime serves the later caller the loader's new row (the
+/// change is pending: its calls go to the loader). A runtime whose
+/// pending-blocked callers join the key's in-process flight and take its
+/// hit serves the row the change replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_a_failed_change_is_not_handed_a_read_of_the_old_row() {
+    let mut cluster = RedisCluster::start_with(&["--cluster-node-timeout", "10000"]);
+    let primaries = cluster.primaries();
+    let (home, frozen) = (primaries[0], primaries[1]);
+    let key = keys_on(&cluster, "row", |o| o == home, 1).remove(0);
+    let table = Table::new(vec![key]);
+    // Patient: the row's reads are held up on purpose below.
+    let cache = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(NAMESPACE)
+        .op_timeout(Duration::from_millis(1000))
+        .build()
+        .expect("builds");
+    table
+        .until_cached(&cache, 0..1, Duration::from_secs(5))
+        .await;
+
+    let home_node = cluster.nodes()[home].url();
+    let pause = move |ms: &str| {
+        let client = redis::Client::open(home_node.as_str()).expect("a URL");
+        let mut conn = client.get_connection().expect("connects");
+        let () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("ALL")
+            .query(&mut conn)
+            .expect("pauses");
+    };
+    let guard = cluster.node_mut(frozen).freeze_guarded();
+    let table2 = table.clone();
+    let cache2 = cache.clone();
+    let change = tokio::spawn(async move {
+        let started = Instant::now();
+        table2.change(&cache2, 0, Change::Pattern).await;
+        started.elapsed()
+    });
+    // The pattern's scan of the row's primary is done; its reads wait now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pause("1200");
+    let spawn_read = |table: Arc<Table>, cache: Cache| {
+        tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let got = table.read(&cache, 0, &mut seen).await;
+            (got, seen)
+        })
+    };
+    let first = spawn_read(table.clone(), cache.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = spawn_read(table.clone(), cache.clone());
+    let took = change.await.expect("the change joins");
+    assert!(
+        took >= Duration::from_millis(900),
+        "the change did not time out: {took:?}"
+    );
+    // The second caller has read again by now; the third begins after the
+    // change returned.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (third, seen) = spawn_read(table.clone(), cache.clone())
+        .await
+        .expect("joins");
+    let (first, second) = (first.await.expect("joins"), second.await.expect("joins"));
+    guard.thaw();
+    eprintln!("first {first:?}, second {second:?}, third {third:?} {seen:?}");
+    assert!(seen.stale.is_empty(), "{:#?}", seen.stale);
+    assert_eq!(third, Some(2), "the row the failed change replaced");
 }
