@@ -42,6 +42,8 @@ impl MemEntry {
 
     /// Whether the entry is still kept at `now` (its `keep_for` from the
     /// write not yet over), as Redis keeps a key until its `PX`.
+    /// (`<` against `<=`: equal instants are not worth a test; cargo-mutants
+    /// reports that mutant as a survivor.)
     #[inline]
     fn live_at(&self, now: Instant) -> bool {
         now < self.0.gone_at
@@ -207,22 +209,24 @@ impl MemoryBackend {
             gone_at: now + keep_for.min(crate::clock::LONGEST),
         }));
         self.entries.insert(key.to_owned(), entry);
-        self.sweep_now_and_then(now);
+        let _swept = self.sweep_now_and_then(now);
     }
 
     /// Gives back the memory of expired entries no one reads again (a read
     /// removes the one it finds): every so many writes, as many as the
     /// entries the last sweep kept (at least [`MIN_SWEEP`]), so the cost
     /// per write stays constant whatever the size.
-    fn sweep_now_and_then(&self, now: Instant) {
+    /// Returns whether it swept.
+    fn sweep_now_and_then(&self, now: Instant) -> bool {
         let writes = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
         if writes < self.sweep_every.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         self.writes.store(0, Ordering::Relaxed);
         self.entries.retain(|_, e| e.live_at(now));
         self.sweep_every
             .store(self.entries.len().max(MIN_SWEEP), Ordering::Relaxed);
+        true
     }
 
     /// A write-through: stores the value and destroys any lease on the key,
@@ -326,6 +330,7 @@ impl MemoryBackend {
     ) -> LeaseOutcome {
         let mut state = self.lock_state();
         let now = Instant::now();
+        // (`>` against `>=`: equal instants are not worth a test.)
         if let Some((_, until)) = state.leases.get(key)
             && *until > now
         {
@@ -515,6 +520,52 @@ mod tests {
             backend.entries.len() >= 5_000,
             "a sweep removed live entries"
         );
+    }
+
+    #[test]
+    fn a_sweep_runs_once_per_as_many_writes_as_entries_it_kept() {
+        let backend = MemoryBackend::new(1_000_000);
+        let now = Instant::now();
+        let sweeps_in = |writes: usize| {
+            (0..writes)
+                .filter(|_| backend.sweep_now_and_then(now))
+                .count()
+        };
+        assert_eq!(sweeps_in(MIN_SWEEP - 1), 0, "swept before MIN_SWEEP writes");
+        assert!(
+            backend.sweep_now_and_then(now),
+            "no sweep at MIN_SWEEP writes"
+        );
+        assert_eq!(sweeps_in(MIN_SWEEP - 1), 0, "swept again at once");
+        assert!(backend.sweep_now_and_then(now));
+        // Past MIN_SWEEP live entries, the period is the entry count.
+        let long = Duration::from_secs(60);
+        for i in 0..3 * MIN_SWEEP as u32 {
+            backend.insert(&format!("k{i}"), Some(&i), meta(), long);
+        }
+        let kept = backend.entries.len();
+        assert!(kept >= 2 * MIN_SWEEP, "{kept}");
+        // Wherever the count stands, a full period brings exactly one.
+        assert_eq!(sweeps_in(kept), 1);
+        assert_eq!(sweeps_in(kept), 1);
+    }
+
+    #[test]
+    fn a_live_lease_is_held_and_an_expired_one_is_not() {
+        let backend = MemoryBackend::new(100);
+        let lease = Duration::from_millis(60);
+        let taken = backend.acquire_lease("k", 1, lease, LeaseIf::Any, &[]);
+        assert!(matches!(taken, LeaseOutcome::Acquired(_)));
+        let again = backend.acquire_lease("k", 2, lease, LeaseIf::Any, &[]);
+        assert_eq!(again, LeaseOutcome::Held, "a live lease taken twice");
+        assert!(!backend.set_if_leased("k", Some(&2u32), meta(), lease, 2, &[]));
+        std::thread::sleep(lease + Duration::from_millis(20));
+        let after = backend.acquire_lease("k", 3, lease, LeaseIf::Any, &[]);
+        assert!(matches!(after, LeaseOutcome::Acquired(_)), "{after:?}");
+        // The lease holder stores; the earlier holder cannot.
+        assert!(!backend.set_if_leased("k", Some(&1u32), meta(), lease, 1, &[]));
+        assert!(backend.set_if_leased("k", Some(&3u32), meta(), lease, 3, &[]));
+        assert!(found(&backend, "k"));
     }
 
     #[test]
