@@ -550,7 +550,16 @@ impl Engine {
         counters.misses.add();
         // No read begun before this refresh is shared with later callers.
         self.flights.detach(std::slice::from_ref(&call.key));
-        let mut guard = match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
+        // A change of the key pending: this refresh loads without a lease
+        // and shares only loads made the same way (see `Via::AfterChange`).
+        let blocked = self.pending.blocks(&call.key, call.tags);
+        let role = if blocked {
+            self.flights
+                .join_or_lead_after_change(self, &call.key, call.policy.wait)
+        } else {
+            self.flights.join_or_lead(self, &call.key, call.policy.wait)
+        };
+        let mut guard = match role {
             Role::Lead(guard) => guard,
             // Another refresh of the key began this instant: its load is as
             // fresh as this one's would be.
@@ -567,7 +576,7 @@ impl Engine {
                 };
             }
         };
-        let leased = if self.pending.blocks(&call.key, call.tags) {
+        let leased = if blocked {
             None
         } else {
             let token = fastrand::u64(1..);

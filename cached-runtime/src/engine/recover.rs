@@ -104,8 +104,12 @@ impl Pending {
             return false;
         }
         let state = crate::lock(&self.state);
-        state.keys.contains_key(key)
-            || tags.iter().any(|t| state.tags.contains_key(t))
+        // A pending tag blocks every key, whatever the call's own tags:
+        // which entries it reaches only the backend knows (another call
+        // site, a batch or `Cache::get` may read one recorded under it).
+        let _ = tags;
+        !state.tags.is_empty()
+            || state.keys.contains_key(key)
             || state.patterns.keys().any(|p| crate::glob::matches(p, key))
     }
 
@@ -225,6 +229,17 @@ pub(super) fn must_retry(e: &BackendError) -> bool {
 }
 
 impl Engine {
+    /// Detaches the flights `change` touches: of its keys, or every flight
+    /// for a pattern or a tag (which keys they reach only the backend
+    /// knows).
+    fn detach_for(&self, change: &Change) {
+        match change {
+            Change::Keys(keys) => self.flights.detach(keys),
+            Change::Pattern(_) | Change::Tag(_) => self.flights.detach_all(),
+            Change::Release(..) => {}
+        }
+    }
+
     /// Remembers a lease that could not be released.
     pub(crate) fn pend_release(self: &Arc<Self>, key: String, token: u64) {
         self.pend(Change::Release(key, token));
@@ -270,7 +285,10 @@ impl Unfinished {
 impl Drop for Unfinished {
     fn drop(&mut self) {
         for change in std::mem::take(&mut self.changes) {
-            self.engine.pend(change);
+            // As a change that fails: pending, then its flights detached
+            // (a load begun before it must not serve callers after it).
+            self.engine.pend(change.clone());
+            self.engine.detach_for(&change);
         }
     }
 }
@@ -320,16 +338,13 @@ async fn retry(engine: Weak<Engine>) {
             };
             match result {
                 Ok(()) => {
+                    // As when a change lands on time: no caller from now
+                    // on shares a read begun before it (by a caller that
+                    // started before the change, while it was pending).
+                    // Before the key is unblocked, so none joins one in
+                    // between.
+                    engine.detach_for(&change);
                     engine.pending.landed(&change);
-                    // As when a change lands the first time: no caller
-                    // from now on shares a read begun before it (by a
-                    // caller that started before the change, while it
-                    // was pending).
-                    match &change {
-                        Change::Keys(keys) => engine.flights.detach(keys),
-                        Change::Pattern(_) | Change::Tag(_) => engine.flights.detach_all(),
-                        Change::Release(..) => {}
-                    }
                 }
                 Err(_) => failed = true,
             }
@@ -364,11 +379,18 @@ mod tests {
         p.add(Change::Pattern(r"ns:v:7:*".into()), "ns");
         p.add(Change::Tag("ns:~tag:t".into()), "ns");
         assert_eq!(p.len(), 3);
+        // A pending tag blocks every key, tagged or not (an untagged call
+        // site or a batch may read an entry recorded under it).
+        assert!(p.blocks("ns:b:1", &["ns:~tag:t".into()]));
+        assert!(p.blocks("ns:b:1", &["ns:~tag:u".into()]));
+        assert!(p.blocks("ns:a:2", &[]));
+        p.landed(&Change::Tag("ns:~tag:t".into()));
+        p.landed(&Change::Tag("ns:~tag:t".into()));
+        assert_eq!(p.len(), 2);
         assert!(p.blocks("ns:a:1", &[]));
         assert!(!p.blocks("ns:a:2", &[]));
         assert!(p.blocks("ns:v:7:placements", &[]));
         assert!(!p.blocks("ns:v:8:placements", &[]));
-        assert!(p.blocks("ns:b:1", &["ns:~tag:t".into()]));
         assert!(!p.blocks("ns:b:1", &["ns:~tag:u".into()]));
         // Landed once: it settles, still blocking, and is not sent again
         // until the settling time has passed.
@@ -378,7 +400,7 @@ mod tests {
         // Landed again, after settling: done.
         p.landed(&Change::Keys(vec!["ns:a:1".into()]));
         assert!(!p.blocks("ns:a:1", &[]));
-        assert_eq!(p.len(), 3 - 1);
+        assert_eq!(p.len(), 1);
     }
 
     fn engine() -> Arc<Engine> {
@@ -473,6 +495,51 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(leads("ns:other"), "a tag landing late detached nothing");
+    }
+
+    /// A write whose caller is dropped after its body committed (its cache
+    /// operation unfinished) is a completed change: as one that failed, it
+    /// detaches the flights of its keys, so that a caller after it does
+    /// not join a load begun before it. (Found by an independent review.)
+    #[test]
+    fn a_dropped_write_detaches_the_flights_of_its_keys() {
+        use super::super::flight::Role;
+        let engine = engine();
+        let wait = Duration::from_secs(5);
+        // An earlier change of the key failed: pending (no runtime here, so
+        // no retry task lands it meanwhile).
+        engine.pend(Change::Keys(vec!["ns:k:1".into()]));
+        let Role::Lead(_before) = engine
+            .flights
+            .join_or_lead_after_change(&engine, "ns:k:1", wait)
+        else {
+            panic!("leads");
+        };
+        // A write commits; its caller is dropped before its cache operation.
+        drop(engine.unfinished(&["ns:k:1".into()], &[], &[]));
+        assert!(
+            matches!(
+                engine
+                    .flights
+                    .join_or_lead_after_change(&engine, "ns:k:1", wait),
+                Role::Lead(_)
+            ),
+            "a caller after the dropped write joined a load begun before it"
+        );
+        // A dropped tag eviction: every flight.
+        let Role::Lead(_other) = engine
+            .flights
+            .join_or_lead_after_change(&engine, "ns:other", wait)
+        else {
+            panic!("leads");
+        };
+        drop(engine.unfinished(&[], &[], &["ns:~tag:t".into()]));
+        assert!(matches!(
+            engine
+                .flights
+                .join_or_lead_after_change(&engine, "ns:other", wait),
+            Role::Lead(_)
+        ));
     }
 
     #[test]

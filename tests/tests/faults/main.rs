@@ -14,6 +14,7 @@ mod late_writes;
 mod loading;
 mod lost_changes;
 mod oversize;
+mod pending_reads;
 mod refused;
 mod restart;
 mod stranded;
