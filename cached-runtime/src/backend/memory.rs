@@ -569,6 +569,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_asked_for_an_unchanged_entry_is_refused_once_it_changed() {
+        let backend = MemoryBackend::new(100);
+        let long = Duration::from_secs(60);
+        let seen = EntryMeta {
+            created_ms: 1,
+            ..meta()
+        };
+        backend.put("k", Some(&1u32), seen, long, &[]);
+        let taken = backend.acquire_lease("k", 1, long, LeaseIf::Unchanged(seen), &[]);
+        assert!(matches!(taken, LeaseOutcome::Acquired(_)), "{taken:?}");
+        backend.release_lease("k", 1);
+        // Replaced by a write-through: another entry.
+        let newer = EntryMeta {
+            created_ms: 2,
+            ..meta()
+        };
+        backend.put("k", Some(&2u32), newer, long, &[]);
+        let refused = backend.acquire_lease("k", 2, long, LeaseIf::Unchanged(seen), &[]);
+        assert_eq!(refused, LeaseOutcome::Changed);
+        // Gone: changed too.
+        backend.invalidate(&["k".to_owned()]);
+        let gone = backend.acquire_lease("k", 3, long, LeaseIf::Unchanged(newer), &[]);
+        assert_eq!(gone, LeaseOutcome::Changed);
+    }
+
+    #[test]
     fn a_small_bound_still_keeps_what_was_just_written() {
         for bound in 1..=8u64 {
             let backend = MemoryBackend::new(bound);
