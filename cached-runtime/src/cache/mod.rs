@@ -117,7 +117,7 @@ impl Cache {
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
-        if !self.engine.enabled || self.engine.pending.blocks(&full, &[]) {
+        if !self.engine.enabled || self.engine.pending.blocks(&full) {
             // A change of the key has not reached the backend yet.
             counters.misses.add();
             return None;

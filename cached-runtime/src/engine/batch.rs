@@ -139,7 +139,7 @@ impl Engine {
         // stored). A batch shares no read: it is one round trip already.
         let (blocked, readable): (Vec<usize>, Vec<usize>) = todo
             .into_iter()
-            .partition(|&i| self.pending.blocks(&keys[i], &[]));
+            .partition(|&i| self.pending.blocks(&keys[i]));
         let mut misses: Vec<(usize, LeaseIf)> = Vec::new();
         let mut unread: Vec<usize> = blocked;
         // `CallMode::Refresh`: nothing is read; every id is loaded and
@@ -202,12 +202,10 @@ impl Engine {
         for (i, cond) in flights {
             // A key kept from the backend by a pending change shares only
             // loads made the same way (see `Via::AfterChange`).
-            let role = if cond.is_none() && self.pending.blocks(&keys[i], &[]) {
-                self.flights
-                    .join_or_lead_after_change(self, &keys[i], policy.wait)
-            } else {
-                self.flights.join_or_lead(self, &keys[i], policy.wait)
-            };
+            let after_change = cond.is_none() && self.pending.blocks(&keys[i]);
+            let role = self
+                .flights
+                .join_or_lead_as(self, &keys[i], policy.wait, after_change);
             match (role, cond) {
                 (Role::Lead(guard), Some(cond)) => asks.push((i, guard, cond)),
                 // Not read (a pending change, or the backend failed): loaded

@@ -93,7 +93,7 @@ struct Flight {
     /// stampede's callers milliseconds).
     timer: Option<tokio::task::AbortHandle>,
     /// Led by a caller a pending change kept from the backend (see
-    /// [`Flights::join_or_lead_after_change`]): its value comes from the
+    /// [`Flights::join_or_lead_as`]): its value comes from the
     /// loader, never from a read of what the change was to replace.
     after_change: bool,
 }
@@ -164,23 +164,15 @@ impl Flights {
         self.join_or_lead_as(engine, key, wait, false)
     }
 
-    /// [`Flights::join_or_lead`] for a caller a pending change of `key`
-    /// keeps from the backend (it loads and stores nothing): it joins only
-    /// a flight led the same way. A flight led otherwise may hand out a
-    /// read of the value the change was to replace (begun by a caller
-    /// that started before the change, which may see it), so this caller
-    /// takes the key's place in the map from it, as a write detaches a
-    /// flight: its waiters are told it went away and start again.
-    pub(super) fn join_or_lead_after_change<'a>(
-        &self,
-        engine: &'a Arc<Engine>,
-        key: &'a str,
-        wait: Duration,
-    ) -> Role<'a> {
-        self.join_or_lead_as(engine, key, wait, true)
-    }
-
-    fn join_or_lead_as<'a>(
+    /// [`Flights::join_or_lead`], for a caller a pending change of `key`
+    /// keeps from the backend (it loads and stores nothing) when
+    /// `after_change`: it joins only a flight led the same way. A flight
+    /// led otherwise may hand out a read of the value the change was to
+    /// replace (begun by a caller that started before the change, which
+    /// may see it), so this caller takes the key's place in the map from
+    /// it, as a write detaches a flight: its waiters are told it went away
+    /// and start again.
+    pub(super) fn join_or_lead_as<'a>(
         &self,
         engine: &'a Arc<Engine>,
         key: &'a str,
@@ -477,7 +469,7 @@ mod tests {
         };
         // A caller kept from the backend by a pending change does not join
         // it: it leads a flight of its own in the key's place.
-        let Role::Lead(mut after) = flights.join_or_lead_after_change(&engine, "k", wait) else {
+        let Role::Lead(mut after) = flights.join_or_lead_as(&engine, "k", wait, true) else {
             panic!("a caller after the change joined a flight begun before it");
         };
         assert_eq!(
@@ -488,7 +480,7 @@ mod tests {
         // The first flight's waiter is told it went away (and starts again).
         assert!(matches!(landing(waiter).await, Landed::Abandoned));
         // Callers of either kind from now on join the flight after it.
-        let Role::Wait(later) = flights.join_or_lead_after_change(&engine, "k", wait) else {
+        let Role::Wait(later) = flights.join_or_lead_as(&engine, "k", wait, true) else {
             panic!("a second caller after the change did not join the first's load");
         };
         let Role::Wait(usual) = flights.join_or_lead(&engine, "k", wait) else {

@@ -107,7 +107,7 @@ enum Via {
     /// Loader only, because a change of the key is pending: what the
     /// backend holds may be the value it replaced, so this caller shares
     /// only loads of callers kept from the backend the same way
-    /// ([`Flights::join_or_lead_after_change`]).
+    /// ([`Flights::join_or_lead_as`]).
     AfterChange,
 }
 
@@ -160,7 +160,7 @@ impl Engine {
         }
         // A change of this key has not reached the backend: what is there
         // may be the value it replaced. Load, and store nothing.
-        if self.pending.blocks(&call.key, call.tags) {
+        if self.pending.blocks(&call.key) {
             counters.misses.add();
             return Box::pin(self.miss(call, load, errors, Via::AfterChange)).await;
         }
@@ -416,13 +416,11 @@ impl Engine {
             return Ok(value);
         }
         loop {
-            let role = if via == Via::AfterChange {
-                self.flights
-                    .join_or_lead_after_change(self, &call.key, call.policy.wait)
-            } else {
-                self.flights.join_or_lead(self, &call.key, call.policy.wait)
-            };
-            match role {
+            let after_change = via == Via::AfterChange;
+            match self
+                .flights
+                .join_or_lead_as(self, &call.key, call.policy.wait, after_change)
+            {
                 Role::Lead(guard) => return self.lead(&call, guard, load, errors, via).await,
                 Role::Wait(rx) => match self
                     .settle(landing(rx).await, counters, load, errors, false)
@@ -552,13 +550,10 @@ impl Engine {
         self.flights.detach(std::slice::from_ref(&call.key));
         // A change of the key pending: this refresh loads without a lease
         // and shares only loads made the same way (see `Via::AfterChange`).
-        let blocked = self.pending.blocks(&call.key, call.tags);
-        let role = if blocked {
-            self.flights
-                .join_or_lead_after_change(self, &call.key, call.policy.wait)
-        } else {
-            self.flights.join_or_lead(self, &call.key, call.policy.wait)
-        };
+        let blocked = self.pending.blocks(&call.key);
+        let role = self
+            .flights
+            .join_or_lead_as(self, &call.key, call.policy.wait, blocked);
         let mut guard = match role {
             Role::Lead(guard) => guard,
             // Another refresh of the key began this instant: its load is as

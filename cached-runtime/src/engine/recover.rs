@@ -96,18 +96,16 @@ fn due(landed: Option<Instant>, now: Instant) -> bool {
 }
 
 impl Pending {
-    /// Whether a call of `key` (recorded under the full tag keys `tags`)
-    /// must not read the cache: a change of it has not landed.
+    /// Whether a call of `key` must not read the cache: a change of it has
+    /// not landed. A pending tag blocks every key, whatever the call's own
+    /// tags: which entries it reaches only the backend knows (another call
+    /// site, a batch or `Cache::get` may read one recorded under it).
     #[inline]
-    pub(crate) fn blocks(&self, key: &str, tags: &[String]) -> bool {
+    pub(crate) fn blocks(&self, key: &str) -> bool {
         if self.count.load(Ordering::Acquire) == 0 {
             return false;
         }
         let state = crate::lock(&self.state);
-        // A pending tag blocks every key, whatever the call's own tags:
-        // which entries it reaches only the backend knows (another call
-        // site, a batch or `Cache::get` may read one recorded under it).
-        let _ = tags;
         !state.tags.is_empty()
             || state.keys.contains_key(key)
             || state.patterns.keys().any(|p| crate::glob::matches(p, key))
@@ -374,32 +372,31 @@ mod tests {
     #[test]
     fn pending_changes_block_their_keys_patterns_and_tags_only() {
         let p = Pending::default();
-        assert!(!p.blocks("ns:a:1", &[]));
+        assert!(!p.blocks("ns:a:1"));
         p.add(Change::Keys(vec!["ns:a:1".into()]), "ns");
         p.add(Change::Pattern(r"ns:v:7:*".into()), "ns");
         p.add(Change::Tag("ns:~tag:t".into()), "ns");
         assert_eq!(p.len(), 3);
         // A pending tag blocks every key, tagged or not (an untagged call
         // site or a batch may read an entry recorded under it).
-        assert!(p.blocks("ns:b:1", &["ns:~tag:t".into()]));
-        assert!(p.blocks("ns:b:1", &["ns:~tag:u".into()]));
-        assert!(p.blocks("ns:a:2", &[]));
+        assert!(p.blocks("ns:b:1"));
+        assert!(p.blocks("ns:a:2"));
         p.landed(&Change::Tag("ns:~tag:t".into()));
         p.landed(&Change::Tag("ns:~tag:t".into()));
         assert_eq!(p.len(), 2);
-        assert!(p.blocks("ns:a:1", &[]));
-        assert!(!p.blocks("ns:a:2", &[]));
-        assert!(p.blocks("ns:v:7:placements", &[]));
-        assert!(!p.blocks("ns:v:8:placements", &[]));
-        assert!(!p.blocks("ns:b:1", &["ns:~tag:u".into()]));
+        assert!(p.blocks("ns:a:1"));
+        assert!(!p.blocks("ns:a:2"));
+        assert!(p.blocks("ns:v:7:placements"));
+        assert!(!p.blocks("ns:v:8:placements"));
+        assert!(!p.blocks("ns:b:1"));
         // Landed once: it settles, still blocking, and is not sent again
         // until the settling time has passed.
         p.landed(&Change::Keys(vec!["ns:a:1".into()]));
-        assert!(p.blocks("ns:a:1", &[]));
+        assert!(p.blocks("ns:a:1"));
         assert!(!p.snapshot().contains(&Change::Keys(vec!["ns:a:1".into()])));
         // Landed again, after settling: done.
         p.landed(&Change::Keys(vec!["ns:a:1".into()]));
-        assert!(!p.blocks("ns:a:1", &[]));
+        assert!(!p.blocks("ns:a:1"));
         assert_eq!(p.len(), 1);
     }
 
@@ -420,10 +417,10 @@ mod tests {
             &["ns:v:*".into()],
             &["ns:~tag:t".into()],
         ));
-        assert!(engine.pending.blocks("ns:k:1", &[]));
-        assert!(engine.pending.blocks("ns:k:2", &[]));
-        assert!(engine.pending.blocks("ns:v:9", &[]));
-        assert!(engine.pending.blocks("ns:x", &["ns:~tag:t".into()]));
+        assert!(engine.pending.blocks("ns:k:1"));
+        assert!(engine.pending.blocks("ns:k:2"));
+        assert!(engine.pending.blocks("ns:v:9"));
+        assert!(engine.pending.blocks("ns:x"));
         assert_eq!(engine.pending.len(), 4);
         // No keys: only its pattern.
         let other = self::engine();
@@ -511,7 +508,7 @@ mod tests {
         engine.pend(Change::Keys(vec!["ns:k:1".into()]));
         let Role::Lead(_before) = engine
             .flights
-            .join_or_lead_after_change(&engine, "ns:k:1", wait)
+            .join_or_lead_as(&engine, "ns:k:1", wait, true)
         else {
             panic!("leads");
         };
@@ -521,7 +518,7 @@ mod tests {
             matches!(
                 engine
                     .flights
-                    .join_or_lead_after_change(&engine, "ns:k:1", wait),
+                    .join_or_lead_as(&engine, "ns:k:1", wait, true),
                 Role::Lead(_)
             ),
             "a caller after the dropped write joined a load begun before it"
@@ -529,7 +526,7 @@ mod tests {
         // A dropped tag eviction: every flight.
         let Role::Lead(_other) = engine
             .flights
-            .join_or_lead_after_change(&engine, "ns:other", wait)
+            .join_or_lead_as(&engine, "ns:other", wait, true)
         else {
             panic!("leads");
         };
@@ -537,7 +534,7 @@ mod tests {
         assert!(matches!(
             engine
                 .flights
-                .join_or_lead_after_change(&engine, "ns:other", wait),
+                .join_or_lead_as(&engine, "ns:other", wait, true),
             Role::Lead(_)
         ));
     }
@@ -549,8 +546,8 @@ mod tests {
             p.add(Change::Keys(vec![format!("ns:k:{i}")]), "ns");
         }
         assert_eq!(p.len(), 1, "one namespace-wide invalidation");
-        assert!(p.blocks("ns:anything:at:all", &[]));
-        assert!(!p.blocks("other:k:1", &[]));
+        assert!(p.blocks("ns:anything:at:all"));
+        assert!(!p.blocks("other:k:1"));
         assert_eq!(p.snapshot(), vec![Change::Pattern("ns:*".into())]);
     }
 }
