@@ -330,6 +330,87 @@ mod tests {
     }
 
     #[test]
+    fn a_new_tag_version_is_sixteen_hex_digits_and_never_repeats() {
+        let versions: std::collections::HashSet<String> = (0..64).map(|_| new_version()).collect();
+        // 64 draws of 64 random bits: a repeat means they are not random.
+        assert_eq!(versions.len(), 64);
+        for v in &versions {
+            assert_eq!(v.len(), 16, "{v}");
+            assert!(u64::from_str_radix(v, 16).is_ok(), "{v}");
+        }
+    }
+
+    /// One range of a `CLUSTER SLOTS` reply, the primary's host given as
+    /// `host` (a bulk or a simple string), with one replica after it.
+    fn range(first: i64, last: i64, host: redis::Value, port: i64) -> redis::Value {
+        use redis::Value::{Array, BulkString, Int};
+        Array(vec![
+            Int(first),
+            Int(last),
+            Array(vec![host, Int(port), BulkString(b"id".to_vec())]),
+            Array(vec![BulkString(b"10.0.0.9".to_vec()), Int(7009)]),
+        ])
+    }
+
+    #[test]
+    fn a_slot_map_is_read_sorted_with_either_kind_of_host_string() {
+        use redis::Value::{Array, BulkString, SimpleString};
+        let reply = Array(vec![
+            range(10923, 16383, BulkString(b"10.0.0.3".to_vec()), 7003),
+            range(0, 5460, SimpleString("10.0.0.1".into()), 7001),
+            range(5461, 10922, BulkString(b"10.0.0.2".to_vec()), 7002),
+            range(16000, 16001, BulkString(b"10.0.0.1".to_vec()), 7001),
+        ]);
+        let map = slot_map(reply).expect("a valid reply");
+        let at = |first: u16, last: u16, host: &str, port: u16| SlotRange {
+            first,
+            last,
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            map,
+            vec![
+                at(0, 5460, "10.0.0.1", 7001),
+                at(5461, 10922, "10.0.0.2", 7002),
+                at(10923, 16383, "10.0.0.3", 7003),
+                at(16000, 16001, "10.0.0.1", 7001),
+            ]
+        );
+        // Each primary once, in order, the replicas not among them.
+        assert_eq!(
+            primaries(&map),
+            vec![
+                ("10.0.0.1".to_string(), 7001),
+                ("10.0.0.2".to_string(), 7002),
+                ("10.0.0.3".to_string(), 7003),
+            ]
+        );
+        assert!(primaries(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_slot_map_reply_of_another_shape_is_an_error_not_a_panic() {
+        use redis::Value::{Array, BulkString, Int, Nil};
+        let host = || BulkString(b"h".to_vec());
+        for reply in [
+            Nil,
+            Array(vec![Nil]),
+            Array(vec![Array(vec![Int(0), Int(1)])]),
+            Array(vec![Array(vec![Int(0), Int(1), Nil])]),
+            Array(vec![range(0, 1, Int(3), 7000)]),
+            Array(vec![Array(vec![Int(0), Int(1), Array(vec![host()])])]),
+            Array(vec![range(-1, 1, host(), 7000)]),
+            Array(vec![range(0, 70_000, host(), 7000)]),
+            Array(vec![range(0, 1, host(), 70_000)]),
+        ] {
+            let err = slot_map(reply.clone()).expect_err("not a slot map");
+            assert_eq!(err.kind(), redis::ErrorKind::Parse, "{reply:?}");
+        }
+        assert_eq!(slot_map(Array(vec![])).expect("no ranges"), vec![]);
+    }
+
+    #[test]
     fn version_lists_are_injective() {
         let a = versions_text([("t:a", Cow::from("1")), ("b", Cow::from("2"))]);
         let b = versions_text([("t", Cow::from("a=1\n1:b")), ("", Cow::from("2"))]);
