@@ -48,7 +48,8 @@ const FLAG_ZSTD: u8 = 2 << COMPRESSION_SHIFT;
 const FLAG_TAGGED: u8 = 1 << 4;
 /// The offset of the flags byte.
 const FLAGS_AT: usize = 38;
-/// Flags this build knows; any other bit makes an entry unreadable.
+/// Flags this build knows; any other bit makes an entry unreadable. (The
+/// flags share no bit, so cargo-mutants' `|` to `^` here is equivalent.)
 const KNOWN_FLAGS: u8 = FLAG_NONE | FLAG_MSGPACK | COMPRESSION_MASK;
 
 /// The most bytes a compressed payload may expand to: a value under a key
@@ -100,6 +101,12 @@ pub(crate) struct Format {
 
 impl Format {
     /// Why this build cannot write in this format, if it cannot.
+    ///
+    /// Each feature's arm can be checked only by a build without that
+    /// feature: cargo-mutants' mutants of these guards survive a run with
+    /// every feature on (as `scripts/mutants` runs) and are caught by
+    /// `tests::a_format_this_build_cannot_write_is_named` in the default build
+    /// (`cargo test -p cached-runtime --lib`), and the reverse.
     pub(crate) fn unsupported(&self) -> Option<&'static str> {
         if self.codec == Codec::MessagePack && !cfg!(feature = "msgpack") {
             return Some("Codec::MessagePack needs the `msgpack` feature of cached-runtime");
