@@ -142,11 +142,13 @@ fn main() {
         return;
     }
 
-    // `__profile_batch N`: N warm 100-id batch calls, for a profiler.
+    // `__profile_batch SYSTEM N`: N warm 100-id batch calls of `this`,
+    // `raw_pipeline_getrange`, `raw_mget` or `hand_written`, for a profiler.
     if args.first().map(String::as_str) == Some("__profile_batch") {
-        let n: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2_000);
+        let system = args.get(1).cloned().unwrap_or_default();
+        let n: u32 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(2_000);
         let redis = Redis::start();
-        runtime.block_on(scenarios::batch::profile(&redis, n));
+        runtime.block_on(scenarios::batch::profile(&redis, &system, n));
         return;
     }
 

@@ -2,8 +2,9 @@
 //! raw `MGET` + decode of the same 100 values, a raw pipeline of 100 `GET`s
 //! (and of 100 bounded `GETRANGE`s, as the framework reads) + decode, the
 //! two bounded reads a Lua script can make (100 `GETRANGE`s; one `MGET`
-//! dropping values over the bound) + decode, and 100 sequential single-key
-//! cached calls.
+//! dropping values over the bound) + decode, 100 sequential single-key
+//! cached calls, and `hand_written`: the keys built, one `MGET`, and the
+//! values decoded into the map returned, as a developer would write it.
 //!
 //! `batch_get_partial`: 100 ids of which 10 are missing, through a loopback
 //! proxy that delays every packet, so each round trip to Redis shows as
@@ -100,6 +101,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
         "raw_script_getrange",
         "sequential_single",
         "raw_script_mget",
+        "hand_written",
     ];
     let mut samples = vec![Vec::with_capacity(ROUNDS); systems.len()];
     for _ in 0..ROUNDS {
@@ -115,6 +117,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
                         raw_script(&mut conn, &raw_keys, &SCRIPT_GETRANGE).await
                     }
                     "raw_script_mget" => raw_script(&mut conn, &raw_keys, &SCRIPT_MGET).await,
+                    "hand_written" => hand_written(&mut conn, &ids).await.len(),
                     _ => {
                         let mut n = 0;
                         for id in &ids {
@@ -151,6 +154,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
                 .with("ids", IDS)
                 .with("us_per_call", median(samples[i].clone()))
                 .with("ratio_vs_raw_mget", ratio(i, 1))
+                .with("ratio_vs_hand_written", ratio(i, 7))
                 .with("sequential_over_this", ratio(5, i))
         })
         .collect()
@@ -207,6 +211,23 @@ async fn raw_script(
     call.arg(1 << 20);
     let values: Vec<Option<Vec<u8>>> = call.invoke_async(conn).await.expect("reads");
     decode_all(values)
+}
+
+/// What a developer writes by hand for `get_many` when every id is warm:
+/// the keys built for this call, one `MGET`, each value decoded into the
+/// map the function returns (so the values live as long as the caller's,
+/// unlike `decode_all`'s).
+async fn hand_written(conn: &mut ConnectionManager, ids: &[u64]) -> HashMap<u64, Placement> {
+    let keys: Vec<String> = ids.iter().map(|id| format!("raw_batch:{id}")).collect();
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(conn)
+        .await
+        .expect("reads");
+    ids.iter()
+        .zip(values)
+        .filter_map(|(id, v)| Some((*id, serde_json::from_slice::<Placement>(&v?).ok()?)))
+        .collect()
 }
 
 fn decode_all(values: Vec<Option<Vec<u8>>>) -> usize {
@@ -304,12 +325,28 @@ async fn round_trip(proxy: &Proxy) -> Duration {
     Duration::from_secs_f64(median(times))
 }
 
-/// `n` warm 100-id batch calls of `this`, nothing else (`__profile_batch`).
-pub async fn profile(redis: &Redis, n: u32) {
+/// `n` warm 100-id batch calls of `system` (`__profile_batch`).
+pub async fn profile(redis: &Redis, system: &str, n: u32) {
     let ids: Vec<u64> = (1..=IDS).collect();
     let this = Placements::new(cache(&redis.url, "bench_batch_profile"));
     this.get_many(ids.clone()).await;
+    let raw_keys: Vec<String> = ids.iter().map(|id| format!("raw_batch:{id}")).collect();
+    let mut conn = ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    let mut set = redis::pipe();
+    for (id, key) in ids.iter().zip(&raw_keys) {
+        let json = serde_json::to_vec(&Placement::sample(*id)).expect("serializes");
+        set.set(key, json).ignore();
+    }
+    let () = set.query_async(&mut conn).await.expect("stores");
     for _ in 0..n {
-        std::hint::black_box(this.get_many(ids.clone()).await);
+        let got = match system {
+            "raw_pipeline_getrange" => raw_pipeline(&mut conn, &raw_keys, true).await,
+            "raw_mget" => raw_mget(&mut conn, &raw_keys).await,
+            "hand_written" => hand_written(&mut conn, &ids).await.len(),
+            _ => this.get_many(ids.clone()).await.len(),
+        };
+        std::hint::black_box(got);
     }
 }
