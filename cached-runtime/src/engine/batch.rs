@@ -325,6 +325,9 @@ impl Engine {
         let mut again = Vec::new();
         for (i, landed) in landed {
             match landed {
+                // A read's value is what a refresh replaces (as for a single
+                // key's refresh): loaded instead, and not stored.
+                Landed::Hit(..) if refresh => later.push((i, None, None)),
                 // (Its miss was counted with the batch's read.)
                 Landed::Value(any) | Landed::Hit(any, _) => {
                     counters.coalesced.add();
@@ -513,7 +516,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{BatchCall, MAX_ROUNDS};
-    use crate::engine::flight::Role;
+    use crate::EntryMeta;
+    use crate::engine::flight::{Role, Shared};
     use crate::engine::policy::Policy;
 
     /// Lets the batch task run until it waits again (a current-thread
@@ -576,5 +580,54 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         drop(leader);
         assert_eq!(cache.get::<u32>("item:1").await, None, "not stored");
+    }
+
+    /// A refreshing batch that finds a read of one of its keys running here
+    /// (begun after the refresh detached the key's flights, or met in a
+    /// later round) loads that key: what the read brings back is the value
+    /// the refresh is to replace, so it is not shared with the refresh.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refreshing_batch_loads_a_key_it_finds_being_read() {
+        let cache = crate::Cache::memory();
+        let engine = Arc::clone(cache.engine());
+        let key = "cache:item:1".to_owned();
+        let wait = Duration::from_secs(30);
+        let policy: &'static Policy =
+            Box::leak(Box::new(Policy::new(Duration::from_secs(60)).wait(wait)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let Role::Lead(mut reader) = engine.flights.join_or_lead(&engine, &key, wait) else {
+            panic!("the test leads first");
+        };
+        let round = tokio::spawn({
+            let (engine, key, calls) = (Arc::clone(&engine), key.clone(), Arc::clone(&calls));
+            async move {
+                let call = BatchCall {
+                    counters: Cow::Owned(engine.stats.counters("item")),
+                    policy,
+                };
+                let load = |indexes: Vec<usize>| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, ()>(indexes.iter().map(|_| Some(2u32)).collect()) }
+                };
+                let mut found = vec![None];
+                let again = engine
+                    .batch_round(&call, &[key], vec![0], &load, None, &mut found, true)
+                    .await;
+                (again, found)
+            }
+        });
+        settle().await;
+        assert!(!round.is_finished(), "the refresh waits on the read");
+        let meta = EntryMeta {
+            created_ms: 0,
+            load_us: 0,
+            expires_ms: u64::MAX,
+            stale_until_ms: u64::MAX,
+        };
+        reader.land_with(&Some(1u32), Shared::Fresh(meta));
+        let (again, found) = round.await.expect("joins");
+        assert_eq!(again, Ok(vec![]));
+        assert_eq!(found, vec![Some(2)], "the loader's value, not the read's");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
