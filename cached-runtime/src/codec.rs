@@ -897,6 +897,50 @@ mod tests {
         assert_eq!(decode::<String>(&bytes).expect("decodes").0, Some(noise));
     }
 
+    /// Each compression flag goes to its own decompressor, or, in a build
+    /// without its feature, to an error that names the feature (not to the
+    /// error for flags no build knows).
+    #[test]
+    fn a_compressed_entry_goes_to_its_decompressor_or_names_the_missing_feature() {
+        for (flag, decompressor, feature, built) in [
+            (FLAG_LZ4, "LZ4: ", "`lz4` feature", cfg!(feature = "lz4")),
+            (
+                FLAG_ZSTD,
+                "Zstandard: ",
+                "`zstd` feature",
+                cfg!(feature = "zstd"),
+            ),
+        ] {
+            let mut bytes = encode::<u32>(None, &meta()).expect("encodes");
+            bytes[HEADER_LEN - 1] = flag;
+            bytes.extend_from_slice(&5u32.to_le_bytes());
+            bytes.extend_from_slice(&[0xff; 8]);
+            let e = decode::<u32>(&bytes)
+                .expect_err("not compressed data")
+                .to_string();
+            let expected = if built { decompressor } else { feature };
+            assert!(e.contains(expected), "flag {flag:#b}: {e}");
+        }
+    }
+
+    /// A payload may claim exactly the bound: only more is refused unread.
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn a_payload_claiming_exactly_the_bound_is_decompressed() {
+        let mut bytes = encode::<u32>(None, &meta()).expect("encodes");
+        bytes[HEADER_LEN - 1] = FLAG_LZ4;
+        let claimed = u32::try_from(MAX_DECOMPRESSED).expect("fits");
+        bytes.extend_from_slice(&claimed.to_le_bytes());
+        bytes.extend_from_slice(&[0xff; 8]);
+        let e = decode::<u32>(&bytes).expect_err("not LZ4 data").to_string();
+        assert!(e.contains("LZ4: "), "{e}");
+        bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&(claimed + 1).to_le_bytes());
+        let e = decode::<u32>(&bytes)
+            .expect_err("over the bound")
+            .to_string();
+        assert!(e.contains("over the"), "{e}");
+    }
+
     #[test]
     fn a_payload_that_claims_too_much_or_unknown_flags_is_refused() {
         let mut bomb = encode::<u32>(None, &meta()).expect("encodes");
