@@ -14,14 +14,15 @@ use cached_tests::{RedisServer, free_port};
 
 use crate::support::{Placement, builder, timed};
 
-/// A service over a source of truth that writers change.
-struct Rows {
-    cache: Cache,
+/// A service over a source of truth that writers change (shared with
+/// `pending_reads`).
+pub(crate) struct Rows {
+    pub(crate) cache: Cache,
     source: Mutex<HashMap<u64, String>>,
 }
 
 impl Rows {
-    fn new(cache: Cache) -> Rows {
+    pub(crate) fn new(cache: Cache) -> Rows {
         Rows {
             cache,
             source: Mutex::new(HashMap::new()),
@@ -37,13 +38,13 @@ impl Rows {
     }
 
     #[cached(prefix = "row", ttl = "5m", key = id)]
-    async fn get(&self, id: u64) -> Placement {
+    pub(crate) async fn get(&self, id: u64) -> Placement {
         self.row(id)
     }
 
     /// Commits the new name, then writes the row through.
     #[cache_put(prefix = "row", ttl = "5m", key = id)]
-    async fn rename(&self, id: u64, name: String) -> Placement {
+    pub(crate) async fn rename(&self, id: u64, name: String) -> Placement {
         self.source.lock().expect("source").insert(id, name);
         self.row(id)
     }
@@ -51,6 +52,32 @@ impl Rows {
     /// Commits the new name, then evicts the row.
     #[cache_evict(keys = ["row:{id}"])]
     async fn rename_and_evict(&self, id: u64, name: String) {
+        self.source.lock().expect("source").insert(id, name);
+    }
+
+    /// Reads the source, then takes 300 ms more.
+    #[cached(prefix = "row", ttl = "5m", key = id)]
+    pub(crate) async fn read_then_sleep(&self, id: u64) -> Placement {
+        let row = self.row(id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        row
+    }
+
+    /// A tagged reader of its own entries.
+    #[cached(prefix = "trow", ttl = "5m", key = "{id}:row", tags = ["rows"])]
+    pub(crate) async fn tagged(&self, id: u64) -> Placement {
+        self.row(id)
+    }
+
+    /// A batch reader of the same entries (a batch takes no tags).
+    #[cached(prefix = "trow", ttl = "5m", key = "{ids}:row", batch = ids)]
+    pub(crate) async fn tagged_many(&self, ids: Vec<u64>) -> HashMap<u64, Placement> {
+        ids.into_iter().map(|id| (id, self.row(id))).collect()
+    }
+
+    /// Commits, then evicts every entry under the tag.
+    #[cache_evict(tags = ["rows"])]
+    pub(crate) async fn rename_all_tagged(&self, id: u64, name: String) {
         self.source.lock().expect("source").insert(id, name);
     }
 

@@ -4,66 +4,14 @@
 //! through a tag the reader does not name. (Both cases were found by an
 //! independent review, each failing before its fix.)
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use cached_runtime::{Cache, CircuitBreaker, cache_evict, cache_put, cached};
+use cached_runtime::CircuitBreaker;
 use cached_tests::{RedisServer, free_port};
 
+use crate::lost_changes::Rows;
 use crate::support::{Placement, builder, timed};
-
-struct Rows {
-    cache: Cache,
-    source: Mutex<HashMap<u64, String>>,
-}
-
-impl Rows {
-    fn row(&self, id: u64) -> Placement {
-        let name = self.source.lock().expect("source").get(&id).cloned();
-        Placement {
-            id,
-            name: name.unwrap_or_else(|| format!("v1 of {id}")),
-        }
-    }
-
-    #[cached(prefix = "row", ttl = "5m", key = id)]
-    async fn get(&self, id: u64) -> Placement {
-        self.row(id)
-    }
-
-    /// Reads the source, then takes 300 ms more.
-    #[cached(prefix = "row", ttl = "5m", key = id)]
-    async fn read_then_sleep(&self, id: u64) -> Placement {
-        let row = self.row(id);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        row
-    }
-
-    #[cache_put(prefix = "row", ttl = "5m", key = id)]
-    async fn rename(&self, id: u64, name: String) -> Placement {
-        self.source.lock().expect("source").insert(id, name);
-        self.row(id)
-    }
-
-    /// A tagged reader of its own entries.
-    #[cached(prefix = "trow", ttl = "5m", key = "{id}:row", tags = ["rows"])]
-    async fn tagged(&self, id: u64) -> Placement {
-        self.row(id)
-    }
-
-    /// A batch reader of the same entries (a batch takes no tags).
-    #[cached(prefix = "trow", ttl = "5m", key = "{ids}:row", batch = ids)]
-    async fn tagged_many(&self, ids: Vec<u64>) -> HashMap<u64, Placement> {
-        ids.into_iter().map(|id| (id, self.row(id))).collect()
-    }
-
-    /// Commits, then evicts every entry under the tag.
-    #[cache_evict(tags = ["rows"])]
-    async fn rename_all_tagged(&self, id: u64, name: String) {
-        self.source.lock().expect("source").insert(id, name);
-    }
-}
 
 fn rows(server: &RedisServer) -> Rows {
     let cache = builder(server)
@@ -74,10 +22,7 @@ fn rows(server: &RedisServer) -> Rows {
         })
         .build()
         .expect("a valid cache");
-    Rows {
-        cache,
-        source: Mutex::new(HashMap::new()),
-    }
+    Rows::new(cache)
 }
 
 /// A write-through whose caller is dropped mid-write pended the key but
