@@ -82,16 +82,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
     let this = Placements::new(cache(&redis.url, "bench_batch"));
     this.get_many(ids.clone()).await;
     // The raw systems read plain JSON under keys of their own.
-    let raw_keys: Vec<String> = ids.iter().map(|id| format!("raw_batch:{id}")).collect();
-    let mut conn = ConnectionManager::new(redis.client())
-        .await
-        .expect("connects");
-    let mut set = redis::pipe();
-    for (id, key) in ids.iter().zip(&raw_keys) {
-        let json = serde_json::to_vec(&Placement::sample(*id)).expect("serializes");
-        set.set(key, json).ignore();
-    }
-    let () = set.query_async(&mut conn).await.expect("stores");
+    let (mut conn, raw_keys) = raw_rows(redis, &ids).await;
 
     let systems = [
         "this",
@@ -158,6 +149,22 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
                 .with("sequential_over_this", ratio(5, i))
         })
         .collect()
+}
+
+/// A connection for the raw systems, and the keys under which it stored
+/// each id's row as plain JSON.
+async fn raw_rows(redis: &Redis, ids: &[u64]) -> (ConnectionManager, Vec<String>) {
+    let raw_keys: Vec<String> = ids.iter().map(|id| format!("raw_batch:{id}")).collect();
+    let mut conn = ConnectionManager::new(redis.client())
+        .await
+        .expect("connects");
+    let mut set = redis::pipe();
+    for (id, key) in ids.iter().zip(&raw_keys) {
+        let json = serde_json::to_vec(&Placement::sample(*id)).expect("serializes");
+        set.set(key, json).ignore();
+    }
+    let () = set.query_async(&mut conn).await.expect("stores");
+    (conn, raw_keys)
 }
 
 /// `MGET` of every key and a decode of each value.
@@ -330,16 +337,7 @@ pub async fn profile(redis: &Redis, system: &str, n: u32) {
     let ids: Vec<u64> = (1..=IDS).collect();
     let this = Placements::new(cache(&redis.url, "bench_batch_profile"));
     this.get_many(ids.clone()).await;
-    let raw_keys: Vec<String> = ids.iter().map(|id| format!("raw_batch:{id}")).collect();
-    let mut conn = ConnectionManager::new(redis.client())
-        .await
-        .expect("connects");
-    let mut set = redis::pipe();
-    for (id, key) in ids.iter().zip(&raw_keys) {
-        let json = serde_json::to_vec(&Placement::sample(*id)).expect("serializes");
-        set.set(key, json).ignore();
-    }
-    let () = set.query_async(&mut conn).await.expect("stores");
+    let (mut conn, raw_keys) = raw_rows(redis, &ids).await;
     for _ in 0..n {
         let got = match system {
             "raw_pipeline_getrange" => raw_pipeline(&mut conn, &raw_keys, true).await,

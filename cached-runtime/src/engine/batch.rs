@@ -517,8 +517,14 @@ mod tests {
 
     use super::{BatchCall, MAX_ROUNDS};
     use crate::EntryMeta;
+    use crate::engine::Engine;
     use crate::engine::flight::{Role, Shared};
     use crate::engine::policy::Policy;
+
+    /// How long a caller waits for a flight here: longer than any test.
+    const WAIT: Duration = Duration::from_secs(30);
+    /// The key the tests batch, as the engine names it.
+    const KEY: &str = "cache:item:1";
 
     /// Lets the batch task run until it waits again (a current-thread
     /// runtime, the memory backend: nothing else runs meanwhile).
@@ -528,33 +534,52 @@ mod tests {
         }
     }
 
+    /// A memory cache and its engine.
+    fn memory() -> (crate::Cache, Arc<Engine>) {
+        let cache = crate::Cache::memory();
+        let engine = Arc::clone(cache.engine());
+        (cache, engine)
+    }
+
+    /// A batch call of `engine` waiting [`WAIT`] for flights.
+    fn batch_call(engine: &Engine) -> BatchCall<'static> {
+        let policy: &'static Policy =
+            Box::leak(Box::new(Policy::new(Duration::from_secs(60)).wait(WAIT)));
+        BatchCall {
+            counters: Cow::Owned(engine.stats.counters("item")),
+            policy,
+        }
+    }
+
+    /// A batch body answering `value` for every index, counting its calls.
+    fn counting_load(
+        calls: &Arc<AtomicUsize>,
+        value: u32,
+    ) -> impl Fn(Vec<usize>) -> std::future::Ready<Result<Vec<Option<u32>>, ()>> + use<> {
+        let calls = Arc::clone(calls);
+        move |indexes| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(indexes.iter().map(|_| Some(value)).collect()))
+        }
+    }
+
     /// A batch whose key's leader here goes away, again and again, waits
     /// for a new leader at most `MAX_ROUNDS` times, then loads the key
     /// itself (and stores nothing: another leader runs).
     #[tokio::test(flavor = "current_thread")]
     async fn after_max_rounds_of_abandoned_leaders_a_batch_loads_for_itself() {
-        let cache = crate::Cache::memory();
-        let engine = Arc::clone(cache.engine());
-        let key = "cache:item:1".to_owned();
-        let wait = Duration::from_secs(30);
-        let policy: &'static Policy =
-            Box::leak(Box::new(Policy::new(Duration::from_secs(60)).wait(wait)));
+        let (cache, engine) = memory();
         let calls = Arc::new(AtomicUsize::new(0));
-        let Role::Lead(mut leader) = engine.flights.join_or_lead(&engine, &key, wait) else {
+        let Role::Lead(mut leader) = engine.flights.join_or_lead(&engine, KEY, WAIT) else {
             panic!("the test leads first");
         };
         let batch = tokio::spawn({
-            let (engine, key, calls) = (Arc::clone(&engine), key.clone(), Arc::clone(&calls));
+            let (engine, load) = (Arc::clone(&engine), counting_load(&calls, 7));
             async move {
-                let call = BatchCall {
-                    counters: Cow::Owned(engine.stats.counters("item")),
-                    policy,
-                };
-                let load = |indexes: Vec<usize>| {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    async move { Ok::<_, ()>(indexes.iter().map(|_| Some(7u32)).collect()) }
-                };
-                engine.load_batch(&call, &[key], load, None).await
+                let call = batch_call(&engine);
+                engine
+                    .load_batch(&call, &[KEY.to_owned()], load, None)
+                    .await
             }
         });
         settle().await;
@@ -566,7 +591,7 @@ mod tests {
             assert_eq!(calls.load(Ordering::SeqCst), 0, "round {round}");
             // The leader goes away; another takes its place at once.
             drop(leader);
-            let Role::Lead(next) = engine.flights.join_or_lead(&engine, &key, wait) else {
+            let Role::Lead(next) = engine.flights.join_or_lead(&engine, KEY, WAIT) else {
                 panic!("round {round}: the batch has not run yet");
             };
             leader = next;
@@ -588,30 +613,19 @@ mod tests {
     /// the refresh is to replace, so it is not shared with the refresh.
     #[tokio::test(flavor = "current_thread")]
     async fn a_refreshing_batch_loads_a_key_it_finds_being_read() {
-        let cache = crate::Cache::memory();
-        let engine = Arc::clone(cache.engine());
-        let key = "cache:item:1".to_owned();
-        let wait = Duration::from_secs(30);
-        let policy: &'static Policy =
-            Box::leak(Box::new(Policy::new(Duration::from_secs(60)).wait(wait)));
+        let (_cache, engine) = memory();
         let calls = Arc::new(AtomicUsize::new(0));
-        let Role::Lead(mut reader) = engine.flights.join_or_lead(&engine, &key, wait) else {
+        let Role::Lead(mut reader) = engine.flights.join_or_lead(&engine, KEY, WAIT) else {
             panic!("the test leads first");
         };
         let round = tokio::spawn({
-            let (engine, key, calls) = (Arc::clone(&engine), key.clone(), Arc::clone(&calls));
+            let (engine, load) = (Arc::clone(&engine), counting_load(&calls, 2));
             async move {
-                let call = BatchCall {
-                    counters: Cow::Owned(engine.stats.counters("item")),
-                    policy,
-                };
-                let load = |indexes: Vec<usize>| {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    async move { Ok::<_, ()>(indexes.iter().map(|_| Some(2u32)).collect()) }
-                };
+                let call = batch_call(&engine);
                 let mut found = vec![None];
+                let keys = [KEY.to_owned()];
                 let again = engine
-                    .batch_round(&call, &[key], vec![0], &load, None, &mut found, true)
+                    .batch_round(&call, &keys, vec![0], &load, None, &mut found, true)
                     .await;
                 (again, found)
             }
