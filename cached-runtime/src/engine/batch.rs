@@ -76,10 +76,6 @@ impl Engine {
         let mode = crate::scope::current_mode();
         let bypass = !self.enabled || mode == CallMode::Bypass;
         let refresh = mode == CallMode::Refresh;
-        if refresh {
-            // No read begun before this refresh is shared with it.
-            self.flights.detach(keys);
-        }
         let ran = std::sync::atomic::AtomicBool::new(false);
         let load = |indexes: Vec<usize>| {
             ran.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -203,9 +199,13 @@ impl Engine {
             // A key kept from the backend by a pending change shares only
             // loads made the same way (see `Via::AfterChange`).
             let after_change = cond.is_none() && self.pending.blocks(&keys[i]);
-            let role = self
-                .flights
-                .join_or_lead_as(self, &keys[i], policy.wait, after_change);
+            // A refresh leads every key (see `Flights::lead`).
+            let role = if refresh {
+                Role::Lead(self.flights.lead(self, &keys[i], after_change))
+            } else {
+                self.flights
+                    .join_or_lead_as(self, &keys[i], policy.wait, after_change)
+            };
             match (role, cond) {
                 (Role::Lead(guard), Some(cond)) => asks.push((i, guard, cond)),
                 // Not read (a pending change, or the backend failed): loaded
@@ -273,18 +273,10 @@ impl Engine {
         self.load_and_store(call, keys, load, errors, now, found, refresh)
             .await?;
 
-        // A refresh does not wait for another holder's value (it may be
-        // the one being replaced): it loads those ids too, storing nothing.
-        if refresh {
-            let contested = std::mem::take(&mut contested);
-            let mine = contested
-                .into_iter()
-                .map(|(i, guard)| (i, Some(guard), None));
-            self.load_and_store(call, keys, load, errors, mine.collect(), found, false)
-                .await?;
-        }
-
-        // 5. The keys others are loading, all at once.
+        // 5. The keys others are loading, all at once: waited for, or (a
+        // refresh, which takes no value another holder stores: it may be
+        // the one being replaced) their leases waited for, to replace them.
+        let ask = if refresh { Ask::Replace } else { Ask::ForLoad };
         let polls = contested.into_iter().map(|(i, mut guard)| async move {
             let token = fastrand::u64(1..);
             guard.lease = Some(token);
@@ -295,7 +287,7 @@ impl Engine {
                 tags: &[],
                 shape: std::marker::PhantomData,
             };
-            let leasing = self.take_lease(&single, token, Ask::ForLoad).await;
+            let leasing = self.take_lease(&single, token, ask).await;
             (i, guard, token, leasing)
         });
         let waits = joined
@@ -325,9 +317,6 @@ impl Engine {
         let mut again = Vec::new();
         for (i, landed) in landed {
             match landed {
-                // A read's value is what a refresh replaces (as for a single
-                // key's refresh): loaded instead, and not stored.
-                Landed::Hit(..) if refresh => later.push((i, None, None)),
                 // (Its miss was counted with the batch's read.)
                 Landed::Value(any) | Landed::Hit(any, _) => {
                     counters.coalesced.add();
@@ -474,18 +463,18 @@ impl Engine {
         }
 
         // A refresh replaces: an entry whose new value is not kept (an
-        // absence without `cache_none`) goes.
-        if replace {
-            let gone: Vec<String> = finishes
+        // absence without `cache_none`) goes, once its flight has landed
+        // (the removal detaches flights: its own callers would load again).
+        let gone: Vec<String> = if replace {
+            finishes
                 .iter()
                 .zip(&ends)
                 .filter(|(finish, end)| finish.write.is_none() && **end == LeaseEnd::Stored)
                 .map(|(finish, _)| finish.key.to_owned())
-                .collect();
-            if !gone.is_empty() {
-                let _ = self.invalidate_full(&gone).await;
-            }
-        }
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut ends = ends.into_iter();
         for ((i, guard, lease), value) in items.into_iter().zip(values) {
             let end = lease.and_then(|_| ends.next());
@@ -504,6 +493,9 @@ impl Engine {
             }
             found[i] = value;
         }
+        if !gone.is_empty() {
+            let _ = self.invalidate_full(&gone).await;
+        }
         Ok(())
     }
 }
@@ -517,9 +509,11 @@ mod tests {
 
     use super::{BatchCall, MAX_ROUNDS};
     use crate::EntryMeta;
+    use crate::backend::{Lease, LeaseIf, LeaseOutcome};
     use crate::engine::Engine;
-    use crate::engine::flight::{Role, Shared};
-    use crate::engine::policy::Policy;
+    use crate::engine::flight::{Landed, Role, Shared, landing};
+    use crate::engine::policy::{Call, Policy};
+    use crate::scope::{CallMode, with_mode};
 
     /// How long a caller waits for a flight here: longer than any test.
     const WAIT: Duration = Duration::from_secs(30);
@@ -548,6 +542,17 @@ mod tests {
         BatchCall {
             counters: Cow::Owned(engine.stats.counters("item")),
             policy,
+        }
+    }
+
+    /// A single-key call of `engine` for [`KEY`], as `batch_call`.
+    fn single_call(engine: &Engine) -> Call<'static, Option<u32>, u32> {
+        Call {
+            key: KEY.to_owned(),
+            counters: Cow::Owned(engine.stats.counters("item")),
+            policy: Cow::Owned(Policy::new(Duration::from_secs(60)).wait(WAIT)),
+            tags: &[],
+            shape: std::marker::PhantomData,
         }
     }
 
@@ -607,12 +612,47 @@ mod tests {
         assert_eq!(cache.get::<u32>("item:1").await, None, "not stored");
     }
 
-    /// A refreshing batch that finds a read of one of its keys running here
-    /// (begun after the refresh detached the key's flights, or met in a
-    /// later round) loads that key: what the read brings back is the value
-    /// the refresh is to replace, so it is not shared with the refresh.
+    /// The metadata of an entry stored now, kept for ever.
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            created_ms: crate::clock::now_ms(),
+            load_us: 0,
+            expires_ms: u64::MAX,
+            stale_until_ms: u64::MAX,
+        }
+    }
+
+    /// The lease token of a load begun before the refresh under test.
+    const OLDER: u64 = 99;
+
+    /// A load begun before the refresh (in this process or another) holds
+    /// the key's lease: it has read the source before the refresh began.
+    async fn an_older_load_holds_the_lease(engine: &Engine) {
+        let got = engine
+            .backend
+            .acquire_lease(KEY, OLDER, WAIT, LeaseIf::Absent, &[], Duration::ZERO, WAIT)
+            .await;
+        assert!(matches!(got, Ok(LeaseOutcome::Acquired(_))), "{got:?}");
+    }
+
+    /// That load stores what it read (1) while its lease holds.
+    async fn the_older_load_stores(engine: &Engine) {
+        let lease = Lease {
+            token: OLDER,
+            epoch: 0,
+        };
+        let stored = engine
+            .backend
+            .set_if_leased(KEY, Some(&1u32), &meta(), WAIT, lease, &[], WAIT)
+            .await;
+        assert_eq!(stored.ok(), Some(true), "its lease still held");
+    }
+
+    /// A refreshing batch shares no read of its key running here (begun
+    /// before the refresh, or beside it): what the read brings back is the
+    /// value the refresh is to replace. It leads and loads at once.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_refreshing_batch_loads_a_key_it_finds_being_read() {
+    async fn a_refreshing_batch_shares_no_read_running_for_its_key() {
         let (_cache, engine) = memory();
         let calls = Arc::new(AtomicUsize::new(0));
         let Role::Lead(mut reader) = engine.flights.join_or_lead(&engine, KEY, WAIT) else {
@@ -631,17 +671,123 @@ mod tests {
             }
         });
         settle().await;
-        assert!(!round.is_finished(), "the refresh waits on the read");
-        let meta = EntryMeta {
-            created_ms: 0,
-            load_us: 0,
-            expires_ms: u64::MAX,
-            stale_until_ms: u64::MAX,
-        };
-        reader.land_with(&Some(1u32), Shared::Fresh(meta));
+        assert!(round.is_finished(), "the refresh did not wait on the read");
+        reader.land_with(&Some(1u32), Shared::Fresh(meta()));
         let (again, found) = round.await.expect("joins");
         assert_eq!(again, Ok(vec![]));
         assert_eq!(found, vec![Some(2)], "the loader's value, not the read's");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A refreshing batch whose key's lease a load begun before it holds
+    /// waits for that lease and replaces what that load stores, as a
+    /// single key's refresh does; it used to load without storing, and the
+    /// older load's value stayed cached for its whole TTL.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refreshing_batch_replaces_what_an_older_load_stores() {
+        let (cache, engine) = memory();
+        let calls = Arc::new(AtomicUsize::new(0));
+        an_older_load_holds_the_lease(&engine).await;
+        let batch = tokio::spawn({
+            let (engine, load) = (Arc::clone(&engine), counting_load(&calls, 2));
+            with_mode(CallMode::Refresh, async move {
+                let call = batch_call(&engine);
+                engine
+                    .load_batch(&call, &[KEY.to_owned()], load, None)
+                    .await
+            })
+        });
+        settle().await;
+        assert!(!batch.is_finished(), "it waits for the older lease");
+        the_older_load_stores(&engine).await;
+        assert_eq!(batch.await.expect("joins"), Ok(vec![Some(2)]));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get::<u32>("item:1").await, Some(2), "replaced");
+    }
+
+    /// A refresh (batch or single key) shares no flight led by a caller
+    /// that waited for another's lease: such a leader passes on what it
+    /// then read, which may be the older load's value. (The single key's
+    /// refresh used to detach, then join: here that passes too; what it
+    /// left open was a flight led between those two steps, on another
+    /// thread. It now leads without looking, as a batch does.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refresh_takes_no_value_a_waiting_leader_read() {
+        for batch in [true, false] {
+            let (cache, engine) = memory();
+            let calls = Arc::new(AtomicUsize::new(0));
+            an_older_load_holds_the_lease(&engine).await;
+            // A caller (not refreshing) misses, leads and waits for the lease.
+            let waiting = tokio::spawn({
+                let engine = Arc::clone(&engine);
+                async move {
+                    let call = single_call(&engine);
+                    let load = || std::future::ready(Ok::<_, ()>(Some(3u32)));
+                    engine.load_through(call, load, None, None).await
+                }
+            });
+            settle().await;
+            let refresh = tokio::spawn({
+                let (engine, load) = (Arc::clone(&engine), counting_load(&calls, 2));
+                with_mode(CallMode::Refresh, async move {
+                    if batch {
+                        let (call, keys) = (batch_call(&engine), [KEY.to_owned()]);
+                        let got = engine.load_batch(&call, &keys, load, None).await;
+                        got.map(|mut v| v.remove(0))
+                    } else {
+                        let call = single_call(&engine);
+                        let load = || async move { load(vec![0]).await.map(|mut v| v.remove(0)) };
+                        engine.load_through(call, load, None, None).await
+                    }
+                })
+            });
+            settle().await;
+            the_older_load_stores(&engine).await;
+            assert_eq!(
+                refresh.await.expect("joins"),
+                Ok(Some(2)),
+                "batch {batch}: the refresh's own load"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "batch {batch}");
+            assert!(waiting.await.expect("joins").is_ok());
+            assert_eq!(cache.get::<u32>("item:1").await, Some(2), "batch {batch}");
+        }
+    }
+
+    /// A refresh whose value is not kept (`None` without `cache_none`)
+    /// removes the entry only once its flight has landed: callers who
+    /// joined it get its `None`, rather than being told it went away (and
+    /// loading again).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refresh_of_an_absent_value_hands_it_to_its_joiners() {
+        let (_cache, engine) = memory();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let batch = tokio::spawn({
+            let (engine, gate) = (Arc::clone(&engine), Arc::clone(&gate));
+            with_mode(CallMode::Refresh, async move {
+                let call = batch_call(&engine);
+                let load = move |indexes: Vec<usize>| {
+                    let gate = Arc::clone(&gate);
+                    async move {
+                        gate.notified().await;
+                        Ok::<_, ()>(indexes.iter().map(|_| None::<u32>).collect::<Vec<_>>())
+                    }
+                };
+                engine
+                    .load_batch(&call, &[KEY.to_owned()], load, None)
+                    .await
+            })
+        });
+        settle().await;
+        let Role::Wait(rx) = engine.flights.join_or_lead(&engine, KEY, WAIT) else {
+            panic!("the refresh leads");
+        };
+        gate.notify_one();
+        assert_eq!(batch.await.expect("joins"), Ok(vec![None]));
+        let landed = landing(rx).await;
+        let Landed::Value(value) = landed else {
+            panic!("the joiner was not handed the refresh's value");
+        };
+        assert_eq!(value.downcast_ref::<Option<u32>>(), Some(&None));
     }
 }

@@ -180,11 +180,41 @@ impl Flights {
         after_change: bool,
     ) -> Role<'a> {
         let mut running = self.lock();
-        if let Some(flight) = running.get_mut(key) {
-            if flight.after_change || !after_change {
-                return Role::Wait(flight.subscribe(wait));
-            }
-            running.remove(key);
+        if let Some(flight) = running.get_mut(key)
+            && (flight.after_change || !after_change)
+        {
+            return Role::Wait(flight.subscribe(wait));
+        }
+        Role::Lead(self.lead_in(&mut running, engine, key, after_change))
+    }
+
+    /// Leads the get-or-load of `key` whatever runs for it here: a forced
+    /// refresh (`CallMode::Refresh`) shares no flight begun before it or
+    /// beside it, since any of them may hand out a read of the value it
+    /// replaces (a leader that waited for another's lease passes on what it
+    /// then read). The flight it displaces is detached, as a write detaches
+    /// one: its waiters are told it went away and start again, and may join
+    /// this one, whose value is loaded. `after_change` as for
+    /// [`Flights::join_or_lead_as`].
+    pub(super) fn lead<'a>(
+        &self,
+        engine: &'a Arc<Engine>,
+        key: &'a str,
+        after_change: bool,
+    ) -> FlightGuard<'a> {
+        let mut running = self.lock();
+        self.lead_in(&mut running, engine, key, after_change)
+    }
+
+    /// Puts a new flight for `key` in `running`, in place of any there.
+    fn lead_in<'a>(
+        &self,
+        running: &mut HashMap<String, Flight, FlightHasher>,
+        engine: &'a Arc<Engine>,
+        key: &'a str,
+        after_change: bool,
+    ) -> FlightGuard<'a> {
+        if running.remove(key).is_some() {
             self.misses.fetch_sub(1, Ordering::Relaxed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -198,14 +228,14 @@ impl Flights {
             },
         );
         self.misses.fetch_add(1, Ordering::Relaxed);
-        Role::Lead(FlightGuard {
+        FlightGuard {
             engine: Cow::Borrowed(engine),
             key: Cow::Borrowed(key),
             id,
             refresh: None,
             landed: false,
             lease: None,
-        })
+        }
     }
 
     /// Lets callers from now on start afresh rather than join a flight

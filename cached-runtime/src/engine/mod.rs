@@ -546,31 +546,12 @@ impl Engine {
     {
         let counters = &*call.counters;
         counters.misses.add();
-        // No read begun before this refresh is shared with later callers.
-        self.flights.detach(std::slice::from_ref(&call.key));
         // A change of the key pending: this refresh loads without a lease
         // and shares only loads made the same way (see `Via::AfterChange`).
         let blocked = self.pending.blocks(&call.key);
-        let role = self
-            .flights
-            .join_or_lead_as(self, &call.key, call.policy.wait, blocked);
-        let mut guard = match role {
-            Role::Lead(guard) => guard,
-            // Another refresh of the key began this instant: its load is as
-            // fresh as this one's would be.
-            Role::Wait(rx) => {
-                let landed = landing(rx).await;
-                // A read's hit (a caller that started between the detach
-                // and here) is what this refresh replaces: load instead.
-                if matches!(landed, Landed::Hit(..)) {
-                    return self.run_loader(counters, load).await.map(|(v, _)| v);
-                }
-                return match Box::pin(self.settle(landed, counters, load, errors, false)).await {
-                    Ok(result) => result,
-                    Err(load) => self.run_loader(counters, load).await.map(|(v, _)| v),
-                };
-            }
-        };
+        // It leads, whatever runs for the key here: no flight begun before
+        // it, or beside it, is shared with it or with later callers.
+        let mut guard = self.flights.lead(self, &call.key, blocked);
         let leased = if blocked {
             None
         } else {
