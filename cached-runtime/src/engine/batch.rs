@@ -197,7 +197,11 @@ impl Engine {
             .chain(misses.into_iter().map(|(i, cond)| (i, Some(cond))));
         for (i, cond) in flights {
             // A key kept from the backend by a pending change shares only
-            // loads made the same way (see `Via::AfterChange`).
+            // loads made the same way (see `Via::AfterChange`). (`&&` made
+            // `||` by cargo-mutants survives as equivalent: it marks also a
+            // key whose read failed, or one read just before a change was
+            // pended; the former loads from the source after the change,
+            // and the change's detach removed any flight begun before it.)
             let after_change = cond.is_none() && self.pending.blocks(&keys[i]);
             // A refresh leads every key (see `Flights::lead`).
             let role = if refresh {
@@ -608,7 +612,30 @@ mod tests {
         );
         assert_eq!(batch.await.expect("joins"), Ok(vec![Some(7)]));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // One miss a round, the last (its own load) included.
+        let misses = cache.stats_for("item").map(|s| s.misses);
+        assert_eq!(misses, Some(MAX_ROUNDS as u64 + 1));
         drop(leader);
+        assert_eq!(cache.get::<u32>("item:1").await, None, "not stored");
+    }
+
+    /// A batch in a `Bypass` scope runs its body and counts no miss (nor
+    /// anything else): the cache took no part.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bypassed_batch_loads_and_counts_no_miss() {
+        let (cache, engine) = memory();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let call = batch_call(&engine);
+        let keys = [KEY.to_owned()];
+        let got = with_mode(
+            CallMode::Bypass,
+            engine.load_batch(&call, &keys, counting_load(&calls, 4), None),
+        )
+        .await;
+        assert_eq!(got, Ok(vec![Some(4)]));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let stats = cache.stats_for("item").expect("counters made");
+        assert_eq!((stats.hits, stats.misses), (0, 0));
         assert_eq!(cache.get::<u32>("item:1").await, None, "not stored");
     }
 
