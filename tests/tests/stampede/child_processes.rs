@@ -67,6 +67,17 @@ fn stampede_child() {
             Err(_) => redis_builder_at(url.as_str()).build(),
         }
         .expect("builds");
+        // Connected before the go (on a busy machine a first connection to
+        // a cluster can outlast the op timeout: that call would load
+        // without the cache, correctly, and count a second load).
+        let ready = tokio::time::Instant::now() + Duration::from_secs(10);
+        while cache.ping().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < ready,
+                "the cache never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let client = redis::Client::open(url.as_str()).expect("url");
         let mut conn = client
             .get_multiplexed_async_connection()
