@@ -48,6 +48,9 @@ const FLAG_ZSTD: u8 = 2 << COMPRESSION_SHIFT;
 const FLAG_TAGGED: u8 = 1 << 4;
 /// The offset of the flags byte.
 const FLAGS_AT: usize = 38;
+/// What the Redis Cluster layout's scripts need to mark an envelope as
+/// [`mark_tagged`] does: the magic byte, the offset of the flags, the mark.
+pub(crate) const TAGGED_MARK: (u8, usize, u8) = (MAGIC, FLAGS_AT, FLAG_TAGGED);
 /// Flags this build knows; any other bit makes an entry unreadable. (The
 /// flags share no bit, so cargo-mutants' `|` to `^` here is equivalent.)
 const KNOWN_FLAGS: u8 = FLAG_NONE | FLAG_MSGPACK | COMPRESSION_MASK;

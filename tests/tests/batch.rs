@@ -30,6 +30,7 @@ on_both_backends!(
     a_batch_waits_for_a_single_load_in_flight_and_counts_it_once,
     an_entry_inside_its_stale_window_is_a_hit_counted_as_stale,
     a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again,
+    a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
 );
 
 cached_tests::on_cluster!(
@@ -38,6 +39,8 @@ cached_tests::on_cluster!(
     an_eviction_during_a_batch_load_is_not_overwritten,
     a_write_through_during_a_batch_load_wins,
     a_dropped_batch_leaves_no_key_waiting,
+    a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
+    a_caller_joining_a_refreshing_batch_after_another_process_invalidated_its_tag_gets_the_new_row,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +142,13 @@ impl Catalog {
 
     #[cached(prefix = "item", ttl = "5m", key = id)]
     async fn get(&self, id: u64) -> Result<Option<Item>, DbError> {
+        self.singles.lock().expect("singles").push(id);
+        Ok(self.rows.lock().expect("rows").get(&id).cloned())
+    }
+
+    /// The same entries, under a tag.
+    #[cached(prefix = "item", ttl = "5m", key = id, tags = ["items"], name = "item_tagged")]
+    async fn get_tagged(&self, id: u64) -> Result<Option<Item>, DbError> {
         self.singles.lock().expect("singles").push(id);
         Ok(self.rows.lock().expect("rows").get(&id).cloned())
     }
@@ -368,6 +378,108 @@ async fn an_eviction_during_a_batch_load_is_not_overwritten(backend: &Backend) {
     assert_eq!(
         c.cache.get::<Item>("item:3").await.map(|i| i.version),
         Some(1)
+    );
+}
+
+/// A batch stores its entries under no tag of its own, but it shares them
+/// with a tagged function. A forced refresh by the batch starts while the
+/// entry is under `items`; the row changes and `items` is invalidated
+/// before the refresh ends. That invalidation reached the key, so no read
+/// that begins after it may be served what the refresh read before it.
+async fn a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 3);
+    assert_eq!(
+        c.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(1)
+    );
+    c.slow(Duration::from_millis(200));
+    let refreshing = tokio::spawn({
+        let c = c.clone();
+        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
+            c.get_many(vec![1]).await
+        })
+    });
+    let began = Instant::now();
+    while c.batches().is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "the refresh never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.set_version(1, 2);
+    c.cache.invalidate_tag("items").await.expect("invalidates");
+    let got = refreshing.await.expect("joins").expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
+    c.slow(Duration::ZERO);
+    assert_ne!(
+        c.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(1),
+        "an untagged read after the invalidation was served the row it replaced"
+    );
+    let got = c.get_many(vec![1]).await.expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(2), "the batch");
+    assert_eq!(
+        c.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(2),
+        "the tagged function"
+    );
+}
+
+/// Two processes' caches (on a cluster, where a tag invalidation leaves
+/// leases alone). In the first, a forced refresh by the batch of an entry
+/// a tagged function stored reads version 1 of its row; the second changes
+/// the row and invalidates the tag. A caller of the first process who
+/// starts after that must not be handed what the refresh read, whether it
+/// joins the refresh or reads what it stored.
+async fn a_caller_joining_a_refreshing_batch_after_another_process_invalidated_its_tag_gets_the_new_row(
+    backend: &Backend,
+) {
+    let here = Catalog::new(backend.cache(), 3);
+    let there = here.with_cache(backend.cache());
+    assert_eq!(
+        here.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(1)
+    );
+    here.slow(Duration::from_millis(300));
+    let refreshing = tokio::spawn({
+        let here = here.clone();
+        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
+            here.get_many(vec![1]).await
+        })
+    });
+    let began = Instant::now();
+    while here.batches().is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "the refresh never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    here.set_version(1, 2);
+    there
+        .cache
+        .invalidate_tag("items")
+        .await
+        .expect("the other process invalidates");
+    let joiner = tokio::spawn({
+        let here = here.clone();
+        async move { here.get(1).await }
+    });
+    let got = refreshing.await.expect("joins").expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
+    assert_eq!(
+        joiner
+            .await
+            .expect("joins")
+            .expect("loads")
+            .map(|i| i.version),
+        Some(2),
+        "a caller who began after the invalidation got the row it replaced"
+    );
+    assert_eq!(
+        there.get(1).await.expect("loads").map(|i| i.version),
+        Some(2)
     );
 }
 

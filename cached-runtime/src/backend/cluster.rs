@@ -38,6 +38,16 @@
 //!   unreachable and expire on their own time. A version that is missing
 //!   (expired, evicted), or a marked entry whose stored versions are, serves
 //!   nothing, so losing one can never bring an entry back.
+//! - **A load takes over the tags of the entry it replaces.** A tag
+//!   invalidation reaches the entries stored under the tag, not the leases
+//!   of loads that will replace them; a load under other tags (another
+//!   function sharing the key, or a batch, which names none) would store,
+//!   unreached, what it read before the invalidation. So taking a lease
+//!   answers the versions stored beside the entry there, and the load adds
+//!   the current versions of the tags it does not name itself to those
+//!   beside its lease, before it reads the source; its value is stored
+//!   with them and marked. (On one server the invalidation removes the
+//!   lease of every key it reaches, whoever holds it.)
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -185,6 +195,40 @@ local function hold(k, v, ms)
   if v == '' then redis.call('DEL', k) else redis.call('SET', k, v, 'PX', ms) end
 end
 ";
+
+/// `marked(v)`: the envelope `v` with the mark of an entry stored with tag
+/// versions (`codec::mark_tagged`, in Lua); anything else as it is. For a
+/// load that took over versions from the entry it replaces but names no
+/// tag of its own (a batch): its process encoded the value unmarked.
+pub(crate) static MARK_LUA: LazyLock<String> = LazyLock::new(|| {
+    let (magic, flags_at, bit) = crate::codec::TAGGED_MARK;
+    // Lua strings count from 1.
+    let at = flags_at + 1;
+    format!(
+        r"
+local function marked(v)
+  if #v <= {flags_at} or string.byte(v, 1) ~= {magic} then return v end
+  local f = string.byte(v, {at})
+  if f % ({bit} * 2) >= {bit} then return v end
+  return string.sub(v, 1, {flags_at}) .. string.char(f + {bit}) .. string.sub(v, {after})
+end
+",
+        after = at + 1
+    )
+});
+
+/// KEYS: a lease, the versions kept beside it. ARGV: its token, versions.
+/// Adds the versions to those the lease's load started from, while the
+/// token holds the lease (1; else 0).
+pub(crate) static TAKE_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+          local ms = redis.call('PTTL', KEYS[1])
+          if ms <= 0 then return 0 end
+          redis.call('SET', KEYS[2], (redis.call('GET', KEYS[2]) or '') .. ARGV[2], 'PX', ms)
+          return 1",
+    )
+});
 
 /// KEYS: a tag's version. ARGV: a new version (used if there is none), ms.
 /// The version, kept at least `ms` so that it outlives what is stored with

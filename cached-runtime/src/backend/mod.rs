@@ -459,8 +459,9 @@ impl Backend {
     }
 
     /// Reads the entries under `keys`, undecoded, in one round trip (a
-    /// pipeline on Redis); one answer per key, in order. The entries of a
-    /// batch carry no tags.
+    /// pipeline on Redis); one answer per key, in order. A batch names no
+    /// tags (on a cluster, it reads a marked entry's versions as an
+    /// untagged call does).
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
@@ -480,6 +481,7 @@ impl Backend {
         asks: &[(&str, LeaseIf)],
         token: u64,
         ttl: Duration,
+        tag_for: Duration,
         timeout: Duration,
     ) -> Result<Vec<LeaseOutcome>, BackendError> {
         match self {
@@ -487,8 +489,12 @@ impl Backend {
                 .iter()
                 .map(|(key, cond)| m.acquire_lease(key, token, ttl, *cond, &[]))
                 .collect()),
-            Backend::Redis(r) => r.acquire_leases(asks, token, ttl, timeout).await,
-            Backend::Near(n) => n.redis.acquire_leases(asks, token, ttl, timeout).await,
+            Backend::Redis(r) => r.acquire_leases(asks, token, ttl, tag_for, timeout).await,
+            Backend::Near(n) => {
+                n.redis
+                    .acquire_leases(asks, token, ttl, tag_for, timeout)
+                    .await
+            }
         }
     }
 

@@ -704,19 +704,37 @@ impl RedisBackend {
     /// (whose current versions are `current`).
     async fn fetched_if_current(
         &self,
-        mut conn: Conn,
+        conn: Conn,
         bytes: Vec<u8>,
         stored: Option<String>,
         tags: &[&str],
-        mut current: Vec<(&str, Option<String>)>,
+        current: Vec<(&str, Option<String>)>,
     ) -> redis::RedisResult<Fetched> {
+        Ok(if self.all_current(conn, stored, tags, current).await? {
+            self.received(bytes)
+        } else {
+            Fetched::Absent
+        })
+    }
+
+    /// Whether the tag versions an entry was stored with (`stored`, as
+    /// written beside it) name each of `tags` (whose current versions are
+    /// `current`) and are all current: the rule for serving a marked entry.
+    /// The versions of stored tags not among `tags` are read here.
+    async fn all_current(
+        &self,
+        mut conn: Conn,
+        stored: Option<String>,
+        tags: &[&str],
+        mut current: Vec<(&str, Option<String>)>,
+    ) -> redis::RedisResult<bool> {
         // Marked but without its versions (evicted apart from it): no tag
         // invalidation can be checked, so it is not served.
         let Some(stored) = stored.as_deref().and_then(cluster::parse_versions) else {
-            return Ok(Fetched::Absent);
+            return Ok(false);
         };
         if stored.is_empty() || !tags.iter().all(|tag| stored.iter().any(|(t, _)| t == tag)) {
-            return Ok(Fetched::Absent);
+            return Ok(false);
         }
         let others: Vec<&str> = stored
             .iter()
@@ -727,17 +745,12 @@ impl RedisBackend {
             let more = self.current_versions(&mut conn, &others).await?;
             current.extend(others.into_iter().zip(more.into_iter().map(|(_, v)| v)));
         }
-        let outdated = stored.iter().any(|(tag, version)| {
+        Ok(stored.iter().all(|(tag, version)| {
             current
                 .iter()
                 .find(|(t, _)| t == tag)
-                .is_none_or(|(_, now)| now.as_deref() != Some(*version))
-        });
-        Ok(if outdated {
-            Fetched::Absent
-        } else {
-            self.received(bytes)
-        })
+                .is_some_and(|(_, now)| now.as_deref() == Some(*version))
+        }))
     }
 
     /// The current version of each of `tags` on a cluster (`None`: it has
@@ -872,7 +885,7 @@ impl RedisBackend {
         let keys = self.layout.entry(key);
         // Sent whole with EVAL: a claim must land even when its caller
         // stopped waiting (see ACQUIRE_LUA).
-        let tag_keys = self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS]);
+        let tag_keys = self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS, cluster::TAGS]);
         let mut call = redis::cmd("EVAL");
         call.arg(self.scripts().acquire_lua)
             .arg(3 + tag_keys.len())
@@ -890,7 +903,8 @@ impl RedisBackend {
         if self.layout.is_cluster() {
             call.arg(&versions);
         }
-        let (_, epoch): (i64, u64) = self
+        // A claim takes over no versions: its value is new.
+        let (_, epoch, _): (i64, u64, redis::Value) = self
             .run(Gate::Always, timeout, call.query_async(&mut conn))
             .await?;
         self.store_if_leased(key, bytes, keep_for, Lease { token, epoch }, tags, timeout)
@@ -1255,8 +1269,9 @@ end
 /// only if absent, 0: any, 2: only if the entry's identity, bytes 11-38 of
 /// its envelope, is still ARGV[5], 3: a write-through's claim, which
 /// removes the value and takes the lease from whoever holds it), tag ms,
-/// identity. Returns {1, epoch} acquired, {0, 0} held by another, {2, 0} a
-/// value is present, {3, 0} the entry changed.
+/// identity. Returns {1, epoch, replaced} acquired, {0, 0, ''} held by
+/// another, {2, 0, ''} a value is present, {3, 0, ''} the entry changed;
+/// `replaced` is always empty on one server (see [`ACQUIRE_CLUSTER_LUA`]).
 /// Tags are recorded when the load (or write) starts, so a tag
 /// invalidation while it runs finds the key and destroys the lease.
 ///
@@ -1264,54 +1279,85 @@ end
 /// when its caller stopped waiting (a frozen server runs it when it
 /// wakes), and EVALSHA on a server that lost its script cache (a restart)
 /// answers NOSCRIPT, which only a caller still waiting would retry.
-static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| acquire_lua(TAG_LUA, "tag(4, ARGV[4])"));
+static ACQUIRE_LUA: LazyLock<String> =
+    LazyLock::new(|| acquire_lua(TAG_LUA, "tag(4, ARGV[4])", "''"));
 
 /// [`ACQUIRE_LUA`] on a cluster. KEYS: value, lease, epoch, the lease's tag
-/// versions. ARGV: as on one server, then the versions the load starts
-/// from, kept beside its lease.
-static ACQUIRE_CLUSTER_LUA: LazyLock<String> =
-    LazyLock::new(|| acquire_lua(cluster::HOLD_LUA, "hold(KEYS[4], ARGV[6], ARGV[2])"));
+/// versions, the entry's. ARGV: as on one server, then the versions the
+/// load starts from, kept beside its lease. `replaced`: the versions the
+/// entry a load replaces was stored with (a tag invalidation reaches that
+/// entry, so it must reach what replaces it: see
+/// [`RedisBackend::take_over_versions`]); empty for a claim, whose value
+/// is new.
+static ACQUIRE_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
+    acquire_lua(
+        cluster::HOLD_LUA,
+        "hold(KEYS[4], ARGV[6], ARGV[2])",
+        "(ARGV[3] ~= '3' and redis.call('EXISTS', KEYS[1]) == 1 and redis.call('GET', KEYS[5])) or ''",
+    )
+});
 
-fn acquire_lua(prelude: &str, record_tags: &str) -> String {
+fn acquire_lua(prelude: &str, record_tags: &str, replaced: &str) -> String {
     format!(
         "{prelude}
-        if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {{2, 0}} end
+        if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {{2, 0, ''}} end
         if ARGV[3] == '2' then
           local v = redis.call('GET', KEYS[1])
-          if not v or string.sub(v, 11, 38) ~= ARGV[5] then return {{3, 0}} end
+          if not v or string.sub(v, 11, 38) ~= ARGV[5] then return {{3, 0, ''}} end
         end
         if ARGV[3] == '3' then
           redis.call('UNLINK', KEYS[1])
           redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
         elseif not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-          return {{0, 0}}
+          return {{0, 0, ''}}
         end
         {record_tags}
-        return {{1, tonumber(redis.call('GET', KEYS[3]) or '0')}}"
+        return {{1, tonumber(redis.call('GET', KEYS[3]) or '0'), {replaced}}}"
     )
 }
 
 /// [`ACQUIRE_LUA`]'s condition for a write-through's claim.
 const CLAIM: &str = "3";
 
+/// [`SET_IF_LEASED_LUA`]'s answer: stored.
+const STORED: i64 = 1;
+/// [`SET_IF_LEASED_CLUSTER_LUA`]'s answer: stored with tag versions, which
+/// the caller checks are still current.
+const STORED_WITH_VERSIONS: i64 = 2;
+
 /// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
 /// Stores only while the token holds the lease and no pattern invalidation
-/// has bumped the epoch since it was taken, then ends the lease.
-static SET_IF_LEASED_LUA: LazyLock<String> =
-    LazyLock::new(|| set_if_leased_lua(TAG_LUA, "tag(4, ARGV[3])"));
-
-/// [`SET_IF_LEASED_LUA`] on a cluster. KEYS: value, lease, epoch, the
-/// entry's tag versions, the lease's: the versions the load started from
-/// are stored beside the value.
-static SET_IF_LEASED_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
+/// has bumped the epoch since it was taken, then ends the lease. Returns 0
+/// not stored, 1 stored.
+static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
     set_if_leased_lua(
-        cluster::HOLD_LUA,
-        "hold(KEYS[4], redis.call('GET', KEYS[5]) or '', ARGV[3])
-        redis.call('DEL', KEYS[5])",
+        TAG_LUA,
+        "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        redis.call('DEL', KEYS[2])
+        tag(4, ARGV[3])
+        return 1",
     )
 });
 
-fn set_if_leased_lua(prelude: &str, record_tags: &str) -> String {
+/// [`SET_IF_LEASED_LUA`] on a cluster. KEYS: value, lease, epoch, the
+/// entry's tag versions, the lease's: the versions the load started from
+/// (its own tags', and those it took over) are stored beside the value,
+/// which is marked as stored with them. Returns 2 when stored with
+/// versions, which the caller checks are still current.
+static SET_IF_LEASED_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
+    set_if_leased_lua(
+        &format!("{}{}", cluster::HOLD_LUA, *cluster::MARK_LUA),
+        "local held = redis.call('GET', KEYS[5]) or ''
+        redis.call('SET', KEYS[1], held == '' and ARGV[2] or marked(ARGV[2]), 'PX', ARGV[3])
+        redis.call('DEL', KEYS[2])
+        hold(KEYS[4], held, ARGV[3])
+        redis.call('DEL', KEYS[5])
+        if held == '' then return 1 end
+        return 2",
+    )
+});
+
+fn set_if_leased_lua(prelude: &str, store: &str) -> String {
     format!(
         "{prelude}
         if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -1319,10 +1365,7 @@ fn set_if_leased_lua(prelude: &str, record_tags: &str) -> String {
           redis.call('DEL', KEYS[2])
           return 0
         end
-        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-        redis.call('DEL', KEYS[2])
-        {record_tags}
-        return 1"
+        {store}"
     )
 }
 
@@ -1441,7 +1484,7 @@ impl RedisBackend {
         let keys = self.layout.entry(key);
         let mut call = self.scripts().acquire.key(keys.value.as_ref());
         call.key(&keys.lease).key(keys.epoch.as_ref());
-        for tag in self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS]) {
+        for tag in self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS, cluster::TAGS]) {
             call.key(tag.as_ref());
         }
         let (mode, seen): (&str, &[u8]) = match &cond {
@@ -1457,9 +1500,13 @@ impl RedisBackend {
         if self.layout.is_cluster() {
             call.arg(&versions);
         }
-        let (outcome, epoch): (i64, u64) = self
+        let (outcome, epoch, replaced): (i64, u64, String) = self
             .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
             .await?;
+        if outcome == 1 && !replaced.is_empty() {
+            self.take_over_versions(key, token, &replaced, tags, tag_for, timeout)
+                .await?;
+        }
         Ok(match outcome {
             1 => LeaseOutcome::Acquired(epoch),
             2 => LeaseOutcome::ValuePresent,
@@ -1527,14 +1574,63 @@ impl RedisBackend {
         let stored: i64 = self
             .run(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await?;
-        if stored == 1 && self.layout.is_cluster() && !tags.is_empty() {
-            return Ok(self.still_current(key, tags, timeout).await);
-        }
-        Ok(stored == 1)
+        Ok(match stored {
+            STORED => true,
+            STORED_WITH_VERSIONS => self.still_current(key, tags, timeout).await,
+            _ => false,
+        })
     }
 
-    /// On a cluster, after a tagged entry was stored: whether the versions
-    /// stored with it are all still current. A tag invalidation does not
+    /// On a cluster, after a lease was taken over an entry stored with tag
+    /// versions (`replaced`, as stored beside it): a tag invalidation of
+    /// those tags reached the key, so it must reach what this load stores
+    /// too, whatever tags the load names itself (a batch names none). Adds
+    /// the current versions of the tags the load does not name to those
+    /// its lease keeps, which it stores with its value. Read after the
+    /// lease and before the load begins: an invalidation from now on
+    /// outdates what the load stores, and one that came before came before
+    /// the load's read too. An entry whose versions do not read as a list
+    /// was served to no one: nothing to take over.
+    async fn take_over_versions(
+        &self,
+        key: &str,
+        token: u64,
+        replaced: &str,
+        tags: &[String],
+        keep: Duration,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let Some(listed) = cluster::parse_versions(replaced) else {
+            return Ok(());
+        };
+        let mut others: Vec<String> = Vec::new();
+        for (tag, _) in listed {
+            if !tags.iter().any(|t| t == tag) && !others.iter().any(|t| t == tag) {
+                others.push(tag.to_owned());
+            }
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.control()?;
+        let keys = self.layout.entry(key);
+        let add = async {
+            let versions = self.versions(&mut conn, &others, keep).await?;
+            cluster::TAKE_OVER
+                .key(&keys.lease)
+                .key(cluster::beside(&keys.value, cluster::LEASE_TAGS))
+                .arg(token)
+                .arg(versions)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        };
+        // Not added (the lease is gone): its store is refused anyway.
+        self.run(Gate::Always, timeout, add).await.map(drop)
+    }
+
+    /// On a cluster, after an entry was stored with tag versions (its
+    /// call's `tags`, and those it took over from the entry it replaced):
+    /// whether they are all still current. A tag invalidation does not
     /// touch the leases of its entries there (it replaces the tag's
     /// version), so a load that read the source before one stores what it
     /// read (unreachable, stored with the old version); this is how its
@@ -1555,14 +1651,8 @@ impl RedisBackend {
             let stored = get.query_async::<Option<String>>(&mut conn);
             let current = self.current_versions(&mut versions_conn, &tag_names);
             let (stored, current) = tokio::try_join!(stored, current)?;
-            let Some(stored) = stored.as_deref().and_then(cluster::parse_versions) else {
-                return Ok(false);
-            };
-            Ok(current.iter().all(|(tag, now)| {
-                stored
-                    .iter()
-                    .any(|(t, v)| t == tag && now.as_deref() == Some(*v))
-            }))
+            self.all_current(versions_conn, stored, &tag_names, current)
+                .await
         };
         self.run(Gate::Always, timeout, check)
             .await
@@ -1739,6 +1829,7 @@ impl RedisBackend {
         asks: &[(&str, LeaseIf)],
         token: u64,
         ttl: Duration,
+        tag_for: Duration,
         timeout: Duration,
     ) -> Result<Vec<LeaseOutcome>, BackendError> {
         if asks.is_empty() {
@@ -1760,7 +1851,7 @@ impl RedisBackend {
                     LeaseIf::Unchanged(_) => ("2", &identity),
                 };
                 let keys = self.layout.entry(key);
-                let tag_keys = self.tag_keys(&keys, &[], &[cluster::LEASE_TAGS]);
+                let tag_keys = self.tag_keys(&keys, &[], &[cluster::LEASE_TAGS, cluster::TAGS]);
                 let mut named: Vec<&[u8]> = vec![
                     keys.value.as_bytes(),
                     keys.lease.as_bytes(),
@@ -1781,17 +1872,37 @@ impl RedisBackend {
             replies
                 .into_iter()
                 .map(|reply| {
-                    let (outcome, epoch): (i64, u64) = redis::from_redis_value(reply?)?;
-                    Ok(match outcome {
-                        1 => LeaseOutcome::Acquired(epoch),
-                        2 => LeaseOutcome::ValuePresent,
-                        3 => LeaseOutcome::Changed,
-                        _ => LeaseOutcome::Held,
-                    })
+                    let (outcome, epoch, replaced): (i64, u64, String) =
+                        redis::from_redis_value(reply?)?;
+                    Ok((
+                        match outcome {
+                            1 => LeaseOutcome::Acquired(epoch),
+                            2 => LeaseOutcome::ValuePresent,
+                            3 => LeaseOutcome::Changed,
+                            _ => LeaseOutcome::Held,
+                        },
+                        replaced,
+                    ))
                 })
                 .collect::<redis::RedisResult<Vec<_>>>()
         };
-        self.run(Gate::Breaker, timeout, ask).await
+        let answers = self.run(Gate::Breaker, timeout, ask).await?;
+        // The entries of a batch carry no tags of their own: the versions
+        // of those a lease replaces are taken over (a rare case: a key
+        // shared with a tagged function), each key at once.
+        let take_over = answers
+            .iter()
+            .zip(asks)
+            .filter(|((outcome, replaced), _)| {
+                matches!(outcome, LeaseOutcome::Acquired(_)) && !replaced.is_empty()
+            })
+            .map(|((_, replaced), (key, _))| {
+                self.take_over_versions(key, token, replaced, &[], tag_for, timeout)
+            });
+        for taken in futures_util::future::join_all(take_over).await {
+            taken?;
+        }
+        Ok(answers.into_iter().map(|(outcome, _)| outcome).collect())
     }
 
     /// [`RedisBackend::set_if_leased`] and [`RedisBackend::release_lease`]
@@ -1850,11 +1961,8 @@ impl RedisBackend {
         let replies = self
             .run(Gate::Always, timeout, pipeline(&mut conn, &cmds, &scripts))
             .await?;
-        Ok(replies
-            .into_iter()
-            .zip(unstorable)
-            .zip(items)
-            .map(|((reply, unstorable), item)| {
+        let answers = replies.into_iter().zip(unstorable).zip(items).map(
+            |((reply, unstorable), item)| async move {
                 let done: i64 = reply
                     .and_then(|v| Ok(redis::from_redis_value(v)?))
                     .map_err(BackendError::Redis)?;
@@ -1863,10 +1971,16 @@ impl RedisBackend {
                     // A release answers 0 when the lease was already gone:
                     // released all the same.
                     None if item.write.is_none() => Ok(true),
-                    None => Ok(done == 1),
+                    // Stored with versions taken over (see
+                    // `take_over_versions`): still current?
+                    None if done == STORED_WITH_VERSIONS => {
+                        Ok(self.still_current(item.key, &[], timeout).await)
+                    }
+                    None => Ok(done == STORED),
                 }
-            })
-            .collect())
+            },
+        );
+        Ok(futures_util::future::join_all(answers).await)
     }
 }
 

@@ -235,7 +235,13 @@ impl Engine {
             let asked = Instant::now();
             let outcomes = self
                 .backend
-                .acquire_leases(&request, token, policy.lease, self.op_timeout)
+                .acquire_leases(
+                    &request,
+                    token,
+                    policy.lease,
+                    policy.tag_for(),
+                    self.op_timeout,
+                )
                 .await;
             match outcomes {
                 Ok(outcomes) => {

@@ -45,6 +45,15 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// How long a tag must outlive a lease taken now: the longest an entry
+    /// stored under it may then live.
+    pub(crate) fn tag_for(&self) -> Duration {
+        let ttl = self.ttl.min(LONGEST);
+        ttl.saturating_add(ttl.mul_f64(MAX_JITTER))
+            .saturating_add(self.stale.min(LONGEST))
+            .saturating_add(self.lease.min(LONGEST))
+    }
+
     /// Defaults for a TTL: locking on, a 10 s lease, a 5 s wait, no stale
     /// window, no early refresh.
     pub const fn new(ttl: Duration) -> Policy {
@@ -300,10 +309,7 @@ impl<V: Shape<T>, T> Call<'_, V, T> {
     /// How long a tag must outlive a lease taken now: the longest the entry
     /// may then live.
     pub(super) fn tag_for(&self) -> Duration {
-        let ttl = self.policy.ttl.min(LONGEST);
-        ttl.saturating_add(ttl.mul_f64(MAX_JITTER))
-            .saturating_add(self.policy.stale.min(LONGEST))
-            .saturating_add(self.policy.lease.min(LONGEST))
+        self.policy.tag_for()
     }
 }
 
