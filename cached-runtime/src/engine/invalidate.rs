@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Engine;
-use super::recover::Change;
+use super::recover::Changed;
 use crate::backend::BackendError;
 use crate::error::CacheError;
 use crate::key::{TAG_PREFIX, stats_name};
@@ -25,14 +25,7 @@ impl Engine {
         }
         let started = Instant::now();
         let result = self.backend.invalidate(keys, self.op_timeout).await;
-        // Pending first, if it failed: a caller woken by the detach below
-        // finds the key blocked.
-        if result.is_err() {
-            self.pend(Change::Keys(keys.to_vec()));
-        }
-        // After the backend has answered: a read begun before then may have
-        // seen the old value, and no caller from now on may share it.
-        self.flights.detach(keys);
+        self.after_change(Changed::Keys(keys), result.is_err());
         self.invalidated(
             first,
             "invalidate",
@@ -55,10 +48,7 @@ impl Engine {
             .backend
             .invalidate_pattern(pattern, self.op_timeout)
             .await;
-        if result.is_err() {
-            self.pend(Change::Pattern(pattern.to_owned()));
-        }
-        self.flights.detach_all();
+        self.after_change(Changed::Pattern(pattern), result.is_err());
         self.invalidated(pattern, "invalidate_pattern", started, result)
     }
 
@@ -72,10 +62,7 @@ impl Engine {
         }
         let started = Instant::now();
         let result = self.backend.invalidate_tag(tag, self.op_timeout).await;
-        if result.is_err() {
-            self.pend(Change::Tag(tag.to_owned()));
-        }
-        self.flights.detach_all();
+        self.after_change(Changed::Tag(tag), result.is_err());
         self.invalidated(tag, "invalidate_tag", started, result)
     }
 

@@ -82,6 +82,45 @@ pub(crate) enum Change {
     Release(String, u64),
 }
 
+/// A change as the code that made it holds it: borrowed, so that nothing
+/// is copied unless it failed and must be remembered.
+#[derive(Clone, Copy)]
+pub(super) enum Changed<'a> {
+    /// One full key (a write-through).
+    Key(&'a str),
+    /// Full keys (a key invalidation).
+    Keys(&'a [String]),
+    /// A full glob pattern.
+    Pattern(&'a str),
+    /// A full tag key.
+    Tag(&'a str),
+}
+
+impl Changed<'_> {
+    /// The change to remember while it is pending.
+    fn to_change(self) -> Change {
+        match self {
+            Changed::Key(key) => Change::Keys(vec![key.to_owned()]),
+            Changed::Keys(keys) => Change::Keys(keys.to_vec()),
+            Changed::Pattern(pattern) => Change::Pattern(pattern.to_owned()),
+            Changed::Tag(tag) => Change::Tag(tag.to_owned()),
+        }
+    }
+}
+
+impl Change {
+    /// This change as [`Changed`]; `None` for a lease release, which
+    /// changes no value.
+    fn as_changed(&self) -> Option<Changed<'_>> {
+        match self {
+            Change::Keys(keys) => Some(Changed::Keys(keys)),
+            Change::Pattern(pattern) => Some(Changed::Pattern(pattern)),
+            Change::Tag(tag) => Some(Changed::Tag(tag)),
+            Change::Release(..) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
@@ -227,14 +266,27 @@ pub(super) fn must_retry(e: &BackendError) -> bool {
 }
 
 impl Engine {
+    /// What follows the backend operation of every change (write-through,
+    /// invalidation), in this order. If it `failed`, it is pending first,
+    /// so that a caller woken by the detach finds its keys blocked. Then
+    /// the flights it touches are detached: a read begun before the backend
+    /// answered may have seen the old value, and no caller from now on may
+    /// share it.
+    pub(super) fn after_change(self: &Arc<Self>, change: Changed<'_>, failed: bool) {
+        if failed {
+            self.pend(change.to_change());
+        }
+        self.detach(change);
+    }
+
     /// Detaches the flights `change` touches: of its keys, or every flight
     /// for a pattern or a tag (which keys they reach only the backend
     /// knows).
-    fn detach_for(&self, change: &Change) {
+    fn detach(&self, change: Changed<'_>) {
         match change {
-            Change::Keys(keys) => self.flights.detach(keys),
-            Change::Pattern(_) | Change::Tag(_) => self.flights.detach_all(),
-            Change::Release(..) => {}
+            Changed::Key(key) => self.flights.detach(&[key]),
+            Changed::Keys(keys) => self.flights.detach(keys),
+            Changed::Pattern(_) | Changed::Tag(_) => self.flights.detach_all(),
         }
     }
 
@@ -283,10 +335,12 @@ impl Unfinished {
 impl Drop for Unfinished {
     fn drop(&mut self) {
         for change in std::mem::take(&mut self.changes) {
-            // As a change that fails: pending, then its flights detached
-            // (a load begun before it must not serve callers after it).
-            self.engine.pend(change.clone());
-            self.engine.detach_for(&change);
+            // As a change that fails (a load begun before it must not
+            // serve callers after it).
+            match change.as_changed() {
+                Some(changed) => self.engine.after_change(changed, true),
+                None => self.engine.pend(change),
+            }
         }
     }
 }
@@ -341,7 +395,9 @@ async fn retry(engine: Weak<Engine>) {
                     // started before the change, while it was pending).
                     // Before the key is unblocked, so none joins one in
                     // between.
-                    engine.detach_for(&change);
+                    if let Some(changed) = change.as_changed() {
+                        engine.detach(changed);
+                    }
                     engine.pending.landed(&change);
                 }
                 Err(_) => failed = true,

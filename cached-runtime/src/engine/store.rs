@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Engine;
 use super::policy::Keep;
-use super::recover::{Change, must_retry};
+use super::recover::{Changed, must_retry};
 use crate::Cacheable;
 use crate::clock::{LONGEST, duration_ms, now_ms};
 use crate::codec::EntryMeta;
@@ -48,15 +48,10 @@ impl Engine {
             .backend
             .put(key, value, &meta, keep_for, tags, self.op_timeout)
             .await;
-        // A failed write is pending before the key's flight is detached:
-        // a caller woken by the detach already finds it so.
-        if let Err(e) = &result
-            && must_retry(e)
-        {
-            self.pend(Change::Keys(vec![key.to_owned()]));
-        }
         // As for an invalidation: callers from now on read the new value.
-        self.flights.detach(&[key]);
+        // A write that cannot be stored at all is not retried.
+        let failed = result.as_ref().is_err_and(must_retry);
+        self.after_change(Changed::Key(key), failed);
         self.wrote(key, counters, started, "cache set");
         match result {
             Ok(true) => {}
