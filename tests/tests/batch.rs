@@ -41,6 +41,7 @@ cached_tests::on_cluster!(
     a_dropped_batch_leaves_no_key_waiting,
     a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
     a_caller_joining_a_refreshing_batch_after_another_process_invalidated_its_tag_gets_the_new_row,
+    a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -481,6 +482,52 @@ async fn a_caller_joining_a_refreshing_batch_after_another_process_invalidated_i
         there.get(1).await.expect("loads").map(|i| i.version),
         Some(2)
     );
+}
+
+/// On a cluster, a batch's refresh of an entry stored under `items` takes
+/// over that tag: its lease keeps the version beside it (`~ltags`). If that
+/// record is lost while the lease holds (Redis evicted it, or a failover
+/// lost it), the refresh must not store what it read unreachable by the
+/// tag: an invalidation of `items` after it read must still reach it.
+async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served(
+    backend: &Backend,
+) {
+    let cluster = backend.redis_cluster().expect("on a cluster");
+    let c = Catalog::new(backend.cache(), 3);
+    assert_eq!(
+        c.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(1)
+    );
+    c.slow(Duration::from_millis(200));
+    let refreshing = tokio::spawn({
+        let c = c.clone();
+        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
+            c.get_many(vec![1]).await
+        })
+    });
+    let began = Instant::now();
+    while c.batches().is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "the refresh never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let record = format!("{{{}:item:1}}:~ltags", cached_tests::NAMESPACE);
+    let owner = &cluster.nodes()[cluster.owner_of(&record)];
+    assert_eq!(owner.cmd::<i64>(&["DEL", &record]), 1, "it was there");
+    c.set_version(1, 2);
+    c.cache.invalidate_tag("items").await.expect("invalidates");
+    let got = refreshing.await.expect("joins").expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
+    c.slow(Duration::ZERO);
+    assert_ne!(
+        c.cache.get::<Item>("item:1").await.map(|i| i.version),
+        Some(1),
+        "stored unreachable by the tag"
+    );
+    let got = c.get_many(vec![1]).await.expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(2));
 }
 
 async fn a_write_through_during_a_batch_load_wins(backend: &Backend) {

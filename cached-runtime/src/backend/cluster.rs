@@ -46,8 +46,11 @@
 //!   answers the versions stored beside the entry there, and the load adds
 //!   the current versions of the tags it does not name itself to those
 //!   beside its lease, before it reads the source; its value is stored
-//!   with them and marked. (On one server the invalidation removes the
-//!   lease of every key it reaches, whoever holds it.)
+//!   with them and marked. A write-through does the same. Until they are
+//!   added, the lease's versions end with a line that does not parse, and
+//!   a lease whose versions are gone stores nothing, so a lost step can
+//!   only make a value unservable. (On one server the invalidation removes
+//!   the lease of every key it reaches, whoever holds it.)
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -217,17 +220,49 @@ end
     )
 });
 
+/// The line a lease's versions end with while the load has versions to
+/// take over that it has not added yet: a list ending with it does not
+/// read as one (see [`parse_versions`]), so a value stored with it is
+/// served to no one.
+pub(crate) const TAKING_OVER: &str = "~\n";
+
+/// `tag_names(text)`: the set of tag names of a list [`versions_text`]
+/// wrote, or nil if it does not read as one. For the lease script, which
+/// compares the tags of the entry a load replaces with the load's own.
+pub(crate) const TAG_NAMES_LUA: &str = r"
+local function tag_names(text)
+  local names, i = {}, 1
+  while i <= #text do
+    local colon = string.find(text, ':', i, true)
+    if not colon then return nil end
+    local len = tonumber(string.sub(text, i, colon - 1))
+    if not len then return nil end
+    names[string.sub(text, colon + 1, colon + len)] = true
+    local nl = string.find(text, '\n', colon + len + 1, true)
+    if not nl then return nil end
+    i = nl + 1
+  end
+  return names
+end
+";
+
 /// KEYS: a lease, the versions kept beside it. ARGV: its token, versions.
-/// Adds the versions to those the lease's load started from, while the
-/// token holds the lease (1; else 0).
+/// Adds the versions to those the lease's load started from, in place of
+/// the [`TAKING_OVER`] line, while the token holds the lease (1; else 0).
 pub(crate) static TAKE_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
         r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           local ms = redis.call('PTTL', KEYS[1])
           if ms <= 0 then return 0 end
-          redis.call('SET', KEYS[2], (redis.call('GET', KEYS[2]) or '') .. ARGV[2], 'PX', ms)
+          local held = redis.call('GET', KEYS[2])
+          if not held then return 0 end
+          if string.sub(held, -{n}) == '{line}' then held = string.sub(held, 1, -{after}) end
+          redis.call('SET', KEYS[2], held .. ARGV[2], 'PX', ms)
           return 1",
-    )
+        n = TAKING_OVER.len(),
+        line = TAKING_OVER.escape_default(),
+        after = TAKING_OVER.len() + 1,
+    ))
 });
 
 /// KEYS: a tag's version. ARGV: a new version (used if there is none), ms.

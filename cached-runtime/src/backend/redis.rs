@@ -903,10 +903,15 @@ impl RedisBackend {
         if self.layout.is_cluster() {
             call.arg(&versions);
         }
-        // A claim takes over no versions: its value is new.
-        let (_, epoch, _): (i64, u64, redis::Value) = self
+        let (_, epoch, replaced): (i64, u64, String) = self
             .run(Gate::Always, timeout, call.query_async(&mut conn))
             .await?;
+        // As a load does: a tag invalidation from now on that reaches the
+        // entry this write replaces must reach the value it writes.
+        if !replaced.is_empty() {
+            self.take_over_versions(key, token, &replaced, tags, keep_for, timeout)
+                .await?;
+        }
         self.store_if_leased(key, bytes, keep_for, Lease { token, epoch }, tags, timeout)
             .await
     }
@@ -1280,24 +1285,39 @@ end
 /// wakes), and EVALSHA on a server that lost its script cache (a restart)
 /// answers NOSCRIPT, which only a caller still waiting would retry.
 static ACQUIRE_LUA: LazyLock<String> =
-    LazyLock::new(|| acquire_lua(TAG_LUA, "tag(4, ARGV[4])", "''"));
+    LazyLock::new(|| acquire_lua(TAG_LUA, "local replaced = ''", "tag(4, ARGV[4])"));
 
 /// [`ACQUIRE_LUA`] on a cluster. KEYS: value, lease, epoch, the lease's tag
 /// versions, the entry's. ARGV: as on one server, then the versions the
-/// load starts from, kept beside its lease. `replaced`: the versions the
-/// entry a load replaces was stored with (a tag invalidation reaches that
-/// entry, so it must reach what replaces it: see
-/// [`RedisBackend::take_over_versions`]); empty for a claim, whose value
-/// is new.
+/// load starts from, kept beside its lease (always, even none: a store
+/// whose record of them is gone stores nothing). `replaced`: the versions
+/// the entry the lease replaces was stored with, when they name a tag the
+/// load does not; a tag invalidation reached that entry, so it must reach
+/// what replaces it. The lease's versions then end with
+/// [`cluster::TAKING_OVER`] until the load adds those tags' current ones
+/// (see [`RedisBackend::take_over_versions`]).
 static ACQUIRE_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
     acquire_lua(
-        cluster::HOLD_LUA,
-        "hold(KEYS[4], ARGV[6], ARGV[2])",
-        "(ARGV[3] ~= '3' and redis.call('EXISTS', KEYS[1]) == 1 and redis.call('GET', KEYS[5])) or ''",
+        cluster::TAG_NAMES_LUA,
+        "local replaced = ''
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+          local stored = redis.call('GET', KEYS[5])
+          local theirs = stored and tag_names(stored)
+          if theirs then
+            local ours = tag_names(ARGV[6]) or {}
+            for name in pairs(theirs) do
+              if not ours[name] then replaced = stored; break end
+            end
+          end
+        end",
+        &format!(
+            "redis.call('SET', KEYS[4], ARGV[6] .. (replaced == '' and '' or '{}'), 'PX', ARGV[2])",
+            cluster::TAKING_OVER.escape_default()
+        ),
     )
 });
 
-fn acquire_lua(prelude: &str, record_tags: &str, replaced: &str) -> String {
+fn acquire_lua(prelude: &str, replaced: &str, record_tags: &str) -> String {
     format!(
         "{prelude}
         if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {{2, 0, ''}} end
@@ -1305,6 +1325,7 @@ fn acquire_lua(prelude: &str, record_tags: &str, replaced: &str) -> String {
           local v = redis.call('GET', KEYS[1])
           if not v or string.sub(v, 11, 38) ~= ARGV[5] then return {{3, 0, ''}} end
         end
+        {replaced}
         if ARGV[3] == '3' then
           redis.call('UNLINK', KEYS[1])
           redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -1312,18 +1333,31 @@ fn acquire_lua(prelude: &str, record_tags: &str, replaced: &str) -> String {
           return {{0, 0, ''}}
         end
         {record_tags}
-        return {{1, tonumber(redis.call('GET', KEYS[3]) or '0'), {replaced}}}"
+        return {{1, tonumber(redis.call('GET', KEYS[3]) or '0'), replaced}}"
     )
 }
 
 /// [`ACQUIRE_LUA`]'s condition for a write-through's claim.
 const CLAIM: &str = "3";
 
-/// [`SET_IF_LEASED_LUA`]'s answer: stored.
-const STORED: i64 = 1;
-/// [`SET_IF_LEASED_CLUSTER_LUA`]'s answer: stored with tag versions, which
-/// the caller checks are still current.
-const STORED_WITH_VERSIONS: i64 = 2;
+/// What [`SET_IF_LEASED_LUA`] (or its cluster form) answered.
+enum Stored {
+    No,
+    Yes,
+    /// Stored with these tag versions (on a cluster), which the caller
+    /// checks are still current.
+    WithVersions(String),
+}
+
+impl Stored {
+    fn from_reply(reply: redis::Value) -> redis::RedisResult<Stored> {
+        Ok(match reply {
+            redis::Value::Int(1) => Stored::Yes,
+            redis::Value::Int(_) => Stored::No,
+            other => Stored::WithVersions(redis::from_redis_value(other)?),
+        })
+    }
+}
 
 /// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
 /// Stores only while the token holds the lease and no pattern invalidation
@@ -1342,18 +1376,25 @@ static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
 /// [`SET_IF_LEASED_LUA`] on a cluster. KEYS: value, lease, epoch, the
 /// entry's tag versions, the lease's: the versions the load started from
 /// (its own tags', and those it took over) are stored beside the value,
-/// which is marked as stored with them. Returns 2 when stored with
-/// versions, which the caller checks are still current.
+/// which is marked as stored with them. Returns those versions when there
+/// are any, for the caller to check they are still current (it must not
+/// read them back: another write may have replaced them since). If they
+/// are gone while the lease holds (evicted, lost in a failover), nothing is
+/// stored: the value might be one a tag invalidation was to reach.
 static SET_IF_LEASED_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
     set_if_leased_lua(
         &format!("{}{}", cluster::HOLD_LUA, *cluster::MARK_LUA),
-        "local held = redis.call('GET', KEYS[5]) or ''
+        "local held = redis.call('GET', KEYS[5])
+        if not held then
+          redis.call('DEL', KEYS[2])
+          return 0
+        end
         redis.call('SET', KEYS[1], held == '' and ARGV[2] or marked(ARGV[2]), 'PX', ARGV[3])
         redis.call('DEL', KEYS[2])
         hold(KEYS[4], held, ARGV[3])
         redis.call('DEL', KEYS[5])
         if held == '' then return 1 end
-        return 2",
+        return held",
     )
 });
 
@@ -1571,14 +1612,16 @@ impl RedisBackend {
             .arg(bytes)
             .arg(millis(keep_for))
             .arg(lease.epoch);
-        let stored: i64 = self
+        let stored: redis::Value = self
             .run(Gate::Always, timeout, call.invoke_async(&mut conn))
             .await?;
-        Ok(match stored {
-            STORED => true,
-            STORED_WITH_VERSIONS => self.still_current(key, tags, timeout).await,
-            _ => false,
-        })
+        Ok(
+            match Stored::from_reply(stored).map_err(BackendError::Redis)? {
+                Stored::No => false,
+                Stored::Yes => true,
+                Stored::WithVersions(held) => self.still_current(held, tags, timeout).await,
+            },
+        )
     }
 
     /// On a cluster, after a lease was taken over an entry stored with tag
@@ -1600,6 +1643,9 @@ impl RedisBackend {
         keep: Duration,
         timeout: Duration,
     ) -> Result<(), BackendError> {
+        // Not a list (the script reads it as one: it cannot happen): the
+        // lease's versions keep their last line, and its value is served
+        // to no one.
         let Some(listed) = cluster::parse_versions(replaced) else {
             return Ok(());
         };
@@ -1608,9 +1654,6 @@ impl RedisBackend {
             if !tags.iter().any(|t| t == tag) && !others.iter().any(|t| t == tag) {
                 others.push(tag.to_owned());
             }
-        }
-        if others.is_empty() {
-            return Ok(());
         }
         let mut conn = self.control()?;
         let keys = self.layout.entry(key);
@@ -1628,30 +1671,23 @@ impl RedisBackend {
         self.run(Gate::Always, timeout, add).await.map(drop)
     }
 
-    /// On a cluster, after an entry was stored with tag versions (its
-    /// call's `tags`, and those it took over from the entry it replaced):
-    /// whether they are all still current. A tag invalidation does not
+    /// On a cluster, after an entry was stored with tag versions (`held`:
+    /// its call's `tags`, and those it took over from the entry it
+    /// replaced): whether they are all still current. A tag invalidation does not
     /// touch the leases of its entries there (it replaces the tag's
     /// version), so a load that read the source before one stores what it
     /// read (unreachable, stored with the old version); this is how its
     /// process learns of it, to hand the value to no caller who joined the
     /// load after the invalidation (they read again). A check that fails
     /// answers `false` too: read again rather than trust.
-    async fn still_current(&self, key: &str, tags: &[String], timeout: Duration) -> bool {
+    async fn still_current(&self, held: String, tags: &[String], timeout: Duration) -> bool {
         let Ok(mut conn) = self.conn() else {
             return false;
         };
-        let value = cluster::value_key(key);
-        let mut versions_conn = conn.clone();
         let tag_names: Vec<&str> = tags.iter().map(String::as_str).collect();
         let check = async {
-            let get = redis::cmd("GET")
-                .arg(cluster::beside(&value, cluster::TAGS))
-                .to_owned();
-            let stored = get.query_async::<Option<String>>(&mut conn);
-            let current = self.current_versions(&mut versions_conn, &tag_names);
-            let (stored, current) = tokio::try_join!(stored, current)?;
-            self.all_current(versions_conn, stored, &tag_names, current)
+            let current = self.current_versions(&mut conn, &tag_names).await?;
+            self.all_current(conn, Some(held), &tag_names, current)
                 .await
         };
         self.run(Gate::Always, timeout, check)
@@ -1963,20 +1999,23 @@ impl RedisBackend {
             .await?;
         let answers = replies.into_iter().zip(unstorable).zip(items).map(
             |((reply, unstorable), item)| async move {
-                let done: i64 = reply
-                    .and_then(|v| Ok(redis::from_redis_value(v)?))
-                    .map_err(BackendError::Redis)?;
+                let reply = reply.map_err(BackendError::Redis)?;
                 match unstorable {
                     Some(e) => Err(e),
                     // A release answers 0 when the lease was already gone:
                     // released all the same.
                     None if item.write.is_none() => Ok(true),
-                    // Stored with versions taken over (see
-                    // `take_over_versions`): still current?
-                    None if done == STORED_WITH_VERSIONS => {
-                        Ok(self.still_current(item.key, &[], timeout).await)
-                    }
-                    None => Ok(done == STORED),
+                    None => Ok(
+                        match Stored::from_reply(reply).map_err(BackendError::Redis)? {
+                            Stored::No => false,
+                            Stored::Yes => true,
+                            // Stored with versions taken over (see
+                            // `take_over_versions`): still current?
+                            Stored::WithVersions(held) => {
+                                self.still_current(held, &[], timeout).await
+                            }
+                        },
+                    ),
                 }
             },
         );
