@@ -1673,13 +1673,13 @@ impl RedisBackend {
 
     /// On a cluster, after an entry was stored with tag versions (`held`:
     /// its call's `tags`, and those it took over from the entry it
-    /// replaced): whether they are all still current. A tag invalidation does not
-    /// touch the leases of its entries there (it replaces the tag's
-    /// version), so a load that read the source before one stores what it
-    /// read (unreachable, stored with the old version); this is how its
-    /// process learns of it, to hand the value to no caller who joined the
-    /// load after the invalidation (they read again). A check that fails
-    /// answers `false` too: read again rather than trust.
+    /// replaced): whether they are all still current. A tag invalidation
+    /// does not touch the leases of its entries there (it replaces the
+    /// tag's version), so a load that read the source before one stores
+    /// what it read (unreachable, stored with the old version); this is how
+    /// its process learns of it, to hand the value to no caller who joined
+    /// the load after the invalidation (they read again). A check that
+    /// fails answers `false` too: read again rather than trust.
     async fn still_current(&self, held: String, tags: &[String], timeout: Duration) -> bool {
         let Ok(mut conn) = self.conn() else {
             return false;
