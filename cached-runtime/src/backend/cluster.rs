@@ -191,6 +191,20 @@ pub(crate) fn parse_versions(text: &str) -> Option<Vec<(&str, &str)>> {
     Some(list)
 }
 
+/// The tags a load with `tags` takes over from the entry it replaces,
+/// whose versions are `replaced` (as [`versions_text`] wrote them): those
+/// the load does not name itself, each once. `None` if `replaced` does not
+/// read as a list.
+pub(crate) fn to_take_over(replaced: &str, tags: &[String]) -> Option<Vec<String>> {
+    let mut others: Vec<String> = Vec::new();
+    for (tag, _) in parse_versions(replaced)? {
+        if !tags.iter().any(|t| t == tag) && !others.iter().any(|t| t == tag) {
+            others.push(tag.to_owned());
+        }
+    }
+    Some(others)
+}
+
 /// Stores a tag-version list beside a value (or removes it, for an entry
 /// without tags). Shared by the cluster's scripts.
 pub(crate) const HOLD_LUA: &str = r"
@@ -390,6 +404,32 @@ mod tests {
         assert!(namespace_problem("").is_some());
         assert!(namespace_problem("a{b").is_some());
         assert!(namespace_problem("a}b").is_some());
+    }
+
+    #[test]
+    fn a_load_takes_over_each_tag_it_does_not_name_once() {
+        let replaced = versions_text([
+            ("ns:~tag:a", Cow::from("1")),
+            ("ns:~tag:b", Cow::from("2")),
+            ("ns:~tag:a", Cow::from("3")),
+            ("ns:~tag:c", Cow::from("4")),
+        ]);
+        let own = ["ns:~tag:b".to_owned()];
+        assert_eq!(
+            to_take_over(&replaced, &own),
+            Some(vec!["ns:~tag:a".to_owned(), "ns:~tag:c".to_owned()])
+        );
+        assert_eq!(
+            to_take_over(&replaced, &[]),
+            Some(vec![
+                "ns:~tag:a".to_owned(),
+                "ns:~tag:b".to_owned(),
+                "ns:~tag:c".to_owned()
+            ])
+        );
+        let all = ["ns:~tag:c", "ns:~tag:a", "ns:~tag:b"].map(str::to_owned);
+        assert_eq!(to_take_over(&replaced, &all), Some(vec![]));
+        assert_eq!(to_take_over("garbage", &own), None);
     }
 
     #[test]

@@ -1651,15 +1651,9 @@ impl RedisBackend {
         // Not a list (the script reads it as one: it cannot happen): the
         // lease's versions keep their last line, and its value is served
         // to no one.
-        let Some(listed) = cluster::parse_versions(replaced) else {
+        let Some(others) = cluster::to_take_over(replaced, tags) else {
             return Ok(());
         };
-        let mut others: Vec<String> = Vec::new();
-        for (tag, _) in listed {
-            if !tags.iter().any(|t| t == tag) && !others.iter().any(|t| t == tag) {
-                others.push(tag.to_owned());
-            }
-        }
         let mut conn = self.control()?;
         let keys = self.layout.entry(key);
         let add = async {
