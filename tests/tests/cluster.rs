@@ -352,6 +352,34 @@ async fn a_caller_joining_a_load_after_another_process_invalidated_its_tag_gets_
     assert_eq!(there.get::<u64>("slow:7").await, Some(2));
 }
 
+/// On a cluster, a tagged load checks that the versions it stored with are
+/// still current before it hands its value to the callers who joined it.
+/// When they are (no invalidation came), a joiner is served that value
+/// (`Coalesced`), without a read of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_joining_a_tagged_load_is_served_its_value_while_its_tags_are_current() {
+    let cluster = RedisCluster::start();
+    let read = std::sync::Arc::new(tokio::sync::Notify::new());
+    let docs = SlowDocs {
+        cache: cluster_cache(&cluster),
+        row: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        read: read.clone(),
+    };
+    let leader = tokio::spawn({
+        let docs = docs.clone();
+        async move { docs.get(7).await }
+    });
+    read.notified().await;
+    let joiner = tokio::spawn({
+        let docs = docs.clone();
+        cached_runtime::with_outcome(async move { docs.get(7).await })
+    });
+    assert_eq!(leader.await.expect("joins"), 1);
+    let (got, outcome) = joiner.await.expect("joins");
+    assert_eq!(got, 1);
+    assert_eq!(outcome, Some(cached_runtime::Outcome::Coalesced));
+}
+
 /// The operation timeout of the caches that meet one faulty primary.
 const OP: Duration = Duration::from_millis(100);
 
