@@ -1876,6 +1876,9 @@ impl RedisBackend {
         let cmds: Vec<redis::Cmd> = asks
             .iter()
             .map(|(key, cond)| {
+                // As `acquire_lease`. (A batch, which refreshes nothing
+                // early, never asks `Unchanged`: cargo-mutants' deletion of
+                // this arm is equivalent today.)
                 let identity = match cond {
                     LeaseIf::Unchanged(meta) => codec::identity(meta),
                     _ => [0; codec::IDENTITY_LEN],
