@@ -31,6 +31,7 @@ on_both_backends!(
     an_entry_inside_its_stale_window_is_a_hit_counted_as_stale,
     a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again,
     a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
+    a_refreshing_batch_over_a_tagged_entry_stores_what_both_functions_hit,
 );
 
 cached_tests::on_cluster!(
@@ -42,6 +43,7 @@ cached_tests::on_cluster!(
     a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
     a_caller_joining_a_refreshing_batch_after_another_process_invalidated_its_tag_gets_the_new_row,
     a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served,
+    a_refreshing_batch_over_a_tagged_entry_stores_what_both_functions_hit,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -528,6 +530,37 @@ async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_
     );
     let got = c.get_many(vec![1]).await.expect("loads");
     assert_eq!(got.get(&1).map(|i| i.version), Some(2));
+}
+
+/// What a batch's refresh stores over an entry a tagged function stored is
+/// served to both (nothing made it unservable), and the tag it replaced
+/// still reaches it.
+async fn a_refreshing_batch_over_a_tagged_entry_stores_what_both_functions_hit(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 3);
+    assert_eq!(
+        c.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(1)
+    );
+    c.set_version(1, 2);
+    let got = cached_runtime::with_mode(cached_runtime::CallMode::Refresh, c.get_many(vec![1]))
+        .await
+        .expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(2));
+    let loads = c.loads_per_id();
+    let got = c.get_many(vec![1]).await.expect("hits");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(2));
+    assert_eq!(
+        c.get_tagged(1).await.expect("hits").map(|i| i.version),
+        Some(2)
+    );
+    assert_eq!(c.loads_per_id(), loads, "both hit what the refresh stored");
+    c.set_version(1, 3);
+    c.cache.invalidate_tag("items").await.expect("invalidates");
+    assert_eq!(
+        c.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(3),
+        "the tag still reaches the entry"
+    );
 }
 
 async fn a_write_through_during_a_batch_load_wins(backend: &Backend) {

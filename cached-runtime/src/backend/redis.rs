@@ -1549,7 +1549,8 @@ impl RedisBackend {
         let (outcome, epoch, replaced): (i64, u64, String) = self
             .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
             .await?;
-        if outcome == 1 && !replaced.is_empty() {
+        // Only an acquired lease answers what it replaces.
+        if !replaced.is_empty() {
             self.take_over_versions(key, token, &replaced, tags, tag_for, timeout)
                 .await?;
         }
@@ -1931,9 +1932,8 @@ impl RedisBackend {
         let take_over = answers
             .iter()
             .zip(asks)
-            .filter(|((outcome, replaced), _)| {
-                matches!(outcome, LeaseOutcome::Acquired(_)) && !replaced.is_empty()
-            })
+            // Only an acquired lease answers what it replaces.
+            .filter(|((_, replaced), _)| !replaced.is_empty())
             .map(|((_, replaced), (key, _))| {
                 self.take_over_versions(key, token, replaced, &[], tag_for, timeout)
             });
