@@ -92,6 +92,31 @@ impl Catalog {
         }
     }
 
+    /// Starts a forced refresh of id 1 by the batch (whose body takes
+    /// `delay`) and returns once its body has read the row.
+    async fn refresh_of_one_begun(
+        &self,
+        delay: Duration,
+    ) -> tokio::task::JoinHandle<Result<HashMap<u64, Item>, DbError>> {
+        self.slow(delay);
+        let batches = self.batches().len();
+        let refreshing = tokio::spawn({
+            let c = self.clone();
+            cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
+                c.get_many(vec![1]).await
+            })
+        });
+        let began = Instant::now();
+        while self.batches().len() == batches {
+            assert!(
+                began.elapsed() < Duration::from_secs(5),
+                "the refresh never loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        refreshing
+    }
+
     fn slow(&self, delay: Duration) {
         *self.delay.lock().expect("delay") = delay;
     }
@@ -395,21 +420,7 @@ async fn a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached(b
         c.get_tagged(1).await.expect("loads").map(|i| i.version),
         Some(1)
     );
-    c.slow(Duration::from_millis(200));
-    let refreshing = tokio::spawn({
-        let c = c.clone();
-        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
-            c.get_many(vec![1]).await
-        })
-    });
-    let began = Instant::now();
-    while c.batches().is_empty() {
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "the refresh never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let refreshing = c.refresh_of_one_begun(Duration::from_millis(200)).await;
     c.set_version(1, 2);
     c.cache.invalidate_tag("items").await.expect("invalidates");
     let got = refreshing.await.expect("joins").expect("loads");
@@ -444,21 +455,7 @@ async fn a_caller_joining_a_refreshing_batch_after_another_process_invalidated_i
         here.get_tagged(1).await.expect("loads").map(|i| i.version),
         Some(1)
     );
-    here.slow(Duration::from_millis(300));
-    let refreshing = tokio::spawn({
-        let here = here.clone();
-        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
-            here.get_many(vec![1]).await
-        })
-    });
-    let began = Instant::now();
-    while here.batches().is_empty() {
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "the refresh never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let refreshing = here.refresh_of_one_begun(Duration::from_millis(300)).await;
     here.set_version(1, 2);
     there
         .cache
@@ -500,21 +497,7 @@ async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_
         c.get_tagged(1).await.expect("loads").map(|i| i.version),
         Some(1)
     );
-    c.slow(Duration::from_millis(200));
-    let refreshing = tokio::spawn({
-        let c = c.clone();
-        cached_runtime::with_mode(cached_runtime::CallMode::Refresh, async move {
-            c.get_many(vec![1]).await
-        })
-    });
-    let began = Instant::now();
-    while c.batches().is_empty() {
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "the refresh never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let refreshing = c.refresh_of_one_begun(Duration::from_millis(200)).await;
     let record = format!("{{{}:item:1}}:~ltags", cached_tests::NAMESPACE);
     let owner = &cluster.nodes()[cluster.owner_of(&record)];
     assert_eq!(owner.cmd::<i64>(&["DEL", &record]), 1, "it was there");

@@ -85,6 +85,16 @@ impl Service {
         self.source.loads()
     }
 
+    /// Changes the row in the "database" only (the cache is not told).
+    fn set_version(&self, id: u64, version: u64) {
+        self.rows
+            .lock()
+            .expect("rows")
+            .get_mut(&id)
+            .expect("row")
+            .version = version;
+    }
+
     fn row(&self, id: u64) -> Option<Placement> {
         self.source.count_load();
         self.rows.lock().expect("rows").get(&id).cloned()
@@ -351,12 +361,7 @@ async fn a_tag_invalidation_refuses_the_write_of_a_load_in_flight(backend: &Back
     let load = tokio::spawn(async move { slow.get(1, 101).await });
     read.notified().await;
     // ... the row changes and the video's tag is invalidated meanwhile ...
-    s.rows
-        .lock()
-        .expect("rows")
-        .get_mut(&1)
-        .expect("row")
-        .version = 2;
+    s.set_version(1, 2);
     s.retag(101).await.expect("evicts");
     assert_eq!(
         load.await
@@ -400,12 +405,7 @@ async fn a_tag_invalidation_refuses_a_load_under_other_tags_of_an_entry_it_reach
     // Under video:101, the entry is not served: the load starts.
     let load = tokio::spawn(async move { slow.get(1, 101).await });
     read.notified().await;
-    s.rows
-        .lock()
-        .expect("rows")
-        .get_mut(&1)
-        .expect("row")
-        .version = 2;
+    s.set_version(1, 2);
     s.retag(100).await.expect("evicts");
     assert_eq!(
         load.await
@@ -456,12 +456,7 @@ async fn a_tag_invalidation_reaches_a_write_through_that_replaced_an_entry_under
         Some(7),
         "written through"
     );
-    s.rows
-        .lock()
-        .expect("rows")
-        .get_mut(&1)
-        .expect("row")
-        .version = 8;
+    s.set_version(1, 8);
     s.retag(100).await.expect("evicts");
     assert_eq!(
         cache.get::<Placement>("placement:1").await,
