@@ -1999,29 +1999,38 @@ impl RedisBackend {
         let replies = self
             .run(Gate::Always, timeout, pipeline(&mut conn, &cmds, &scripts))
             .await?;
-        let answers = replies.into_iter().zip(unstorable).zip(items).map(
-            |((reply, unstorable), item)| async move {
-                let reply = reply.map_err(BackendError::Redis)?;
-                match unstorable {
-                    Some(e) => Err(e),
-                    // A release answers 0 when the lease was already gone:
-                    // released all the same.
-                    None if item.write.is_none() => Ok(true),
-                    None => Ok(
-                        match Stored::from_reply(reply).map_err(BackendError::Redis)? {
-                            Stored::No => false,
-                            Stored::Yes => true,
-                            // Stored with versions taken over (see
-                            // `take_over_versions`): still current?
-                            Stored::WithVersions(held) => {
-                                self.still_current(held, &[], timeout).await
-                            }
-                        },
-                    ),
-                }
-            },
-        );
-        Ok(futures_util::future::join_all(answers).await)
+        let mut answers: Vec<Result<bool, BackendError>> = Vec::with_capacity(items.len());
+        // Stored with versions taken over (see `take_over_versions`): still
+        // current? Checked all at once, after the rest.
+        let mut to_check: Vec<(usize, String)> = Vec::new();
+        for (i, ((reply, unstorable), item)) in
+            replies.into_iter().zip(unstorable).zip(items).enumerate()
+        {
+            let answer = match (reply, unstorable) {
+                (Err(e), _) => Err(BackendError::Redis(e)),
+                (Ok(_), Some(e)) => Err(e),
+                // A release answers 0 when the lease was already gone:
+                // released all the same.
+                (Ok(_), None) if item.write.is_none() => Ok(true),
+                (Ok(reply), None) => match Stored::from_reply(reply) {
+                    Ok(Stored::No) => Ok(false),
+                    Ok(Stored::Yes) => Ok(true),
+                    Ok(Stored::WithVersions(held)) => {
+                        to_check.push((i, held));
+                        Ok(false)
+                    }
+                    Err(e) => Err(BackendError::Redis(e)),
+                },
+            };
+            answers.push(answer);
+        }
+        let checks = to_check
+            .into_iter()
+            .map(|(i, held)| async move { (i, self.still_current(held, &[], timeout).await) });
+        for (i, current) in futures_util::future::join_all(checks).await {
+            answers[i] = Ok(current);
+        }
+        Ok(answers)
     }
 }
 
