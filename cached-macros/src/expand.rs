@@ -851,6 +851,7 @@ fn error_sharing(info: &FnInfo, lifted: bool, p: &TokenStream) -> TokenStream {
 //         let __cached_cache = as_cache(&self.cache);
 //         (&&Runner::<P>::NEW).batch(cache, &SITE, batch_ids(&ids),
 //             |id| key(cache, &SITE).part(id).finish(),
+//             |id| Vec::from([/* tag templates, `ids` for `id` */]),
 //             |missing| { let owned = <Vec<u64> as BatchIds>::from_ids(missing);
 //                         async move { self.get_many_uncached(owned).await } },
 //             errors).await
@@ -890,9 +891,11 @@ fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> To
     let batch_method = quote_spanned!(map_span=> batch);
     let await_batch = quote_spanned!(map_span=> .await);
     let runner = quote_spanned!(map_span=> (&&#p::Runner::<#value_ty>::NEW));
-    // Each id's key is made as a single call's: the `key` option (or every
-    // parameter), with the collection's name standing for one id.
+    // Each id's key and tags are made as a single call's: the `key` option
+    // (or every parameter) and the tag templates, with the collection's
+    // name standing for one id.
     let key = key(plan, p);
+    let tags = full_keys(&plan.templates.tags, &quote!(#p::tag(__cached_cache)), "");
     let others: Vec<&Ident> = info.params.iter().filter(|param| *param != ids).collect();
     let twin_name = format_ident!("{}_uncached", plan.func.sig.ident);
     let args_in = info.params.iter().map(|param| {
@@ -927,6 +930,13 @@ fn batch_body(plan: &Plan, parts: &Parts, batch: &crate::valid::BatchPlan) -> To
                     let #ids = __cached_id;
                     #key
                     __cached_key
+                },
+                // Each id's tags, the collection's name standing for one id
+                // as in its key.
+                |__cached_id| {
+                    #[allow(unused_variables)]
+                    let #ids = __cached_id;
+                    ::std::vec::Vec::<::std::string::String>::from(#tags)
                 },
                 // Called once per load, maybe more than once: each call
                 // gets its own copies of the other arguments.

@@ -49,7 +49,7 @@ pub(crate) use crate::valid::Templates;
 /// | `key = "video:{video_id}:placements"` | A key template; each placeholder names a parameter and stands alone between `:` separators (checked at compile time). `{{` and `}}` are literal braces. |
 /// | `cache = CACHE` | Where the `Cache` is. Default `self.cache`; required on free functions (e.g. a `static CACHE: LazyLock<Cache>`). |
 /// | `cache_none = "30s"` | Also cache `None` (negative caching), for this long. Only for `Option<T>` and `Result<Option<T>, E>` returns. |
-/// | `tags = ["video:{video_id}"]` | Tags the entry, so `#[cache_evict(tags = [...])]` or `Cache::invalidate_tag` removes it with every other entry of the tag. |
+/// | `tags = ["video:{video_id}"]` | Tags the entry, so `#[cache_evict(tags = [...])]` or `Cache::invalidate_tag` removes it with every other entry of the tag. On `batch`, rendered per id (`{ids}` is one id). |
 /// | `name = "placements"` | The name in stats and metrics. Default: the prefix. |
 /// | `lock = false` | Turns off single flight and leases (each caller loads on a miss). Default on. |
 /// | `lease = "10s"` | How long a lease lives if its holder dies mid-load. Default 10 s. |
@@ -137,9 +137,11 @@ pub(crate) use crate::valid::Templates;
 /// hold per id: two batches that overlap load each id once. An id missing
 /// from the returned map is absent: left out of the result, and cached
 /// only with `cache_none`. The map is `HashMap<Id, V>` or `BTreeMap<Id, V>`,
-/// or a `Result` of one. A batch takes `cache_none`, `lease`, `wait`, `name`
-/// and `cache`; not `tags`, `stale`, `early_refresh`, `audit` or
-/// `lock = false` (a compile error says why). When other callers are
+/// or a `Result` of one. A batch takes `cache_none`, `lease`, `wait`, `name`,
+/// `cache` and `tags`, whose templates are rendered per id as the key is
+/// (`tags = ["placements", "placement:{ids}"]`: `{ids}` stands for one
+/// id); not `stale`, `early_refresh`, `audit` or `lock = false` (a compile
+/// error says why). When other callers are
 /// loading some of the ids and their loads fail or run past `wait`, the
 /// body is called once more for those ids.
 ///

@@ -234,12 +234,7 @@ fn check_batch(
     errors: &mut Errors,
 ) -> Option<BatchPlan> {
     let before = errors.len();
-    let unsupported: [(&str, Option<proc_macro2::Span>, &str); 5] = [
-        (
-            "tags",
-            args.tags.first().map(syn::LitStr::span),
-            "tag templates name one entry's parameters; tag a single-key function instead",
-        ),
+    let unsupported: [(&str, Option<proc_macro2::Span>, &str); 4] = [
         (
             "stale",
             args.stale.as_ref().map(|t| t.span),

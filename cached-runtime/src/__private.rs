@@ -330,7 +330,9 @@ impl<T> PlainRun<T> for Runner<T> {}
 /// [`CacheRun`]: the function takes a collection of ids and returns a map
 /// from id to value. Each id's entry is the one a single-key function of
 /// the same prefix reads and writes (`key(id)`); an id missing from the
-/// function's map is absent (stored only with `cache_none`).
+/// function's map is absent (stored only with `cache_none`). `tags(id)`
+/// are the full tag keys of that id's entry (`tags = [..]`, rendered per
+/// id).
 pub trait CacheBatch<T> {
     /// Reads every id's entry, calls `load` with the ids it must load, and
     /// returns a map of every id that has a value.
@@ -341,6 +343,7 @@ pub trait CacheBatch<T> {
         site: &'static Site,
         ids: Vec<K>,
         key: impl Fn(&K) -> String,
+        tags: impl Fn(&K) -> Vec<String>,
         load: L,
         errors: Option<ErrorSharing<E>>,
         ttl: Option<Duration>,
@@ -359,6 +362,7 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
         site: &'static Site,
         ids: Vec<K>,
         key: impl Fn(&K) -> String,
+        tags: impl Fn(&K) -> Vec<String>,
         load: L,
         errors: Option<ErrorSharing<E>>,
         ttl: Option<Duration>,
@@ -383,10 +387,15 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
             let mut again = repeated.iter();
             unique.retain(|_| again.next() == Some(&false));
         }
+        let mut tags: Vec<Vec<String>> = unique.iter().map(&tags).collect();
+        if tags.iter().all(Vec::is_empty) {
+            tags = Vec::new();
+        }
         let policy = site.policy_for(ttl);
         let call = BatchCall {
             counters: site.counters(cache),
             policy: &policy,
+            tags: &tags,
         };
         let unique = &unique;
         let load = &load;
@@ -421,6 +430,7 @@ pub trait PlainBatch<T> {
         site: &'static Site,
         ids: Vec<K>,
         key: impl Fn(&K) -> String,
+        tags: impl Fn(&K) -> Vec<String>,
         load: L,
         errors: Option<ErrorSharing<E>>,
         ttl: Option<Duration>,
@@ -428,7 +438,7 @@ pub trait PlainBatch<T> {
     where
         L: Fn(Vec<K>) -> Fut,
     {
-        let _ = (cache, site, key, errors, ttl);
+        let _ = (cache, site, key, tags, errors, ttl);
         load(ids)
     }
 }

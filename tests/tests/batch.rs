@@ -32,6 +32,10 @@ on_both_backends!(
     a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again,
     a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
     a_refreshing_batch_over_a_tagged_entry_stores_what_both_functions_hit,
+    a_tag_invalidation_during_a_tagged_batch_load_of_an_empty_key_is_not_overwritten,
+    a_tag_of_one_row_reaches_only_that_row_of_a_tagged_batch,
+    a_tagged_batch_is_served_only_entries_its_tags_reach,
+    a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
 );
 
 cached_tests::on_cluster!(
@@ -44,6 +48,10 @@ cached_tests::on_cluster!(
     a_caller_joining_a_refreshing_batch_after_another_process_invalidated_its_tag_gets_the_new_row,
     a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served,
     a_refreshing_batch_over_a_tagged_entry_stores_what_both_functions_hit,
+    a_tag_invalidation_during_a_tagged_batch_load_of_an_empty_key_is_not_overwritten,
+    a_tag_of_one_row_reaches_only_that_row_of_a_tagged_batch,
+    a_tagged_batch_is_served_only_entries_its_tags_reach,
+    a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +201,32 @@ impl Catalog {
         self.read_rows(ids).await
     }
 
+    /// The same entries, each under `items` and a tag of its own row
+    /// (`{ids}` stands for one id, as in a key).
+    #[cached(
+        prefix = "item",
+        ttl = "5m",
+        batch,
+        tags = ["items", "row:{ids}"],
+        name = "item_many_tagged"
+    )]
+    async fn get_many_tagged(&self, ids: Vec<u64>) -> Result<HashMap<u64, Item>, DbError> {
+        self.read_rows(ids).await
+    }
+
+    /// One row, under the tags the tagged batch gives it.
+    #[cached(
+        prefix = "item",
+        ttl = "5m",
+        key = id,
+        tags = ["items", "row:{id}"],
+        name = "item_row_tagged"
+    )]
+    async fn get_row_tagged(&self, id: u64) -> Result<Option<Item>, DbError> {
+        self.singles.lock().expect("singles").push(id);
+        Ok(self.rows.lock().expect("rows").get(&id).cloned())
+    }
+
     #[cached(
         prefix = "item",
         ttl = "5m",
@@ -224,6 +258,14 @@ impl Catalog {
         let _ = id;
         Ok(())
     }
+}
+
+/// A cache for tests that count calls of a body: its operation timeout
+/// leaves room for a busy machine, where a tagged batch's first calls on a
+/// cluster (each id's tag versions, its lease, the scripts loaded on every
+/// node) can outlast the default and load without storing.
+fn counting_cache(backend: &Backend) -> Cache {
+    backend.cache_with(|b| b.op_timeout(Duration::from_millis(500)))
 }
 
 fn items(ids: impl IntoIterator<Item = u64>, version: u64) -> HashMap<u64, Item> {
@@ -438,6 +480,144 @@ async fn a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached(b
         Some(2),
         "the tagged function"
     );
+}
+
+/// A tagged batch loads ids that hold no entry; while its body runs, one
+/// row changes and its tag (first the row's own, then one all rows share,
+/// in a second round) is invalidated. No read that begins after the
+/// invalidation returned may be served what the load read before it:
+/// neither the batch's own next call, nor an untagged read of the key.
+async fn a_tag_invalidation_during_a_tagged_batch_load_of_an_empty_key_is_not_overwritten(
+    backend: &Backend,
+) {
+    let c = Catalog::new(backend.cache(), 5);
+    for (round, (id, tag)) in [(2, "row:2"), (4, "items")].into_iter().enumerate() {
+        let version = round as u64 + 2;
+        c.slow(Duration::from_millis(200));
+        let batches = c.batches().len();
+        let loading = tokio::spawn({
+            let c = c.clone();
+            async move { c.get_many_tagged(vec![id, id + 1]).await }
+        });
+        let began = Instant::now();
+        while c.batches().len() == batches {
+            assert!(began.elapsed() < Duration::from_secs(5), "never loaded");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        c.set_version(id, version);
+        c.cache.invalidate_tag(tag).await.expect("invalidates");
+        let got = loading.await.expect("joins").expect("loads");
+        assert_eq!(
+            got.get(&id).map(|i| i.version),
+            Some(1),
+            "{tag}: read before"
+        );
+        c.slow(Duration::ZERO);
+        assert_ne!(
+            c.cache.get::<Item>(&format!("item:{id}")).await,
+            Some(Item { id, version: 1 }),
+            "{tag}: an untagged read after the invalidation was served the row it replaced"
+        );
+        let got = c.get_many_tagged(vec![id]).await.expect("loads");
+        assert_eq!(
+            got.get(&id).map(|i| i.version),
+            Some(version),
+            "{tag}: the batch after the invalidation"
+        );
+    }
+}
+
+/// Each id's tags are its own: invalidating one row's tag reloads that row
+/// only, and the tag all rows share reaches every one.
+async fn a_tag_of_one_row_reaches_only_that_row_of_a_tagged_batch(backend: &Backend) {
+    let c = Catalog::new(counting_cache(backend), 5);
+    assert_eq!(
+        c.get_many_tagged(vec![1, 2, 3]).await.expect("loads"),
+        items(1..=3, 1)
+    );
+    c.set_version(2, 2);
+    c.cache.invalidate_tag("row:2").await.expect("invalidates");
+    // With an id never loaded: one call for both (on a cluster, row 2's
+    // outdated entry is still there, and its lease is taken over it).
+    let got = c.get_many_tagged(vec![1, 2, 3, 4]).await.expect("loads");
+    assert_eq!(got.get(&2), Some(&Item { id: 2, version: 2 }));
+    assert_eq!(
+        c.batches().last(),
+        Some(&vec![2, 4]),
+        "only row 2 reloaded, with 4, in one call"
+    );
+    assert_eq!(c.batches().len(), 2);
+    for id in [1, 3] {
+        c.set_version(id, 3);
+    }
+    c.cache.invalidate_tag("items").await.expect("invalidates");
+    let got = c.get_many_tagged(vec![1, 2, 3]).await.expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(3));
+    assert_eq!(got.get(&3).map(|i| i.version), Some(3));
+    assert_eq!(
+        c.batches().last(),
+        Some(&vec![1, 2, 3]),
+        "every row reloaded"
+    );
+    let stats = c.cache.stats_for("item_many_tagged").expect("stats");
+    assert_eq!((stats.hits, stats.misses), (2, 8));
+}
+
+/// An entry its tags do not list (stored by an untagged function) is not
+/// served to a tagged batch, which loads it and stores it under its tags;
+/// an untagged batch is served what the tagged one stored.
+async fn a_tagged_batch_is_served_only_entries_its_tags_reach(backend: &Backend) {
+    let c = Catalog::new(counting_cache(backend), 5);
+    c.get(1).await.expect("loads");
+    c.set_version(1, 2);
+    let got = c.get_many_tagged(vec![1, 2]).await.expect("loads");
+    assert_eq!(
+        got,
+        HashMap::from([
+            (1, Item { id: 1, version: 2 }),
+            (2, Item { id: 2, version: 1 })
+        ])
+    );
+    assert_eq!(
+        c.batches(),
+        vec![vec![1, 2]],
+        "the untagged entry was a miss"
+    );
+    // Now under its tags: a hit for both batches, and reached by them.
+    assert_eq!(c.get_many_tagged(vec![1, 2]).await.expect("hits").len(), 2);
+    assert_eq!(c.get_many(vec![1, 2]).await.expect("hits").len(), 2);
+    assert_eq!(c.batches().len(), 1, "both hits");
+    c.cache.invalidate_tag("row:1").await.expect("invalidates");
+    c.get_many(vec![1, 2]).await.expect("loads");
+    assert_eq!(
+        c.batches().last(),
+        Some(&vec![1]),
+        "row 1's entry is gone for every reader"
+    );
+}
+
+/// A single-key function with the batch's tags reads what the batch stored
+/// and the reverse, with no load.
+async fn a_tagged_batch_and_a_single_call_with_its_tags_share_entries(backend: &Backend) {
+    let c = Catalog::new(counting_cache(backend), 5);
+    c.get_many_tagged(vec![1, 2]).await.expect("loads");
+    assert_eq!(
+        c.get_row_tagged(1).await.expect("hits").map(|i| i.id),
+        Some(1)
+    );
+    assert_eq!(
+        c.get_tagged(2).await.expect("hits").map(|i| i.id),
+        Some(2),
+        "one of its tags"
+    );
+    assert!(
+        c.singles.lock().expect("singles").is_empty(),
+        "no single load"
+    );
+    c.get_row_tagged(3).await.expect("loads");
+    let got = c.get_many_tagged(vec![1, 2, 3]).await.expect("hits");
+    assert_eq!(got, items(1..=3, 1));
+    assert_eq!(c.batches().len(), 1, "3 was the single call's");
 }
 
 /// Two processes' caches (on a cluster, where a tag invalidation leaves

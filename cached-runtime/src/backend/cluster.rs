@@ -41,7 +41,7 @@
 //! - **A load takes over the tags of the entry it replaces.** A tag
 //!   invalidation reaches the entries stored under the tag, not the leases
 //!   of loads that will replace them; a load under other tags (another
-//!   function sharing the key, or a batch, which names none) would store,
+//!   function sharing the key, or an untagged batch) would store,
 //!   unreached, what it read before the invalidation. So taking a lease
 //!   answers the versions stored beside the entry there, and the load adds
 //!   the current versions of the tags it does not name itself to those

@@ -207,6 +207,26 @@ pub(crate) struct LeaseFinish<'a, T> {
     pub(crate) key: &'a str,
     pub(crate) lease: Lease,
     pub(crate) write: Option<(Option<&'a T>, EntryMeta, Duration)>,
+    /// The tags the value is stored under (a release ignores them).
+    pub(crate) tags: &'a [String],
+}
+
+/// Every answer, or an error: one that may hide a request sent (anything
+/// but [`BackendError::Skipped`]) before one that says nothing was sent.
+fn all_or_error<R>(results: Vec<Result<R, BackendError>>) -> Result<Vec<R>, BackendError> {
+    let mut answers = Vec::with_capacity(results.len());
+    let mut skipped = None;
+    for result in results {
+        match result {
+            Ok(answer) => answers.push(answer),
+            Err(BackendError::Skipped) => skipped = Some(BackendError::Skipped),
+            Err(e) => return Err(e),
+        }
+    }
+    match skipped {
+        Some(e) => Err(e),
+        None => Ok(answers),
+    }
 }
 
 /// When a lease may be taken, besides nobody else holding it.
@@ -458,11 +478,32 @@ impl Backend {
         }
     }
 
-    /// Reads the entries under `keys`, undecoded, in one round trip (a
-    /// pipeline on Redis); one answer per key, in order. A batch names no
-    /// tags (on a cluster, it reads a marked entry's versions as an
-    /// untagged call does).
+    /// Reads the entries under `keys`, undecoded; one answer per key, in
+    /// order. `tags[i]` are key `i`'s tags. Untagged keys are read in one
+    /// round trip (a pipeline on Redis; on a cluster, a marked entry's
+    /// versions are checked as an untagged call's). When any key has tags
+    /// (a batch's ids all have, or none), each is read as a single call
+    /// reads it (see [`Backend::fetch`]: their scripts take the tags'
+    /// keys), all at once.
     pub(crate) async fn fetch_many(
+        &self,
+        keys: &[&str],
+        tags: &[&[String]],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        debug_assert_eq!(keys.len(), tags.len());
+        if tags.iter().all(|t| t.is_empty()) {
+            return self.fetch_pipelined(keys, timeout).await;
+        }
+        let reads = keys
+            .iter()
+            .zip(tags)
+            .map(|(key, tags)| self.fetch(key, tags, timeout));
+        all_or_error(futures_util::future::join_all(reads).await)
+    }
+
+    /// [`Backend::fetch_many`] of untagged keys: one round trip.
+    async fn fetch_pipelined(
         &self,
         keys: &[&str],
         timeout: Duration,
@@ -474,9 +515,50 @@ impl Backend {
         }
     }
 
-    /// Asks for the lease on each key, in one round trip: `token` for every
-    /// one, each on its own condition; one outcome per key, in order.
+    /// Asks for the lease on each key: `token` for every one, each on its
+    /// own condition; one outcome per key, in order. `tags[i]` are key
+    /// `i`'s tags: with any, each lease is asked as a single call's is
+    /// (recording its tags), all at once; without, in one round trip. On
+    /// an error, the leases this call took are released before it
+    /// returns: the caller cannot tell them from the ones never asked
+    /// (see [`BackendError::Skipped`]).
     pub(crate) async fn acquire_leases(
+        &self,
+        asks: &[(&str, LeaseIf)],
+        tags: &[&[String]],
+        token: u64,
+        ttl: Duration,
+        tag_for: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<LeaseOutcome>, BackendError> {
+        debug_assert_eq!(asks.len(), tags.len());
+        if tags.iter().all(|t| t.is_empty()) {
+            return self
+                .acquire_pipelined(asks, token, ttl, tag_for, timeout)
+                .await;
+        }
+        let requests = asks.iter().zip(tags).map(|((key, cond), tags)| {
+            self.acquire_lease(key, token, ttl, *cond, tags, tag_for, timeout)
+        });
+        let outcomes = futures_util::future::join_all(requests).await;
+        let taken: Vec<&str> = asks
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, Ok(LeaseOutcome::Acquired(_))))
+            .map(|((key, _), _)| *key)
+            .collect();
+        let outcomes = all_or_error(outcomes);
+        if outcomes.is_err() && !taken.is_empty() {
+            let releases = taken
+                .iter()
+                .map(|key| self.release_lease(key, token, timeout));
+            let _ = futures_util::future::join_all(releases).await;
+        }
+        outcomes
+    }
+
+    /// [`Backend::acquire_leases`] of untagged keys: one round trip.
+    async fn acquire_pipelined(
         &self,
         asks: &[(&str, LeaseIf)],
         token: u64,
@@ -498,12 +580,40 @@ impl Backend {
         }
     }
 
-    /// Ends leases in one round trip: each writes its value while its lease
-    /// holds, or releases it. One answer per item, in order: `Ok(true)`
-    /// stored (or released), `Ok(false)` the lease was lost and nothing
-    /// was written, `Err` this value could not be stored (too large, does
-    /// not encode; what the key held is gone).
+    /// Ends leases: each writes its value while its lease holds (under its
+    /// item's tags), or releases it. One answer per item, in order:
+    /// `Ok(true)` stored (or released), `Ok(false)` the lease was lost and
+    /// nothing was written, `Err` this value could not be stored (too
+    /// large, does not encode, the write failed; what the key held is
+    /// gone). Untagged items in one round trip; with tags, each as a single
+    /// call's write or release, all at once.
     pub(crate) async fn finish_leases<T: Cacheable>(
+        &self,
+        items: &[LeaseFinish<'_, T>],
+        timeout: Duration,
+    ) -> Result<Vec<Result<bool, BackendError>>, BackendError> {
+        if items.iter().all(|item| item.tags.is_empty()) {
+            return self.finish_pipelined(items, timeout).await;
+        }
+        let ends = items.iter().map(|item| async move {
+            match item.write {
+                Some((value, meta, keep_for)) => {
+                    self.set_if_leased(
+                        item.key, value, &meta, keep_for, item.lease, item.tags, timeout,
+                    )
+                    .await
+                }
+                None => self
+                    .release_lease(item.key, item.lease.token, timeout)
+                    .await
+                    .map(|()| true),
+            }
+        });
+        Ok(futures_util::future::join_all(ends).await)
+    }
+
+    /// [`Backend::finish_leases`] of untagged items: one round trip.
+    async fn finish_pipelined<T: Cacheable>(
         &self,
         items: &[LeaseFinish<'_, T>],
         timeout: Duration,
@@ -559,5 +669,31 @@ impl Backend {
             Backend::Redis(r) => r.ping(timeout).await,
             Backend::Near(n) => n.ping(timeout).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BackendError, all_or_error};
+
+    #[test]
+    fn every_answer_in_order_or_the_error_that_may_hide_a_request() {
+        assert_eq!(all_or_error(vec![Ok(1), Ok(2)]).ok(), Some(vec![1, 2]));
+        // Skipped says nothing was sent; a timeout may hide a lease taken,
+        // which the caller must then release: it wins, wherever it is.
+        for results in [
+            vec![
+                Err(BackendError::Skipped),
+                Ok(1),
+                Err(BackendError::Timeout),
+            ],
+            vec![Err(BackendError::Timeout), Err(BackendError::Skipped)],
+        ] {
+            assert!(matches!(all_or_error(results), Err(BackendError::Timeout)));
+        }
+        assert!(matches!(
+            all_or_error(vec![Ok(1), Err(BackendError::Skipped)]),
+            Err(BackendError::Skipped)
+        ));
     }
 }

@@ -1633,7 +1633,8 @@ impl RedisBackend {
     /// On a cluster, after a lease was taken over an entry stored with tag
     /// versions (`replaced`, as stored beside it): a tag invalidation of
     /// those tags reached the key, so it must reach what this load stores
-    /// too, whatever tags the load names itself (a batch names none). Adds
+    /// too, whatever tags the load names itself (an untagged batch names
+    /// none). Adds
     /// the current versions of the tags the load does not name to those
     /// its lease keeps, which it stores with its value. Read after the
     /// lease and before the load begins: an invalidation from now on
@@ -1900,7 +1901,8 @@ impl RedisBackend {
                 let mut cmd = evalsha(&scripts.acquire, &named);
                 cmd.arg(token).arg(ttl).arg(mode).arg(tag_ms).arg(seen);
                 if self.layout.is_cluster() {
-                    // The entries of a batch carry no tags.
+                    // Untagged ids (a tagged one is leased as a single
+                    // call is: see `Backend::acquire_leases`).
                     cmd.arg("");
                 }
                 cmd
@@ -1926,7 +1928,7 @@ impl RedisBackend {
                 .collect::<redis::RedisResult<Vec<_>>>()
         };
         let answers = self.run(Gate::Breaker, timeout, ask).await?;
-        // The entries of a batch carry no tags of their own: the versions
+        // These entries carry no tags of their own: the versions
         // of those a lease replaces are taken over (a rare case: a key
         // shared with a tagged function), each key at once.
         let take_over = answers

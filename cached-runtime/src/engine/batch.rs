@@ -43,10 +43,20 @@ use crate::scope::{CallMode, Outcome, record};
 /// after a failed or abandoned wait).
 const MAX_ROUNDS: usize = 3;
 
-/// One batch call: its site's counters and policy.
+/// One batch call: its site's counters and policy, and its keys' tags.
 pub(crate) struct BatchCall<'a> {
     pub(crate) counters: CountersRef<'a>,
     pub(crate) policy: &'a Policy,
+    /// Full tag keys of each key, by the keys' index (empty: no key has
+    /// any).
+    pub(crate) tags: &'a [Vec<String>],
+}
+
+impl BatchCall<'_> {
+    /// The full tag keys of key `i`.
+    fn tags(&self, i: usize) -> &[String] {
+        self.tags.get(i).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A key to load in step 4 or 5: its index, its flight (`None`: not led by
@@ -144,8 +154,12 @@ impl Engine {
             misses.extend(readable.iter().map(|&i| (i, LeaseIf::Any)));
         } else if !readable.is_empty() {
             let names: Vec<&str> = readable.iter().map(|&i| keys[i].as_str()).collect();
+            let tags: Vec<&[String]> = readable.iter().map(|&i| call.tags(i)).collect();
             let started = Instant::now();
-            let fetched = self.backend.fetch_many(&names, self.op_timeout).await;
+            let fetched = self
+                .backend
+                .fetch_many(&names, &tags, self.op_timeout)
+                .await;
             match fetched {
                 Ok(entries) => {
                     if self.backend.is_remote() {
@@ -219,10 +233,15 @@ impl Engine {
             }
         }
 
-        // 3. One request for the leases of the misses.
+        // 3. One request for the leases of the misses. A key found holding
+        // a value (written since the read, or one the read could not use:
+        // stored under other tags, outdated by a tag on a cluster) is read
+        // again, and its lease asked again whatever is stored, as a single
+        // call does (see `take_lease`): it is then loaded with the others.
         let mut contested = Vec::new();
-        if !asks.is_empty() {
-            let token = fastrand::u64(1..);
+        let token = fastrand::u64(1..);
+        let mut again = false;
+        while !asks.is_empty() {
             // Held by each guard from the moment the request is sent: a
             // batch dropped while it is in flight releases them.
             for (_, guard, _) in &mut asks {
@@ -232,17 +251,20 @@ impl Engine {
                 .iter()
                 .map(|(i, _, cond)| (keys[*i].as_str(), *cond))
                 .collect();
+            let tags: Vec<&[String]> = asks.iter().map(|(i, _, _)| call.tags(*i)).collect();
             let asked = Instant::now();
             let outcomes = self
                 .backend
                 .acquire_leases(
                     &request,
+                    &tags,
                     token,
                     policy.lease,
                     policy.tag_for(),
                     self.op_timeout,
                 )
                 .await;
+            let mut present = Vec::new();
             match outcomes {
                 Ok(outcomes) => {
                     if self.backend.is_remote() {
@@ -253,8 +275,11 @@ impl Engine {
                             LeaseOutcome::Acquired(epoch) => {
                                 now.push((i, Some(guard), Some(Lease { token, epoch })));
                             }
-                            // Another holds it, or a value arrived since the
-                            // read: step 5.
+                            LeaseOutcome::ValuePresent | LeaseOutcome::Changed if !again => {
+                                guard.lease = None;
+                                present.push((i, guard));
+                            }
+                            // Another holds it: step 5.
                             LeaseOutcome::Held
                             | LeaseOutcome::ValuePresent
                             | LeaseOutcome::Changed => {
@@ -277,6 +302,10 @@ impl Engine {
                     }
                 }
             }
+            again = true;
+            asks = self
+                .read_again(call, keys, present, found, &mut contested)
+                .await;
         }
 
         // 4. One load, one write.
@@ -294,7 +323,7 @@ impl Engine {
                 key: keys[i].clone(),
                 counters: Cow::Borrowed(&*call.counters),
                 policy: Cow::Borrowed(policy),
-                tags: &[],
+                tags: call.tags(i),
                 shape: std::marker::PhantomData,
             };
             let leasing = self.take_lease(&single, token, ask).await;
@@ -354,6 +383,54 @@ impl Engine {
         Ok(again)
     }
 
+    /// Reads again the keys whose lease request found a value: a usable
+    /// one is this batch's (and its flight's waiters'); the others are
+    /// returned, to ask for their leases whatever is stored. A failed read
+    /// leaves its keys to step 5.
+    async fn read_again<'g, T: Cacheable>(
+        &self,
+        call: &BatchCall<'_>,
+        keys: &[String],
+        present: Vec<(usize, FlightGuard<'g>)>,
+        found: &mut [Option<T>],
+        contested: &mut Vec<(usize, FlightGuard<'g>)>,
+    ) -> Vec<(usize, FlightGuard<'g>, LeaseIf)> {
+        if present.is_empty() {
+            return Vec::new();
+        }
+        let counters = &*call.counters;
+        let names: Vec<&str> = present.iter().map(|(i, _)| keys[*i].as_str()).collect();
+        let tags: Vec<&[String]> = present.iter().map(|(i, _)| call.tags(*i)).collect();
+        let entries = match self
+            .backend
+            .fetch_many(&names, &tags, self.op_timeout)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.backend_failed(names[0], "get", &e, counters);
+                contested.extend(present);
+                return Vec::new();
+            }
+        };
+        let mut asks = Vec::new();
+        for ((i, mut guard), entry) in present.into_iter().zip(entries) {
+            match self.interpret::<T>(&keys[i], counters, Ok(entry)) {
+                Read::Fresh(item, meta) => {
+                    guard.land_with(&item, Shared::Fresh(meta));
+                    found[i] = item;
+                }
+                Read::Stale(item, meta) => {
+                    counters.stale_served.add();
+                    guard.land_with(&item, Shared::Stale(meta));
+                    found[i] = item;
+                }
+                Read::Miss | Read::Failed => asks.push((i, guard, LeaseIf::Any)),
+            }
+        }
+        asks
+    }
+
     /// Loads `items` in one call of the function, stores the leased ones in
     /// one round trip, and hands every value to its flight's waiters.
     #[allow(clippy::too_many_arguments)]
@@ -392,6 +469,7 @@ impl Engine {
                             key: keys[*i].as_str(),
                             lease: (*lease)?,
                             write: None,
+                            tags: &[],
                         })
                     })
                     .collect();
@@ -433,6 +511,7 @@ impl Engine {
                     key: keys[*i].as_str(),
                     lease: (*lease)?,
                     write: meta.map(|(meta, keep_for)| (value.as_ref(), meta, keep_for)),
+                    tags: call.tags(*i),
                 })
             })
             .collect();
@@ -552,6 +631,7 @@ mod tests {
         BatchCall {
             counters: Cow::Owned(engine.stats.counters("item")),
             policy,
+            tags: &[],
         }
     }
 

@@ -15,7 +15,7 @@ struct Service {
 }
 
 impl Service {
-    #[cached(prefix = "item", ttl = "5m", batch, tags = ["items"], stale = "1h", lock = false, audit = 0.01)]
+    #[cached(prefix = "item", ttl = "5m", batch, stale = "1h", lock = false, audit = 0.01)]
     async fn get_many(&self, ids: Vec<u64>) -> HashMap<u64, Item> {
         HashMap::new()
     }

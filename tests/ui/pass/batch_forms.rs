@@ -54,6 +54,14 @@ impl Service {
         Some(Item { id })
     }
 
+    // Tags per id: `{ids}` stands for one id, as in the key; other
+    // parameters as they are.
+    #[cached(prefix = "tenant_item", ttl = "5m", batch = ids, key = (tenant, ids), tags = ["tenant:{tenant}", "item:{ids}"], name = "tagged")]
+    async fn tagged_by_tenant(&self, tenant: &str, ids: Vec<u64>) -> HashMap<u64, Item> {
+        let _ = tenant;
+        ids.into_iter().map(|id| (id, Item { id })).collect()
+    }
+
     // A template: `{ids}` stands for one id.
     #[cached(prefix = "row", ttl = "5m", batch = ids, key = "{ids}:row")]
     async fn rows(&self, ids: Vec<String>, verbose: bool) -> HashMap<String, Item> {
@@ -79,6 +87,7 @@ fn main() {
     let _ = s.from_btree_set(BTreeSet::new());
     let _ = s.by_tenant("t", vec![1]);
     let _ = s.one_by_tenant("t", 1);
+    let _ = s.tagged_by_tenant("t", vec![1]);
     let _ = s.rows(vec![String::new()], true);
     let _ = free(vec![1]);
 }
