@@ -176,6 +176,24 @@ impl Catalog {
         Ok(found)
     }
 
+    /// The batch, tagged per id or not.
+    async fn many(&self, tagged: bool, ids: Vec<u64>) -> Result<HashMap<u64, Item>, DbError> {
+        if tagged {
+            self.get_many_tagged(ids).await
+        } else {
+            self.get_many(ids).await
+        }
+    }
+
+    /// The single-key function with the same tags as [`Catalog::many`].
+    async fn one(&self, tagged: bool, id: u64) -> Result<Option<Item>, DbError> {
+        if tagged {
+            self.get_row_tagged(id).await
+        } else {
+            self.get(id).await
+        }
+    }
+
     #[cached(prefix = "item", ttl = "5m", key = id)]
     async fn get(&self, id: u64) -> Result<Option<Item>, DbError> {
         self.singles.lock().expect("singles").push(id);
@@ -372,46 +390,48 @@ async fn each_id_is_asked_once_however_often_it_is_given(backend: &Backend) {
 /// Two batches that overlap, and single calls inside the overlap, all at
 /// once: each id is loaded once, and every caller gets every value.
 async fn overlapping_concurrent_batches_load_each_id_once(backend: &Backend) {
-    let c = Catalog::new(backend.cache(), 30);
-    c.slow(Duration::from_millis(150));
-    // On Redis, the second batch runs on a cache of its own: another
-    // process, which only the leases keep from loading the overlap again.
-    let other = match backend.server() {
-        Some(_) => c.with_cache(backend.cache()),
-        None => c.clone(),
-    };
-    for round in 0..3u64 {
-        let base = round * 6;
-        let first: Vec<u64> = (base + 1..=base + 6).collect();
-        let second: Vec<u64> = (base + 4..=base + 9).collect();
-        let (a, b, single) = tokio::join!(
-            c.get_many(first.clone()),
-            async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                other.get_many(second.clone()).await
-            },
-            async {
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                c.get(base + 5).await
-            },
+    for tagged in [false, true] {
+        let c = Catalog::new(counting_cache(backend), 30);
+        c.slow(Duration::from_millis(150));
+        // On Redis, the second batch runs on a cache of its own: another
+        // process, which only the leases keep from loading the overlap again.
+        let other = match backend.server() {
+            Some(_) => c.with_cache(counting_cache(backend)),
+            None => c.clone(),
+        };
+        for round in 0..3u64 {
+            let base = round * 6;
+            let first: Vec<u64> = (base + 1..=base + 6).collect();
+            let second: Vec<u64> = (base + 4..=base + 9).collect();
+            let (a, b, single) = tokio::join!(
+                c.many(tagged, first.clone()),
+                async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    other.many(tagged, second.clone()).await
+                },
+                async {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    c.one(tagged, base + 5).await
+                },
+            );
+            assert_eq!(a.expect("first"), items(first, 1));
+            assert_eq!(b.expect("second"), items(second, 1));
+            assert_eq!(
+                single.expect("single"),
+                Some(Item {
+                    id: base + 5,
+                    version: 1
+                })
+            );
+        }
+        let per = c.loads_per_id();
+        assert!(
+            per.values().all(|n| *n == 1),
+            "tagged {tagged}: every id loaded once: {per:?} (batches {:?})",
+            c.batches()
         );
-        assert_eq!(a.expect("first"), items(first, 1));
-        assert_eq!(b.expect("second"), items(second, 1));
-        assert_eq!(
-            single.expect("single"),
-            Some(Item {
-                id: base + 5,
-                version: 1
-            })
-        );
+        assert_eq!(per.len(), 3 * 6 + 3);
     }
-    let per = c.loads_per_id();
-    assert!(
-        per.values().all(|n| *n == 1),
-        "every id loaded once: {per:?} (batches {:?})",
-        c.batches()
-    );
-    assert_eq!(per.len(), 3 * 6 + 3);
 }
 
 /// The stale-set race for a batch: its load reads version 1 of item 2, the
@@ -768,30 +788,33 @@ async fn a_failing_function_returns_its_error_and_stores_nothing(backend: &Backe
 /// A batch dropped mid-load (a request timeout) leaves neither a flight
 /// nor a lease behind: the next caller of its ids loads at once.
 async fn a_dropped_batch_leaves_no_key_waiting(backend: &Backend) {
-    let c = Catalog::new(backend.cache(), 5);
-    c.slow(Duration::from_secs(30));
-    let dropped = tokio::time::timeout(Duration::from_millis(100), c.get_many(vec![1, 2])).await;
-    assert!(dropped.is_err(), "timed out mid-load");
-    c.slow(Duration::ZERO);
-    // Another process's caller (on Redis, another cache) and this one's.
-    let other = match backend.server() {
-        Some(_) => c.with_cache(backend.cache()),
-        None => c.clone(),
-    };
-    let started = Instant::now();
-    assert_eq!(
-        other.get_many(vec![1, 2]).await.expect("loads"),
-        items([1, 2], 1)
-    );
-    assert_eq!(
-        c.get(1).await.expect("hits"),
-        Some(Item { id: 1, version: 1 })
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    for tagged in [false, true] {
+        let c = Catalog::new(backend.cache(), 5);
+        c.slow(Duration::from_secs(30));
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(100), c.many(tagged, vec![1, 2])).await;
+        assert!(dropped.is_err(), "tagged {tagged}: timed out mid-load");
+        c.slow(Duration::ZERO);
+        // Another process's caller (on Redis, another cache) and this one's.
+        let other = match backend.server() {
+            Some(_) => c.with_cache(backend.cache()),
+            None => c.clone(),
+        };
+        let started = Instant::now();
+        assert_eq!(
+            other.many(tagged, vec![1, 2]).await.expect("loads"),
+            items([1, 2], 1)
+        );
+        assert_eq!(
+            c.one(tagged, 1).await.expect("hits"),
+            Some(Item { id: 1, version: 1 })
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "tagged {tagged}: took {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 /// String ids holding the key separator, glob characters and the lease
