@@ -36,6 +36,7 @@ on_both_backends!(
     a_tag_of_one_row_reaches_only_that_row_of_a_tagged_batch,
     a_tagged_batch_is_served_only_entries_its_tags_reach,
     a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
+    a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease,
 );
 
 cached_tests::on_cluster!(
@@ -52,6 +53,7 @@ cached_tests::on_cluster!(
     a_tag_of_one_row_reaches_only_that_row_of_a_tagged_batch,
     a_tagged_batch_is_served_only_entries_its_tags_reach,
     a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
+    a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -783,6 +785,34 @@ async fn a_failing_function_returns_its_error_and_stores_nothing(backend: &Backe
         started.elapsed()
     );
     assert_eq!(c.batches(), vec![vec![2, 3], vec![2, 3]]);
+}
+
+/// A batch's value that is not kept (an absent id, without `cache_none`)
+/// releases its lease. An eviction removed that lease during the load:
+/// the release finds it gone, which loses nothing (no write was refused),
+/// so it is not counted among `leases_lost`, as a single call's is not.
+async fn a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease(backend: &Backend) {
+    let c = Catalog::new(backend.cache(), 3);
+    c.slow(Duration::from_millis(200));
+    let loading = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_many(vec![99, 1]).await }
+    });
+    let began = Instant::now();
+    while c.batches().is_empty() {
+        assert!(began.elapsed() < Duration::from_secs(5), "never loaded");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.changed(99).await.expect("evicts");
+    let got = loading.await.expect("joins").expect("loads");
+    assert_eq!(got, items([1], 1), "99 is absent");
+    let stats = c.cache.stats_for("item").expect("stats");
+    assert_eq!(stats.leases_lost, 0, "a release lost nothing");
+    assert_eq!(
+        c.cache.get::<Item>("item:1").await,
+        Some(Item { id: 1, version: 1 }),
+        "the other id was stored"
+    );
 }
 
 /// A batch dropped mid-load (a request timeout) leaves neither a flight
