@@ -48,6 +48,7 @@ cached_tests::on_cluster!(
     a_tag_invalidation_outdates_a_refreshing_batch_of_an_entry_it_reached,
     a_caller_joining_a_refreshing_batch_after_another_process_invalidated_its_tag_gets_the_new_row,
     a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served,
+    a_refresh_whose_take_over_is_lost_stores_nothing_served,
     a_refreshing_batch_over_a_tagged_entry_stores_what_both_functions_hit,
     a_tag_invalidation_during_a_tagged_batch_load_of_an_empty_key_is_not_overwritten,
     a_tag_of_one_row_reaches_only_that_row_of_a_tagged_batch,
@@ -715,6 +716,58 @@ async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_
     );
     let got = c.get_many(vec![1]).await.expect("loads");
     assert_eq!(got.get(&1).map(|i| i.version), Some(2));
+}
+
+/// On a cluster, as above, but what is lost is the take-over alone: the
+/// lease's record of its versions is back to what the lease script wrote
+/// (a failover to a replica that had the lease but not the `TAKE_OVER`
+/// after it). That record ends with a line that does not parse, so what
+/// the refresh stores is served to no one, the tag invalidation after its
+/// read included; the next read loads, and stores an entry served again.
+async fn a_refresh_whose_take_over_is_lost_stores_nothing_served(backend: &Backend) {
+    let cluster = backend.redis_cluster().expect("on a cluster");
+    let c = Catalog::new(backend.cache(), 3);
+    assert_eq!(
+        c.get_tagged(1).await.expect("loads").map(|i| i.version),
+        Some(1)
+    );
+    let refreshing = c.refresh_of_one_begun(Duration::from_millis(200)).await;
+    let record = format!("{{{}:item:1}}:~ltags", cached_tests::NAMESPACE);
+    let owner = &cluster.nodes()[cluster.owner_of(&record)];
+    let taken_over: String = owner.cmd(&["GET", &record]);
+    assert!(taken_over.contains("items"), "taken over: {taken_over:?}");
+    // The batch names no tag: the lease script kept only the line.
+    assert_eq!(
+        owner.cmd::<String>(&["SET", &record, "~\n", "KEEPTTL"]),
+        "OK"
+    );
+    c.set_version(1, 2);
+    c.cache.invalidate_tag("items").await.expect("invalidates");
+    let got = refreshing.await.expect("joins").expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
+    c.slow(Duration::ZERO);
+    assert_eq!(
+        c.cache.get::<Item>("item:1").await,
+        None,
+        "stored with a take-over never done: served to no one"
+    );
+    let batches = c.batches().len();
+    let got = c.get_many(vec![1]).await.expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(2));
+    assert_eq!(c.batches().len(), batches + 1, "loaded");
+    assert_eq!(
+        c.get_tagged(1).await.expect("hits").map(|i| i.version),
+        Some(2)
+    );
+    assert_eq!(
+        c.get_many(vec![1])
+            .await
+            .expect("hits")
+            .get(&1)
+            .map(|i| i.version),
+        Some(2)
+    );
+    assert_eq!(c.batches().len(), batches + 1, "served again");
 }
 
 /// What a batch's refresh stores over an entry a tagged function stored is
