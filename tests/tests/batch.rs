@@ -868,6 +868,28 @@ async fn a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease(backend: 
     );
 }
 
+/// A warm tagged batch reads each id as a single call with its tags does:
+/// with the near tier, from L1 (once the pushes of its own fills settled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_tagged_batch_is_served_from_the_near_tier() {
+    let backend = Backend::near();
+    let c = Catalog::new(backend.cache(), 5);
+    c.get_many_tagged(vec![1, 2, 3]).await.expect("loads");
+    let l1_hits = || c.cache.near_stats().expect("a near cache").l1_hits;
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let before = l1_hits();
+        let got = c.get_many_tagged(vec![1, 2, 3]).await.expect("hits");
+        assert_eq!(got, items(1..=3, 1));
+        if l1_hits() == before + 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "L1 never served the whole batch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.batches().len(), 1, "loaded once");
+}
+
 /// A batch dropped mid-load (a request timeout) leaves neither a flight
 /// nor a lease behind: the next caller of its ids loads at once.
 async fn a_dropped_batch_leaves_no_key_waiting(backend: &Backend) {

@@ -211,24 +211,6 @@ pub(crate) struct LeaseFinish<'a, T> {
     pub(crate) tags: &'a [String],
 }
 
-/// Every answer, or an error: one that may hide a request sent (anything
-/// but [`BackendError::Skipped`]) before one that says nothing was sent.
-fn all_or_error<R>(results: Vec<Result<R, BackendError>>) -> Result<Vec<R>, BackendError> {
-    let mut answers = Vec::with_capacity(results.len());
-    let mut skipped = None;
-    for result in results {
-        match result {
-            Ok(answer) => answers.push(answer),
-            Err(BackendError::Skipped) => skipped = Some(BackendError::Skipped),
-            Err(e) => return Err(e),
-        }
-    }
-    match skipped {
-        Some(e) => Err(e),
-        None => Ok(answers),
-    }
-}
-
 /// When a lease may be taken, besides nobody else holding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseIf {
@@ -495,11 +477,17 @@ impl Backend {
         if tags.iter().all(|t| t.is_empty()) {
             return self.fetch_pipelined(keys, timeout).await;
         }
-        let reads = keys
-            .iter()
-            .zip(tags)
-            .map(|(key, tags)| self.fetch(key, tags, timeout));
-        all_or_error(futures_util::future::join_all(reads).await)
+        let reads = keys.iter().zip(tags).map(|(key, tags)| async move {
+            // As a single call reads: the near tier's copy first.
+            match self.l1_hit(key, tags) {
+                Some(hit) => Ok(hit),
+                None => self.fetch(key, tags, timeout).await,
+            }
+        });
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// [`Backend::fetch_many`] of untagged keys: one round trip.
@@ -518,10 +506,10 @@ impl Backend {
     /// Asks for the lease on each key: `token` for every one, each on its
     /// own condition; one outcome per key, in order. `tags[i]` are key
     /// `i`'s tags: with any, each lease is asked as a single call's is
-    /// (recording its tags), all at once; without, in one round trip. On
-    /// an error, the leases this call took are released before it
-    /// returns: the caller cannot tell them from the ones never asked
-    /// (see [`BackendError::Skipped`]).
+    /// (recording its tags), all at once, and each answers for itself (a
+    /// failed request may have taken its lease: its caller releases it);
+    /// without, in one round trip, which answers for all.
+    #[allow(clippy::type_complexity)]
     pub(crate) async fn acquire_leases(
         &self,
         asks: &[(&str, LeaseIf)],
@@ -530,31 +518,18 @@ impl Backend {
         ttl: Duration,
         tag_for: Duration,
         timeout: Duration,
-    ) -> Result<Vec<LeaseOutcome>, BackendError> {
+    ) -> Result<Vec<Result<LeaseOutcome, BackendError>>, BackendError> {
         debug_assert_eq!(asks.len(), tags.len());
         if tags.iter().all(|t| t.is_empty()) {
-            return self
+            let outcomes = self
                 .acquire_pipelined(asks, token, ttl, tag_for, timeout)
-                .await;
+                .await?;
+            return Ok(outcomes.into_iter().map(Ok).collect());
         }
         let requests = asks.iter().zip(tags).map(|((key, cond), tags)| {
             self.acquire_lease(key, token, ttl, *cond, tags, tag_for, timeout)
         });
-        let outcomes = futures_util::future::join_all(requests).await;
-        let taken: Vec<&str> = asks
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| matches!(outcome, Ok(LeaseOutcome::Acquired(_))))
-            .map(|((key, _), _)| *key)
-            .collect();
-        let outcomes = all_or_error(outcomes);
-        if outcomes.is_err() && !taken.is_empty() {
-            let releases = taken
-                .iter()
-                .map(|key| self.release_lease(key, token, timeout));
-            let _ = futures_util::future::join_all(releases).await;
-        }
-        outcomes
+        Ok(futures_util::future::join_all(requests).await)
     }
 
     /// [`Backend::acquire_leases`] of untagged keys: one round trip.
@@ -669,31 +644,5 @@ impl Backend {
             Backend::Redis(r) => r.ping(timeout).await,
             Backend::Near(n) => n.ping(timeout).await,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{BackendError, all_or_error};
-
-    #[test]
-    fn every_answer_in_order_or_the_error_that_may_hide_a_request() {
-        assert_eq!(all_or_error(vec![Ok(1), Ok(2)]).ok(), Some(vec![1, 2]));
-        // Skipped says nothing was sent; a timeout may hide a lease taken,
-        // which the caller must then release: it wins, wherever it is.
-        for results in [
-            vec![
-                Err(BackendError::Skipped),
-                Ok(1),
-                Err(BackendError::Timeout),
-            ],
-            vec![Err(BackendError::Timeout), Err(BackendError::Skipped)],
-        ] {
-            assert!(matches!(all_or_error(results), Err(BackendError::Timeout)));
-        }
-        assert!(matches!(
-            all_or_error(vec![Ok(1), Err(BackendError::Skipped)]),
-            Err(BackendError::Skipped)
-        ));
     }
 }

@@ -264,38 +264,55 @@ impl Engine {
                     self.op_timeout,
                 )
                 .await;
-            let mut present = Vec::new();
-            match outcomes {
+            // One answer per key: a request that failed may have taken its
+            // lease (the guard releases it), unless it was never sent.
+            let outcomes: Vec<Result<LeaseOutcome, bool>> = match outcomes {
                 Ok(outcomes) => {
                     if self.backend.is_remote() {
                         counters.latency_lease.record(asked.elapsed());
                     }
-                    for ((i, mut guard, _), outcome) in asks.into_iter().zip(outcomes) {
-                        match outcome {
-                            LeaseOutcome::Acquired(epoch) => {
-                                now.push((i, Some(guard), Some(Lease { token, epoch })));
-                            }
-                            LeaseOutcome::ValuePresent | LeaseOutcome::Changed if !again => {
-                                guard.lease = None;
-                                present.push((i, guard));
-                            }
-                            // Another holds it: step 5.
-                            LeaseOutcome::Held
-                            | LeaseOutcome::ValuePresent
-                            | LeaseOutcome::Changed => {
-                                guard.lease = None;
-                                contested.push((i, guard));
-                            }
-                        }
-                    }
+                    let mut reported = false;
+                    outcomes
+                        .into_iter()
+                        .zip(&request)
+                        .map(|(outcome, (key, _))| {
+                            outcome.map_err(|e| {
+                                if !std::mem::replace(&mut reported, true) {
+                                    self.backend_failed(key, "lease", &e, counters);
+                                }
+                                matches!(e, BackendError::Skipped)
+                            })
+                        })
+                        .collect()
                 }
                 Err(e) => {
                     self.backend_failed(request[0].0, "lease", &e, counters);
-                    for (i, mut guard, _) in asks {
-                        // Never sent: nothing to release. Otherwise the
-                        // leases may be ours on the server: each guard
-                        // releases its own.
-                        if matches!(e, BackendError::Skipped) {
+                    let skipped = matches!(e, BackendError::Skipped);
+                    asks.iter().map(|_| Err(skipped)).collect()
+                }
+            };
+            let mut present = Vec::new();
+            for ((i, mut guard, _), outcome) in asks.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(LeaseOutcome::Acquired(epoch)) => {
+                        now.push((i, Some(guard), Some(Lease { token, epoch })));
+                    }
+                    // (`!again` made `true` by cargo-mutants survives as
+                    // equivalent: asked again, a lease is asked whatever
+                    // is stored, which never answers these.)
+                    Ok(LeaseOutcome::ValuePresent | LeaseOutcome::Changed) if !again => {
+                        guard.lease = None;
+                        present.push((i, guard));
+                    }
+                    // Another holds it: step 5.
+                    Ok(LeaseOutcome::Held | LeaseOutcome::ValuePresent | LeaseOutcome::Changed) => {
+                        guard.lease = None;
+                        contested.push((i, guard));
+                    }
+                    // Loaded, not stored. Never sent (skipped by the
+                    // breaker): nothing to release.
+                    Err(skipped) => {
+                        if skipped {
                             guard.lease = None;
                         }
                         now.push((i, Some(guard), None));
