@@ -50,9 +50,10 @@ pub const READ_BOUND: Duration = WAIT
     .saturating_add(Duration::from_millis(50))
     .saturating_add(SLACK);
 /// The most a batch read may wait on the cache: a read's, plus the
-/// pipelines a batch adds (its lease request and write before it waits for
-/// others' loads, and the write of what it loads after).
-pub const BATCH_READ_BOUND: Duration = READ_BOUND.saturating_add(OP_TIMEOUT.saturating_mul(2));
+/// round trips a batch adds (its lease request and write before it waits
+/// for others' loads, the write of what it loads after, and, for ids whose
+/// lease request found a value, one more read and lease request).
+pub const BATCH_READ_BOUND: Duration = READ_BOUND.saturating_add(OP_TIMEOUT.saturating_mul(4));
 /// The most a write's cache operation may take: up to four backend
 /// operations (SCAN + UNLINK, SSCAN + MULTI) of at most the op timeout.
 pub const WRITE_BOUND: Duration = OP_TIMEOUT.saturating_mul(4).saturating_add(SLACK);

@@ -379,6 +379,19 @@ impl Tagged {
         self.0.load(Variant::Tagged, id, &ctx).await
     }
 
+    /// The batch reader of the same entries: rows of one group (whose tag
+    /// is a parameter, as in the single reader), each under it.
+    #[cached(prefix = "tagged", key = "{ids}:row", batch = ids, cache = self.0.cache, lease = "3s", wait = "300ms", ttl = "2s", tags = ["grp:{group}"])]
+    pub async fn read_many(
+        &self,
+        ids: Vec<u64>,
+        group: u64,
+        ctx: Ctx,
+    ) -> Result<HashMap<u64, Row>, DbError> {
+        let _ = group;
+        self.0.load_many(Variant::Tagged, ids, &ctx).await
+    }
+
     #[cache_put(prefix = "tagged", key = "{id}:row", cache = self.0.cache, ttl = "2s", tags = ["grp:{group}"])]
     pub async fn put(&self, id: u64, group: u64, ctx: Ctx) -> Result<Row, DbError> {
         let _ = group;
@@ -452,8 +465,8 @@ impl Framework {
         }
     }
 
-    /// A batch read of `ids` (the variants with a batch reader: `plain`
-    /// and `early`).
+    /// A batch read of `ids` (the variants with a batch reader: `plain`,
+    /// `early`, and `tagged`, whose ids are of one group).
     pub async fn read_many(
         &self,
         variant: Variant,
@@ -463,7 +476,12 @@ impl Framework {
         match variant {
             Variant::Plain => self.plain.read_many(ids, ctx).await,
             Variant::Early => self.early.read_many(ids, ctx).await,
-            Variant::Stale | Variant::Tagged => unreachable!("no batch reader"),
+            Variant::Tagged => {
+                let g = ids.first().copied().map_or(0, group);
+                debug_assert!(ids.iter().all(|id| group(*id) == g), "one group");
+                self.tagged.read_many(ids, g, ctx).await
+            }
+            Variant::Stale => unreachable!("no batch reader"),
         }
     }
 

@@ -14,7 +14,7 @@ use cached_runtime::Cache;
 use serde::{Deserialize, Serialize};
 
 use super::history::{Call, Counters, Op, Outcome, Record, Recorder, Variant, now_ns};
-use super::system::{Ctx, Db, Framework, HandWritten, KEYS, Svc, System};
+use super::system::{Ctx, Db, Framework, HandWritten, KEYS, Svc, System, group};
 
 /// Set (to the JSON of a [`WorkerConfig`]) in a worker process.
 pub const ENV: &str = "CONSISTENCY_WORKER";
@@ -244,7 +244,7 @@ fn write_share(variant: Variant) -> f64 {
     }
 }
 
-/// Share of the `plain` and `early` reads made in a batch.
+/// Share of the `plain`, `early` and `tagged` reads made in a batch.
 const BATCH_SHARE: f64 = 0.25;
 
 /// A random call: what, on which row.
@@ -255,7 +255,7 @@ fn pick(rng: &mut fastrand::Rng, hand_written: bool, only: &[Op]) -> (Op, Varian
         // A quarter of the reads of the variants with a batch reader read
         // the row in a batch.
         let batch = !hand_written
-            && matches!(variant, Variant::Plain | Variant::Early)
+            && matches!(variant, Variant::Plain | Variant::Early | Variant::Tagged)
             && rng.f64() < BATCH_SHARE;
         return (if batch { Op::BatchRead } else { Op::Read }, variant, key);
     }
@@ -288,10 +288,14 @@ impl TaskCtx {
             if op.is_write() {
                 self.write(op, variant, key, deadline, rng.u64(1..)).await;
             } else if op == Op::BatchRead {
-                // The row and up to three others of the variant.
+                // The row and up to three others of the variant (of its
+                // group, for `tagged`: the batch's tag is a parameter).
                 let mut ids = vec![key];
                 for _ in 0..rng.usize(1..4) {
-                    let other = rng.u64(..KEYS);
+                    let mut other = rng.u64(..KEYS);
+                    if variant == Variant::Tagged {
+                        other = other - group(other) + group(key);
+                    }
                     if !ids.contains(&other) {
                         ids.push(other);
                     }
