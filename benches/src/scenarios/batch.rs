@@ -5,6 +5,8 @@
 //! dropping values over the bound) + decode, 100 sequential single-key
 //! cached calls, and `hand_written`: the keys built, one `MGET`, and the
 //! values decoded into the map returned, as a developer would write it.
+//! `this_tagged`: the batch with `tags` per id, whose ids are read as
+//! single tagged calls are (one script call each, all at once).
 //!
 //! `batch_get_partial`: 100 ids of which 10 are missing, through a loopback
 //! proxy that delays every packet, so each round trip to Redis shows as
@@ -64,6 +66,29 @@ impl Placements {
     }
 }
 
+/// The same batch with its ids tagged, each under a tag of the list and
+/// one of its own, on entries of their own.
+impl Placements {
+    #[cached(
+        prefix = "placement_tagged",
+        ttl = "1h",
+        batch,
+        tags = ["placements", "placement:{ids}"]
+    )]
+    async fn get_many_tagged(&self, ids: Vec<u64>) -> HashMap<u64, Placement> {
+        let began = Instant::now();
+        let found: HashMap<u64, Placement> =
+            ids.iter().map(|&id| (id, Placement::sample(id))).collect();
+        let mut asked = ids;
+        asked.sort_unstable();
+        self.calls
+            .lock()
+            .expect("calls")
+            .push((asked, began, Instant::now()));
+        found
+    }
+}
+
 fn cache(url: &str, namespace: &str) -> Cache {
     Cache::builder()
         .redis(url)
@@ -81,6 +106,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
     let ids: Vec<u64> = (1..=IDS).collect();
     let this = Placements::new(cache(&redis.url, "bench_batch"));
     this.get_many(ids.clone()).await;
+    this.get_many_tagged(ids.clone()).await;
     // The raw systems read plain JSON under keys of their own.
     let (mut conn, raw_keys) = raw_rows(redis, &ids).await;
 
@@ -93,6 +119,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
         "sequential_single",
         "raw_script_mget",
         "hand_written",
+        "this_tagged",
     ];
     let mut samples = vec![Vec::with_capacity(ROUNDS); systems.len()];
     for _ in 0..ROUNDS {
@@ -109,6 +136,7 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
                     }
                     "raw_script_mget" => raw_script(&mut conn, &raw_keys, &SCRIPT_MGET).await,
                     "hand_written" => hand_written(&mut conn, &ids).await.len(),
+                    "this_tagged" => this.get_many_tagged(ids.clone()).await.len(),
                     _ => {
                         let mut n = 0;
                         for id in &ids {
@@ -125,8 +153,8 @@ pub async fn batch_get(redis: &Redis) -> Vec<Row> {
     }
     assert_eq!(
         this.calls.lock().expect("calls").len(),
-        1,
-        "warm: the batch body ran once, to warm it"
+        2,
+        "warm: each batch body ran once, to warm it"
     );
     let ratio = |a: usize, b: usize| {
         median(
