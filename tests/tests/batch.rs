@@ -686,14 +686,16 @@ async fn a_caller_joining_a_refreshing_batch_after_another_process_invalidated_i
     );
 }
 
-/// On a cluster, a batch's refresh of an entry stored under `items` takes
-/// over that tag: its lease keeps the version beside it (`~ltags`). If that
-/// record is lost while the lease holds (Redis evicted it, or a failover
-/// lost it), the refresh must not store what it read unreachable by the
-/// tag: an invalidation of `items` after it read must still reach it.
-async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served(
+/// On a cluster: a batch's forced refresh of id 1 over the entry the
+/// tagged function stored under `items`, which its lease takes over; once
+/// the refresh has read the row, `tamper` is applied to the lease's record
+/// of its tag versions (`~ltags`) on the node that owns it, then the row
+/// changes and `items` is invalidated. Returns the catalog, with what the
+/// refresh returned (version 1, read before).
+async fn refresh_over_a_tagged_entry_with_its_record(
     backend: &Backend,
-) {
+    tamper: impl FnOnce(&cached_tests::RedisServer, &str),
+) -> Catalog {
     let cluster = backend.redis_cluster().expect("on a cluster");
     let c = Catalog::new(backend.cache(), 3);
     assert_eq!(
@@ -702,13 +704,27 @@ async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_
     );
     let refreshing = c.refresh_of_one_begun(Duration::from_millis(200)).await;
     let record = format!("{{{}:item:1}}:~ltags", cached_tests::NAMESPACE);
-    let owner = &cluster.nodes()[cluster.owner_of(&record)];
-    assert_eq!(owner.cmd::<i64>(&["DEL", &record]), 1, "it was there");
+    tamper(&cluster.nodes()[cluster.owner_of(&record)], &record);
     c.set_version(1, 2);
     c.cache.invalidate_tag("items").await.expect("invalidates");
     let got = refreshing.await.expect("joins").expect("loads");
     assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
     c.slow(Duration::ZERO);
+    c
+}
+
+/// A refresh (as above) takes over `items`: its lease keeps the version
+/// beside it (`~ltags`). If that record is lost while the lease holds
+/// (Redis evicted it, or a failover lost it), the refresh must not store
+/// what it read unreachable by the tag: the invalidation of `items` after
+/// it read must still reach it.
+async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_served(
+    backend: &Backend,
+) {
+    let c = refresh_over_a_tagged_entry_with_its_record(backend, |owner, record| {
+        assert_eq!(owner.cmd::<i64>(&["DEL", record]), 1, "it was there");
+    })
+    .await;
     assert_ne!(
         c.cache.get::<Item>("item:1").await.map(|i| i.version),
         Some(1),
@@ -718,34 +734,23 @@ async fn a_refresh_whose_record_of_the_tags_it_took_over_is_lost_stores_nothing_
     assert_eq!(got.get(&1).map(|i| i.version), Some(2));
 }
 
-/// On a cluster, as above, but what is lost is the take-over alone: the
-/// lease's record of its versions is back to what the lease script wrote
-/// (a failover to a replica that had the lease but not the `TAKE_OVER`
-/// after it). That record ends with a line that does not parse, so what
-/// the refresh stores is served to no one, the tag invalidation after its
-/// read included; the next read loads, and stores an entry served again.
+/// As above, but what is lost is the take-over alone: the lease's record
+/// of its versions is back to what the lease script wrote (a failover to a
+/// replica that had the lease but not the `TAKE_OVER` after it). That
+/// record ends with a line that does not parse, so what the refresh stores
+/// is served to no one, the tag invalidation after its read included; the
+/// next read loads, and stores an entry served again.
 async fn a_refresh_whose_take_over_is_lost_stores_nothing_served(backend: &Backend) {
-    let cluster = backend.redis_cluster().expect("on a cluster");
-    let c = Catalog::new(backend.cache(), 3);
-    assert_eq!(
-        c.get_tagged(1).await.expect("loads").map(|i| i.version),
-        Some(1)
-    );
-    let refreshing = c.refresh_of_one_begun(Duration::from_millis(200)).await;
-    let record = format!("{{{}:item:1}}:~ltags", cached_tests::NAMESPACE);
-    let owner = &cluster.nodes()[cluster.owner_of(&record)];
-    let taken_over: String = owner.cmd(&["GET", &record]);
-    assert!(taken_over.contains("items"), "taken over: {taken_over:?}");
-    // The batch names no tag: the lease script kept only the line.
-    assert_eq!(
-        owner.cmd::<String>(&["SET", &record, "~\n", "KEEPTTL"]),
-        "OK"
-    );
-    c.set_version(1, 2);
-    c.cache.invalidate_tag("items").await.expect("invalidates");
-    let got = refreshing.await.expect("joins").expect("loads");
-    assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
-    c.slow(Duration::ZERO);
+    let c = refresh_over_a_tagged_entry_with_its_record(backend, |owner, record| {
+        let taken_over: String = owner.cmd(&["GET", record]);
+        assert!(taken_over.contains("items"), "taken over: {taken_over:?}");
+        // The batch names no tag: the lease script kept only the line.
+        assert_eq!(
+            owner.cmd::<String>(&["SET", record, "~\n", "KEEPTTL"]),
+            "OK"
+        );
+    })
+    .await;
     assert_eq!(
         c.cache.get::<Item>("item:1").await,
         None,
