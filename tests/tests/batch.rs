@@ -37,6 +37,7 @@ on_both_backends!(
     a_tagged_batch_is_served_only_entries_its_tags_reach,
     a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
     a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease,
+    hostile_ids_get_tags_of_their_own,
 );
 
 cached_tests::on_cluster!(
@@ -55,6 +56,7 @@ cached_tests::on_cluster!(
     a_tagged_batch_is_served_only_entries_its_tags_reach,
     a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
     a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease,
+    hostile_ids_get_tags_of_their_own,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -974,6 +976,54 @@ async fn hostile_ids_get_keys_of_their_own(backend: &Backend) {
         1,
         "every single call hit"
     );
+}
+
+/// The same hostile ids, each tagged with a tag of its own: evicting one
+/// id's tag reaches its entry and no other, whatever characters it holds.
+async fn hostile_ids_get_tags_of_their_own(backend: &Backend) {
+    #[derive(Clone)]
+    struct Names {
+        cache: Cache,
+        calls: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+    impl Names {
+        #[cached(prefix = "tagged_name", ttl = "5m", batch, tags = ["by_name:{names}"])]
+        async fn many(&self, names: Vec<String>) -> HashMap<String, String> {
+            let mut asked = names.clone();
+            asked.sort();
+            self.calls.lock().expect("calls").push(asked);
+            names
+                .into_iter()
+                .map(|n| (n.clone(), format!("<{n}>")))
+                .collect()
+        }
+
+        #[cache_evict(tags = ["by_name:{name}"])]
+        async fn forget(&self, name: String) {
+            let _ = name;
+        }
+    }
+    let n = Names {
+        cache: counting_cache(backend),
+        calls: Arc::default(),
+    };
+    let hostile: Vec<String> = ["a:b", "a", "b", "*", "a:~lease", "", "a\\:b", "[ab]", "a*"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(n.many(hostile.clone()).await.len(), hostile.len());
+    for name in &hostile {
+        n.forget(name.clone()).await;
+        let got = n.many(hostile.clone()).await;
+        assert_eq!(got.get(name), Some(&format!("<{name}>")), "{name:?}");
+        assert_eq!(got.len(), hostile.len());
+        assert_eq!(
+            n.calls.lock().expect("calls").last(),
+            Some(&vec![name.clone()]),
+            "the tag of {name:?} reached its entry alone"
+        );
+    }
+    assert_eq!(n.calls.lock().expect("calls").len(), hostile.len() + 1);
 }
 
 async fn an_empty_batch_calls_nothing(backend: &Backend) {
