@@ -465,8 +465,9 @@ impl Backend {
     /// round trip (a pipeline on Redis; on a cluster, a marked entry's
     /// versions are checked as an untagged call's). When any key has tags
     /// (a batch's ids all have, or none), each is read as a single call
-    /// reads it (see [`Backend::fetch`]: their scripts take the tags'
-    /// keys), all at once.
+    /// reads it (see [`Backend::fetch`]): on one server, in one pipeline of
+    /// its script's calls; elsewhere (a cluster's reads take several steps,
+    /// the near tier reads its L1 first) all at once.
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
@@ -476,6 +477,11 @@ impl Backend {
         debug_assert_eq!(keys.len(), tags.len());
         if tags.iter().all(|t| t.is_empty()) {
             return self.fetch_pipelined(keys, timeout).await;
+        }
+        if let Backend::Redis(r) = self
+            && !r.is_cluster()
+        {
+            return r.fetch_many_tagged(keys, tags, timeout).await;
         }
         let reads = keys.iter().zip(tags).map(|(key, tags)| async move {
             // As a single call reads: the near tier's copy first.

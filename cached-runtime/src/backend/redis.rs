@@ -1860,6 +1860,49 @@ impl RedisBackend {
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
     }
 
+    /// On one server, each key read as a tagged [`RedisBackend::fetch`]
+    /// reads it (`tags[i]`, the script checking each tag's index lists the
+    /// key), in one pipeline: one answer per key.
+    pub(crate) async fn fetch_many_tagged(
+        &self,
+        keys: &[&str],
+        tags: &[&[String]],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        debug_assert!(!self.layout.is_cluster(), "a cluster reads key by key");
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let cmds: Vec<redis::Cmd> = keys
+            .iter()
+            .zip(tags)
+            .map(|(key, tags)| {
+                let mut named: Vec<&[u8]> = Vec::with_capacity(1 + tags.len());
+                named.push(key.as_bytes());
+                named.extend(tags.iter().map(|t| t.as_bytes()));
+                let mut cmd = evalsha(&FETCH_TAGGED, &named);
+                cmd.arg(self.read_end.as_str());
+                cmd
+            })
+            .collect();
+        let read = async {
+            pipeline(&mut conn, &cmds, &[&FETCH_TAGGED])
+                .await?
+                .into_iter()
+                .map(|reply| match reply? {
+                    redis::Value::Nil => Ok(Fetched::Absent),
+                    redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
+                    redis::Value::Int(_) => Ok(Fetched::WrongKind),
+                    // Any other error reply (LOADING, MASTERDOWN) fails the
+                    // whole read, as the untagged pipeline's.
+                    other => other.extract_error().map(|_| Fetched::WrongKind),
+                })
+                .collect()
+        };
+        Box::pin(self.run(Gate::Breaker, timeout, read)).await
+    }
+
     /// [`RedisBackend::acquire_lease`] for many keys, in one pipeline.
     pub(crate) async fn acquire_leases(
         &self,
