@@ -1070,51 +1070,55 @@ async fn a_disabled_cache_calls_the_function_with_every_id() {
 /// one read only up to the size limit, and the batch's other ids are hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_values_in_a_batch_are_misses_read_within_the_limit() {
-    let backend = Backend::redis();
-    let server = backend.server().expect("redis");
-    let c = Catalog::new(
-        backend.cache_with(|b| {
-            b.max_value_bytes(64 << 10)
-                .op_timeout(Duration::from_secs(5))
-        }),
-        9,
-    );
-    c.get_many((1..=6).collect()).await.expect("loads");
-    let key = |id: u64| format!("{}:item:{id}", cached_tests::NAMESPACE);
-    server.set_raw(&key(2), b"\x00not an envelope");
-    let _: () = server.cmd(&["DEL", &key(3)]);
-    let _: i64 = server.cmd(&["RPUSH", &key(3), "a", "list"]);
-    // 256 MiB, made on the server without sending it.
-    let _: i64 = server.cmd(&["SETRANGE", &key(4), &((256 << 20) - 1).to_string(), "x"]);
-    let sent = || -> u64 {
-        let info: String = server.cmd(&["INFO", "stats"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("INFO stats has total_net_output_bytes")
-    };
-    let before = sent();
-    let got = c.get_many((1..=6).collect()).await.expect("loads");
-    assert!(
-        sent() - before < 1 << 20,
-        "{} bytes sent for one batch",
-        sent() - before
-    );
-    assert_eq!(got, items(1..=6, 1));
-    assert_eq!(
-        c.batches().last(),
-        Some(&vec![2, 3, 4]),
-        "the foreign ones, loaded"
-    );
-    // Replaced: all hits now.
-    c.get_many((1..=6).collect()).await.expect("hits");
-    assert_eq!(c.batches().len(), 2);
-    let stats = c.cache.stats_for("item").expect("stats");
-    assert!(
-        stats.errors >= 3,
-        "each unreadable entry counted: {stats:?}"
-    );
-    backend.assert_nothing_refused();
+    // Untagged (one pipeline of bounded reads), then tagged per id (one
+    // script reading every id under its tags).
+    for (tagged, stats_name) in [(false, "item"), (true, "item_many_tagged")] {
+        let backend = Backend::redis();
+        let server = backend.server().expect("redis");
+        let c = Catalog::new(
+            backend.cache_with(|b| {
+                b.max_value_bytes(64 << 10)
+                    .op_timeout(Duration::from_secs(5))
+            }),
+            9,
+        );
+        c.many(tagged, (1..=6).collect()).await.expect("loads");
+        let key = |id: u64| format!("{}:item:{id}", cached_tests::NAMESPACE);
+        server.set_raw(&key(2), b"\x00not an envelope");
+        let _: () = server.cmd(&["DEL", &key(3)]);
+        let _: i64 = server.cmd(&["RPUSH", &key(3), "a", "list"]);
+        // 256 MiB, made on the server without sending it.
+        let _: i64 = server.cmd(&["SETRANGE", &key(4), &((256 << 20) - 1).to_string(), "x"]);
+        let sent = || -> u64 {
+            let info: String = server.cmd(&["INFO", "stats"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("INFO stats has total_net_output_bytes")
+        };
+        let before = sent();
+        let got = c.many(tagged, (1..=6).collect()).await.expect("loads");
+        assert!(
+            sent() - before < 1 << 20,
+            "tagged {tagged}: {} bytes sent for one batch",
+            sent() - before
+        );
+        assert_eq!(got, items(1..=6, 1));
+        assert_eq!(
+            c.batches().last(),
+            Some(&vec![2, 3, 4]),
+            "tagged {tagged}: the foreign ones, loaded"
+        );
+        // Replaced: all hits now.
+        c.many(tagged, (1..=6).collect()).await.expect("hits");
+        assert_eq!(c.batches().len(), 2);
+        let stats = c.cache.stats_for(stats_name).expect("stats");
+        assert!(
+            stats.errors >= 3,
+            "tagged {tagged}: each unreadable entry counted: {stats:?}"
+        );
+        backend.assert_nothing_refused();
+    }
 }
 
 /// A single call is loading id 5 when a batch asks for 4, 5 and 6: the

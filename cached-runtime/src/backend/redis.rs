@@ -1470,6 +1470,30 @@ static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// [`FETCH_TAGGED`] for many keys, in one call (one server). KEYS: each
+/// value followed by its tags. ARGV: the read's end, then each value's
+/// count of tags. One answer per value, as [`FETCH_TAGGED`]'s (`false`
+/// reads as nil).
+static FETCH_TAGGED_MANY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"local out, k = {}, 1
+          for i = 2, #ARGV do
+            local key, n = KEYS[k], tonumber(ARGV[i])
+            local v = redis.pcall('GETRANGE', key, 0, ARGV[1])
+            if type(v) == 'table' and v.err then v = 0
+            elseif v == '' then v = false
+            else
+              for j = k + 1, k + n do
+                if redis.call('SISMEMBER', KEYS[j], key) == 0 then v = false; break end
+              end
+            end
+            out[#out + 1] = v
+            k = k + n + 1
+          end
+          return out",
+    )
+});
+
 /// KEYS: value, lease. ARGV: token. Removes the value and ends the lease,
 /// only while the token holds it (a load whose value cannot be stored).
 static DROP_IF_LEASED: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -1861,8 +1885,8 @@ impl RedisBackend {
     }
 
     /// On one server, each key read as a tagged [`RedisBackend::fetch`]
-    /// reads it (`tags[i]`, the script checking each tag's index lists the
-    /// key), in one pipeline: one answer per key.
+    /// reads it (`tags[i]`: served only while each tag's index lists the
+    /// key), in one script call: one answer per key.
     pub(crate) async fn fetch_many_tagged(
         &self,
         keys: &[&str],
@@ -1874,28 +1898,29 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
-        let cmds: Vec<redis::Cmd> = keys
-            .iter()
-            .zip(tags)
-            .map(|(key, tags)| {
-                let mut named: Vec<&[u8]> = Vec::with_capacity(1 + tags.len());
-                named.push(key.as_bytes());
-                named.extend(tags.iter().map(|t| t.as_bytes()));
-                let mut cmd = evalsha(&FETCH_TAGGED, &named);
-                cmd.arg(self.read_end.as_str());
-                cmd
-            })
-            .collect();
+        let mut call = FETCH_TAGGED_MANY.prepare_invoke();
+        call.arg(self.read_end.as_str());
+        for (key, tags) in keys.iter().zip(tags) {
+            call.key(*key);
+            for tag in *tags {
+                call.key(tag.as_str());
+            }
+            call.arg(tags.len());
+        }
         let read = async {
-            pipeline(&mut conn, &cmds, &[&FETCH_TAGGED])
-                .await?
+            let replies: Vec<redis::Value> = call.invoke_async(&mut conn).await?;
+            if replies.len() != keys.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a script's replies do not match its keys",
+                )));
+            }
+            replies
                 .into_iter()
-                .map(|reply| match reply? {
+                .map(|reply| match reply {
                     redis::Value::Nil => Ok(Fetched::Absent),
                     redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
                     redis::Value::Int(_) => Ok(Fetched::WrongKind),
-                    // Any other error reply (LOADING, MASTERDOWN) fails the
-                    // whole read, as the untagged pipeline's.
                     other => other.extract_error().map(|_| Fetched::WrongKind),
                 })
                 .collect()
