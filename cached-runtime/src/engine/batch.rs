@@ -10,7 +10,9 @@
 //!    loading is waited for (step 5), not read again.
 //! 2. **Read** the led keys: one pipeline. Hits are handed to the callers
 //!    who joined their flights.
-//! 3. **Leases** for the misses: one pipeline, one token.
+//! 3. **Leases** for the misses: one pipeline, one token. A key whose
+//!    lease request found a value is read again (a usable value is
+//!    served), and its lease asked again whatever is stored.
 //! 4. **Load** what this batch holds leases on (and what it may load but not
 //!    store: the backend failed, or a change of the key is pending), in one
 //!    call of the function, then **store** it in one pipeline while each
@@ -19,6 +21,9 @@
 //!    holds (polled as a single call polls, up to `wait`) and keys another
 //!    caller here leads. What they did not deliver (their load failed, or
 //!    ran past `wait`) is loaded in one more call of the function.
+//!
+//! With `tags`, each key is read, leased and stored under its own tags,
+//! as a single call with them is (see `Backend::fetch_many`).
 //!
 //! The batch's own load never waits on another caller's (step 4 comes
 //! before step 5), so two batches that overlap, in one process or two,
