@@ -387,10 +387,14 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
             let mut again = repeated.iter();
             unique.retain(|_| again.next() == Some(&false));
         }
-        let mut tags: Vec<Vec<String>> = unique.iter().map(&tags).collect();
-        if tags.iter().all(Vec::is_empty) {
-            tags = Vec::new();
-        }
+        // A site's tag templates are the same for every id: an id without
+        // tags means a batch without (nothing made per id, then).
+        let tags: Vec<Vec<String>> = match unique.first().map(&tags) {
+            Some(first) if !first.is_empty() => std::iter::once(first)
+                .chain(unique[1..].iter().map(&tags))
+                .collect(),
+            _ => Vec::new(),
+        };
         let policy = site.policy_for(ttl);
         let call = BatchCall {
             counters: site.counters(cache),

@@ -328,6 +328,21 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
     }
 
+    /// How many bytes the server has sent to its clients so far (`INFO
+    /// stats`' `total_net_output_bytes`): the difference across a call is
+    /// what it read.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::cmd`], or when `INFO` lacks the figure.
+    pub fn bytes_sent(&self) -> u64 {
+        let info: String = self.cmd(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats has total_net_output_bytes")
+    }
+
     /// Writes raw bytes under `key`, bypassing every envelope.
     pub fn set_raw(&self, key: &str, value: &[u8]) {
         let client = redis::Client::open(self.admin_url()).expect("valid URL");

@@ -1861,27 +1861,33 @@ impl RedisBackend {
         }
         let read = async {
             let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-            if replies.len() != keys.len() {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "a pipeline's replies do not match its commands",
-                )));
-            }
-            replies
-                .into_iter()
-                .map(|reply| match reply {
-                    redis::Value::Nil => Ok(Fetched::Absent),
-                    redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
-                    redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => {
-                        Ok(Fetched::WrongKind)
-                    }
-                    // Any other error reply (LOADING, MASTERDOWN) fails the
-                    // whole read, and counts as the outage it is.
-                    other => other.extract_error().map(|_| Fetched::WrongKind),
-                })
-                .collect()
+            self.entries(replies, keys.len())
         };
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
+    }
+
+    /// The entries a read of `n` keys answered, one per key: absent, the
+    /// bounded bytes, or another kind of value (`WRONGTYPE` from
+    /// `GETRANGE`, `0` from a tagged read's script). Any other error reply
+    /// (LOADING, MASTERDOWN) fails the whole read, and counts as the
+    /// outage it is.
+    fn entries(&self, replies: Vec<redis::Value>, n: usize) -> redis::RedisResult<Vec<Fetched>> {
+        if replies.len() != n {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a read's replies do not match its keys",
+            )));
+        }
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                redis::Value::Nil => Ok(Fetched::Absent),
+                redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
+                redis::Value::Int(_) => Ok(Fetched::WrongKind),
+                redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Fetched::WrongKind),
+                other => other.extract_error().map(|_| Fetched::WrongKind),
+            })
+            .collect()
     }
 
     /// On one server, each key read as a tagged [`RedisBackend::fetch`]
@@ -1909,21 +1915,7 @@ impl RedisBackend {
         }
         let read = async {
             let replies: Vec<redis::Value> = call.invoke_async(&mut conn).await?;
-            if replies.len() != keys.len() {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "a script's replies do not match its keys",
-                )));
-            }
-            replies
-                .into_iter()
-                .map(|reply| match reply {
-                    redis::Value::Nil => Ok(Fetched::Absent),
-                    redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
-                    redis::Value::Int(_) => Ok(Fetched::WrongKind),
-                    other => other.extract_error().map(|_| Fetched::WrongKind),
-                })
-                .collect()
+            self.entries(replies, keys.len())
         };
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
     }
