@@ -1116,6 +1116,55 @@ async fn foreign_values_in_a_batch_are_misses_read_within_the_limit() {
     }
 }
 
+/// A foreign value of another type under one id's tag index (SADD there
+/// fails) fails that id's lease request alone, on one server where the
+/// batch's requests go in one pipeline: the other ids are leased and
+/// stored, that id is loaded in the same call and not stored, and no lease
+/// is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_under_one_ids_tag_index_fails_only_that_id() {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let c = Catalog::new(backend.cache(), 9);
+    c.many(true, vec![3]).await.expect("loads");
+    let index: Vec<String> = server.cmd(&["KEYS", "*~tag*row:3"]);
+    assert_eq!(index.len(), 1, "one index of tag row:3: {index:?}");
+    let entry = format!("{}:item:3", cached_tests::NAMESPACE);
+    let _: () = server.cmd(&["DEL", &entry, &index[0]]);
+    let _: i64 = server.cmd(&["RPUSH", &index[0], "a", "list"]);
+    let calls = c.batches().len();
+    assert_eq!(c.many(true, vec![1, 2, 3, 4, 5]).await, Ok(items(1..=5, 1)));
+    assert_eq!(
+        c.batches()[calls..],
+        [vec![1, 2, 3, 4, 5]],
+        "one call of the body"
+    );
+    assert_eq!(
+        c.many(true, vec![1, 2, 4, 5]).await,
+        Ok(items([1, 2, 4, 5], 1))
+    );
+    assert_eq!(c.batches().len(), calls + 1, "the other ids were stored");
+    let started = Instant::now();
+    loop {
+        let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+        if leases.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "leases left: {leases:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c.many(true, vec![3]).await,
+        Ok(items([3], 1)),
+        "id 3 loads again"
+    );
+    assert_eq!(c.batches().len(), calls + 2, "id 3 was not stored");
+    backend.assert_nothing_refused();
+}
+
 /// A single call is loading id 5 when a batch asks for 4, 5 and 6: the
 /// batch loads 4 and 6, takes 5 from the single call's load, and each
 /// call counts its own miss once.
@@ -1237,6 +1286,53 @@ async fn a_release_that_fails_after_a_failed_body_is_retried() {
         Some(Item { id: 1, version: 1 }),
         "stored"
     );
+}
+
+/// On one server a batch's leased writes go in one round trip, tagged or
+/// not, so a stall that times them out is one failure for the circuit
+/// breaker, not one per id: a threshold of three is not reached by a batch
+/// of five (five concurrent single calls would reach it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_writes_time_out_is_one_failure_for_the_breaker() {
+    for tagged in [false, true] {
+        let server = cached_tests::RedisServer::start();
+        let proxy = cached_tests::Proxy::start(server.port());
+        let cache = cached_tests::redis_builder_at(proxy.url())
+            .op_timeout(Duration::from_millis(100))
+            .circuit_breaker(cached_runtime::CircuitBreaker {
+                failures: 3,
+                ..cached_runtime::CircuitBreaker::default()
+            })
+            .build()
+            .expect("builds");
+        let c = Catalog::new(cache, 9);
+        c.many(tagged, vec![9])
+            .await
+            .expect("warms both connections");
+        let errors = || c.cache.stats().iter().map(|s| s.errors).sum::<u64>();
+        let before = errors();
+        c.slow(Duration::from_millis(200));
+        let batch = tokio::spawn({
+            let c = c.clone();
+            async move { c.many(tagged, vec![1, 2, 3, 4, 5]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        proxy.blackhole(true);
+        assert_eq!(
+            batch.await.expect("joins"),
+            Ok(items([1, 2, 3, 4, 5], 1)),
+            "tagged: {tagged}"
+        );
+        assert!(
+            errors() > before,
+            "tagged: {tagged}: the stall did not reach the writes"
+        );
+        assert!(
+            !c.cache.breaker_open(),
+            "tagged: {tagged}: one batch's writes opened the breaker"
+        );
+        proxy.blackhole(false);
+    }
 }
 
 /// A single call waiting on a batch's load of id 2 when id 2 changes and is

@@ -511,10 +511,12 @@ impl Backend {
 
     /// Asks for the lease on each key: `token` for every one, each on its
     /// own condition; one outcome per key, in order. `tags[i]` are key
-    /// `i`'s tags: with any, each lease is asked as a single call's is
-    /// (recording its tags), all at once, and each answers for itself (a
-    /// failed request may have taken its lease: its caller releases it);
-    /// without, in one round trip, which answers for all.
+    /// `i`'s tags, recorded as a single call's lease records them. In one
+    /// round trip, which answers for all (a pipeline on Redis), except on a
+    /// cluster, where a tagged key's lease takes steps of its own (its
+    /// tags' versions read first): there each is asked as a single call's
+    /// is, all at once, and answers for itself (a failed request may have
+    /// taken its lease: its caller releases it).
     #[allow(clippy::type_complexity)]
     pub(crate) async fn acquire_leases(
         &self,
@@ -526,11 +528,10 @@ impl Backend {
         timeout: Duration,
     ) -> Result<Vec<Result<LeaseOutcome, BackendError>>, BackendError> {
         debug_assert_eq!(asks.len(), tags.len());
-        if tags.iter().all(|t| t.is_empty()) {
-            let outcomes = self
-                .acquire_pipelined(asks, token, ttl, tag_for, timeout)
-                .await?;
-            return Ok(outcomes.into_iter().map(Ok).collect());
+        if !self.is_cluster() || tags.iter().all(|t| t.is_empty()) {
+            return self
+                .acquire_pipelined(asks, tags, token, ttl, tag_for, timeout)
+                .await;
         }
         let requests = asks.iter().zip(tags).map(|((key, cond), tags)| {
             self.acquire_lease(key, token, ttl, *cond, tags, tag_for, timeout)
@@ -538,24 +539,30 @@ impl Backend {
         Ok(futures_util::future::join_all(requests).await)
     }
 
-    /// [`Backend::acquire_leases`] of untagged keys: one round trip.
+    /// [`Backend::acquire_leases`] in one round trip (never on a cluster
+    /// with tags).
     async fn acquire_pipelined(
         &self,
         asks: &[(&str, LeaseIf)],
+        tags: &[&[String]],
         token: u64,
         ttl: Duration,
         tag_for: Duration,
         timeout: Duration,
-    ) -> Result<Vec<LeaseOutcome>, BackendError> {
+    ) -> Result<Vec<Result<LeaseOutcome, BackendError>>, BackendError> {
         match self {
             Backend::Memory(m) => Ok(asks
                 .iter()
-                .map(|(key, cond)| m.acquire_lease(key, token, ttl, *cond, &[]))
+                .zip(tags)
+                .map(|((key, cond), tags)| Ok(m.acquire_lease(key, token, ttl, *cond, tags)))
                 .collect()),
-            Backend::Redis(r) => r.acquire_leases(asks, token, ttl, tag_for, timeout).await,
+            Backend::Redis(r) => {
+                r.acquire_leases(asks, tags, token, ttl, tag_for, timeout)
+                    .await
+            }
             Backend::Near(n) => {
                 n.redis
-                    .acquire_leases(asks, token, ttl, tag_for, timeout)
+                    .acquire_leases(asks, tags, token, ttl, tag_for, timeout)
                     .await
             }
         }
@@ -566,14 +573,14 @@ impl Backend {
     /// `Ok(true)` stored (or released), `Ok(false)` the lease was lost and
     /// nothing was written, `Err` this value could not be stored (too
     /// large, does not encode, the write failed; what the key held is
-    /// gone). Untagged items in one round trip; with tags, each as a single
-    /// call's write or release, all at once.
+    /// gone). In one round trip, except tagged items on a cluster: each as
+    /// a single call's write or release, all at once.
     pub(crate) async fn finish_leases<T: Cacheable>(
         &self,
         items: &[LeaseFinish<'_, T>],
         timeout: Duration,
     ) -> Result<Vec<Result<bool, BackendError>>, BackendError> {
-        if items.iter().all(|item| item.tags.is_empty()) {
+        if !self.is_cluster() || items.iter().all(|item| item.tags.is_empty()) {
             return self.finish_pipelined(items, timeout).await;
         }
         let ends = items.iter().map(|item| async move {
@@ -593,7 +600,8 @@ impl Backend {
         Ok(futures_util::future::join_all(ends).await)
     }
 
-    /// [`Backend::finish_leases`] of untagged items: one round trip.
+    /// [`Backend::finish_leases`] in one round trip (never on a cluster
+    /// with tags).
     async fn finish_pipelined<T: Cacheable>(
         &self,
         items: &[LeaseFinish<'_, T>],
@@ -609,7 +617,7 @@ impl Backend {
                         *meta,
                         *keep_for,
                         item.lease.token,
-                        &[],
+                        item.tags,
                     )),
                     None => {
                         m.release_lease(item.key, item.lease.token);
@@ -628,6 +636,11 @@ impl Backend {
                     .await
             }
         }
+    }
+
+    /// Whether entries live on a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Redis(r) if r.is_cluster())
     }
 
     /// Whether operations leave the process (and are worth timing).

@@ -1920,24 +1920,29 @@ impl RedisBackend {
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
     }
 
-    /// [`RedisBackend::acquire_lease`] for many keys, in one pipeline.
+    /// [`RedisBackend::acquire_lease`] for many keys, in one pipeline;
+    /// `tags[i]` are key `i`'s (on a cluster, none: a tagged key's lease
+    /// there reads its tags' versions first, see `Backend::acquire_leases`).
     pub(crate) async fn acquire_leases(
         &self,
         asks: &[(&str, LeaseIf)],
+        tags: &[&[String]],
         token: u64,
         ttl: Duration,
         tag_for: Duration,
         timeout: Duration,
-    ) -> Result<Vec<LeaseOutcome>, BackendError> {
+    ) -> Result<Vec<Result<LeaseOutcome, BackendError>>, BackendError> {
+        debug_assert!(!self.is_cluster() || tags.iter().all(|t| t.is_empty()));
         if asks.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.control()?;
         let scripts = self.scripts();
-        let (ttl, tag_ms) = (millis(ttl), 1u64);
+        let (ttl, tag_ms) = (millis(ttl), millis(tag_for));
         let cmds: Vec<redis::Cmd> = asks
             .iter()
-            .map(|(key, cond)| {
+            .zip(tags)
+            .map(|((key, cond), tags)| {
                 // As `acquire_lease`. (A batch, which refreshes nothing
                 // early, never asks `Unchanged`: cargo-mutants' deletion of
                 // this arm is equivalent today.)
@@ -1951,7 +1956,7 @@ impl RedisBackend {
                     LeaseIf::Unchanged(_) => ("2", &identity),
                 };
                 let keys = self.layout.entry(key);
-                let tag_keys = self.tag_keys(&keys, &[], &[cluster::LEASE_TAGS, cluster::TAGS]);
+                let tag_keys = self.tag_keys(&keys, tags, &[cluster::LEASE_TAGS, cluster::TAGS]);
                 let mut named: Vec<&[u8]> = vec![
                     keys.value.as_bytes(),
                     keys.lease.as_bytes(),
@@ -1970,39 +1975,47 @@ impl RedisBackend {
             .collect();
         let ask = async {
             let replies = pipeline(&mut conn, &cmds, &[&scripts.acquire]).await?;
-            replies
+            Ok(replies
                 .into_iter()
-                .map(|reply| {
-                    let (outcome, epoch, replaced): (i64, u64, String) =
-                        redis::from_redis_value(reply?)?;
-                    Ok((
-                        match outcome {
-                            1 => LeaseOutcome::Acquired(epoch),
-                            2 => LeaseOutcome::ValuePresent,
-                            3 => LeaseOutcome::Changed,
-                            _ => LeaseOutcome::Held,
-                        },
-                        replaced,
-                    ))
+                .map(|reply| -> redis::RedisResult<(i64, u64, String)> {
+                    Ok(redis::from_redis_value(reply?)?)
                 })
-                .collect::<redis::RedisResult<Vec<_>>>()
+                .collect::<Vec<_>>())
         };
+        // One answer per key: an error about one key (a foreign value of
+        // another type under its lease or tag index) fails that key's
+        // request alone.
         let answers = self.run(Gate::Breaker, timeout, ask).await?;
-        // These entries carry no tags of their own: the versions
-        // of those a lease replaces are taken over (a rare case: a key
-        // shared with a tagged function), each key at once.
-        let take_over = answers
-            .iter()
-            .zip(asks)
-            // Only an acquired lease answers what it replaces.
-            .filter(|((_, replaced), _)| !replaced.is_empty())
-            .map(|((_, replaced), (key, _))| {
-                self.take_over_versions(key, token, replaced, &[], tag_for, timeout)
-            });
+        // (On a cluster.) These entries carry no tags of their own: the
+        // versions of those a lease replaces are taken over (a rare case: a
+        // key shared with a tagged function), each key at once.
+        let take_over =
+            answers
+                .iter()
+                .zip(asks.iter().zip(tags))
+                .filter_map(|(answer, ((key, _), tags))| match answer {
+                    // Only an acquired lease answers what it replaces.
+                    Ok((_, _, replaced)) if !replaced.is_empty() => Some(async move {
+                        self.take_over_versions(key, token, replaced, tags, tag_for, timeout)
+                            .await
+                    }),
+                    _ => None,
+                });
         for taken in futures_util::future::join_all(take_over).await {
             taken?;
         }
-        Ok(answers.into_iter().map(|(outcome, _)| outcome).collect())
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                let (outcome, epoch, _) = answer.map_err(BackendError::Redis)?;
+                Ok(match outcome {
+                    1 => LeaseOutcome::Acquired(epoch),
+                    2 => LeaseOutcome::ValuePresent,
+                    3 => LeaseOutcome::Changed,
+                    _ => LeaseOutcome::Held,
+                })
+            })
+            .collect())
     }
 
     /// [`RedisBackend::set_if_leased`] and [`RedisBackend::release_lease`]
@@ -2032,10 +2045,11 @@ impl RedisBackend {
                     return cmd;
                 };
                 match self.encode(*value, meta) {
-                    Ok(bytes) => {
+                    Ok(mut bytes) => {
                         unstorable.push(None);
+                        self.mark_if_tagged(&mut bytes, item.tags);
                         let tag_keys =
-                            self.tag_keys(&keys, &[], &[cluster::TAGS, cluster::LEASE_TAGS]);
+                            self.tag_keys(&keys, item.tags, &[cluster::TAGS, cluster::LEASE_TAGS]);
                         let mut named: Vec<&[u8]> = vec![key, lease, keys.epoch.as_bytes()];
                         named.extend(tag_keys.iter().map(|k| k.as_bytes()));
                         let mut cmd = evalsha(set_if_leased, &named);
