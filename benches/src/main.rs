@@ -55,6 +55,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("batch_get_partial", |r| {
         Box::pin(scenarios::batch::batch_get_partial(r))
     }),
+    ("batch_get_cold", |r| {
+        Box::pin(scenarios::batch::batch_get_cold(r))
+    }),
     ("large_value", |r| {
         Box::pin(scenarios::codecs::large_value(r))
     }),

@@ -5,13 +5,15 @@
 //! dropping values over the bound) + decode, 100 sequential single-key
 //! cached calls, and `hand_written`: the keys built, one `MGET`, and the
 //! values decoded into the map returned, as a developer would write it.
-//! `this_tagged`: the batch with `tags` per id, whose ids are read as
-//! single tagged calls are (one script call each, all at once).
+//! `this_tagged`: the batch with `tags` per id, each id read, leased and
+//! stored as a single tagged call is (on one server, every id's read in
+//! one script call; the leases and the writes each in one pipeline).
 //!
 //! `batch_get_partial`: 100 ids of which 10 are missing, through a loopback
 //! proxy that delays every packet, so each round trip to Redis shows as
 //! that delay: how many calls of the function, with which ids, and how
-//! many round trips before the function was called and after it returned.
+//! many round trips before the function was called and after it returned;
+//! the batch untagged (`this`) and tagged (`this_tagged`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -285,55 +287,118 @@ pub async fn batch_get_partial(redis: &Redis) -> Vec<Row> {
     // Both of the cache's connections made (a miss uses both) before any
     // delay, so that no connect or handshake is counted.
     this.get_many(vec![0]).await;
+    // And the tagged scripts loaded.
+    this.get_many_tagged(vec![0]).await;
     this.calls.lock().expect("calls").clear();
     proxy.set_delay(DELAY);
     let rtt = round_trip(&proxy).await;
 
     let mut rows = Vec::new();
-    let (mut before, mut after, mut calls_ok, mut ids_ok) = (Vec::new(), Vec::new(), 0, 0);
-    for run in 0..RUNS {
-        let base = 1_000 * (run + 1);
-        let ids: Vec<u64> = (base..base + IDS).collect();
-        // Warm 90 of them, each through the single-key reader.
-        let missing: Vec<u64> = (0..MISSING).map(|i| base + i * (IDS / MISSING)).collect();
-        let direct = Placements::new(cache(&redis.url, "bench_batch_partial"));
-        for id in ids.iter().filter(|id| !missing.contains(id)) {
-            direct.get(*id).await;
+    for (system, tagged) in [("this", false), ("this_tagged", true)] {
+        let (mut before, mut after, mut calls_ok, mut ids_ok) = (Vec::new(), Vec::new(), 0, 0);
+        for run in 0..RUNS {
+            let base = 1_000 * (run + 1);
+            let ids: Vec<u64> = (base..base + IDS).collect();
+            // Warm 90 of them: untagged through the single-key reader,
+            // tagged by a batch of those 90.
+            let missing: Vec<u64> = (0..MISSING).map(|i| base + i * (IDS / MISSING)).collect();
+            let direct = Placements::new(cache(&redis.url, "bench_batch_partial"));
+            let warm: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| !missing.contains(id))
+                .collect();
+            if tagged {
+                direct.get_many_tagged(warm).await;
+            } else {
+                for id in warm {
+                    direct.get(id).await;
+                }
+            }
+            this.calls.lock().expect("calls").clear();
+            let started = Instant::now();
+            let got = if tagged {
+                this.get_many_tagged(ids.clone()).await
+            } else {
+                this.get_many(ids.clone()).await
+            };
+            let ended = Instant::now();
+            assert_eq!(got.len(), IDS as usize, "every id");
+            let calls = this.calls.lock().expect("calls").clone();
+            calls_ok += usize::from(calls.len() == 1);
+            if let Some((asked, began, finished)) = calls.first() {
+                ids_ok += usize::from(*asked == missing);
+                before.push(began.duration_since(started).as_secs_f64() / rtt.as_secs_f64());
+                after.push(ended.duration_since(*finished).as_secs_f64() / rtt.as_secs_f64());
+            }
         }
-        this.calls.lock().expect("calls").clear();
-        let started = Instant::now();
-        let got = this.get_many(ids.clone()).await;
-        let ended = Instant::now();
-        assert_eq!(got.len(), IDS as usize, "every id");
-        let calls = this.calls.lock().expect("calls").clone();
-        calls_ok += usize::from(calls.len() == 1);
-        if let Some((asked, began, finished)) = calls.first() {
-            ids_ok += usize::from(*asked == missing);
-            before.push(began.duration_since(started).as_secs_f64() / rtt.as_secs_f64());
-            after.push(ended.duration_since(*finished).as_secs_f64() / rtt.as_secs_f64());
+        let runs = RUNS as usize;
+        rows.push(
+            Row::new("batch_get_partial", system)
+                .with("ids", IDS)
+                .with("missing", MISSING)
+                .with("runs", runs)
+                .with("runs_with_one_call", calls_ok)
+                .with("runs_asking_exactly_the_missing", ids_ok)
+                .with("rtt_ms", rtt.as_secs_f64() * 1e3)
+                .with("round_trips_before_load", median(before.clone()))
+                .with("round_trips_after_load", median(after.clone()))
+                .with(
+                    "round_trips_before_max",
+                    before.iter().copied().fold(0.0, f64::max),
+                )
+                .with(
+                    "round_trips_after_max",
+                    after.iter().copied().fold(0.0, f64::max),
+                ),
+        );
+    }
+    rows
+}
+
+/// `batch_get_cold`: 100 ids none of which is cached, so every id is read,
+/// leased, loaded (in one call of the body, which returns at once) and
+/// stored: the cost of a batch's miss path itself, untagged and tagged,
+/// on a loopback Redis. Rounds alternate the two, each on ids of its own.
+pub async fn batch_get_cold(redis: &Redis) -> Vec<Row> {
+    const ROUNDS: u64 = 31;
+    let this = Placements::new(cache(&redis.url, "bench_batch_cold"));
+    // Connections made and scripts loaded before anything is timed.
+    this.get_many(vec![0]).await;
+    this.get_many_tagged(vec![0]).await;
+    let systems = ["this", "this_tagged"];
+    let mut samples = vec![Vec::new(); systems.len()];
+    for round in 0..ROUNDS {
+        for (i, system) in systems.iter().enumerate() {
+            let base = 1_000_000 * (round + 1) + 10_000 * i as u64;
+            let ids: Vec<u64> = (base..base + IDS).collect();
+            let started = Instant::now();
+            let got = match *system {
+                "this_tagged" => this.get_many_tagged(ids).await,
+                _ => this.get_many(ids).await,
+            };
+            samples[i].push(started.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(got.len(), IDS as usize, "every id");
         }
     }
-    let runs = RUNS as usize;
-    rows.push(
-        Row::new("batch_get_partial", "this")
-            .with("ids", IDS)
-            .with("missing", MISSING)
-            .with("runs", runs)
-            .with("runs_with_one_call", calls_ok)
-            .with("runs_asking_exactly_the_missing", ids_ok)
-            .with("rtt_ms", rtt.as_secs_f64() * 1e3)
-            .with("round_trips_before_load", median(before.clone()))
-            .with("round_trips_after_load", median(after.clone()))
-            .with(
-                "round_trips_before_max",
-                before.iter().copied().fold(0.0, f64::max),
-            )
-            .with(
-                "round_trips_after_max",
-                after.iter().copied().fold(0.0, f64::max),
-            ),
+    let calls = this.calls.lock().expect("calls").len();
+    assert_eq!(
+        calls as u64,
+        2 * ROUNDS + 2,
+        "one call of the body per batch"
     );
-    rows
+    let untagged = median(samples[0].clone());
+    systems
+        .iter()
+        .zip(samples)
+        .map(|(system, samples)| {
+            let us = median(samples);
+            Row::new("batch_get_cold", *system)
+                .with("ids", IDS)
+                .with("us_per_call", us)
+                .with("ratio_vs_untagged", us / untagged)
+        })
+        .collect()
 }
 
 /// The round trip through the proxy as it is now: the median of PINGs on
