@@ -1289,16 +1289,20 @@ async fn a_release_that_fails_after_a_failed_body_is_retried() {
 }
 
 /// On one server a batch's leased writes go in one round trip, tagged or
-/// not, so a stall that times them out is one failure for the circuit
+/// not, so a blip that times them out is one failure for the circuit
 /// breaker, not one per id: a threshold of three is not reached by a batch
-/// of five (five concurrent single calls would reach it).
+/// of five (five concurrent single calls would reach it). The breaker is
+/// looked at as the batch returns, before the blip ends: the leases the
+/// writes left are being released then, and a release that succeeds
+/// closes the breaker again (so the blip must last until the look); they
+/// are released once it ends, within their timeout, with no failure more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_whose_writes_time_out_is_one_failure_for_the_breaker() {
+async fn a_blip_that_times_out_a_batchs_writes_is_one_failure_for_the_breaker() {
     for tagged in [false, true] {
         let server = cached_tests::RedisServer::start();
         let proxy = cached_tests::Proxy::start(server.port());
         let cache = cached_tests::redis_builder_at(proxy.url())
-            .op_timeout(Duration::from_millis(100))
+            .op_timeout(Duration::from_millis(500))
             .circuit_breaker(cached_runtime::CircuitBreaker {
                 failures: 3,
                 ..cached_runtime::CircuitBreaker::default()
@@ -1324,14 +1328,75 @@ async fn a_batch_whose_writes_time_out_is_one_failure_for_the_breaker() {
             "tagged: {tagged}"
         );
         assert!(
-            errors() > before,
-            "tagged: {tagged}: the stall did not reach the writes"
-        );
-        assert!(
             !c.cache.breaker_open(),
             "tagged: {tagged}: one batch's writes opened the breaker"
         );
         proxy.blackhole(false);
+        assert!(
+            errors() > before,
+            "tagged: {tagged}: the blip did not reach the writes"
+        );
+        let started = Instant::now();
+        loop {
+            let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+            if leases.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "tagged: {tagged}: leases left: {leases:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!c.cache.breaker_open(), "tagged: {tagged}: closed after");
+    }
+}
+
+/// A server that answers every key of a batch's lease requests with an
+/// outage (`-READONLY`: it became a replica) is unwell for the circuit
+/// breaker, as it is when it answers a single call's lease request so,
+/// though each key has an answer of its own: the ids are loaded all the
+/// same, and a breaker of threshold one opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_answered_to_a_batchs_lease_requests_counts_for_the_breaker() {
+    for tagged in [false, true] {
+        let server = cached_tests::RedisServer::start();
+        let cache = cached_tests::redis_builder_at(server.url())
+            .circuit_breaker(cached_runtime::CircuitBreaker {
+                failures: 1,
+                min_backoff: Duration::from_secs(30),
+                max_backoff: Duration::from_secs(30),
+            })
+            .build()
+            .expect("builds");
+        let c = Catalog::new(cache, 9);
+        c.many(tagged, vec![9])
+            .await
+            .expect("warms both connections");
+        // A replica of a master that is not there: reads work, writes are
+        // refused with -READONLY.
+        let nobody = cached_tests::free_port().to_string();
+        let () = server.cmd(&["REPLICAOF", "127.0.0.1", &nobody]);
+        assert_eq!(
+            c.many(tagged, vec![9]).await,
+            Ok(items([9], 1)),
+            "tagged: {tagged}"
+        );
+        assert!(
+            !c.cache.breaker_open(),
+            "tagged: {tagged}: a read opened the breaker"
+        );
+        let calls = c.batches().len();
+        assert_eq!(
+            c.many(tagged, vec![1, 2, 3]).await,
+            Ok(items(1..=3, 1)),
+            "tagged: {tagged}"
+        );
+        assert_eq!(c.batches().len(), calls + 1, "tagged: {tagged}: loaded");
+        assert!(
+            c.cache.breaker_open(),
+            "tagged: {tagged}: -READONLY to the leases is an outage"
+        );
     }
 }
 
@@ -1369,6 +1434,50 @@ async fn a_caller_waiting_on_a_batch_whose_key_was_evicted_reads_again(backend: 
         Some(2),
         "the waiter read after the change"
     );
+}
+
+/// A batch whose lease requests time out after they reach the server (its
+/// writes paused: `CLIENT PAUSE WRITE` holds scripts, not the batch's
+/// reads) loads its ids without storing them, and releases the leases
+/// the requests took once they run: the next caller loads and stores at
+/// once instead of waiting out `wait` behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_whose_replies_are_lost_are_released() {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let c = Catalog::new(
+        backend.cache_with(|b| b.op_timeout(Duration::from_millis(100))),
+        9,
+    );
+    c.get_many(vec![9]).await.expect("warms both connections");
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "300", "WRITE"]);
+    let paused = Instant::now();
+    assert_eq!(c.get_many(vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+    assert!(
+        paused.elapsed() < Duration::from_millis(300),
+        "the lease requests were not cut short: {:?}",
+        paused.elapsed()
+    );
+    let calls = c.batches().len();
+    // The paused requests run (and take their leases), then the releases
+    // queued behind them.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert!(leases.is_empty(), "leases left: {leases:?}");
+    let started = Instant::now();
+    assert_eq!(c.get_many(vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "waited {:?} behind a lease",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.batches().len(),
+        calls + 1,
+        "loaded again: nothing was stored"
+    );
+    c.get_many(vec![1, 2, 3]).await.expect("hits");
+    assert_eq!(c.batches().len(), calls + 1, "stored by the second call");
 }
 
 /// A batch whose write-back fails (the connections go silently dead while

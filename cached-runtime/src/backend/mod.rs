@@ -55,30 +55,34 @@ impl BackendError {
     /// opening the circuit breaker), rather than something wrong with one
     /// key or value.
     pub(crate) fn is_outage(&self) -> bool {
-        use ::redis::{ErrorKind, ServerErrorKind};
         match self {
             BackendError::Timeout => true,
-            BackendError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.kind(),
-                        ErrorKind::Io
-                            | ErrorKind::AuthenticationFailed
-                            | ErrorKind::ClusterConnectionNotFound
-                            | ErrorKind::Server(
-                                ServerErrorKind::BusyLoading
-                                    | ServerErrorKind::TryAgain
-                                    | ServerErrorKind::ClusterDown
-                                    | ServerErrorKind::MasterDown
-                                    | ServerErrorKind::ReadOnly
-                            )
-                    )
-            }
+            BackendError::Redis(e) => is_outage(e),
             BackendError::Encode(_) | BackendError::TooLarge(_) | BackendError::Skipped => false,
         }
     }
+}
+
+/// Whether a Redis error says the server is unwell (see
+/// [`BackendError::is_outage`]).
+pub(crate) fn is_outage(e: &::redis::RedisError) -> bool {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Io
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
 }
 
 /// Redis refused the credentials (`WRONGPASS`, `NOAUTH`): a configuration
@@ -638,9 +642,14 @@ impl Backend {
         }
     }
 
-    /// Whether entries live on a Redis Cluster.
+    /// Whether entries live on a Redis Cluster (behind the near tier too,
+    /// should it ever sit in front of one).
     fn is_cluster(&self) -> bool {
-        matches!(self, Backend::Redis(r) if r.is_cluster())
+        match self {
+            Backend::Memory(_) => false,
+            Backend::Redis(r) => r.is_cluster(),
+            Backend::Near(n) => n.redis.is_cluster(),
+        }
     }
 
     /// Whether operations leave the process (and are worth timing).

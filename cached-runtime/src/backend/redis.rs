@@ -1578,12 +1578,7 @@ impl RedisBackend {
             self.take_over_versions(key, token, &replaced, tags, tag_for, timeout)
                 .await?;
         }
-        Ok(match outcome {
-            1 => LeaseOutcome::Acquired(epoch),
-            2 => LeaseOutcome::ValuePresent,
-            3 => LeaseOutcome::Changed,
-            _ => LeaseOutcome::Held,
-        })
+        Ok(lease_outcome(outcome, epoch))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1759,16 +1754,15 @@ fn evalsha(script: &redis::Script, keys: &[&[u8]]) -> redis::Cmd {
 /// server lost its script cache) are sent again, once, after loading
 /// `scripts`: the others ran, and must not run twice. A cluster runs a
 /// pipeline within one slot only: there each command is sent on its own,
-/// all at once, and the cluster connection takes each to its node.
+/// all at once, and the cluster connection takes each to its node. An
+/// outage answered to any command (`LOADING`, `READONLY`...) is the
+/// failure of all.
 async fn pipeline(
     conn: &mut Conn,
     cmds: &[redis::Cmd],
     scripts: &[&redis::Script],
-) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
-    async fn send(
-        conn: &mut Conn,
-        cmds: &[&redis::Cmd],
-    ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+) -> PipelineReplies {
+    async fn send(conn: &mut Conn, cmds: &[&redis::Cmd]) -> PipelineReplies {
         if let Conn::Cluster(cluster) = conn {
             let sends = cmds.iter().map(|cmd| {
                 let mut conn = cluster.clone();
@@ -1807,6 +1801,19 @@ async fn pipeline(
             .map(redis::Value::extract_error)
             .collect())
     }
+    // An answer that says the server is unwell (LOADING, READONLY,
+    // MASTERDOWN...) fails the whole pipeline, so that the breaker counts
+    // it as the outage it is, as a read's does (see `RedisBackend::entries`),
+    // rather than as an error about one key.
+    fn outage(replies: Vec<redis::RedisResult<redis::Value>>) -> PipelineReplies {
+        match replies
+            .iter()
+            .find_map(|reply| reply.as_ref().err().filter(|e| super::is_outage(e)))
+        {
+            Some(e) => Err(e.clone()),
+            None => Ok(replies),
+        }
+    }
     let all: Vec<&redis::Cmd> = cmds.iter().collect();
     let mut replies = send(conn, &all).await?;
     let missing: Vec<usize> = replies
@@ -1818,7 +1825,7 @@ async fn pipeline(
         .map(|(i, _)| i)
         .collect();
     if missing.is_empty() {
-        return Ok(replies);
+        return outage(replies);
     }
     for script in scripts {
         script.prepare_invoke().load_async(conn).await?;
@@ -1827,8 +1834,11 @@ async fn pipeline(
     for (i, reply) in missing.into_iter().zip(send(conn, &again).await?) {
         replies[i] = reply;
     }
-    Ok(replies)
+    outage(replies)
 }
+
+/// A pipeline's answers, one per command, or the failure of all.
+type PipelineReplies = redis::RedisResult<Vec<redis::RedisResult<redis::Value>>>;
 
 impl RedisBackend {
     /// Reads every key in one pipeline of bounded reads (GETRANGE, as
@@ -1983,8 +1993,8 @@ impl RedisBackend {
                 .collect::<Vec<_>>())
         };
         // One answer per key: an error about one key (a foreign value of
-        // another type under its lease or tag index) fails that key's
-        // request alone.
+        // another type under its tag's index) fails that key's request
+        // alone (an outage fails them all: see `pipeline`).
         let answers = self.run(Gate::Breaker, timeout, ask).await?;
         // (On a cluster.) These entries carry no tags of their own: the
         // versions of those a lease replaces are taken over (a rare case: a
@@ -2008,12 +2018,7 @@ impl RedisBackend {
             .into_iter()
             .map(|answer| {
                 let (outcome, epoch, _) = answer.map_err(BackendError::Redis)?;
-                Ok(match outcome {
-                    1 => LeaseOutcome::Acquired(epoch),
-                    2 => LeaseOutcome::ValuePresent,
-                    3 => LeaseOutcome::Changed,
-                    _ => LeaseOutcome::Held,
-                })
+                Ok(lease_outcome(outcome, epoch))
             })
             .collect())
     }
@@ -2107,6 +2112,16 @@ impl RedisBackend {
             answers[i] = Ok(current);
         }
         Ok(answers)
+    }
+}
+
+/// What the acquire script's first two answers mean (see [`ACQUIRE_LUA`]).
+fn lease_outcome(outcome: i64, epoch: u64) -> LeaseOutcome {
+    match outcome {
+        1 => LeaseOutcome::Acquired(epoch),
+        2 => LeaseOutcome::ValuePresent,
+        3 => LeaseOutcome::Changed,
+        _ => LeaseOutcome::Held,
     }
 }
 
