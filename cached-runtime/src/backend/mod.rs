@@ -465,13 +465,13 @@ impl Backend {
     }
 
     /// Reads the entries under `keys`, undecoded; one answer per key, in
-    /// order. `tags[i]` are key `i`'s tags. Untagged keys are read in one
-    /// round trip (a pipeline on Redis; on a cluster, a marked entry's
-    /// versions are checked as an untagged call's). When any key has tags
-    /// (a batch's ids all have, or none), each is read as a single call
-    /// reads it (see [`Backend::fetch`]): on one server, in one pipeline of
-    /// its script's calls; elsewhere (a cluster's reads take several steps,
-    /// the near tier reads its L1 first) all at once.
+    /// order. `tags[i]` are key `i`'s tags: each key is read as a single
+    /// call with its tags reads it (see [`Backend::fetch`]), the near tier's
+    /// L1 first. In one round trip (on one server: a pipeline, or with tags
+    /// one script call; on a cluster, untagged, a marked entry's versions
+    /// checked as an untagged call's), except tagged keys on a cluster,
+    /// whose reads take steps of their own: there each is read as a single
+    /// call's is, all at once.
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
@@ -479,37 +479,30 @@ impl Backend {
         timeout: Duration,
     ) -> Result<Vec<Fetched>, BackendError> {
         debug_assert_eq!(keys.len(), tags.len());
-        if tags.iter().all(|t| t.is_empty()) {
-            return self.fetch_pipelined(keys, timeout).await;
-        }
-        if let Backend::Redis(r) = self
-            && !r.is_cluster()
-        {
-            return r.fetch_many_tagged(keys, tags, timeout).await;
-        }
-        let reads = keys.iter().zip(tags).map(|(key, tags)| async move {
-            // As a single call reads: the near tier's copy first.
-            match self.l1_hit(key, tags) {
-                Some(hit) => Ok(hit),
-                None => self.fetch(key, tags, timeout).await,
-            }
-        });
-        futures_util::future::join_all(reads)
-            .await
-            .into_iter()
-            .collect()
-    }
-
-    /// [`Backend::fetch_many`] of untagged keys: one round trip.
-    async fn fetch_pipelined(
-        &self,
-        keys: &[&str],
-        timeout: Duration,
-    ) -> Result<Vec<Fetched>, BackendError> {
+        let tagged = tags.iter().any(|t| !t.is_empty());
         match self {
-            Backend::Memory(m) => Ok(keys.iter().map(|k| m.fetch(k, &[])).collect()),
-            Backend::Redis(r) => r.fetch_many(keys, timeout).await,
-            Backend::Near(n) => n.fetch_many(keys, timeout).await,
+            Backend::Memory(m) => Ok(keys
+                .iter()
+                .zip(tags)
+                .map(|(key, tags)| m.fetch(key, tags))
+                .collect()),
+            Backend::Redis(r) if !tagged => r.fetch_many(keys, timeout).await,
+            Backend::Redis(r) if !r.is_cluster() => r.fetch_many_tagged(keys, tags, timeout).await,
+            Backend::Near(n) if !tagged || !n.redis.is_cluster() => {
+                n.fetch_many(keys, tags, timeout).await
+            }
+            _ => {
+                let reads = keys.iter().zip(tags).map(|(key, tags)| async move {
+                    match self.l1_hit(key, tags) {
+                        Some(hit) => Ok(hit),
+                        None => self.fetch(key, tags, timeout).await,
+                    }
+                });
+                futures_util::future::join_all(reads)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
         }
     }
 

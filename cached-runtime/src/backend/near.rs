@@ -776,23 +776,29 @@ impl NearBackend {
         }
     }
 
+    /// Reads many keys: L1's entries first (with `tags[i]`, key `i`'s tags,
+    /// as [`l1_hit`](Self::l1_hit) does), then the rest from Redis in one
+    /// round trip (tagged, in one script call: see
+    /// `RedisBackend::fetch_many_tagged`), filling L1 with what it found.
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
+        tags: &[&[String]],
         timeout: Duration,
     ) -> Result<Vec<Fetched>, BackendError> {
         self.ensure_tracking();
         let usable = self.l1_usable();
         let mut out: Vec<Option<Fetched>> = Vec::with_capacity(keys.len());
-        let mut ask = Vec::new();
-        for key in keys {
-            match usable.then(|| self.shared.get(key, &[])).flatten() {
+        let (mut ask, mut ask_tags) = (Vec::new(), Vec::new());
+        for (key, tags) in keys.iter().zip(tags) {
+            match usable.then(|| self.shared.get(key, tags)).flatten() {
                 Some(entry) => {
                     self.shared.tallies.l1_hits.add();
                     out.push(Some(Fetched::Near(entry)));
                 }
                 None => {
                     ask.push(*key);
+                    ask_tags.push(*tags);
                     out.push(None);
                 }
             }
@@ -802,15 +808,22 @@ impl NearBackend {
         }
         let noted: Vec<Option<Noted>> = ask
             .iter()
-            .map(|k| {
+            .zip(&ask_tags)
+            .map(|(k, tags)| {
                 if usable {
-                    self.shared.note(k, &[])
+                    self.shared.note(k, tags)
                 } else {
                     None
                 }
             })
             .collect();
-        let fetched = self.redis.fetch_many(&ask, timeout).await?;
+        let fetched = if ask_tags.iter().all(|t| t.is_empty()) {
+            self.redis.fetch_many(&ask, timeout).await?
+        } else {
+            self.redis
+                .fetch_many_tagged(&ask, &ask_tags, timeout)
+                .await?
+        };
         let mut answers = ask.iter().zip(noted).zip(fetched);
         Ok(out
             .into_iter()
