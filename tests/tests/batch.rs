@@ -1288,6 +1288,32 @@ async fn a_release_that_fails_after_a_failed_body_is_retried() {
     );
 }
 
+/// A Redis server behind a proxy, and a catalog on a cache through it with
+/// `op_timeout` and a breaker that three failures in a row open (the near
+/// tier too if `near`), its connections made by a batch of id 9.
+async fn behind_a_proxy(
+    near: bool,
+    tagged: bool,
+    op_timeout: Duration,
+) -> (cached_tests::RedisServer, cached_tests::Proxy, Catalog) {
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let mut builder = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(op_timeout)
+        .circuit_breaker(cached_runtime::CircuitBreaker {
+            failures: 3,
+            ..cached_runtime::CircuitBreaker::default()
+        });
+    if near {
+        builder = builder.near_cache(cached_runtime::NearCache::new());
+    }
+    let c = Catalog::new(builder.build().expect("builds"), 9);
+    c.many(tagged, vec![9])
+        .await
+        .expect("warms both connections");
+    (server, proxy, c)
+}
+
 /// On one server a batch's leased writes go in one round trip, tagged or
 /// not, so a blip that times them out is one failure for the circuit
 /// breaker, not one per id: a threshold of three is not reached by a batch
@@ -1299,20 +1325,7 @@ async fn a_release_that_fails_after_a_failed_body_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blip_that_times_out_a_batchs_writes_is_one_failure_for_the_breaker() {
     for tagged in [false, true] {
-        let server = cached_tests::RedisServer::start();
-        let proxy = cached_tests::Proxy::start(server.port());
-        let cache = cached_tests::redis_builder_at(proxy.url())
-            .op_timeout(Duration::from_millis(500))
-            .circuit_breaker(cached_runtime::CircuitBreaker {
-                failures: 3,
-                ..cached_runtime::CircuitBreaker::default()
-            })
-            .build()
-            .expect("builds");
-        let c = Catalog::new(cache, 9);
-        c.many(tagged, vec![9])
-            .await
-            .expect("warms both connections");
+        let (server, proxy, c) = behind_a_proxy(false, tagged, Duration::from_millis(500)).await;
         let errors = || c.cache.stats().iter().map(|s| s.errors).sum::<u64>();
         let before = errors();
         c.slow(Duration::from_millis(200));
@@ -1360,19 +1373,7 @@ async fn a_blip_that_times_out_a_batchs_writes_is_one_failure_for_the_breaker() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blip_that_times_out_a_tagged_batchs_reads_is_one_failure_for_the_breaker() {
     for near in [false, true] {
-        let server = cached_tests::RedisServer::start();
-        let proxy = cached_tests::Proxy::start(server.port());
-        let mut builder = cached_tests::redis_builder_at(proxy.url())
-            .op_timeout(Duration::from_millis(300))
-            .circuit_breaker(cached_runtime::CircuitBreaker {
-                failures: 3,
-                ..cached_runtime::CircuitBreaker::default()
-            });
-        if near {
-            builder = builder.near_cache(cached_runtime::NearCache::new());
-        }
-        let c = Catalog::new(builder.build().expect("builds"), 9);
-        c.many(true, vec![9]).await.expect("warms both connections");
+        let (_server, proxy, c) = behind_a_proxy(near, true, Duration::from_millis(300)).await;
         let calls = c.batches().len();
         proxy.blackhole(true);
         assert_eq!(
@@ -1397,20 +1398,7 @@ async fn a_blip_that_times_out_a_tagged_batchs_reads_is_one_failure_for_the_brea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blip_that_times_out_a_batchs_leases_is_one_failure_for_the_breaker() {
     for tagged in [false, true] {
-        let server = cached_tests::RedisServer::start();
-        let proxy = cached_tests::Proxy::start(server.port());
-        let cache = cached_tests::redis_builder_at(proxy.url())
-            .op_timeout(Duration::from_millis(300))
-            .circuit_breaker(cached_runtime::CircuitBreaker {
-                failures: 3,
-                ..cached_runtime::CircuitBreaker::default()
-            })
-            .build()
-            .expect("builds");
-        let c = Catalog::new(cache, 9);
-        c.many(tagged, vec![9])
-            .await
-            .expect("warms both connections");
+        let (_server, proxy, c) = behind_a_proxy(false, tagged, Duration::from_millis(300)).await;
         let calls = c.batches().len();
         proxy.blackhole(true);
         let refresh = cached_runtime::with_mode(

@@ -488,9 +488,8 @@ impl Backend {
                 .collect()),
             Backend::Redis(r) if !tagged => r.fetch_many(keys, timeout).await,
             Backend::Redis(r) if !r.is_cluster() => r.fetch_many_tagged(keys, tags, timeout).await,
-            Backend::Near(n) if !tagged || !n.redis.is_cluster() => {
-                n.fetch_many(keys, tags, timeout).await
-            }
+            // (Never in front of a cluster: the builder refuses it.)
+            Backend::Near(n) => n.fetch_many(keys, tags, timeout).await,
             _ => {
                 let reads = keys.iter().zip(tags).map(|(key, tags)| async move {
                     match self.l1_hit(key, tags) {
