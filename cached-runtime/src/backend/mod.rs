@@ -490,13 +490,12 @@ impl Backend {
             Backend::Redis(r) if !r.is_cluster() => r.fetch_many_tagged(keys, tags, timeout).await,
             // (Never in front of a cluster: the builder refuses it.)
             Backend::Near(n) => n.fetch_many(keys, tags, timeout).await,
-            _ => {
-                let reads = keys.iter().zip(tags).map(|(key, tags)| async move {
-                    match self.l1_hit(key, tags) {
-                        Some(hit) => Ok(hit),
-                        None => self.fetch(key, tags, timeout).await,
-                    }
-                });
+            // Tagged, on a cluster.
+            Backend::Redis(_) => {
+                let reads = keys
+                    .iter()
+                    .zip(tags)
+                    .map(|(key, tags)| self.fetch(key, tags, timeout));
                 futures_util::future::join_all(reads)
                     .await
                     .into_iter()
@@ -508,11 +507,12 @@ impl Backend {
     /// Asks for the lease on each key: `token` for every one, each on its
     /// own condition; one outcome per key, in order. `tags[i]` are key
     /// `i`'s tags, recorded as a single call's lease records them. In one
-    /// round trip, which answers for all (a pipeline on Redis), except on a
-    /// cluster, where a tagged key's lease takes steps of its own (its
-    /// tags' versions read first): there each is asked as a single call's
-    /// is, all at once, and answers for itself (a failed request may have
-    /// taken its lease: its caller releases it).
+    /// round trip (a pipeline on Redis), except on a cluster, where a
+    /// tagged key's lease takes steps of its own (its tags' versions read
+    /// first): there each is asked as a single call's is, all at once. An
+    /// `Err` of the whole is a failure of every request (an outage, or no
+    /// answer); an `Err` of one key, that key's alone. A failed request may
+    /// have taken its lease: its caller releases it.
     #[allow(clippy::type_complexity)]
     pub(crate) async fn acquire_leases(
         &self,
