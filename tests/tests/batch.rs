@@ -1116,6 +1116,44 @@ async fn foreign_values_in_a_batch_are_misses_read_within_the_limit() {
     }
 }
 
+/// A key without a TTL where a lease belongs (a list written there by hand,
+/// or a lease someone PERSISTed) cannot be a lease: every lease expires.
+/// It does not hold the key for good: a batch, tagged or not, and a single
+/// call take the lease over it, load and store, so the next calls hit.
+/// (Before, every call of such a key waited out `wait` for a holder that
+/// never stores, then loaded without storing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_a_ttl_under_a_lease_name_holds_nothing() {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let c = Catalog::new(backend.cache(), 9);
+    let lease = |id: u64| format!("{}:item:{id}:~lease", cached_tests::NAMESPACE);
+    let _: i64 = server.cmd(&["RPUSH", &lease(1), "a", "list"]);
+    let () = server.cmd(&["SET", &lease(2), "123"]);
+    let _: i64 = server.cmd(&["RPUSH", &lease(3), "a", "list"]);
+    let () = server.cmd(&["SET", &lease(4), "456"]);
+    let _: i64 = server.cmd(&["RPUSH", &lease(5), "a", "list"]);
+    for (tagged, ids) in [(false, vec![1, 2]), (true, vec![3, 4])] {
+        let calls = c.batches().len();
+        assert_eq!(
+            c.many(tagged, ids.clone()).await,
+            Ok(items(ids.clone(), 1)),
+            "tagged {tagged}"
+        );
+        assert_eq!(
+            c.many(tagged, ids.clone()).await,
+            Ok(items(ids, 1)),
+            "tagged {tagged}"
+        );
+        assert_eq!(c.batches().len(), calls + 1, "tagged {tagged}: stored");
+    }
+    assert_eq!(c.get(5).await, Ok(Some(Item { id: 5, version: 1 })));
+    assert_eq!(c.get(5).await, Ok(Some(Item { id: 5, version: 1 })));
+    assert_eq!(c.singles.lock().expect("singles").len(), 1, "stored");
+    let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+    assert!(leases.is_empty(), "leases left: {leases:?}");
+}
+
 /// A foreign value of another type under one id's tag index (SADD there
 /// fails) fails that id's lease request alone, on one server where the
 /// batch's requests go in one pipeline: the other ids are leased and

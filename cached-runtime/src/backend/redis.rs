@@ -1283,7 +1283,10 @@ end
 /// another, {2, 0, ''} a value is present, {3, 0, ''} the entry changed;
 /// `replaced` is always empty on one server (see [`ACQUIRE_CLUSTER_LUA`]).
 /// Tags are recorded when the load (or write) starts, so a tag
-/// invalidation while it runs finds the key and destroys the lease.
+/// invalidation while it runs finds the key and destroys the lease. A key
+/// with no TTL under the lease's name is not a lease (every lease
+/// expires): something written there by hand, which would otherwise hold
+/// the key for good; the lease is taken over it.
 ///
 /// Sent whole with EVAL for a claim, not EVALSHA: a claim must land even
 /// when its caller stopped waiting (a frozen server runs it when it
@@ -1335,7 +1338,8 @@ fn acquire_lua(prelude: &str, replaced: &str, record_tags: &str) -> String {
           redis.call('UNLINK', KEYS[1])
           redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
         elseif not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-          return {{0, 0, ''}}
+          if redis.call('PTTL', KEYS[2]) ~= -1 then return {{0, 0, ''}} end
+          redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
         end
         {record_tags}
         return {{1, tonumber(redis.call('GET', KEYS[3]) or '0'), replaced}}"
