@@ -1352,6 +1352,27 @@ async fn behind_a_proxy(
     (server, proxy, c)
 }
 
+/// Runs `batch` (of ids 1 to 5, not yet polled) while `proxy` holds every
+/// byte: the ids are loaded by one call of the body, and the breaker
+/// (threshold 3) is still closed, looked at before the blip ends (a
+/// release that succeeds would close it again).
+async fn one_failure_through_a_blip(
+    proxy: &cached_tests::Proxy,
+    c: &Catalog,
+    batch: impl std::future::Future<Output = Result<HashMap<u64, Item>, DbError>>,
+    what: &str,
+) {
+    let calls = c.batches().len();
+    proxy.blackhole(true);
+    assert_eq!(batch.await, Ok(items(1..=5, 1)), "{what}");
+    assert_eq!(c.batches().len(), calls + 1, "{what}: loaded");
+    assert!(
+        !c.cache.breaker_open(),
+        "{what}: one batch's step opened the breaker"
+    );
+    proxy.blackhole(false);
+}
+
 /// On one server a batch's leased writes go in one round trip, tagged or
 /// not, so a blip that times them out is one failure for the circuit
 /// breaker, not one per id: a threshold of three is not reached by a batch
@@ -1412,19 +1433,8 @@ async fn a_blip_that_times_out_a_batchs_writes_is_one_failure_for_the_breaker() 
 async fn a_blip_that_times_out_a_tagged_batchs_reads_is_one_failure_for_the_breaker() {
     for near in [false, true] {
         let (_server, proxy, c) = behind_a_proxy(near, true, Duration::from_millis(300)).await;
-        let calls = c.batches().len();
-        proxy.blackhole(true);
-        assert_eq!(
-            c.many(true, vec![1, 2, 3, 4, 5]).await,
-            Ok(items(1..=5, 1)),
-            "near: {near}"
-        );
-        assert_eq!(c.batches().len(), calls + 1, "near: {near}: loaded");
-        assert!(
-            !c.cache.breaker_open(),
-            "near: {near}: one batch's reads opened the breaker"
-        );
-        proxy.blackhole(false);
+        let batch = c.many(true, vec![1, 2, 3, 4, 5]);
+        one_failure_through_a_blip(&proxy, &c, batch, &format!("near: {near}: reads")).await;
     }
 }
 
@@ -1437,19 +1447,11 @@ async fn a_blip_that_times_out_a_tagged_batchs_reads_is_one_failure_for_the_brea
 async fn a_blip_that_times_out_a_batchs_leases_is_one_failure_for_the_breaker() {
     for tagged in [false, true] {
         let (_server, proxy, c) = behind_a_proxy(false, tagged, Duration::from_millis(300)).await;
-        let calls = c.batches().len();
-        proxy.blackhole(true);
         let refresh = cached_runtime::with_mode(
             cached_runtime::CallMode::Refresh,
             c.many(tagged, vec![1, 2, 3, 4, 5]),
         );
-        assert_eq!(refresh.await, Ok(items(1..=5, 1)), "tagged: {tagged}");
-        assert_eq!(c.batches().len(), calls + 1, "tagged: {tagged}: loaded");
-        assert!(
-            !c.cache.breaker_open(),
-            "tagged: {tagged}: one batch's leases opened the breaker"
-        );
-        proxy.blackhole(false);
+        one_failure_through_a_blip(&proxy, &c, refresh, &format!("tagged: {tagged}: leases")).await;
     }
 }
 

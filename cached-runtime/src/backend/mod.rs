@@ -479,28 +479,14 @@ impl Backend {
         timeout: Duration,
     ) -> Result<Vec<Fetched>, BackendError> {
         debug_assert_eq!(keys.len(), tags.len());
-        let tagged = tags.iter().any(|t| !t.is_empty());
         match self {
             Backend::Memory(m) => Ok(keys
                 .iter()
                 .zip(tags)
                 .map(|(key, tags)| m.fetch(key, tags))
                 .collect()),
-            Backend::Redis(r) if !tagged => r.fetch_many(keys, timeout).await,
-            Backend::Redis(r) if !r.is_cluster() => r.fetch_many_tagged(keys, tags, timeout).await,
-            // (Never in front of a cluster: the builder refuses it.)
+            Backend::Redis(r) => r.fetch_many(keys, tags, timeout).await,
             Backend::Near(n) => n.fetch_many(keys, tags, timeout).await,
-            // Tagged, on a cluster.
-            Backend::Redis(_) => {
-                let reads = keys
-                    .iter()
-                    .zip(tags)
-                    .map(|(key, tags)| self.fetch(key, tags, timeout));
-                futures_util::future::join_all(reads)
-                    .await
-                    .into_iter()
-                    .collect()
-            }
         }
     }
 

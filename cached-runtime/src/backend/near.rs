@@ -778,8 +778,8 @@ impl NearBackend {
 
     /// Reads many keys: L1's entries first (with `tags[i]`, key `i`'s tags,
     /// as [`l1_hit`](Self::l1_hit) does), then the rest from Redis in one
-    /// round trip (tagged, in one script call: see
-    /// `RedisBackend::fetch_many_tagged`), filling L1 with what it found.
+    /// round trip (see `RedisBackend::fetch_many`), filling L1 with what it
+    /// found.
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
@@ -817,13 +817,7 @@ impl NearBackend {
                 }
             })
             .collect();
-        let fetched = if ask_tags.iter().all(|t| t.is_empty()) {
-            self.redis.fetch_many(&ask, timeout).await?
-        } else {
-            self.redis
-                .fetch_many_tagged(&ask, &ask_tags, timeout)
-                .await?
-        };
+        let fetched = self.redis.fetch_many(&ask, &ask_tags, timeout).await?;
         let mut answers = ask.iter().zip(noted).zip(fetched);
         Ok(out
             .into_iter()

@@ -1845,9 +1845,36 @@ async fn pipeline(
 type PipelineReplies = redis::RedisResult<Vec<redis::RedisResult<redis::Value>>>;
 
 impl RedisBackend {
+    /// Reads every key as [`RedisBackend::fetch`] reads it with `tags[i]`,
+    /// one answer per key: untagged, in one pipeline; tagged, on one server
+    /// in one script call, and on a cluster (whose tagged reads take steps
+    /// of their own) each key as a single call, all at once.
+    pub(crate) async fn fetch_many(
+        &self,
+        keys: &[&str],
+        tags: &[&[String]],
+        timeout: Duration,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        debug_assert_eq!(keys.len(), tags.len());
+        if tags.iter().all(|t| t.is_empty()) {
+            self.fetch_pipelined(keys, timeout).await
+        } else if !self.is_cluster() {
+            self.fetch_many_tagged(keys, tags, timeout).await
+        } else {
+            let reads = keys
+                .iter()
+                .zip(tags)
+                .map(|(key, tags)| self.fetch(key, tags, timeout));
+            futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .collect()
+        }
+    }
+
     /// Reads every key in one pipeline of bounded reads (GETRANGE, as
     /// [`RedisBackend::fetch`] reads one): one answer per key.
-    pub(crate) async fn fetch_many(
+    async fn fetch_pipelined(
         &self,
         keys: &[&str],
         timeout: Duration,
@@ -1907,7 +1934,7 @@ impl RedisBackend {
     /// On one server, each key read as a tagged [`RedisBackend::fetch`]
     /// reads it (`tags[i]`: served only while each tag's index lists the
     /// key), in one script call: one answer per key.
-    pub(crate) async fn fetch_many_tagged(
+    async fn fetch_many_tagged(
         &self,
         keys: &[&str],
         tags: &[&[String]],
