@@ -1154,6 +1154,19 @@ async fn a_key_without_a_ttl_under_a_lease_name_holds_nothing() {
     assert!(leases.is_empty(), "leases left: {leases:?}");
 }
 
+/// Waits until `server` holds no lease, failing after `within`.
+async fn until_no_lease(server: &cached_tests::RedisServer, within: Duration, what: &str) {
+    let started = Instant::now();
+    loop {
+        let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
+        if leases.is_empty() {
+            return;
+        }
+        assert!(started.elapsed() < within, "{what}leases left: {leases:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A foreign value of another type under one id's tag index (SADD there
 /// fails) fails that id's lease request alone, on one server where the
 /// batch's requests go in one pipeline: the other ids are leased and
@@ -1182,18 +1195,7 @@ async fn a_foreign_value_under_one_ids_tag_index_fails_only_that_id() {
         Ok(items([1, 2, 4, 5], 1))
     );
     assert_eq!(c.batches().len(), calls + 1, "the other ids were stored");
-    let started = Instant::now();
-    loop {
-        let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
-        if leases.is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "leases left: {leases:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_no_lease(server, Duration::from_secs(2), "").await;
     assert_eq!(
         c.many(true, vec![3]).await,
         Ok(items([3], 1)),
@@ -1408,18 +1410,12 @@ async fn a_blip_that_times_out_a_batchs_writes_is_one_failure_for_the_breaker() 
             errors() > before,
             "tagged: {tagged}: the blip did not reach the writes"
         );
-        let started = Instant::now();
-        loop {
-            let leases: Vec<String> = server.cmd(&["KEYS", "*:~lease"]);
-            if leases.is_empty() {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "tagged: {tagged}: leases left: {leases:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_no_lease(
+            &server,
+            Duration::from_secs(3),
+            &format!("tagged: {tagged}: "),
+        )
+        .await;
         assert!(!c.cache.breaker_open(), "tagged: {tagged}: closed after");
     }
 }
