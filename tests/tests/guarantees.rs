@@ -17,6 +17,7 @@ on_both_backends!(
     a_prefix_eviction_removes_the_entry_of_a_function_without_key_parameters,
     duration_max_means_never_expires_and_never_panics,
     a_caller_waits_on_a_load_in_its_own_process_no_longer_than_wait,
+    a_caller_joining_a_load_others_wait_on_longer_waits_only_its_own_wait,
     a_background_refresh_never_replaces_a_newer_write_through,
     a_pattern_eviction_stops_a_load_in_flight_from_storing_what_it_read_before,
     one_failure_costs_the_source_one_run_and_every_waiter_gets_the_error,
@@ -82,6 +83,25 @@ impl Docs {
     /// The first load takes 3 s (a slow query); later ones are quick.
     #[cached(prefix = "slow", ttl = "5m", key = id, wait = "100ms")]
     async fn slow_first(&self, id: u32) -> u32 {
+        if self.source.count_load() == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        id
+    }
+
+    /// Two call sites of one key with different `wait`s (as a list page and
+    /// a latency-bound endpoint might share an entry): the first load of
+    /// either takes 3 s.
+    #[cached(prefix = "shared_wait", ttl = "5m", key = id, wait = "5s")]
+    async fn patient(&self, id: u32) -> u32 {
+        if self.source.count_load() == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        id
+    }
+
+    #[cached(prefix = "shared_wait", ttl = "5m", key = id, wait = "100ms")]
+    async fn hurried(&self, id: u32) -> u32 {
         if self.source.count_load() == 0 {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
@@ -195,6 +215,50 @@ async fn a_caller_waits_on_a_load_in_its_own_process_no_longer_than_wait(backend
         "the wait that ran out is counted"
     );
     assert_eq!(first.await.expect("the leader finishes"), 1);
+}
+
+/// A caller's `wait` is its own, whoever joined the load before it: a
+/// caller with a short `wait` that joins a load others wait on longer (a
+/// call site of the same key with a longer `wait`) stops waiting at its
+/// own bound, and a caller with a long `wait` is not cut short by theirs.
+async fn a_caller_joining_a_load_others_wait_on_longer_waits_only_its_own_wait(backend: &Backend) {
+    let cache = backend.cache();
+    let docs = Arc::new(Docs::new(cache));
+    let spawn_patient = |docs: &Arc<Docs>| {
+        let docs = Arc::clone(docs);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            (docs.patient(1).await, started.elapsed())
+        })
+    };
+    let leader = spawn_patient(&docs);
+    while docs.loads() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A caller that waits up to 5 s joins the load first.
+    let patient = spawn_patient(&docs);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let started = std::time::Instant::now();
+    assert_eq!(docs.hurried(1).await, 1);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "waited {waited:?} on another caller's 3 s load; its `wait` is 100 ms (the caller who \
+         joined before it waits up to 5 s)"
+    );
+    assert_eq!(docs.loads(), 2, "after its wait it loaded for itself");
+
+    // The patient caller was not sent away by the hurried one's bound: it
+    // got the leader's value without a load of its own.
+    let (value, _) = patient.await.expect("the patient caller finishes");
+    assert_eq!(value, 1);
+    assert_eq!(
+        docs.loads(),
+        2,
+        "the caller waiting 5 s for a 3 s load loaded nothing itself"
+    );
+    assert_eq!(leader.await.expect("the leader finishes").0, 1);
 }
 
 /// A service whose writers write through while they hold the row (the

@@ -33,8 +33,10 @@ pub(super) enum Landed {
     Failed(Option<Arc<dyn Any + Send + Sync>>),
     /// The leader went away (cancelled, panicked, or lost the lease race).
     Abandoned,
-    /// Not landed within the policy's `wait` of the flight's first waiter:
-    /// sent by the flight's one timer, so every waiter loads for itself.
+    /// Not landed within a waiter's `wait`: sent to every waiter by the
+    /// flight's one timer (the first waiter's `wait`), or seen by a waiter
+    /// alone when its own `wait` ends before that timer (see [`Waiter`]).
+    /// The waiter loads for itself.
     TimedOut,
 }
 
@@ -92,16 +94,47 @@ struct Flight {
     /// per flight, not one per waiter (1000 waiters' timers cost a
     /// stampede's callers milliseconds).
     timer: Option<tokio::task::AbortHandle>,
+    /// When that timer fires (`None`: no timer, or past the clock's range).
+    deadline: Option<tokio::time::Instant>,
     /// Led by a caller a pending change kept from the backend (see
     /// [`Flights::join_or_lead_as`]): its value comes from the
     /// loader, never from a read of what the change was to replace.
     after_change: bool,
 }
 
+/// A caller waiting for a flight to land ([`landing`]).
+pub(super) struct Waiter {
+    rx: watch::Receiver<Landed>,
+    /// This caller's own deadline, when its `wait` ends before the flight's
+    /// timer fires: a caller joining with a shorter `wait` than the first
+    /// waiter's (another call site of the key) still waits no longer than
+    /// its own. `None` in the usual case, which costs no timer.
+    until: Option<tokio::time::Instant>,
+}
+
+impl From<watch::Receiver<Landed>> for Waiter {
+    /// A waiter bounded by its channel's sender alone (a background
+    /// refresh's `soft_timeout` callers, who time their own wait).
+    fn from(rx: watch::Receiver<Landed>) -> Waiter {
+        Waiter { rx, until: None }
+    }
+}
+
 impl Flight {
-    fn subscribe(&mut self, wait: Duration) -> watch::Receiver<Landed> {
+    fn subscribe(&mut self, wait: Duration) -> Waiter {
         if let Some(tx) = &self.tx {
-            return tx.subscribe();
+            let rx = tx.subscribe();
+            // Without a timer (no runtime) nothing could time a wait.
+            if self.timer.is_none() {
+                return Waiter { rx, until: None };
+            }
+            let own = tokio::time::Instant::now().checked_add(wait);
+            let until = match (own, self.deadline) {
+                (Some(own), Some(flight)) if own < flight => Some(own),
+                (Some(own), None) => Some(own),
+                _ => None,
+            };
+            return Waiter { rx, until };
         }
         let (tx, rx) = watch::channel(Landed::Running);
         let tx = Arc::new(tx);
@@ -122,9 +155,10 @@ impl Flight {
                 }
             });
             self.timer = Some(timer.abort_handle());
+            self.deadline = tokio::time::Instant::now().checked_add(wait);
         }
         self.tx = Some(tx);
-        rx
+        Waiter { rx, until: None }
     }
 }
 
@@ -145,7 +179,7 @@ impl std::fmt::Debug for Flights {
 /// A caller's part in a key's flight.
 pub(super) enum Role<'a> {
     Lead(FlightGuard<'a>),
-    Wait(watch::Receiver<Landed>),
+    Wait(Waiter),
 }
 
 impl Flights {
@@ -224,6 +258,7 @@ impl Flights {
                 id,
                 tx: None,
                 timer: None,
+                deadline: None,
                 after_change,
             },
         );
@@ -265,11 +300,7 @@ impl Flights {
 
     /// The flight running for `key`, if any: a caller can wait for its
     /// value without reading the backend first (the stampede case).
-    pub(super) fn miss_in_flight(
-        &self,
-        key: &str,
-        wait: Duration,
-    ) -> Option<watch::Receiver<Landed>> {
+    pub(super) fn miss_in_flight(&self, key: &str, wait: Duration) -> Option<Waiter> {
         if self.misses.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -334,11 +365,21 @@ impl Flights {
     }
 }
 
-/// Waits for a flight to land (or its timer to say it waited `wait`).
-pub(super) async fn landing(mut rx: watch::Receiver<Landed>) -> Landed {
-    match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
-        Ok(landed) => landed.clone(),
-        Err(_) => Landed::Abandoned,
+/// Waits for a flight to land, or for the waiter's `wait` to end
+/// (`TimedOut`: from the flight's timer, or the waiter's own deadline).
+pub(super) async fn landing(waiter: Waiter) -> Landed {
+    let Waiter { mut rx, until } = waiter;
+    let landed = async move {
+        match rx.wait_for(|l| !matches!(l, Landed::Running)).await {
+            Ok(landed) => landed.clone(),
+            Err(_) => Landed::Abandoned,
+        }
+    };
+    match until {
+        None => landed.await,
+        Some(at) => tokio::time::timeout_at(at, landed)
+            .await
+            .unwrap_or(Landed::TimedOut),
     }
 }
 

@@ -81,7 +81,7 @@ impl Engine {
         if let Some(soft) = call.policy.soft_timeout
             && let Some(rx) = self.flights.refresh_in_flight(&call.key, seen)
         {
-            match tokio::time::timeout(soft, landing(rx)).await {
+            match tokio::time::timeout(soft, landing(rx.into())).await {
                 Ok(Landed::Value(any)) => {
                     if let Some(fresh) = any.downcast_ref::<V>() {
                         record(Outcome::Coalesced);
