@@ -1205,6 +1205,34 @@ async fn a_foreign_value_under_one_ids_tag_index_fails_only_that_id() {
     backend.assert_nothing_refused();
 }
 
+/// As above, with the entry still there: one foreign index beside a
+/// stored entry makes that id unreadable, not the whole batch's read (the
+/// read is one script for every id), so the other ids are hits, id 3 is
+/// loaded alone, and again on the next call (its write cannot record the
+/// tag, so it is not stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_tag_index_beside_a_stored_entry_fails_only_that_id() {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let c = Catalog::new(backend.cache(), 9);
+    assert_eq!(c.many(true, vec![1, 2, 3, 4, 5]).await, Ok(items(1..=5, 1)));
+    let index: Vec<String> = server.cmd(&["KEYS", "*~tag*row:3"]);
+    assert_eq!(index.len(), 1, "one index of tag row:3: {index:?}");
+    let _: () = server.cmd(&["DEL", &index[0]]);
+    let _: i64 = server.cmd(&["RPUSH", &index[0], "a", "list"]);
+    let calls = c.batches().len();
+    for round in 1..=2 {
+        assert_eq!(c.many(true, vec![1, 2, 3, 4, 5]).await, Ok(items(1..=5, 1)));
+        assert_eq!(
+            c.batches()[calls..],
+            vec![vec![3]; round],
+            "the other ids were read, id 3 loaded alone (round {round})"
+        );
+        until_no_lease(server, Duration::from_secs(2), "").await;
+    }
+    backend.assert_nothing_refused();
+}
+
 /// A single call is loading id 5 when a batch asks for 4, 5 and 6: the
 /// batch loads 4 and 6, takes 5 from the single call's load, and each
 /// call counts its own miss once.

@@ -1461,14 +1461,18 @@ static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 });
 
 /// KEYS: value, tags... The value while every tag index lists it, else
-/// nil; 0 if the key holds another kind of value.
+/// nil; 0 if the key, or one of its tag indexes, holds another kind of
+/// value (someone else's data under the name: the entry cannot be served,
+/// and the script does not fail, so a batch's other ids are still read).
 static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"local v = redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])
           if type(v) == 'table' and v.err then return 0 end
           if v == '' then return false end
           for i = 2, #KEYS do
-            if redis.call('SISMEMBER', KEYS[i], KEYS[1]) == 0 then return false end
+            local m = redis.pcall('SISMEMBER', KEYS[i], KEYS[1])
+            if type(m) == 'table' and m.err then return 0 end
+            if m == 0 then return false end
           end
           return v",
     )
@@ -1488,7 +1492,9 @@ static FETCH_TAGGED_MANY: LazyLock<redis::Script> = LazyLock::new(|| {
             elseif v == '' then v = false
             else
               for j = k + 1, k + n do
-                if redis.call('SISMEMBER', KEYS[j], key) == 0 then v = false; break end
+                local m = redis.pcall('SISMEMBER', KEYS[j], key)
+                if type(m) == 'table' and m.err then v = 0; break end
+                if m == 0 then v = false; break end
               end
             end
             out[#out + 1] = v
