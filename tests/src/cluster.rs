@@ -217,6 +217,17 @@ impl RedisCluster {
     /// When `i` is not a primary, or no replica takes over, or the old
     /// primary does not rejoin, within 30 s each.
     pub fn freeze_primary_until_failover(&mut self, i: usize) -> Duration {
+        self.freeze_primary_until_failover_then(i, || {})
+    }
+
+    /// [`RedisCluster::freeze_primary_until_failover`], running
+    /// `before_thaw` once the replica has taken over and before the old
+    /// primary is thawed.
+    pub fn freeze_primary_until_failover_then(
+        &mut self,
+        i: usize,
+        before_thaw: impl FnOnce(),
+    ) -> Duration {
         assert_eq!(self.role(i), "master", "node {i} is not a primary");
         let started = Instant::now();
         self.nodes[i].freeze();
@@ -229,6 +240,9 @@ impl RedisCluster {
                     })
             });
         }));
+        if taken_over.is_ok() {
+            before_thaw();
+        }
         self.nodes[i].thaw();
         let frozen_for = started.elapsed();
         if let Err(panic) = taken_over {

@@ -685,10 +685,54 @@ fn spawn_writer(
     rows: std::ops::Range<usize>,
     stop: &Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Written> {
-    let (cache, table, stop) = (cache.clone(), table.clone(), stop.clone());
+    spawn_writer_held(cache, table, rows, stop, &Arc::default())
+}
+
+/// A pause of a writer between two changes.
+#[derive(Default)]
+struct Hold {
+    asked: AtomicBool,
+    /// The writer has stopped, its last change returned.
+    paused: AtomicBool,
+}
+
+impl Hold {
+    /// Asks the writer to stop before its next change and waits (blocking)
+    /// until it has.
+    fn pause(&self) {
+        self.asked.store(true, SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.paused.load(SeqCst) {
+            assert!(Instant::now() < deadline, "the writer did not pause");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn resume(&self) {
+        self.asked.store(false, SeqCst);
+    }
+}
+
+/// [`spawn_writer`], pausing while `hold` asks it to.
+fn spawn_writer_held(
+    cache: &Cache,
+    table: &Arc<Table>,
+    rows: std::ops::Range<usize>,
+    stop: &Arc<AtomicBool>,
+    hold: &Arc<Hold>,
+) -> tokio::task::JoinHandle<Written> {
+    let (cache, table, stop, hold) = (cache.clone(), table.clone(), stop.clone(), hold.clone());
     tokio::spawn(async move {
         let mut written = Written::default();
         while !stop.load(SeqCst) {
+            if hold.asked.load(SeqCst) {
+                hold.paused.store(true, SeqCst);
+                while hold.asked.load(SeqCst) && !stop.load(SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                hold.paused.store(false, SeqCst);
+                continue;
+            }
             let i = fastrand::usize(rows.clone());
             let how = [Change::WriteThrough, Change::Evict, Change::Pattern]
                 [(written.changes % 3) as usize];
@@ -1164,6 +1208,15 @@ async fn a_tls_only_cluster_requiring_client_certificates_caches_only_for_a_clie
 /// process serves the row it replaced (`stale`) or leaves it cached
 /// (`diverged`); caching that does not move to the promoted replica
 /// (`until_cached`).
+///
+/// The writer pauses from the takeover until the old primary has rejoined:
+/// a change still waiting on the frozen primary's socket when it wakes
+/// (sent less than an operation timeout before) runs there and is
+/// acknowledged before the node learns it was replaced, and is then lost
+/// when it rejoins as a replica. No client can tell that change from one
+/// that landed; it is the lost acknowledged write of a failover that
+/// README.md's "Failover" paragraph documents (and that this test hit
+/// about once in a hundred runs before the pause).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_frozen_past_its_failover_fails_no_call_and_serves_nothing_stale_after_it_wakes()
 {
@@ -1173,15 +1226,18 @@ async fn a_primary_frozen_past_its_failover_fails_no_call_and_serves_nothing_sta
     let (table, cache, other_process) = rows_around(&cluster, victim, "frozen").await;
     let stop = Arc::new(AtomicBool::new(false));
     let readers = spawn_readers(4, &cache, &table, 0..12, &stop);
-    let writer = spawn_writer(&cache, &table, 0..12, &stop);
+    let hold = Arc::new(Hold::default());
+    let writer = spawn_writer_held(&cache, &table, 0..12, &stop, &hold);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = Arc::clone(&hold);
     let (cluster, frozen_for) = tokio::task::spawn_blocking(move || {
         let mut cluster = cluster;
-        let frozen_for = cluster.freeze_primary_until_failover(victim);
+        let frozen_for = cluster.freeze_primary_until_failover_then(victim, || held.pause());
         (cluster, frozen_for)
     })
     .await
     .expect("the failover joins");
+    hold.resume();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, SeqCst);
     let written = writer.await.expect("the writer joins");
