@@ -133,7 +133,8 @@ pub(crate) use crate::valid::Templates;
 /// key is the one a single-key function of the same `prefix` makes with
 /// the same `key` (default: every parameter, with the collection's name
 /// standing for one id; `key = (tenant, ids)` or `key = "{ids}:row"` work
-/// too), so the two share entries both ways. Single flight and leases
+/// too, and a `key` without the ids is a compile error), so the two share
+/// entries both ways. Single flight and leases
 /// hold per id: two batches that overlap load each id once. An id missing
 /// from the returned map is absent: left out of the result, and cached
 /// only with `cache_none`. The map is `HashMap<Id, V>` or `BTreeMap<Id, V>`,

@@ -6,6 +6,7 @@ use crate::duration::TtlSpec;
 use crate::errors::Errors;
 use crate::func::{self, FnInfo, Shape};
 use crate::template;
+use proc_macro2::Ident;
 
 /// Checks what needs both the options and the function, and returns the
 /// checked templates.
@@ -325,6 +326,22 @@ fn check_batch(
              (or a `Result` of one); an id missing from the map is absent",
         ));
     }
+    if let (Some(i), Some(key)) = (param, &args.key)
+        && !key_names(key, &info.params[i])
+    {
+        let ids = &info.params[i];
+        let span = match key {
+            KeySpec::Template(lit) => lit.span(),
+            KeySpec::Expr(e) => syn::spanned::Spanned::span(e),
+        };
+        errors.push(syn::Error::new(
+            span,
+            format!(
+                "the `key` of a `batch` function must use `{ids}`, which stands for one id in it \
+                 (e.g. `key = ({ids}, ..)`): without it every id would share one entry"
+            ),
+        ));
+    }
     if errors.len() != before {
         return None;
     }
@@ -334,6 +351,27 @@ fn check_batch(
         ids_ty: (*pt.ty).clone(),
         value_ty: map_value?.clone(),
     })
+}
+
+/// Whether `key` mentions the parameter `name` (a template's `{name}`, or
+/// the identifier anywhere in an expression).
+fn key_names(key: &KeySpec, name: &Ident) -> bool {
+    fn in_tokens(tokens: proc_macro2::TokenStream, name: &Ident) -> bool {
+        tokens.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Ident(i) => i == *name,
+            proc_macro2::TokenTree::Group(g) => in_tokens(g.stream(), name),
+            _ => false,
+        })
+    }
+    match key {
+        // An unreadable template is reported by its own check.
+        KeySpec::Template(lit) => crate::template::parse(lit).map_or(true, |pieces| {
+            pieces
+                .iter()
+                .any(|p| matches!(p, crate::template::Piece::Param(p) if *name == p.as_str()))
+        }),
+        KeySpec::Expr(e) => in_tokens(quote::ToTokens::to_token_stream(e), name),
+    }
 }
 
 /// `V` of a map type written `Map<K, V>` (`HashMap`, `BTreeMap`, any map
