@@ -111,7 +111,9 @@ impl Source {
     ///
     /// When [`Source::set_panicking`] asked it to.
     pub async fn load(&self) -> Result<u64, SourceDown> {
-        self.count_load();
+        // What this load does is read before it is counted: a test that
+        // sees the count and then changes the source changes only later
+        // loads.
         let state = &self.state;
         let (version, failing, panicking) = (
             state.version.load(SeqCst),
@@ -119,6 +121,7 @@ impl Source {
             state.panicking.load(SeqCst),
         );
         let delay = state.delay_ms.load(SeqCst);
+        self.count_load();
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }

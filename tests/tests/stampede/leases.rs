@@ -20,7 +20,10 @@ async fn a_dead_leaseholder_delays_others_only_until_its_lease_expires() {
     });
     let lease_key = "t:lease:5:~lease";
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server.cmd::<Option<String>>(&["GET", lease_key]).is_none() {
+    // Its load begun, not only its lease taken: the source's delay is
+    // shared, and a holder that read it after the change below would load
+    // in 10 ms and store (seen once on a loaded machine).
+    while server.cmd::<Option<String>>(&["GET", lease_key]).is_none() || holder.loads() == 0 {
         assert!(Instant::now() < deadline, "the holder never took the lease");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
