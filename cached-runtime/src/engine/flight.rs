@@ -570,6 +570,36 @@ mod tests {
         assert_eq!(flights.misses.load(Ordering::Relaxed), 0);
     }
 
+    /// A waiter whose `wait` ends before the flight's timer (the first
+    /// waiter's, however long: past the clock's range too) stops at its
+    /// own, and leaves the others waiting.
+    #[tokio::test]
+    async fn a_waiter_stops_at_its_own_wait_when_it_ends_first() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let short = Duration::from_millis(20);
+        for (key, first) in [("k", Duration::from_secs(60)), ("max", Duration::MAX)] {
+            let Role::Lead(mut guard) = flights.join_or_lead(&engine, key, first) else {
+                panic!("leads");
+            };
+            let Role::Wait(patient) = flights.join_or_lead(&engine, key, first) else {
+                panic!("waits");
+            };
+            let Role::Wait(hurried) = flights.join_or_lead(&engine, key, short) else {
+                panic!("waits");
+            };
+            let landed = tokio::time::timeout(Duration::from_secs(5), landing(hurried))
+                .await
+                .unwrap_or_else(|_| panic!("{key}: waited past its own wait"));
+            assert!(matches!(landed, Landed::TimedOut), "{key}");
+            guard.land_with(&7u32, Shared::Loaded);
+            match landing(patient).await {
+                Landed::Value(v) => assert_eq!(v.downcast_ref::<u32>(), Some(&7), "{key}"),
+                _ => panic!("{key}: the first waiter was not handed the value"),
+            }
+        }
+    }
+
     #[test]
     fn a_miss_in_flight_is_found_only_while_it_runs() {
         let engine = engine();
