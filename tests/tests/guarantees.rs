@@ -83,10 +83,7 @@ impl Docs {
     /// The first load takes 3 s (a slow query); later ones are quick.
     #[cached(prefix = "slow", ttl = "5m", key = id, wait = "100ms")]
     async fn slow_first(&self, id: u32) -> u32 {
-        if self.source.count_load() == 0 {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
-        id
+        self.first_load_slow(id).await
     }
 
     /// Two call sites of one key with different `wait`s (as a list page and
@@ -94,14 +91,17 @@ impl Docs {
     /// either takes 3 s.
     #[cached(prefix = "shared_wait", ttl = "5m", key = id, wait = "5s")]
     async fn patient(&self, id: u32) -> u32 {
-        if self.source.count_load() == 0 {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
-        id
+        self.first_load_slow(id).await
     }
 
     #[cached(prefix = "shared_wait", ttl = "5m", key = id, wait = "100ms")]
     async fn hurried(&self, id: u32) -> u32 {
+        self.first_load_slow(id).await
+    }
+
+    /// The first load of the source takes 3 s (a slow query); later ones
+    /// are quick.
+    async fn first_load_slow(&self, id: u32) -> u32 {
         if self.source.count_load() == 0 {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
