@@ -327,25 +327,17 @@ fn parts(plan: &Plan) -> Parts {
 /// The parameters the attribute itself reads: in key expressions, in
 /// templates, in `cache = ...`.
 fn used_by_attribute(plan: &Plan) -> Vec<Ident> {
-    struct Idents<'p>(&'p [Ident], Vec<Ident>);
-    impl<'ast> syn::visit::Visit<'ast> for Idents<'_> {
-        fn visit_ident(&mut self, i: &'ast Ident) {
-            if self.0.contains(i) && !self.1.contains(i) {
-                self.1.push(i.clone());
-            }
-        }
-    }
     let params = &plan.info.params;
-    let mut found = Idents(params, Vec::new());
+    let mut found = Vec::new();
     if let Some(KeySpec::Expr(e)) = &plan.args.key {
-        syn::visit::Visit::visit_expr(&mut found, e);
+        crate::valid::params_in(e, params, &mut found);
     }
     if let Some(e) = &plan.args.cache {
-        syn::visit::Visit::visit_expr(&mut found, e);
+        crate::valid::params_in(e, params, &mut found);
     }
     for call in &plan.args.of {
         for arg in &call.args {
-            syn::visit::Visit::visit_expr(&mut found, arg);
+            crate::valid::params_in(arg, params, &mut found);
         }
     }
     let t = &plan.templates;
@@ -360,13 +352,13 @@ fn used_by_attribute(plan: &Plan) -> Vec<Ident> {
         for piece in pieces {
             if let Piece::Param(name) = piece
                 && let Some(ident) = params.iter().find(|p| *p == name)
-                && !found.1.contains(ident)
+                && !found.contains(ident)
             {
-                found.1.push(ident.clone());
+                found.push(ident.clone());
             }
         }
     }
-    found.1
+    found
 }
 
 /// What a `ttl` given as an expression is.

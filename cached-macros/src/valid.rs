@@ -356,22 +356,32 @@ fn check_batch(
 /// Whether `key` mentions the parameter `name` (a template's `{name}`, or
 /// the identifier anywhere in an expression).
 fn key_names(key: &KeySpec, name: &Ident) -> bool {
-    fn in_tokens(tokens: proc_macro2::TokenStream, name: &Ident) -> bool {
-        tokens.into_iter().any(|t| match t {
-            proc_macro2::TokenTree::Ident(i) => i == *name,
-            proc_macro2::TokenTree::Group(g) => in_tokens(g.stream(), name),
-            _ => false,
-        })
-    }
     match key {
         // An unreadable template is reported by its own check.
-        KeySpec::Template(lit) => crate::template::parse(lit).map_or(true, |pieces| {
+        KeySpec::Template(lit) => template::parse(lit).map_or(true, |pieces| {
             pieces
                 .iter()
-                .any(|p| matches!(p, crate::template::Piece::Param(p) if *name == p.as_str()))
+                .any(|p| matches!(p, template::Piece::Param(p) if *name == p.as_str()))
         }),
-        KeySpec::Expr(e) => in_tokens(quote::ToTokens::to_token_stream(e), name),
+        KeySpec::Expr(e) => {
+            let mut found = Vec::new();
+            params_in(e, std::slice::from_ref(name), &mut found);
+            !found.is_empty()
+        }
     }
+}
+
+/// Adds to `found` each of `params` that `expr` names, once.
+pub(crate) fn params_in(expr: &syn::Expr, params: &[Ident], found: &mut Vec<Ident>) {
+    struct Idents<'p>(&'p [Ident], &'p mut Vec<Ident>);
+    impl<'ast> syn::visit::Visit<'ast> for Idents<'_> {
+        fn visit_ident(&mut self, i: &'ast Ident) {
+            if self.0.contains(i) && !self.1.contains(i) {
+                self.1.push(i.clone());
+            }
+        }
+    }
+    syn::visit::Visit::visit_expr(&mut Idents(params, found), expr);
 }
 
 /// `V` of a map type written `Map<K, V>` (`HashMap`, `BTreeMap`, any map
