@@ -94,7 +94,9 @@ struct Flight {
     /// per flight, not one per waiter (1000 waiters' timers cost a
     /// stampede's callers milliseconds).
     timer: Option<tokio::task::AbortHandle>,
-    /// When that timer fires (`None`: no timer, or past the clock's range).
+    /// The first waiter's `wait`, and when the timer fires (`None`: no
+    /// timer, or past the clock's range).
+    wait: Duration,
     deadline: Option<tokio::time::Instant>,
     /// Led by a caller a pending change kept from the backend (see
     /// [`Flights::join_or_lead_as`]): its value comes from the
@@ -124,8 +126,11 @@ impl Flight {
     fn subscribe(&mut self, wait: Duration) -> Waiter {
         if let Some(tx) = &self.tx {
             let rx = tx.subscribe();
-            // Without a timer (no runtime) nothing could time a wait.
-            if self.timer.is_none() {
+            // Without a timer (no runtime) nothing could time a wait; a
+            // wait no shorter than the first waiter's, begun later, ends
+            // after the timer fires (every waiter of a stampede: no clock
+            // read under the lock).
+            if self.timer.is_none() || wait >= self.wait {
                 return Waiter { rx, until: None };
             }
             let own = tokio::time::Instant::now().checked_add(wait);
@@ -155,6 +160,7 @@ impl Flight {
                 }
             });
             self.timer = Some(timer.abort_handle());
+            self.wait = wait;
             self.deadline = tokio::time::Instant::now().checked_add(wait);
         }
         self.tx = Some(tx);
@@ -258,6 +264,7 @@ impl Flights {
                 id,
                 tx: None,
                 timer: None,
+                wait: Duration::ZERO,
                 deadline: None,
                 after_change,
             },
