@@ -222,7 +222,7 @@ impl RedisCluster {
 
     /// [`RedisCluster::freeze_primary_until_failover`], running
     /// `before_thaw` once the replica has taken over and before the old
-    /// primary is thawed.
+    /// primary is thawed (which it is even if `before_thaw` panics).
     pub fn freeze_primary_until_failover_then(
         &mut self,
         i: usize,
@@ -239,10 +239,8 @@ impl RedisCluster {
                             .contains("cluster_state:ok")
                     })
             });
-        }));
-        if taken_over.is_ok() {
             before_thaw();
-        }
+        }));
         self.nodes[i].thaw();
         let frozen_for = started.elapsed();
         if let Err(panic) = taken_over {
