@@ -1699,3 +1699,91 @@ async fn leases_of_a_failed_write_back_are_released_later() {
         "stored"
     );
 }
+
+/// On a cluster, where each id's entry is read on its own: a list (anyone's
+/// data) where one id's stored tag versions are kept (`beside`), or at the
+/// version of its own tag (`row:3`), makes that id unreadable, not the
+/// whole batch's read, tagged or not: the other ids are hits and id 3 is
+/// loaded alone, on every call (its write cannot record its versions, so
+/// it is not stored), and nothing counts as an outage of Redis.
+async fn a_foreign_value_at_one_ids_versions_fails_only_that_id_on_a_cluster(
+    beside: bool,
+    tagged: bool,
+) {
+    let backend = Backend::cluster();
+    let cluster = backend.redis_cluster().expect("a cluster");
+    let c = Catalog::new(backend.cache(), 9);
+    assert_eq!(c.many(true, vec![1, 2, 3, 4, 5]).await, Ok(items(1..=5, 1)));
+    // Every id stored (on a busy machine a write can time out: its id is
+    // loaded again by the next call).
+    let mut stored = false;
+    for _ in 0..20 {
+        let calls = c.batches().len();
+        assert_eq!(c.many(true, vec![1, 2, 3, 4, 5]).await, Ok(items(1..=5, 1)));
+        stored = c.batches().len() == calls;
+        if stored {
+            break;
+        }
+    }
+    assert!(stored, "the batch's entries were never all stored");
+    let pattern = if beside { "*item:3}:~tags" } else { "*row:3}" };
+    let mut found: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .flat_map(|node| node.cmd::<Vec<String>>(&["KEYS", pattern]))
+        .collect();
+    found.sort();
+    found.dedup();
+    assert_eq!(found.len(), 1, "one key {pattern}: {found:?}");
+    let key = &found[0];
+    let owner = cluster.owner_of(key);
+    let node = &cluster.nodes()[owner];
+    let _: () = node.cmd(&["DEL", key]);
+    let _: i64 = node.cmd(&["RPUSH", key, "a", "list"]);
+    let calls = c.batches().len();
+    let errors = || c.cache.stats().iter().map(|s| s.errors).sum::<u64>();
+    let before = errors();
+    for round in 1..=2 {
+        assert_eq!(
+            c.many(tagged, vec![1, 2, 3, 4, 5]).await,
+            Ok(items(1..=5, 1))
+        );
+        assert_eq!(
+            c.batches()[calls..],
+            vec![vec![3]; round],
+            "the other ids were read, id 3 loaded alone (round {round})"
+        );
+    }
+    assert_eq!(c.one(tagged, 3).await, Ok(Some(Item { id: 3, version: 1 })));
+    // The failed writes of id 3 are counted (one per call), not as
+    // outages.
+    assert!(
+        errors() - before <= 3,
+        "more than one failure per call: {}",
+        errors() - before
+    );
+    assert!(!c.cache.breaker_open(), "taken for Redis failing");
+    backend.assert_nothing_refused();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_foreign_value_beside_one_entry_fails_only_that_id_of_a_tagged_batch() {
+    a_foreign_value_at_one_ids_versions_fails_only_that_id_on_a_cluster(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_foreign_value_beside_one_entry_fails_only_that_id_of_an_untagged_batch() {
+    a_foreign_value_at_one_ids_versions_fails_only_that_id_on_a_cluster(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_foreign_value_at_one_ids_tag_version_fails_only_that_id_of_a_tagged_batch()
+{
+    a_foreign_value_at_one_ids_versions_fails_only_that_id_on_a_cluster(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_foreign_value_at_one_ids_tag_version_fails_only_that_id_of_an_untagged_batch()
+ {
+    a_foreign_value_at_one_ids_versions_fails_only_that_id_on_a_cluster(false, false).await;
+}

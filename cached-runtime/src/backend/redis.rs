@@ -687,7 +687,10 @@ impl RedisBackend {
     }
 
     /// The value at `value` (bounded) and the tag versions stored beside
-    /// it, in one `MULTI`/`EXEC` (one slot): both of one write.
+    /// it, in one `MULTI`/`EXEC` (one slot): both of one write. Each reply
+    /// is taken apart on its own, so that a value of another kind under
+    /// either key is an answer about this entry (see [`version_text`]), not
+    /// a failure of the read.
     async fn entry_with_versions(
         &self,
         conn: &mut Conn,
@@ -695,13 +698,21 @@ impl RedisBackend {
     ) -> redis::RedisResult<(redis::Value, Option<String>)> {
         let mut pipe = redis::pipe();
         pipe.atomic()
+            .ignore_errors()
             .cmd("GETRANGE")
             .arg(value)
             .arg("0")
             .arg(self.read_end.as_str())
             .cmd("GET")
             .arg(cluster::beside(value, cluster::TAGS));
-        pipe.query_async(conn).await
+        let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        let Ok([entry, stored]) = <[redis::Value; 2]>::try_from(replies) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a read's replies do not match its keys",
+            )));
+        };
+        Ok((entry, version_text(stored)?))
     }
 
     /// `bytes`, an entry marked as stored with tags, if every tag version
@@ -768,11 +779,13 @@ impl RedisBackend {
         let reads = tags.iter().map(|tag| {
             let mut conn = conn.clone();
             async move {
-                let version = redis::cmd("GET")
-                    .arg(cluster::version_key(tag))
-                    .query_async::<Option<String>>(&mut conn)
-                    .await?;
-                Ok::<_, redis::RedisError>((*tag, version))
+                // Not `query_async`, which turns an error reply into an
+                // error of the whole read.
+                use redis::aio::ConnectionLike as _;
+                let mut get = redis::cmd("GET");
+                get.arg(cluster::version_key(tag));
+                let version = conn.req_packed_command(&get).await?;
+                Ok::<_, redis::RedisError>((*tag, version_text(version)?))
             }
         });
         futures_util::future::try_join_all(reads).await
@@ -2159,6 +2172,21 @@ fn lease_outcome(outcome: i64, epoch: u64) -> LeaseOutcome {
         2 => LeaseOutcome::ValuePresent,
         3 => LeaseOutcome::Changed,
         _ => LeaseOutcome::Held,
+    }
+}
+
+/// A tag's version, or the versions stored beside an entry, as `GET`
+/// answered them on a cluster: `None` if absent, and also if the key holds
+/// something else (a value of another kind, bytes that are not text), which
+/// can only be someone else's data. Either way nothing is served by it: a
+/// marked entry is served only while its versions read as current. Other
+/// error replies (LOADING, MASTERDOWN) fail the read.
+fn version_text(reply: redis::Value) -> redis::RedisResult<Option<String>> {
+    match reply {
+        redis::Value::Nil => Ok(None),
+        redis::Value::BulkString(bytes) => Ok(String::from_utf8(bytes).ok()),
+        redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(None),
+        other => other.extract_error().map(|_| None),
     }
 }
 
