@@ -1787,3 +1787,55 @@ async fn on_a_cluster_a_foreign_value_at_one_ids_tag_version_fails_only_that_id_
  {
     a_foreign_value_at_one_ids_versions_fails_only_that_id_on_a_cluster(false, false).await;
 }
+
+/// On a cluster, a batch reads each id on the primary that owns it. One
+/// primary frozen (for less than its failover takes): the ids it owns are
+/// loaded, and only those; the others are served from their nodes, within
+/// a bound of a few `op_timeout`s, and the breaker (one for every node)
+/// stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_frozen_primary_costs_a_batch_only_the_ids_it_owns() {
+    let mut cluster = cached_tests::RedisCluster::start();
+    let op_timeout = Duration::from_millis(100);
+    let cache = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(cached_tests::NAMESPACE)
+        .op_timeout(op_timeout)
+        .build()
+        .expect("builds");
+    let ids: Vec<u64> = (1..=30).collect();
+    let c = Catalog::new(cache, 30);
+    let mut stored = false;
+    for _ in 0..20 {
+        let calls = c.batches().len();
+        assert_eq!(c.get_many(ids.clone()).await, Ok(items(1..=30, 1)));
+        stored = c.batches().len() == calls;
+        if stored {
+            break;
+        }
+    }
+    assert!(stored, "the batch's entries were never all stored");
+    let owner = |id: u64| cluster.owner_of(&format!("{{{}:item:{id}}}", cached_tests::NAMESPACE));
+    let frozen = owner(1);
+    let theirs: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|&id| owner(id) == frozen)
+        .collect();
+    assert!(theirs.len() < ids.len(), "every id on one node: {theirs:?}");
+    let calls = c.batches().len();
+    let started = Instant::now();
+    {
+        let _frozen = cluster.node_mut(frozen).freeze_guarded();
+        assert_eq!(c.get_many(ids.clone()).await, Ok(items(1..=30, 1)));
+        // One node's failures are not a failure of every node.
+        assert!(!c.cache.breaker_open(), "the breaker opened");
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        c.batches()[calls..],
+        [theirs],
+        "only the frozen primary's ids were loaded"
+    );
+    assert!(took < op_timeout * 6, "the batch took {took:?}");
+}

@@ -477,13 +477,13 @@ impl Backend {
         keys: &[&str],
         tags: &[&[String]],
         timeout: Duration,
-    ) -> Result<Vec<Fetched>, BackendError> {
+    ) -> Result<Vec<Result<Fetched, BackendError>>, BackendError> {
         debug_assert_eq!(keys.len(), tags.len());
         match self {
             Backend::Memory(m) => Ok(keys
                 .iter()
                 .zip(tags)
-                .map(|(key, tags)| m.fetch(key, tags))
+                .map(|(key, tags)| Ok(m.fetch(key, tags)))
                 .collect()),
             Backend::Redis(r) => r.fetch_many(keys, tags, timeout).await,
             Backend::Near(n) => n.fetch_many(keys, tags, timeout).await,

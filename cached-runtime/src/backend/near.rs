@@ -785,16 +785,16 @@ impl NearBackend {
         keys: &[&str],
         tags: &[&[String]],
         timeout: Duration,
-    ) -> Result<Vec<Fetched>, BackendError> {
+    ) -> Result<Vec<Result<Fetched, BackendError>>, BackendError> {
         self.ensure_tracking();
         let usable = self.l1_usable();
-        let mut out: Vec<Option<Fetched>> = Vec::with_capacity(keys.len());
+        let mut out: Vec<Option<Result<Fetched, BackendError>>> = Vec::with_capacity(keys.len());
         let (mut ask, mut ask_tags) = (Vec::new(), Vec::new());
         for (key, tags) in keys.iter().zip(tags) {
             match usable.then(|| self.shared.get(key, tags)).flatten() {
                 Some(entry) => {
                     self.shared.tallies.l1_hits.add();
-                    out.push(Some(Fetched::Near(entry)));
+                    out.push(Some(Ok(Fetched::Near(entry))));
                 }
                 None => {
                     ask.push(*key);
@@ -824,8 +824,8 @@ impl NearBackend {
             .map(|slot| match slot {
                 Some(hit) => hit,
                 None => match answers.next() {
-                    Some(((key, noted), got)) => self.received(key, noted, got),
-                    None => Fetched::Absent,
+                    Some(((key, noted), got)) => got.map(|got| self.received(key, noted, got)),
+                    None => Ok(Fetched::Absent),
                 },
             })
             .collect())

@@ -459,6 +459,39 @@ impl RedisBackend {
         result
     }
 
+    /// Runs `ops` (one per key of a cluster, so on as many nodes) at once,
+    /// each bounded by `timeout` and answering for its key alone, behind
+    /// one admission by the breaker and reported to it once, as one
+    /// operation: a failure only if none of them answered. One node down
+    /// costs its keys, not the breaker's count of failures in a row one per
+    /// key (a batch would open it for every node at once).
+    async fn run_each<T>(
+        &self,
+        timeout: Duration,
+        ops: impl IntoIterator<Item = impl Future<Output = redis::RedisResult<T>>>,
+    ) -> Result<Vec<Result<T, BackendError>>, BackendError> {
+        match self.breaker.admit() {
+            Admit::Pass => {}
+            Admit::Skip => return Err(BackendError::Skipped),
+            Admit::SkipAndProbe => {
+                self.probe(timeout);
+                return Err(BackendError::Skipped);
+            }
+        }
+        let results =
+            futures_util::future::join_all(ops.into_iter().map(|op| run(timeout, op))).await;
+        if !results.is_empty()
+            && results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(BackendError::is_outage))
+        {
+            self.breaker.failed();
+        } else {
+            self.breaker.succeeded();
+        }
+        Ok(results)
+    }
+
     /// Tests the backend with a PING on a fresh connection, from a task of
     /// its own so that no caller waits on it; an answer makes that
     /// connection the one callers use (see [`Connections`]).
@@ -1865,52 +1898,47 @@ type PipelineReplies = redis::RedisResult<Vec<redis::RedisResult<redis::Value>>>
 
 impl RedisBackend {
     /// Reads every key as [`RedisBackend::fetch`] reads it with `tags[i]`,
-    /// one answer per key: untagged, in one pipeline; tagged, on one server
-    /// in one script call, and on a cluster (whose tagged reads take steps
-    /// of their own) each key as a single call, all at once.
+    /// one answer per key. On one server in one round trip (untagged, a
+    /// pipeline; tagged, one script call), which succeeds or fails as a
+    /// whole. On a cluster each key is read as a single call reads it, all
+    /// at once, each with its own timeout and its own answer: a primary
+    /// that fails costs the keys it owns, not the others.
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
         tags: &[&[String]],
         timeout: Duration,
-    ) -> Result<Vec<Fetched>, BackendError> {
+    ) -> Result<Vec<Result<Fetched, BackendError>>, BackendError> {
         debug_assert_eq!(keys.len(), tags.len());
-        if tags.iter().all(|t| t.is_empty()) {
-            self.fetch_pipelined(keys, timeout).await
-        } else if !self.is_cluster() {
-            self.fetch_many_tagged(keys, tags, timeout).await
-        } else {
+        if self.is_cluster() {
+            let conn = self.conn()?;
             let reads = keys
                 .iter()
                 .zip(tags)
-                .map(|(key, tags)| self.fetch(key, tags, timeout));
-            futures_util::future::join_all(reads)
-                .await
-                .into_iter()
-                .collect()
+                .map(|(key, tags)| self.fetch_cluster(conn.clone(), key, tags));
+            return self.run_each(timeout, reads).await;
         }
+        let entries = if tags.iter().all(|t| t.is_empty()) {
+            self.fetch_pipelined(keys, timeout).await?
+        } else {
+            self.fetch_many_tagged(keys, tags, timeout).await?
+        };
+        Ok(entries.into_iter().map(Ok).collect())
     }
 
     /// Reads every key in one pipeline of bounded reads (GETRANGE, as
-    /// [`RedisBackend::fetch`] reads one): one answer per key.
+    /// [`RedisBackend::fetch`] reads one), on one server: one answer per
+    /// key.
     async fn fetch_pipelined(
         &self,
         keys: &[&str],
         timeout: Duration,
     ) -> Result<Vec<Fetched>, BackendError> {
+        debug_assert!(!self.layout.is_cluster(), "a cluster reads key by key");
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
-        if self.layout.is_cluster() {
-            // A cluster runs a pipeline within one slot: each key is read
-            // as `fetch` reads it, all at once.
-            let reads = keys
-                .iter()
-                .map(|key| self.fetch_cluster(conn.clone(), key, &[]));
-            let read = futures_util::future::try_join_all(reads);
-            return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
-        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for key in keys {

@@ -171,7 +171,21 @@ impl Engine {
                         counters.latency_get.record(started.elapsed());
                     }
                     let mut hits = 0;
+                    let mut reported = false;
                     for (&i, entry) in readable.iter().zip(entries) {
+                        // A read of this key alone that failed (a
+                        // cluster's primary): served by the function, as
+                        // a failed read of all.
+                        let entry = match entry {
+                            Ok(entry) => entry,
+                            Err(e) => {
+                                if !std::mem::replace(&mut reported, true) {
+                                    self.backend_failed(&keys[i], "get", &e, counters);
+                                }
+                                unread.push(i);
+                                continue;
+                            }
+                        };
                         // Until something this batch cannot use is seen
                         // under the key, its lease is taken only while the
                         // key is empty (as `take_lease` asks).
@@ -436,7 +450,18 @@ impl Engine {
             }
         };
         let mut asks = Vec::new();
+        let mut reported = false;
         for ((i, mut guard), entry) in present.into_iter().zip(entries) {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    if !std::mem::replace(&mut reported, true) {
+                        self.backend_failed(&keys[i], "get", &e, counters);
+                    }
+                    contested.push((i, guard));
+                    continue;
+                }
+            };
             match self.interpret::<T>(&keys[i], counters, Ok(entry)) {
                 Read::Fresh(item, meta) => {
                     guard.land_with(&item, Shared::Fresh(meta));
