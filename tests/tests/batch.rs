@@ -224,6 +224,18 @@ impl Catalog {
         self.read_rows(ids).await
     }
 
+    /// The same entries, waiting at most 100 ms for another's lease.
+    #[cached(
+        prefix = "item",
+        ttl = "5m",
+        batch,
+        wait = "100ms",
+        name = "item_many_impatient"
+    )]
+    async fn get_many_impatient(&self, ids: Vec<u64>) -> Result<HashMap<u64, Item>, DbError> {
+        self.read_rows(ids).await
+    }
+
     /// The same entries, each under `items` and a tag of its own row
     /// (`{ids}` stands for one id, as in a key).
     #[cached(
@@ -1838,4 +1850,40 @@ async fn on_a_cluster_a_frozen_primary_costs_a_batch_only_the_ids_it_owns() {
         "only the frozen primary's ids were loaded"
     );
     assert!(took < op_timeout * 6, "the batch took {took:?}");
+}
+
+/// Another process's load holds id 1's lease past the batch's `wait`, so
+/// the batch loads id 1 without a lease, and nothing tells it of an
+/// invalidation meanwhile. A single call that begins after another
+/// process's invalidation returned must not share that load: it reads
+/// afresh (the invalidation removed the other process's lease) and loads
+/// the new row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_joins_a_batch_load_without_a_lease_after_another_process_invalidated_gets_the_new_row()
+ {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let here = Catalog::new(backend.cache(), 3);
+    let there = here.with_cache(backend.cache());
+    let lease = format!("{}:item:1:~lease", cached_tests::NAMESPACE);
+    let _: () = server.cmd(&["SET", &lease, "1", "PX", "5000"]);
+    here.slow(Duration::from_millis(300));
+    let batch = tokio::spawn({
+        let here = here.clone();
+        async move { here.get_many_impatient(vec![1]).await }
+    });
+    let began = Instant::now();
+    while here.batches().is_empty() {
+        assert!(began.elapsed() < Duration::from_secs(3), "never loaded");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    here.set_version(1, 2);
+    there.cache.invalidate("item:1").await.expect("invalidates");
+    assert_eq!(
+        here.get(1).await.expect("loads").map(|i| i.version),
+        Some(2),
+        "joined a load that predates the invalidation"
+    );
+    let got = batch.await.expect("joins").expect("loads");
+    assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
 }

@@ -458,6 +458,78 @@ impl Slow {
         tokio::time::sleep(Duration::from_millis(200)).await;
         read
     }
+
+    /// As [`Slow::row`], waiting at most 100 ms for another's lease; the
+    /// load is counted once it has read the source.
+    #[cached(
+        prefix = "slow_row",
+        ttl = "5m",
+        key = id,
+        wait = "100ms",
+        name = "slow_row_impatient"
+    )]
+    async fn row_impatient(&self, id: u32) -> u64 {
+        let _ = id;
+        let read = self.source.version();
+        self.source.count_load();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        read
+    }
+}
+
+/// As below, when the load here holds no lease: another process's load
+/// holds the key's lease past this caller's `wait`, so this process loads
+/// without one, and nothing tells it of an invalidation meanwhile (no lease
+/// of its own to lose). A call that begins after another process's
+/// invalidation returned must not share that load: it reads afresh, and
+/// the invalidation removed the other process's lease, so it loads the
+/// new row. Those who joined before the load began share it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_joins_a_load_without_a_lease_after_another_process_invalidated_gets_no_older_value()
+ {
+    let server = RedisServer::start();
+    let source = Source::new();
+    let here = Arc::new(Slow {
+        cache: redis_cache(&server),
+        source: source.clone(),
+    });
+    let elsewhere = redis_cache(&server);
+    let lease = format!("{}:slow_row:1:~lease", cached_tests::NAMESPACE);
+    let _: () = server.cmd(&["SET", &lease, "1", "PX", "5000"]);
+    let spawn = || {
+        let here = Arc::clone(&here);
+        tokio::spawn(async move { here.row_impatient(1).await })
+    };
+    let leader = spawn();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Joins before the load begins, from a call site that waits longer.
+    let early = tokio::spawn({
+        let here = Arc::clone(&here);
+        async move { here.row(1).await }
+    });
+    let began = std::time::Instant::now();
+    while source.loads() == 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "the load never began"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Another process commits version 2 and invalidates the row.
+    source.set_version(2);
+    elsewhere
+        .invalidate("slow_row:1")
+        .await
+        .expect("invalidates");
+    // (From the call site that waits longer: one that waits 100 ms stops
+    // waiting for the load before it lands, and loads for itself.)
+    assert_eq!(
+        here.row(1).await,
+        2,
+        "joined a load that predates the invalidation"
+    );
+    assert_eq!(leader.await.expect("the leader"), 1, "began before it");
+    assert_eq!(early.await.expect("joins"), 1, "joined before the load");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,10 +329,14 @@ impl Engine {
                         contested.push((i, guard));
                     }
                     // Loaded, not stored. Never sent (skipped by the
-                    // breaker): nothing to release.
+                    // breaker): nothing to release. A request that failed
+                    // leaves the load without a lease: shared only with
+                    // those who joined before it (see `FlightGuard::close`).
                     Err(skipped) => {
                         if skipped {
                             guard.lease = None;
+                        } else {
+                            guard.close();
                         }
                         now.push((i, Some(guard), None));
                     }
@@ -381,12 +385,18 @@ impl Engine {
                     guard.land_with(&value, Shared::Loaded);
                     found[i] = value;
                 }
+                // Loaded without a lease: shared only with those who
+                // joined before (see `FlightGuard::close`).
                 Leasing::NotOurs => {
                     guard.lease = None;
+                    guard.close();
                     later.push((i, Some(guard), None));
                 }
                 // Perhaps ours on the server: the guard releases it.
-                Leasing::Failed => later.push((i, Some(guard), None)),
+                Leasing::Failed => {
+                    guard.close();
+                    later.push((i, Some(guard), None));
+                }
             }
         }
         let mut again = Vec::new();

@@ -276,6 +276,7 @@ impl Flights {
             id,
             refresh: None,
             landed: false,
+            closed: None,
             lease: None,
         }
     }
@@ -317,13 +318,19 @@ impl Flights {
     /// Removes flight `id`, if it is still the one registered for `key`, and
     /// returns its channel if anyone joined it.
     fn remove(&self, key: &str, id: u64) -> Option<Arc<watch::Sender<Landed>>> {
+        self.take(key, id).and_then(|mut flight| flight.tx.take())
+    }
+
+    /// Takes flight `id` out of `running`, if it is still the one
+    /// registered for `key`.
+    fn take(&self, key: &str, id: u64) -> Option<Flight> {
         let mut running = self.lock();
         // One lookup in the usual case; a successor (after a detach) is put
         // back.
-        let (owned, mut flight) = running.remove_entry(key)?;
+        let (owned, flight) = running.remove_entry(key)?;
         if flight.id == id {
             self.misses.fetch_sub(1, Ordering::Relaxed);
-            return flight.tx.take();
+            return Some(flight);
         }
         running.insert(owned, flight);
         None
@@ -351,6 +358,7 @@ impl Flights {
             id: 0,
             refresh: Some(tx),
             landed: false,
+            closed: None,
             lease: None,
         })
     }
@@ -402,6 +410,9 @@ pub(super) struct FlightGuard<'a> {
     /// `soft_timeout` waiters listen on.
     refresh: Option<Arc<watch::Sender<Landed>>>,
     landed: bool,
+    /// Its flight once [closed](FlightGuard::close) to callers who come
+    /// later: those who joined before still wait on its channel and timer.
+    closed: Option<Flight>,
     /// The lease this leader holds, released if it is dropped holding it.
     pub(super) lease: Option<u64>,
 }
@@ -442,10 +453,26 @@ impl FlightGuard<'_> {
         }
     }
 
+    /// Lets callers from now on start a flight of their own rather than
+    /// join this one, whose value they could not be sure of: a load that
+    /// holds no lease (another process's held past `wait`, or the request
+    /// failed) cannot learn of a change another process makes while it
+    /// runs, so it is shared only with callers who began before it did.
+    /// Those keep waiting on it, within their `wait`.
+    pub(super) fn close(&mut self) {
+        if self.landed || self.refresh.is_some() || self.closed.is_some() {
+            return;
+        }
+        self.closed = self.engine.flights.take(&self.key, self.id);
+    }
+
     /// Ends the flight; returns its channel if anyone joined.
     pub(super) fn end(&mut self) -> Option<Arc<watch::Sender<Landed>>> {
         if std::mem::replace(&mut self.landed, true) {
             return None;
+        }
+        if let Some(mut flight) = self.closed.take() {
+            return flight.tx.take();
         }
         let flights = &self.engine.flights;
         if self.refresh.is_some() {

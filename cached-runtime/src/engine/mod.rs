@@ -468,10 +468,14 @@ impl Engine {
                     }
                     Leasing::NotOurs => {
                         guard.lease.take();
+                        guard.close();
                         None
                     }
                     // Perhaps ours on the server: the guard releases it.
-                    Leasing::Failed => None,
+                    Leasing::Failed => {
+                        guard.close();
+                        None
+                    }
                 }
             }
         };
