@@ -1887,3 +1887,38 @@ async fn a_caller_who_joins_a_batch_load_without_a_lease_after_another_process_i
     let got = batch.await.expect("joins").expect("loads");
     assert_eq!(got.get(&1).map(|i| i.version), Some(1), "read before");
 }
+
+/// On a cluster, as on one server: a value of another kind under an id's
+/// entry (anyone's data) is a miss, loaded and overwritten, with the
+/// batch's other ids read as hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_foreign_value_under_one_entry_is_a_miss_and_overwritten() {
+    let backend = Backend::cluster();
+    let cluster = backend.redis_cluster().expect("a cluster");
+    let c = Catalog::new(backend.cache(), 9);
+    let mut stored = false;
+    for _ in 0..20 {
+        let calls = c.batches().len();
+        assert_eq!(c.get_many(vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+        stored = c.batches().len() == calls;
+        if stored {
+            break;
+        }
+    }
+    assert!(stored, "the batch's entries were never all stored");
+    let entry = format!("{{{}:item:3}}", cached_tests::NAMESPACE);
+    let node = &cluster.nodes()[cluster.owner_of(&entry)];
+    let _: () = node.cmd(&["DEL", &entry]);
+    let _: i64 = node.cmd(&["RPUSH", &entry, "a", "list"]);
+    let calls = c.batches().len();
+    for _ in 0..2 {
+        assert_eq!(c.get_many(vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+    }
+    assert_eq!(c.batches()[calls..], [vec![3]], "loaded once, then a hit");
+    assert_eq!(
+        node.cmd::<String>(&["TYPE", &entry]),
+        "string",
+        "overwritten"
+    );
+    backend.assert_nothing_refused();
+}

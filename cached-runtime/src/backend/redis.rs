@@ -645,12 +645,16 @@ impl RedisBackend {
         if tags.is_empty() {
             // Every untagged hit's path: one command (sized up front, as
             // on one server), nothing else made unless the entry is marked.
+            // Not `query_async`, which turns an error reply into an error
+            // of the read: `WRONGTYPE` is an answer (a value of another
+            // kind, overwritten by the load), as on one server.
+            use redis::aio::ConnectionLike as _;
             let mut cmd = redis::Cmd::with_capacity(4, 24 + value.len());
             cmd.arg("GETRANGE")
                 .arg(&value)
                 .arg("0")
                 .arg(self.read_end.as_str());
-            let entry = cmd.query_async::<redis::Value>(&mut conn).await?;
+            let entry = conn.req_packed_command(&cmd).await?;
             let mut bytes = match entry {
                 redis::Value::BulkString(bytes) => bytes,
                 other => return Self::not_bytes(other),
