@@ -435,6 +435,44 @@ fn a_cache_outliving_its_tracking_runtime_distrusts_then_subscribes_again() {
     });
 }
 
+/// The tracking task runs on the runtime of the cache's first use. That
+/// runtime kept but no longer polled (a `current_thread` runtime driven now
+/// and then by `block_on`, say), invalidations and heartbeats wait unread
+/// in the socket and nothing withdraws trust: L1 must still not be served
+/// past the heartbeat's bound (heartbeat plus op timeout) after the last
+/// answered heartbeat, and is served again once the task has caught up.
+#[test]
+fn l1_is_not_served_while_its_tracking_runtime_is_not_polled() {
+    let server = RedisServer::start();
+    let source = Arc::new(AtomicU64::new(1));
+    let svc = Svc::new(near(&server), &source);
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    idle.block_on(async {
+        trusted(&svc.cache).await;
+        l1_serves(&svc, 1, 1, "warm").await;
+    });
+    // `idle` is kept, not polled. Another process changes the row.
+    let other = tokio::runtime::Runtime::new().expect("runtime");
+    other.block_on(async {
+        let writer = Svc::new(cached_tests::redis_cache(&server), &source);
+        writer.evict(1, 2).await;
+        // Well past the heartbeat (20 ms) and the op timeout (50 ms).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            svc.get(1).await,
+            2,
+            "served from an L1 whose channel had not been heard for 300 ms"
+        );
+    });
+    idle.block_on(async {
+        trusted(&svc.cache).await;
+        l1_serves(&svc, 1, 2, "once the tracking task runs again").await;
+    });
+}
+
 // ---- across OS processes ----------------------------------------------------
 
 /// Set in a child's environment: the ignored child test does nothing

@@ -43,7 +43,7 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
@@ -324,6 +324,13 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     /// Whether L1 may be read and filled.
     trusted: AtomicBool,
+    /// Until when (nanoseconds after `born`) the last answered heartbeat
+    /// vouches for L1: the next answer is due by then. Trust is withdrawn
+    /// only by the tracking task, which does not run while its runtime is
+    /// not polled (pushes then wait unread in the socket); this bound holds
+    /// whether it runs or not.
+    vouched: AtomicU64,
+    born: Instant,
     /// The tracking connection being made or in use (each one's number).
     epoch: AtomicU64,
     /// The newest tracking connection known lost (its disconnect pushed).
@@ -381,6 +388,8 @@ impl Shared {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(false),
+            vouched: AtomicU64::new(0),
+            born: Instant::now(),
             epoch: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             max_ttl: settings.max_ttl,
@@ -410,6 +419,25 @@ impl Shared {
         self.trusted.load(Ordering::SeqCst)
     }
 
+    /// Whether L1 may be read and filled now: trusted, and vouched for by
+    /// a heartbeat answered within its bound (see [`Shared::vouched`]).
+    #[inline]
+    fn is_vouched(&self) -> bool {
+        self.is_trusted() && self.since_born() < self.vouched.load(Ordering::SeqCst)
+    }
+
+    /// Extends the vouch to `window` from now: every push Redis sent before
+    /// the answer just read has been applied (they share the connection).
+    fn vouch(&self, window: Duration) {
+        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let until = self.since_born().saturating_add(window);
+        self.vouched.store(until, Ordering::SeqCst);
+    }
+
+    fn since_born(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// A change of `key` reached this process: no read noted before it may
     /// fill, and no copy stays.
     fn changed(&self, key: &str) {
@@ -435,8 +463,10 @@ impl Shared {
 
     /// Trusts L1 again, emptied first (what changed while the channel was
     /// down was never announced), on the word of tracking connection
-    /// `epoch`: unless that connection was reported lost already.
-    fn trust(&self, epoch: u64) {
+    /// `epoch`: unless that connection was reported lost already. Vouched
+    /// for `vouched_for`, until the next heartbeat's answer is due.
+    fn trust(&self, epoch: u64, vouched_for: Duration) {
+        self.vouch(vouched_for);
         self.flush();
         self.trusted.store(true, Ordering::SeqCst);
         self.metrics.trusted.set(1.0);
@@ -461,7 +491,7 @@ impl Shared {
         // Generation first: a flush between the two reads is then seen by
         // the check after the insert.
         let generation = self.generation.load(Ordering::SeqCst);
-        if !self.is_trusted() {
+        if !self.is_vouched() {
             return None;
         }
         let slot = slot(key);
@@ -722,7 +752,7 @@ impl NearBackend {
     /// Whether L1 may be read now.
     #[inline]
     fn l1_usable(&self) -> bool {
-        self.shared.is_trusted() && !self.redis.breaker_open()
+        self.shared.is_vouched() && !self.redis.breaker_open()
     }
 
     /// L1's entry for `key`, if it has one it may serve now (counted as an
@@ -955,7 +985,7 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
             }
         };
         match shared.upgrade() {
-            Some(s) => s.trust(epoch),
+            Some(s) => s.trust(epoch, tracker.heartbeat + tracker.timeout),
             None => return,
         }
         warned = false;
@@ -986,6 +1016,10 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
             if !matches!(pong, Ok(Ok(_))) {
                 tracing::debug!("near cache: tracking connection missed its heartbeat");
                 break;
+            }
+            // Until the next heartbeat's answer is due.
+            if let Some(s) = shared.upgrade() {
+                s.vouch(tracker.heartbeat + tracker.timeout);
             }
             // A heartbeat answered: the connection is good, so a failure
             // after it starts the backoff over. (Not at subscription: a
@@ -1024,15 +1058,35 @@ impl Drop for TrackGuard {
 mod tests {
     use super::*;
 
+    /// A vouch that outlasts every test here.
+    const LONG: Duration = Duration::from_secs(3600);
+
     fn shared() -> Arc<Shared> {
         let s = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
         s.epoch.store(1, Ordering::SeqCst);
-        s.trust(1);
+        s.trust(1, LONG);
         s
     }
 
     fn entry_bytes(value: u32) -> Vec<u8> {
         entry_living(value, 60_000, 60_000)
+    }
+
+    /// Trusted but not vouched for (no heartbeat answered within its
+    /// bound): nothing is read or noted, until a heartbeat vouches again.
+    #[test]
+    fn a_vouch_that_ran_out_keeps_l1_aside_while_trusted() {
+        let s = shared();
+        assert!(s.is_vouched() && s.note("t:a", &[]).is_some());
+        s.vouch(Duration::from_millis(20));
+        assert!(s.is_vouched(), "within its window");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(s.is_trusted() && !s.is_vouched(), "past its window");
+        assert!(s.note("t:a", &[]).is_none(), "noted a fill");
+        s.vouch(LONG);
+        assert!(s.is_vouched() && s.note("t:a", &[]).is_some());
+        s.distrust();
+        assert!(!s.is_vouched(), "vouched for, not trusted");
     }
 
     /// An entry fresh for `fresh_ms` from now, then stale until `life_ms`.
@@ -1080,7 +1134,7 @@ mod tests {
         assert!(s.get("t:k", &[]).is_none());
         s.distrust();
         assert!(s.note("t:k", &[]).is_none());
-        s.trust(1);
+        s.trust(1, LONG);
         let noted = s.note("t:k", &[]);
         s.fill("t:k", noted, entry_bytes(1));
         assert!(s.get("t:k", &[]).is_some());
@@ -1177,7 +1231,7 @@ mod tests {
         let s = shared();
         // An older connection's disconnect, arriving late: no effect.
         s.epoch.store(2, Ordering::SeqCst);
-        s.trust(2);
+        s.trust(2, LONG);
         s.on_push(
             1,
             PushInfo {
@@ -1195,7 +1249,7 @@ mod tests {
                 data: vec![],
             },
         );
-        s.trust(3);
+        s.trust(3, LONG);
         assert!(!s.is_trusted());
     }
 
@@ -1222,8 +1276,8 @@ mod tests {
             "t",
         );
         let lasting = Shared::new(&NearCache::new().max_bytes(1 << 20), "t");
-        brief.trust(1);
-        lasting.trust(1);
+        brief.trust(1, LONG);
+        lasting.trust(1, LONG);
         // Redis keeps this one a minute: the brief tier serves it 40 ms.
         let noted = brief.note("t:k", &[]);
         brief.fill("t:k", noted, entry_bytes(1));
@@ -1274,7 +1328,7 @@ mod tests {
             Duration::from_millis(50),
             Duration::from_millis(50),
         );
-        near.shared.trust(1);
+        near.shared.trust(1, LONG);
         near
     }
 
@@ -1351,7 +1405,7 @@ mod tests {
     #[test]
     fn only_entries_dropped_for_the_bound_count_as_evictions() {
         let s = Shared::new(&NearCache::new().max_bytes(64 << 10), "t");
-        s.trust(1);
+        s.trust(1, LONG);
         for value in 0..5 {
             let noted = s.note("t:k", &[]);
             s.fill("t:k", noted, entry_bytes(value));
@@ -1423,7 +1477,7 @@ mod tests {
     #[test]
     fn l1_stays_within_its_byte_bound() {
         let s = Shared::new(&NearCache::new().max_bytes(64 << 10), "t");
-        s.trust(1);
+        s.trust(1, LONG);
         let bytes = entry_bytes(7);
         // An entry weighs its key, its bytes and the overhead, exactly.
         let noted = s.note("t:first", &[]);
