@@ -1804,7 +1804,7 @@ async fn on_a_cluster_a_foreign_value_at_one_ids_tag_version_fails_only_that_id_
 /// primary frozen (for less than its failover takes): the ids it owns are
 /// loaded, and only those; the others are served from their nodes, within
 /// a bound of a few `op_timeout`s, and the breaker (one for every node)
-/// stays closed.
+/// stays closed. With every primary frozen, it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_frozen_primary_costs_a_batch_only_the_ids_it_owns() {
     let mut cluster = cached_tests::RedisCluster::start();
@@ -1850,6 +1850,24 @@ async fn on_a_cluster_a_frozen_primary_costs_a_batch_only_the_ids_it_owns() {
         "only the frozen primary's ids were loaded"
     );
     assert!(took < op_timeout * 6, "the batch took {took:?}");
+    // Every primary frozen: no node answers, each batch's reads are one
+    // failure for the breaker (its ids are loaded without leases, so
+    // nothing else is asked), and five of them open it.
+    let primaries = cluster.primaries();
+    for &i in &primaries {
+        cluster.node_mut(i).freeze();
+    }
+    for _ in 0..5 {
+        assert_eq!(c.get_many(ids.clone()).await, Ok(items(1..=30, 1)));
+    }
+    let open = c.cache.breaker_open();
+    for &i in &primaries {
+        cluster.node_mut(i).thaw();
+    }
+    assert!(
+        open,
+        "five batches found no node answering: the breaker stayed closed"
+    );
 }
 
 /// Another process's load holds id 1's lease past the batch's `wait`, so
