@@ -68,6 +68,79 @@ fn matches_bytes(p: &[u8], t: &[u8]) -> bool {
     p[pi..].iter().all(|&b| b == b'*')
 }
 
+/// `pattern` rewritten to select exactly the same texts, and to go on
+/// doing so with more pattern appended: every class closed, and no lone
+/// backslash at the end. A Redis Cluster wraps a pattern in the braces of
+/// its value keys (`{pattern}`), and without this an unclosed class
+/// (`a[b`) would take the `}` in as a member, and a trailing `\` would
+/// escape it: the pattern would select other keys than on one server.
+///
+/// Inside a class, a member that is not a range is written so that what
+/// follows cannot make it one: a literal `-` as `\-`, and a class's
+/// trailing lone `\` (a literal backslash) as `\\`. Ranges and escapes
+/// are copied as they are (a range takes its three bytes whatever they
+/// are). Only ASCII backslashes are added, each before an ASCII byte, so
+/// the result is still UTF-8.
+pub(crate) fn closed(pattern: &str) -> std::borrow::Cow<'_, str> {
+    let p = pattern.as_bytes();
+    if !p.contains(&b'[') && p.last() != Some(&b'\\') {
+        return std::borrow::Cow::Borrowed(pattern);
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(p.len() + 8);
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' if i + 1 < p.len() => {
+                out.extend_from_slice(&p[i..i + 2]);
+                i += 2;
+            }
+            // A lone backslash at the end: the byte itself.
+            b'\\' => {
+                out.extend_from_slice(b"\\\\");
+                i += 1;
+            }
+            b'[' => {
+                out.push(b'[');
+                i += 1;
+                if p.get(i) == Some(&b'^') {
+                    out.push(b'^');
+                    i += 1;
+                }
+                // The class's members, as `class` reads them.
+                loop {
+                    let Some(&b) = p.get(i) else {
+                        out.push(b']');
+                        break;
+                    };
+                    if b == b'\\' && i + 1 < p.len() {
+                        out.extend_from_slice(&p[i..i + 2]);
+                        i += 2;
+                    } else if b == b']' {
+                        out.push(b']');
+                        i += 1;
+                        break;
+                    } else if i + 2 < p.len() && p[i + 1] == b'-' {
+                        out.extend_from_slice(&p[i..i + 3]);
+                        i += 3;
+                    } else {
+                        if b == b'-' || b == b'\\' {
+                            out.push(b'\\');
+                        }
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII bytes were added, each before an ASCII byte or at the end.
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| pattern.to_owned()))
+}
+
 /// Tests the byte `c` against the element starting at `at` (not a `*`):
 /// returns where the next element starts, and whether `c` matched.
 fn element(p: &[u8], at: usize, c: u8) -> (usize, bool) {
@@ -112,7 +185,61 @@ fn class(p: &[u8], mut i: usize, c: u8) -> (usize, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{closed, matches};
+
+    /// Generated patterns and texts over every metacharacter, a dash, a
+    /// backslash and multi-byte characters: the closed pattern selects what
+    /// the pattern selects, alone and wrapped as a cluster wraps it (the
+    /// memory matcher is Redis's, see `tests/tests/glob_parity.rs`).
+    #[test]
+    fn a_closed_pattern_selects_the_same_texts_alone_and_wrapped() {
+        const ALPHABET: &[char] = &[
+            'a', 'b', 'z', ':', '*', '?', '[', ']', '^', '-', '\\', 'é', '}',
+        ];
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let text = |rng: &mut fastrand::Rng, max: usize| -> String {
+            let len = rng.usize(0..=max);
+            (0..len)
+                .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+                .collect()
+        };
+        for _ in 0..20_000 {
+            let pattern = text(&mut rng, 7);
+            let c = closed(&pattern);
+            for _ in 0..8 {
+                // Keys are never empty (the empty text is Redis's special
+                // case, matched by `*` alone, and by `**` once wrapped).
+                let t = text(&mut rng, 5);
+                if t.is_empty() {
+                    continue;
+                }
+                let want = matches(&pattern, &t);
+                let wrapped = |suffix: &str| {
+                    matches(&format!("{{{c}}}{suffix}"), &format!("{{{t}}}{suffix}"))
+                };
+                assert!(
+                    matches(&c, &t) == want && wrapped("") == want && wrapped(":~lease") == want,
+                    "seed {seed}: {pattern:?} closed as {c:?} on {t:?}: {want} alone"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn closing_changes_only_what_more_pattern_would_change() {
+        assert_eq!(closed("p:a*"), "p:a*");
+        assert_eq!(closed("p:[0-9]"), "p:[0-9]");
+        assert_eq!(closed("a[b"), "a[b]");
+        assert_eq!(closed("a["), "a[]");
+        assert_eq!(closed("a[^"), "a[^]");
+        assert_eq!(closed("a\\"), "a\\\\");
+        assert_eq!(closed("a\\\\"), "a\\\\", "an escaped backslash is kept");
+        assert_eq!(closed("[ab-"), "[ab\\-]");
+        assert_eq!(closed("[a-]"), "[a-]]", "`]` ends the range `]`..=`a`");
+        assert_eq!(closed("[é-"), "[é\\-]");
+        assert_eq!(closed("[b\\"), "[b\\\\]");
+    }
 
     #[test]
     fn stars_questions_and_literals() {

@@ -1420,3 +1420,57 @@ async fn a_caller_after_a_failed_change_is_not_handed_a_read_of_the_old_row() {
     assert!(seen.stale.is_empty(), "{:#?}", seen.stale);
     assert_eq!(third, Some(2), "the row the failed change replaced");
 }
+
+/// A pattern invalidation on a cluster removes exactly what it removes on
+/// one server (the memory backend's matcher, which is Redis's, see
+/// `glob_parity.rs`): generated keys and patterns over the glob's
+/// metacharacters, unclosed classes, trailing backslashes and dashes among
+/// them, whose cluster form wraps the pattern in the value keys' braces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_invalidation_removes_what_it_removes_on_one_server() {
+    const ALPHABET: &[char] = &['a', 'b', ':', '*', '?', '[', ']', '^', '-', '\\', 'é'];
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let text = |rng: &mut fastrand::Rng, len: std::ops::RangeInclusive<usize>| -> String {
+        let len = rng.usize(len);
+        (0..len)
+            .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+            .collect()
+    };
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let mut keys: Vec<String> = (0..40)
+        .map(|_| format!("g:{}", text(&mut rng, 1..=3)))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut patterns = vec![
+        "g:a[b".to_owned(),
+        "g:a\\".to_owned(),
+        "g:[a-".to_owned(),
+        "g:[ab-".to_owned(),
+        "g:[^".to_owned(),
+        "g:*\\".to_owned(),
+    ];
+    while patterns.len() < 40 {
+        patterns.push(format!("g:{}", text(&mut rng, 1..=4)));
+    }
+    let full = |k: &str| format!("{NAMESPACE}:{k}");
+    for pattern in &patterns {
+        for key in &keys {
+            cache.set(key, &1u8, Duration::from_secs(60)).await;
+        }
+        cache
+            .invalidate_pattern(pattern)
+            .await
+            .expect("invalidates");
+        for key in &keys {
+            let removed = cached_runtime::__private::__glob_matches(&full(pattern), &full(key));
+            assert_eq!(
+                cache.get::<u8>(key).await.is_none(),
+                removed,
+                "seed {seed}: invalidate_pattern({pattern:?}) and {key:?}: removed on one server: {removed}"
+            );
+        }
+    }
+}

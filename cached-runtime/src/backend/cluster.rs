@@ -149,9 +149,11 @@ pub(crate) fn lease_tags_of(lease: &str) -> String {
 /// The glob on physical keys that matches the values whose logical keys
 /// `pattern` matches: `{pattern}`. The braces are literal in a glob and
 /// match the value key's own; a lease or tag-version key (which goes on
-/// after the `}`) does not match.
+/// after the `}`) does not match. The pattern is [closed](crate::glob::closed)
+/// first, so that the `}` (and a lease's suffix after it) cannot become
+/// part of an unclosed class or an escape.
 pub(crate) fn value_pattern(pattern: &str) -> String {
-    value_key(pattern)
+    value_key(&crate::glob::closed(pattern))
 }
 
 /// The version key of the full tag key `tag`: `{tag}`.
