@@ -612,10 +612,13 @@ impl Shared {
                                     self.flush();
                                     continue;
                                 };
+                                // A lease's churn is not counted as an
+                                // invalidation, but is applied as one: a
+                                // raw key (`Cache::set`) may end the same.
+                                self.changed(key);
                                 if key.ends_with(LEASE_SUFFIX) {
                                     continue;
                                 }
-                                self.changed(key);
                                 self.tallies.invalidations.fetch_add(1, Ordering::Relaxed);
                                 self.metrics.invalidations.increment(1);
                             }
