@@ -123,10 +123,19 @@ impl<T: KeyPart + ?Sized> KeyPart for std::sync::Arc<T> {
 }
 
 /// `None` is written as `~`; text parts escape `~`, so `Some("~")` differs.
+/// A `Some` whose value is written starting with `~` (a `None` inside it:
+/// `Option<Option<T>>`, or a tuple led by one) gets one more `~` in front,
+/// so `Some(None)` (`~~`) differs from `None` (`~`).
 impl<T: KeyPart> KeyPart for Option<T> {
     fn write_key_part(&self, out: &mut String) {
         match self {
-            Some(v) => v.write_key_part(out),
+            Some(v) => {
+                let start = out.len();
+                v.write_key_part(out);
+                if out[start..].starts_with('~') {
+                    out.insert(start, '~');
+                }
+            }
             None => out.push('~'),
         }
     }
@@ -385,6 +394,37 @@ mod tests {
         assert_eq!(backslash, r"p:a\\b");
         let pattern = KeyBuilder::pattern("").literal("p:").part(r"a\b").finish();
         assert!(crate::glob::matches(&pattern, &backslash));
+    }
+
+    #[test]
+    fn nested_options_give_distinct_keys() {
+        let key = |p: &dyn Fn(KeyBuilder) -> KeyBuilder| p(KeyBuilder::new("ns", "p")).finish();
+        let nested: [Option<Option<Option<&str>>>; 7] = [
+            None,
+            Some(None),
+            Some(Some(None)),
+            Some(Some(Some(""))),
+            Some(Some(Some("~"))),
+            Some(Some(Some("~~"))),
+            Some(Some(Some("a"))),
+        ];
+        let tupled: [Option<(Option<&str>, u8)>; 4] = [
+            None,
+            Some((None, 1)),
+            Some((Some("~"), 1)),
+            Some((Some(""), 1)),
+        ];
+        // (Within a type: `None` is `~` whatever it is `None` of.)
+        let nested: Vec<String> = nested.iter().map(|v| key(&|b| b.part(v))).collect();
+        let tupled: Vec<String> = tupled.iter().map(|v| key(&|b| b.part(v))).collect();
+        for keys in [nested, tupled] {
+            let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+            assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        }
+        // Unchanged for one level: `None` is `~`, `Some(v)` is `v`.
+        assert_eq!(key(&|b| b.part(&None::<&str>)), "ns:p:~");
+        assert_eq!(key(&|b| b.part(&Some("a"))), "ns:p:a");
+        assert_eq!(key(&|b| b.part(&Some(None::<&str>))), "ns:p:~~");
     }
 
     /// Hostile text for key parts: separators, escapes, glob characters,

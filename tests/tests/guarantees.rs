@@ -13,6 +13,7 @@ use cached_tests::{
 on_both_backends!(
     a_tenant_never_reads_another_tenants_entry,
     a_key_part_holding_the_separator_is_not_a_template_key,
+    nested_options_get_entries_of_their_own,
     a_pattern_eviction_removes_only_the_entity_it_names,
     a_prefix_eviction_removes_the_entry_of_a_function_without_key_parameters,
     duration_max_means_never_expires_and_never_panics,
@@ -52,6 +53,13 @@ impl Docs {
     async fn doc(&self, tenant: String, name: String) -> String {
         self.source.count_load();
         format!("{tenant}|{name}")
+    }
+
+    /// A filter where `None` is "any owner" and `Some(None)` "no owner".
+    #[cached(prefix = "by_owner", ttl = "5m", key = owner)]
+    async fn by_owner(&self, owner: Option<Option<String>>) -> String {
+        self.source.count_load();
+        format!("{owner:?}")
     }
 
     #[cached(prefix = "video", ttl = "5m", key = "{video_id}:placements")]
@@ -146,6 +154,22 @@ async fn a_key_part_holding_the_separator_is_not_a_template_key(backend: &Backen
     );
     assert_eq!(docs.placements("7".into()).await, "placements of 7");
     assert_eq!(docs.loads(), 2);
+}
+
+async fn nested_options_get_entries_of_their_own(backend: &Backend) {
+    let docs = Docs::new(backend.cache());
+    let filters = [
+        None,
+        Some(None),
+        Some(Some(String::new())),
+        Some(Some("~".to_owned())),
+    ];
+    for _ in 0..2 {
+        for owner in &filters {
+            assert_eq!(docs.by_owner(owner.clone()).await, format!("{owner:?}"));
+        }
+    }
+    assert_eq!(docs.source.loads(), 4, "one load per filter, then hits");
 }
 
 async fn a_pattern_eviction_removes_only_the_entity_it_names(backend: &Backend) {
