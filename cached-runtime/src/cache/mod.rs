@@ -180,7 +180,12 @@ impl Cache {
             .into_iter()
             .map(|k| self.full_key(k.as_ref()))
             .collect();
-        self.engine.invalidate_full(&keys).await
+        // Dropped before it finishes (a request timeout), the change is
+        // retried, as a failed one is, rather than lost with the future.
+        let unfinished = self.engine.unfinished(&keys, &[], &[]);
+        let result = self.engine.invalidate_full(&keys).await;
+        unfinished.finished();
+        result
     }
 
     /// Removes every entry whose key (relative to the namespace) matches the
@@ -196,14 +201,24 @@ impl Cache {
             full.push(':');
         }
         full.push_str(pattern);
-        self.engine.invalidate_pattern_full(&full).await
+        // As `invalidate_many`: dropped, retried.
+        let patterns = [full];
+        let unfinished = self.engine.unfinished(&[], &patterns, &[]);
+        let result = self.engine.invalidate_pattern_full(&patterns[0]).await;
+        unfinished.finished();
+        result
     }
 
     /// Removes every entry cached with `tag` (the `tags` option of
     /// `#[cached]`), including entries whose loads were in flight. Returns how
     /// many entries were removed.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
-        self.engine.invalidate_tag_full(&self.tag_key(tag)).await
+        // As `invalidate_many`: dropped, retried.
+        let tags = [self.tag_key(tag)];
+        let unfinished = self.engine.unfinished(&[], &[], &tags);
+        let result = self.engine.invalidate_tag_full(&tags[0]).await;
+        unfinished.finished();
+        result
     }
 
     /// Returns the value under `key`, or runs `load`, caches its `Ok` value
