@@ -644,6 +644,16 @@ impl Backend {
         }
     }
 
+    /// Starts the breaker's probe if it is due (see
+    /// `RedisBackend::let_probe`); nothing in memory.
+    pub(crate) fn let_probe(&self, timeout: Duration) {
+        match self {
+            Backend::Memory(_) => {}
+            Backend::Redis(r) => r.let_probe(timeout),
+            Backend::Near(n) => n.redis.let_probe(timeout),
+        }
+    }
+
     pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
         match self {
             Backend::Memory(_) => Ok(()),

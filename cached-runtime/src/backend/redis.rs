@@ -432,6 +432,17 @@ impl RedisBackend {
         !self.breaker.is_closed()
     }
 
+    /// Starts the breaker's probe if it is open and its backoff has passed,
+    /// as a read would. For the task retrying changes while no read of this
+    /// process asks the breaker (a pending tag or pattern keeps them all
+    /// from the backend): the probe is what replaces connections gone
+    /// silent, which the retries alone would wait on for ever.
+    pub(crate) fn let_probe(&self, timeout: Duration) {
+        if matches!(self.breaker.admit(), Admit::SkipAndProbe) {
+            self.probe(timeout);
+        }
+    }
+
     /// Runs one operation within `timeout`, through the breaker, and tells
     /// the breaker how it went.
     async fn run<T>(

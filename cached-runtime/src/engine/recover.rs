@@ -22,12 +22,13 @@
 //! into one invalidation of the whole namespace.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::backend::BackendError;
+use crate::clock::now_ms;
 
 /// The longest pause between two retries of a change. Short: a release
 /// that has not landed keeps every other process's callers of its key
@@ -50,6 +51,10 @@ pub(crate) struct Pending {
     state: Mutex<State>,
     /// Whether a retry task runs.
     retrying: AtomicBool,
+    /// When the retry task last began a turn or an attempt (Unix ms): a
+    /// task whose runtime is kept but no longer polled stops beating, and
+    /// the next change pended starts another (see [`Engine::pend`]).
+    beat: AtomicU64,
 }
 
 /// Each item: when it first landed (`None`: not yet).
@@ -302,9 +307,17 @@ impl Engine {
             pending = self.pending.len(),
             "a change did not reach the backend; retrying it in the background"
         );
-        if self.pending.retrying.swap(true, Ordering::AcqRel) {
+        // A task that has not beaten for this long is not being polled (its
+        // runtime is kept idle): another is started beside it. Two tasks
+        // retry the same changes at worst, which land once.
+        let stalled = self.op_timeout.saturating_mul(2) + MAX_BACKOFF + Duration::from_secs(1);
+        if self.pending.retrying.swap(true, Ordering::AcqRel)
+            && now_ms().saturating_sub(self.pending.beat.load(Ordering::Acquire))
+                < crate::clock::duration_ms(stalled)
+        {
             return;
         }
+        self.pending.beat.store(now_ms(), Ordering::Release);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to retry from: the next change made inside one
             // starts the task; until then the keys stay blocked.
@@ -367,16 +380,39 @@ impl Engine {
     }
 }
 
+/// Clears `retrying` when the retry task is dropped before it ends (its
+/// runtime shut down), so that the next change pended starts it again.
+struct RetryStopped {
+    engine: Weak<Engine>,
+    armed: bool,
+}
+
+impl Drop for RetryStopped {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(engine) = self.engine.upgrade()
+        {
+            engine.pending.retrying.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Retries every pending change until none is left, or the cache is gone.
 async fn retry(engine: Weak<Engine>) {
+    let mut stopped = RetryStopped {
+        engine: engine.clone(),
+        armed: true,
+    };
     let mut backoff = Duration::from_millis(10);
     loop {
         tokio::time::sleep(backoff).await;
         let Some(engine) = engine.upgrade() else {
+            stopped.armed = false;
             return;
         };
         let mut failed = false;
         for change in engine.pending.snapshot() {
+            engine.pending.beat.store(now_ms(), Ordering::Release);
             let timeout = engine.op_timeout;
             let result = match &change {
                 Change::Keys(keys) => engine.backend.invalidate(keys, timeout).await.map(drop),
@@ -403,6 +439,9 @@ async fn retry(engine: Weak<Engine>) {
                 Err(_) => failed = true,
             }
         }
+        if failed {
+            engine.backend.let_probe(engine.op_timeout);
+        }
         backoff = if failed {
             (backoff * 2).min(MAX_BACKOFF)
         } else {
@@ -414,6 +453,7 @@ async fn retry(engine: Weak<Engine>) {
             // A change added after the check, whose `pend` saw the task
             // running, is picked up by restarting.
             if engine.pending.len() == 0 || engine.pending.retrying.swap(true, Ordering::AcqRel) {
+                stopped.armed = false;
                 return;
             }
             backoff = Duration::from_millis(10);

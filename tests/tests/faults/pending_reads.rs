@@ -81,3 +81,146 @@ async fn a_refused_tag_eviction_keeps_untagged_readers_from_what_it_removed() {
     assert_eq!(batch.as_deref(), Some("v2"), "the batch reader served it");
     assert_ne!(typed.as_deref(), Some("v1 of 1"), "Cache::get served it");
 }
+
+/// Waits (at most `within`) until `key` is gone from `server`.
+async fn until_gone(server: &RedisServer, key: &str, within: Duration, what: &str) {
+    let began = std::time::Instant::now();
+    while server.cmd::<i64>(&["EXISTS", key]) == 1 {
+        assert!(began.elapsed() < within, "{what}: {key} still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tag eviction over connections gone silent (stranded) is pending, and
+/// a pending tag keeps every read of this process from the cache: no read
+/// then asks the breaker, whose probe is what replaces a silent
+/// connection. The retries must still get the change to Redis (other
+/// processes serve the entry until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_tag_over_stranded_connections_lands() {
+    let server = RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let s = Rows::new(
+        builder(&server)
+            .redis(proxy.url())
+            .build()
+            .expect("a valid cache"),
+    );
+    assert_eq!(s.tagged(1).await.name, "v1 of 1");
+    let entry = format!("{}:trow:1:row", cached_tests::NAMESPACE);
+    assert_eq!(server.cmd::<i64>(&["EXISTS", &entry]), 1);
+    proxy.strand();
+    s.rename_all_tagged(1, "v2".into()).await;
+    until_gone(
+        &server,
+        &entry,
+        Duration::from_secs(5),
+        "the tag's eviction never landed",
+    )
+    .await;
+    assert_eq!(s.tagged(1).await.name, "v2");
+}
+
+/// `Cache::invalidate_pattern` (and its siblings) whose caller is dropped
+/// mid-way (a request timeout) while Redis is frozen: what it was to
+/// remove is retried, as `#[cache_evict]`'s is, not lost with the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_invalidation_by_hand_still_lands() {
+    let mut server = RedisServer::start();
+    let s = rows(&server);
+    assert_eq!(s.get(1).await.name, "v1 of 1");
+    assert_eq!(s.tagged(2).await.name, "v1 of 2");
+    assert_eq!(s.get(3).await.name, "v1 of 3");
+    let full = |k: &str| format!("{}:{k}", cached_tests::NAMESPACE);
+    {
+        let _frozen = server.freeze_guarded();
+        let by_pattern = tokio::time::timeout(
+            Duration::from_millis(20),
+            s.cache.invalidate_pattern("row:1"),
+        )
+        .await;
+        let by_tag =
+            tokio::time::timeout(Duration::from_millis(20), s.cache.invalidate_tag("rows")).await;
+        let by_key =
+            tokio::time::timeout(Duration::from_millis(20), s.cache.invalidate("row:3")).await;
+        assert!(
+            by_pattern.is_err() && by_tag.is_err() && by_key.is_err(),
+            "the callers were dropped mid-way"
+        );
+    }
+    for key in ["row:1", "trow:2:row", "row:3"] {
+        until_gone(
+            &server,
+            &full(key),
+            Duration::from_secs(5),
+            "a dropped invalidation was lost",
+        )
+        .await;
+    }
+}
+
+/// The retries run on the runtime of the change that first failed. That
+/// runtime shut down (a test's, or a short-lived one of a CLI) drops the
+/// task; a cache that lives on must still retry what it pends later.
+#[test]
+fn a_change_pended_after_the_retrying_runtime_shut_down_is_still_retried() {
+    let server = RedisServer::start();
+    let s = rows(&server);
+    let nobody = free_port().to_string();
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    first.block_on(async {
+        assert_eq!(s.get(1).await.name, "v1 of 1");
+        server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &nobody]);
+        assert!(s.cache.invalidate("row:1").await.is_err(), "refused");
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        assert_eq!(s.get(2).await.name, "v1 of 2");
+        assert!(s.cache.invalidate("row:2").await.is_err(), "refused");
+        server.cmd::<()>(&["REPLICAOF", "NO", "ONE"]);
+        let full = |k: &str| format!("{}:{k}", cached_tests::NAMESPACE);
+        for key in ["row:1", "row:2"] {
+            until_gone(&server, &full(key), Duration::from_secs(5), "never retried").await;
+        }
+    });
+}
+
+/// As above, with the first runtime kept but no longer polled (a
+/// `current_thread` runtime driven now and then by `block_on`): its task
+/// stops beating, and a change pended from another runtime once it has
+/// stalled starts one there. (The connections were made on the idle
+/// runtime too, and are as stuck as its task: the breaker's probe, which
+/// the retries let run, replaces them from the runtime that runs.)
+#[test]
+fn a_change_pended_while_the_retrying_runtime_is_idle_is_still_retried() {
+    let server = RedisServer::start();
+    let s = Rows::new(builder(&server).build().expect("a valid cache"));
+    let nobody = free_port().to_string();
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    idle.block_on(async {
+        assert_eq!(s.get(1).await.name, "v1 of 1");
+        server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &nobody]);
+        assert!(s.cache.invalidate("row:1").await.is_err(), "refused");
+    });
+    let other = tokio::runtime::Runtime::new().expect("runtime");
+    other.block_on(async {
+        // Past the stall bound (twice the op timeout, the longest backoff
+        // and a second).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(s.cache.invalidate("row:2").await.is_err(), "refused");
+        server.cmd::<()>(&["REPLICAOF", "NO", "ONE"]);
+        let full = |k: &str| format!("{}:{k}", cached_tests::NAMESPACE);
+        until_gone(
+            &server,
+            &full("row:1"),
+            Duration::from_secs(5),
+            "never retried",
+        )
+        .await;
+    });
+    drop(idle);
+}
