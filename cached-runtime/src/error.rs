@@ -60,8 +60,10 @@ impl std::error::Error for BuildError {}
 pub struct CacheError(pub(crate) BackendError);
 
 impl CacheError {
-    /// A short label for the failure: `timeout`, `connection`,
-    /// `redis`, `encode`, `too_large` or `circuit_open`.
+    /// A short label for the failure: `timeout`, `connection`, `auth`,
+    /// `permission`, `redis`, `encode`, `too_large`, `circuit_open`, or
+    /// `reserved_key` (a key given by hand names one the cache keeps for
+    /// itself: a segment starting with `~` and a letter).
     pub fn kind(&self) -> &'static str {
         self.0.kind()
     }
@@ -78,7 +80,10 @@ impl std::error::Error for CacheError {
         match &self.0 {
             BackendError::Redis(e) => Some(e),
             BackendError::Encode(e) => Some(&**e),
-            BackendError::Timeout | BackendError::TooLarge(_) | BackendError::Skipped => None,
+            BackendError::Timeout
+            | BackendError::TooLarge(_)
+            | BackendError::Skipped
+            | BackendError::ReservedKey => None,
         }
     }
 }

@@ -280,6 +280,20 @@ fn unique_hash() -> u128 {
 /// keys escape `~`, so no entry key starts with it.
 pub(crate) const TAG_PREFIX: &str = "~tag";
 
+/// Whether a key given by hand names one the cache keeps for itself: a
+/// `:`-separated segment that starts with `~` and a letter (`~lease`,
+/// `~tag`, `~epoch`: leases, tag indexes and epochs live under such names).
+/// No key the macros build has one (text parts escape `~`, and `None` is a
+/// `~` alone), so only the typed API by hand (`Cache::set("x:~lease")`)
+/// needs this check. Segments are split on every `:`, escaped or not, as
+/// Redis sees the name.
+pub(crate) fn is_reserved(key: &str) -> bool {
+    key.split(':').any(|segment| {
+        let mut bytes = segment.bytes();
+        bytes.next() == Some(b'~') && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+    })
+}
+
 /// The stats name of a key relative to the namespace: its first segment.
 pub(crate) fn stats_name(key: &str) -> &str {
     key.split(':').next().unwrap_or(key)
@@ -394,6 +408,35 @@ mod tests {
         assert_eq!(backslash, r"p:a\\b");
         let pattern = KeyBuilder::pattern("").literal("p:").part(r"a\b").finish();
         assert!(crate::glob::matches(&pattern, &backslash));
+    }
+
+    #[test]
+    fn reserved_names_are_told_from_keys_the_macros_build() {
+        for reserved in ["~epoch", "~tag:t", "x:~lease", "a:~Tags:b", r"a\:~lease"] {
+            assert!(is_reserved(reserved), "{reserved}");
+        }
+        for key in [
+            "x",
+            "x:~",
+            "x:~~",
+            "x:~:1",
+            "x:~1",
+            r"x:\~lease",
+            "x~lease",
+            "",
+        ] {
+            assert!(!is_reserved(key), "{key}");
+        }
+        // What the macros build from hostile text is never reserved.
+        for text in ["~lease", ":~lease", "~tag:t", "a:~epoch"] {
+            let key = KeyBuilder::new("", "p").part(text).finish();
+            assert!(!is_reserved(&key), "{key}");
+            let key = KeyBuilder::new("", "p").part(&Some(Some(text))).finish();
+            assert!(!is_reserved(&key), "{key}");
+        }
+        assert!(!is_reserved(
+            &KeyBuilder::new("", "p").part(&Some(None::<u8>)).finish()
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ on_both_backends!(
     a_tenant_never_reads_another_tenants_entry,
     a_key_part_holding_the_separator_is_not_a_template_key,
     nested_options_get_entries_of_their_own,
+    a_key_given_by_hand_cannot_name_the_caches_own,
     a_pattern_eviction_removes_only_the_entity_it_names,
     a_prefix_eviction_removes_the_entry_of_a_function_without_key_parameters,
     duration_max_means_never_expires_and_never_panics,
@@ -170,6 +171,49 @@ async fn nested_options_get_entries_of_their_own(backend: &Backend) {
         }
     }
     assert_eq!(docs.source.loads(), 4, "one load per filter, then hits");
+}
+
+/// The typed API takes keys by hand, perhaps built from user input
+/// (`format!("doc:{tenant}:{name}")`). One whose segment starts with `~`
+/// and a letter names what the cache keeps for itself (a lease, a tag
+/// index, an epoch): it is refused, and nothing is written there. Written,
+/// `doc:alice:x:~lease` would have been the lease of `doc("alice", "x")`:
+/// every call of it would wait out `wait`, then load and store nothing.
+async fn a_key_given_by_hand_cannot_name_the_caches_own(backend: &Backend) {
+    let docs = Docs::new(backend.cache());
+    let ttl = Duration::from_secs(60);
+    let lease = "doc:alice:x:~lease";
+    let loaded: Result<u8, ()> = docs.cache.get_or_load(lease, ttl, || async { Ok(7) }).await;
+    assert_eq!(loaded, Ok(7), "loaded, not cached");
+    docs.cache.set(lease, &1u8, ttl).await;
+    docs.cache.set("~epoch", &1u8, ttl).await;
+    assert_eq!(docs.cache.get::<u8>(lease).await, None);
+    for refused in [
+        docs.cache.invalidate("~tag:all").await,
+        docs.cache.invalidate_many(["doc:a", "doc:b:~lease"]).await,
+    ] {
+        assert_eq!(refused.map_err(|e| e.kind()), Err("reserved_key"));
+    }
+    if let Some(server) = backend.server() {
+        let full = |k: &str| format!("{}:{k}", cached_tests::NAMESPACE);
+        for key in [lease, "~epoch"] {
+            assert_eq!(
+                server.cmd::<i64>(&["EXISTS", &full(key)]),
+                0,
+                "{key} written"
+            );
+        }
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        assert_eq!(docs.doc("alice".into(), "x".into()).await, "alice|x");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "waited {:?} behind a lease",
+        started.elapsed()
+    );
+    assert_eq!(docs.source.loads(), 1, "stored, then a hit");
 }
 
 async fn a_pattern_eviction_removes_only_the_entity_it_names(backend: &Backend) {

@@ -30,6 +30,9 @@ pub(crate) enum BackendError {
     TooLarge(usize),
     /// The circuit breaker is open: the backend was not asked.
     Skipped,
+    /// A key given by hand names one the cache keeps for itself (see
+    /// `key::is_reserved`): the backend was not asked.
+    ReservedKey,
 }
 
 impl BackendError {
@@ -48,6 +51,7 @@ impl BackendError {
             BackendError::Encode(_) => "encode",
             BackendError::TooLarge(_) => "too_large",
             BackendError::Skipped => "circuit_open",
+            BackendError::ReservedKey => "reserved_key",
         }
     }
 
@@ -58,7 +62,10 @@ impl BackendError {
         match self {
             BackendError::Timeout => true,
             BackendError::Redis(e) => is_outage(e),
-            BackendError::Encode(_) | BackendError::TooLarge(_) | BackendError::Skipped => false,
+            BackendError::Encode(_)
+            | BackendError::TooLarge(_)
+            | BackendError::Skipped
+            | BackendError::ReservedKey => false,
         }
     }
 }
@@ -123,6 +130,9 @@ impl std::fmt::Display for BackendError {
                 )
             }
             BackendError::Skipped => f.write_str("circuit breaker open; backend skipped"),
+            BackendError::ReservedKey => f.write_str(
+                "the key names one the cache keeps for itself (a segment starting with `~` and a letter); not used",
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@ pub use builder::{
 };
 
 use crate::Cacheable;
+use crate::backend::BackendError;
 use crate::engine::Engine;
 use crate::engine::policy::{Call, Keep, Policy};
 use crate::error::{BuildError, CacheError};
@@ -114,9 +115,20 @@ impl Cache {
 
     /// Reads `key` (relative to the namespace). Absent, expired, unreadable
     /// and failed reads are all `None`; failures are logged and counted.
+    ///
+    /// Keys given by hand (here and in [`set`](Cache::set),
+    /// [`invalidate`](Cache::invalidate) and [`get_or_load`](Cache::get_or_load))
+    /// may not have a `:`-separated segment that starts with `~` and a
+    /// letter: such names are the cache's own (leases, tag indexes). One is
+    /// refused (`None` here, nothing written by `set`, a `reserved_key`
+    /// error from `invalidate`, the loader alone in `get_or_load`), and
+    /// counted and logged as a failure. No key the macros build has one.
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
+        if self.refused(key, "get", &counters) {
+            return None;
+        }
         if !self.engine.enabled || self.engine.pending.blocks(&full) {
             // A change of the key has not reached the backend yet.
             counters.misses.add();
@@ -142,6 +154,9 @@ impl Cache {
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
+        if self.refused(key, "set", &counters) {
+            return;
+        }
         let keep = Keep {
             ttl,
             stale: Duration::ZERO,
@@ -155,6 +170,19 @@ impl Cache {
             .write(&keys[0], Some(value), keep, &[], &counters)
             .await;
         unfinished.finished();
+    }
+
+    /// Whether `key` (given by hand) names one the cache keeps for itself
+    /// (a lease, a tag index, an epoch: see `key::is_reserved`): if so the
+    /// operation `op` is refused, counted and logged as a failure, and the
+    /// backend is not asked.
+    fn refused(&self, key: &str, op: &'static str, counters: &crate::stats::Counters) -> bool {
+        let reserved = crate::key::is_reserved(key);
+        if reserved {
+            self.engine
+                .backend_failed(key, op, &BackendError::ReservedKey, counters);
+        }
+        reserved
     }
 
     /// The full key of a tag's index: `{namespace}:~tag:{tag}`.
@@ -178,8 +206,14 @@ impl Cache {
     {
         let keys: Vec<String> = keys
             .into_iter()
-            .map(|k| self.full_key(k.as_ref()))
-            .collect();
+            .map(|k| {
+                let k = k.as_ref();
+                if crate::key::is_reserved(k) {
+                    return Err(CacheError(BackendError::ReservedKey));
+                }
+                Ok(self.full_key(k))
+            })
+            .collect::<Result<_, _>>()?;
         // Dropped before it finishes (a request timeout), the change is
         // retried, as a failed one is, rather than lost with the future.
         let unfinished = self.engine.unfinished(&keys, &[], &[]);
@@ -212,6 +246,10 @@ impl Cache {
     /// Removes every entry cached with `tag` (the `tags` option of
     /// `#[cached]`), including entries whose loads were in flight. Returns how
     /// many entries were removed.
+    ///
+    /// `tag` is the text the macro wrote, parts escaped as in keys: the tag
+    /// `"video:{video_id}"` of `video_id = "a:b"` is `video:a\:b`. Build it
+    /// with [`push_key_text`](crate::push_key_text) from user text.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
         // As `invalidate_many`: dropped, retried.
         let tags = [self.tag_key(tag)];
@@ -246,6 +284,9 @@ impl Cache {
     {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
+        if self.refused(key, "get", &counters) {
+            return load().await;
+        }
         let policy = Policy::new(ttl);
         let call: Call<'_, T, T> = Call {
             key: full,
