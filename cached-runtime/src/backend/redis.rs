@@ -1084,8 +1084,19 @@ impl RedisBackend {
         };
         let mut conn = self.conn()?;
         let bump = redis::cmd("INCR").arg(epoch_key).to_owned();
-        self.run::<i64>(Gate::Always, timeout, bump.query_async(&mut conn))
-            .await?;
+        let bumped = self
+            .run::<i64>(Gate::Always, timeout, bump.query_async(&mut conn))
+            .await;
+        // Refused for memory (`-OOM`, `noeviction`), Redis still takes the
+        // deletions: what matches now is removed at once, and the error is
+        // returned after, so that the whole change is retried (the epoch
+        // included) once Redis takes writes. Leased stores, writes too, are
+        // refused meanwhile.
+        let refused = match bumped {
+            Ok(_) => None,
+            Err(BackendError::Redis(e)) if e.code() == Some("OOM") => Some(BackendError::Redis(e)),
+            Err(e) => return Err(e),
+        };
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -1113,7 +1124,10 @@ impl RedisBackend {
                 removed += n;
             }
             if next == 0 {
-                return Ok(removed);
+                return match refused {
+                    None => Ok(removed),
+                    Some(e) => Err(e),
+                };
             }
             cursor = next;
         }

@@ -348,3 +348,34 @@ fn unlink_denials(log: &redis::Value) -> u64 {
         })
         .sum()
 }
+
+/// Under `maxmemory` with `noeviction` Redis refuses writes (`-OOM`) but
+/// still takes deletions. A pattern eviction begins with a write (the
+/// namespace's epoch, which outdates leases taken before it): refused, it
+/// must still remove what it matches now, while it is retried for the
+/// rest, rather than leave other processes the old entries for as long as
+/// memory stays full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_eviction_refused_for_memory_still_removes_what_it_matches() {
+    let server = RedisServer::start();
+    let s = rows(&server);
+    assert_eq!(s.get(1).await.name, "v1 of 1");
+    assert_eq!(s.list(1).await.len(), 3);
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "1"]);
+    s.rename_everywhere(1, "v2".into()).await;
+    let full = |k: &str| format!("{}:{k}", cached_tests::NAMESPACE);
+    let exists = |k: &str| server.cmd::<i64>(&["EXISTS", &full(k)]);
+    let began = Instant::now();
+    while exists("row:1") + exists("list:1") > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "still there with memory full: row:1 {}, list:1 {}",
+            exists("row:1"),
+            exists("list:1")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
+    until_converged(&server, 1, "v2").await;
+}
