@@ -131,7 +131,7 @@ impl std::fmt::Display for BackendError {
             }
             BackendError::Skipped => f.write_str("circuit breaker open; backend skipped"),
             BackendError::ReservedKey => f.write_str(
-                "the key names one the cache keeps for itself (a segment starting with `~` and a letter); not used",
+                "the key names one the cache keeps for itself (a segment such as `~lease` or `~tag`); not used",
             ),
         }
     }
@@ -355,16 +355,18 @@ impl Backend {
     }
 
     /// Removes every entry whose full key matches the glob; returns how many.
+    /// `first`: not a retry (see `RedisBackend::invalidate_pattern`).
     pub(crate) async fn invalidate_pattern(
         &self,
         pattern: &str,
         timeout: Duration,
+        first: bool,
     ) -> Result<u64, BackendError> {
         match self {
             Backend::Memory(m) => Ok(m.invalidate_pattern(pattern)),
-            Backend::Redis(r) => r.invalidate_pattern(pattern, timeout).await,
+            Backend::Redis(r) => r.invalidate_pattern(pattern, timeout, first).await,
             Backend::Near(n) => {
-                let removed = n.redis.invalidate_pattern(pattern, timeout).await;
+                let removed = n.redis.invalidate_pattern(pattern, timeout, first).await;
                 n.barrier().await;
                 removed
             }

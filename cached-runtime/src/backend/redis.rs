@@ -1075,6 +1075,7 @@ impl RedisBackend {
         &self,
         pattern: &str,
         timeout: Duration,
+        first: bool,
     ) -> Result<u64, BackendError> {
         let epoch_key = match &self.layout {
             Layout::Single { epoch_key } => epoch_key,
@@ -1088,13 +1089,17 @@ impl RedisBackend {
             .run::<i64>(Gate::Always, timeout, bump.query_async(&mut conn))
             .await;
         // Refused for memory (`-OOM`, `noeviction`), Redis still takes the
-        // deletions: what matches now is removed at once, and the error is
-        // returned after, so that the whole change is retried (the epoch
-        // included) once Redis takes writes. Leased stores, writes too, are
-        // refused meanwhile.
+        // deletions: on its `first` attempt, what matches now is removed at
+        // once, and the error is returned after, so that the whole change is
+        // retried (the epoch included) once Redis takes writes. Retries stop
+        // at the epoch: nothing matching can be written meanwhile (leased
+        // stores, writes too, are refused), and a scan of the keyspace every
+        // retry would only load a server already in trouble.
         let refused = match bumped {
             Ok(_) => None,
-            Err(BackendError::Redis(e)) if e.code() == Some("OOM") => Some(BackendError::Redis(e)),
+            Err(BackendError::Redis(e)) if first && e.code() == Some("OOM") => {
+                Some(BackendError::Redis(e))
+            }
             Err(e) => return Err(e),
         };
         let mut cursor: u64 = 0;

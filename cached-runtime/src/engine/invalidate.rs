@@ -46,7 +46,7 @@ impl Engine {
         let started = Instant::now();
         let result = self
             .backend
-            .invalidate_pattern(pattern, self.op_timeout)
+            .invalidate_pattern(pattern, self.op_timeout, true)
             .await;
         self.after_change(Changed::Pattern(pattern), result.is_err());
         self.invalidated(pattern, "invalidate_pattern", started, result)

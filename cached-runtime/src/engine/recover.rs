@@ -229,10 +229,13 @@ impl Pending {
         fn settle<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Option<Instant>>, key: &K) {
             match map.get_mut(key) {
                 Some(at @ None) => *at = Some(Instant::now()),
-                Some(Some(_)) => {
+                // Landed again once settled. (A second retry task, started
+                // beside a stalled one, may land what the first just did:
+                // that is not the end of its settling.)
+                Some(Some(at)) if at.elapsed() >= SETTLE => {
                     map.remove(key);
                 }
-                None => {}
+                _ => {}
             }
         }
         let mut state = crate::lock(&self.state);
@@ -397,6 +400,18 @@ impl Drop for RetryStopped {
     }
 }
 
+/// Runs `attempt`, recording a beat (see [`Pending::beat`]) whenever it is
+/// polled: a retry that takes long (a pattern scanning a large keyspace)
+/// is not a stalled task while its runtime polls it.
+async fn beating<T>(beat: &AtomicU64, attempt: impl Future<Output = T>) -> T {
+    let mut attempt = std::pin::pin!(attempt);
+    std::future::poll_fn(|cx| {
+        beat.store(now_ms(), Ordering::Release);
+        attempt.as_mut().poll(cx)
+    })
+    .await
+}
+
 /// Retries every pending change until none is left, or the cache is gone.
 async fn retry(engine: Weak<Engine>) {
     let mut stopped = RetryStopped {
@@ -412,18 +427,24 @@ async fn retry(engine: Weak<Engine>) {
         };
         let mut failed = false;
         for change in engine.pending.snapshot() {
-            engine.pending.beat.store(now_ms(), Ordering::Release);
             let timeout = engine.op_timeout;
-            let result = match &change {
-                Change::Keys(keys) => engine.backend.invalidate(keys, timeout).await.map(drop),
-                Change::Pattern(p) => engine
-                    .backend
-                    .invalidate_pattern(p, timeout)
-                    .await
-                    .map(drop),
-                Change::Tag(t) => engine.backend.invalidate_tag(t, timeout).await.map(drop),
-                Change::Release(k, token) => engine.backend.release_lease(k, *token, timeout).await,
+            let attempt = async {
+                match &change {
+                    Change::Keys(keys) => engine.backend.invalidate(keys, timeout).await.map(drop),
+                    // A retry: under `-OOM` it stops at the epoch rather
+                    // than scan again what the first attempt removed.
+                    Change::Pattern(p) => engine
+                        .backend
+                        .invalidate_pattern(p, timeout, false)
+                        .await
+                        .map(drop),
+                    Change::Tag(t) => engine.backend.invalidate_tag(t, timeout).await.map(drop),
+                    Change::Release(k, token) => {
+                        engine.backend.release_lease(k, *token, timeout).await
+                    }
+                }
             };
+            let result = beating(&engine.pending.beat, attempt).await;
             match result {
                 Ok(()) => {
                     // As when a change lands on time: no caller from now
@@ -478,6 +499,7 @@ mod tests {
         assert!(p.blocks("ns:b:1"));
         assert!(p.blocks("ns:a:2"));
         p.landed(&Change::Tag("ns:~tag:t".into()));
+        settled(&p);
         p.landed(&Change::Tag("ns:~tag:t".into()));
         assert_eq!(p.len(), 2);
         assert!(p.blocks("ns:a:1"));
@@ -490,10 +512,42 @@ mod tests {
         p.landed(&Change::Keys(vec!["ns:a:1".into()]));
         assert!(p.blocks("ns:a:1"));
         assert!(!p.snapshot().contains(&Change::Keys(vec!["ns:a:1".into()])));
+        // Landed again at once (by a second retry task, started beside a
+        // stalled one, from its snapshot): still settling.
+        p.landed(&Change::Keys(vec!["ns:a:1".into()]));
+        assert!(
+            p.blocks("ns:a:1"),
+            "a second landing cut its settling short"
+        );
         // Landed again, after settling: done.
+        settled(&p);
         p.landed(&Change::Keys(vec!["ns:a:1".into()]));
         assert!(!p.blocks("ns:a:1"));
         assert_eq!(p.len(), 1);
+    }
+
+    /// Ages every landed item of `p` past its settling time.
+    fn settled(p: &Pending) {
+        let long_ago = Instant::now()
+            .checked_sub(SETTLE)
+            .expect("a clock past SETTLE");
+        let mut state = crate::lock(&p.state);
+        let State {
+            keys,
+            patterns,
+            tags,
+            releases,
+        } = &mut *state;
+        for at in keys
+            .values_mut()
+            .chain(patterns.values_mut())
+            .chain(tags.values_mut())
+            .chain(releases.values_mut())
+        {
+            if at.is_some() {
+                *at = Some(long_ago);
+            }
+        }
     }
 
     fn engine() -> Arc<Engine> {
