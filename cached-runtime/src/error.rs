@@ -63,7 +63,7 @@ impl CacheError {
     /// A short label for the failure: `timeout`, `connection`, `auth`,
     /// `permission`, `redis`, `encode`, `too_large`, `circuit_open`, or
     /// `reserved_key` (a key given by hand names one the cache keeps for
-    /// itself: a segment starting with `~` and a letter).
+    /// itself, such as `x:~lease`).
     pub fn kind(&self) -> &'static str {
         self.0.kind()
     }

@@ -280,18 +280,18 @@ fn unique_hash() -> u128 {
 /// keys escape `~`, so no entry key starts with it.
 pub(crate) const TAG_PREFIX: &str = "~tag";
 
-/// Whether a key given by hand names one the cache keeps for itself: a
-/// `:`-separated segment that starts with `~` and a letter (`~lease`,
-/// `~tag`, `~epoch`: leases, tag indexes and epochs live under such names).
-/// No key the macros build has one (text parts escape `~`, and `None` is a
-/// `~` alone), so only the typed API by hand (`Cache::set("x:~lease")`)
-/// needs this check. Segments are split on every `:`, escaped or not, as
-/// Redis sees the name.
+/// The `:`-separated segments that name what the cache keeps for itself:
+/// leases (`{key}:~lease`), tag indexes (`{namespace}:~tag:{tag}`), the
+/// namespace's epoch (`{namespace}:~epoch`), and a cluster's side keys.
+const RESERVED: [&str; 5] = ["~lease", "~tag", "~epoch", "~tags", "~ltags"];
+
+/// Whether a key given by hand names one the cache keeps for itself: it has
+/// one of the [`RESERVED`] segments. No key the macros build has one (text
+/// parts escape `~`, and `None` is a `~` alone), so only the typed API by
+/// hand (`Cache::set("x:~lease")`) needs this check. Segments are split on
+/// every `:`, escaped or not, as Redis sees the name.
 pub(crate) fn is_reserved(key: &str) -> bool {
-    key.split(':').any(|segment| {
-        let mut bytes = segment.bytes();
-        bytes.next() == Some(b'~') && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
-    })
+    key.contains('~') && key.split(':').any(|segment| RESERVED.contains(&segment))
 }
 
 /// The stats name of a key relative to the namespace: its first segment.
@@ -412,7 +412,14 @@ mod tests {
 
     #[test]
     fn reserved_names_are_told_from_keys_the_macros_build() {
-        for reserved in ["~epoch", "~tag:t", "x:~lease", "a:~Tags:b", r"a\:~lease"] {
+        for reserved in [
+            "~epoch",
+            "~tag:t",
+            "x:~lease",
+            "a:~tags:b",
+            "~ltags",
+            r"a\:~lease",
+        ] {
             assert!(is_reserved(reserved), "{reserved}");
         }
         for key in [
@@ -423,6 +430,8 @@ mod tests {
             "x:~1",
             r"x:\~lease",
             "x~lease",
+            "x:~leases",
+            "home:~alice",
             "",
         ] {
             assert!(!is_reserved(key), "{key}");

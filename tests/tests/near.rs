@@ -473,30 +473,6 @@ fn l1_is_not_served_while_its_tracking_runtime_is_not_polled() {
     });
 }
 
-/// A raw key may end as a lease does (`x:~lease`): another cache's change
-/// of it still reaches this L1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raw_key_ending_as_a_lease_does_is_still_invalidated() {
-    let server = RedisServer::start();
-    let (reader, writer) = (near(&server), cached_tests::redis_cache(&server));
-    trusted(&reader).await;
-    let ttl = Duration::from_secs(60);
-    writer.set("x:~lease", &1u64, ttl).await;
-    let until = Instant::now() + Duration::from_secs(3);
-    loop {
-        let before = l1_hits(&reader);
-        assert_eq!(reader.get::<u64>("x:~lease").await, Some(1));
-        if l1_hits(&reader) > before {
-            break;
-        }
-        assert!(Instant::now() < until, "L1 never answered");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    writer.set("x:~lease", &2u64, ttl).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(reader.get::<u64>("x:~lease").await, Some(2));
-}
-
 // ---- across OS processes ----------------------------------------------------
 
 /// Set in a child's environment: the ignored child test does nothing

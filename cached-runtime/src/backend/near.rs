@@ -612,13 +612,13 @@ impl Shared {
                                     self.flush();
                                     continue;
                                 };
-                                // A lease's churn is not counted as an
-                                // invalidation, but is applied as one: a
-                                // raw key (`Cache::set`) may end the same.
-                                self.changed(key);
+                                // A lease's churn: never in L1 (a key
+                                // by hand may not end so, see
+                                // `key::is_reserved`).
                                 if key.ends_with(LEASE_SUFFIX) {
                                     continue;
                                 }
+                                self.changed(key);
                                 self.tallies.invalidations.fetch_add(1, Ordering::Relaxed);
                                 self.metrics.invalidations.increment(1);
                             }
@@ -988,7 +988,7 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
             }
         };
         match shared.upgrade() {
-            Some(s) => s.trust(epoch, tracker.heartbeat + tracker.timeout),
+            Some(s) => s.trust(epoch, tracker.heartbeat.saturating_add(tracker.timeout)),
             None => return,
         }
         warned = false;
@@ -1022,7 +1022,7 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
             }
             // Until the next heartbeat's answer is due.
             if let Some(s) = shared.upgrade() {
-                s.vouch(tracker.heartbeat + tracker.timeout);
+                s.vouch(tracker.heartbeat.saturating_add(tracker.timeout));
             }
             // A heartbeat answered: the connection is good, so a failure
             // after it starts the backoff over. (Not at subscription: a

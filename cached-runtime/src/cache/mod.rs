@@ -118,11 +118,12 @@ impl Cache {
     ///
     /// Keys given by hand (here and in [`set`](Cache::set),
     /// [`invalidate`](Cache::invalidate) and [`get_or_load`](Cache::get_or_load))
-    /// may not have a `:`-separated segment that starts with `~` and a
-    /// letter: such names are the cache's own (leases, tag indexes). One is
-    /// refused (`None` here, nothing written by `set`, a `reserved_key`
-    /// error from `invalidate`, the loader alone in `get_or_load`), and
-    /// counted and logged as a failure. No key the macros build has one.
+    /// may not have a `:`-separated segment `~lease`, `~tag`, `~epoch`,
+    /// `~tags` or `~ltags`: such names are the cache's own (leases, tag
+    /// indexes). One is refused (`None` here, nothing written by `set`, a
+    /// `reserved_key` error from `invalidate`, the loader alone in
+    /// `get_or_load`), and counted and logged as a failure. No key the
+    /// macros build has one.
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let full = self.full_key(key);
         let counters = self.engine.stats.counters(stats_name(key));
@@ -208,7 +209,8 @@ impl Cache {
             .into_iter()
             .map(|k| {
                 let k = k.as_ref();
-                if crate::key::is_reserved(k) {
+                let counters = || self.engine.stats.counters(stats_name(k));
+                if crate::key::is_reserved(k) && self.refused(k, "invalidate", &counters()) {
                     return Err(CacheError(BackendError::ReservedKey));
                 }
                 Ok(self.full_key(k))
