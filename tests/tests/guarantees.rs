@@ -518,6 +518,19 @@ struct Slow {
 }
 
 impl Slow {
+    /// A server, the source, this process's service on it, and another
+    /// process's cache.
+    fn two_processes() -> (RedisServer, Source, Arc<Slow>, Cache) {
+        let server = RedisServer::start();
+        let source = Source::new();
+        let here = Arc::new(Slow {
+            cache: redis_cache(&server),
+            source: source.clone(),
+        });
+        let elsewhere = redis_cache(&server);
+        (server, source, here, elsewhere)
+    }
+
     /// Reads the source, then takes 200 ms.
     #[cached(prefix = "slow_row", ttl = "5m", key = id)]
     async fn row(&self, id: u32) -> u64 {
@@ -555,13 +568,7 @@ impl Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_joins_a_load_without_a_lease_after_another_process_invalidated_gets_no_older_value()
  {
-    let server = RedisServer::start();
-    let source = Source::new();
-    let here = Arc::new(Slow {
-        cache: redis_cache(&server),
-        source: source.clone(),
-    });
-    let elsewhere = redis_cache(&server);
+    let (server, source, here, elsewhere) = Slow::two_processes();
     let lease = format!("{}:slow_row:1:~lease", cached_tests::NAMESPACE);
     let _: () = server.cmd(&["SET", &lease, "1", "PX", "5000"]);
     let spawn = || {
@@ -602,13 +609,7 @@ async fn a_caller_who_joins_a_load_without_a_lease_after_another_process_invalid
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_joins_after_another_process_invalidated_gets_no_older_value() {
-    let server = RedisServer::start();
-    let source = Source::new();
-    let here = Arc::new(Slow {
-        cache: redis_cache(&server),
-        source: source.clone(),
-    });
-    let elsewhere = redis_cache(&server);
+    let (_server, source, here, elsewhere) = Slow::two_processes();
     let leader = tokio::spawn({
         let here = Arc::clone(&here);
         async move { here.row(1).await }

@@ -443,6 +443,19 @@ impl RedisBackend {
         }
     }
 
+    /// Whether the breaker lets an operation through: `Skipped` if not,
+    /// after starting its probe when one is due.
+    fn admitted(&self, timeout: Duration) -> Result<(), BackendError> {
+        match self.breaker.admit() {
+            Admit::Pass => Ok(()),
+            Admit::Skip => Err(BackendError::Skipped),
+            Admit::SkipAndProbe => {
+                self.probe(timeout);
+                Err(BackendError::Skipped)
+            }
+        }
+    }
+
     /// Runs one operation within `timeout`, through the breaker, and tells
     /// the breaker how it went.
     async fn run<T>(
@@ -452,14 +465,7 @@ impl RedisBackend {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
         if gate == Gate::Breaker {
-            match self.breaker.admit() {
-                Admit::Pass => {}
-                Admit::Skip => return Err(BackendError::Skipped),
-                Admit::SkipAndProbe => {
-                    self.probe(timeout);
-                    return Err(BackendError::Skipped);
-                }
-            }
+            self.admitted(timeout)?;
         }
         let result = run(timeout, fut).await;
         match &result {
@@ -481,14 +487,7 @@ impl RedisBackend {
         timeout: Duration,
         ops: impl IntoIterator<Item = impl Future<Output = redis::RedisResult<T>>>,
     ) -> Result<Vec<Result<T, BackendError>>, BackendError> {
-        match self.breaker.admit() {
-            Admit::Pass => {}
-            Admit::Skip => return Err(BackendError::Skipped),
-            Admit::SkipAndProbe => {
-                self.probe(timeout);
-                return Err(BackendError::Skipped);
-            }
-        }
+        self.admitted(timeout)?;
         let results =
             futures_util::future::join_all(ops.into_iter().map(|op| run(timeout, op))).await;
         if !results.is_empty()
