@@ -148,29 +148,30 @@ impl<T: Cacheable> CachePut<T> for &Runner<T> {
     ) {
         let engine = cache.engine();
         let keys = [key];
-        let unfinished = engine.unfinished(&keys, &[], &[]);
-        // A value `cache_if` / `unless` keeps out is not stored, and the
-        // entry it replaces goes.
-        let policy = site.policy_for(ttl);
-        let value = value.filter(|v| policy.keep_if.is_none_or(|keep| keep(*v)));
-        // A value its TTL rule keeps for no time is not stored either.
-        match value.and_then(|v| Some((v, policy.ttl_for(v)?))) {
-            Some((value, ttl)) => {
-                let counters = site.counters(cache);
-                let keep = Keep {
-                    ttl,
-                    stale: policy.stale,
-                    load_time: Duration::ZERO,
-                };
-                engine
-                    .write(&keys[0], Some(value), keep, tags, &counters)
-                    .await;
+        let write = async {
+            // A value `cache_if` / `unless` keeps out is not stored, and the
+            // entry it replaces goes.
+            let policy = site.policy_for(ttl);
+            let value = value.filter(|v| policy.keep_if.is_none_or(|keep| keep(*v)));
+            // A value its TTL rule keeps for no time is not stored either.
+            match value.and_then(|v| Some((v, policy.ttl_for(v)?))) {
+                Some((value, ttl)) => {
+                    let counters = site.counters(cache);
+                    let keep = Keep {
+                        ttl,
+                        stale: policy.stale,
+                        load_time: Duration::ZERO,
+                    };
+                    engine
+                        .write(&keys[0], Some(value), keep, tags, &counters)
+                        .await;
+                }
+                None => {
+                    let _ = engine.invalidate_full(&keys).await;
+                }
             }
-            None => {
-                let _ = engine.invalidate_full(&keys).await;
-            }
-        }
-        unfinished.finished();
+        };
+        engine.guarded(&keys, &[], &[], write).await;
     }
 }
 
@@ -200,15 +201,16 @@ impl<T> PlainPut<T> for Runner<T> {}
 /// leaves them to the retries, not undone.
 pub async fn evict(cache: &Cache, keys: &[String], patterns: &[String], tags: &[String]) {
     let engine = cache.engine();
-    let unfinished = engine.unfinished(keys, patterns, tags);
-    let _ = engine.invalidate_full(keys).await;
-    for pattern in patterns {
-        let _ = engine.invalidate_pattern_full(pattern).await;
-    }
-    for tag in tags {
-        let _ = engine.invalidate_tag_full(tag).await;
-    }
-    unfinished.finished();
+    let invalidations = async {
+        let _ = engine.invalidate_full(keys).await;
+        for pattern in patterns {
+            let _ = engine.invalidate_pattern_full(pattern).await;
+        }
+        for tag in tags {
+            let _ = engine.invalidate_tag_full(tag).await;
+        }
+    };
+    engine.guarded(keys, patterns, tags, invalidations).await;
 }
 
 /// Whether `text` matches the glob `pattern` as Redis's `SCAN MATCH` and

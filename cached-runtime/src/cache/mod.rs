@@ -166,11 +166,10 @@ impl Cache {
         // Dropped before it finishes (a request timeout), the write is
         // retried as an invalidation rather than left half done.
         let keys = [full];
-        let unfinished = self.engine.unfinished(&keys, &[], &[]);
-        self.engine
-            .write(&keys[0], Some(value), keep, &[], &counters)
-            .await;
-        unfinished.finished();
+        let write = self
+            .engine
+            .write(&keys[0], Some(value), keep, &[], &counters);
+        self.engine.guarded(&keys, &[], &[], write).await;
     }
 
     /// Whether `key` (given by hand) names one the cache keeps for itself
@@ -220,10 +219,8 @@ impl Cache {
             .collect::<Result<_, _>>()?;
         // Dropped before it finishes (a request timeout), the change is
         // retried, as a failed one is, rather than lost with the future.
-        let unfinished = self.engine.unfinished(&keys, &[], &[]);
-        let result = self.engine.invalidate_full(&keys).await;
-        unfinished.finished();
-        result
+        let invalidation = self.engine.invalidate_full(&keys);
+        self.engine.guarded(&keys, &[], &[], invalidation).await
     }
 
     /// Removes every entry whose key (relative to the namespace) matches the
@@ -241,10 +238,8 @@ impl Cache {
         full.push_str(pattern);
         // As `invalidate_many`: dropped, retried.
         let patterns = [full];
-        let unfinished = self.engine.unfinished(&[], &patterns, &[]);
-        let result = self.engine.invalidate_pattern_full(&patterns[0]).await;
-        unfinished.finished();
-        result
+        let invalidation = self.engine.invalidate_pattern_full(&patterns[0]);
+        self.engine.guarded(&[], &patterns, &[], invalidation).await
     }
 
     /// Removes every entry cached with `tag` (the `tags` option of
@@ -257,10 +252,8 @@ impl Cache {
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
         // As `invalidate_many`: dropped, retried.
         let tags = [self.tag_key(tag)];
-        let unfinished = self.engine.unfinished(&[], &[], &tags);
-        let result = self.engine.invalidate_tag_full(&tags[0]).await;
-        unfinished.finished();
-        result
+        let invalidation = self.engine.invalidate_tag_full(&tags[0]);
+        self.engine.guarded(&[], &[], &tags, invalidation).await
     }
 
     /// Returns the value under `key`, or runs `load`, caches its `Ok` value

@@ -381,6 +381,22 @@ impl Engine {
             changes,
         }
     }
+
+    /// Runs `operation`, the cache operation of a write over full `keys`,
+    /// `patterns` and `tags`, guarded by [`Unfinished`]: dropped before it
+    /// ends, what it was to change is pended rather than lost.
+    pub(crate) async fn guarded<T>(
+        self: &Arc<Self>,
+        keys: &[String],
+        patterns: &[String],
+        tags: &[String],
+        operation: impl Future<Output = T>,
+    ) -> T {
+        let unfinished = self.unfinished(keys, patterns, tags);
+        let done = operation.await;
+        unfinished.finished();
+        done
+    }
 }
 
 /// Clears `retrying` when the retry task is dropped before it ends (its
