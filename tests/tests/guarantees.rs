@@ -531,6 +531,15 @@ impl Slow {
         (server, source, here, elsewhere)
     }
 
+    /// Another process commits version 2 of the row and invalidates it.
+    async fn changed_elsewhere(source: &Source, elsewhere: &Cache) {
+        source.set_version(2);
+        elsewhere
+            .invalidate("slow_row:1")
+            .await
+            .expect("invalidates");
+    }
+
     /// Reads the source, then takes 200 ms.
     #[cached(prefix = "slow_row", ttl = "5m", key = id)]
     async fn row(&self, id: u32) -> u64 {
@@ -590,12 +599,7 @@ async fn a_caller_who_joins_a_load_without_a_lease_after_another_process_invalid
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // Another process commits version 2 and invalidates the row.
-    source.set_version(2);
-    elsewhere
-        .invalidate("slow_row:1")
-        .await
-        .expect("invalidates");
+    Slow::changed_elsewhere(&source, &elsewhere).await;
     // (From the call site that waits longer: one that waits 100 ms stops
     // waiting for the load before it lands, and loads for itself.)
     assert_eq!(
@@ -615,12 +619,7 @@ async fn a_caller_who_joins_after_another_process_invalidated_gets_no_older_valu
         async move { here.row(1).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Another process commits version 2 and invalidates the row.
-    source.set_version(2);
-    elsewhere
-        .invalidate("slow_row:1")
-        .await
-        .expect("invalidates");
+    Slow::changed_elsewhere(&source, &elsewhere).await;
     // A call that begins after that must not get what the load in flight
     // read before it.
     assert_eq!(
