@@ -149,24 +149,6 @@ pub(crate) enum Lookup<T> {
     Unreadable(DecodeError),
 }
 
-/// How a read of many untagged keys on one server reads each value
-/// ([`Backend::fetch_many`]). Tagged reads (one script) and a cluster's
-/// (one bounded read per key) read every value as [`Reading::Bounded`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reading {
-    /// One `MGET`: each value whole. A value over `max_value_bytes` crosses
-    /// the network before it is refused, and a value of another kind (a
-    /// Redis list) reads as absent. A batch's first read: a bounded read of
-    /// 100 keys cost 1.3x-1.7x an `MGET` of them (`cached-bench
-    /// batch_get`).
-    Whole,
-    /// One pipeline of bounded reads (`GETRANGE`), as a single call reads:
-    /// at most `max_value_bytes` per value, and a value of another kind
-    /// told apart ([`Fetched::WrongKind`]). A batch's read again of keys
-    /// its lease requests found holding something.
-    Bounded,
-}
-
 /// What a read brought back, not yet decoded. A hit's value is made only
 /// where it is used: moved out through every layer of the read, it was
 /// copied a dozen times (seen in `concurrent_hit`'s instruction profile).
@@ -497,16 +479,15 @@ impl Backend {
     /// Reads the entries under `keys`, undecoded; one answer per key, in
     /// order. `tags[i]` are key `i`'s tags: each key is read as a single
     /// call with its tags reads it (see [`Backend::fetch`]), the near tier's
-    /// L1 first. In one round trip (on one server: untagged, as `reading`
-    /// says, or with tags one script call; on a cluster, untagged, a marked
-    /// entry's versions checked as an untagged call's), except tagged keys
-    /// on a cluster, whose reads take steps of their own: there each is
-    /// read as a single call's is, all at once.
+    /// L1 first. In one round trip (on one server: a pipeline, or with tags
+    /// one script call; on a cluster, untagged, a marked entry's versions
+    /// checked as an untagged call's), except tagged keys on a cluster,
+    /// whose reads take steps of their own: there each is read as a single
+    /// call's is, all at once.
     pub(crate) async fn fetch_many(
         &self,
         keys: &[&str],
         tags: &[&[String]],
-        reading: Reading,
         timeout: Duration,
     ) -> Result<Vec<Result<Fetched, BackendError>>, BackendError> {
         debug_assert_eq!(keys.len(), tags.len());
@@ -516,8 +497,8 @@ impl Backend {
                 .zip(tags)
                 .map(|(key, tags)| Ok(m.fetch(key, tags)))
                 .collect()),
-            Backend::Redis(r) => r.fetch_many(keys, tags, reading, timeout).await,
-            Backend::Near(n) => n.fetch_many(keys, tags, reading, timeout).await,
+            Backend::Redis(r) => r.fetch_many(keys, tags, timeout).await,
+            Backend::Near(n) => n.fetch_many(keys, tags, timeout).await,
         }
     }
 

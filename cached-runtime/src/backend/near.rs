@@ -48,7 +48,7 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use super::redis::RedisBackend;
-use super::{BackendError, Fetched, LEASE_SUFFIX, Lookup, Reading};
+use super::{BackendError, Fetched, LEASE_SUFFIX, Lookup};
 use crate::Cacheable;
 use crate::clock::now_ms;
 use crate::codec::{self, EntryMeta};
@@ -815,7 +815,6 @@ impl NearBackend {
         &self,
         keys: &[&str],
         tags: &[&[String]],
-        reading: Reading,
         timeout: Duration,
     ) -> Result<Vec<Result<Fetched, BackendError>>, BackendError> {
         self.ensure_tracking();
@@ -849,10 +848,7 @@ impl NearBackend {
                 }
             })
             .collect();
-        let fetched = self
-            .redis
-            .fetch_many(&ask, &ask_tags, reading, timeout)
-            .await?;
+        let fetched = self.redis.fetch_many(&ask, &ask_tags, timeout).await?;
         let mut answers = ask.iter().zip(noted).zip(fetched);
         Ok(out
             .into_iter()

@@ -18,9 +18,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::cluster;
-use super::{
-    BackendError, Fetched, LEASE_SUFFIX, Lease, LeaseIf, LeaseOutcome, Reading, lease_key,
-};
+use super::{BackendError, Fetched, LEASE_SUFFIX, Lease, LeaseIf, LeaseOutcome, lease_key};
 
 /// Keys per SCAN/SSCAN round trip, and so per UNLINK: small enough that no
 /// single command holds the server for long.
@@ -51,8 +49,6 @@ const COMMANDS: &[&str] = &[
     "ping",
     "get",
     "getrange",
-    // An untagged batch's first read (`Reading::Whole`).
-    "mget",
     "set",
     "unlink",
     "incr",
@@ -1944,7 +1940,6 @@ impl RedisBackend {
         &self,
         keys: &[&str],
         tags: &[&[String]],
-        reading: Reading,
         timeout: Duration,
     ) -> Result<Vec<Result<Fetched, BackendError>>, BackendError> {
         debug_assert_eq!(keys.len(), tags.len());
@@ -1957,20 +1952,19 @@ impl RedisBackend {
             return self.run_each(timeout, reads).await;
         }
         let entries = if tags.iter().all(|t| t.is_empty()) {
-            self.fetch_untagged(keys, reading, timeout).await?
+            self.fetch_pipelined(keys, timeout).await?
         } else {
             self.fetch_many_tagged(keys, tags, timeout).await?
         };
         Ok(entries.into_iter().map(Ok).collect())
     }
 
-    /// Reads every key on one server in one request, as `reading` says:
-    /// one `MGET`, or one pipeline of bounded reads (GETRANGE, as
-    /// [`RedisBackend::fetch`] reads one). One answer per key.
-    async fn fetch_untagged(
+    /// Reads every key in one pipeline of bounded reads (GETRANGE, as
+    /// [`RedisBackend::fetch`] reads one), on one server: one answer per
+    /// key.
+    async fn fetch_pipelined(
         &self,
         keys: &[&str],
-        reading: Reading,
         timeout: Duration,
     ) -> Result<Vec<Fetched>, BackendError> {
         debug_assert!(!self.layout.is_cluster(), "a cluster reads key by key");
@@ -1978,21 +1972,16 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in keys {
+            pipe.cmd("GETRANGE")
+                .arg(*key)
+                .arg("0")
+                .arg(self.read_end.as_str());
+        }
         let read = async {
-            let replies: Vec<redis::Value> = match reading {
-                Reading::Whole => redis::cmd("MGET").arg(keys).query_async(&mut conn).await?,
-                Reading::Bounded => {
-                    let mut pipe = redis::pipe();
-                    pipe.ignore_errors();
-                    for key in keys {
-                        pipe.cmd("GETRANGE")
-                            .arg(*key)
-                            .arg("0")
-                            .arg(self.read_end.as_str());
-                    }
-                    pipe.query_async(&mut conn).await?
-                }
-            };
+            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
             self.entries(replies, keys.len())
         };
         Box::pin(self.run(Gate::Breaker, timeout, read)).await

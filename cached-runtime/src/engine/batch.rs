@@ -40,7 +40,7 @@ use super::lease::{Ask, LeaseEnd, Leasing};
 use super::policy::{Call, CountersRef, ErrorSharing, Keep, Policy, Shape};
 use super::read::Read;
 use crate::Cacheable;
-use crate::backend::{BackendError, Fetched, Lease, LeaseFinish, LeaseIf, LeaseOutcome, Reading};
+use crate::backend::{BackendError, Fetched, Lease, LeaseFinish, LeaseIf, LeaseOutcome};
 use crate::scope::{CallMode, Outcome, record};
 
 /// Rounds before the batch stops waiting for leaders that keep going away
@@ -163,7 +163,7 @@ impl Engine {
             let started = Instant::now();
             let fetched = self
                 .backend
-                .fetch_many(&names, &tags, Reading::Whole, self.op_timeout)
+                .fetch_many(&names, &tags, self.op_timeout)
                 .await;
             match fetched {
                 Ok(entries) => {
@@ -449,7 +449,7 @@ impl Engine {
         let tags: Vec<&[String]> = present.iter().map(|(i, _)| call.tags(*i)).collect();
         let entries = match self
             .backend
-            .fetch_many(&names, &tags, Reading::Bounded, self.op_timeout)
+            .fetch_many(&names, &tags, self.op_timeout)
             .await
         {
             Ok(entries) => entries,
