@@ -1973,3 +1973,38 @@ async fn a_huge_foreign_value_in_a_batch_is_replaced_under_the_default_timeout()
     );
     assert!(!c.cache.breaker_open(), "{:?}", c.cache.stats());
 }
+
+/// A server pausing writes (`CLIENT PAUSE WRITE`, as a failover does while
+/// the replica catches up) still answers reads: a tagged hit, single or
+/// batch, is read by a script that only reads, which Redis runs during the
+/// pause only when the script says so (`#!lua flags=no-writes`). Unflagged,
+/// each call waited out the pause to its operation timeout and loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_hits_are_served_while_the_server_pauses_writes() {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let c = Catalog::new(
+        backend.cache_with(|b| b.op_timeout(Duration::from_secs(2))),
+        3,
+    );
+    c.many(true, vec![1, 2, 3]).await.expect("loads");
+    let loads = (c.batches().len(), c.singles.lock().expect("singles").len());
+    let () = server.cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let started = Instant::now();
+    let one = c.one(true, 2).await;
+    let many = c.many(true, vec![1, 2, 3]).await;
+    let took = started.elapsed();
+    let () = server.cmd(&["CLIENT", "UNPAUSE"]);
+    assert_eq!(one, Ok(Some(Item { id: 2, version: 1 })));
+    assert_eq!(many, Ok(items(1..=3, 1)));
+    assert!(
+        took < Duration::from_secs(1),
+        "waited on the pause: {took:?}"
+    );
+    assert_eq!(
+        (c.batches().len(), c.singles.lock().expect("singles").len()),
+        loads,
+        "hits, not loads: {:?}",
+        c.cache.stats()
+    );
+}

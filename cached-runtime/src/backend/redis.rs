@@ -8,6 +8,7 @@
 //! are laid out for slots as [`cluster`](super::cluster) describes.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
@@ -293,6 +294,14 @@ struct Connections {
     /// the shared one, a stampede's leader queued its lease request behind
     /// every other caller's read before its load could start.
     control: ArcSwapOption<Conn>,
+    /// Whether the server runs the read scripts flagged `no-writes`
+    /// (Redis 7 and later); cleared, for good, by the first that cannot
+    /// compile the flag (see [`ReadScript`]).
+    flagged_reads: AtomicBool,
+    /// Whether the flagged read scripts were loaded on the server this
+    /// connection reaches (see [`RedisBackend::invoke_read`]); cleared when
+    /// the probe replaces the connection (a restarted server has none).
+    reads_loaded: AtomicBool,
 }
 
 impl Connections {
@@ -330,6 +339,7 @@ impl Connections {
     fn replace(&self, fresh: Conn, control: Option<Conn>) {
         self.main.store(Some(Arc::new(fresh)));
         self.control.store(control.map(Arc::new));
+        self.reads_loaded.store(false, Ordering::Relaxed);
     }
 }
 
@@ -413,6 +423,8 @@ impl RedisBackend {
                 source,
                 main: ArcSwapOption::empty(),
                 control: ArcSwapOption::empty(),
+                flagged_reads: AtomicBool::new(true),
+                reads_loaded: AtomicBool::new(false),
             }),
             breaker: Arc::new(breaker),
             probe_timeout: connect_timeout,
@@ -593,13 +605,19 @@ impl RedisBackend {
             return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
         }
         if !tags.is_empty() {
-            let mut call = FETCH_TAGGED.key(key);
-            for tag in tags {
-                call.key(tag);
-            }
-            call.arg(self.read_end.as_str());
+            let call = |script: &'static redis::Script| {
+                let mut call = script.key(key);
+                for tag in tags {
+                    call.key(tag);
+                }
+                call.arg(self.read_end.as_str());
+                call
+            };
             let read = async {
-                match call.invoke_async::<redis::Value>(&mut conn).await? {
+                match self
+                    .invoke_read::<redis::Value>(&mut conn, &FETCH_TAGGED, call)
+                    .await?
+                {
                     redis::Value::Nil => Ok(Fetched::Absent),
                     redis::Value::BulkString(bytes) => Ok(self.received(bytes)),
                     redis::Value::Int(_) => Ok(Fetched::WrongKind),
@@ -894,6 +912,47 @@ impl RedisBackend {
         if self.layout.is_cluster() && !tags.is_empty() {
             codec::mark_tagged(bytes);
         }
+    }
+
+    /// Runs the read script `call` makes of `script`: its flagged spelling
+    /// while the server takes it, else its plain one (see [`ReadScript`]).
+    async fn invoke_read<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        script: &'static ReadScript,
+        call: impl Fn(&'static redis::Script) -> redis::ScriptInvocation<'static>,
+    ) -> redis::RedisResult<T> {
+        let (flagged, loaded) = (&self.conns.flagged_reads, &self.conns.reads_loaded);
+        // Loaded before the first call: while writes are paused, an
+        // EVALSHA of a script the server does not hold waits for the end
+        // of the pause (the server cannot know its flags), where SCRIPT
+        // LOAD is answered.
+        if flagged.load(Ordering::Relaxed) && !loaded.load(Ordering::Relaxed) {
+            let mut load = Ok(());
+            for read in [&*FETCH_TAGGED, &*FETCH_TAGGED_MANY] {
+                load = read
+                    .flagged
+                    .prepare_invoke()
+                    .load_async(conn)
+                    .await
+                    .map(drop);
+                if load.is_err() {
+                    break;
+                }
+            }
+            match load {
+                Ok(()) => loaded.store(true, Ordering::Relaxed),
+                Err(e) if cannot_compile_flags(&e) => flagged.store(false, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
+        if flagged.load(Ordering::Relaxed) {
+            match call(&script.flagged).invoke_async(conn).await {
+                Err(e) if cannot_compile_flags(&e) => flagged.store(false, Ordering::Relaxed),
+                answer => return answer,
+            }
+        }
+        call(&script.plain).invoke_async(conn).await
     }
 
     /// What a bounded read brought back: GETRANGE answers an empty string
@@ -1539,12 +1598,44 @@ static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     )),
 });
 
+/// A script that only reads, spelled twice. Flagged `no-writes`, Redis 7
+/// runs it while writes are paused (`CLIENT PAUSE WRITE`, which a failover
+/// sends to the old primary): unflagged, it waits out the pause, as a write
+/// does, and every tagged hit ran to its operation timeout and loaded.
+/// Before Redis 7 the flag does not compile: the first such answer makes
+/// the backend read with the plain spelling from then on.
+pub(crate) struct ReadScript {
+    flagged: redis::Script,
+    plain: redis::Script,
+}
+
+impl ReadScript {
+    fn new(body: &str) -> ReadScript {
+        ReadScript {
+            flagged: redis::Script::new(&format!("#!lua flags=no-writes\n{body}")),
+            plain: redis::Script::new(body),
+        }
+    }
+}
+
+/// Whether `e` is a server's refusal to compile a script's first line
+/// (`#!lua flags=...`, which servers before Redis 7 read as Lua): every
+/// other error is the script's own answer.
+fn cannot_compile_flags(e: &redis::RedisError) -> bool {
+    is_compile_error(&e.to_string())
+}
+
+/// Whether a server's error text says it could not compile a script.
+fn is_compile_error(text: &str) -> bool {
+    text.contains("Error compiling script")
+}
+
 /// KEYS: value, tags... The value while every tag index lists it, else
 /// nil; 0 if the key, or one of its tag indexes, holds another kind of
 /// value (someone else's data under the name: the entry cannot be served,
 /// and the script does not fail, so a batch's other ids are still read).
-static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+static FETCH_TAGGED: LazyLock<ReadScript> = LazyLock::new(|| {
+    ReadScript::new(
         r"local v = redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])
           if type(v) == 'table' and v.err then return 0 end
           if v == '' then return false end
@@ -1561,8 +1652,8 @@ static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
 /// value followed by its tags. ARGV: the read's end, then each value's
 /// count of tags. One answer per value, as [`FETCH_TAGGED`]'s (`false`
 /// reads as nil).
-static FETCH_TAGGED_MANY: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+static FETCH_TAGGED_MANY: LazyLock<ReadScript> = LazyLock::new(|| {
+    ReadScript::new(
         r"local out, k = {}, 1
           for i = 2, #ARGV do
             local key, n = KEYS[k], tonumber(ARGV[i])
@@ -2025,17 +2116,22 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
-        let mut call = FETCH_TAGGED_MANY.prepare_invoke();
-        call.arg(self.read_end.as_str());
-        for (key, tags) in keys.iter().zip(tags) {
-            call.key(*key);
-            for tag in *tags {
-                call.key(tag.as_str());
+        let call = |script: &'static redis::Script| {
+            let mut call = script.prepare_invoke();
+            call.arg(self.read_end.as_str());
+            for (key, tags) in keys.iter().zip(tags) {
+                call.key(*key);
+                for tag in *tags {
+                    call.key(tag.as_str());
+                }
+                call.arg(tags.len());
             }
-            call.arg(tags.len());
-        }
+            call
+        };
         let read = async {
-            let replies: Vec<redis::Value> = call.invoke_async(&mut conn).await?;
+            let replies: Vec<redis::Value> = self
+                .invoke_read(&mut conn, &FETCH_TAGGED_MANY, call)
+                .await?;
             self.entries(replies, keys.len())
         };
         Box::pin(self.run(Gate::Breaker, timeout, read)).await
@@ -2276,5 +2372,29 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(super::claim_for(Duration::MAX), Duration::from_secs(1));
+    }
+
+    /// The texts servers answer: a Redis 6 server reading the flag line
+    /// as Lua (the form of its `luaCreateFunction` error), and Redis 7.0
+    /// on a script that does not compile (seen from a real server). A flag
+    /// Redis 7 does not know is another refusal, not a reason to drop the
+    /// flags, and so are the outages a load can meet.
+    #[test]
+    fn only_a_script_that_cannot_compile_drops_the_flags() {
+        assert!(super::is_compile_error(
+            "ERR Error compiling script (new function): user_script:1: unexpected symbol near '#'"
+        ));
+        assert!(super::is_compile_error(
+            "ERR Error compiling script (new function): user_script:2: unexpected symbol near '<eof>'"
+        ));
+        assert!(!super::is_compile_error(
+            "ERR Unexpected flag in script shebang: bogus"
+        ));
+        assert!(!super::is_compile_error(
+            "LOADING Redis is loading the dataset in memory"
+        ));
+        assert!(!super::is_compile_error(
+            "NOPERM this user has no permissions to run the 'script|load' command"
+        ));
     }
 }
