@@ -2008,3 +2008,77 @@ async fn tagged_hits_are_served_while_the_server_pauses_writes() {
         c.cache.stats()
     );
 }
+
+/// How many `SCRIPT LOAD`s the server has run.
+fn script_loads(server: &cached_tests::RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("cmdstat_script|load:calls=")?;
+            rest.split(',').next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The read scripts are loaded before their first use, once: not on every
+/// hit (two more round trips each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_scripts_are_loaded_once_not_per_hit() {
+    let backend = Backend::redis();
+    let server = backend.server().expect("redis");
+    let c = Catalog::new(backend.cache(), 3);
+    c.many(true, vec![1, 2, 3]).await.expect("loads");
+    let loads = script_loads(server);
+    for _ in 0..10 {
+        assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
+        assert_eq!(c.many(true, vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+    }
+    assert_eq!(c.batches().len(), 1, "hits");
+    assert_eq!(script_loads(server), loads, "no script loaded again");
+}
+
+/// A tagged read that fails because the server is down (an error, not a
+/// server that cannot compile the flag) keeps the flagged scripts, whether
+/// it failed loading them (the first read) or running them (a later one):
+/// once the server is back, its tagged hits are still served while it
+/// pauses writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_read_failing_on_an_outage_keeps_the_flagged_scripts() {
+    let mut server = cached_tests::RedisServer::start();
+    let c = Catalog::new(
+        cached_tests::redis_builder(&server)
+            .op_timeout(Duration::from_secs(2))
+            .build()
+            .expect("builds"),
+        3,
+    );
+    for warm in [false, true] {
+        if warm {
+            c.many(true, vec![1, 2, 3]).await.expect("answers");
+        }
+        server.kill();
+        assert_eq!(c.one(true, 1).await, Ok(Some(Item { id: 1, version: 1 })));
+        server.restart();
+        // Caching again: a batch that loads nothing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = c.batches().len();
+            c.many(true, vec![1, 2, 3]).await.expect("answers");
+            if c.batches().len() == before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", c.cache.stats());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let () = server.cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+        let started = Instant::now();
+        let many = c.many(true, vec![1, 2, 3]).await;
+        let took = started.elapsed();
+        let () = server.cmd(&["CLIENT", "UNPAUSE"]);
+        assert_eq!(many, Ok(items(1..=3, 1)), "warm {warm}");
+        assert!(
+            took < Duration::from_secs(1),
+            "warm {warm}: waited on the pause: {took:?}"
+        );
+    }
+}

@@ -1604,7 +1604,7 @@ static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// does, and every tagged hit ran to its operation timeout and loaded.
 /// Before Redis 7 the flag does not compile: the first such answer makes
 /// the backend read with the plain spelling from then on.
-pub(crate) struct ReadScript {
+struct ReadScript {
     flagged: redis::Script,
     plain: redis::Script,
 }
