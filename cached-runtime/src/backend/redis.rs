@@ -300,7 +300,11 @@ struct Connections {
     flagged_reads: AtomicBool,
     /// Whether the flagged read scripts were loaded on the server this
     /// connection reaches (see [`RedisBackend::invoke_read`]); cleared when
-    /// the probe replaces the connection (a restarted server has none).
+    /// the probe replaces the connection (a restarted server has none). A
+    /// server that loses them without that (`SCRIPT FLUSH`, a restart
+    /// redis-rs reconnects to by itself) gets each back on its next call
+    /// outside a write pause (`NOSCRIPT`, then redis-rs loads it); a call
+    /// during a pause waits for its end (README.md, "Writes paused").
     reads_loaded: AtomicBool,
 }
 
