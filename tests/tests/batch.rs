@@ -1976,18 +1976,31 @@ async fn a_huge_foreign_value_in_a_batch_is_replaced_under_the_default_timeout()
 
 /// A server pausing writes (`CLIENT PAUSE WRITE`, as a failover does while
 /// the replica catches up) still answers reads: a tagged hit, single or
-/// batch, is read by a script that only reads, which Redis runs during the
-/// pause only when the script says so (`#!lua flags=no-writes`). Unflagged,
-/// each call waited out the pause to its operation timeout and loaded.
+/// batch, is a script that only reads, run as `EVALSHA_RO`, which the
+/// pause does not hold. As `EVALSHA`, each call waited out the pause to its
+/// operation timeout and loaded. Also once the server has lost its scripts
+/// (`SCRIPT FLUSH`): the first call finds out at once, not at the pause's
+/// end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_hits_are_served_while_the_server_pauses_writes() {
-    let backend = Backend::redis();
-    let server = backend.server().expect("redis");
-    let c = Catalog::new(
-        backend.cache_with(|b| b.op_timeout(Duration::from_secs(2))),
-        3,
-    );
-    c.many(true, vec![1, 2, 3]).await.expect("loads");
+    for flushed in [false, true] {
+        let backend = Backend::redis();
+        let server = backend.server().expect("redis");
+        let c = Catalog::new(
+            backend.cache_with(|b| b.op_timeout(Duration::from_secs(2))),
+            3,
+        );
+        c.many(true, vec![1, 2, 3]).await.expect("loads");
+        if flushed {
+            let () = server.cmd(&["SCRIPT", "FLUSH"]);
+        }
+        paused_hits(&c, server, &format!("flushed {flushed}")).await;
+    }
+}
+
+/// A tagged single call and batch, warm, while `server` pauses writes for
+/// 4 s: both are served from the cache within 1 s.
+async fn paused_hits(c: &Catalog, server: &cached_tests::RedisServer, what: &str) {
     let loads = (c.batches().len(), c.singles.lock().expect("singles").len());
     let () = server.cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
     let started = Instant::now();
@@ -1995,16 +2008,16 @@ async fn tagged_hits_are_served_while_the_server_pauses_writes() {
     let many = c.many(true, vec![1, 2, 3]).await;
     let took = started.elapsed();
     let () = server.cmd(&["CLIENT", "UNPAUSE"]);
-    assert_eq!(one, Ok(Some(Item { id: 2, version: 1 })));
-    assert_eq!(many, Ok(items(1..=3, 1)));
+    assert_eq!(one, Ok(Some(Item { id: 2, version: 1 })), "{what}");
+    assert_eq!(many, Ok(items(1..=3, 1)), "{what}");
     assert!(
         took < Duration::from_secs(1),
-        "waited on the pause: {took:?}"
+        "{what}: waited on the pause: {took:?}"
     );
     assert_eq!(
         (c.batches().len(), c.singles.lock().expect("singles").len()),
         loads,
-        "hits, not loads: {:?}",
+        "{what}: hits, not loads: {:?}",
         c.cache.stats()
     );
 }
@@ -2020,14 +2033,15 @@ fn script_loads(server: &cached_tests::RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
-/// The read scripts are loaded before their first use, once: not on every
-/// hit (two more round trips each).
+/// A read script is loaded when the server answers that it lacks it, once:
+/// not on every hit (two more round trips each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_scripts_are_loaded_once_not_per_hit() {
     let backend = Backend::redis();
     let server = backend.server().expect("redis");
     let c = Catalog::new(backend.cache(), 3);
     c.many(true, vec![1, 2, 3]).await.expect("loads");
+    c.one(true, 2).await.expect("a hit");
     let loads = script_loads(server);
     for _ in 0..10 {
         assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
@@ -2037,13 +2051,12 @@ async fn the_read_scripts_are_loaded_once_not_per_hit() {
     assert_eq!(script_loads(server), loads, "no script loaded again");
 }
 
-/// A tagged read that fails because the server is down (an error, not a
-/// server that cannot compile the flag) keeps the flagged scripts, whether
-/// it failed loading them (the first read) or running them (a later one):
-/// once the server is back, its tagged hits are still served while it
-/// pauses writes.
+/// A tagged read that fails because the server is down (an outage, not a
+/// server or ACL rule that refuses `EVALSHA_RO`) keeps `EVALSHA_RO`, whether
+/// it is the first read or a later one: once the server is back, its tagged
+/// hits are still served while it pauses writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tagged_read_failing_on_an_outage_keeps_the_flagged_scripts() {
+async fn a_tagged_read_failing_on_an_outage_keeps_the_read_only_scripts() {
     let mut server = cached_tests::RedisServer::start();
     let c = Catalog::new(
         cached_tests::redis_builder(&server)
@@ -2070,15 +2083,38 @@ async fn a_tagged_read_failing_on_an_outage_keeps_the_flagged_scripts() {
             assert!(Instant::now() < deadline, "{:?}", c.cache.stats());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let () = server.cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
-        let started = Instant::now();
-        let many = c.many(true, vec![1, 2, 3]).await;
-        let took = started.elapsed();
-        let () = server.cmd(&["CLIENT", "UNPAUSE"]);
-        assert_eq!(many, Ok(items(1..=3, 1)), "warm {warm}");
-        assert!(
-            took < Duration::from_secs(1),
-            "warm {warm}: waited on the pause: {took:?}"
-        );
+        c.one(true, 2).await.expect("warm");
+        paused_hits(&c, &server, &format!("warm {warm}")).await;
     }
+}
+
+/// An ACL rule written before `+evalsha_ro` was in it: the refused command
+/// turns the cache to `EVALSHA` (one warning), and tagged calls go on
+/// being hits, not loads or errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_evalsha_ro_still_reads_tagged_entries() {
+    let server = cached_tests::RedisServer::start();
+    let mut setuser = vec!["ACL", "SETUSER", "older-rule", "on", ">older-password"];
+    let rule = cached_runtime::redis_acl_rule(cached_tests::NAMESPACE);
+    setuser.extend(rule.split(' ').filter(|part| *part != "+evalsha_ro"));
+    let () = server.cmd(&setuser);
+    let c = Catalog::new(
+        cached_tests::redis_builder(&server)
+            .redis_username("older-rule")
+            .redis_password("older-password")
+            .build()
+            .expect("builds"),
+        3,
+    );
+    c.many(true, vec![1, 2, 3]).await.expect("loads");
+    for _ in 0..3 {
+        assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
+        assert_eq!(c.many(true, vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+    }
+    assert_eq!(c.batches().len(), 1, "hits: {:?}", c.cache.stats());
+    assert!(
+        c.singles.lock().expect("singles").is_empty(),
+        "{:?}",
+        c.cache.stats()
+    );
 }

@@ -62,6 +62,8 @@ const COMMANDS: &[&str] = &[
     // The scripts, and what they call.
     "eval",
     "evalsha",
+    // Read scripts, which a write pause does not hold (`invoke_read`).
+    "evalsha_ro",
     "script|load",
     "del",
     "exists",
@@ -294,18 +296,11 @@ struct Connections {
     /// the shared one, a stampede's leader queued its lease request behind
     /// every other caller's read before its load could start.
     control: ArcSwapOption<Conn>,
-    /// Whether the server runs the read scripts flagged `no-writes`
-    /// (Redis 7 and later); cleared, for good, by the first that cannot
-    /// compile the flag (see [`ReadScript`]).
-    flagged_reads: AtomicBool,
-    /// Whether the flagged read scripts were loaded on the server this
-    /// connection reaches (see [`RedisBackend::invoke_read`]); cleared when
-    /// the probe replaces the connection (a restarted server has none). A
-    /// server that loses them without that (`SCRIPT FLUSH`, a restart
-    /// redis-rs reconnects to by itself) gets each back on its next call
-    /// outside a write pause (`NOSCRIPT`, then redis-rs loads it); a call
-    /// during a pause waits for its end (README.md, "Writes paused").
-    reads_loaded: AtomicBool,
+    /// Whether the read scripts run as `EVALSHA_RO` (see
+    /// [`RedisBackend::invoke_read`]); cleared, for good, by a server that
+    /// does not know the command (before Redis 7) or an ACL rule that
+    /// refuses it.
+    read_only_scripts: AtomicBool,
 }
 
 impl Connections {
@@ -343,7 +338,6 @@ impl Connections {
     fn replace(&self, fresh: Conn, control: Option<Conn>) {
         self.main.store(Some(Arc::new(fresh)));
         self.control.store(control.map(Arc::new));
-        self.reads_loaded.store(false, Ordering::Relaxed);
     }
 }
 
@@ -427,8 +421,7 @@ impl RedisBackend {
                 source,
                 main: ArcSwapOption::empty(),
                 control: ArcSwapOption::empty(),
-                flagged_reads: AtomicBool::new(true),
-                reads_loaded: AtomicBool::new(false),
+                read_only_scripts: AtomicBool::new(true),
             }),
             breaker: Arc::new(breaker),
             probe_timeout: connect_timeout,
@@ -609,17 +602,17 @@ impl RedisBackend {
             return Box::pin(self.run(Gate::Breaker, timeout, read)).await;
         }
         if !tags.is_empty() {
-            let call = |script: &'static redis::Script| {
-                let mut call = script.key(key);
-                for tag in tags {
-                    call.key(tag);
-                }
-                call.arg(self.read_end.as_str());
-                call
-            };
+            let keys: Vec<&str> = std::iter::once(key)
+                .chain(tags.iter().map(String::as_str))
+                .collect();
             let read = async {
                 match self
-                    .invoke_read::<redis::Value>(&mut conn, &FETCH_TAGGED, call)
+                    .invoke_read::<redis::Value>(
+                        &mut conn,
+                        &FETCH_TAGGED,
+                        &keys,
+                        &[self.read_end.as_str()],
+                    )
                     .await?
                 {
                     redis::Value::Nil => Ok(Fetched::Absent),
@@ -918,45 +911,52 @@ impl RedisBackend {
         }
     }
 
-    /// Runs the read script `call` makes of `script`: its flagged spelling
-    /// while the server takes it, else its plain one (see [`ReadScript`]).
+    /// Runs a read script (one that writes nothing) with `keys` and
+    /// `args`, as `EVALSHA_RO` while the server takes it. A write pause
+    /// (`CLIENT PAUSE WRITE`, which a failover sends to the old primary)
+    /// holds every `EVALSHA` until it ends, even of a script the server
+    /// does not hold (it cannot know what the script does), so every
+    /// tagged hit ran to its operation timeout and loaded; it runs
+    /// `EVALSHA_RO`, and answers its `NOSCRIPT` at once (the script is then
+    /// loaded, which a pause allows, and called again). A server before
+    /// Redis 7 (an unknown command) or an ACL rule written without
+    /// `+evalsha_ro` (`NOPERM`) turns this backend to `EVALSHA` for good,
+    /// with one warning.
     async fn invoke_read<T: redis::FromRedisValue>(
         &self,
         conn: &mut Conn,
-        script: &'static ReadScript,
-        call: impl Fn(&'static redis::Script) -> redis::ScriptInvocation<'static>,
+        script: &'static redis::Script,
+        keys: &[&str],
+        args: &[&str],
     ) -> redis::RedisResult<T> {
-        let (flagged, loaded) = (&self.conns.flagged_reads, &self.conns.reads_loaded);
-        // Loaded before the first call: while writes are paused, an
-        // EVALSHA of a script the server does not hold waits for the end
-        // of the pause (the server cannot know its flags), where SCRIPT
-        // LOAD is answered.
-        if flagged.load(Ordering::Relaxed) && !loaded.load(Ordering::Relaxed) {
-            let mut load = Ok(());
-            for read in [&*FETCH_TAGGED, &*FETCH_TAGGED_MANY] {
-                load = read
-                    .flagged
-                    .prepare_invoke()
-                    .load_async(conn)
-                    .await
-                    .map(drop);
-                if load.is_err() {
-                    break;
+        let read_only = &self.conns.read_only_scripts;
+        if read_only.load(Ordering::Relaxed) {
+            let mut cmd = redis::cmd("EVALSHA_RO");
+            cmd.arg(script.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(args);
+            match cmd.query_async(conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.prepare_invoke().load_async(conn).await?;
+                    return cmd.query_async(conn).await;
                 }
-            }
-            match load {
-                Ok(()) => loaded.store(true, Ordering::Relaxed),
-                Err(e) if cannot_compile_flags(&e) => flagged.store(false, Ordering::Relaxed),
-                Err(e) => return Err(e),
-            }
-        }
-        if flagged.load(Ordering::Relaxed) {
-            match call(&script.flagged).invoke_async(conn).await {
-                Err(e) if cannot_compile_flags(&e) => flagged.store(false, Ordering::Relaxed),
+                Err(e) if refuses_read_only_scripts(&e) => {
+                    if read_only.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %e,
+                            "EVALSHA_RO refused: tagged reads use EVALSHA, which a write pause (CLIENT PAUSE WRITE, a failover) holds; on Redis 7, add +evalsha_ro to the ACL rule (see redis_acl_rule)"
+                        );
+                    }
+                }
                 answer => return answer,
             }
         }
-        call(&script.plain).invoke_async(conn).await
+        let mut call = script.prepare_invoke();
+        call.key(keys).arg(args);
+        call.invoke_async(conn).await
     }
 
     /// What a bounded read brought back: GETRANGE answers an empty string
@@ -1602,44 +1602,25 @@ static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     )),
 });
 
-/// A script that only reads, spelled twice. Flagged `no-writes`, Redis 7
-/// runs it while writes are paused (`CLIENT PAUSE WRITE`, which a failover
-/// sends to the old primary): unflagged, it waits out the pause, as a write
-/// does, and every tagged hit ran to its operation timeout and loaded.
-/// Before Redis 7 the flag does not compile: the first such answer makes
-/// the backend read with the plain spelling from then on.
-struct ReadScript {
-    flagged: redis::Script,
-    plain: redis::Script,
+/// Whether `e` says this server or this ACL user cannot run
+/// `EVALSHA_RO`: a command a server before Redis 7 does not know, or one
+/// the user's rule lacks. Every other error is the script's own answer,
+/// or an outage.
+fn refuses_read_only_scripts(e: &redis::RedisError) -> bool {
+    super::is_permission(e) || is_unknown_command(&e.to_string())
 }
 
-impl ReadScript {
-    fn new(body: &str) -> ReadScript {
-        ReadScript {
-            flagged: redis::Script::new(&format!("#!lua flags=no-writes\n{body}")),
-            plain: redis::Script::new(body),
-        }
-    }
-}
-
-/// Whether `e` is a server's refusal to compile a script's first line
-/// (`#!lua flags=...`, which servers before Redis 7 read as Lua): every
-/// other error is the script's own answer.
-fn cannot_compile_flags(e: &redis::RedisError) -> bool {
-    is_compile_error(&e.to_string())
-}
-
-/// Whether a server's error text says it could not compile a script.
-fn is_compile_error(text: &str) -> bool {
-    text.contains("Error compiling script")
+/// Whether a server's error text says it does not know the command.
+fn is_unknown_command(text: &str) -> bool {
+    text.contains("unknown command")
 }
 
 /// KEYS: value, tags... The value while every tag index lists it, else
 /// nil; 0 if the key, or one of its tag indexes, holds another kind of
 /// value (someone else's data under the name: the entry cannot be served,
 /// and the script does not fail, so a batch's other ids are still read).
-static FETCH_TAGGED: LazyLock<ReadScript> = LazyLock::new(|| {
-    ReadScript::new(
+static FETCH_TAGGED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
         r"local v = redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])
           if type(v) == 'table' and v.err then return 0 end
           if v == '' then return false end
@@ -1656,8 +1637,8 @@ static FETCH_TAGGED: LazyLock<ReadScript> = LazyLock::new(|| {
 /// value followed by its tags. ARGV: the read's end, then each value's
 /// count of tags. One answer per value, as [`FETCH_TAGGED`]'s (`false`
 /// reads as nil).
-static FETCH_TAGGED_MANY: LazyLock<ReadScript> = LazyLock::new(|| {
-    ReadScript::new(
+static FETCH_TAGGED_MANY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
         r"local out, k = {}, 1
           for i = 2, #ARGV do
             local key, n = KEYS[k], tonumber(ARGV[i])
@@ -2120,21 +2101,18 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
-        let call = |script: &'static redis::Script| {
-            let mut call = script.prepare_invoke();
-            call.arg(self.read_end.as_str());
-            for (key, tags) in keys.iter().zip(tags) {
-                call.key(*key);
-                for tag in *tags {
-                    call.key(tag.as_str());
-                }
-                call.arg(tags.len());
-            }
-            call
-        };
+        let counts: Vec<String> = tags.iter().map(|t| t.len().to_string()).collect();
+        let mut args: Vec<&str> = Vec::with_capacity(1 + counts.len());
+        args.push(self.read_end.as_str());
+        args.extend(counts.iter().map(String::as_str));
+        let mut names: Vec<&str> = Vec::with_capacity(keys.len() * 2);
+        for (key, tags) in keys.iter().zip(tags) {
+            names.push(key);
+            names.extend(tags.iter().map(String::as_str));
+        }
         let read = async {
             let replies: Vec<redis::Value> = self
-                .invoke_read(&mut conn, &FETCH_TAGGED_MANY, call)
+                .invoke_read(&mut conn, &FETCH_TAGGED_MANY, &names, &args)
                 .await?;
             self.entries(replies, keys.len())
         };
@@ -2378,27 +2356,22 @@ mod tests {
         assert_eq!(super::claim_for(Duration::MAX), Duration::from_secs(1));
     }
 
-    /// The texts servers answer: a Redis 6 server reading the flag line
-    /// as Lua (the form of its `luaCreateFunction` error), and Redis 7.0
-    /// on a script that does not compile (seen from a real server). A flag
-    /// Redis 7 does not know is another refusal, not a reason to drop the
-    /// flags, and so are the outages a load can meet.
+    /// The texts servers answer: Redis 6 to a command it does not know
+    /// (the form of its `processCommand` error). An outage or a script's
+    /// own error is not a reason to stop using `EVALSHA_RO`.
     #[test]
-    fn only_a_script_that_cannot_compile_drops_the_flags() {
-        assert!(super::is_compile_error(
-            "ERR Error compiling script (new function): user_script:1: unexpected symbol near '#'"
+    fn only_an_unknown_command_turns_reads_to_evalsha() {
+        assert!(super::is_unknown_command(
+            "ERR unknown command 'EVALSHA_RO', with args beginning with: 'abc' '1' "
         ));
-        assert!(super::is_compile_error(
-            "ERR Error compiling script (new function): user_script:2: unexpected symbol near '<eof>'"
+        assert!(!super::is_unknown_command(
+            "NOSCRIPT No matching script. Please use EVAL."
         ));
-        assert!(!super::is_compile_error(
-            "ERR Unexpected flag in script shebang: bogus"
-        ));
-        assert!(!super::is_compile_error(
+        assert!(!super::is_unknown_command(
             "LOADING Redis is loading the dataset in memory"
         ));
-        assert!(!super::is_compile_error(
-            "NOPERM this user has no permissions to run the 'script|load' command"
+        assert!(!super::is_unknown_command(
+            "ERR Error running script (call to f_abc): user_script:1: Script attempted to access nonexistent global variable"
         ));
     }
 }
