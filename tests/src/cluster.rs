@@ -320,49 +320,85 @@ impl RedisCluster {
     /// When a node refuses a step.
     pub fn move_slots(&self, slots: &[usize], to: usize) -> Duration {
         let started = Instant::now();
-        let id = |i: usize| self.nodes[i].cmd::<String>(&["CLUSTER", "MYID"]);
-        let target_id = id(to);
-        let target_port = self.nodes[to].port().to_string();
         for &slot in slots {
             let from = self.owner_of_slot(slot);
             if from == to {
                 continue;
             }
-            let (source, target) = (&self.nodes[from], &self.nodes[to]);
-            let slot_text = slot.to_string();
-            let () = target.cmd(&["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &id(from)]);
-            let () = source.cmd(&["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target_id]);
-            loop {
-                let keys: Vec<String> =
-                    source.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot_text, "100"]);
-                if keys.is_empty() {
-                    break;
-                }
-                let mut args = vec![
-                    "MIGRATE",
-                    "127.0.0.1",
-                    &target_port,
-                    "",
-                    "0",
-                    "5000",
-                    "REPLACE",
-                    "KEYS",
-                ];
-                args.extend(keys.iter().map(String::as_str));
-                let _: redis::Value = source.cmd(&args);
-            }
-            // The target first, then the source, then every other primary.
-            let mut told = vec![to, from];
-            told.extend(
-                self.primaries()
-                    .into_iter()
-                    .filter(|&i| i != to && i != from),
-            );
-            for i in told {
-                let () = self.nodes[i].cmd(&["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id]);
-            }
+            self.open_migration(slot, from, to);
+            while self.migrate_keys(slot, from, to, 100) > 0 {}
+            self.finish_migration(slot, from, to);
         }
         started.elapsed()
+    }
+
+    /// The first step of moving `slot` from primary `from` to `to`: the
+    /// target marks it importing, then its owner migrating.
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step.
+    pub fn open_migration(&self, slot: usize, from: usize, to: usize) {
+        let slot = slot.to_string();
+        let () = self.nodes[to].cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &self.id(from)]);
+        let () = self.nodes[from].cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &self.id(to)]);
+    }
+
+    /// Moves up to `count` keys of `slot` (opened by [`Self::open_migration`])
+    /// from `from` to `to` with one `MIGRATE`. Returns how many it moved.
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step.
+    pub fn migrate_keys(&self, slot: usize, from: usize, to: usize, count: usize) -> usize {
+        let source = &self.nodes[from];
+        let keys: Vec<String> = source.cmd(&[
+            "CLUSTER",
+            "GETKEYSINSLOT",
+            &slot.to_string(),
+            &count.to_string(),
+        ]);
+        if keys.is_empty() {
+            return 0;
+        }
+        let target_port = self.nodes[to].port().to_string();
+        let mut args = vec![
+            "MIGRATE",
+            "127.0.0.1",
+            &target_port,
+            "",
+            "0",
+            "5000",
+            "REPLACE",
+            "KEYS",
+        ];
+        args.extend(keys.iter().map(String::as_str));
+        let _: redis::Value = source.cmd(&args);
+        keys.len()
+    }
+
+    /// The last step of moving `slot` from `from` to `to`: the target is
+    /// told it serves the slot, then the source, then every other primary.
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step.
+    pub fn finish_migration(&self, slot: usize, from: usize, to: usize) {
+        let (slot, target_id) = (slot.to_string(), self.id(to));
+        let mut told = vec![to, from];
+        told.extend(
+            self.primaries()
+                .into_iter()
+                .filter(|&i| i != to && i != from),
+        );
+        for i in told {
+            let () = self.nodes[i].cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+        }
+    }
+
+    /// Node `i`'s cluster node id.
+    fn id(&self, i: usize) -> String {
+        self.nodes[i].cmd(&["CLUSTER", "MYID"])
     }
 
     fn role(&self, i: usize) -> String {
@@ -468,6 +504,12 @@ pub async fn disrupt_under_load(
     let committed: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
     let loads = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // For a failure's report: each acknowledged change (row, version, by
+    // pattern, when), and each stale read (row, version read, floor, when).
+    let began = Instant::now();
+    type Log<T> = Arc<Mutex<Vec<T>>>;
+    let changes: Log<(u64, u64, bool, Duration)> = Arc::default();
+    let stale_seen: Log<(u64, u64, u64, Duration)> = Arc::default();
     let read = |cache: cached_runtime::Cache, rows: Rows, loads: Arc<AtomicU64>, k: u64| async move {
         cache
             .get_or_load(
@@ -483,12 +525,13 @@ pub async fn disrupt_under_load(
     };
     let tasks: Vec<_> = (0..readers)
         .map(|_| {
-            let (cache, rows, committed, loads, stop) = (
+            let (cache, rows, committed, loads, stop, stale_seen) = (
                 cache.clone(),
                 rows.clone(),
                 committed.clone(),
                 loads.clone(),
                 stop.clone(),
+                stale_seen.clone(),
             );
             tokio::spawn(async move {
                 let (mut calls, mut errors, mut stale) = (0u64, 0u64, 0u64);
@@ -496,7 +539,12 @@ pub async fn disrupt_under_load(
                     let k = fastrand::u64(..keys);
                     let floor = committed[k as usize].load(SeqCst);
                     match read(cache.clone(), rows.clone(), loads.clone(), k).await {
-                        Ok(got) if got < floor => stale += 1,
+                        Ok(got) if got < floor => {
+                            stale += 1;
+                            if let Ok(mut seen) = stale_seen.lock() {
+                                seen.push((k, got, floor, began.elapsed()));
+                            }
+                        }
                         Ok(_) => {}
                         Err(()) => errors += 1,
                     }
@@ -507,8 +555,13 @@ pub async fn disrupt_under_load(
         })
         .collect();
     let writer = {
-        let (cache, rows, committed, stop) =
-            (cache.clone(), rows.clone(), committed.clone(), stop.clone());
+        let (cache, rows, committed, stop, changes) = (
+            cache.clone(),
+            rows.clone(),
+            committed.clone(),
+            stop.clone(),
+            changes.clone(),
+        );
         tokio::spawn(async move {
             let mut writes = 0u64;
             while !stop.load(SeqCst) {
@@ -532,6 +585,9 @@ pub async fn disrupt_under_load(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 committed[k as usize].store(version, SeqCst);
+                if let Ok(mut changes) = changes.lock() {
+                    changes.push((k, version, writes % 3 == 2, began.elapsed()));
+                }
                 writes += 1;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -578,6 +634,7 @@ pub async fn disrupt_under_load(
         stale_reads += s;
     }
     let mut stale_after = 0;
+    let mut stale_rows: Vec<u64> = Vec::new();
     for k in 0..keys {
         let want = rows.lock().expect("rows")[&k];
         if cache
@@ -586,7 +643,29 @@ pub async fn disrupt_under_load(
             .is_some_and(|got| got != want)
         {
             stale_after += 1;
+            stale_rows.push(k);
         }
+    }
+    // What a failure needs to be told apart: which change each stale row
+    // followed (by key or by pattern), and when, beside the disruption.
+    let seen = stale_seen.lock().map(|s| s.clone()).unwrap_or_default();
+    stale_rows.extend(seen.iter().map(|s| s.0));
+    stale_rows.sort_unstable();
+    stale_rows.dedup();
+    for k in stale_rows {
+        let row_changes: Vec<_> = changes
+            .lock()
+            .map(|c| c.iter().filter(|c| c.0 == k).copied().collect())
+            .unwrap_or_default();
+        let reads: Vec<_> = seen.iter().filter(|s| s.0 == k).take(5).collect();
+        eprintln!(
+            "row {k} stale: disruption took {failover:?} from 1.5 s; changes (version, by pattern, acknowledged at) {:?}; first stale reads (version read, floor, at) {:?}",
+            row_changes
+                .iter()
+                .map(|c| (c.1, c.2, c.3))
+                .collect::<Vec<_>>(),
+            reads.iter().map(|s| (s.1, s.2, s.3)).collect::<Vec<_>>(),
+        );
     }
     let report = FailoverReport {
         calls,

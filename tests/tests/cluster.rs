@@ -238,6 +238,117 @@ async fn a_resharding_under_load_fails_no_call_and_serves_nothing_stale() {
     assert_eq!(seen.stale_after, 0, "{seen:?}");
 }
 
+/// A pattern invalidation while its entry's slot migrates: the slot opens
+/// (importing on the target, migrating on the source), and `MIGRATE` moves
+/// the entry while the invalidation's scans run. The source holds 60,000
+/// other keys, so its scan takes over a hundred round trips, while the
+/// target's takes one: the entry can leave the source before that scan
+/// reaches it and arrive on the target after that scan ended. The slot is
+/// handed over 400 ms later. The invalidation fails while it finds the
+/// entry in the open slot, and must not return `Ok` having found it on
+/// neither node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let key = "mig:1";
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{key}}}"));
+    let home = cluster.owner_of_slot(slot);
+    let away = cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| p != home)
+        .expect("another primary");
+    let tag = (0..)
+        .map(|i| format!("filler{i}"))
+        .find(|tag| cluster.owner_of(&format!("{{{tag}}}")) == home)
+        .expect("a filler tag on the entry's primary");
+    for batch in 0..6 {
+        let mut mset = vec!["MSET".to_owned()];
+        for i in 0..10_000 {
+            mset.push(format!("{{{tag}}}:{batch}:{i}"));
+            mset.push("x".to_owned());
+        }
+        let args: Vec<&str> = mset.iter().map(String::as_str).collect();
+        let () = cluster.nodes()[home].cmd(&args);
+    }
+    // On a steady cluster, no primary is scanned again: one scan of each
+    // for the leases, one for the values, and each asked once after each.
+    let calls = |node: usize, command: &str| -> u64 {
+        let info: String = cluster.nodes()[node].cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let others: Vec<usize> = cluster
+        .primaries()
+        .into_iter()
+        .filter(|&p| p != home)
+        .collect();
+    let before: Vec<(u64, u64)> = others
+        .iter()
+        .map(|&p| (calls(p, "scan"), calls(p, "cluster|nodes")))
+        .collect();
+    cache
+        .invalidate_pattern("mig:*")
+        .await
+        .expect("invalidates");
+    for (&p, (scans, asked)) in others.iter().zip(before) {
+        assert_eq!(calls(p, "scan") - scans, 2, "scans of primary {p}");
+        assert_eq!(calls(p, "cluster|nodes") - asked, 2, "primary {p} asked");
+    }
+    let cluster = Arc::new(cluster);
+    let mut missed = Vec::new();
+    for round in 0..10u32 {
+        // Stored once the last round's retries, which this process sends
+        // in the background after an invalidation failed, have settled.
+        let storing = Instant::now();
+        loop {
+            cache.set(key, &round, Duration::from_secs(60)).await;
+            if cache.get::<u32>(key).await == Some(round) {
+                break;
+            }
+            assert!(storing.elapsed() < Duration::from_secs(10), "not stored");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let mover = tokio::task::spawn_blocking({
+            let cluster = cluster.clone();
+            move || {
+                cluster.open_migration(slot, home, away);
+                let _ = opened_tx.send(());
+                std::thread::sleep(Duration::from_millis(fastrand::u64(100..250)));
+                assert_eq!(
+                    cluster.migrate_keys(slot, home, away, 100),
+                    1,
+                    "the entry moves"
+                );
+                std::thread::sleep(Duration::from_millis(400));
+                cluster.finish_migration(slot, home, away);
+            }
+        });
+        opened.await.expect("the slot opens");
+        while cache.invalidate_pattern("mig:*").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let acknowledged_while_open = !mover.is_finished();
+        mover.await.expect("the slot moves");
+        if cache.get::<u32>(key).await.is_some() {
+            missed.push((round, acknowledged_while_open));
+        }
+        // Home again, for the next round.
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
+            .await
+            .expect("the slot moves back");
+    }
+    assert!(
+        missed.is_empty(),
+        "(round, acknowledged while the slot was open) of each entry an acknowledged invalidation left: {missed:?}"
+    );
+}
+
 #[derive(Clone)]
 struct Docs {
     cache: Cache,

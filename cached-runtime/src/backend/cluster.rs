@@ -20,8 +20,10 @@
 //!   removes, so that a load holding one from before the change cannot
 //!   store its value; then for the values. A load whose write landed
 //!   before the first pass reached its lease left a value that the second
-//!   pass finds (SCAN returns every key present throughout it). The
-//!   scripts still read an epoch key in the entry's slot,
+//!   pass finds (SCAN returns every key present throughout it). A key
+//!   that `MIGRATE` moves during a pass may be on neither node when each
+//!   is scanned, so the nodes it can have reached are scanned once more
+//!   ([`after_pass`]). The scripts still read an epoch key in the entry's slot,
 //!   `{namespace}:~epoch:{t}` ([`epoch_key`]), as on one server; nothing
 //!   on a cluster bumps it, so it reads 0 and costs no round trip.
 //! - **Tags are versions, not sets.** A tag `T` has a version at `{T}`, a
@@ -299,13 +301,15 @@ pub(crate) fn new_version() -> String {
 }
 
 /// One slot range of `CLUSTER SLOTS`: its first and last slot and the
-/// address of the primary serving it.
+/// address and node id of the primary serving it (the id empty when the
+/// reply leaves it out).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct SlotRange {
     pub(crate) first: u16,
     pub(crate) last: u16,
     pub(crate) host: String,
     pub(crate) port: u16,
+    pub(crate) id: String,
 }
 
 /// The cluster's slot map from a `CLUSTER SLOTS` reply, sorted.
@@ -340,15 +344,134 @@ pub(crate) fn slot_map(reply: redis::Value) -> redis::RedisResult<Vec<SlotRange>
         let Some(redis::Value::Int(port)) = primary.get(1) else {
             return Err(bad());
         };
+        let id = match primary.get(2) {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            _ => String::new(),
+        };
         map.push(SlotRange {
             first: u16::try_from(*first).map_err(|_| bad())?,
             last: u16::try_from(*last).map_err(|_| bad())?,
             host,
             port: u16::try_from(*port).map_err(|_| bad())?,
+            id,
         });
     }
     map.sort();
     Ok(map)
+}
+
+/// What one primary says of itself in `CLUSTER NODES` (its `myself`
+/// line), beside what a slot map says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnView {
+    /// Slot ranges it serves.
+    slots: Vec<(u16, u16)>,
+    /// Whether it imports a slot: `MIGRATE` may bring it keys at any time.
+    importing: bool,
+    /// The node ids it migrates slots to.
+    migrating_to: Vec<String>,
+}
+
+/// The `myself` line of a `CLUSTER NODES` reply; `None` when there is none
+/// or a slot field does not read (`0-5460`, `5461`, `[5462->-id]`
+/// migrating, `[5462-<-id]` importing).
+pub(crate) fn own_view(nodes: &str) -> Option<OwnView> {
+    let line = nodes.lines().find(|line| {
+        line.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+    })?;
+    let mut view = OwnView {
+        slots: Vec::new(),
+        importing: false,
+        migrating_to: Vec::new(),
+    };
+    let slot = |text: &str| text.parse::<u16>().ok().filter(|&s| usize::from(s) < SLOTS);
+    for field in line.split(' ').skip(8).filter(|f| !f.is_empty()) {
+        if let Some(open) = field.strip_prefix('[').and_then(|f| f.strip_suffix(']')) {
+            if let Some((at, id)) = open.split_once("->-") {
+                slot(at)?;
+                view.migrating_to.push(id.to_owned());
+            } else if let Some((at, _)) = open.split_once("-<-") {
+                slot(at)?;
+                view.importing = true;
+            } else {
+                return None;
+            }
+            continue;
+        }
+        let (first, last) = match field.split_once('-') {
+            Some((first, last)) => (slot(first)?, slot(last)?),
+            None => (slot(field)?, slot(field)?),
+        };
+        if first > last {
+            return None;
+        }
+        view.slots.push((first, last));
+    }
+    Some(view)
+}
+
+/// What a scan of every primary of `map` must do next, once each has said
+/// what it is now ([`own_view`], in the order of [`primaries`]; `None`
+/// for one whose answer did not read). A pass scans every node at once,
+/// and `SCAN` returns the keys present throughout it: a key that `MIGRATE`
+/// moved during the pass may have arrived on its target after the
+/// target's scan and left its source before the source's scan reached it.
+pub(crate) enum AfterPass {
+    /// Nothing moved: the pass saw every key.
+    Complete,
+    /// Scan these primaries (indexes into [`primaries`]) once more: they
+    /// import a slot, or serve one the map gave another node, so keys may
+    /// have arrived there during the pass; every key that left a source
+    /// did so before the source's scan ended, so once more suffices.
+    Rescan(Vec<usize>),
+    /// The map is out of date (a primary no longer serves a slot the map
+    /// gives it), or a slot migrates to a node the map does not list, which
+    /// this client cannot scan: read the map and run the passes again.
+    Stale,
+}
+
+/// Decides [`AfterPass`] from each primary's own view.
+pub(crate) fn after_pass(map: &[SlotRange], views: &[Option<OwnView>]) -> AfterPass {
+    let nodes = primaries(map);
+    let mut rescan = Vec::new();
+    for (i, ((host, port), view)) in nodes.iter().zip(views).enumerate() {
+        let given: Vec<(u16, u16)> = map
+            .iter()
+            .filter(|r| r.host == *host && r.port == *port)
+            .map(|r| (r.first, r.last))
+            .collect();
+        let Some(view) = view else {
+            // It said something else than expected: as if keys came.
+            rescan.push(i);
+            continue;
+        };
+        let covers = |ranges: &[(u16, u16)], s: u16| ranges.iter().any(|&(a, b)| a <= s && s <= b);
+        let lost = given
+            .iter()
+            .any(|&(a, b)| (a..=b).any(|s| !covers(&view.slots, s)));
+        let unlisted = view
+            .migrating_to
+            .iter()
+            .any(|id| id.is_empty() || !map.iter().any(|r| r.id == *id));
+        if lost || unlisted {
+            return AfterPass::Stale;
+        }
+        let gained = view
+            .slots
+            .iter()
+            .any(|&(a, b)| (a..=b).any(|s| !covers(&given, s)));
+        if view.importing || gained {
+            rescan.push(i);
+        }
+    }
+    if rescan.is_empty() {
+        AfterPass::Complete
+    } else {
+        AfterPass::Rescan(rescan)
+    }
 }
 
 /// The primaries of a slot map, each once.
@@ -488,6 +611,7 @@ mod tests {
             last,
             host: host.into(),
             port,
+            id: "id".into(),
         };
         assert_eq!(
             map,
@@ -529,6 +653,118 @@ mod tests {
             assert_eq!(err.kind(), redis::ErrorKind::Parse, "{reply:?}");
         }
         assert_eq!(slot_map(Array(vec![])).expect("no ranges"), vec![]);
+    }
+
+    /// `CLUSTER NODES` of the second of three primaries, as Redis 7
+    /// prints it, with `extra` after its own slots.
+    fn nodes_text(extra: &str) -> String {
+        format!(
+            "a1 10.0.0.1:7001@17001 master - 0 1 1 connected 0-5460\n\
+             b2 10.0.0.2:7002@17002,node-b myself,master - 0 0 2 connected 5461-10921 10922{extra}\n\
+             c3 10.0.0.3:7003@17003 master - 0 1 3 connected 10923-16383\n\
+             d4 10.0.0.4:7004@17004 slave b2 0 1 2 connected\n"
+        )
+    }
+
+    #[test]
+    fn a_node_is_read_from_its_own_line() {
+        assert_eq!(
+            own_view(&nodes_text("")),
+            Some(OwnView {
+                slots: vec![(5461, 10921), (10922, 10922)],
+                importing: false,
+                migrating_to: vec![],
+            })
+        );
+        let view = own_view(&nodes_text(" [10922->-c3] [3-<-a1]")).expect("reads");
+        assert_eq!(view.migrating_to, vec!["c3".to_string()]);
+        assert!(view.importing);
+        assert_eq!(view.slots, vec![(5461, 10921), (10922, 10922)]);
+        // A node that serves no slot.
+        let bare = "e5 10.0.0.5:7005@17005 myself,master - 0 0 0 connected\n";
+        assert_eq!(own_view(bare).expect("reads").slots, vec![]);
+        for bad in [
+            " 16384",
+            " 9-3",
+            " x",
+            " 1-",
+            " [10922-?-c3]",
+            " [99999->-c3]",
+            " [3-<-a1",
+        ] {
+            assert_eq!(own_view(&nodes_text(bad)), None, "{bad:?}");
+        }
+        assert_eq!(
+            own_view("a1 10.0.0.1:7001@17001 master - 0 1 1 connected 0-5460"),
+            None
+        );
+        assert_eq!(own_view(""), None);
+    }
+
+    /// The slot map of [`nodes_text`]'s cluster, each primary's id given.
+    fn three() -> Vec<SlotRange> {
+        let range = |first, last, n: u16, id: &str| SlotRange {
+            first,
+            last,
+            host: format!("10.0.0.{n}"),
+            port: 7000 + n,
+            id: id.into(),
+        };
+        vec![
+            range(0, 5460, 1, "a1"),
+            range(5461, 10922, 2, "b2"),
+            range(10923, 16383, 3, "c3"),
+        ]
+    }
+
+    fn view(slots: &[(u16, u16)], importing: bool, migrating_to: &[&str]) -> Option<OwnView> {
+        Some(OwnView {
+            slots: slots.to_vec(),
+            importing,
+            migrating_to: migrating_to.iter().map(|&id| id.to_owned()).collect(),
+        })
+    }
+
+    #[test]
+    fn after_a_pass_the_nodes_keys_may_have_reached_are_scanned_again() {
+        let map = three();
+        let as_given = [
+            view(&[(0, 5460)], false, &[]),
+            view(&[(5461, 10922)], false, &[]),
+            view(&[(10923, 16383)], false, &[]),
+        ];
+        assert!(matches!(after_pass(&map, &as_given), AfterPass::Complete));
+        // Slot 10922 migrates from the second to the third: the third
+        // imports it, and only it may have received keys.
+        let mut views = as_given.clone();
+        views[1] = view(&[(5461, 10922)], false, &["c3"]);
+        views[2] = view(&[(10923, 16383)], true, &[]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![2]));
+        // Its migration ended during the pass: the third serves it and
+        // says so first (it is told first); the map, read before, does not.
+        views[2] = view(&[(10922, 16383)], false, &[]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![2]));
+        // The second has been told too: the map is out of date.
+        views[1] = view(&[(5461, 10921)], false, &[]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
+        // To a node the map does not list (one added to the cluster), which
+        // this client has no connection to.
+        let mut views = as_given.clone();
+        views[0] = view(&[(0, 5460)], false, &["e5"]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
+        views[0] = view(&[(0, 5460)], false, &[""]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
+        // An answer that did not read: scanned again, as if keys came.
+        let mut views = as_given.clone();
+        views[0] = None;
+        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0]));
+        // A slot in the middle of a range lost, one gained at its edge.
+        let mut views = as_given.clone();
+        views[0] = view(&[(0, 99), (101, 5460)], false, &[]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
+        let mut views = as_given;
+        views[0] = view(&[(0, 5461)], false, &[]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0]));
     }
 
     #[test]

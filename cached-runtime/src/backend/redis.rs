@@ -81,8 +81,10 @@ const COMMANDS: &[&str] = &[
     // SETINFO` on connecting may be refused: it ignores the answer.)
     "select",
     // On a Redis Cluster: the slot map (redis-rs's, and a pattern
-    // invalidation's list of primaries).
+    // invalidation's list of primaries), and what each primary says of
+    // itself after a pattern invalidation's pass (a slot it imports).
     "cluster|slots",
+    "cluster|nodes",
 ];
 
 /// The Redis ACL rule a cache with `namespace` needs, and no more: its keys
@@ -1208,10 +1210,17 @@ impl RedisBackend {
     ///    the change (what the epoch does on one server);
     /// 2. then for `{pattern}`, each value found unlinked with its lease
     ///    and tag versions;
-    /// 3. the slot map is read again: if it changed (a failover, a
-    ///    resharding moved keys between nodes mid-scan), the scan runs
-    ///    again on the new map, up to four times, and then gives up with an
-    ///    error rather than claim a complete invalidation.
+    /// 3. after each of those passes, every primary is asked what it is
+    ///    now (`CLUSTER NODES`): one that imports a slot, or serves one the
+    ///    map did not give it, may have received keys that `MIGRATE` moved
+    ///    during the pass, after its own scan and before the source's scan
+    ///    reached them, and is scanned once more (see
+    ///    [`cluster::after_pass`]);
+    /// 4. the slot map is read again: if it changed (a failover, a
+    ///    resharding moved keys between nodes mid-scan), or a primary no
+    ///    longer serves what the map gave it, the scan runs again on the
+    ///    new map, up to four times, and then gives up with an error rather
+    ///    than claim a complete invalidation.
     async fn invalidate_pattern_cluster(
         &self,
         pattern: &str,
@@ -1231,24 +1240,35 @@ impl RedisBackend {
             // pass began, so either this pass removes the lease (and its
             // write is refused) or the write landed first, and the value
             // is there for the second pass to remove.
+            let nodes = cluster::primaries(&map);
+            let mut stale = false;
             for (glob, found) in [(&leases, Found::Lease), (&values, Found::Value)] {
-                let scans = cluster::primaries(&map).into_iter().map(|(host, port)| {
-                    let conn = &cluster_conn;
-                    async move {
-                        self.scan_node(conn, &host, port, glob, found, timeout)
-                            .await
+                let mut n = self
+                    .scan_nodes(&cluster_conn, &nodes, glob, found, timeout)
+                    .await?;
+                match cluster::after_pass(
+                    &map,
+                    &self.own_views(&cluster_conn, &nodes, timeout).await?,
+                ) {
+                    cluster::AfterPass::Complete => {}
+                    cluster::AfterPass::Rescan(again) => {
+                        let again: Vec<(String, u16)> =
+                            again.into_iter().map(|i| nodes[i].clone()).collect();
+                        n += self
+                            .scan_nodes(&cluster_conn, &again, glob, found, timeout)
+                            .await?;
                     }
-                });
-                let n: u64 = futures_util::future::try_join_all(scans)
-                    .await?
-                    .into_iter()
-                    .sum();
+                    cluster::AfterPass::Stale => stale = true,
+                }
                 if found == Found::Value {
                     removed += n;
                 }
+                if stale {
+                    break;
+                }
             }
             let now = self.slot_map(&cluster_conn, timeout).await?;
-            if now == map {
+            if now == map && !stale {
                 return Ok(removed);
             }
             map = now;
@@ -1257,6 +1277,57 @@ impl RedisBackend {
             redis::ErrorKind::Client,
             "the cluster's slot map kept changing during a pattern invalidation",
         ))))
+    }
+
+    /// [`Self::scan_node`] on each of `nodes` at once. Returns how many
+    /// keys were removed.
+    async fn scan_nodes(
+        &self,
+        conn: &ClusterConnection,
+        nodes: &[(String, u16)],
+        glob: &str,
+        found: Found,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let scans = nodes
+            .iter()
+            .map(|(host, port)| self.scan_node(conn, host, *port, glob, found, timeout));
+        Ok(futures_util::future::try_join_all(scans)
+            .await?
+            .into_iter()
+            .sum())
+    }
+
+    /// What each of `nodes` says of itself (`CLUSTER NODES`), asked at
+    /// once; `None` for an answer that does not read.
+    async fn own_views(
+        &self,
+        conn: &ClusterConnection,
+        nodes: &[(String, u16)],
+        timeout: Duration,
+    ) -> Result<Vec<Option<cluster::OwnView>>, BackendError> {
+        let asks = nodes.iter().map(|(host, port)| {
+            let mut conn = conn.clone();
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            });
+            async move {
+                let reply = self
+                    .run(
+                        Gate::Always,
+                        timeout,
+                        conn.route_command(redis::cmd("CLUSTER").arg("NODES").to_owned(), routing),
+                    )
+                    .await?;
+                Ok::<_, BackendError>(
+                    redis::from_redis_value::<String>(reply)
+                        .ok()
+                        .and_then(|text| cluster::own_view(&text)),
+                )
+            }
+        });
+        futures_util::future::try_join_all(asks).await
     }
 
     /// The cluster's slot map, as one node sees it.
