@@ -2118,3 +2118,39 @@ async fn a_rule_without_evalsha_ro_still_reads_tagged_entries() {
         c.cache.stats()
     );
 }
+
+/// A server without `EVALSHA_RO` (Redis before 7 answers "unknown
+/// command"; here a Redis 7 with the command renamed away, which answers
+/// the same): the cache turns to `EVALSHA`, and tagged calls go on being
+/// hits, not loads or errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_evalsha_ro_still_reads_tagged_entries() {
+    let server = cached_tests::RedisServer::start_with(&["--rename-command", "EVALSHA_RO", ""]);
+    let mut conn = redis::Client::open(server.url().as_str())
+        .expect("URL")
+        .get_connection()
+        .expect("connects");
+    let refused = redis::cmd("EVALSHA_RO")
+        .arg("0")
+        .arg(0)
+        .query::<redis::Value>(&mut conn)
+        .expect_err("the server has no EVALSHA_RO");
+    assert!(refused.to_string().contains("unknown command"), "{refused}");
+    let c = Catalog::new(
+        cached_tests::redis_builder(&server)
+            .build()
+            .expect("builds"),
+        3,
+    );
+    c.many(true, vec![1, 2, 3]).await.expect("loads");
+    for _ in 0..3 {
+        assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
+        assert_eq!(c.many(true, vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+    }
+    assert_eq!(c.batches().len(), 1, "hits: {:?}", c.cache.stats());
+    assert!(
+        c.singles.lock().expect("singles").is_empty(),
+        "{:?}",
+        c.cache.stats()
+    );
+}
