@@ -2154,3 +2154,47 @@ async fn a_server_without_evalsha_ro_still_reads_tagged_entries() {
         c.cache.stats()
     );
 }
+
+/// A refusal of `EVALSHA_RO` that `EVALSHA` meets too (a rule without
+/// either, fixed later) says nothing of the server: reads keep to
+/// `EVALSHA_RO`, and once the rule allows both, tagged hits are served
+/// while the server pauses writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_evalsha_shares_keeps_reads_read_only() {
+    let server = cached_tests::RedisServer::start();
+    let mut setuser = vec!["ACL", "SETUSER", "no-scripts", "on", ">no-scripts-password"];
+    let rule = cached_runtime::redis_acl_rule(cached_tests::NAMESPACE);
+    setuser.extend(
+        rule.split(' ')
+            .filter(|part| *part != "+evalsha_ro" && *part != "+evalsha"),
+    );
+    let () = server.cmd(&setuser);
+    let c = Catalog::new(
+        cached_tests::redis_builder(&server)
+            .redis_username("no-scripts")
+            .redis_password("no-scripts-password")
+            .op_timeout(Duration::from_secs(2))
+            .build()
+            .expect("builds"),
+        3,
+    );
+    // Refused both ways: served from the loaders, nothing stored.
+    for _ in 0..2 {
+        assert_eq!(c.many(true, vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+        assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
+    }
+    let () = server.cmd(&["ACL", "SETUSER", "no-scripts", "+evalsha", "+evalsha_ro"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.many(true, vec![1, 2, 3]).await.expect("loads");
+        let loads = c.batches().len();
+        c.many(true, vec![1, 2, 3]).await.expect("a hit");
+        if c.batches().len() == loads {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", c.cache.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.one(true, 2).await.expect("warm");
+    paused_hits(&c, &server, "after a refusal both commands met").await;
+}

@@ -921,9 +921,10 @@ impl RedisBackend {
     /// tagged hit ran to its operation timeout and loaded; it runs
     /// `EVALSHA_RO`, and answers its `NOSCRIPT` at once (the script is then
     /// loaded, which a pause allows, and called again). A server before
-    /// Redis 7 (an unknown command) or an ACL rule written without
-    /// `+evalsha_ro` (`NOPERM`) turns this backend to `EVALSHA` for good,
-    /// with one warning.
+    /// Redis 7 (an unknown command), a fork without it, or an ACL rule
+    /// written without `+evalsha_ro` (`NOPERM`) refuses it: the read is
+    /// sent again as `EVALSHA`, and if that answers, this backend uses
+    /// `EVALSHA` for good, with one warning.
     async fn invoke_read<T: redis::FromRedisValue>(
         &self,
         conn: &mut Conn,
@@ -945,17 +946,33 @@ impl RedisBackend {
                     script.prepare_invoke().load_async(conn).await?;
                     return cmd.query_async(conn).await;
                 }
-                Err(e) if refuses_read_only_scripts(&e) => {
-                    if read_only.swap(false, Ordering::Relaxed) {
+                // Refused, but not for an outage or a passing state: this
+                // server (before Redis 7, a fork) or this ACL user may not
+                // have `EVALSHA_RO`, whatever its words. `EVALSHA` decides:
+                // where it answers, it is used from now on.
+                Err(e) if may_refuse_read_only_scripts(&e) => {
+                    let plain = Self::invoke_plain(conn, script, keys, args).await;
+                    if plain.is_ok() && read_only.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             error = %e,
                             "EVALSHA_RO refused: tagged reads use EVALSHA, which a write pause (CLIENT PAUSE WRITE, a failover) holds; on Redis 7, add +evalsha_ro to the ACL rule (see redis_acl_rule)"
                         );
                     }
+                    return plain;
                 }
                 answer => return answer,
             }
         }
+        Self::invoke_plain(conn, script, keys, args).await
+    }
+
+    /// A read script run with `EVALSHA` (`EVAL` once after `NOSCRIPT`).
+    async fn invoke_plain<T: redis::FromRedisValue>(
+        conn: &mut Conn,
+        script: &'static redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> redis::RedisResult<T> {
         let mut call = script.prepare_invoke();
         call.key(keys).arg(args);
         call.invoke_async(conn).await
@@ -1673,17 +1690,24 @@ static CLUSTER: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     )),
 });
 
-/// Whether `e` says this server or this ACL user cannot run
-/// `EVALSHA_RO`: a command a server before Redis 7 does not know, or one
-/// the user's rule lacks. Every other error is the script's own answer,
-/// or an outage.
-fn refuses_read_only_scripts(e: &redis::RedisError) -> bool {
-    super::is_permission(e) || is_unknown_command(&e.to_string())
-}
-
-/// Whether a server's error text says it does not know the command.
-fn is_unknown_command(text: &str) -> bool {
-    text.contains("unknown command")
+/// Whether `EVALSHA_RO`'s error `e` may say that the server or the ACL
+/// user cannot run it (Redis 6 answers `ERR unknown command`, a rule
+/// without it `NOPERM`, a fork its own words): any error reply but those
+/// of an outage or a passing state, which `EVALSHA` would meet as well.
+/// (The script's own errors are ruled out by `EVALSHA` failing the same.)
+fn may_refuse_read_only_scripts(e: &redis::RedisError) -> bool {
+    const PASSING: [&str; 9] = [
+        "NOSCRIPT",
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "MOVED",
+        "ASK",
+        "READONLY",
+    ];
+    e.code().is_some_and(|code| !PASSING.contains(&code))
 }
 
 /// KEYS: value, tags... The value while every tag index lists it, else
@@ -2427,22 +2451,48 @@ mod tests {
         assert_eq!(super::claim_for(Duration::MAX), Duration::from_secs(1));
     }
 
-    /// The texts servers answer: Redis 6 to a command it does not know
-    /// (the form of its `processCommand` error). An outage or a script's
-    /// own error is not a reason to stop using `EVALSHA_RO`.
+    /// The errors of `EVALSHA_RO` after which `EVALSHA` is tried (and used
+    /// from now on where it answers): any error reply, whatever its words
+    /// (Redis 6's, a rule's `NOPERM`, a fork's own, a script's own, which
+    /// `EVALSHA` then meets too), but not an outage or a passing state.
     #[test]
-    fn only_an_unknown_command_turns_reads_to_evalsha() {
-        assert!(super::is_unknown_command(
-            "ERR unknown command 'EVALSHA_RO', with args beginning with: 'abc' '1' "
-        ));
-        assert!(!super::is_unknown_command(
-            "NOSCRIPT No matching script. Please use EVAL."
-        ));
-        assert!(!super::is_unknown_command(
-            "LOADING Redis is loading the dataset in memory"
-        ));
-        assert!(!super::is_unknown_command(
-            "ERR Error running script (call to f_abc): user_script:1: Script attempted to access nonexistent global variable"
-        ));
+    fn any_error_reply_but_a_passing_one_lets_evalsha_decide() {
+        let reply = |text: &str| {
+            redis::parse_redis_value(format!("-{text}\r\n").as_bytes())
+                .and_then(redis::Value::extract_error)
+                .expect_err("an error reply")
+        };
+        for refusal in [
+            "ERR unknown command 'EVALSHA_RO', with args beginning with: 'abc' '1' ",
+            "ERR unknown command `EVALSHA_RO`, with args beginning with: `abc`, `1`, ",
+            "NOPERM User older-rule has no permissions to run the 'evalsha_ro' command",
+            "ERR EVALSHA_RO is not supported here",
+            "UNSUPPORTED command",
+            "ERR Error running script (call to f_abc): user_script:1: Script attempted to access nonexistent global variable",
+        ] {
+            assert!(
+                super::may_refuse_read_only_scripts(&reply(refusal)),
+                "{refusal}"
+            );
+        }
+        for passing in [
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MASTERDOWN Link with MASTER is down",
+            "CLUSTERDOWN The cluster is down",
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            assert!(
+                !super::may_refuse_read_only_scripts(&reply(passing)),
+                "{passing}"
+            );
+        }
+        let cut =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!super::may_refuse_read_only_scripts(&cut), "an outage");
     }
 }
