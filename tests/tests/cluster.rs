@@ -238,19 +238,28 @@ async fn a_resharding_under_load_fails_no_call_and_serves_nothing_stale() {
     assert_eq!(seen.stale_after, 0, "{seen:?}");
 }
 
-/// A pattern invalidation while its entry's slot migrates: the slot opens
-/// (importing on the target, migrating on the source), and `MIGRATE` moves
-/// the entry while the invalidation's scans run. The source holds 60,000
-/// other keys, so its scan takes over a hundred round trips, while the
-/// target's takes one: the entry can leave the source before that scan
-/// reaches it and arrive on the target after that scan ended. The slot is
-/// handed over 400 ms later. The invalidation fails while it finds the
-/// entry in the open slot, and must not return `Ok` having found it on
-/// neither node.
+/// A pattern invalidation while its entry's slot migrates: the source
+/// holds 60,000 other keys, so each scan of it takes over a hundred round
+/// trips, while the target's takes one. At a random point of the source's
+/// scan for leases, the slot opens (importing on the target, migrating on
+/// the source); at a random point of its scan for values, `MIGRATE` moves
+/// the entry: it can leave the source before that scan reaches it, and
+/// arrive on the target after that scan ended. The slot is handed over 400 ms later. The invalidation fails
+/// while it finds the entry in the open slot, and must not return `Ok`
+/// having found it on neither node. Run with the ACL rule, and with a rule
+/// written before it needed `CLUSTER NODES` (every primary is then scanned
+/// twice a pass).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
     let cluster = RedisCluster::start();
-    let cache = cluster_cache(&cluster);
+    let rule = cached_runtime::redis_acl_rule(NAMESPACE);
+    for (user, refused) in [("full-rule", ""), ("older-rule", "+cluster|nodes")] {
+        for node in cluster.nodes() {
+            let mut setuser = vec!["ACL", "SETUSER", user, "on", ">mig-password"];
+            setuser.extend(rule.split(' ').filter(|part| *part != refused));
+            let () = node.cmd(&setuser);
+        }
+    }
     let key = "mig:1";
     let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{key}}}"));
     let home = cluster.owner_of_slot(slot);
@@ -273,80 +282,137 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
         let () = cluster.nodes()[home].cmd(&args);
     }
     // On a steady cluster, no primary is scanned again: one scan of each
-    // for the leases, one for the values, and each asked once after each.
-    let calls = |node: usize, command: &str| -> u64 {
-        let info: String = cluster.nodes()[node].cmd(&["INFO", "commandstats"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    // for the leases, one for the values (each pass twice where the rule
+    // refuses `CLUSTER NODES`).
+    let cluster = Arc::new(cluster);
+    let scans = |node: usize| scan_calls(&cluster, node);
     let others: Vec<usize> = cluster
         .primaries()
         .into_iter()
         .filter(|&p| p != home)
         .collect();
-    let before: Vec<(u64, u64)> = others
-        .iter()
-        .map(|&p| (calls(p, "scan"), calls(p, "cluster|nodes")))
-        .collect();
-    cache
-        .invalidate_pattern("mig:*")
-        .await
-        .expect("invalidates");
-    for (&p, (scans, asked)) in others.iter().zip(before) {
-        assert_eq!(calls(p, "scan") - scans, 2, "scans of primary {p}");
-        assert_eq!(calls(p, "cluster|nodes") - asked, 2, "primary {p} asked");
-    }
-    let cluster = Arc::new(cluster);
-    let mut missed = Vec::new();
-    for round in 0..10u32 {
-        // Stored once the last round's retries, which this process sends
-        // in the background after an invalidation failed, have settled.
-        let storing = Instant::now();
-        loop {
-            cache.set(key, &round, Duration::from_secs(60)).await;
-            if cache.get::<u32>(key).await == Some(round) {
-                break;
-            }
-            assert!(storing.elapsed() < Duration::from_secs(10), "not stored");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    for (user, steady_scans) in [("full-rule", 2), ("older-rule", 4)] {
+        let cache = Cache::builder()
+            .redis_cluster(cluster.urls())
+            .redis_username(user)
+            .redis_password("mig-password")
+            .namespace(NAMESPACE)
+            .build()
+            .expect("builds");
+        cache.invalidate_pattern("mig:*").await.expect("connects");
+        let before: Vec<u64> = others.iter().map(|&p| scans(p)).collect();
+        let home_before = scans(home);
+        cache.set(key, &0u32, Duration::from_secs(60)).await;
+        assert_eq!(
+            cache
+                .invalidate_pattern("mig:*")
+                .await
+                .expect("invalidates"),
+            1,
+            "{user}: the entry, counted once"
+        );
+        for (&p, scanned) in others.iter().zip(before) {
+            assert_eq!(
+                scans(p) - scanned,
+                steady_scans,
+                "{user}: scans of primary {p}"
+            );
         }
-        let (opened_tx, opened) = tokio::sync::oneshot::channel();
-        let mover = tokio::task::spawn_blocking({
-            let cluster = cluster.clone();
-            move || {
-                cluster.open_migration(slot, home, away);
-                let _ = opened_tx.send(());
-                std::thread::sleep(Duration::from_millis(fastrand::u64(100..250)));
-                assert_eq!(
-                    cluster.migrate_keys(slot, home, away, 100),
-                    1,
-                    "the entry moves"
+        // The source's `SCAN` calls in one scan of it: half the passes
+        // scan for leases, then half for values.
+        let per_scan = (scans(home) - home_before) / steady_scans;
+        assert!(per_scan > 50, "{per_scan} round trips to scan the source");
+        let values_from = per_scan * steady_scans / 2;
+        let (mut missed, mut met) = (Vec::new(), 0);
+        for round in 0..10u32 {
+            // Stored once the last round's retries, which this process
+            // sends in the background after an invalidation failed, have
+            // settled.
+            let storing = Instant::now();
+            loop {
+                cache.set(key, &round, Duration::from_secs(60)).await;
+                if cache.get::<u32>(key).await == Some(round) {
+                    break;
+                }
+                assert!(storing.elapsed() < Duration::from_secs(10), "not stored");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mover = tokio::task::spawn_blocking({
+                let cluster = cluster.clone();
+                move || {
+                    // Paced by the source's scan: the slot opens while it
+                    // is scanned for leases, the entry moves while it is
+                    // scanned for values.
+                    let start = scan_calls(&cluster, home);
+                    let until = |calls: u64| {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while scan_calls(&cluster, home) < start + calls
+                            && Instant::now() < deadline
+                        {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    };
+                    until(fastrand::u64(0..per_scan));
+                    cluster.open_migration(slot, home, away);
+                    until(values_from + fastrand::u64(0..per_scan));
+                    let moving = Instant::now();
+                    // None when the invalidation removed it first.
+                    let moved =
+                        (cluster.migrate_keys(slot, home, away, 100) == 1).then_some(moving);
+                    std::thread::sleep(Duration::from_millis(400));
+                    cluster.finish_migration(slot, home, away);
+                    moved
+                }
+            });
+            // Each attempt's span: whether one was under way when the
+            // entry moved.
+            let mut attempts = Vec::new();
+            loop {
+                let began = Instant::now();
+                let done = cache.invalidate_pattern("mig:*").await;
+                attempts.push((began, Instant::now()));
+                if done.is_ok() {
+                    break;
+                }
+                assert!(
+                    attempts[0].0.elapsed() < Duration::from_secs(10),
+                    "{user}: the invalidation did not land: {done:?}"
                 );
-                std::thread::sleep(Duration::from_millis(400));
-                cluster.finish_migration(slot, home, away);
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-        });
-        opened.await.expect("the slot opens");
-        while cache.invalidate_pattern("mig:*").await.is_err() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let acknowledged_while_open = !mover.is_finished();
+            let moved = mover.await.expect("the slot moves");
+            met += usize::from(
+                moved.is_some_and(|at| attempts.iter().any(|&(a, b)| a <= at && at <= b)),
+            );
+            if cache.get::<u32>(key).await.is_some() {
+                missed.push((round, acknowledged_while_open));
+            }
+            // Home again, for the next round.
+            let cluster = cluster.clone();
+            tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
+                .await
+                .expect("the slot moves back");
         }
-        let acknowledged_while_open = !mover.is_finished();
-        mover.await.expect("the slot moves");
-        if cache.get::<u32>(key).await.is_some() {
-            missed.push((round, acknowledged_while_open));
-        }
-        // Home again, for the next round.
-        let cluster = cluster.clone();
-        tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
-            .await
-            .expect("the slot moves back");
+        eprintln!("{user}: {per_scan} round trips a scan; moved during one in {met} rounds of 10");
+        assert!(
+            missed.is_empty(),
+            "{user}: (round, acknowledged while the slot was open) of each entry an acknowledged invalidation left: {missed:?}"
+        );
+        assert!(
+            met >= 5,
+            "{user}: the entry moved during an invalidation in {met} rounds of 10"
+        );
     }
-    assert!(
-        missed.is_empty(),
-        "(round, acknowledged while the slot was open) of each entry an acknowledged invalidation left: {missed:?}"
-    );
+}
+
+/// How many `SCAN`s node `node` of `cluster` has answered.
+fn scan_calls(cluster: &RedisCluster, node: usize) -> u64 {
+    let info: String = cluster.nodes()[node].cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[derive(Clone)]

@@ -415,17 +415,21 @@ pub(crate) fn own_view(nodes: &str) -> Option<OwnView> {
 
 /// What a scan of every primary of `map` must do next, once each has said
 /// what it is now ([`own_view`], in the order of [`primaries`]; `None`
-/// for one whose answer did not read). A pass scans every node at once,
-/// and `SCAN` returns the keys present throughout it: a key that `MIGRATE`
-/// moved during the pass may have arrived on its target after the
-/// target's scan and left its source before the source's scan reached it.
+/// for one whose answer did not read, or was refused). A pass scans every
+/// node at once, and `SCAN` is sure to return only the keys present
+/// throughout it: a key that `MIGRATE` moved during the pass may have
+/// arrived on its target after the target's scan and left its source
+/// before the source's scan reached it.
 pub(crate) enum AfterPass {
     /// Nothing moved: the pass saw every key.
     Complete,
     /// Scan these primaries (indexes into [`primaries`]) once more: they
     /// import a slot, or serve one the map gave another node, so keys may
-    /// have arrived there during the pass; every key that left a source
-    /// did so before the source's scan ended, so once more suffices.
+    /// have arrived there during the pass. A key that left its source
+    /// during the pass did so before the source's scan ended, so it is on
+    /// its target throughout this second scan, unless it moves on again
+    /// meanwhile (two migrations of its slot within one pass: not
+    /// covered). When a node's answer did not read, every primary.
     Rescan(Vec<usize>),
     /// The map is out of date (a primary no longer serves a slot the map
     /// gives it), or a slot migrates to a node the map does not list, which
@@ -436,6 +440,12 @@ pub(crate) enum AfterPass {
 /// Decides [`AfterPass`] from each primary's own view.
 pub(crate) fn after_pass(map: &[SlotRange], views: &[Option<OwnView>]) -> AfterPass {
     let nodes = primaries(map);
+    let Some(views) = views.iter().map(Option::as_ref).collect::<Option<Vec<_>>>() else {
+        // What a node imports, or where it migrates, is not known: every
+        // primary is scanned again, which finds whatever moved between
+        // the primaries of the map during the pass.
+        return AfterPass::Rescan((0..nodes.len()).collect());
+    };
     let mut rescan = Vec::new();
     for (i, ((host, port), view)) in nodes.iter().zip(views).enumerate() {
         let given: Vec<(u16, u16)> = map
@@ -443,11 +453,6 @@ pub(crate) fn after_pass(map: &[SlotRange], views: &[Option<OwnView>]) -> AfterP
             .filter(|r| r.host == *host && r.port == *port)
             .map(|r| (r.first, r.last))
             .collect();
-        let Some(view) = view else {
-            // It said something else than expected: as if keys came.
-            rescan.push(i);
-            continue;
-        };
         let covers = |ranges: &[(u16, u16)], s: u16| ranges.iter().any(|&(a, b)| a <= s && s <= b);
         let lost = given
             .iter()
@@ -632,6 +637,22 @@ mod tests {
             ]
         );
         assert!(primaries(&[]).is_empty());
+        // The primary's node id, whichever kind of string, or none.
+        let with_id = |id: Option<redis::Value>| {
+            let mut node = vec![BulkString(b"h".to_vec()), redis::Value::Int(7000)];
+            node.extend(id);
+            let range = Array(vec![
+                redis::Value::Int(0),
+                redis::Value::Int(1),
+                Array(node),
+            ]);
+            slot_map(Array(vec![range])).expect("a valid reply")[0]
+                .id
+                .clone()
+        };
+        assert_eq!(with_id(Some(SimpleString("n1".into()))), "n1");
+        assert_eq!(with_id(Some(BulkString(b"n2".to_vec()))), "n2");
+        assert_eq!(with_id(None), "");
     }
 
     #[test]
@@ -680,6 +701,11 @@ mod tests {
         assert_eq!(view.migrating_to, vec!["c3".to_string()]);
         assert!(view.importing);
         assert_eq!(view.slots, vec![(5461, 10921), (10922, 10922)]);
+        // Fields apart by more than one space.
+        assert_eq!(
+            own_view(&nodes_text("  10923")).expect("reads").slots,
+            vec![(5461, 10921), (10922, 10922), (10923, 10923)]
+        );
         // A node that serves no slot.
         let bare = "e5 10.0.0.5:7005@17005 myself,master - 0 0 0 connected\n";
         assert_eq!(own_view(bare).expect("reads").slots, vec![]);
@@ -691,6 +717,7 @@ mod tests {
             " [10922-?-c3]",
             " [99999->-c3]",
             " [3-<-a1",
+            " [99999-<-a1]",
         ] {
             assert_eq!(own_view(&nodes_text(bad)), None, "{bad:?}");
         }
@@ -754,10 +781,13 @@ mod tests {
         assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
         views[0] = view(&[(0, 5460)], false, &[""]);
         assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
-        // An answer that did not read: scanned again, as if keys came.
+        // An answer that did not read (or was refused): every primary is
+        // scanned again, whatever the others say.
         let mut views = as_given.clone();
         views[0] = None;
-        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0]));
+        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0, 1, 2]));
+        views[1] = view(&[(5461, 10921)], false, &["e5"]);
+        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0, 1, 2]));
         // A slot in the middle of a range lost, one gained at its edge.
         let mut views = as_given.clone();
         views[0] = view(&[(0, 99), (101, 5460)], false, &[]);

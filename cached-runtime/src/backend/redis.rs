@@ -303,6 +303,9 @@ struct Connections {
     /// does not know the command (before Redis 7) or an ACL rule that
     /// refuses it.
     read_only_scripts: AtomicBool,
+    /// Whether an ACL rule without `+cluster|nodes` has been warned of
+    /// (see [`RedisBackend::own_views`]).
+    warned_nodes_refused: AtomicBool,
 }
 
 impl Connections {
@@ -424,6 +427,7 @@ impl RedisBackend {
                 main: ArcSwapOption::empty(),
                 control: ArcSwapOption::empty(),
                 read_only_scripts: AtomicBool::new(true),
+                warned_nodes_refused: AtomicBool::new(false),
             }),
             breaker: Arc::new(breaker),
             probe_timeout: connect_timeout,
@@ -1316,7 +1320,9 @@ impl RedisBackend {
     }
 
     /// What each of `nodes` says of itself (`CLUSTER NODES`), asked at
-    /// once; `None` for an answer that does not read.
+    /// once; `None` for an answer that does not read, and for every node
+    /// when the ACL rule refuses the command (a rule written before it was
+    /// needed: warned of once), so that every primary is scanned again.
     async fn own_views(
         &self,
         conn: &ClusterConnection,
@@ -1344,7 +1350,22 @@ impl RedisBackend {
                 )
             }
         });
-        futures_util::future::try_join_all(asks).await
+        match futures_util::future::try_join_all(asks).await {
+            Err(BackendError::Redis(e)) if super::is_permission(&e) => {
+                if !self
+                    .conns
+                    .warned_nodes_refused
+                    .swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        error = %e,
+                        "CLUSTER NODES refused: each pass of a pattern invalidation scans every primary twice, and a key that a resharding moves to a node that serves no slot yet may be missed; add +cluster|nodes to the ACL rule (see redis_acl_rule)"
+                    );
+                }
+                Ok(vec![None; nodes.len()])
+            }
+            views => views,
+        }
     }
 
     /// The cluster's slot map, as one node sees it.
