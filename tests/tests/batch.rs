@@ -1998,6 +1998,23 @@ async fn tagged_hits_are_served_while_the_server_pauses_writes() {
     }
 }
 
+/// Once caching again (a batch that loads nothing, within 10 s), warms a
+/// single call, then [`paused_hits`].
+async fn warm_then_paused_hits(c: &Catalog, server: &cached_tests::RedisServer, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = c.batches().len();
+        c.many(true, vec![1, 2, 3]).await.expect("answers");
+        if c.batches().len() == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", c.cache.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.one(true, 2).await.expect("warm");
+    paused_hits(c, server, what).await;
+}
+
 /// A tagged single call and batch, warm, while `server` pauses writes for
 /// 4 s: both are served from the cache within 1 s.
 async fn paused_hits(c: &Catalog, server: &cached_tests::RedisServer, what: &str) {
@@ -2072,19 +2089,7 @@ async fn a_tagged_read_failing_on_an_outage_keeps_the_read_only_scripts() {
         server.kill();
         assert_eq!(c.one(true, 1).await, Ok(Some(Item { id: 1, version: 1 })));
         server.restart();
-        // Caching again: a batch that loads nothing.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let before = c.batches().len();
-            c.many(true, vec![1, 2, 3]).await.expect("answers");
-            if c.batches().len() == before {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{:?}", c.cache.stats());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        c.one(true, 2).await.expect("warm");
-        paused_hits(&c, &server, &format!("warm {warm}")).await;
+        warm_then_paused_hits(&c, &server, &format!("warm {warm}")).await;
     }
 }
 
@@ -2106,6 +2111,12 @@ async fn a_rule_without_evalsha_ro_still_reads_tagged_entries() {
             .expect("builds"),
         3,
     );
+    tagged_reads_stay_hits(&c).await;
+}
+
+/// A tagged batch loaded once, then tagged single calls and batches of
+/// the same ids: hits, not loads or errors.
+async fn tagged_reads_stay_hits(c: &Catalog) {
     c.many(true, vec![1, 2, 3]).await.expect("loads");
     for _ in 0..3 {
         assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
@@ -2142,17 +2153,7 @@ async fn a_server_without_evalsha_ro_still_reads_tagged_entries() {
             .expect("builds"),
         3,
     );
-    c.many(true, vec![1, 2, 3]).await.expect("loads");
-    for _ in 0..3 {
-        assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
-        assert_eq!(c.many(true, vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
-    }
-    assert_eq!(c.batches().len(), 1, "hits: {:?}", c.cache.stats());
-    assert!(
-        c.singles.lock().expect("singles").is_empty(),
-        "{:?}",
-        c.cache.stats()
-    );
+    tagged_reads_stay_hits(&c).await;
 }
 
 /// A refusal of `EVALSHA_RO` that `EVALSHA` meets too (a rule without
@@ -2184,17 +2185,5 @@ async fn a_refusal_evalsha_shares_keeps_reads_read_only() {
         assert_eq!(c.one(true, 2).await, Ok(Some(Item { id: 2, version: 1 })));
     }
     let () = server.cmd(&["ACL", "SETUSER", "no-scripts", "+evalsha", "+evalsha_ro"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        c.many(true, vec![1, 2, 3]).await.expect("loads");
-        let loads = c.batches().len();
-        c.many(true, vec![1, 2, 3]).await.expect("a hit");
-        if c.batches().len() == loads {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{:?}", c.cache.stats());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    c.one(true, 2).await.expect("warm");
-    paused_hits(&c, &server, "after a refusal both commands met").await;
+    warm_then_paused_hits(&c, &server, "after a refusal both commands met").await;
 }
