@@ -260,27 +260,16 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
             let () = node.cmd(&setuser);
         }
     }
-    let key = "mig:1";
-    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{key}}}"));
+    // Keys `mig:1}:{n}` share the slot of `mig:1` (the hash tag ends at
+    // the first `}`), each at its own place in a node's scan.
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:mig:1}}"));
     let home = cluster.owner_of_slot(slot);
     let away = cluster
         .primaries()
         .into_iter()
         .find(|&p| p != home)
         .expect("another primary");
-    let tag = (0..)
-        .map(|i| format!("filler{i}"))
-        .find(|tag| cluster.owner_of(&format!("{{{tag}}}")) == home)
-        .expect("a filler tag on the entry's primary");
-    for batch in 0..6 {
-        let mut mset = vec!["MSET".to_owned()];
-        for i in 0..10_000 {
-            mset.push(format!("{{{tag}}}:{batch}:{i}"));
-            mset.push("x".to_owned());
-        }
-        let args: Vec<&str> = mset.iter().map(String::as_str).collect();
-        let () = cluster.nodes()[home].cmd(&args);
-    }
+    fill(&cluster, home);
     // On a steady cluster, no primary is scanned again: one scan of each
     // for the leases, one for the values (each pass twice where the rule
     // refuses `CLUSTER NODES`).
@@ -302,7 +291,9 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
         cache.invalidate_pattern("mig:*").await.expect("connects");
         let before: Vec<u64> = others.iter().map(|&p| scans(p)).collect();
         let home_before = scans(home);
-        cache.set(key, &0u32, Duration::from_secs(60)).await;
+        cache
+            .set("mig:1}:steady", &0u32, Duration::from_secs(60))
+            .await;
         assert_eq!(
             cache
                 .invalidate_pattern("mig:*")
@@ -325,6 +316,7 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
         let values_from = per_scan * steady_scans / 2;
         let (mut missed, mut met) = (Vec::new(), 0);
         for round in 0..10u32 {
+            let key = &format!("mig:1}}:{user}:{round}");
             // Stored once the last round's retries, which this process
             // sends in the background after an invalidation failed, have
             // settled.
@@ -343,15 +335,7 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
                     // Paced by the source's scan: the slot opens while it
                     // is scanned for leases, the entry moves while it is
                     // scanned for values.
-                    let start = scan_calls(&cluster, home);
-                    let until = |calls: u64| {
-                        let deadline = Instant::now() + Duration::from_secs(10);
-                        while scan_calls(&cluster, home) < start + calls
-                            && Instant::now() < deadline
-                        {
-                            std::thread::sleep(Duration::from_micros(200));
-                        }
-                    };
+                    let until = paced(&cluster, home);
                     until(fastrand::u64(0..per_scan));
                     cluster.open_migration(slot, home, away);
                     until(values_from + fastrand::u64(0..per_scan));
@@ -404,6 +388,143 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
             "{user}: the entry moved during an invalidation in {met} rounds of 10"
         );
     }
+}
+
+/// Puts 60,000 other keys on node `node` of `cluster`, in a slot of its
+/// own that stays there: each scan of the node then takes over a hundred
+/// round trips, long enough to move keys in the middle of it.
+fn fill(cluster: &RedisCluster, node: usize) {
+    let tag = (0..)
+        .map(|i| format!("filler{i}"))
+        .find(|tag| cluster.owner_of(&format!("{{{tag}}}")) == node)
+        .expect("a filler tag on the node");
+    for batch in 0..6 {
+        let mut mset = vec!["MSET".to_owned()];
+        for i in 0..10_000 {
+            mset.push(format!("{{{tag}}}:{batch}:{i}"));
+            mset.push("x".to_owned());
+        }
+        let args: Vec<&str> = mset.iter().map(String::as_str).collect();
+        let () = cluster.nodes()[node].cmd(&args);
+    }
+}
+
+/// From now on, a wait until node `node` has answered `calls` more
+/// `SCAN`s (at most 10 s): steps paced by a scan of it.
+fn paced(cluster: &RedisCluster, node: usize) -> impl Fn(u64) + '_ {
+    let start = scan_calls(cluster, node);
+    move |calls| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while scan_calls(cluster, node) < start + calls && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// A load holds its entry's lease on one primary, having read the source
+/// before a pattern invalidation began; the entry's slot opens and
+/// `MIGRATE` moves the lease, at random points of the source's scan for
+/// leases (60,000 other keys there: over a hundred round trips), so that
+/// scan may miss it. Once the invalidation has returned `Ok` and the slot
+/// has moved, the load ends: its write must be refused, the lease being
+/// gone. Another process then reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_lease_moves_while_a_pattern_invalidation_scans_stores_nothing() {
+    let cluster = RedisCluster::start();
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:mig:2}}"));
+    let home = cluster.owner_of_slot(slot);
+    let away = cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| p != home)
+        .expect("another primary");
+    fill(&cluster, home);
+    let (cache, other) = (cluster_cache(&cluster), cluster_cache(&cluster));
+    cache.invalidate_pattern("mig:*").await.expect("connects");
+    let before = scan_calls(&cluster, home);
+    cache
+        .invalidate_pattern("mig:*")
+        .await
+        .expect("invalidates");
+    let per_scan = (scan_calls(&cluster, home) - before) / 2;
+    assert!(per_scan > 50, "{per_scan} round trips to scan the source");
+    let cluster = Arc::new(cluster);
+    let (mut stored, mut met) = (Vec::new(), 0);
+    for round in 0..16u64 {
+        // Sharing the slot of `mig:2`, each at its own place in a scan.
+        let key = format!("mig:2}}:{round}");
+        let (read_tx, read) = tokio::sync::oneshot::channel::<()>();
+        let (end_tx, end) = tokio::sync::oneshot::channel::<()>();
+        let load = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_load(&key, Duration::from_secs(60), || async move {
+                        let _ = read_tx.send(());
+                        let _ = end.await;
+                        Ok::<u64, ()>(round)
+                    })
+                    .await
+            }
+        });
+        read.await
+            .expect("the load read its source, its lease held");
+        let mover = tokio::task::spawn_blocking({
+            let cluster = cluster.clone();
+            move || {
+                let until = paced(&cluster, home);
+                until(fastrand::u64(0..per_scan));
+                cluster.open_migration(slot, home, away);
+                let moving = Instant::now();
+                let moved = (cluster.migrate_keys(slot, home, away, 100) > 0).then_some(moving);
+                std::thread::sleep(Duration::from_millis(400));
+                cluster.finish_migration(slot, home, away);
+                moved
+            }
+        });
+        let mut attempts = Vec::new();
+        loop {
+            let began = Instant::now();
+            let done = cache.invalidate_pattern("mig:*").await;
+            attempts.push((began, Instant::now()));
+            if done.is_ok() {
+                break;
+            }
+            assert!(
+                attempts[0].0.elapsed() < Duration::from_secs(10),
+                "the invalidation did not land: {done:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let moved = mover.await.expect("the slot moves");
+        met +=
+            usize::from(moved.is_some_and(|at| attempts.iter().any(|&(a, b)| a <= at && at <= b)));
+        // The load ends on the slot's new owner.
+        let _ = end_tx.send(());
+        assert_eq!(
+            load.await.expect("joins"),
+            Ok(round),
+            "its caller gets what it read"
+        );
+        if let Some(got) = other.get::<u64>(&key).await {
+            stored.push((round, got));
+        }
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
+            .await
+            .expect("the slot moves back");
+    }
+    eprintln!("{per_scan} round trips a scan; the lease moved during one in {met} rounds of 16");
+    assert!(
+        stored.is_empty(),
+        "(round, value) of each load that stored what it read before an acknowledged invalidation: {stored:?}"
+    );
+    // Half the rounds, about: in the others the scan removed the lease
+    // before the slot opened.
+    assert!(
+        met >= 3,
+        "the lease moved during an invalidation in {met} rounds of 16"
+    );
 }
 
 /// How many `SCAN`s node `node` of `cluster` has answered.

@@ -299,9 +299,9 @@ struct Connections {
     /// every other caller's read before its load could start.
     control: ArcSwapOption<Conn>,
     /// Whether the read scripts run as `EVALSHA_RO` (see
-    /// [`RedisBackend::invoke_read`]); cleared, for good, by a server that
-    /// does not know the command (before Redis 7) or an ACL rule that
-    /// refuses it.
+    /// [`RedisBackend::invoke_read`]); cleared, for good, by a refusal of
+    /// `EVALSHA_RO` that `EVALSHA` does not meet (a server before Redis 7,
+    /// a fork without it, an ACL rule that lacks it).
     read_only_scripts: AtomicBool,
     /// Whether an ACL rule without `+cluster|nodes` has been warned of
     /// (see [`RedisBackend::own_views`]).
