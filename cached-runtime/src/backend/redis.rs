@@ -1336,13 +1336,13 @@ impl RedisBackend {
                 port: *port,
             });
             async move {
-                let reply = self
-                    .run(
-                        Gate::Always,
-                        timeout,
-                        conn.route_command(redis::cmd("CLUSTER").arg("NODES").to_owned(), routing),
-                    )
-                    .await?;
+                // A refusal may come back as an answer: made an error here.
+                let ask = async {
+                    conn.route_command(redis::cmd("CLUSTER").arg("NODES").to_owned(), routing)
+                        .await?
+                        .extract_error()
+                };
+                let reply = self.run(Gate::Always, timeout, ask).await?;
                 Ok::<_, BackendError>(
                     redis::from_redis_value::<String>(reply)
                         .ok()
