@@ -329,54 +329,23 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
                 assert!(storing.elapsed() < Duration::from_secs(10), "not stored");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let mover = tokio::task::spawn_blocking({
-                let cluster = cluster.clone();
-                move || {
-                    // Paced by the source's scan: the slot opens while it
-                    // is scanned for leases, the entry moves while it is
-                    // scanned for values.
-                    let until = paced(&cluster, home);
-                    until(fastrand::u64(0..per_scan));
-                    cluster.open_migration(slot, home, away);
-                    until(values_from + fastrand::u64(0..per_scan));
-                    let moving = Instant::now();
-                    // None when the invalidation removed it first.
-                    let moved =
-                        (cluster.migrate_keys(slot, home, away, 100) == 1).then_some(moving);
-                    std::thread::sleep(Duration::from_millis(400));
-                    cluster.finish_migration(slot, home, away);
-                    moved
-                }
-            });
-            // Each attempt's span: whether one was under way when the
-            // entry moved.
-            let mut attempts = Vec::new();
-            loop {
-                let began = Instant::now();
-                let done = cache.invalidate_pattern("mig:*").await;
-                attempts.push((began, Instant::now()));
-                if done.is_ok() {
-                    break;
-                }
-                assert!(
-                    attempts[0].0.elapsed() < Duration::from_secs(10),
-                    "{user}: the invalidation did not land: {done:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            // Paced by the source's scan: the slot opens while it is
+            // scanned for leases, the entry moves while it is scanned for
+            // values.
+            let mover = move_during_scan(
+                &cluster,
+                (slot, home, away),
+                fastrand::u64(0..per_scan),
+                values_from + fastrand::u64(0..per_scan),
+            );
+            let attempts = invalidate_until_ok(&cache, user).await;
             let acknowledged_while_open = !mover.is_finished();
             let moved = mover.await.expect("the slot moves");
-            met += usize::from(
-                moved.is_some_and(|at| attempts.iter().any(|&(a, b)| a <= at && at <= b)),
-            );
+            met += usize::from(during(moved, &attempts));
             if cache.get::<u32>(key).await.is_some() {
                 missed.push((round, acknowledged_while_open));
             }
-            // Home again, for the next round.
-            let cluster = cluster.clone();
-            tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
-                .await
-                .expect("the slot moves back");
+            move_home(&cluster, slot, home).await;
         }
         eprintln!("{user}: {per_scan} round trips a scan; moved during one in {met} rounds of 10");
         assert!(
@@ -469,36 +438,11 @@ async fn a_load_whose_lease_moves_while_a_pattern_invalidation_scans_stores_noth
         });
         read.await
             .expect("the load read its source, its lease held");
-        let mover = tokio::task::spawn_blocking({
-            let cluster = cluster.clone();
-            move || {
-                let until = paced(&cluster, home);
-                until(fastrand::u64(0..per_scan));
-                cluster.open_migration(slot, home, away);
-                let moving = Instant::now();
-                let moved = (cluster.migrate_keys(slot, home, away, 100) > 0).then_some(moving);
-                std::thread::sleep(Duration::from_millis(400));
-                cluster.finish_migration(slot, home, away);
-                moved
-            }
-        });
-        let mut attempts = Vec::new();
-        loop {
-            let began = Instant::now();
-            let done = cache.invalidate_pattern("mig:*").await;
-            attempts.push((began, Instant::now()));
-            if done.is_ok() {
-                break;
-            }
-            assert!(
-                attempts[0].0.elapsed() < Duration::from_secs(10),
-                "the invalidation did not land: {done:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let at = fastrand::u64(0..per_scan);
+        let mover = move_during_scan(&cluster, (slot, home, away), at, at);
+        let attempts = invalidate_until_ok(&cache, "the lease test").await;
         let moved = mover.await.expect("the slot moves");
-        met +=
-            usize::from(moved.is_some_and(|at| attempts.iter().any(|&(a, b)| a <= at && at <= b)));
+        met += usize::from(during(moved, &attempts));
         // The load ends on the slot's new owner.
         let _ = end_tx.send(());
         assert_eq!(
@@ -509,10 +453,7 @@ async fn a_load_whose_lease_moves_while_a_pattern_invalidation_scans_stores_noth
         if let Some(got) = other.get::<u64>(&key).await {
             stored.push((round, got));
         }
-        let cluster = cluster.clone();
-        tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
-            .await
-            .expect("the slot moves back");
+        move_home(&cluster, slot, home).await;
     }
     eprintln!("{per_scan} round trips a scan; the lease moved during one in {met} rounds of 16");
     assert!(
@@ -525,6 +466,63 @@ async fn a_load_whose_lease_moves_while_a_pattern_invalidation_scans_stores_noth
         met >= 3,
         "the lease moved during an invalidation in {met} rounds of 16"
     );
+}
+
+/// Moves `slot` from `home` to `away` on a blocking thread, paced by
+/// `home`'s scan (see [`paced`]): the slot opens once `home` has answered
+/// `open_at` more `SCAN`s, `MIGRATE` moves its keys once it has answered
+/// `move_at`, and the slot is handed over 400 ms later. Answers when the
+/// keys moved, or `None` if there were none left to move.
+fn move_during_scan(
+    cluster: &Arc<RedisCluster>,
+    (slot, home, away): (usize, usize, usize),
+    open_at: u64,
+    move_at: u64,
+) -> tokio::task::JoinHandle<Option<Instant>> {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        let until = paced(&cluster, home);
+        until(open_at);
+        cluster.open_migration(slot, home, away);
+        until(move_at);
+        let moving = Instant::now();
+        let moved = (cluster.migrate_keys(slot, home, away, 100) > 0).then_some(moving);
+        std::thread::sleep(Duration::from_millis(400));
+        cluster.finish_migration(slot, home, away);
+        moved
+    })
+}
+
+/// `cache.invalidate_pattern("mig:*")` until it returns `Ok` (within
+/// 10 s), 5 ms apart. Answers each attempt's span.
+async fn invalidate_until_ok(cache: &Cache, what: &str) -> Vec<(Instant, Instant)> {
+    let mut attempts = Vec::new();
+    loop {
+        let began = Instant::now();
+        let done = cache.invalidate_pattern("mig:*").await;
+        attempts.push((began, Instant::now()));
+        if done.is_ok() {
+            return attempts;
+        }
+        assert!(
+            attempts[0].0.elapsed() < Duration::from_secs(10),
+            "{what}: the invalidation did not land: {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether the keys moved (`moved`) while one of `attempts` was under way.
+fn during(moved: Option<Instant>, attempts: &[(Instant, Instant)]) -> bool {
+    moved.is_some_and(|at| attempts.iter().any(|&(a, b)| a <= at && at <= b))
+}
+
+/// Moves `slot` back to `home`, for the next round.
+async fn move_home(cluster: &Arc<RedisCluster>, slot: usize, home: usize) {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || cluster.move_slots(&[slot], home))
+        .await
+        .expect("the slot moves back");
 }
 
 /// How many `SCAN`s node `node` of `cluster` has answered.
