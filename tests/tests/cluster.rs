@@ -330,13 +330,14 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             // Paced by the source's scan: the slot opens while it is
-            // scanned for leases, the entry moves while it is scanned for
-            // values.
+            // scanned for leases, the entry moves early in its scan for
+            // values, so most likely before that scan reaches it (where
+            // it would be unlinked, wherever it has gone since).
             let mover = move_during_scan(
                 &cluster,
                 (slot, home, away),
                 fastrand::u64(0..per_scan),
-                values_from + fastrand::u64(0..per_scan),
+                values_from + fastrand::u64(0..per_scan / 4),
             );
             let attempts = invalidate_until_ok(&cache, user).await;
             let acknowledged_while_open = !mover.is_finished();
@@ -1206,6 +1207,14 @@ async fn a_primary_refusing_writes_serves_the_loader_and_nothing_stale_while_the
             "{how:?} of {} was stored: the fault did not happen",
             table.keys[i]
         );
+        if how == Change::Evict {
+            assert_eq!(
+                other_process.get::<u64>(&table.keys[i]).await,
+                None,
+                "the eviction of {} was refused, not taken at once",
+                table.keys[i]
+            );
+        }
     }
     let refused = cache.stats_for("full").map_or(0, |s| s.errors) - errors;
     assert!(
@@ -1769,4 +1778,111 @@ async fn a_pattern_invalidation_removes_what_it_removes_on_one_server() {
             );
         }
     }
+}
+
+/// Entries in one slot (`part:1}:{n}`: the hash tag ends at the first `}`)
+/// while that slot migrates, half of them moved: an invalidation of one of
+/// them, of ten at once, or of a pattern, must land now, not once the
+/// migration ends.
+///
+/// Broken runtimes this catches: one `UNLINK` of an entry's value, lease
+/// and tag versions (some on each node, or some missing) meets `TRYAGAIN`,
+/// which the cluster connection retries until the caller's timeout: every
+/// invalidation failed, and another process read every old value, for as
+/// long as the migration lasted (`failed`, `left`); redirected commands
+/// sent at once lose their `ASKING` to each other (`changed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
+    // As the ACL user (`redis_acl_rule`), whose rule must allow what a
+    // migration asks of a client.
+    let backend = cached_tests::Backend::cluster();
+    let cluster = backend.redis_cluster().expect("a cluster");
+    let cache = backend.builder().build().expect("builds");
+    let other_process = backend.builder().build().expect("builds");
+    let key = |n: usize| format!("part:1}}:{n}");
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{}", key(0)));
+    let home = cluster.owner_of_slot(slot);
+    let away = cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| p != home)
+        .expect("another primary");
+    for n in 0..40 {
+        cache
+            .set(&key(n), &(n as u64), Duration::from_secs(600))
+            .await;
+    }
+    cluster.open_migration(slot, home, away);
+    let moved = cluster.migrate_keys(slot, home, away, 20);
+    assert_eq!(moved, 20, "half the entries moved");
+
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for n in 0..10 {
+        if let Err(e) = cache.invalidate(&key(n)).await {
+            failed.push((n, e.to_string()));
+        }
+    }
+    let changed = cache.invalidate_many((10..20).map(key)).await;
+    let by_pattern = cache.invalidate_pattern("part:1}:3*").await;
+    let took = started.elapsed();
+    let mut left = Vec::new();
+    for n in 0..40 {
+        if other_process.get::<u64>(&key(n)).await.is_some() {
+            left.push(n);
+        }
+    }
+    cluster.finish_migration(slot, home, away);
+    eprintln!(
+        "{took:?}; failed {failed:?}; left {left:?}; breaker open: {}",
+        cache.breaker_open()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    changed.expect("10 entries in one call");
+    assert!(by_pattern.is_ok(), "{by_pattern:?}");
+    assert_eq!(
+        left,
+        (20..30).collect::<Vec<_>>(),
+        "what another process still reads"
+    );
+    assert!(
+        !cache.breaker_open(),
+        "the migration was taken for an outage"
+    );
+    backend.assert_nothing_refused();
+}
+
+/// A cluster whose nodes refuse `EVAL` (as one whose servers predate
+/// script flags refuses the script the cluster invalidations send): an
+/// invalidation by key and one by pattern still remove what they name,
+/// one key a command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
+    let cluster = RedisCluster::start_with(&["--rename-command", "EVAL", ""]);
+    let cache = cluster_cache(&cluster);
+    // Stored by loads (`set` writes through with `EVAL`).
+    for n in 0..8u64 {
+        let loaded = cache
+            .get_or_load(
+                &format!("plain:{n}"),
+                Duration::from_secs(600),
+                || async move { Ok::<_, ()>(n) },
+            )
+            .await;
+        assert_eq!(loaded, Ok(n));
+    }
+    cache.invalidate("plain:0").await.expect("by key");
+    cache
+        .invalidate_many((1..3).map(|n| format!("plain:{n}")))
+        .await
+        .expect("by keys");
+    let removed = cache.invalidate_pattern("plain:[3-5]").await;
+    assert_eq!(removed.ok(), Some(3), "by pattern");
+    let mut left = Vec::new();
+    for n in 0..8 {
+        if cache.get::<u64>(&format!("plain:{n}")).await.is_some() {
+            left.push(n);
+        }
+    }
+    assert_eq!(left, [6, 7]);
 }

@@ -85,6 +85,10 @@ const COMMANDS: &[&str] = &[
     // itself after a pattern invalidation's pass (a slot it imports).
     "cluster|slots",
     "cluster|nodes",
+    // While a slot migrates: a key that has moved is read, and unlinked,
+    // on the node that imports it (redis-rs's `ASK` redirections, and an
+    // invalidation's `unlink_here`).
+    "asking",
 ];
 
 /// The Redis ACL rule a cache with `namespace` needs, and no more: its keys
@@ -1138,18 +1142,76 @@ impl RedisBackend {
             return Ok(());
         }
         let mut conn = self.conn()?;
+        if let Conn::Cluster(cluster_conn) = &conn {
+            let mut leases = Vec::with_capacity(keys.len() * 2);
+            let mut values = Vec::with_capacity(keys.len() * 2);
+            for key in keys {
+                let entry = self.layout.entry(key);
+                leases.push(cluster::beside(&entry.value, cluster::LEASE_TAGS));
+                leases.push(entry.lease);
+                values.push(cluster::beside(&entry.value, cluster::TAGS));
+                values.push(entry.value.into_owned());
+            }
+            return self
+                .unlink_each(cluster_conn, None, leases, values, timeout)
+                .await
+                .map(drop);
+        }
         let mut cmd = redis::cmd("UNLINK");
         for key in keys {
             let entry = self.layout.entry(key);
             cmd.arg(entry.value.as_ref()).arg(&entry.lease);
-            if self.layout.is_cluster() {
-                cmd.arg(cluster::beside(&entry.value, cluster::TAGS))
-                    .arg(cluster::beside(&entry.value, cluster::LEASE_TAGS));
-            }
         }
         self.run::<i64>(Gate::Always, timeout, cmd.query_async(&mut conn))
             .await
             .map(drop)
+    }
+
+    /// Removes keys of a cluster wherever they are now, every key of
+    /// `first` before any of `then`, under one timeout; returns how many
+    /// were removed. `on`: the node a scan found them on, or `None` for the
+    /// primary serving each one's slot.
+    ///
+    /// Not one `UNLINK` of many: while a slot migrates, its keys move one
+    /// `MIGRATE` at a time, so an entry's value, lease and tag versions can
+    /// sit on two nodes, and a command naming keys of both meets `TRYAGAIN`
+    /// on either, which the cluster connection retries until the whole slot
+    /// has moved (every change of such an entry timed out, and another
+    /// process read the old value, for as long as the migration took). Nor
+    /// one `UNLINK` a key, whose `ASK` the cluster connection follows with
+    /// `ASKING` and the command as two requests on a shared connection, so
+    /// that redirected commands sent at once take each other's `ASKING`.
+    /// Instead, each node is sent [`UNLINK_HERE`], which removes the keys
+    /// it holds and names those it passed over; those go to every primary,
+    /// each call behind its own `ASKING` (so that a node importing their
+    /// slot serves them). A key no node took fails the call. On a steady
+    /// cluster that is one call per node.
+    ///
+    /// Leases (`first`) go before values: a load holding one cannot store
+    /// once it is gone, so no value read before the change is written back
+    /// meanwhile. A node that passes over a lease leaves the values alone,
+    /// and every primary is then sent the leases passed over, then the
+    /// values.
+    async fn unlink_each(
+        &self,
+        conn: &ClusterConnection,
+        on: Option<&(String, u16)>,
+        first: Vec<String>,
+        then: Vec<String>,
+        timeout: Duration,
+    ) -> Result<u64, BackendError> {
+        let both = async {
+            match unlink_wherever(conn, on, &first, &then).await {
+                Err(e) if is_script_refusal(&e) => {
+                    // A server without script flags (before Redis 7) or
+                    // a rule without EVAL: a key a command.
+                    let first = unlink_where_they_are(conn, first).await?;
+                    Ok(first + unlink_where_they_are(conn, then).await?)
+                }
+                other => other,
+            }
+        };
+        self.run(Gate::Always, timeout, both).await
     }
 
     /// SCAN + UNLINK in batches (never KEYS): each round trip does bounded
@@ -1374,17 +1436,7 @@ impl RedisBackend {
         conn: &ClusterConnection,
         timeout: Duration,
     ) -> Result<Vec<cluster::SlotRange>, BackendError> {
-        let mut conn = conn.clone();
-        let read = async {
-            let reply = conn
-                .route_command(
-                    redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-                )
-                .await?;
-            cluster::slot_map(reply)
-        };
-        self.run(Gate::Always, timeout, read).await
+        self.run(Gate::Always, timeout, read_slot_map(conn)).await
     }
 
     /// SCAN + UNLINK on one node of a cluster, as on one server: each key
@@ -1421,21 +1473,27 @@ impl RedisBackend {
             let (next, keys): (u64, Vec<String>) =
                 redis::from_redis_value(reply).map_err(|e| BackendError::Redis(e.into()))?;
             if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                for key in &keys {
-                    unlink.arg(key);
+                // Where they are now (see `unlink_each`): a key of a slot
+                // that migrates may have left this node since the scan.
+                let (mut first, mut then) = (Vec::new(), Vec::new());
+                for key in keys {
                     match found {
-                        Found::Value => unlink
-                            .arg(cluster::beside(key, cluster::LEASE))
-                            .arg(cluster::beside(key, cluster::TAGS))
-                            .arg(cluster::beside(key, cluster::LEASE_TAGS)),
-                        Found::Lease => unlink.arg(cluster::lease_tags_of(key)),
-                    };
+                        Found::Value => {
+                            first.push(cluster::beside(&key, cluster::LEASE));
+                            first.push(cluster::beside(&key, cluster::LEASE_TAGS));
+                            then.push(cluster::beside(&key, cluster::TAGS));
+                            then.push(key);
+                        }
+                        Found::Lease => {
+                            first.push(cluster::lease_tags_of(&key));
+                            first.push(key);
+                        }
+                    }
                 }
-                let n: u64 = self
-                    .run(Gate::Always, timeout, unlink.query_async(&mut conn))
+                let here = (host.to_owned(), port);
+                removed += self
+                    .unlink_each(&conn, Some(&here), first, then, timeout)
                     .await?;
-                removed += n;
             }
             if next == 0 {
                 return Ok(removed);
@@ -2443,6 +2501,237 @@ fn version_text(reply: redis::Value) -> redis::RedisResult<Option<String>> {
         redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(None),
         other => other.extract_error().map(|_| None),
     }
+}
+
+/// `UNLINK`s each of `keys`, one key a command, all at once; returns how
+/// many were removed. A key of a migrating slot that has moved is answered
+/// `ASK`, which the cluster connection follows with `ASKING` and then the
+/// command, two requests on the target's shared connection: redirected
+/// commands sent at once can take each other's `ASKING` and come back
+/// redirected (seen: an invalidation of ten entries of a migrating slot
+/// failed with `ASK`). Those are sent again one at a time.
+async fn unlink_where_they_are(
+    conn: &ClusterConnection,
+    keys: Vec<String>,
+) -> redis::RedisResult<u64> {
+    let unlink_one = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let removed = redis::cmd("UNLINK")
+                .arg(&key)
+                .query_async::<u64>(&mut conn)
+                .await;
+            (key, removed)
+        }
+    };
+    let mut removed = 0;
+    let mut again = Vec::new();
+    for (key, result) in futures_util::future::join_all(keys.into_iter().map(unlink_one)).await {
+        match result {
+            Ok(n) => removed += n,
+            Err(e) if redirected(&e) => again.push(key),
+            Err(e) => return Err(e),
+        }
+    }
+    for key in again {
+        let mut tries = 0;
+        loop {
+            match unlink_one(key.clone()).await.1 {
+                Ok(n) => {
+                    removed += n;
+                    break;
+                }
+                Err(e) if redirected(&e) && tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// [`RedisBackend::unlink_each`]'s work: `first`, then `then`.
+async fn unlink_wherever(
+    conn: &ClusterConnection,
+    on: Option<&(String, u16)>,
+    first: &[String],
+    then: &[String],
+) -> redis::RedisResult<u64> {
+    use redis::cluster_routing::{Route, SlotAddr};
+    // Each node's share: its leases, then its values.
+    let mut groups: Vec<(SingleNodeRoutingInfo, Vec<&String>, Vec<&String>)> = Vec::new();
+    match on {
+        Some((host, port)) => {
+            let node = SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            };
+            groups.push((node, first.iter().collect(), then.iter().collect()));
+        }
+        None => {
+            let mut by_slot: std::collections::BTreeMap<u16, (Vec<&String>, Vec<&String>)> =
+                Default::default();
+            let slot = |key: &String| u16::try_from(cluster::slot(key.as_bytes())).unwrap_or(0);
+            for key in first {
+                by_slot.entry(slot(key)).or_default().0.push(key);
+            }
+            for key in then {
+                by_slot.entry(slot(key)).or_default().1.push(key);
+            }
+            for (slot, (first, then)) in by_slot {
+                let route = Route::new(slot, SlotAddr::Master);
+                groups.push((SingleNodeRoutingInfo::SpecificNode(route), first, then));
+            }
+        }
+    }
+    let mut removed = 0;
+    let (mut first_over, mut then_over): (Vec<&String>, Vec<&String>) = (Vec::new(), Vec::new());
+    let sent = groups.into_iter().map(|(node, first, then)| async move {
+        let answer = unlink_here(conn, node, false, &first, &then).await;
+        (answer, first, then)
+    });
+    for (answer, first, then) in futures_util::future::join_all(sent).await {
+        let (n, over) = answer?;
+        removed += n;
+        for i in over {
+            match first.get(i) {
+                Some(key) => first_over.push(key),
+                None => then_over.extend(then.get(i - first.len())),
+            }
+        }
+    }
+    if first_over.is_empty() && then_over.is_empty() {
+        return Ok(removed);
+    }
+    // Keys of a slot that migrates (or moved since the map was read): on
+    // whichever primary holds them now, leases first, each taken by one.
+    let nodes = cluster::primaries(&read_slot_map(conn).await?);
+    for (first, then) in [(first_over, Vec::new()), (Vec::new(), then_over)] {
+        let keys = first.len() + then.len();
+        if keys == 0 {
+            continue;
+        }
+        let asks = nodes.iter().map(|(host, port)| {
+            let node = SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            };
+            unlink_here(conn, node, true, &first, &then)
+        });
+        let mut taken = vec![false; keys];
+        for answer in futures_util::future::join_all(asks).await {
+            let (n, over) = answer?;
+            removed += n;
+            // `over` ascends, as the script walks its keys.
+            for (i, took) in taken.iter_mut().enumerate() {
+                if over.binary_search(&i).is_err() {
+                    *took = true;
+                }
+            }
+        }
+        if !taken.iter().all(|&t| t) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no primary took a key being unlinked",
+            )));
+        }
+    }
+    Ok(removed)
+}
+
+/// The cluster's slot map, as one primary sees it (`CLUSTER SLOTS`).
+async fn read_slot_map(conn: &ClusterConnection) -> redis::RedisResult<Vec<cluster::SlotRange>> {
+    let reply = conn
+        .clone()
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await?;
+    cluster::slot_map(reply)
+}
+
+/// Unlinks each key given (as an argument, after their count of leases:
+/// `ARGV[1]`) that this node holds now, and passes over the others: a key
+/// of a slot the node does not serve, or of a slot it is migrating away
+/// that has left it, raises an error that `pcall` catches. Once a lease
+/// is passed over, the values after the leases are passed over too (left
+/// for the caller to unlink after that lease, wherever it is). Answers how
+/// many keys it removed, and the positions (from 0) of those it passed
+/// over. No declared keys, and keys of many slots allowed (script flags,
+/// Redis 7), so that one call takes a node's share of a batch; and run
+/// under `maxmemory` (`allow-oom`), as `UNLINK` is, since it only frees
+/// memory (a script that may write is refused there otherwise, and
+/// invalidations with it).
+const UNLINK_HERE: &str = r"#!lua flags=allow-cross-slot-keys,allow-oom
+local leases = tonumber(ARGV[1])
+local removed, passed, lease_passed = 0, {}, false
+for i = 2, #ARGV do
+  local at = i - 2
+  if at >= leases and lease_passed then
+    passed[#passed + 1] = at
+  else
+    local n = redis.pcall('UNLINK', ARGV[i])
+    if type(n) == 'number' then
+      removed = removed + n
+    else
+      passed[#passed + 1] = at
+      lease_passed = lease_passed or at < leases
+    end
+  end
+end
+return {removed, passed}
+";
+
+/// Sends [`UNLINK_HERE`] with the leases `first` and the values `then`
+/// to `node` (after `ASKING`, in one pipeline, when `asking`); returns how
+/// many it removed and the indexes (in `first` then `then`) of the keys it
+/// passed over.
+async fn unlink_here(
+    conn: &ClusterConnection,
+    node: SingleNodeRoutingInfo,
+    asking: bool,
+    first: &[&String],
+    then: &[&String],
+) -> redis::RedisResult<(u64, Vec<usize>)> {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(UNLINK_HERE).arg(0).arg(first.len());
+    for key in first.iter().chain(then) {
+        eval.arg(key.as_str());
+    }
+    let mut conn = conn.clone();
+    let reply = if asking {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING");
+        pipe.add_command(eval);
+        let mut replies = conn.route_pipeline(pipe, 0, 2, node).await?.into_iter();
+        // A refused `ASKING` (a rule without it) is the error to report.
+        replies
+            .next()
+            .map(redis::Value::extract_error)
+            .transpose()?;
+        replies.next().unwrap_or(redis::Value::Nil)
+    } else {
+        conn.route_command(eval, RoutingInfo::SingleNode(node))
+            .await?
+    };
+    Ok(redis::from_redis_value(reply.extract_error()?)?)
+}
+
+/// Whether an error says the script of [`unlink_here`] cannot run here at
+/// all (no script flags before Redis 7, a rule without `EVAL`), rather
+/// than that the server is unwell.
+fn is_script_refusal(e: &redis::RedisError) -> bool {
+    !e.is_io_error()
+        && !e.is_timeout()
+        && !super::is_outage(e)
+        && e.code()
+            .is_some_and(|code| code == "ERR" || code == "NOPERM")
+}
+
+/// Whether a cluster's answer sends the command elsewhere, or asks it
+/// again later, because its slot is moving.
+fn redirected(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("ASK" | "MOVED" | "TRYAGAIN"))
 }
 
 async fn run<T>(
