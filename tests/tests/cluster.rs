@@ -1832,6 +1832,7 @@ async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
             left.push(n);
         }
     }
+    while cluster.migrate_keys(slot, home, away, 100) > 0 {}
     cluster.finish_migration(slot, home, away);
     eprintln!(
         "{took:?}; failed {failed:?}; left {left:?}; breaker open: {}",
@@ -1855,7 +1856,9 @@ async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
 /// A cluster whose nodes refuse `EVAL` (as one whose servers predate
 /// script flags refuses the script the cluster invalidations send): an
 /// invalidation by key and one by pattern still remove what they name,
-/// one key a command.
+/// one key a command; and ten entries of a slot half moved, whose `ASK`
+/// redirections, sent at once, take each other's `ASKING`, are removed
+/// once those are sent again one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
     let cluster = RedisCluster::start_with(&["--rename-command", "EVAL", ""]);
@@ -1885,4 +1888,41 @@ async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
         }
     }
     assert_eq!(left, [6, 7]);
+
+    let key = |n: usize| format!("part:1}}:{n}");
+    for n in 0..20 {
+        let loaded = cache
+            .get_or_load(&key(n), Duration::from_secs(600), || async move {
+                Ok::<_, ()>(n)
+            })
+            .await;
+        assert_eq!(loaded, Ok(n));
+    }
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{}", key(0)));
+    let home = cluster.owner_of_slot(slot);
+    let away = cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| p != home)
+        .expect("another primary");
+    cluster.open_migration(slot, home, away);
+    assert_eq!(cluster.migrate_keys(slot, home, away, 10), 10);
+    // Patient: one key at a time is slow, and this asks whether it lands.
+    let patient = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(NAMESPACE)
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .expect("builds");
+    let removed = patient.invalidate_many((0..20).map(key)).await;
+    let mut left = Vec::new();
+    for n in 0..20 {
+        if cache.get::<usize>(&key(n)).await.is_some() {
+            left.push(n);
+        }
+    }
+    while cluster.migrate_keys(slot, home, away, 100) > 0 {}
+    cluster.finish_migration(slot, home, away);
+    removed.expect("20 entries of a slot half moved");
+    assert_eq!(left, [0usize; 0], "left by an acknowledged invalidation");
 }

@@ -1181,17 +1181,14 @@ impl RedisBackend {
     /// one `UNLINK` a key, whose `ASK` the cluster connection follows with
     /// `ASKING` and the command as two requests on a shared connection, so
     /// that redirected commands sent at once take each other's `ASKING`.
-    /// Instead, each node is sent [`UNLINK_HERE`], which removes the keys
-    /// it holds and names those it passed over; those go to every primary,
-    /// each call behind its own `ASKING` (so that a node importing their
-    /// slot serves them). A key no node took fails the call. On a steady
-    /// cluster that is one call per node.
+    /// Instead, each slot's primary (or the node scanned) is sent
+    /// [`UNLINK_HERE`], which removes the keys it holds and names those it
+    /// passed over (see [`unlink_wherever`]). On a steady cluster that is
+    /// one call per slot, as redis-rs split the `UNLINK`.
     ///
     /// Leases (`first`) go before values: a load holding one cannot store
     /// once it is gone, so no value read before the change is written back
-    /// meanwhile. A node that passes over a lease leaves the values alone,
-    /// and every primary is then sent the leases passed over, then the
-    /// values.
+    /// meanwhile.
     async fn unlink_each(
         &self,
         conn: &ClusterConnection,
@@ -2509,7 +2506,9 @@ fn version_text(reply: redis::Value) -> redis::RedisResult<Option<String>> {
 /// command, two requests on the target's shared connection: redirected
 /// commands sent at once can take each other's `ASKING` and come back
 /// redirected (seen: an invalidation of ten entries of a migrating slot
-/// failed with `ASK`). Those are sent again one at a time.
+/// failed with `ASK`). Those are sent again one at a time (another
+/// caller's redirected command can still come between: the invalidation
+/// then fails, and is retried).
 async fn unlink_where_they_are(
     conn: &ClusterConnection,
     keys: Vec<String>,
@@ -2534,57 +2533,44 @@ async fn unlink_where_they_are(
         }
     }
     for key in again {
-        let mut tries = 0;
-        loop {
-            match unlink_one(key.clone()).await.1 {
-                Ok(n) => {
-                    removed += n;
-                    break;
-                }
-                Err(e) if redirected(&e) && tries < 8 => tries += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        removed += unlink_one(key).await.1?;
     }
     Ok(removed)
 }
 
-/// [`RedisBackend::unlink_each`]'s work: `first`, then `then`.
+/// [`RedisBackend::unlink_each`]'s work: the leases `first`, then the
+/// values `then`. Each node's share at once; a node that passes over a
+/// lease (in a migrating slot, one that has moved, or that never existed)
+/// leaves the values for after it. The leases passed over have left their
+/// slot's primary for good, and go to every primary behind `ASKING`. The
+/// values passed over go to their slot's primary first, since one left
+/// for after its lease may still be there and `MIGRATE` may take it at
+/// any moment: asked at once, the target could answer "not here" before
+/// it arrives and the source "gone" after it left (seen in a review, with
+/// a `MIGRATE` held up by a large key), and the call return `Ok` with the
+/// value on the target. `MIGRATE` removes a key from its source only once
+/// the target has it, so a value its primary passed over is on the
+/// target, or nowhere.
 async fn unlink_wherever(
     conn: &ClusterConnection,
     on: Option<&(String, u16)>,
     first: &[String],
     then: &[String],
 ) -> redis::RedisResult<u64> {
-    use redis::cluster_routing::{Route, SlotAddr};
-    // Each node's share: its leases, then its values.
-    let mut groups: Vec<(SingleNodeRoutingInfo, Vec<&String>, Vec<&String>)> = Vec::new();
-    match on {
+    // Each node's share at once: its leases, then its values (left alone
+    // where a lease was passed over).
+    let groups: Vec<(SingleNodeRoutingInfo, Vec<&String>, Vec<&String>)> = match on {
         Some((host, port)) => {
             let node = SingleNodeRoutingInfo::ByAddress {
                 host: host.clone(),
                 port: *port,
             };
-            groups.push((node, first.iter().collect(), then.iter().collect()));
+            vec![(node, first.iter().collect(), then.iter().collect())]
         }
-        None => {
-            let mut by_slot: std::collections::BTreeMap<u16, (Vec<&String>, Vec<&String>)> =
-                Default::default();
-            let slot = |key: &String| u16::try_from(cluster::slot(key.as_bytes())).unwrap_or(0);
-            for key in first {
-                by_slot.entry(slot(key)).or_default().0.push(key);
-            }
-            for key in then {
-                by_slot.entry(slot(key)).or_default().1.push(key);
-            }
-            for (slot, (first, then)) in by_slot {
-                let route = Route::new(slot, SlotAddr::Master);
-                groups.push((SingleNodeRoutingInfo::SpecificNode(route), first, then));
-            }
-        }
-    }
+        None => by_slot(first.iter(), then.iter()),
+    };
     let mut removed = 0;
-    let (mut first_over, mut then_over): (Vec<&String>, Vec<&String>) = (Vec::new(), Vec::new());
+    let (mut leases_over, mut values_over) = (Vec::new(), Vec::new());
     let sent = groups.into_iter().map(|(node, first, then)| async move {
         let answer = unlink_here(conn, node, false, &first, &then).await;
         (answer, first, then)
@@ -2594,48 +2580,96 @@ async fn unlink_wherever(
         removed += n;
         for i in over {
             match first.get(i) {
-                Some(key) => first_over.push(key),
-                None => then_over.extend(then.get(i - first.len())),
+                Some(key) => leases_over.push(*key),
+                None => values_over.extend(then.get(i - first.len())),
             }
         }
     }
-    if first_over.is_empty() && then_over.is_empty() {
+    if leases_over.is_empty() && values_over.is_empty() {
         return Ok(removed);
     }
-    // Keys of a slot that migrates (or moved since the map was read): on
-    // whichever primary holds them now, leases first, each taken by one.
-    let nodes = cluster::primaries(&read_slot_map(conn).await?);
-    for (first, then) in [(first_over, Vec::new()), (Vec::new(), then_over)] {
-        let keys = first.len() + then.len();
-        if keys == 0 {
-            continue;
-        }
-        let asks = nodes.iter().map(|(host, port)| {
-            let node = SingleNodeRoutingInfo::ByAddress {
-                host: host.clone(),
-                port: *port,
-            };
-            unlink_here(conn, node, true, &first, &then)
+    // A lease passed over has left its slot's primary (it cannot come
+    // back): it is on the node importing the slot, or nowhere.
+    removed += unlink_elsewhere(conn, leases_over).await?;
+    // A value may still be on its slot's primary (left for after its
+    // lease), and `MIGRATE` may move it at any moment: asked there first,
+    // then, if it had left, where it went.
+    let mut still = Vec::new();
+    let sent = by_slot(std::iter::empty(), values_over.into_iter())
+        .into_iter()
+        .map(|(node, _, then)| async move {
+            let answer = unlink_here(conn, node, false, &[], &then).await;
+            (answer, then)
         });
-        let mut taken = vec![false; keys];
-        for answer in futures_util::future::join_all(asks).await {
-            let (n, over) = answer?;
-            removed += n;
-            // `over` ascends, as the script walks its keys.
-            for (i, took) in taken.iter_mut().enumerate() {
-                if over.binary_search(&i).is_err() {
-                    *took = true;
-                }
+    for (answer, then) in futures_util::future::join_all(sent).await {
+        let (n, over) = answer?;
+        removed += n;
+        still.extend(over.into_iter().filter_map(|i| then.get(i).copied()));
+    }
+    Ok(removed + unlink_elsewhere(conn, still).await?)
+}
+
+/// Keys grouped by slot, each group routed to the primary serving it:
+/// the leases `first`, then the values `then`, of each slot.
+fn by_slot<'k>(
+    first: impl Iterator<Item = &'k String>,
+    then: impl Iterator<Item = &'k String>,
+) -> Vec<(SingleNodeRoutingInfo, Vec<&'k String>, Vec<&'k String>)> {
+    use redis::cluster_routing::{Route, SlotAddr};
+    type Shares<'k> = (Vec<&'k String>, Vec<&'k String>);
+    let mut slots: std::collections::BTreeMap<u16, Shares<'k>> = Default::default();
+    let slot = |key: &String| u16::try_from(cluster::slot(key.as_bytes())).unwrap_or(0);
+    for key in first {
+        slots.entry(slot(key)).or_default().0.push(key);
+    }
+    for key in then {
+        slots.entry(slot(key)).or_default().1.push(key);
+    }
+    slots
+        .into_iter()
+        .map(|(slot, (first, then))| {
+            let route = Route::new(slot, SlotAddr::Master);
+            (SingleNodeRoutingInfo::SpecificNode(route), first, then)
+        })
+        .collect()
+}
+
+/// Unlinks keys that have left their slot's primary: on every primary of
+/// the slot map at once, each call behind `ASKING` (which a node importing
+/// their slot obeys); those no primary took (a slot migrating to a node
+/// the map does not list yet, which serves no slot) one `UNLINK` a key,
+/// which the cluster connection follows to wherever `ASK` sends it.
+async fn unlink_elsewhere(conn: &ClusterConnection, keys: Vec<&String>) -> redis::RedisResult<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let nodes = cluster::primaries(&read_slot_map(conn).await?);
+    let asks = nodes.iter().map(|(host, port)| {
+        let node = SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        };
+        unlink_here(conn, node, true, &[], &keys)
+    });
+    let mut removed = 0;
+    let mut taken = vec![false; keys.len()];
+    for answer in futures_util::future::join_all(asks).await {
+        let (n, over) = answer?;
+        removed += n;
+        // `over` ascends, as the script walks its keys.
+        for (i, took) in taken.iter_mut().enumerate() {
+            if over.binary_search(&i).is_err() {
+                *took = true;
             }
         }
-        if !taken.iter().all(|&t| t) {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "no primary took a key being unlinked",
-            )));
-        }
     }
-    Ok(removed)
+    let left: Vec<String> = keys
+        .into_iter()
+        .zip(taken)
+        .filter(|(_, took)| !took)
+        .map(|(key, _)| key.clone())
+        .collect();
+    Ok(removed + unlink_where_they_are(conn, left).await?)
 }
 
 /// The cluster's slot map, as one primary sees it (`CLUSTER SLOTS`).
@@ -2683,9 +2717,12 @@ return {removed, passed}
 ";
 
 /// Sends [`UNLINK_HERE`] with the leases `first` and the values `then`
-/// to `node` (after `ASKING`, in one pipeline, when `asking`); returns how
-/// many it removed and the indexes (in `first` then `then`) of the keys it
-/// passed over.
+/// to `node`, in one pipeline behind `ASKING` when `asking` (so that a
+/// node importing their slot serves them), else behind `PING` (which
+/// clears an `ASKING` the cluster connection sent on the same connection
+/// for a redirection of its own, after which the node would answer for
+/// keys it has not received yet); returns how many it removed and the
+/// indexes (in `first` then `then`) of the keys it passed over.
 async fn unlink_here(
     conn: &ClusterConnection,
     node: SingleNodeRoutingInfo,
@@ -2698,22 +2735,20 @@ async fn unlink_here(
     for key in first.iter().chain(then) {
         eval.arg(key.as_str());
     }
-    let mut conn = conn.clone();
-    let reply = if asking {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ASKING");
-        pipe.add_command(eval);
-        let mut replies = conn.route_pipeline(pipe, 0, 2, node).await?.into_iter();
-        // A refused `ASKING` (a rule without it) is the error to report.
-        replies
-            .next()
-            .map(redis::Value::extract_error)
-            .transpose()?;
-        replies.next().unwrap_or(redis::Value::Nil)
-    } else {
-        conn.route_command(eval, RoutingInfo::SingleNode(node))
-            .await?
-    };
+    let mut pipe = redis::pipe();
+    pipe.cmd(if asking { "ASKING" } else { "PING" });
+    pipe.add_command(eval);
+    let mut replies = conn
+        .clone()
+        .route_pipeline(pipe, 0, 2, node)
+        .await?
+        .into_iter();
+    // A refused `ASKING` (a rule without it) is the error to report.
+    replies
+        .next()
+        .map(redis::Value::extract_error)
+        .transpose()?;
+    let reply = replies.next().unwrap_or(redis::Value::Nil);
     Ok(redis::from_redis_value(reply.extract_error()?)?)
 }
 
