@@ -1800,21 +1800,12 @@ async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
     let cache = backend.builder().build().expect("builds");
     let other_process = backend.builder().build().expect("builds");
     let key = |n: usize| format!("part:1}}:{n}");
-    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{}", key(0)));
-    let home = cluster.owner_of_slot(slot);
-    let away = cluster
-        .primaries()
-        .into_iter()
-        .find(|&p| p != home)
-        .expect("another primary");
     for n in 0..40 {
         cache
             .set(&key(n), &(n as u64), Duration::from_secs(600))
             .await;
     }
-    cluster.open_migration(slot, home, away);
-    let moved = cluster.migrate_keys(slot, home, away, 20);
-    assert_eq!(moved, 20, "half the entries moved");
+    let migration = half_moved(cluster, &key(0), 20);
 
     let started = Instant::now();
     let mut failed = Vec::new();
@@ -1826,14 +1817,8 @@ async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
     let changed = cache.invalidate_many((10..20).map(key)).await;
     let by_pattern = cache.invalidate_pattern("part:1}:3*").await;
     let took = started.elapsed();
-    let mut left = Vec::new();
-    for n in 0..40 {
-        if other_process.get::<u64>(&key(n)).await.is_some() {
-            left.push(n);
-        }
-    }
-    while cluster.migrate_keys(slot, home, away, 100) > 0 {}
-    cluster.finish_migration(slot, home, away);
+    let left = held::<u64>(&other_process, 0..40, key).await;
+    finish_moving(cluster, migration);
     eprintln!(
         "{took:?}; failed {failed:?}; left {left:?}; breaker open: {}",
         cache.breaker_open()
@@ -1898,15 +1883,7 @@ async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
             .await;
         assert_eq!(loaded, Ok(n));
     }
-    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{}", key(0)));
-    let home = cluster.owner_of_slot(slot);
-    let away = cluster
-        .primaries()
-        .into_iter()
-        .find(|&p| p != home)
-        .expect("another primary");
-    cluster.open_migration(slot, home, away);
-    assert_eq!(cluster.migrate_keys(slot, home, away, 10), 10);
+    let migration = half_moved(&cluster, &key(0), 10);
     // Patient: one key at a time is slow, and this asks whether it lands.
     let patient = Cache::builder()
         .redis_cluster(cluster.urls())
@@ -1915,14 +1892,49 @@ async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
         .build()
         .expect("builds");
     let removed = patient.invalidate_many((0..20).map(key)).await;
-    let mut left = Vec::new();
-    for n in 0..20 {
-        if cache.get::<usize>(&key(n)).await.is_some() {
-            left.push(n);
-        }
-    }
-    while cluster.migrate_keys(slot, home, away, 100) > 0 {}
-    cluster.finish_migration(slot, home, away);
+    let left = held::<usize>(&cache, 0..20, key).await;
+    finish_moving(&cluster, migration);
     removed.expect("20 entries of a slot half moved");
     assert_eq!(left, [0usize; 0], "left by an acknowledged invalidation");
+}
+
+/// Opens the migration of `key`'s slot from its primary to another, and
+/// moves `count` of the slot's keys there. Returns the slot, its primary
+/// and the other.
+fn half_moved(cluster: &RedisCluster, key: &str, count: usize) -> (usize, usize, usize) {
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{key}"));
+    let home = cluster.owner_of_slot(slot);
+    let away = cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| p != home)
+        .expect("another primary");
+    cluster.open_migration(slot, home, away);
+    assert_eq!(
+        cluster.migrate_keys(slot, home, away, count),
+        count,
+        "keys moved"
+    );
+    (slot, home, away)
+}
+
+/// Moves the rest of a [`half_moved`] slot's keys, and ends its migration.
+fn finish_moving(cluster: &RedisCluster, (slot, home, away): (usize, usize, usize)) {
+    while cluster.migrate_keys(slot, home, away, 100) > 0 {}
+    cluster.finish_migration(slot, home, away);
+}
+
+/// Which of `ids` `cache` serves a `T` for (`key(id)`), without loading.
+async fn held<T: cached_runtime::Cacheable>(
+    cache: &Cache,
+    ids: std::ops::Range<usize>,
+    key: impl Fn(usize) -> String,
+) -> Vec<usize> {
+    let mut held = Vec::new();
+    for id in ids {
+        if cache.get::<T>(&key(id)).await.is_some() {
+            held.push(id);
+        }
+    }
+    held
 }
