@@ -147,6 +147,12 @@ impl Backend {
         self.cluster.as_ref()
     }
 
+    /// The cluster, on [`Backend::cluster`], to change (add a node, kill
+    /// one).
+    pub fn redis_cluster_mut(&mut self) -> Option<&mut RedisCluster> {
+        self.cluster.as_mut()
+    }
+
     /// Redis as [`Backend::redis`], with the near tier in front of it
     /// (every cache built here has an L1 of its own, kept by `CLIENT
     /// TRACKING`): the same tests, the same assertions.

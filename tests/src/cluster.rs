@@ -19,6 +19,10 @@ pub struct RedisCluster {
     /// A TLS-only cluster's client files (the CA, and the client
     /// certificate `redis-cli` presents), kept while the cluster runs.
     tls: Option<tempfile::TempDir>,
+    /// The arguments each node was started with (`None` on a TLS
+    /// cluster, whose nodes take files of their own), for a node added
+    /// later ([`RedisCluster::add_primary`]).
+    args: Option<Vec<String>>,
 }
 
 /// The arguments every node gets: cluster mode, a 1 s node timeout (a
@@ -62,7 +66,9 @@ impl RedisCluster {
         let nodes = (0..6)
             .map(|_| RedisServer::start_cluster_node(&args))
             .collect();
-        RedisCluster::form(nodes, None, &[])
+        let mut cluster = RedisCluster::form(nodes, None, &[]);
+        cluster.args = Some(args.iter().map(|a| (*a).to_owned()).collect());
+        cluster
     }
 
     /// [`RedisCluster::start`] over TLS only: each node's one TCP port
@@ -141,7 +147,11 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes, tls };
+        let cluster = RedisCluster {
+            nodes,
+            tls,
+            args: None,
+        };
         cluster.wait_until("formed", |c| {
             c.nodes.iter().all(|n| {
                 let info = n.cmd::<String>(&["CLUSTER", "INFO"]);
@@ -330,6 +340,44 @@ impl RedisCluster {
             self.finish_migration(slot, from, to);
         }
         started.elapsed()
+    }
+
+    /// Starts one more node, with the arguments the others were started
+    /// with, and joins it to the cluster as a primary that serves no slot
+    /// yet, as an operator adds a node before resharding slots onto it
+    /// (it is in `CLUSTER NODES`, not in `CLUSTER SLOTS`). Returns its
+    /// index once every node knows it and it knows the slots' owners. (The failover helpers,
+    /// [`RedisCluster::kill_primary`] and the freezes, expect three
+    /// primaries: not after this.)
+    ///
+    /// # Panics
+    ///
+    /// On a TLS cluster, or when the node does not join within 30 s.
+    pub fn add_primary(&mut self) -> usize {
+        let args = self
+            .args
+            .as_ref()
+            .expect("add_primary: not on a TLS cluster");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = RedisServer::start_cluster_node(&args);
+        let port = node.port().to_string();
+        let id: String = node.cmd(&["CLUSTER", "MYID"]);
+        let () = self.nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port]);
+        self.nodes.push(node);
+        let count = self.nodes.len();
+        self.wait_until("the new node joined", |c| {
+            c.nodes.iter().filter(|n| n.answers()).all(|n| {
+                let nodes: String = n.cmd(&["CLUSTER", "NODES"]);
+                let info: String = n.cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && nodes.lines().count() == count
+                    && !nodes.contains("handshake")
+                    && nodes
+                        .lines()
+                        .any(|line| line.starts_with(&id) && !line.contains("fail"))
+            })
+        });
+        count - 1
     }
 
     /// The first step of moving `slot` from primary `from` to `to`: the

@@ -1838,6 +1838,72 @@ async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
     backend.assert_nothing_refused();
 }
 
+/// As [`changes_of_entries_in_a_slot_mid_migration_land_at_once`], the
+/// slot moving to a node just added, the first step of scaling a cluster
+/// out: that node serves no slot yet, so it is in no slot map
+/// (`CLUSTER SLOTS`), and the half of the entries it received can only be
+/// reached by following the source's `ASK`.
+///
+/// Broken runtimes this catches: an invalidation that looks for a moved
+/// key only on the primaries of the slot map finds it nowhere, and fails
+/// (every change of an entry in the slot failed, and another process read
+/// the old value, for as long as the migration lasted); a pattern
+/// invalidation that scans only the slot map's primaries misses the
+/// entries moved there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_entries_in_a_slot_moving_to_a_node_just_added_land_at_once() {
+    let mut backend = cached_tests::Backend::cluster();
+    let added = backend
+        .redis_cluster_mut()
+        .expect("a cluster")
+        .add_primary();
+    let cluster = backend.redis_cluster().expect("a cluster");
+    let cache = backend.builder().build().expect("builds");
+    let other_process = backend.builder().build().expect("builds");
+    let key = |n: usize| format!("part:1}}:{n}");
+    for n in 0..40 {
+        cache
+            .set(&key(n), &(n as u64), Duration::from_secs(600))
+            .await;
+    }
+    let migration = half_moved_to(cluster, &key(0), 20, added);
+    let there: Vec<String> = cluster.nodes()[added].cmd(&["KEYS", "*part:1}:3*"]);
+    assert!(
+        there.iter().any(|k| !k.contains('~')),
+        "the pattern below names entries on the added node: {there:?}"
+    );
+
+    let mut failed = Vec::new();
+    for n in 0..10 {
+        if let Err(e) = cache.invalidate(&key(n)).await {
+            failed.push((n, e.to_string()));
+        }
+    }
+    let changed = cache.invalidate_many((10..20).map(key)).await;
+    // From a cache whose connection no redirection has sent to the added
+    // node yet.
+    let by_pattern = backend
+        .builder()
+        .build()
+        .expect("builds")
+        .invalidate_pattern("part:1}:3*")
+        .await;
+    let left = held::<u64>(&other_process, 0..40, key).await;
+    finish_moving(cluster, migration);
+    let after = held::<u64>(&other_process, 0..40, key).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    changed.expect("10 entries in one call");
+    assert!(by_pattern.is_ok(), "{by_pattern:?}");
+    let expected: Vec<usize> = (20..30).collect();
+    assert_eq!(left, expected, "what another process still reads");
+    assert_eq!(after, expected, "once the slot has moved");
+    assert!(
+        !cache.breaker_open(),
+        "the migration was taken for an outage"
+    );
+    backend.assert_nothing_refused();
+}
+
 /// A cluster whose nodes refuse `EVAL` (as one whose servers predate
 /// script flags refuses the script the cluster invalidations send): an
 /// invalidation by key and one by pattern still remove what they name,
@@ -1909,6 +1975,18 @@ fn half_moved(cluster: &RedisCluster, key: &str, count: usize) -> (usize, usize,
         .into_iter()
         .find(|&p| p != home)
         .expect("another primary");
+    half_moved_to(cluster, key, count, away)
+}
+
+/// [`half_moved`] to primary `away`.
+fn half_moved_to(
+    cluster: &RedisCluster,
+    key: &str,
+    count: usize,
+    away: usize,
+) -> (usize, usize, usize) {
+    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{key}"));
+    let home = cluster.owner_of_slot(slot);
     cluster.open_migration(slot, home, away);
     assert_eq!(
         cluster.migrate_keys(slot, home, away, count),

@@ -101,6 +101,14 @@ pub(crate) fn epoch_key(namespace: &str, s: usize) -> String {
     format!("{namespace}:~epoch:{{{tag}}}")
 }
 
+/// A key of slot `s` under `namespace` that is never written:
+/// `{namespace}:~probe:{t}`, read to be redirected to the node a slot
+/// migrates to (see `RedisBackend::reach`).
+pub(crate) fn probe_key(namespace: &str, s: usize) -> String {
+    let tag = itoa::Buffer::new().format(SLOT_TAGS[s]).to_owned();
+    format!("{namespace}:~probe:{{{tag}}}")
+}
+
 /// Why a namespace cannot be used on a cluster, if it cannot: every key
 /// starts with it, and a brace in it would move the hash tag of every key
 /// and epoch.
@@ -369,8 +377,43 @@ pub(crate) struct OwnView {
     slots: Vec<(u16, u16)>,
     /// Whether it imports a slot: `MIGRATE` may bring it keys at any time.
     importing: bool,
-    /// The node ids it migrates slots to.
-    migrating_to: Vec<String>,
+    /// The slots it migrates, and where to.
+    migrating_to: Vec<Migration>,
+}
+
+/// A slot a primary migrates, and the node it migrates to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Migration {
+    slot: u16,
+    /// The target's node id.
+    id: String,
+    /// The target's address, as the same `CLUSTER NODES` answer gives it
+    /// (`None`: not listed there, or no address yet).
+    addr: Option<(String, u16)>,
+}
+
+/// A node that imports a slot but is not in the slot map: one added to the
+/// cluster, which serves no slot yet (`CLUSTER SLOTS` lists only nodes
+/// that serve one). A scan reaches it by address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unlisted {
+    pub(crate) addr: (String, u16),
+    /// A slot it imports: a key of it that its primary does not hold is
+    /// redirected there.
+    pub(crate) slot: u16,
+}
+
+/// The address (`ip:port@bus-port[,hostname]`) of node `id` in a
+/// `CLUSTER NODES` answer.
+fn address_of(nodes: &str, id: &str) -> Option<(String, u16)> {
+    let line = nodes
+        .lines()
+        .find(|line| line.split(' ').next() == Some(id))?;
+    let addr = line.split(' ').nth(1)?;
+    let addr = addr.split([',', '@']).next()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// The `myself` line of a `CLUSTER NODES` reply; `None` when there is none
@@ -391,8 +434,11 @@ pub(crate) fn own_view(nodes: &str) -> Option<OwnView> {
     for field in line.split(' ').skip(8).filter(|f| !f.is_empty()) {
         if let Some(open) = field.strip_prefix('[').and_then(|f| f.strip_suffix(']')) {
             if let Some((at, id)) = open.split_once("->-") {
-                slot(at)?;
-                view.migrating_to.push(id.to_owned());
+                view.migrating_to.push(Migration {
+                    slot: slot(at)?,
+                    id: id.to_owned(),
+                    addr: address_of(nodes, id),
+                });
             } else if let Some((at, _)) = open.split_once("-<-") {
                 slot(at)?;
                 view.importing = true;
@@ -423,17 +469,22 @@ pub(crate) fn own_view(nodes: &str) -> Option<OwnView> {
 pub(crate) enum AfterPass {
     /// Nothing moved: the pass saw every key.
     Complete,
-    /// Scan these primaries (indexes into [`primaries`]) once more: they
-    /// import a slot, or serve one the map gave another node, so keys may
-    /// have arrived there during the pass. A key that left its source
-    /// during the pass did so before the source's scan ended, so it is on
-    /// its target throughout this second scan, unless it moves on again
-    /// meanwhile (two migrations of its slot within one pass: not
-    /// covered). When a node's answer did not read, every primary.
-    Rescan(Vec<usize>),
+    /// Scan these primaries (`listed`: indexes into [`primaries`]) once
+    /// more: they import a slot, or serve one the map gave another node, so
+    /// keys may have arrived there during the pass; and the nodes the map
+    /// does not list that a primary migrates a slot to (`unlisted`), which
+    /// no pass scanned. A key that left its source during the pass did so
+    /// before the source's scan ended, so it is on its target throughout
+    /// this second scan, unless it moves on again meanwhile (two
+    /// migrations of its slot within one pass: not covered). When a node's
+    /// answer did not read, every primary.
+    Rescan {
+        listed: Vec<usize>,
+        unlisted: Vec<Unlisted>,
+    },
     /// The map is out of date (a primary no longer serves a slot the map
-    /// gives it), or a slot migrates to a node the map does not list, which
-    /// this client cannot scan: read the map and run the passes again.
+    /// gives it), or a slot migrates to a node whose address is not known:
+    /// read the map and run the passes again.
     Stale,
 }
 
@@ -444,9 +495,13 @@ pub(crate) fn after_pass(map: &[SlotRange], views: &[Option<OwnView>]) -> AfterP
         // What a node imports, or where it migrates, is not known: every
         // primary is scanned again, which finds whatever moved between
         // the primaries of the map during the pass.
-        return AfterPass::Rescan((0..nodes.len()).collect());
+        return AfterPass::Rescan {
+            listed: (0..nodes.len()).collect(),
+            unlisted: Vec::new(),
+        };
     };
     let mut rescan = Vec::new();
+    let mut unlisted: Vec<Unlisted> = Vec::new();
     for (i, ((host, port), view)) in nodes.iter().zip(views).enumerate() {
         let given: Vec<(u16, u16)> = map
             .iter()
@@ -457,12 +512,23 @@ pub(crate) fn after_pass(map: &[SlotRange], views: &[Option<OwnView>]) -> AfterP
         let lost = given
             .iter()
             .any(|&(a, b)| (a..=b).any(|s| !covers(&view.slots, s)));
-        let unlisted = view
-            .migrating_to
-            .iter()
-            .any(|id| id.is_empty() || !map.iter().any(|r| r.id == *id));
-        if lost || unlisted {
+        if lost {
             return AfterPass::Stale;
+        }
+        for to in &view.migrating_to {
+            if !to.id.is_empty() && map.iter().any(|r| r.id == to.id) {
+                // A primary of the map, which says it imports the slot.
+                continue;
+            }
+            let Some(addr) = &to.addr else {
+                return AfterPass::Stale;
+            };
+            if !unlisted.iter().any(|u| u.addr == *addr) {
+                unlisted.push(Unlisted {
+                    addr: addr.clone(),
+                    slot: to.slot,
+                });
+            }
         }
         let gained = view
             .slots
@@ -472,10 +538,13 @@ pub(crate) fn after_pass(map: &[SlotRange], views: &[Option<OwnView>]) -> AfterP
             rescan.push(i);
         }
     }
-    if rescan.is_empty() {
+    if rescan.is_empty() && unlisted.is_empty() {
         AfterPass::Complete
     } else {
-        AfterPass::Rescan(rescan)
+        AfterPass::Rescan {
+            listed: rescan,
+            unlisted,
+        }
     }
 }
 
@@ -505,9 +574,10 @@ mod tests {
     }
 
     #[test]
-    fn every_slot_has_an_epoch_key_that_hashes_to_it() {
+    fn every_slot_has_an_epoch_key_and_a_probe_key_that_hash_to_it() {
         for s in 0..SLOTS {
             assert_eq!(slot(epoch_key("ns", s).as_bytes()), s, "slot {s}");
+            assert_eq!(slot(probe_key("ns", s).as_bytes()), s, "slot {s}");
         }
     }
 
@@ -698,7 +768,14 @@ mod tests {
             })
         );
         let view = own_view(&nodes_text(" [10922->-c3] [3-<-a1]")).expect("reads");
-        assert_eq!(view.migrating_to, vec!["c3".to_string()]);
+        assert_eq!(
+            view.migrating_to,
+            vec![Migration {
+                slot: 10922,
+                id: "c3".into(),
+                addr: Some(("10.0.0.3".into(), 7003)),
+            }]
+        );
         assert!(view.importing);
         assert_eq!(view.slots, vec![(5461, 10921), (10922, 10922)]);
         // Fields apart by more than one space.
@@ -709,6 +786,21 @@ mod tests {
         // A node that serves no slot.
         let bare = "e5 10.0.0.5:7005@17005 myself,master - 0 0 0 connected\n";
         assert_eq!(own_view(bare).expect("reads").slots, vec![]);
+        // Migrating to a node the answer gives with its hostname, to one
+        // it does not list, and to one without an address yet.
+        let to = |id: &str| {
+            own_view(&format!(
+                "{}f6 :0@0 master - 0 0 0 connected\n",
+                nodes_text(&format!(" [10922->-{id}]"))
+            ))
+            .expect("reads")
+            .migrating_to[0]
+                .addr
+                .clone()
+        };
+        assert_eq!(to("b2"), Some(("10.0.0.2".into(), 7002)));
+        assert_eq!(to("e5"), None);
+        assert_eq!(to("f6"), None);
         for bad in [
             " 16384",
             " 9-3",
@@ -744,12 +836,42 @@ mod tests {
         ]
     }
 
+    /// A primary's view; it migrates a slot to each node of `migrating_to`
+    /// (ids; `e5` at 10.0.0.5:7005, not in [`three`]; `x9`, whose address
+    /// is not known).
     fn view(slots: &[(u16, u16)], importing: bool, migrating_to: &[&str]) -> Option<OwnView> {
+        let addr = |id: &str| match id {
+            "a1" | "b2" | "c3" | "e5" => {
+                let n = u16::from(id.as_bytes()[1] - b'0');
+                Some((format!("10.0.0.{n}"), 7000 + n))
+            }
+            _ => None,
+        };
         Some(OwnView {
             slots: slots.to_vec(),
             importing,
-            migrating_to: migrating_to.iter().map(|&id| id.to_owned()).collect(),
+            migrating_to: migrating_to
+                .iter()
+                .map(|&id| Migration {
+                    slot: slots[0].0,
+                    id: id.to_owned(),
+                    addr: addr(id),
+                })
+                .collect(),
         })
+    }
+
+    /// [`AfterPass::Rescan`] of these listed primaries, and these unlisted
+    /// nodes (`(n, slot)`: 10.0.0.{n}:700{n}).
+    fn rescan(pass: &AfterPass, listed: &[usize], unlisted: &[(u16, u16)]) -> bool {
+        let unlisted: Vec<Unlisted> = unlisted
+            .iter()
+            .map(|&(n, slot)| Unlisted {
+                addr: (format!("10.0.0.{n}"), 7000 + n),
+                slot,
+            })
+            .collect();
+        matches!(pass, AfterPass::Rescan { listed: l, unlisted: u } if l == listed && *u == unlisted)
     }
 
     #[test]
@@ -766,18 +888,25 @@ mod tests {
         let mut views = as_given.clone();
         views[1] = view(&[(5461, 10922)], false, &["c3"]);
         views[2] = view(&[(10923, 16383)], true, &[]);
-        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![2]));
+        assert!(rescan(&after_pass(&map, &views), &[2], &[]));
         // Its migration ended during the pass: the third serves it and
         // says so first (it is told first); the map, read before, does not.
         views[2] = view(&[(10922, 16383)], false, &[]);
-        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![2]));
+        assert!(rescan(&after_pass(&map, &views), &[2], &[]));
         // The second has been told too: the map is out of date.
         views[1] = view(&[(5461, 10921)], false, &[]);
         assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
-        // To a node the map does not list (one added to the cluster), which
-        // this client has no connection to.
+        // To a node the map does not list (one added to the cluster),
+        // which no pass scanned: scanned by address, once however many
+        // slots go there.
         let mut views = as_given.clone();
         views[0] = view(&[(0, 5460)], false, &["e5"]);
+        assert!(rescan(&after_pass(&map, &views), &[], &[(5, 0)]));
+        views[1] = view(&[(5461, 10922)], false, &["e5"]);
+        views[2] = view(&[(10923, 16383)], true, &[]);
+        assert!(rescan(&after_pass(&map, &views), &[2], &[(5, 0)]));
+        // One whose address is not known, or no id: the map is read again.
+        views[0] = view(&[(0, 5460)], false, &["x9"]);
         assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
         views[0] = view(&[(0, 5460)], false, &[""]);
         assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
@@ -785,16 +914,16 @@ mod tests {
         // scanned again, whatever the others say.
         let mut views = as_given.clone();
         views[0] = None;
-        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0, 1, 2]));
+        assert!(rescan(&after_pass(&map, &views), &[0, 1, 2], &[]));
         views[1] = view(&[(5461, 10921)], false, &["e5"]);
-        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0, 1, 2]));
+        assert!(rescan(&after_pass(&map, &views), &[0, 1, 2], &[]));
         // A slot in the middle of a range lost, one gained at its edge.
         let mut views = as_given.clone();
         views[0] = view(&[(0, 99), (101, 5460)], false, &[]);
         assert!(matches!(after_pass(&map, &views), AfterPass::Stale));
         let mut views = as_given;
         views[0] = view(&[(0, 5461)], false, &[]);
-        assert!(matches!(after_pass(&map, &views), AfterPass::Rescan(r) if r == vec![0]));
+        assert!(rescan(&after_pass(&map, &views), &[0], &[]));
     }
 
     #[test]

@@ -1294,8 +1294,9 @@ impl RedisBackend {
     ///    now (`CLUSTER NODES`): one that imports a slot, or serves one the
     ///    map did not give it, may have received keys that `MIGRATE` moved
     ///    during the pass, after its own scan and before the source's scan
-    ///    reached them, and is scanned once more (see
-    ///    [`cluster::after_pass`]);
+    ///    reached them, and is scanned once more, as is a node a slot
+    ///    migrates to that the map does not list (see
+    ///    [`cluster::after_pass`] and [`RedisBackend::reach`]);
     /// 4. the slot map is read again: if it changed (a failover, a
     ///    resharding moved keys between nodes mid-scan), or a primary no
     ///    longer serves what the map gave it, the scan runs again on the
@@ -1331,9 +1332,16 @@ impl RedisBackend {
                     &self.own_views(&cluster_conn, &nodes, timeout).await?,
                 ) {
                     cluster::AfterPass::Complete => {}
-                    cluster::AfterPass::Rescan(again) => {
-                        let again: Vec<(String, u16)> =
-                            again.into_iter().map(|i| nodes[i].clone()).collect();
+                    cluster::AfterPass::Rescan { listed, unlisted } => {
+                        let mut again: Vec<(String, u16)> =
+                            listed.into_iter().map(|i| nodes[i].clone()).collect();
+                        for far in unlisted {
+                            if self.reach(&cluster_conn, &far, timeout).await {
+                                again.push(far.addr);
+                            } else {
+                                stale = true;
+                            }
+                        }
                         n += self
                             .scan_nodes(&cluster_conn, &again, glob, found, timeout)
                             .await?;
@@ -1376,6 +1384,46 @@ impl RedisBackend {
             .await?
             .into_iter()
             .sum())
+    }
+
+    /// Whether the cluster connection can send to `far`, a node the slot
+    /// map does not list, by its address: redis-rs holds connections to
+    /// the nodes of its map and to those a redirection sent it to, and
+    /// drops the others when it reads the map again. If it has none, a
+    /// read of a key of a slot `far` imports, one the slot's primary does
+    /// not hold, is sent: the primary answers `ASK` to `far`, and the
+    /// connection follows it there, connecting.
+    async fn reach(
+        &self,
+        conn: &ClusterConnection,
+        far: &cluster::Unlisted,
+        timeout: Duration,
+    ) -> bool {
+        let ping = || {
+            let mut conn = conn.clone();
+            let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: far.addr.0.clone(),
+                port: far.addr.1,
+            });
+            async move {
+                conn.route_command(redis::cmd("PING").to_owned(), node)
+                    .await?
+                    .extract_error()
+            }
+        };
+        if run(timeout, ping()).await.is_ok() {
+            return true;
+        }
+        let Layout::Cluster { namespace } = &self.layout else {
+            return false;
+        };
+        // Never written: absent on the slot's primary, so redirected.
+        let probe = cluster::probe_key(namespace, usize::from(far.slot));
+        let mut read = redis::cmd("GETRANGE");
+        read.arg(&probe).arg(0).arg(0);
+        let mut sender = conn.clone();
+        let _ = run(timeout, read.query_async::<redis::Value>(&mut sender)).await;
+        run(timeout, ping()).await.is_ok()
     }
 
     /// What each of `nodes` says of itself (`CLUSTER NODES`), asked at
