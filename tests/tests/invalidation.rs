@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 on_both_backends!(
     write_through_is_read_back_without_a_load,
+    a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing,
     evict_removes_keys_only_after_success,
     patterns_prefixes_and_tags_remove_their_entries_only,
     cache_methods_invalidate_by_key_pattern_and_tag,
@@ -28,6 +29,7 @@ on_both_backends!(
 
 cached_tests::on_cluster!(
     write_through_is_read_back_without_a_load,
+    a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing,
     evict_removes_keys_only_after_success,
     patterns_prefixes_and_tags_remove_their_entries_only,
     cache_methods_invalidate_by_key_pattern_and_tag,
@@ -347,6 +349,49 @@ async fn user_text_in_a_pattern_matches_only_itself(backend: &Backend) {
     );
     assert_eq!(cache.get::<String>(r"user:\[a-z\]:profile").await, None);
     assert_eq!(cache.get::<String>(r"user:a\?:profile").await, None);
+}
+
+/// A load that read the source before a pattern invalidation matching its
+/// entry must not store what it read. The patterns match the entry but
+/// not its lease (`...:~lease` ends in `e`), so the lease holds and only
+/// what else the backend keeps (on one server, the namespace's epoch)
+/// stops the write; `*[4h]` also matches that epoch (`t:~epoch`), and `*`
+/// every key.
+///
+/// Broken runtime this catches: on one server the pattern's scan removed
+/// the epoch key it had just bumped, so it read as 0 again, as when the
+/// load took its lease, and the load stored the old value.
+async fn a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing(backend: &Backend) {
+    let cache = backend.cache();
+    for (round, pattern) in ["*[4h]", "*", "*[4h]"].into_iter().enumerate() {
+        let key = format!("p:{round}4");
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let load = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_load(&key, Duration::from_secs(60), || async move {
+                        let _ = read_tx.send(());
+                        let _ = go_rx.await;
+                        Ok::<_, ()>("old".to_string())
+                    })
+                    .await
+            }
+        });
+        read_rx.await.expect("the load reads");
+        cache
+            .invalidate_pattern(pattern)
+            .await
+            .expect("invalidates");
+        let _ = go_tx.send(());
+        assert_eq!(load.await.expect("joins"), Ok("old".to_string()));
+        assert_eq!(
+            cache.get::<String>(&key).await,
+            None,
+            "round {round}: a load across invalidate_pattern({pattern:?}) stored what it read before"
+        );
+    }
 }
 
 async fn a_tag_invalidation_refuses_the_write_of_a_load_in_flight(backend: &Backend) {

@@ -1259,9 +1259,13 @@ impl RedisBackend {
             let (next, keys): (u64, Vec<String>) = self
                 .run(Gate::Always, timeout, scan.query_async(&mut conn))
                 .await?;
+            // Never the epoch itself (`*` matches it): removed, it would
+            // read as 0 again, as when a load in flight took its lease,
+            // and the load would store what it read before the change.
+            let keys: Vec<&String> = keys.iter().filter(|k| *k != epoch_key).collect();
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
-                for key in &keys {
+                for key in keys {
                     unlink.arg(key);
                     if !key.ends_with(LEASE_SUFFIX) {
                         unlink.arg(lease_key(key));
