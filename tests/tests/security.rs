@@ -295,6 +295,35 @@ async fn a_password_in_the_url_or_from_the_builder() {
     assert_eq!(s.loads(), 2);
 }
 
+/// A cache on Redis without a namespace is refused: every pattern
+/// invalidation it sends (`{namespace}:*` and narrower, and the one a pile
+/// of changes Redis did not take collapses into) would then reach every
+/// key of the database, the application's own data included. Without the
+/// refusal, `invalidate_pattern("*")` removed a key no cache wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_on_redis_needs_a_namespace_and_its_patterns_stay_inside_it() {
+    let server = RedisServer::start();
+    let e = cached_tests::redis_builder(&server)
+        .namespace("")
+        .build()
+        .expect_err("refused");
+    assert!(e.to_string().contains("needs a namespace"), "{e}");
+    assert!(
+        Cache::builder().namespace("").build().is_ok(),
+        "in memory, nothing else shares the keyspace"
+    );
+    // With one, `*` reaches the namespace's keys alone.
+    let () = server.cmd(&["SET", "session:1", "not the cache's"]);
+    let cache = cached_tests::redis_builder(&server)
+        .build()
+        .expect("builds");
+    cache.set("a", &1u8, Duration::from_secs(60)).await;
+    cache.invalidate_pattern("*").await.expect("invalidates");
+    assert_eq!(cache.get::<u8>("a").await, None);
+    let kept: Option<String> = server.cmd(&["GET", "session:1"]);
+    assert_eq!(kept.as_deref(), Some("not the cache's"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_with_the_documented_rule_runs_and_one_without_is_refused_per_key() {
     // The user may touch `t:*` only; a cache under another namespace is

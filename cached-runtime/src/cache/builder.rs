@@ -302,7 +302,14 @@ impl CacheBuilder {
 
     /// The first segment of every key: an application and version tag.
     /// Changing it retires every old entry at once (say, after a deploy that
-    /// changes a cached type). Empty means no namespace segment.
+    /// changes a cached type). Default `cache`.
+    ///
+    /// Empty means no namespace segment, on the memory backend only: on
+    /// Redis, [`CacheBuilder::build`] refuses it, since the cache's pattern
+    /// invalidations (`{namespace}:*` and narrower) would reach every key of
+    /// the database. Caches sharing a database need namespaces that are not
+    /// one inside the other: `app`'s `invalidate_pattern("*")` reaches
+    /// `app:v2`'s entries too (removes them: no wrong value is served).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
@@ -498,6 +505,14 @@ impl CacheBuilder {
                 )));
             }
             (Some((url, origin)), near) => {
+                if self.namespace.is_empty() {
+                    // Its pattern invalidations, and the one a pile of
+                    // failed changes collapses into (`{namespace}:*`),
+                    // would reach every key of the database.
+                    return Err(BuildError::InvalidSetting(
+                        "a cache on Redis needs a namespace: without one, its pattern invalidations (and the whole-namespace invalidation that changes Redis did not take collapse into) would reach every key of the database, the cache's or not".into(),
+                    ));
+                }
                 let client = self.redis.client(url, *origin)?;
                 let tracking = near
                     .is_some()
