@@ -640,6 +640,72 @@ async fn stale_set_race_control_catches_stale_keys(backend: &Backend) {
     assert!(stale > 0, "plain cache-aside should have left stale keys");
 }
 
+/// The namespace's epoch is a key like any other: `allkeys-lru` may evict
+/// it. A load that took its lease before a pattern invalidation (which
+/// cannot see the lease: its pattern does not match it), whose epoch is
+/// then evicted, must still store nothing: nor when a later invalidation
+/// makes the epoch again.
+///
+/// Broken runtime this catches: the epoch started absent ("0", recorded
+/// with the lease), or at 1 when an `INCR` made it, and evicted it read
+/// "0" again, or 1 after the next `INCR`: the value the lease recorded. The
+/// load stored the row it read before the change, for a whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_across_a_pattern_invalidation_whose_epoch_is_then_evicted_stores_nothing() {
+    let server = RedisServer::start();
+    // (round, the epoch made by an invalidation before the lease, made
+    // again by one after its eviction)
+    for (round, before, again) in [(0, false, false), (1, false, true), (2, true, true)] {
+        // A fresh namespace each round: its epoch absent when the load
+        // takes its lease.
+        let namespace = format!("evicted{round}");
+        let cache = cached_tests::redis_builder(&server)
+            .namespace(namespace.as_str())
+            .build()
+            .expect("builds");
+        if before {
+            cache
+                .invalidate_pattern("other:*")
+                .await
+                .expect("invalidates");
+        }
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let load = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load("u:1:profile", Duration::from_secs(60), || async move {
+                        let _ = read_tx.send(());
+                        let _ = go_rx.await;
+                        Ok::<_, ()>("old".to_string())
+                    })
+                    .await
+            }
+        });
+        read_rx.await.expect("the load reads");
+        cache
+            .invalidate_pattern("u:*:profile")
+            .await
+            .expect("invalidates");
+        let epoch = format!("{namespace}:~epoch");
+        let () = server.cmd(&["DEL", &epoch]);
+        if again {
+            cache
+                .invalidate_pattern("other:*")
+                .await
+                .expect("invalidates");
+        }
+        let _ = go_tx.send(());
+        assert_eq!(load.await.expect("joins"), Ok("old".to_string()));
+        assert_eq!(
+            cache.get::<String>("u:1:profile").await,
+            None,
+            "round {round}: stored what it read before the change"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_invalidation_visits_every_key_in_batches() {
     let server = RedisServer::start();

@@ -1057,6 +1057,8 @@ impl RedisBackend {
             .arg(&[] as &[u8]);
         if self.layout.is_cluster() {
             call.arg(&versions);
+        } else {
+            call.arg(epoch_seed());
         }
         let (_, epoch, replaced): (i64, u64, String) = self
             .run(Gate::Always, timeout, call.query_async(&mut conn))
@@ -1228,10 +1230,22 @@ impl RedisBackend {
             }
         };
         let mut conn = self.conn()?;
-        let bump = redis::cmd("INCR").arg(epoch_key).to_owned();
-        let bumped = self
-            .run::<i64>(Gate::Always, timeout, bump.query_async(&mut conn))
-            .await;
+        // The epoch made first if absent (see `epoch_seed`); the `INCR`'s
+        // answer is the one that counts (an `-OOM` refusal included).
+        let mut bump = redis::pipe();
+        bump.ignore_errors()
+            .cmd("SET")
+            .arg(epoch_key)
+            .arg(epoch_seed())
+            .arg("NX")
+            .cmd("INCR")
+            .arg(epoch_key);
+        let bump = async {
+            let replies: Vec<redis::Value> = bump.query_async(&mut conn).await?;
+            let incr = replies.into_iter().nth(1).unwrap_or(redis::Value::Nil);
+            redis::from_redis_value::<i64>(incr.extract_error()?).map_err(redis::RedisError::from)
+        };
+        let bumped = self.run(Gate::Always, timeout, bump).await;
         // Refused for memory (`-OOM`, `noeviction`), Redis still takes the
         // deletions: on its `first` attempt, what matches now is removed at
         // once, and the error is returned after, so that the whole change is
@@ -1650,8 +1664,17 @@ end
 /// when its caller stopped waiting (a frozen server runs it when it
 /// wakes), and EVALSHA on a server that lost its script cache (a restart)
 /// answers NOSCRIPT, which only a caller still waiting would retry.
-static ACQUIRE_LUA: LazyLock<String> =
-    LazyLock::new(|| acquire_lua(TAG_LUA, "local replaced = ''", "tag(4, ARGV[4])"));
+///
+/// On one server, ARGV[6] is a random seed for the namespace's epoch,
+/// written when it is absent (see [`epoch_seed`]).
+static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| {
+    acquire_lua(
+        TAG_LUA,
+        "local replaced = ''",
+        "tag(4, ARGV[4])
+        redis.call('SET', KEYS[3], ARGV[6], 'NX')",
+    )
+});
 
 /// [`ACQUIRE_LUA`] on a cluster. KEYS: value, lease, epoch, the lease's tag
 /// versions, the entry's. ARGV: as on one server, then the versions the
@@ -1702,6 +1725,18 @@ fn acquire_lua(prelude: &str, replaced: &str, record_tags: &str) -> String {
         {record_tags}
         return {{1, tonumber(redis.call('GET', KEYS[3]) or '0'), replaced}}"
     )
+}
+
+/// A value for the namespace's epoch (one server) where there is none: a
+/// random one, below 2^52 (Lua's numbers hold it exactly). The epoch is a
+/// key like any other, which `allkeys-lru` may evict; made again from 0, it
+/// would come back to a value a lease recorded before an invalidation (0
+/// itself, or 1 after an `INCR`), and the load holding that lease would
+/// store what it read before the change. A random start comes back to none
+/// of them, and an absent epoch matches no lease (each lease's script
+/// makes it first).
+fn epoch_seed() -> u64 {
+    fastrand::u64(1..1 << 52)
 }
 
 /// [`ACQUIRE_LUA`]'s condition for a write-through's claim.
@@ -1957,6 +1992,8 @@ impl RedisBackend {
             .arg(seen);
         if self.layout.is_cluster() {
             call.arg(&versions);
+        } else {
+            call.arg(epoch_seed());
         }
         let (outcome, epoch, replaced): (i64, u64, String) = self
             .run(Gate::Breaker, timeout, call.invoke_async(&mut conn))
@@ -2391,6 +2428,8 @@ impl RedisBackend {
                     // Untagged ids (a tagged one is leased as a single
                     // call is: see `Backend::acquire_leases`).
                     cmd.arg("");
+                } else {
+                    cmd.arg(epoch_seed());
                 }
                 cmd
             })
