@@ -45,8 +45,10 @@ pub fn push_key_text(out: &mut String, text: &str) {
 
 /// Appends `text` to a glob pattern so that it matches only itself: the
 /// characters Redis patterns give meaning to (`*`, `?`, `[`, `]`, `\\`) get a
-/// backslash. Use it for user text in a hand-written
-/// [`invalidate_pattern`](crate::Cache::invalidate_pattern).
+/// backslash. For text a key holds as it is (a key passed to
+/// [`Cache::get`](crate::Cache::get) by hand); for a part of a key an
+/// attribute built, use [`push_pattern_part`], which escapes it as the key
+/// holds it first.
 pub fn push_escaped(out: &mut String, text: &str) {
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -54,6 +56,28 @@ pub fn push_escaped(out: &mut String, text: &str) {
         }
         out.push(c);
     }
+}
+
+/// Appends a key part to a glob pattern as the keys an attribute builds
+/// hold it (text escaped by [`push_key_text`]: `a:b` is stored `a\\:b`),
+/// then escaped as [`push_escaped`] escapes text, so that the pattern
+/// matches that part and nothing else. For user text in a hand-written
+/// [`invalidate_pattern`](crate::Cache::invalidate_pattern) of entries
+/// `#[cached]` stored:
+///
+/// ```
+/// # async fn forget(cache: &cached_runtime::Cache, owner: &str) -> Result<(), cached_runtime::CacheError> {
+/// // Entries of `#[cached(prefix = "doc", key = (owner, id))]` for this owner.
+/// let mut pattern = String::from("doc:");
+/// cached_runtime::push_pattern_part(&mut pattern, owner);
+/// pattern.push_str(":*");
+/// cache.invalidate_pattern(&pattern).await?;
+/// # Ok(()) }
+/// ```
+pub fn push_pattern_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
+    let mut text = String::new();
+    part.write_key_part(&mut text);
+    push_escaped(out, &text);
 }
 
 macro_rules! key_part_integer {

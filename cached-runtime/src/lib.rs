@@ -73,7 +73,7 @@ pub use cache::{
 };
 pub use codec::{Codec, Compression, EntryMeta};
 pub use error::{BuildError, CacheError, LoadTimeout};
-pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text};
+pub use key::{Hashed, KeyPart, hashed, push_escaped, push_key_text, push_pattern_part};
 pub use scope::{CallMode, Outcome, with_mode, with_outcome};
 pub use stats::{CacheStats, names as metric_names};
 

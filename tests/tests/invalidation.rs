@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 on_both_backends!(
     write_through_is_read_back_without_a_load,
+    a_pattern_built_by_hand_reaches_the_entries_of_its_text_only,
     a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing,
     evict_removes_keys_only_after_success,
     patterns_prefixes_and_tags_remove_their_entries_only,
@@ -29,6 +30,7 @@ on_both_backends!(
 
 cached_tests::on_cluster!(
     write_through_is_read_back_without_a_load,
+    a_pattern_built_by_hand_reaches_the_entries_of_its_text_only,
     a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing,
     evict_removes_keys_only_after_success,
     patterns_prefixes_and_tags_remove_their_entries_only,
@@ -323,6 +325,54 @@ impl Users {
     #[cache_evict(patterns = ["user:{name}:*"])]
     async fn forget(&self, name: String) {
         let _ = name;
+    }
+}
+
+/// Keyed by an owner's text and an id.
+#[derive(Clone)]
+struct Docs {
+    cache: Cache,
+}
+
+impl Docs {
+    #[cached(prefix = "doc", ttl = "5m", key = (owner, id))]
+    async fn get(&self, owner: String, id: u64) -> String {
+        format!("doc {id} of {owner}")
+    }
+}
+
+/// A pattern written by hand for the entries `#[cached]` stored, user text
+/// through `push_pattern_part` as documented, reaches those entries and no
+/// other, whatever the text: the key separator, the escape, `~` (which
+/// alone stands for `None`), glob characters.
+///
+/// Broken runtime this catches: the documented helper was `push_escaped`,
+/// which does not escape text as keys hold it: `doc:a:b:*` missed the
+/// entry stored as `doc:a\:b:7`, and the pattern for `~` matched the
+/// entries of `None`.
+async fn a_pattern_built_by_hand_reaches_the_entries_of_its_text_only(backend: &Backend) {
+    let cache = backend.cache();
+    let docs = Docs {
+        cache: cache.clone(),
+    };
+    let owners = ["a:b", "a", "~", "a\\b", "*", "a\\:b"];
+    for owner in owners {
+        docs.get(owner.to_string(), 7).await;
+    }
+    for owner in owners {
+        let mut pattern = String::from("doc:");
+        cached_runtime::push_pattern_part(&mut pattern, owner);
+        pattern.push_str(":*");
+        assert_eq!(
+            cache.invalidate_pattern(&pattern).await.ok(),
+            Some(1),
+            "{owner:?}: {pattern}"
+        );
+        let mut key = String::from("doc:");
+        cached_runtime::push_key_text(&mut key, owner);
+        key.push_str(":7");
+        assert_eq!(cache.get::<String>(&key).await, None, "{owner:?}");
+        docs.get(owner.to_string(), 7).await;
     }
 }
 

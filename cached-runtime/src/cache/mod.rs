@@ -226,8 +226,11 @@ impl Cache {
     /// Removes every entry whose key (relative to the namespace) matches the
     /// glob `pattern` (Redis syntax: `*`, `?`, `[a-z]`, `\\x`), with SCAN and
     /// UNLINK in batches on Redis (never `KEYS`). Returns how many keys were
-    /// removed. Text from users belongs in a key part or
-    /// [`push_escaped`](crate::push_escaped), never raw in a pattern.
+    /// removed. Text from users belongs in a key part (of a
+    /// `#[cache_evict]` pattern template), or goes through
+    /// [`push_pattern_part`](crate::push_pattern_part) for entries an
+    /// attribute stored ([`push_escaped`](crate::push_escaped) for keys
+    /// given by hand), never raw in a pattern.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
         let namespace = &self.engine.namespace;
         let mut full = String::with_capacity(namespace.len() + pattern.len() + 1);
