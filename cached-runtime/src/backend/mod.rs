@@ -58,6 +58,12 @@ impl BackendError {
     /// Whether the failure says the backend is unwell (and counts towards
     /// opening the circuit breaker), rather than something wrong with one
     /// key or value.
+    /// Whether Redis refused a write for memory (`-OOM`, `maxmemory`
+    /// under `noeviction`).
+    pub(crate) fn is_refused_for_memory(&self) -> bool {
+        matches!(self, BackendError::Redis(e) if e.code() == Some("OOM"))
+    }
+
     pub(crate) fn is_outage(&self) -> bool {
         match self {
             BackendError::Timeout => true,
@@ -355,18 +361,19 @@ impl Backend {
     }
 
     /// Removes every entry whose full key matches the glob; returns how many.
-    /// `first`: not a retry (see `RedisBackend::invalidate_pattern`).
+    /// `sweep`: remove what matches even if Redis refuses the epoch for
+    /// memory (see `RedisBackend::invalidate_pattern`).
     pub(crate) async fn invalidate_pattern(
         &self,
         pattern: &str,
         timeout: Duration,
-        first: bool,
+        sweep: bool,
     ) -> Result<u64, BackendError> {
         match self {
             Backend::Memory(m) => Ok(m.invalidate_pattern(pattern)),
-            Backend::Redis(r) => r.invalidate_pattern(pattern, timeout, first).await,
+            Backend::Redis(r) => r.invalidate_pattern(pattern, timeout, sweep).await,
             Backend::Near(n) => {
-                let removed = n.redis.invalidate_pattern(pattern, timeout, first).await;
+                let removed = n.redis.invalidate_pattern(pattern, timeout, sweep).await;
                 n.barrier().await;
                 removed
             }

@@ -1221,7 +1221,7 @@ impl RedisBackend {
         &self,
         pattern: &str,
         timeout: Duration,
-        first: bool,
+        sweep: bool,
     ) -> Result<u64, BackendError> {
         let epoch_key = match &self.layout {
             Layout::Single { epoch_key } => epoch_key,
@@ -1247,17 +1247,16 @@ impl RedisBackend {
         };
         let bumped = self.run(Gate::Always, timeout, bump).await;
         // Refused for memory (`-OOM`, `noeviction`), Redis still takes the
-        // deletions: on its `first` attempt, what matches now is removed at
-        // once, and the error is returned after, so that the whole change is
-        // retried (the epoch included) once Redis takes writes. Retries stop
-        // at the epoch: nothing matching can be written meanwhile (leased
-        // stores, writes too, are refused), and a scan of the keyspace every
-        // retry would only load a server already in trouble.
+        // deletions: with `sweep` (until an attempt has swept: see
+        // `Pending::swept`), what matches now is removed at once, and the
+        // error is returned after, so that the whole change is retried (the
+        // epoch included) once Redis takes writes. Later retries stop at the
+        // epoch: nothing matching can be written meanwhile (leased stores,
+        // writes too, are refused), and a scan of the keyspace every retry
+        // would only load a server already in trouble.
         let refused = match bumped {
             Ok(_) => None,
-            Err(BackendError::Redis(e)) if first && e.code() == Some("OOM") => {
-                Some(BackendError::Redis(e))
-            }
+            Err(e) if sweep && e.is_refused_for_memory() => Some(e),
             Err(e) => return Err(e),
         };
         let mut cursor: u64 = 0;

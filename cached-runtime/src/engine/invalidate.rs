@@ -49,6 +49,13 @@ impl Engine {
             .invalidate_pattern(pattern, self.op_timeout, true)
             .await;
         self.after_change(Changed::Pattern(pattern), result.is_err());
+        if result
+            .as_ref()
+            .is_err_and(crate::backend::BackendError::is_refused_for_memory)
+        {
+            // It removed what matches before Redis refused the epoch.
+            self.pending.mark_swept(pattern);
+        }
         self.invalidated(pattern, "invalidate_pattern", started, result)
     }
 

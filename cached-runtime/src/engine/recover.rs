@@ -66,6 +66,9 @@ struct State {
     /// Leases to release (key, token): they block no read, but every caller
     /// of the key waits on one until it is released or expires.
     releases: HashMap<(String, u64), Option<Instant>>,
+    /// Pending patterns whose matching keys an attempt refused for memory
+    /// has already removed (see [`Pending::swept`]).
+    swept: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -170,6 +173,7 @@ impl Pending {
                 }
             }
             Change::Pattern(p) => {
+                state.swept.remove(&p);
                 state.patterns.insert(p, None);
             }
             Change::Tag(t) => {
@@ -223,6 +227,24 @@ impl Pending {
         out
     }
 
+    /// Whether pending `pattern`'s matching keys were removed since it was
+    /// pended, by an attempt that Redis then refused for memory (`-OOM`
+    /// on the epoch): further attempts stop at the epoch rather than scan
+    /// the keyspace again while memory stays full (nothing matching can be
+    /// written meanwhile). One that was not swept (its first attempt timed
+    /// out, its caller was dropped) is scanned even under `-OOM`.
+    pub(super) fn swept(&self, pattern: &str) -> bool {
+        crate::lock(&self.state).swept.contains(pattern)
+    }
+
+    /// Records that pending `pattern` was swept (see [`Pending::swept`]).
+    pub(super) fn mark_swept(&self, pattern: &str) {
+        let mut state = crate::lock(&self.state);
+        if state.patterns.contains_key(pattern) {
+            state.swept.insert(pattern.to_owned());
+        }
+    }
+
     /// `change` landed: the first time it starts to settle; once settled
     /// (or a release, which cannot land late) it is done.
     fn landed(&self, change: &Change) {
@@ -245,7 +267,10 @@ impl Pending {
                     settle(&mut state.keys, k);
                 }
             }
-            Change::Pattern(p) => settle(&mut state.patterns, p),
+            Change::Pattern(p) => {
+                state.swept.remove(p);
+                settle(&mut state.patterns, p);
+            }
             Change::Tag(t) => settle(&mut state.tags, t),
             Change::Release(k, token) => {
                 state.releases.remove(&(k.clone(), *token));
@@ -447,13 +472,20 @@ async fn retry(engine: Weak<Engine>) {
             let attempt = async {
                 match &change {
                     Change::Keys(keys) => engine.backend.invalidate(keys, timeout).await.map(drop),
-                    // A retry: under `-OOM` it stops at the epoch rather
-                    // than scan again what the first attempt removed.
-                    Change::Pattern(p) => engine
-                        .backend
-                        .invalidate_pattern(p, timeout, false)
-                        .await
-                        .map(drop),
+                    // Under `-OOM` it stops at the epoch once an attempt
+                    // has removed what matches (see `Pending::swept`).
+                    Change::Pattern(p) => {
+                        let sweep = !engine.pending.swept(p);
+                        let result = engine.backend.invalidate_pattern(p, timeout, sweep).await;
+                        if sweep
+                            && result
+                                .as_ref()
+                                .is_err_and(BackendError::is_refused_for_memory)
+                        {
+                            engine.pending.mark_swept(p);
+                        }
+                        result.map(drop)
+                    }
                     Change::Tag(t) => engine.backend.invalidate_tag(t, timeout).await.map(drop),
                     Change::Release(k, token) => {
                         engine.backend.release_lease(k, *token, timeout).await
@@ -553,6 +585,7 @@ mod tests {
             patterns,
             tags,
             releases,
+            swept: _,
         } = &mut *state;
         for at in keys
             .values_mut()

@@ -355,6 +355,49 @@ fn unlink_denials(log: &redis::Value) -> u64 {
 /// must still remove what it matches now, while it is retried for the
 /// rest, rather than leave other processes the old entries for as long as
 /// memory stays full.
+/// A pattern eviction whose on-time attempt never reached Redis (its
+/// caller dropped once the body committed), retried once Redis refuses
+/// writes for memory: the retry must still remove what matches, once,
+/// rather than stop at the refused epoch while memory stays full.
+///
+/// Broken runtime this catches: only the on-time attempt swept under
+/// `-OOM`; every retry stopped at the epoch, and the rows stayed, served to
+/// other processes, for as long as memory was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_eviction_retried_while_memory_is_full_removes_what_it_matches_once() {
+    let server = RedisServer::start();
+    let s = rows(&server);
+    assert_eq!(s.get(1).await.name, "v1 of 1");
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "1"]);
+    // Dropped at its first poll: the body commits, the eviction is left to
+    // the retries.
+    let dropped =
+        tokio::time::timeout(Duration::from_micros(1), s.rename_all(1, "v2".into())).await;
+    assert!(dropped.is_err(), "the eviction was cut short");
+    let exists = || server.cmd::<i64>(&["EXISTS", &format!("{}:row:1", cached_tests::NAMESPACE)]);
+    let began = Instant::now();
+    while exists() > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "the row is still there while memory is full"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let scans = || {
+        let info: String = server.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().expect("a count"))
+    };
+    let before = scans();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(scans(), before, "swept once, it scanned again");
+    server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
+    until_converged(&server, 1, "v2").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_eviction_refused_for_memory_still_removes_what_it_matches() {
     let server = RedisServer::start();
