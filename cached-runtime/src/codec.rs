@@ -452,6 +452,39 @@ pub(crate) fn take_tagged_mark(bytes: &mut [u8]) -> bool {
     }
 }
 
+/// How many bytes the payload of envelope `bytes` takes once decompressed:
+/// the length a compressed payload records (at most [`MAX_DECOMPRESSED`],
+/// past which it is never decompressed), else the payload's own. What a
+/// decoded copy of the value costs is of that order, not of the stored
+/// size: a compressed payload may expand thousands of times. 0 for bytes
+/// that are not an envelope.
+pub(crate) fn decoded_len(bytes: &[u8]) -> usize {
+    if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
+        return 0;
+    }
+    let body = &bytes[HEADER_LEN..];
+    if bytes[FLAGS_AT] & COMPRESSION_MASK == 0 {
+        return body.len();
+    }
+    match body.first_chunk::<4>() {
+        Some(len) => (u32::from_le_bytes(*len) as usize).min(MAX_DECOMPRESSED),
+        None => 0,
+    }
+}
+
+/// An envelope (of `T = String`) whose payload claims to be compressed
+/// with LZ4 from `len` bytes: its header, the length, two bytes of
+/// payload. For tests of what weighs an entry; it does not decompress.
+#[cfg(test)]
+pub(crate) fn claiming_compressed(meta: &EntryMeta, len: u32) -> Vec<u8> {
+    let mut bytes = encode(Some(&String::new()), meta).expect("encodes");
+    bytes.truncate(HEADER_LEN);
+    bytes[FLAGS_AT] |= FLAG_LZ4;
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    bytes
+}
+
 /// Reads only the header: enough to judge freshness without the payload.
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
     if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
@@ -495,6 +528,29 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_envelope_says_how_long_its_payload_is_once_decompressed() {
+        let meta = super::EntryMeta {
+            created_ms: 1,
+            load_us: 0,
+            expires_ms: 2,
+            stale_until_ms: 3,
+        };
+        let plain = super::encode(Some(&"x".repeat(100)), &meta).expect("encodes");
+        assert_eq!(super::decoded_len(&plain), plain.len() - super::HEADER_LEN);
+        assert_eq!(
+            super::decoded_len(&super::claiming_compressed(&meta, 80_000)),
+            80_000
+        );
+        // Past the bound it is never decompressed: it costs no more.
+        let huge = super::claiming_compressed(&meta, u32::MAX);
+        assert_eq!(super::decoded_len(&huge), super::MAX_DECOMPRESSED);
+        // Not an envelope, or cut short in its length.
+        assert_eq!(super::decoded_len(b"plain text"), 0);
+        let cut = &super::claiming_compressed(&meta, 80_000)[..super::HEADER_LEN + 2];
+        assert_eq!(super::decoded_len(cut), 0);
+    }
+
     #[test]
     fn the_tagged_mark_is_taken_off_whole_and_only_from_envelopes() {
         let m = EntryMeta {

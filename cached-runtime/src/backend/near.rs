@@ -279,14 +279,18 @@ impl quick_cache::Lifecycle<String, NearEntry> for Evictions {
     }
 }
 
-/// What an L1 entry weighs against the byte bound: its key, its bytes and
-/// [`ENTRY_OVERHEAD`].
+/// What an L1 entry weighs against the byte bound: its key, its bytes
+/// (or, compressed, what they decompress to, if more: the decoded copy a
+/// hit keeps beside them is of that size, and a payload may expand
+/// thousands of times) and [`ENTRY_OVERHEAD`].
 #[derive(Clone)]
 struct Weight;
 
 impl quick_cache::Weighter<String, NearEntry> for Weight {
     fn weight(&self, key: &String, entry: &NearEntry) -> u64 {
-        (key.len() + entry.0.bytes.len() + ENTRY_OVERHEAD) as u64
+        let bytes = &entry.0.bytes;
+        let held = bytes.len().max(codec::decoded_len(bytes));
+        (key.len() + held + ENTRY_OVERHEAD) as u64
     }
 }
 
@@ -1441,6 +1445,14 @@ mod tests {
         ));
         assert!(s.get("t:heavy", &[]).is_none());
         assert_eq!((s.stats().l1_entries, s.stats().l1_evictions), (1, 1));
+        // Light as stored, heavy once decompressed (the decoded copy a hit
+        // keeps is of that size): not kept either.
+        let bomb = codec::claiming_compressed(&meta, 80 << 10);
+        assert!(bomb.len() < 100);
+        let noted = s.note("t:bomb", &[]);
+        s.fill("t:bomb", noted, bomb);
+        assert!(s.get("t:bomb", &[]).is_none(), "weighed as stored");
+        assert_eq!((s.stats().l1_entries, s.stats().l1_evictions), (1, 2));
     }
 
     #[test]
