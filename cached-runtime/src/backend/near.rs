@@ -334,8 +334,13 @@ pub(crate) struct Shared {
     /// wait unread in the socket); this bound holds whether it runs or not.
     /// On the clock a hit reads anyway for its entry's expiry: one more
     /// clock read per L1 hit cost the near tier a fifth of its throughput
-    /// under `concurrent_hit_keys`.
+    /// under `concurrent_hit_keys`. That clock may step back (an NTP step,
+    /// a VM restored), which would stretch the vouch by the step: a vouch
+    /// further ahead than the window it was given ([`Shared::window`])
+    /// vouches for nothing, so a step back at worst doubles it.
     vouched: AtomicU64,
+    /// The window of the last vouch, in ms.
+    window: AtomicU64,
     /// The tracking connection being made or in use (each one's number).
     epoch: AtomicU64,
     /// The newest tracking connection known lost (its disconnect pushed).
@@ -394,6 +399,7 @@ impl Shared {
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(false),
             vouched: AtomicU64::new(0),
+            window: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             max_ttl: settings.max_ttl,
@@ -427,14 +433,24 @@ impl Shared {
     /// heartbeat answered within its bound (see [`Shared::vouched`]; a hit
     /// checks the vouch in [`Shared::get`]).
     fn is_vouched(&self) -> bool {
-        self.is_trusted() && now_ms() < self.vouched.load(Ordering::Relaxed)
+        self.is_trusted() && self.vouches_at(now_ms())
+    }
+
+    /// Whether the last vouch holds at `now` (Unix ms; see
+    /// [`Shared::vouched`]).
+    #[inline]
+    fn vouches_at(&self, now: u64) -> bool {
+        let until = self.vouched.load(Ordering::Relaxed);
+        now < until && until - now <= self.window.load(Ordering::Relaxed)
     }
 
     /// Extends the vouch to `window` from now: every push Redis sent before
     /// the answer just read has been applied (they share the connection).
     fn vouch(&self, window: Duration) {
-        let until = now_ms().saturating_add(crate::clock::duration_ms(window));
-        self.vouched.store(until, Ordering::Relaxed);
+        let window = crate::clock::duration_ms(window);
+        self.window.store(window, Ordering::Relaxed);
+        self.vouched
+            .store(now_ms().saturating_add(window), Ordering::Relaxed);
     }
 
     /// A change of `key` reached this process: no read noted before it may
@@ -581,7 +597,7 @@ impl Shared {
         let now = now_ms();
         if now >= entry.0.keep_until_ms
             // No heartbeat answered within its bound (see `vouched`).
-            || now >= self.vouched.load(Ordering::Relaxed)
+            || !self.vouches_at(now)
             || noted.tags.len() != tags.len()
             || noted
                 .tags
@@ -1097,6 +1113,14 @@ mod tests {
         assert!(s.note("t:b", &[]).is_none(), "noted a fill");
         s.vouch(LONG);
         assert!(s.get("t:a", &[]).is_some(), "kept, served again");
+        // The wall clock stepped back 10 s just after a vouch of 20 ms:
+        // the vouch now ends 10 s later by that clock, and vouches for
+        // nothing rather than for 10 s more.
+        s.vouch(Duration::from_millis(20));
+        s.vouched.fetch_add(10_000, Ordering::Relaxed);
+        assert!(!s.is_vouched(), "stretched by the step");
+        assert!(s.get("t:a", &[]).is_none(), "served on a stretched vouch");
+        s.vouch(LONG);
         assert!(s.is_vouched() && s.note("t:b", &[]).is_some());
         s.distrust();
         assert!(!s.is_vouched(), "vouched for, not trusted");
