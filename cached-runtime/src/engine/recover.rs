@@ -352,7 +352,11 @@ impl Engine {
             self.pending.retrying.store(false, Ordering::Release);
             return;
         };
-        runtime.spawn(retry(Arc::downgrade(self)));
+        let stopped = RetryStopped {
+            engine: Arc::downgrade(self),
+            armed: true,
+        };
+        runtime.spawn(retry(Arc::downgrade(self), stopped));
     }
 }
 
@@ -454,11 +458,11 @@ async fn beating<T>(beat: &AtomicU64, attempt: impl Future<Output = T>) -> T {
 }
 
 /// Retries every pending change until none is left, or the cache is gone.
-async fn retry(engine: Weak<Engine>) {
-    let mut stopped = RetryStopped {
-        engine: engine.clone(),
-        armed: true,
-    };
+/// `stopped` is made by the caller, not here: a task dropped before its
+/// first poll (its runtime shut down at once) runs none of this body, and
+/// a guard made in it would never clear `retrying` (the next change pended
+/// then started no task, and nothing was retried).
+async fn retry(engine: Weak<Engine>, mut stopped: RetryStopped) {
     let mut backoff = Duration::from_millis(10);
     loop {
         tokio::time::sleep(backoff).await;

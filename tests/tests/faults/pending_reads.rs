@@ -161,13 +161,33 @@ async fn a_dropped_invalidation_by_hand_still_lands() {
 
 /// The retries run on the runtime of the change that first failed. That
 /// runtime shut down (a test's, or a short-lived one of a CLI) drops the
-/// task; a cache that lives on must still retry what it pends later.
+/// task; a cache that lives on must still retry what it pends later. The
+/// first runtime is a `current_thread` one, which shuts down before the
+/// task it spawned is ever polled, or a multi-thread one, which may.
+///
+/// Broken runtime this catches: the guard that tells a dropped task's end
+/// was made in the task's body, so a task dropped before its first poll
+/// left the next change pended thinking a task ran: nothing was ever
+/// retried (the multi-thread case failed now and then under load).
 #[test]
 fn a_change_pended_after_the_retrying_runtime_shut_down_is_still_retried() {
+    for current_thread in [true, false] {
+        changes_are_retried_after_the_first_runtime_shut_down(current_thread);
+    }
+}
+
+fn changes_are_retried_after_the_first_runtime_shut_down(current_thread: bool) {
     let server = RedisServer::start();
     let s = rows(&server);
     let nobody = free_port().to_string();
-    let first = tokio::runtime::Runtime::new().expect("runtime");
+    let first = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    } else {
+        tokio::runtime::Runtime::new().expect("runtime")
+    };
     first.block_on(async {
         assert_eq!(s.get(1).await.name, "v1 of 1");
         server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &nobody]);
