@@ -1243,7 +1243,20 @@ impl RedisBackend {
         let bump = async {
             let replies: Vec<redis::Value> = bump.query_async(&mut conn).await?;
             let incr = replies.into_iter().nth(1).unwrap_or(redis::Value::Nil);
-            redis::from_redis_value::<i64>(incr.extract_error()?).map_err(redis::RedisError::from)
+            match incr.extract_error() {
+                // Not a number there (written by hand: the name is the
+                // cache's own), which no `INCR` will ever take: replaced
+                // by a new epoch, a bump that no lease recorded.
+                Err(e) if is_not_a_number(&e) => {
+                    redis::cmd("SET")
+                        .arg(epoch_key)
+                        .arg(epoch_seed())
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                    Ok(0)
+                }
+                other => redis::from_redis_value::<i64>(other?).map_err(redis::RedisError::from),
+            }
         };
         let bumped = self.run(Gate::Always, timeout, bump).await;
         // Refused for memory (`-OOM`, `noeviction`), Redis still takes the
@@ -1598,9 +1611,23 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH)
                 .to_owned();
-            let (next, keys): (u64, Vec<String>) = self
-                .run(Gate::Always, timeout, scan.query_async(&mut conn))
-                .await?;
+            let scanned = self
+                .run::<(u64, Vec<String>)>(Gate::Always, timeout, scan.query_async(&mut conn))
+                .await;
+            let (next, keys) = match scanned {
+                // A value of another kind where the tag's set is kept
+                // (written by hand: the name is the cache's own) lists no
+                // entry, and no entry is served under it: removed, the
+                // invalidation has landed (retried, it would fail for ever,
+                // and keep every read of this process from the cache).
+                Err(BackendError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                    let unlink = redis::cmd("UNLINK").arg(tag).to_owned();
+                    self.run::<u64>(Gate::Always, timeout, unlink.query_async(&mut conn))
+                        .await?;
+                    return Ok(removed);
+                }
+                other => other?,
+            };
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
@@ -1631,11 +1658,17 @@ impl RedisBackend {
 /// least `ms` (ARGV[ms_arg]) so it outlives its members. Each addition also
 /// drops up to two random members whose entry and lease are both gone
 /// (expired, evicted), so a set stays within about twice its live members
-/// however many keys pass through it.
+/// however many keys pass through it. A value of another kind where a set
+/// is kept (written by hand: the name is the cache's own) is replaced: it
+/// lists no entry, so none is served under it anyway, and the script
+/// failing on it left the lease it had just taken behind it.
 const TAG_LUA: &str = r"
 local function tag(first, ms)
   for i = first, #KEYS do
-    redis.call('SADD', KEYS[i], KEYS[1])
+    if type(redis.pcall('SADD', KEYS[i], KEYS[1])) == 'table' then
+      redis.call('DEL', KEYS[i])
+      redis.call('SADD', KEYS[i], KEYS[1])
+    end
     if redis.call('PTTL', KEYS[i]) < tonumber(ms) then redis.call('PEXPIRE', KEYS[i], ms) end
     for _, m in ipairs(redis.call('SRANDMEMBER', KEYS[i], 2)) do
       if m ~= KEYS[1] and redis.call('EXISTS', m, m .. ':~lease') == 0 then
@@ -1665,13 +1698,17 @@ end
 /// answers NOSCRIPT, which only a caller still waiting would retry.
 ///
 /// On one server, ARGV[6] is a random seed for the namespace's epoch,
-/// written when it is absent (see [`epoch_seed`]).
+/// written when it is absent (see [`epoch_seed`]), or not a number (a
+/// value written by hand there: a new epoch no lease recorded).
 static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| {
     acquire_lua(
         TAG_LUA,
         "local replaced = ''",
         "tag(4, ARGV[4])
-        redis.call('SET', KEYS[3], ARGV[6], 'NX')",
+        local epoch = redis.pcall('GET', KEYS[3])
+        if type(epoch) ~= 'string' or not tonumber(epoch) then
+          redis.call('SET', KEYS[3], ARGV[6])
+        end",
     )
 });
 
@@ -2851,6 +2888,13 @@ fn is_script_refusal(e: &redis::RedisError) -> bool {
         && !super::is_outage(e)
         && e.code()
             .is_some_and(|code| code == "ERR" || code == "NOPERM")
+}
+
+/// Whether `INCR` was refused for what the key holds: not an integer, or
+/// not a string at all.
+fn is_not_a_number(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+        || (e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("not an integer")))
 }
 
 /// Whether a cluster's answer sends the command elsewhere, or asks it

@@ -37,3 +37,83 @@ async fn write_through_and_eviction_over_a_list_work() {
     assert_eq!(s.delete(3).await, Ok(()));
     assert_eq!(server.cmd::<i64>(&["EXISTS", &key(3)]), 0);
 }
+
+/// A service whose entries are tagged `videos`.
+struct Videos {
+    cache: cached_runtime::Cache,
+    loads: std::sync::atomic::AtomicU32,
+}
+
+impl Videos {
+    #[cached_runtime::cached(prefix = "video", ttl = "5m", key = id, tags = ["videos"])]
+    async fn get(&self, id: u64) -> u64 {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        id
+    }
+
+    fn loads(&self) -> u32 {
+        self.loads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Values of another kind where the cache keeps its own records (written
+/// by hand: the names are the cache's): a tag's index holding a string,
+/// the namespace's epoch holding text or a list. Each is replaced, so
+/// entries are stored and served again, and a change lands rather than
+/// stay pending (which keeps every read of the process from the cache).
+///
+/// Broken runtime this catches: the lease script failed on the tag's index
+/// after taking the lease (nothing was ever stored, and the lease held the
+/// key for each load); `SSCAN` of the index failed, so the tag's
+/// invalidation was pending for ever; `INCR` of the epoch failed, so every
+/// pattern invalidation was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_values_where_the_cache_keeps_its_records_are_replaced() {
+    let server = RedisServer::start();
+    let cache = crate::support::builder(&server).build().expect("builds");
+    let videos = Videos {
+        cache: cache.clone(),
+        loads: Default::default(),
+    };
+    let index = "t:~tag:videos";
+    let () = server.cmd(&["SET", index, "not a set"]);
+    assert_eq!(videos.get(1).await, 1);
+    assert_eq!(videos.get(1).await, 1);
+    assert_eq!(videos.loads(), 1, "stored under its tag, then a hit");
+    assert_eq!(server.cmd::<String>(&["TYPE", index]), "set");
+    assert_eq!(server.cmd::<i64>(&["EXISTS", "t:video:1:~lease"]), 0);
+
+    let () = server.cmd(&["SET", index, "not a set"]);
+    cache.invalidate_tag("videos").await.expect("lands");
+    assert_eq!(videos.get(1).await, 1);
+    assert_eq!(videos.loads(), 2, "not served under the replaced index");
+    assert_eq!(videos.get(1).await, 1);
+    assert_eq!(videos.loads(), 2, "stored again");
+
+    let s = crate::support::Service::new(cache.clone());
+    for foreign in [
+        &["SET", "t:~epoch", "not a number"][..],
+        &["RPUSH", "t:~epoch", "a"],
+    ] {
+        let _: redis::Value = server.cmd(&["DEL", "t:~epoch"]);
+        let _: redis::Value = server.cmd(foreign);
+        cache
+            .invalidate_pattern("placement:*")
+            .await
+            .expect("lands");
+        let _: redis::Value = server.cmd(&["DEL", "t:~epoch"]);
+        let _: redis::Value = server.cmd(foreign);
+        let before = s.loads();
+        assert_eq!(s.get(7).await, Ok(Placement::row(7)));
+        until_hit(&s, 7, Duration::from_secs(2)).await;
+        assert_eq!(
+            s.loads(),
+            before + 1,
+            "{foreign:?}: stored by the first load"
+        );
+        cache
+            .invalidate_pattern("placement:*")
+            .await
+            .expect("lands");
+    }
+}
