@@ -480,6 +480,39 @@ fn free_port_with_bus() -> u16 {
     }
 }
 
+/// A load in flight: `cache.get_or_load(key)` whose loader has run (it
+/// returns once it has), and answers `value` when the sender is used or
+/// dropped. To change things between a load's read of the source and its
+/// store. The handle gives the call's result.
+pub async fn load_in_flight<T>(
+    cache: &cached_runtime::Cache,
+    key: &str,
+    value: T,
+) -> (
+    tokio::task::JoinHandle<Result<T, ()>>,
+    tokio::sync::oneshot::Sender<()>,
+)
+where
+    T: cached_runtime::Cacheable,
+{
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn({
+        let (cache, key) = (cache.clone(), key.to_owned());
+        async move {
+            cache
+                .get_or_load(&key, Duration::from_secs(60), || async move {
+                    let _ = read_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, ()>(value)
+                })
+                .await
+        }
+    });
+    read_rx.await.expect("the load reads");
+    (load, go_tx)
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -423,22 +423,8 @@ async fn a_load_whose_lease_moves_while_a_pattern_invalidation_scans_stores_noth
     for round in 0..16u64 {
         // Sharing the slot of `mig:2`, each at its own place in a scan.
         let key = format!("mig:2}}:{round}");
-        let (read_tx, read) = tokio::sync::oneshot::channel::<()>();
-        let (end_tx, end) = tokio::sync::oneshot::channel::<()>();
-        let load = tokio::spawn({
-            let (cache, key) = (cache.clone(), key.clone());
-            async move {
-                cache
-                    .get_or_load(&key, Duration::from_secs(60), || async move {
-                        let _ = read_tx.send(());
-                        let _ = end.await;
-                        Ok::<u64, ()>(round)
-                    })
-                    .await
-            }
-        });
-        read.await
-            .expect("the load read its source, its lease held");
+        // Its source read, its lease held.
+        let (load, end_tx) = cached_tests::load_in_flight(&cache, &key, round).await;
         let at = fastrand::u64(0..per_scan);
         let mover = move_during_scan(&cluster, (slot, home, away), at, at);
         let attempts = invalidate_until_ok(&cache, "the lease test").await;
@@ -1800,20 +1786,11 @@ async fn changes_of_entries_in_a_slot_mid_migration_land_at_once() {
     let cache = backend.builder().build().expect("builds");
     let other_process = backend.builder().build().expect("builds");
     let key = |n: usize| format!("part:1}}:{n}");
-    for n in 0..40 {
-        cache
-            .set(&key(n), &(n as u64), Duration::from_secs(600))
-            .await;
-    }
+    store_each(&cache, 0..40, key).await;
     let migration = half_moved(cluster, &key(0), 20);
 
     let started = Instant::now();
-    let mut failed = Vec::new();
-    for n in 0..10 {
-        if let Err(e) = cache.invalidate(&key(n)).await {
-            failed.push((n, e.to_string()));
-        }
-    }
+    let failed = invalidate_each(&cache, 0..10, key).await;
     let changed = cache.invalidate_many((10..20).map(key)).await;
     let by_pattern = cache.invalidate_pattern("part:1}:3*").await;
     let took = started.elapsed();
@@ -1861,11 +1838,7 @@ async fn changes_of_entries_in_a_slot_moving_to_a_node_just_added_land_at_once()
     let cache = backend.builder().build().expect("builds");
     let other_process = backend.builder().build().expect("builds");
     let key = |n: usize| format!("part:1}}:{n}");
-    for n in 0..40 {
-        cache
-            .set(&key(n), &(n as u64), Duration::from_secs(600))
-            .await;
-    }
+    store_each(&cache, 0..40, key).await;
     let migration = half_moved_to(cluster, &key(0), 20, added);
     let there: Vec<String> = cluster.nodes()[added].cmd(&["KEYS", "*part:1}:3*"]);
     assert!(
@@ -1873,12 +1846,7 @@ async fn changes_of_entries_in_a_slot_moving_to_a_node_just_added_land_at_once()
         "the pattern below names entries on the added node: {there:?}"
     );
 
-    let mut failed = Vec::new();
-    for n in 0..10 {
-        if let Err(e) = cache.invalidate(&key(n)).await {
-            failed.push((n, e.to_string()));
-        }
-    }
+    let failed = invalidate_each(&cache, 0..10, key).await;
     let changed = cache.invalidate_many((10..20).map(key)).await;
     // From a cache whose connection no redirection has sent to the added
     // node yet.
@@ -2000,6 +1968,31 @@ fn half_moved_to(
 fn finish_moving(cluster: &RedisCluster, (slot, home, away): (usize, usize, usize)) {
     while cluster.migrate_keys(slot, home, away, 100) > 0 {}
     cluster.finish_migration(slot, home, away);
+}
+
+/// Stores `n` under `key(n)` for each of `ids`.
+async fn store_each(cache: &Cache, ids: std::ops::Range<usize>, key: impl Fn(usize) -> String) {
+    for n in ids {
+        cache
+            .set(&key(n), &(n as u64), Duration::from_secs(600))
+            .await;
+    }
+}
+
+/// Invalidates each of `ids` (`key(id)`), one call each; returns those
+/// that failed, with their errors.
+async fn invalidate_each(
+    cache: &Cache,
+    ids: std::ops::Range<usize>,
+    key: impl Fn(usize) -> String,
+) -> Vec<(usize, String)> {
+    let mut failed = Vec::new();
+    for n in ids {
+        if let Err(e) = cache.invalidate(&key(n)).await {
+            failed.push((n, e.to_string()));
+        }
+    }
+    failed
 }
 
 /// Which of `ids` `cache` serves a `T` for (`key(id)`), without loading.

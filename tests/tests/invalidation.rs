@@ -415,21 +415,7 @@ async fn a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing(backen
     let cache = backend.cache();
     for (round, pattern) in ["*[4h]", "*", "*[4h]"].into_iter().enumerate() {
         let key = format!("p:{round}4");
-        let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let load = tokio::spawn({
-            let (cache, key) = (cache.clone(), key.clone());
-            async move {
-                cache
-                    .get_or_load(&key, Duration::from_secs(60), || async move {
-                        let _ = read_tx.send(());
-                        let _ = go_rx.await;
-                        Ok::<_, ()>("old".to_string())
-                    })
-                    .await
-            }
-        });
-        read_rx.await.expect("the load reads");
+        let (load, go_tx) = cached_tests::load_in_flight(&cache, &key, "old".to_string()).await;
         cache
             .invalidate_pattern(pattern)
             .await
@@ -719,21 +705,8 @@ async fn a_load_across_a_pattern_invalidation_whose_epoch_is_then_evicted_stores
                 .await
                 .expect("invalidates");
         }
-        let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let load = tokio::spawn({
-            let cache = cache.clone();
-            async move {
-                cache
-                    .get_or_load("u:1:profile", Duration::from_secs(60), || async move {
-                        let _ = read_tx.send(());
-                        let _ = go_rx.await;
-                        Ok::<_, ()>("old".to_string())
-                    })
-                    .await
-            }
-        });
-        read_rx.await.expect("the load reads");
+        let (load, go_tx) =
+            cached_tests::load_in_flight(&cache, "u:1:profile", "old".to_string()).await;
         cache
             .invalidate_pattern("u:*:profile")
             .await

@@ -384,16 +384,9 @@ async fn a_pattern_eviction_retried_while_memory_is_full_removes_what_it_matches
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let scans = || {
-        let info: String = server.cmd(&["INFO", "commandstats"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<u64>().expect("a count"))
-    };
-    let before = scans();
+    let before = scans(&server);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(scans(), before, "swept once, it scanned again");
+    assert_eq!(scans(&server), before, "swept once, it scanned again");
     server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
     until_converged(&server, 1, "v2").await;
 }
@@ -421,16 +414,18 @@ async fn a_pattern_eviction_refused_for_memory_still_removes_what_it_matches() {
     }
     // Retried meanwhile (every 100 ms at most), it stops at the epoch: no
     // scan of the keyspace per retry against a server short of memory.
-    let scans = || {
-        let info: String = server.cmd(&["INFO", "commandstats"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<u64>().expect("a count"))
-    };
-    let before = scans();
+    let before = scans(&server);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(scans(), before, "a retry scanned again");
+    assert_eq!(scans(&server), before, "a retry scanned again");
     server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
     until_converged(&server, 1, "v2").await;
+}
+
+/// How many `SCAN`s `server` has run.
+fn scans(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse::<u64>().expect("a count"))
 }
