@@ -349,32 +349,30 @@ fn unlink_denials(log: &redis::Value) -> u64 {
         .sum()
 }
 
-/// Under `maxmemory` with `noeviction` Redis refuses writes (`-OOM`) but
-/// still takes deletions. A pattern eviction begins with a write (the
-/// namespace's epoch, which outdates leases taken before it): refused, it
-/// must still remove what it matches now, while it is retried for the
-/// rest, rather than leave other processes the old entries for as long as
-/// memory stays full.
-/// A pattern eviction whose on-time attempt never reached Redis (its
-/// caller dropped once the body committed), retried once Redis refuses
-/// writes for memory: the retry must still remove what matches, once,
-/// rather than stop at the refused epoch while memory stays full.
+/// A pattern eviction whose on-time attempt removed nothing (Redis refused
+/// it for another reason: read-only, as a replica is), retried while Redis
+/// refuses it so a few times, then once memory is full: a retry must then
+/// remove what matches, once, rather than stop at the refused epoch while
+/// memory stays full (as a caller dropped before its attempt reached Redis
+/// leaves it too).
 ///
-/// Broken runtime this catches: only the on-time attempt swept under
+/// Broken runtimes this catches: only the on-time attempt swept under
 /// `-OOM`; every retry stopped at the epoch, and the rows stayed, served to
-/// other processes, for as long as memory was full.
+/// other processes, for as long as memory was full. One that took any
+/// failed retry for a sweep (cargo-mutants' `&&` to `||`) leaves them too;
+/// one that sweeps on every retry scans again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_eviction_retried_while_memory_is_full_removes_what_it_matches_once() {
     let server = RedisServer::start();
     let s = rows(&server);
     assert_eq!(s.get(1).await.name, "v1 of 1");
+    let nobody = free_port().to_string();
+    server.cmd::<()>(&["REPLICAOF", "127.0.0.1", &nobody]);
+    s.rename_all(1, "v2".into()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.cmd::<()>(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "1"]);
-    // Dropped at its first poll: the body commits, the eviction is left to
-    // the retries.
-    let dropped =
-        tokio::time::timeout(Duration::from_micros(1), s.rename_all(1, "v2".into())).await;
-    assert!(dropped.is_err(), "the eviction was cut short");
+    server.cmd::<()>(&["REPLICAOF", "NO", "ONE"]);
     let exists = || server.cmd::<i64>(&["EXISTS", &format!("{}:row:1", cached_tests::NAMESPACE)]);
     let began = Instant::now();
     while exists() > 0 {
@@ -391,6 +389,12 @@ async fn a_pattern_eviction_retried_while_memory_is_full_removes_what_it_matches
     until_converged(&server, 1, "v2").await;
 }
 
+/// Under `maxmemory` with `noeviction` Redis refuses writes (`-OOM`) but
+/// still takes deletions. A pattern eviction begins with a write (the
+/// namespace's epoch, which outdates leases taken before it): refused, it
+/// must still remove what it matches now, while it is retried for the
+/// rest, rather than leave other processes the old entries for as long as
+/// memory stays full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_eviction_refused_for_memory_still_removes_what_it_matches() {
     let server = RedisServer::start();
