@@ -1282,9 +1282,10 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH)
                 .to_owned();
-            let (next, keys): (u64, Vec<String>) = self
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .run(Gate::Always, timeout, scan.query_async(&mut conn))
                 .await?;
+            let keys = ours(keys);
             // Never the epoch itself (`*` matches it): removed, it would
             // read as 0 again, as when a load in flight took its lease,
             // and the load would store what it read before the change.
@@ -1545,8 +1546,9 @@ impl RedisBackend {
             let reply = self
                 .run(Gate::Always, timeout, conn.route_command(scan, node()))
                 .await?;
-            let (next, keys): (u64, Vec<String>) =
+            let (next, keys): (u64, Vec<Vec<u8>>) =
                 redis::from_redis_value(reply).map_err(|e| BackendError::Redis(e.into()))?;
+            let keys = ours(keys);
             if !keys.is_empty() {
                 // Where they are now (see `unlink_each`): a key of a slot
                 // that migrates may have left this node since the scan.
@@ -1612,7 +1614,7 @@ impl RedisBackend {
                 .arg(SCAN_BATCH)
                 .to_owned();
             let scanned = self
-                .run::<(u64, Vec<String>)>(Gate::Always, timeout, scan.query_async(&mut conn))
+                .run::<(u64, Vec<Vec<u8>>)>(Gate::Always, timeout, scan.query_async(&mut conn))
                 .await;
             let (next, keys) = match scanned {
                 // A value of another kind where the tag's set is kept
@@ -1628,6 +1630,7 @@ impl RedisBackend {
                 }
                 other => other?,
             };
+            let keys = ours(keys);
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
@@ -2888,6 +2891,16 @@ fn is_script_refusal(e: &redis::RedisError) -> bool {
         && !super::is_outage(e)
         && e.code()
             .is_some_and(|code| code == "ERR" || code == "NOPERM")
+}
+
+/// The keys a scan found that can be the cache's: its keys are text, so a
+/// name that is not UTF-8 is someone else's, and is left alone (read as
+/// text, one such name failed the whole scan, and the invalidation was
+/// retried for ever, keeping this process from the cache meanwhile).
+fn ours(keys: Vec<Vec<u8>>) -> Vec<String> {
+    keys.into_iter()
+        .filter_map(|key| String::from_utf8(key).ok())
+        .collect()
 }
 
 /// Whether `INCR` was refused for what the key holds: not an integer, or

@@ -117,3 +117,54 @@ async fn foreign_values_where_the_cache_keeps_its_records_are_replaced() {
             .expect("lands");
     }
 }
+
+/// A key under the namespace whose name is not UTF-8 (written by another
+/// program: the cache's keys are text), matched by a pattern or listed
+/// under a tag: the invalidation still removes the cache's own entries,
+/// leaves that key alone, and lands.
+///
+/// Broken runtime this catches: the scan read every name as text, so the
+/// one name failed the whole scan; the invalidation was pending for ever,
+/// and kept every read of the keys it names from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_name_is_not_text_fails_no_invalidation() {
+    let server = RedisServer::start();
+    let cache = crate::support::builder(&server).build().expect("builds");
+    let videos = Videos {
+        cache: cache.clone(),
+        loads: Default::default(),
+    };
+    let foreign: &[u8] = b"t:video:\xff\xfe";
+    let mut conn = redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connects");
+    let () = redis::cmd("SET")
+        .arg(foreign)
+        .arg("theirs")
+        .query(&mut conn)
+        .expect("SET");
+    let _: i64 = redis::cmd("SADD")
+        .arg("t:~tag:videos")
+        .arg(foreign)
+        .query(&mut conn)
+        .expect("SADD");
+    for (n, by_tag) in [(1, false), (2, true)] {
+        assert_eq!(videos.get(n).await, n);
+        if by_tag {
+            cache.invalidate_tag("videos").await.expect("lands");
+        } else {
+            cache.invalidate_pattern("video:*").await.expect("lands");
+        }
+        let loads = videos.loads();
+        assert_eq!(videos.get(n).await, n);
+        assert_eq!(videos.loads(), loads + 1, "removed by the invalidation");
+        assert_eq!(videos.get(n).await, n);
+        assert_eq!(videos.loads(), loads + 1, "cached again: nothing pending");
+    }
+    let kept: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(foreign)
+        .query(&mut conn)
+        .expect("GET");
+    assert_eq!(kept.as_deref(), Some(&b"theirs"[..]), "left alone");
+}
