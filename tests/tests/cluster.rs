@@ -1872,6 +1872,63 @@ async fn changes_of_entries_in_a_slot_moving_to_a_node_just_added_land_at_once()
     backend.assert_nothing_refused();
 }
 
+/// A value written by hand where a slot's epoch would be kept
+/// (`{namespace}:~epoch:{n}`: the name is the cache's own, never written on
+/// a cluster): text, or a list. The lease script of an entry of that slot
+/// removes it, so the entry is stored and then served, as on one server.
+///
+/// Broken runtime this catches: the lease script read the epoch as a
+/// number, and every lease of the slot failed (each call loaded, nothing
+/// was stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_where_a_slots_epoch_is_kept_is_removed() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let slot = cluster.slot_of(&format!("{NAMESPACE}:e:1"));
+    // The slot's epoch: tagged by the first number that hashes to it.
+    let owner = &cluster.nodes()[cluster.owner_of_slot(slot)];
+    let mut conn = redis::Client::open(owner.url())
+        .expect("url")
+        .get_connection()
+        .expect("connects");
+    let mut pipe = redis::pipe();
+    for n in 0..100_000u32 {
+        pipe.cmd("CLUSTER").arg("KEYSLOT").arg(n.to_string());
+    }
+    let slots: Vec<usize> = pipe.query(&mut conn).expect("KEYSLOT");
+    let n = slots
+        .iter()
+        .position(|&s| s == slot)
+        .expect("a number in the slot");
+    let epoch = format!("{NAMESPACE}:~epoch:{{{n}}}");
+    assert_eq!(cluster.slot_of(&epoch), slot);
+    let loads = std::sync::atomic::AtomicU32::new(0);
+    let load = || async {
+        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<u64, ()>(1)
+    };
+    for foreign in [
+        ["SET", epoch.as_str(), "not a number"],
+        ["RPUSH", epoch.as_str(), "a"],
+    ] {
+        let _: redis::Value = owner.cmd(&["DEL", &epoch]);
+        let _: redis::Value = owner.cmd(&foreign);
+        let before = loads.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            let got = cache
+                .get_or_load("e:1", Duration::from_secs(60), load)
+                .await;
+            assert_eq!(got, Ok(1));
+        }
+        assert_eq!(
+            loads.load(std::sync::atomic::Ordering::SeqCst),
+            before + 1,
+            "{foreign:?}: stored by the first load, a hit after"
+        );
+        cache.invalidate("e:1").await.expect("invalidates");
+    }
+}
+
 /// A cluster whose nodes refuse `EVAL` (as one whose servers predate
 /// script flags refuses the script the cluster invalidations send): an
 /// invalidation by key and one by pattern still remove what they name,

@@ -1715,7 +1715,11 @@ static ACQUIRE_LUA: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`ACQUIRE_LUA`] on a cluster. KEYS: value, lease, epoch, the lease's tag
+/// [`ACQUIRE_LUA`] on a cluster, where the slot's epoch is never written
+/// (a pattern invalidation removes leases instead): one that is not a
+/// number (written by hand: the name is the cache's own) is removed, as
+/// one server replaces its own; it failed every lease of the slot. KEYS:
+/// value, lease, epoch, the lease's tag
 /// versions, the entry's. ARGV: as on one server, then the versions the
 /// load starts from, kept beside its lease (always, even none: a store
 /// whose record of them is gone stores nothing). `replaced`: the versions
@@ -1739,7 +1743,11 @@ static ACQUIRE_CLUSTER_LUA: LazyLock<String> = LazyLock::new(|| {
           end
         end",
         &format!(
-            "redis.call('SET', KEYS[4], ARGV[6] .. (replaced == '' and '' or '{}'), 'PX', ARGV[2])",
+            "redis.call('SET', KEYS[4], ARGV[6] .. (replaced == '' and '' or '{}'), 'PX', ARGV[2])
+            local epoch = redis.pcall('GET', KEYS[3])
+            if epoch and not (type(epoch) == 'string' and tonumber(epoch)) then
+              redis.call('DEL', KEYS[3])
+            end",
             cluster::TAKING_OVER.escape_default()
         ),
     )
