@@ -262,13 +262,7 @@ async fn a_pattern_invalidation_misses_no_entry_that_moves_while_it_scans() {
     }
     // Keys `mig:1}:{n}` share the slot of `mig:1` (the hash tag ends at
     // the first `}`), each at its own place in a node's scan.
-    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:mig:1}}"));
-    let home = cluster.owner_of_slot(slot);
-    let away = cluster
-        .primaries()
-        .into_iter()
-        .find(|&p| p != home)
-        .expect("another primary");
+    let (slot, home, away) = slot_and_another(&cluster, "mig:1}");
     fill(&cluster, home);
     // On a steady cluster, no primary is scanned again: one scan of each
     // for the leases, one for the values (each pass twice where the rule
@@ -401,13 +395,7 @@ fn paced(cluster: &RedisCluster, node: usize) -> impl Fn(u64) + '_ {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_whose_lease_moves_while_a_pattern_invalidation_scans_stores_nothing() {
     let cluster = RedisCluster::start();
-    let slot = cluster.slot_of(&format!("{{{NAMESPACE}:mig:2}}"));
-    let home = cluster.owner_of_slot(slot);
-    let away = cluster
-        .primaries()
-        .into_iter()
-        .find(|&p| p != home)
-        .expect("another primary");
+    let (slot, home, away) = slot_and_another(&cluster, "mig:2}");
     fill(&cluster, home);
     let (cache, other) = (cluster_cache(&cluster), cluster_cache(&cluster));
     cache.invalidate_pattern("mig:*").await.expect("connects");
@@ -1993,6 +1981,13 @@ async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
 /// moves `count` of the slot's keys there. Returns the slot, its primary
 /// and the other.
 fn half_moved(cluster: &RedisCluster, key: &str, count: usize) -> (usize, usize, usize) {
+    let (_, _, away) = slot_and_another(cluster, key);
+    half_moved_to(cluster, key, count, away)
+}
+
+/// The slot of entry `key` (the hash tag of its value key), the primary
+/// that serves it, and another primary.
+fn slot_and_another(cluster: &RedisCluster, key: &str) -> (usize, usize, usize) {
     let slot = cluster.slot_of(&format!("{{{NAMESPACE}:{key}"));
     let home = cluster.owner_of_slot(slot);
     let away = cluster
@@ -2000,7 +1995,7 @@ fn half_moved(cluster: &RedisCluster, key: &str, count: usize) -> (usize, usize,
         .into_iter()
         .find(|&p| p != home)
         .expect("another primary");
-    half_moved_to(cluster, key, count, away)
+    (slot, home, away)
 }
 
 /// [`half_moved`] to primary `away`.

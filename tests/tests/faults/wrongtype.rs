@@ -51,6 +51,16 @@ impl Videos {
         id
     }
 
+    /// The service over a cache on `server`, and that cache.
+    fn on(server: &RedisServer) -> (cached_runtime::Cache, Videos) {
+        let cache = crate::support::builder(server).build().expect("builds");
+        let videos = Videos {
+            cache: cache.clone(),
+            loads: Default::default(),
+        };
+        (cache, videos)
+    }
+
     fn loads(&self) -> u32 {
         self.loads.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -70,11 +80,7 @@ impl Videos {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_values_where_the_cache_keeps_its_records_are_replaced() {
     let server = RedisServer::start();
-    let cache = crate::support::builder(&server).build().expect("builds");
-    let videos = Videos {
-        cache: cache.clone(),
-        loads: Default::default(),
-    };
+    let (cache, videos) = Videos::on(&server);
     let index = "t:~tag:videos";
     let () = server.cmd(&["SET", index, "not a set"]);
     assert_eq!(videos.get(1).await, 1);
@@ -129,11 +135,7 @@ async fn foreign_values_where_the_cache_keeps_its_records_are_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_name_is_not_text_fails_no_invalidation() {
     let server = RedisServer::start();
-    let cache = crate::support::builder(&server).build().expect("builds");
-    let videos = Videos {
-        cache: cache.clone(),
-        loads: Default::default(),
-    };
+    let (cache, videos) = Videos::on(&server);
     let foreign: &[u8] = b"t:video:\xff\xfe";
     let mut conn = redis::Client::open(server.url())
         .expect("url")
