@@ -115,16 +115,34 @@ pub async fn memory_hit_metrics(_redis: &Redis) -> Vec<Row> {
 /// A boxed operation, so systems of different types can take turns.
 type Op<'a> = Box<dyn FnMut() -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>> + 'a>;
 
-/// Rounds of `seq_hit`: each a loop of every system in turn.
+/// Rounds of `seq_hit`, at least: each a loop of every system in turn.
 const SEQ_ROUNDS: usize = 9;
+
+/// How many rounds of `systems` to run, at least `at_least`: a whole
+/// number of turns of the order (see [`turn`]), so that each system runs
+/// as often in each place of it.
+fn balanced_rounds(systems: usize, at_least: usize) -> usize {
+    at_least.div_ceil(systems) * systems
+}
+
+/// The systems of round `round` in the order they run: each round starts
+/// one system later. In a fixed order the first system always ran just
+/// after the last one's loop, and measured 1-2% slower than the same
+/// system run third (an A/A run of `seq_hit`, `raw_redis` in both places,
+/// eight runs on 2026-12-05); turning the order spreads that over all.
+fn turn(round: usize, systems: usize) -> impl Iterator<Item = usize> {
+    (0..systems).map(move |step| (round + step) % systems)
+}
 
 /// Times each system's loop in turn, round after round, so that drift in
 /// the machine's speed falls on every system alike; ns per op, per system
 /// and round.
 async fn interleaved(ops: u32, systems: &mut [Op<'_>]) -> Vec<Vec<f64>> {
-    let mut samples = vec![Vec::with_capacity(SEQ_ROUNDS); systems.len()];
-    for _ in 0..SEQ_ROUNDS {
-        for (i, op) in systems.iter_mut().enumerate() {
+    let rounds = balanced_rounds(systems.len(), SEQ_ROUNDS);
+    let mut samples = vec![Vec::with_capacity(rounds); systems.len()];
+    for round in 0..rounds {
+        for i in turn(round, systems.len()) {
+            let op = &mut systems[i];
             let started = Instant::now();
             for _ in 0..ops {
                 op().await;
@@ -144,13 +162,16 @@ fn paired_ratios(samples: &[f64], baseline: &[f64]) -> (f64, f64, f64) {
     (median(ratios), low, high)
 }
 
-/// The systems of `seq_hit` and `concurrent_hit`, in the order they run.
-const HIT_SYSTEMS: [&str; 5] = [
+/// The systems of `seq_hit` and `concurrent_hit`. The last, the control,
+/// is `raw_redis` again, measured as another system: its ratio to
+/// `raw_redis` is the harness's own noise in that run.
+const HIT_SYSTEMS: [&str; 6] = [
     "this",
     "this_unshared",
     "raw_redis",
     "hand_written",
     "cached_crate",
+    "raw_redis_again",
 ];
 
 /// One row per system of [`HIT_SYSTEMS`]: `figure` adds its median sample,
@@ -237,6 +258,12 @@ pub async fn seq_hit(redis: &Redis) -> Vec<Row> {
                 let _ = std::hint::black_box(cached_crate_get(1).await);
             })
         }),
+        Box::new(|| {
+            let mut c = raw.clone();
+            Box::pin(async move {
+                std::hint::black_box(raw_get(&mut c, "raw:placement:1").await);
+            })
+        }),
     ];
     let samples = interleaved(OPS, &mut systems).await;
     // `this_unshared` (`lock = false`) reads without the single flight; in
@@ -287,7 +314,7 @@ const TASKS: usize = 64;
 /// 64 tasks hitting one warm key (id 1) for 1 s, each system in turn,
 /// round after round (as `interleaved`); ops/s per system and round.
 async fn throughput(systems: &[KeyOp]) -> Vec<Vec<f64>> {
-    rounds(systems.len(), |i, _task, stop| {
+    rounds(systems.len(), |i, _round, _task, stop| {
         let op = systems[i].clone();
         async move {
             let mut n = 0u64;
@@ -305,13 +332,9 @@ async fn throughput(systems: &[KeyOp]) -> Vec<Vec<f64>> {
 /// generator of each task's own, seeded by round and task, so every system
 /// gets the same draws).
 async fn throughput_keys(systems: &[KeyOp], keys: &Arc<Zipf>) -> Vec<Vec<f64>> {
-    let round = AtomicU64::new(0);
-    rounds(systems.len(), |i, task, stop| {
+    rounds(systems.len(), |i, round, task, stop| {
         let (op, keys) = (systems[i].clone(), Arc::clone(keys));
-        if i == 0 && task == 0 {
-            round.fetch_add(1, Ordering::Relaxed);
-        }
-        let seed = round.load(Ordering::Relaxed) << 32 | task as u64;
+        let seed = (round as u64 + 1) << 32 | task as u64;
         async move {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut n = 0u64;
@@ -326,21 +349,23 @@ async fn throughput_keys(systems: &[KeyOp], keys: &Arc<Zipf>) -> Vec<Vec<f64>> {
 }
 
 /// Runs [`TASKS`] tasks of each system for 1 s, each system in turn, round
-/// after round (as `interleaved`); `task(system, task, stop)` is one task's
-/// loop, returning the calls it made. Ops/s per system and round.
+/// after round (as `interleaved`, the order turned each round);
+/// `task(system, round, task, stop)` is one task's loop, returning the
+/// calls it made. Ops/s per system and round.
 async fn rounds<F, Fut>(systems: usize, task: F) -> Vec<Vec<f64>>
 where
-    F: Fn(usize, usize, Arc<AtomicBool>) -> Fut,
+    F: Fn(usize, usize, usize, Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = u64> + Send + 'static,
 {
     const RUN: Duration = Duration::from_secs(1);
     const ROUNDS: usize = 7;
     let mut samples = vec![Vec::new(); systems];
-    for _ in 0..ROUNDS {
-        for (i, samples) in samples.iter_mut().enumerate() {
+    for round in 0..balanced_rounds(systems, ROUNDS) {
+        for i in turn(round, systems) {
+            let samples = &mut samples[i];
             let stop = Arc::new(AtomicBool::new(false));
             let tasks: Vec<_> = (0..TASKS)
-                .map(|t| tokio::spawn(task(i, t, stop.clone())))
+                .map(|t| tokio::spawn(task(i, round, t, stop.clone())))
                 .collect();
             let started = Instant::now();
             tokio::time::sleep(RUN).await;
@@ -404,7 +429,7 @@ pub async fn concurrent_hit(redis: &Redis) -> Vec<Row> {
         }),
         // A `ConnectionManager` takes `&mut self`: each call clones its
         // handle, as each of a service's requests would.
-        key_op(raw, |raw, _| {
+        key_op(raw.clone(), |raw, _| {
             let mut c = raw.clone();
             Box::pin(async move {
                 std::hint::black_box(raw_get(&mut c, "raw:placement:1").await);
@@ -422,6 +447,12 @@ pub async fn concurrent_hit(redis: &Redis) -> Vec<Row> {
         key_op((), |(), id| {
             Box::pin(async move {
                 let _ = std::hint::black_box(cached_crate_get(id).await);
+            })
+        }),
+        key_op(raw, |raw, _| {
+            let mut c = raw.clone();
+            Box::pin(async move {
+                std::hint::black_box(raw_get(&mut c, "raw:placement:1").await);
             })
         }),
     ];
@@ -494,6 +525,7 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         .expect("connects");
     let hand_loads = Arc::new(AtomicU64::new(0));
     let raw_misses = Arc::new(AtomicU64::new(0));
+    let raw_again_misses = Arc::new(AtomicU64::new(0));
 
     // Warm every key of every system, through the system itself (raw: SET).
     let json = serde_json::to_vec(&Placement::sample(1)).expect("serializes");
@@ -571,17 +603,7 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
                 std::hint::black_box(this.get_unshared(id).await);
             })
         }),
-        // A `ConnectionManager` takes `&mut self`: each call clones its
-        // handle, as each of a service's requests would.
-        key_op((raw, raw_misses.clone()), |(raw, misses), id| {
-            let mut c = raw.clone();
-            Box::pin(async move {
-                let key = format!("raw:placement:{id}");
-                if std::hint::black_box(raw_get(&mut c, &key).await).is_none() {
-                    misses.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        }),
+        key_op((raw.clone(), raw_misses.clone()), raw_key_read),
         key_op((hand, hand_loads.clone()), |(hand, loads), id| {
             let mut c = hand.clone();
             Box::pin(async move {
@@ -621,6 +643,7 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
                 })
             },
         ),
+        key_op((raw, raw_again_misses.clone()), raw_key_read),
     ];
     let samples = throughput_keys(&systems, &Arc::new(Zipf::new(KEYS, ZIPF_S))).await;
     let near_stats = near.cache.near_stats().unwrap_or_default();
@@ -639,6 +662,7 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         near.loads.load(Ordering::Relaxed),
         on_cluster.loads.load(Ordering::Relaxed) - cluster_loads,
         raw_cluster_misses.load(Ordering::Relaxed),
+        raw_again_misses.load(Ordering::Relaxed),
     ];
     drop(cluster);
     // `this_cluster` beside `raw_cluster`, round by round.
@@ -655,6 +679,7 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         "this_near",
         "this_cluster",
         "raw_cluster",
+        HIT_SYSTEMS[5],
     ];
     hit_rows_of(&systems, "concurrent_hit_keys", samples, |row, ops| {
         row.with("ops_per_s", ops)
@@ -679,6 +704,23 @@ pub async fn concurrent_hit_keys(redis: &Redis) -> Vec<Row> {
         }
     })
     .collect()
+}
+
+/// `raw_redis`'s read of key `id` in `concurrent_hit_keys`, counting the
+/// reads that found nothing.
+fn raw_key_read<'a>(
+    (raw, misses): &'a (redis::aio::ConnectionManager, Arc<AtomicU64>),
+    id: u64,
+) -> KeyFuture<'a> {
+    // A `ConnectionManager` takes `&mut self`: each call clones its
+    // handle, as each of a service's requests would.
+    let mut c = raw.clone();
+    Box::pin(async move {
+        let key = format!("raw:placement:{id}");
+        if std::hint::black_box(raw_get(&mut c, &key).await).is_none() {
+            misses.fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
 pub fn redis_cache(redis: &Redis) -> Cache {
@@ -761,7 +803,32 @@ async fn profile_op(this: &This, raw: &mut redis::aio::ConnectionManager, system
 
 #[cfg(test)]
 mod tests {
-    use super::Zipf;
+    use super::{Zipf, balanced_rounds, turn};
+
+    /// Over the rounds run, every system runs once a round, and as often
+    /// in each place of the order as any other.
+    #[test]
+    fn every_system_takes_every_place_of_the_order_alike() {
+        for (systems, at_least) in [(1, 7), (5, 9), (6, 9), (8, 7), (9, 7)] {
+            let rounds = balanced_rounds(systems, at_least);
+            assert!(rounds >= at_least, "{rounds} rounds, {at_least} asked");
+            let mut places = vec![vec![0; systems]; systems];
+            for round in 0..rounds {
+                let order: Vec<usize> = turn(round, systems).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..systems).collect::<Vec<_>>(), "{order:?}");
+                for (place, system) in order.into_iter().enumerate() {
+                    places[system][place] += 1;
+                }
+            }
+            let each = rounds / systems;
+            assert!(
+                places.iter().flatten().all(|&n| n == each),
+                "{systems} systems, {rounds} rounds: {places:?}"
+            );
+        }
+    }
 
     #[test]
     fn zipf_draws_ids_in_range_with_the_expected_head() {
