@@ -132,147 +132,160 @@ impl Engine {
     }
 
     /// Get-or-load (the module docs give the semantics).
-    pub(crate) async fn load_through<V, T, E, F, Fut>(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice (see the body)"
+    )]
+    pub(crate) fn load_through<V, T, E, F, Fut>(
         self: &Arc<Self>,
         call: Call<'_, V, T>,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
-    ) -> Result<V, E>
+    ) -> impl Future<Output = Result<V, E>>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let counters = &*call.counters;
-        let mut load = load;
-        let mode = crate::scope::current_mode();
-        // The cache is switched off (for this scope, or for good): the
-        // function runs, as if uncached.
-        if !self.enabled || mode == CallMode::Bypass {
-            let result = self.run_loader(counters, load).await.map(|(v, _)| v);
-            record(Outcome::Bypassed);
-            return result;
-        }
-        if mode == CallMode::Refresh {
-            return Box::pin(self.refresh_now(call, load, errors)).await;
-        }
-        // A change of this key has not reached the backend: what is there
-        // may be the value it replaced. Load, and store nothing.
-        if self.pending.blocks(&call.key) {
-            counters.misses.add();
-            return Box::pin(self.miss(call, load, errors, Via::AfterChange)).await;
-        }
-        // With the near tier, its in-process copy first: a hit there needs
-        // no shared read (nor any other step below before the read).
-        let l1 = self.backend.l1_hit(&call.key, call.tags);
-        // On Redis, callers of one key in this process share one read, and
-        // after a miss its one load: 1000 callers of a cold key would
-        // otherwise queue 1000 reads ahead of the leader's lease and load.
-        if l1.is_none() && call.policy.lock && self.backend.is_remote() {
-            // Each round waits for another flight to land: only a leader
-            // that went away (cancelled, or detached) brings another.
-            loop {
-                let rx = match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
-                    Role::Lead(guard) => {
-                        return self.lead_read(&call, guard, load, refresh, errors).await;
-                    }
-                    Role::Wait(rx) => rx,
-                };
-                let landed = Box::pin(landing(rx)).await;
-                if let Landed::Hit(any, shared) = &landed {
-                    if let Some(value) = any.downcast_ref::<V>() {
-                        self.shared_hit(&call, value, *shared, refresh);
-                        if let Shared::Stale(meta) = shared
-                            && call.policy.soft_timeout.is_some()
-                        {
-                            return Ok(Box::pin(self.serve_stale(&call, value.clone(), meta)).await);
-                        }
-                        record(Outcome::Coalesced);
-                        return Ok(value.clone());
-                    }
-                    // A hit of another type (another call site shares the
-                    // key): read for itself.
-                    break;
-                }
-                match Box::pin(self.settle(landed, counters, load, errors, true)).await {
-                    Ok(result) => return result,
-                    Err(again) => load = again,
-                }
+        // A future of an `async` block, not an `async fn`: an `async fn`
+        // keeps each argument twice (its parameter and its local). With
+        // `lead_read` the same and the near tier's read boxed, a hit's
+        // future (a `#[cached]` method's, `-Zprint-type-sizes`) went from
+        // 2,120 bytes to 1,536.
+        async move {
+            let counters = &*call.counters;
+            let mut load = load;
+            let mode = crate::scope::current_mode();
+            // The cache is switched off (for this scope, or for good): the
+            // function runs, as if uncached.
+            if !self.enabled || mode == CallMode::Bypass {
+                let result = self.run_loader(counters, load).await.map(|(v, _)| v);
+                record(Outcome::Bypassed);
+                return result;
             }
-        }
-        // A load of this key is already running here: wait for it rather
-        // than add a read to the pile. Failed, abandoned, or another type:
-        // go the usual way.
-        if l1.is_none()
-            && call.policy.lock
-            && let Some(rx) = self.flights.miss_in_flight(&call.key, call.policy.wait)
-        {
-            match Box::pin(landing(rx)).await {
-                Landed::Value(any) => {
-                    if let Some(v) = any.downcast_ref::<V>() {
-                        counters.coalesced.add();
-                        counters.misses.add();
-                        record(Outcome::Coalesced);
-                        return Ok(v.clone());
+            if mode == CallMode::Refresh {
+                return Box::pin(self.refresh_now(call, load, errors)).await;
+            }
+            // A change of this key has not reached the backend: what is there
+            // may be the value it replaced. Load, and store nothing.
+            if self.pending.blocks(&call.key) {
+                counters.misses.add();
+                return Box::pin(self.miss(call, load, errors, Via::AfterChange)).await;
+            }
+            // With the near tier, its in-process copy first: a hit there needs
+            // no shared read (nor any other step below before the read).
+            let l1 = self.backend.l1_hit(&call.key, call.tags);
+            // On Redis, callers of one key in this process share one read, and
+            // after a miss its one load: 1000 callers of a cold key would
+            // otherwise queue 1000 reads ahead of the leader's lease and load.
+            if l1.is_none() && call.policy.lock && self.backend.is_remote() {
+                // Each round waits for another flight to land: only a leader
+                // that went away (cancelled, or detached) brings another.
+                loop {
+                    let rx = match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
+                        Role::Lead(guard) => {
+                            return self.lead_read(&call, guard, load, refresh, errors).await;
+                        }
+                        Role::Wait(rx) => rx,
+                    };
+                    let landed = Box::pin(landing(rx)).await;
+                    if let Landed::Hit(any, shared) = &landed {
+                        if let Some(value) = any.downcast_ref::<V>() {
+                            self.shared_hit(&call, value, *shared, refresh);
+                            if let Shared::Stale(meta) = shared
+                                && call.policy.soft_timeout.is_some()
+                            {
+                                return Ok(
+                                    Box::pin(self.serve_stale(&call, value.clone(), meta)).await
+                                );
+                            }
+                            record(Outcome::Coalesced);
+                            return Ok(value.clone());
+                        }
+                        // A hit of another type (another call site shares the
+                        // key): read for itself.
+                        break;
                     }
-                }
-                // Waited its bound: load for itself, as after a failure.
-                // (Without this arm the caller would read, miss, join the
-                // same flight and find `TimedOut` already sent: the same
-                // outcome after one more backend read; scripts/mutants
-                // reports that mutant as a survivor for that reason.) The
-                // load failed: its error, if it can be shared, as for a
-                // waiter of a shared read (one failure, one run of the
-                // source), else a load of its own.
-                landed @ (Landed::TimedOut | Landed::Failed(_)) => {
                     match Box::pin(self.settle(landed, counters, load, errors, true)).await {
                         Ok(result) => return result,
                         Err(again) => load = again,
                     }
                 }
-                _ => {}
             }
-        }
-        let (fetched, took) = match l1 {
-            Some(hit) => {
-                // A hit in process completes without waiting on anything:
-                // a task calling in a loop would never give its worker
-                // back, starving the runtime's timers and connections (the
-                // tracking connection's heartbeat among them). Tokio's
-                // budget makes it yield every so often, as its own I/O does.
-                tokio::task::coop::consume_budget().await;
-                (Ok(hit), None)
-            }
-            None => self.fetch_timed(&call.key, call.tags, counters).await,
-        };
-        match self.open_as(&call, fetched, took, true) {
-            Read::Fresh(value, meta) => {
-                self.refresh_after_hit(&call, &value, Shared::Fresh(meta), refresh);
-                record(Outcome::Hit);
-                return Ok(value);
-            }
-            Read::Stale(value, meta) => {
-                self.refresh_after_hit(&call, &value, Shared::Stale(meta), refresh);
-                if call.policy.soft_timeout.is_some() {
-                    return Ok(Box::pin(self.serve_stale(&call, value, &meta)).await);
+            // A load of this key is already running here: wait for it rather
+            // than add a read to the pile. Failed, abandoned, or another type:
+            // go the usual way.
+            if l1.is_none()
+                && call.policy.lock
+                && let Some(rx) = self.flights.miss_in_flight(&call.key, call.policy.wait)
+            {
+                match Box::pin(landing(rx)).await {
+                    Landed::Value(any) => {
+                        if let Some(v) = any.downcast_ref::<V>() {
+                            counters.coalesced.add();
+                            counters.misses.add();
+                            record(Outcome::Coalesced);
+                            return Ok(v.clone());
+                        }
+                    }
+                    // Waited its bound: load for itself, as after a failure.
+                    // (Without this arm the caller would read, miss, join the
+                    // same flight and find `TimedOut` already sent: the same
+                    // outcome after one more backend read; scripts/mutants
+                    // reports that mutant as a survivor for that reason.) The
+                    // load failed: its error, if it can be shared, as for a
+                    // waiter of a shared read (one failure, one run of the
+                    // source), else a load of its own.
+                    landed @ (Landed::TimedOut | Landed::Failed(_)) => {
+                        match Box::pin(self.settle(landed, counters, load, errors, true)).await {
+                            Ok(result) => return result,
+                            Err(again) => load = again,
+                        }
+                    }
+                    _ => {}
                 }
-                record(Outcome::Stale);
-                return Ok(value);
             }
-            Read::Miss => {}
-            // The backend is failing (or the breaker is open): callers here
-            // still share one load, but none waits on the backend again for
-            // a lease or a write.
-            Read::Failed => {
-                return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
+            let (fetched, took) = match l1 {
+                Some(hit) => {
+                    // A hit in process completes without waiting on anything:
+                    // a task calling in a loop would never give its worker
+                    // back, starving the runtime's timers and connections (the
+                    // tracking connection's heartbeat among them). Tokio's
+                    // budget makes it yield every so often, as its own I/O does.
+                    tokio::task::coop::consume_budget().await;
+                    (Ok(hit), None)
+                }
+                None => self.fetch_timed(&call.key, call.tags, counters).await,
+            };
+            match self.open_as(&call, fetched, took, true) {
+                Read::Fresh(value, meta) => {
+                    self.refresh_after_hit(&call, &value, Shared::Fresh(meta), refresh);
+                    record(Outcome::Hit);
+                    return Ok(value);
+                }
+                Read::Stale(value, meta) => {
+                    self.refresh_after_hit(&call, &value, Shared::Stale(meta), refresh);
+                    if call.policy.soft_timeout.is_some() {
+                        return Ok(Box::pin(self.serve_stale(&call, value, &meta)).await);
+                    }
+                    record(Outcome::Stale);
+                    return Ok(value);
+                }
+                Read::Miss => {}
+                // The backend is failing (or the breaker is open): callers here
+                // still share one load, but none waits on the backend again for
+                // a lease or a write.
+                Read::Failed => {
+                    return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
+                }
             }
+            // Boxed: the miss path's state (leases, the loader, the write) would
+            // otherwise make every hit's future kilobytes large, which costs a
+            // hit its allocation and copy (seen in `concurrent_hit`).
+            Box::pin(self.miss(call, load, errors, Via::Backend)).await
         }
-        // Boxed: the miss path's state (leases, the loader, the write) would
-        // otherwise make every hit's future kilobytes large, which costs a
-        // hit its allocation and copy (seen in `concurrent_hit`).
-        Box::pin(self.miss(call, load, errors, Via::Backend)).await
     }
 
     /// What a waiter does with what its flight landed: takes its value;
@@ -354,39 +367,48 @@ impl Engine {
 
     /// The leader of a key's flight on Redis: reads, hands a hit to the
     /// callers who joined, or goes on to lead the load after a miss.
-    async fn lead_read<V, T, E, F, Fut>(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice (see `load_through`)"
+    )]
+    fn lead_read<V, T, E, F, Fut>(
         self: &Arc<Self>,
         call: &Call<'_, V, T>,
         mut guard: FlightGuard<'_>,
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
-    ) -> Result<V, E>
+    ) -> impl Future<Output = Result<V, E>>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let (fetched, took) = self.fetch_timed(&call.key, call.tags, &call.counters).await;
-        match self.open_as(call, fetched, took, true) {
-            Read::Fresh(value, meta) => {
-                guard.land_with(&value, Shared::Fresh(meta));
-                self.refresh_after_hit(call, &value, Shared::Fresh(meta), refresh);
-                record(Outcome::Hit);
-                Ok(value)
-            }
-            Read::Stale(value, meta) => {
-                guard.land_with(&value, Shared::Stale(meta));
-                self.refresh_after_hit(call, &value, Shared::Stale(meta), refresh);
-                if call.policy.soft_timeout.is_some() {
-                    return Ok(Box::pin(self.serve_stale(call, value, &meta)).await);
+        // An `async` block, as `load_through`'s.
+        async move {
+            let (fetched, took) = self.fetch_timed(&call.key, call.tags, &call.counters).await;
+            match self.open_as(call, fetched, took, true) {
+                Read::Fresh(value, meta) => {
+                    guard.land_with(&value, Shared::Fresh(meta));
+                    self.refresh_after_hit(call, &value, Shared::Fresh(meta), refresh);
+                    record(Outcome::Hit);
+                    Ok(value)
                 }
-                record(Outcome::Stale);
-                Ok(value)
+                Read::Stale(value, meta) => {
+                    guard.land_with(&value, Shared::Stale(meta));
+                    self.refresh_after_hit(call, &value, Shared::Stale(meta), refresh);
+                    if call.policy.soft_timeout.is_some() {
+                        return Ok(Box::pin(self.serve_stale(call, value, &meta)).await);
+                    }
+                    record(Outcome::Stale);
+                    Ok(value)
+                }
+                Read::Miss => Box::pin(self.lead(call, guard, load, errors, Via::Backend)).await,
+                Read::Failed => {
+                    Box::pin(self.lead(call, guard, load, errors, Via::LoaderOnly)).await
+                }
             }
-            Read::Miss => Box::pin(self.lead(call, guard, load, errors, Via::Backend)).await,
-            Read::Failed => Box::pin(self.lead(call, guard, load, errors, Via::LoaderOnly)).await,
         }
     }
 
