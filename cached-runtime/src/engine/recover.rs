@@ -19,7 +19,9 @@
 //! end of it.
 //!
 //! Memory is bounded: past [`MAX_PENDING`] changes, the pending set collapses
-//! into one invalidation of the whole namespace.
+//! into one invalidation of the whole namespace. Lease releases, which
+//! change no value, are never part of that: past [`MAX_PENDING`] of them a
+//! lease is left to expire.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -73,7 +75,12 @@ struct State {
 
 impl State {
     fn len(&self) -> usize {
-        self.keys.len() + self.patterns.len() + self.tags.len() + self.releases.len()
+        self.changes() + self.releases.len()
+    }
+
+    /// Pending changes of values (releases aside).
+    fn changes(&self) -> usize {
+        self.keys.len() + self.patterns.len() + self.tags.len()
     }
 }
 
@@ -179,13 +186,22 @@ impl Pending {
             Change::Tag(t) => {
                 state.tags.insert(t, None);
             }
+            // A release changes no value: past the bound, the lease is
+            // left to expire (within the call's `lease`). Counted with the
+            // changes, 10,000 failed releases (one batch's, its lease step
+            // timed out) emptied the namespace and kept every call here
+            // from the cache until that landed.
             Change::Release(k, token) => {
-                state.releases.insert((k, token), None);
+                if state.releases.len() < MAX_PENDING {
+                    state.releases.insert((k, token), None);
+                }
             }
         }
-        if state.len() > MAX_PENDING {
+        if state.changes() > MAX_PENDING {
             // Too many to remember one by one: retire the whole namespace.
+            let releases = std::mem::take(&mut state.releases);
             *state = State::default();
+            state.releases = releases;
             state.patterns.insert(namespace_pattern(namespace), None);
         }
         self.count.store(state.len(), Ordering::Release);
@@ -752,5 +768,41 @@ mod tests {
         assert!(p.blocks("ns:anything:at:all"));
         assert!(!p.blocks("other:k:1"));
         assert_eq!(p.snapshot(), vec![Change::Pattern("ns:*".into())]);
+    }
+
+    /// Releases change no value: however many fail (a batch of 10,000 ids
+    /// whose lease step timed out drops 10,000 leases at once), they never
+    /// become an invalidation of the namespace, which would keep every
+    /// call of this process from the cache and empty it for every other
+    /// (found by a review). Past the bound a lease is left to expire, and
+    /// those remembered outlive a collapse of the value changes.
+    #[test]
+    fn failed_releases_never_collapse_into_the_namespace() {
+        let p = Pending::default();
+        for i in 0..=MAX_PENDING {
+            p.add(Change::Release(format!("ns:k:{i}"), 7), "ns");
+        }
+        assert!(!p.blocks("ns:anything"), "a release blocked a read");
+        let snapshot = p.snapshot();
+        assert!(
+            snapshot.iter().all(|c| matches!(c, Change::Release(..))),
+            "the releases became {:?}",
+            snapshot.iter().find(|c| !matches!(c, Change::Release(..)))
+        );
+        assert_eq!(snapshot.len(), MAX_PENDING, "bounded");
+        // Value changes beside them still collapse on their own count, and
+        // the releases remembered are kept.
+        p.add(Change::Keys(vec!["ns:v:1".into()]), "ns");
+        assert!(p.blocks("ns:v:1") && !p.blocks("ns:v:2"));
+        for i in 0..MAX_PENDING {
+            p.add(Change::Keys(vec![format!("ns:v:{i}")]), "ns");
+        }
+        assert!(p.blocks("ns:v:2"), "10,001 value changes collapse");
+        let releases = p
+            .snapshot()
+            .iter()
+            .filter(|c| matches!(c, Change::Release(..)))
+            .count();
+        assert_eq!(releases, MAX_PENDING, "the collapse dropped the releases");
     }
 }
