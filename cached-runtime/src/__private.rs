@@ -375,20 +375,46 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
         L: Fn(Vec<K>) -> Fut,
         Fut: Future<Output = Result<M, E>>,
     {
-        // Each id once (by its key: distinct ids make distinct keys).
+        // Each key once. Ids that make the same key (the same id twice, or
+        // ids the key template folds together, such as `ids.to_lowercase()`)
+        // are one entry: read, loaded and stored once, and answered for
+        // each of them.
         let mut keys: Vec<String> = ids.iter().map(&key).collect();
-        let mut unique = ids;
-        let repeated: Vec<bool> = {
-            let mut seen: std::collections::HashSet<&str, foldhash::fast::RandomState> =
-                std::collections::HashSet::with_capacity_and_hasher(keys.len(), Default::default());
-            keys.iter().map(|k| !seen.insert(k.as_str())).collect()
+        let (unique, repeats) = {
+            let mut first: std::collections::HashMap<&str, usize, foldhash::fast::RandomState> =
+                std::collections::HashMap::with_capacity_and_hasher(keys.len(), Default::default());
+            // For each id, the index of the first id of its key.
+            let of: Vec<usize> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| *first.entry(k.as_str()).or_insert(i))
+                .collect();
+            if of.iter().enumerate().all(|(i, &f)| i == f) {
+                (ids, None)
+            } else {
+                let firsts: Vec<bool> = of.iter().enumerate().map(|(i, &f)| i == f).collect();
+                // Each id's place among the ids kept.
+                let mut place = Vec::with_capacity(of.len());
+                let mut kept = 0;
+                for (i, &f) in of.iter().enumerate() {
+                    if i == f {
+                        place.push(kept);
+                        kept += 1;
+                    } else {
+                        place.push(place[f]);
+                    }
+                }
+                let mut again = firsts.iter();
+                keys.retain(|_| *again.next().unwrap_or(&false));
+                let mut again = firsts.iter();
+                let unique: Vec<K> = ids
+                    .iter()
+                    .filter(|_| *again.next().unwrap_or(&false))
+                    .cloned()
+                    .collect();
+                (unique, Some((ids, place)))
+            }
         };
-        if repeated.contains(&true) {
-            let mut again = repeated.iter();
-            keys.retain(|_| again.next() == Some(&false));
-            let mut again = repeated.iter();
-            unique.retain(|_| again.next() == Some(&false));
-        }
         // A site's tag templates are the same for every id: an id without
         // tags means a batch without (nothing made per id, then).
         let tags: Vec<Vec<String>> = match unique.first().map(&tags) {
@@ -408,8 +434,10 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
         let loader = |indexes: Vec<usize>| {
             let asked: Vec<K> = indexes.iter().map(|&i| unique[i].clone()).collect();
             async move {
-                let mut map = load(asked.clone()).await?;
-                Ok(asked.iter().map(|id| map.take(id)).collect())
+                let map = load(asked.clone()).await?;
+                // Copied rather than taken: two ids the map holds as one
+                // (equal, though their keys differ) each get the value.
+                Ok(asked.iter().map(|id| map.get(id).cloned()).collect())
             }
         };
         let values = cache
@@ -417,9 +445,20 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
             .load_batch(&call, &keys, loader, errors)
             .await?;
         let mut out = M::with_capacity(values.len());
-        for (id, value) in unique.iter().zip(values) {
-            if let Some(value) = value {
-                out.put(id.clone(), value);
+        match repeats {
+            None => {
+                for (id, value) in unique.iter().zip(values) {
+                    if let Some(value) = value {
+                        out.put(id.clone(), value);
+                    }
+                }
+            }
+            Some((ids, place)) => {
+                for (id, at) in ids.into_iter().zip(place) {
+                    if let Some(value) = &values[at] {
+                        out.put(id, value.clone());
+                    }
+                }
             }
         }
         Ok(out)
@@ -550,8 +589,8 @@ where
 pub trait BatchMap<K, T>: Sized {
     /// An empty map with room for `n`.
     fn with_capacity(n: usize) -> Self;
-    /// Takes the value of `id` out of the map.
-    fn take(&mut self, id: &K) -> Option<T>;
+    /// The value of `id`.
+    fn get(&self, id: &K) -> Option<&T>;
     /// Adds a value.
     fn put(&mut self, id: K, value: T);
 }
@@ -564,8 +603,8 @@ where
     fn with_capacity(n: usize) -> Self {
         std::collections::HashMap::with_capacity_and_hasher(n, S::default())
     }
-    fn take(&mut self, id: &K) -> Option<T> {
-        self.remove(id)
+    fn get(&self, id: &K) -> Option<&T> {
+        std::collections::HashMap::get(self, id)
     }
     fn put(&mut self, id: K, value: T) {
         self.insert(id, value);
@@ -576,8 +615,8 @@ impl<K: Ord, T> BatchMap<K, T> for std::collections::BTreeMap<K, T> {
     fn with_capacity(_: usize) -> Self {
         std::collections::BTreeMap::new()
     }
-    fn take(&mut self, id: &K) -> Option<T> {
-        self.remove(id)
+    fn get(&self, id: &K) -> Option<&T> {
+        std::collections::BTreeMap::get(self, id)
     }
     fn put(&mut self, id: K, value: T) {
         self.insert(id, value);

@@ -38,6 +38,7 @@ on_both_backends!(
     a_tagged_batch_and_a_single_call_with_its_tags_share_entries,
     a_release_of_a_lease_an_eviction_removed_counts_no_lost_lease,
     hostile_ids_get_tags_of_their_own,
+    ids_folded_into_one_key_are_each_answered,
 );
 
 cached_tests::on_cluster!(
@@ -1037,6 +1038,44 @@ impl Names {
     async fn forget(&self, name: String) {
         let _ = name;
     }
+
+    /// Names folded to one key whatever their case (e-mail addresses, say).
+    #[cached(prefix = "folded", ttl = "5m", key = names.to_lowercase(), batch)]
+    async fn many_folded(&self, names: Vec<String>) -> HashMap<String, String> {
+        self.values(names)
+    }
+
+    #[cached(prefix = "folded", ttl = "5m", key = name.to_lowercase())]
+    async fn one_folded(&self, name: String) -> String {
+        self.calls.lock().expect("calls").push(vec![name.clone()]);
+        format!("<{name}>")
+    }
+}
+
+/// Ids the key template folds into one key are one entry, and every one of
+/// them is in the answer, as each alone gets it from the single-key
+/// function: the batch kept only the first of them (found by a review).
+async fn ids_folded_into_one_key_are_each_answered(backend: &Backend) {
+    let n = Names::new(backend.cache());
+    let names = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let got = n
+        .many_folded(names(&["Bob@x", "bob@x", "Ann", "BOB@X"]))
+        .await;
+    let mut answered: Vec<&str> = got.keys().map(String::as_str).collect();
+    answered.sort_unstable();
+    assert_eq!(answered, ["Ann", "BOB@X", "Bob@x", "bob@x"], "{got:?}");
+    // One entry, loaded once, for the first spelling given.
+    assert_eq!(got["bob@x"], "<Bob@x>");
+    assert_eq!(got["BOB@X"], "<Bob@x>");
+    assert_eq!(
+        *n.calls.lock().expect("calls"),
+        vec![names(&["Ann", "Bob@x"])]
+    );
+    // Shared with the single-key function, either way round.
+    assert_eq!(n.one_folded("BoB@x".into()).await, "<Bob@x>");
+    let again = n.many_folded(names(&["ann", "bob@X"])).await;
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(n.calls.lock().expect("calls").len(), 1, "all hits");
 }
 
 async fn an_empty_batch_calls_nothing(backend: &Backend) {
@@ -1366,6 +1405,65 @@ async fn a_release_that_fails_after_a_failed_body_is_retried() {
         Some(Item { id: 1, version: 1 }),
         "stored"
     );
+}
+
+/// A batch step over many keys is given time for them (the operation
+/// timeout, and 50 µs a key): held to one `op_timeout` however many keys
+/// it had, a batch of a few thousand timed out on every call, read
+/// nothing, stored nothing and counted a failure to the breaker each time
+/// (found by a review). Here every round trip takes longer than the
+/// operation timeout: a single read would time out, a read of 4,000 keys
+/// does not. And it is still bounded: the same batch with every byte held
+/// answers from the function within that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_step_is_given_time_for_its_keys() {
+    const IDS: u64 = 4_000;
+    let op_timeout = Duration::from_millis(30);
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let cache = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(op_timeout)
+        .build()
+        .expect("builds");
+    let c = Catalog::new(cache, IDS);
+    // Warmed by another process, straight to the server.
+    let direct = c.with_cache(
+        cached_tests::redis_builder_at(server.url())
+            .op_timeout(Duration::from_secs(5))
+            .build()
+            .expect("builds"),
+    );
+    let all: Vec<u64> = (1..=IDS).collect();
+    assert_eq!(
+        direct.get_many(all.clone()).await.expect("loads").len(),
+        4_000
+    );
+    c.batches.lock().expect("batches").clear();
+    // Both of the cache's connections made before the delay.
+    c.get_many(vec![1]).await.expect("hits");
+    let round_trip = Duration::from_millis(40);
+    proxy.set_delay(round_trip / 2);
+    let read = Instant::now();
+    assert_eq!(c.get_many(all.clone()).await.expect("hits").len(), 4_000);
+    assert!(read.elapsed() > round_trip, "through the delay");
+    assert_eq!(
+        c.batches(),
+        Vec::<Vec<u64>>::new(),
+        "the read timed out: every id loaded"
+    );
+    assert!(!c.cache.breaker_open());
+    // Bounded: the read's time, then the body.
+    proxy.blackhole(true);
+    let held = Instant::now();
+    assert_eq!(c.get_many(all).await.expect("loads").len(), 4_000);
+    let budget = op_timeout + Duration::from_micros(50) * 4_000;
+    assert!(
+        held.elapsed() < budget * 3,
+        "{:?} with every byte held, {budget:?} allowed",
+        held.elapsed()
+    );
+    assert_eq!(c.batches().len(), 1, "loaded once, by the body");
+    proxy.blackhole(false);
 }
 
 /// A Redis server behind a proxy, and a catalog on a cache through it with
