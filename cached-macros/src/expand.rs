@@ -132,9 +132,17 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         " Removes the entry of `{name}` for these arguments, and destroys its lease (a load of \
          it in flight does not store). Retried until it lands, as `#[cache_evict]`."
     );
+    // The primed value's parameter: `value`, unless the function has one
+    // of that name (it would be bound twice, a compile error at the
+    // attribute).
+    let value_param = if names.iter().any(|n| *n == "value") {
+        format_ident!("__cached_value")
+    } else {
+        format_ident!("value")
+    };
     let prime_doc = format!(
-        " Stores `value` as the entry of `{name}` for these arguments without calling it: a \
-         write-through (a load of it in flight does not store)."
+        " Stores `{value_param}` as the entry of `{name}` for these arguments without calling \
+         it: a write-through (a load of it in flight does not store)."
     );
     let refresh_doc = format!(
         " Calls `{name}` without the cache and replaces its entry with what it returns, as \
@@ -164,7 +172,7 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         #[allow(unused_imports)]
         use #p::{CachePut as _, PlainPut as _};
         (&&#p::Runner::<#value_ty>::NEW)
-            .put(__cached_cache, &__CACHED_SITE, __cached_key, ::core::option::Option::Some(value), __cached_tags, ::core::option::Option::None)
+            .put(__cached_cache, &__CACHED_SITE, __cached_key, ::core::option::Option::Some(#value_param), __cached_tags, ::core::option::Option::None)
             .await;
     }};
     let refresh_sig = {
@@ -227,7 +235,7 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
 
         #[doc = #prime_doc]
         #[allow(dead_code, unused_variables, clippy::all, clippy::pedantic)]
-        #vis async fn #prime_fn #generics (#receiver #(#by_ref,)* value: &#value_ty) {
+        #vis async fn #prime_fn #generics (#receiver #(#by_ref,)* #value_param: &#value_ty) {
             #site
             #cache_expr
             let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);

@@ -16,6 +16,7 @@ on_both_backends!(
     key_names_the_entry_the_function_stores,
     invalidate_removes_one_entry_and_refuses_a_load_in_flight,
     prime_stores_without_a_load,
+    a_parameter_named_value_keeps_its_companions,
     refresh_reads_the_source_and_replaces_the_entry,
     evict_of_removes_exactly_the_named_calls,
     cache_if_and_unless_keep_values_out,
@@ -46,6 +47,14 @@ struct Store {
 }
 
 impl Store {
+    /// A parameter named as `_prime`'s value parameter is.
+    #[cached(prefix = "valued", ttl = "5m", key = id)]
+    async fn valued(&self, id: u64, value: u64) -> u64 {
+        let _ = id;
+        self.loads.fetch_add(1, SeqCst);
+        value
+    }
+
     fn new(cache: Cache) -> Store {
         Store {
             cache,
@@ -151,6 +160,16 @@ async fn prime_stores_without_a_load(backend: &Backend) {
     s.get_prime(&4, &Item { id: 4, version: 9 }).await;
     assert_eq!(s.get(4).await, Ok(Some(Item { id: 4, version: 9 })));
     assert_eq!(s.loads(), 0, "served the primed value");
+}
+
+/// A function with a parameter named `value` has its companions: `_prime`
+/// named its own value parameter so, and the function failed to compile
+/// ("identifier `value` is bound more than once", at the attribute).
+async fn a_parameter_named_value_keeps_its_companions(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.valued_prime(&1, &0, &7).await;
+    assert_eq!(s.valued(1, 3).await, 7, "the primed value");
+    assert_eq!(s.loads(), 0);
 }
 
 async fn refresh_reads_the_source_and_replaces_the_entry(backend: &Backend) {
