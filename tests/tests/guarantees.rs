@@ -24,6 +24,7 @@ on_both_backends!(
     a_pattern_eviction_stops_a_load_in_flight_from_storing_what_it_read_before,
     one_failure_costs_the_source_one_run_and_every_waiter_gets_the_error,
     a_cache_switched_off_runs_every_call_and_stores_nothing,
+    a_float_comes_back_as_the_function_returned_it,
 );
 
 cached_tests::on_cluster!(
@@ -129,6 +130,15 @@ impl Docs {
     fn loads(&self) -> u32 {
         self.source.loads()
     }
+
+    /// Scores the source computes: no rows give no average (NaN); a
+    /// score may be missing (`None`).
+    #[cached(prefix = "score", ttl = "5m", key = id)]
+    async fn scores(&self, id: u32, value: f64) -> Vec<Option<f64>> {
+        let _ = id;
+        self.source.count_load();
+        vec![Some(value), None]
+    }
 }
 
 async fn a_tenant_never_reads_another_tenants_entry(backend: &Backend) {
@@ -155,6 +165,29 @@ async fn a_key_part_holding_the_separator_is_not_a_template_key(backend: &Backen
     );
     assert_eq!(docs.placements("7".into()).await, "placements of 7");
     assert_eq!(docs.loads(), 2);
+}
+
+/// A cached float is the function's, to the bit: one that serde_json's
+/// default parser read back one unit off, and NaN or an infinity, which
+/// JSON cannot hold (written as `null`, `Some(NaN)` came back `None`): such
+/// a value is not stored as JSON, so each call gets it from the function
+/// (found by a review).
+async fn a_float_comes_back_as_the_function_returned_it(backend: &Backend) {
+    let docs = Docs::new(backend.cache());
+    let values = [0.091_443_385_120_928_87, f64::NAN, f64::INFINITY, -0.0];
+    for (id, value) in (0..).zip(values) {
+        for call in 0..2 {
+            let got = docs.scores(id, value).await;
+            assert_eq!(
+                got.iter().map(|f| f.map(f64::to_bits)).collect::<Vec<_>>(),
+                [Some(value.to_bits()), None],
+                "call {call} of {value:e} got {got:?}"
+            );
+        }
+    }
+    // Stored and served, but for the two JSON cannot hold on Redis.
+    let loads = if backend.server().is_some() { 6 } else { 4 };
+    assert_eq!(docs.loads(), loads);
 }
 
 async fn nested_options_get_entries_of_their_own(backend: &Backend) {
