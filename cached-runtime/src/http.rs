@@ -57,11 +57,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use headers::{
     HeaderMapExt as _, IfMatch, IfModifiedSince, IfNoneMatch, IfUnmodifiedSince, LastModified,
 };
-use http::header::{IF_MATCH, IF_NONE_MATCH};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::header::{IF_MATCH, IF_NONE_MATCH, VARY};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 /// `Cache-Control: private, max-age=N`: only the client (no shared cache,
-/// no CDN) may keep the response, for `max_age`. For per-user data.
+/// no CDN) may keep the response, for `max_age`. For per-user data; a
+/// browser shared by two accounts keeps it per URL, so name what it
+/// depends on with [`CacheHeaders::vary`] (`authorization`, `cookie`).
 ///
 /// HTTP counts in whole seconds: a fraction of a second is dropped.
 ///
@@ -584,6 +586,7 @@ pub struct CacheHeaders {
     etag: Option<ETag>,
     last_modified: Option<SystemTime>,
     cache_control: Option<CacheControl>,
+    vary: Vec<HeaderName>,
 }
 
 impl CacheHeaders {
@@ -613,6 +616,29 @@ impl CacheHeaders {
         self
     }
 
+    /// The request headers the representation depends on (`Vary`): a
+    /// compressed body (`accept-encoding`), a language, a user. Sent on
+    /// the `304` as on the `200` (RFC 9110, section 15.4.5: a cache that
+    /// refreshes its copy with a 304 takes its `Vary` from it), which a
+    /// header the body adds cannot be: the body of a 304 is never built.
+    ///
+    /// ```
+    /// use cached_runtime::http::CacheHeaders;
+    /// use http::header::{ACCEPT_ENCODING, AUTHORIZATION};
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// CacheHeaders::new().vary([ACCEPT_ENCODING, AUTHORIZATION]).write_to(&mut headers);
+    /// assert_eq!(headers["vary"], "accept-encoding, authorization");
+    /// ```
+    pub fn vary(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        for name in headers {
+            if !self.vary.contains(&name) {
+                self.vary.push(name);
+            }
+        }
+        self
+    }
+
     /// `Cache-Control: no-store` and no validators: for answers no cache
     /// may keep (errors, health checks, metrics, the answers to writes).
     ///
@@ -637,6 +663,13 @@ impl CacheHeaders {
         }
         if let Some(cache_control) = &self.cache_control {
             headers.typed_insert(cache_control.clone());
+        }
+        if !self.vary.is_empty() {
+            let names: Vec<&str> = self.vary.iter().map(HeaderName::as_str).collect();
+            // Header names are tokens: always a valid value.
+            if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
+                headers.insert(VARY, value);
+            }
         }
     }
 }

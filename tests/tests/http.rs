@@ -21,8 +21,8 @@ use cached_runtime::http::{
 use cached_runtime::{Cache, cache_put, cached};
 use cached_tests::{Backend, Source, on_both_backends};
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_UNMODIFIED_SINCE, LAST_MODIFIED,
+    ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,9 @@ async fn document(cond: ConditionalRequest, State(built): State<Arc<AtomicU32>>)
         .etag(strong_etag(7))
         // A fraction of a second must not defeat an equal If-Modified-Since.
         .last_modified(UNIX_EPOCH + Duration::from_millis(LAST_MODIFIED_SECS * 1000 + 999))
-        .cache_control(private_max_age(Duration::from_secs(60)));
+        .cache_control(private_max_age(Duration::from_secs(60)))
+        // Per user and per encoding: said on the 304 as on the 200.
+        .vary([ACCEPT_ENCODING, AUTHORIZATION, ACCEPT_ENCODING]);
     cond.respond(caching, || {
         built.fetch_add(1, SeqCst);
         BODY
@@ -129,6 +131,11 @@ fn assert_caching_headers(reply: &Reply, why: &str) {
     assert_eq!(
         reply.header(LAST_MODIFIED),
         Some(LAST_MODIFIED_TEXT),
+        "{why}"
+    );
+    assert_eq!(
+        reply.header(VARY),
+        Some("accept-encoding, authorization"),
         "{why}"
     );
 }

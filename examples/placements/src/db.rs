@@ -135,9 +135,22 @@ impl Db {
         Ok(())
     }
 
-    /// Sample data, once: rows already there are left as they are.
+    /// Sample data, into an empty database only. Rows deleted since stay
+    /// deleted: put back at version 1 on the next start (as an insert of
+    /// each missing row did), a row took again the versions, so the
+    /// ETags, it had before: a client holding the old row's `"5"` got a 304
+    /// for the new row's version 5, and an editor's `If-Match: "5"`
+    /// overwrote a row it never saw (found by a review). Versions, and the
+    /// ETags made of them, must never be reused for a row.
     async fn seed(&self) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
+        let seeded: i64 = sqlx::query("SELECT COUNT(*) AS n FROM placements")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if seeded > 0 {
+            return Ok(());
+        }
         for video in 1..=SAMPLE_VIDEOS {
             for n in 0..PER_VIDEO {
                 let id = (video - 1) * PER_VIDEO + n + 1;
