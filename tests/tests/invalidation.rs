@@ -888,3 +888,42 @@ async fn a_call_is_served_only_entries_its_tags_reach(backend: &Backend) {
     s.get(1, 100).await.expect("loads");
     assert_eq!(s.loads(), loads + 2, "either tag's invalidation removes it");
 }
+
+/// A tag's index removed while a tagged load holds its lease (a pattern
+/// invalidation's sweep of `*`, or Redis evicting it), then the tag
+/// invalidated: the invalidation finds no member, so the lease survives
+/// it, and the load stored the row it read before, for its TTL, for every
+/// reader, this process included (found by a review). The load's store is
+/// now refused when a tag it took the lease under no longer lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_load_whose_tag_index_was_removed_meanwhile_stores_nothing() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server);
+    let s = Service::new(cache.clone());
+    let read = Arc::new(tokio::sync::Notify::new());
+    let slow = Slow {
+        inner: s.clone(),
+        read: Arc::clone(&read),
+    };
+    let load = tokio::spawn(async move { slow.get(1, 101).await });
+    read.notified().await;
+    // The index goes (a `*` sweep, an eviction) ...
+    let indexes: Vec<String> = server.cmd(&["KEYS", "*~tag:video:101"]);
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    server.cmd::<()>(&["DEL", &indexes[0]]);
+    // ... then the row changes and its tag is invalidated.
+    s.set_version(1, 2);
+    s.retag(101).await.expect("evicts");
+    assert_eq!(
+        load.await
+            .expect("joins")
+            .expect("loads")
+            .map(|p| p.version),
+        Some(1)
+    );
+    assert_eq!(
+        s.get(1, 101).await.expect("loads").map(|p| p.version),
+        Some(2),
+        "the load stored what it read before the tag invalidation"
+    );
+}

@@ -1809,13 +1809,24 @@ impl Stored {
 }
 
 /// KEYS: value, lease, epoch, tags... ARGV: token, envelope, keep ms, epoch.
-/// Stores only while the token holds the lease and no pattern invalidation
-/// has bumped the epoch since it was taken, then ends the lease. Returns 0
-/// not stored, 1 stored.
+/// Stores only while the token holds the lease, no pattern invalidation
+/// has bumped the epoch since it was taken, and each tag's index still
+/// lists the key (the lease recorded it there), then ends the lease.
+/// Returns 0 not stored, 1 stored. An index that lost the key while the
+/// lease held (swept by a pattern invalidation of `*`, evicted) cannot
+/// say whether a tag invalidation came meanwhile: one did not find the
+/// key, so it did not destroy the lease, and the load would store the
+/// value it read before it (found by a review).
 static SET_IF_LEASED_LUA: LazyLock<String> = LazyLock::new(|| {
     set_if_leased_lua(
         TAG_LUA,
-        "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        "for i = 4, #KEYS do
+          if redis.pcall('SISMEMBER', KEYS[i], KEYS[1]) ~= 1 then
+            redis.call('DEL', KEYS[2])
+            return 0
+          end
+        end
+        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
         redis.call('DEL', KEYS[2])
         tag(4, ARGV[3])
         return 1",
