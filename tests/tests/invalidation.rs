@@ -889,6 +889,75 @@ async fn a_call_is_served_only_entries_its_tags_reach(backend: &Backend) {
     assert_eq!(s.loads(), loads + 2, "either tag's invalidation removes it");
 }
 
+/// A write-through whose claim on the key is lost before its store (the
+/// claim evicted, or expired while the writer stalled) leaves no older
+/// value behind. Another process missed meanwhile, took the key's lease
+/// and read the row before the writer's transaction committed; the
+/// writer's store, refused, was taken for "a newer change came first",
+/// and the reader's older row stayed for its whole TTL (found by a
+/// review). A refused write-through is now retried as an invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_whose_claim_was_lost_leaves_no_older_value() {
+    let ttl = Duration::from_secs(300);
+    let server = RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let writer = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .expect("builds");
+    let reader = cached_tests::redis_builder_at(server.url())
+        .build()
+        .expect("builds");
+    // The writer's connections made before the delay.
+    writer.set("doc:1", &0u64, ttl).await;
+    writer.invalidate("doc:1").await.expect("invalidates");
+    let row = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    proxy.set_delay(Duration::from_millis(60));
+    // The write-through of version 2, inside the writer's transaction.
+    let writing = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.set("doc:1", &2u64, ttl).await }
+    });
+    // Its claim lands, and is lost.
+    let started = Instant::now();
+    loop {
+        let leases: Vec<String> = server.cmd(&["KEYS", "*doc:1:~lease"]);
+        if let [lease] = leases.as_slice() {
+            server.cmd::<()>(&["DEL", lease]);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "no claim");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Another process misses, takes the lease, reads the uncommitted row.
+    let reading = tokio::spawn({
+        let (reader, row) = (reader.clone(), row.clone());
+        async move {
+            reader
+                .get_or_load("doc:1", ttl, || async move {
+                    let version = row.load(SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, ()>(version)
+                })
+                .await
+        }
+    });
+    writing.await.expect("joins");
+    row.store(2, SeqCst); // committed
+    assert_eq!(
+        reading.await.expect("joins"),
+        Ok(1),
+        "read before the commit"
+    );
+    // The retry, and its second pass once it settled.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_ne!(
+        reader.get::<u64>("doc:1").await,
+        Some(1),
+        "the row read before the write-through's commit stayed"
+    );
+}
+
 /// A tag's index removed while a tagged load holds its lease (a pattern
 /// invalidation's sweep of `*`, or Redis evicting it), then the tag
 /// invalidated: the invalidation finds no member, so the lease survives

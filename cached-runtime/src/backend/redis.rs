@@ -1996,9 +1996,11 @@ const RELEASE_LUA: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return
 
 /// How long a write-through's claim holds the key: twice its operation
 /// timeout (the claim's reply, then the store), within 20 ms and 1 s. Safety
-/// does not depend on it (a store after the claim expired is refused, and
-/// leaves the key empty); a claim whose store never comes (its process died)
-/// holds other processes' misses this long at most.
+/// does not depend on it: a store after the claim expired is refused, and
+/// the write-through is then retried as an invalidation (another process
+/// may have taken the key's lease meanwhile, and read the source before
+/// the writer's transaction committed). A claim whose store never comes
+/// (its process died) holds other processes' misses this long at most.
 fn claim_for(op_timeout: Duration) -> Duration {
     op_timeout
         .saturating_mul(2)

@@ -49,17 +49,26 @@ impl Engine {
             .put(key, value, &meta, keep_for, tags, self.op_timeout)
             .await;
         // As for an invalidation: callers from now on read the new value.
-        // A write that cannot be stored at all is not retried.
-        let failed = result.as_ref().is_err_and(must_retry);
+        // A write that cannot be stored at all is not retried. One whose
+        // store was refused is: its claim on the key was gone (another
+        // change came first, or the claim was evicted or expired while
+        // this writer stalled), and in the second case another process may
+        // have taken the key's lease meanwhile and be loading a row read
+        // before this write's transaction committed. Taken for "a newer
+        // change came first", that row stayed for its TTL (found by a
+        // review); an invalidation, retried until it lands and once more
+        // after it settles, destroys that lease or removes what it stored.
+        let failed = match &result {
+            Ok(stored) => !stored,
+            Err(e) => must_retry(e),
+        };
         self.after_change(Changed::Key(key), failed);
         self.wrote(key, counters, started, "cache set");
         match result {
             Ok(true) => {}
-            // Another change came between its claim and its store: the key
-            // holds nothing older than this write.
             Ok(false) => {
                 counters.leases_lost.add();
-                tracing::debug!(cache_key = %key, "a concurrent change took the key before the write-through stored; not stored");
+                tracing::debug!(cache_key = %key, "the write-through's claim on the key was gone at its store; not stored, invalidated instead");
             }
             Err(e) => self.backend_failed(key, "set", &e, counters),
         }
