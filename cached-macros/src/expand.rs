@@ -145,9 +145,11 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
          it: a write-through (a load of it in flight does not store)."
     );
     let refresh_doc = format!(
-        " Calls `{name}` without the cache and replaces its entry with what it returns, as \
-         `#[cache_put]` would (an error changes nothing; `None` removes the entry): an admin's \
-         \"refresh\", or after a change the cache did not see. Returns what the function returned."
+        " Calls `{name}` without reading the cache and replaces its entry with what it returns \
+         (an error changes nothing; a value it would not keep removes the entry): an admin's \
+         \"refresh\", or after a change the cache did not see. It loads under the entry's lease \
+         (`CallMode::Refresh`), so a write-through or an eviction that completes meanwhile wins. \
+         Returns what the function returned."
     );
     // Built without the checks the method's own key and tags make: a part
     // that is not a `KeyPart` is reported there, once.
@@ -200,20 +202,14 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
     } else {
         quote!(#name(#(#names),*))
     };
-    let call = &parts.call;
-    let store = store_result(info, p);
-    let refs = names.iter().map(|n| quote!(&#n));
-    let ttl = call_ttl(args, &info.params, p);
+    // The function itself, in a refresh scope: it reads nothing, loads
+    // under the key's lease and replaces the entry, so an eviction or a
+    // write-through that completes while it loads (which destroys the
+    // lease) is not overwritten by what it read before. Calling the
+    // function without the cache and writing its result through did
+    // overwrite it: the stale-set race.
     let refresh_body = quote! {
-        #site
-        #cache_expr
-        let __cached_cache: &#krate::Cache = #p::as_cache(__cached_cache_src);
-        let __cached_key = __cached_cache.full_key(&#this #key_fn(#(#refs),*));
-        let __cached_tags: &[::std::string::String] = &#tags;
-        #ttl
-        let __cached_result = #call.await;
-        #store
-        __cached_result
+        #krate::with_mode(#krate::CallMode::Refresh, #method_call).await
     };
     quote! {
         #[doc = #key_doc]

@@ -17,6 +17,7 @@ on_both_backends!(
     invalidate_removes_one_entry_and_refuses_a_load_in_flight,
     prime_stores_without_a_load,
     a_parameter_named_value_keeps_its_companions,
+    a_refresh_that_read_before_an_eviction_does_not_store,
     refresh_reads_the_source_and_replaces_the_entry,
     evict_of_removes_exactly_the_named_calls,
     cache_if_and_unless_keep_values_out,
@@ -27,6 +28,7 @@ cached_tests::on_cluster!(
     invalidate_removes_one_entry_and_refuses_a_load_in_flight,
     evict_of_removes_exactly_the_named_calls,
     prime_stores_without_a_load,
+    a_refresh_that_read_before_an_eviction_does_not_store,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +72,11 @@ impl Store {
 
     fn loads(&self) -> u32 {
         self.loads.load(SeqCst)
+    }
+
+    /// Each load reads its row, then takes `delay`.
+    fn slow(&self, delay: Duration) {
+        *self.delay.lock().expect("delay") = delay;
     }
 
     #[cached(prefix = "item", ttl = "5m", key = id)]
@@ -193,6 +200,36 @@ async fn refresh_reads_the_source_and_replaces_the_entry(backend: &Backend) {
     s.rows.lock().expect("rows").remove(&5);
     assert_eq!(s.get_refresh(5).await, Ok(None));
     assert_eq!(s.cache.get::<Item>("item:5").await, None);
+}
+
+/// A refresh that read the row before an eviction of it completed does
+/// not store what it read: the companion called the function without the
+/// cache, then wrote its result through, over the eviction (the stale-set
+/// race; found by a review). It now loads under the key's lease, which
+/// the eviction destroys.
+async fn a_refresh_that_read_before_an_eviction_does_not_store(backend: &Backend) {
+    let s = Store::new(backend.cache());
+    s.get(5).await.expect("loads");
+    s.slow(Duration::from_millis(300));
+    let refreshing = tokio::spawn({
+        let s = s.clone();
+        async move { s.get_refresh(5).await }
+    });
+    // Its load has read version 1.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.set(5, 2);
+    s.get_invalidate(&5).await;
+    assert_eq!(
+        refreshing.await.expect("joins"),
+        Ok(Some(Item { id: 5, version: 1 })),
+        "the refresh returns what it read"
+    );
+    s.slow(Duration::ZERO);
+    assert_eq!(
+        s.get(5).await,
+        Ok(Some(Item { id: 5, version: 2 })),
+        "the eviction was overwritten by what the refresh read before it"
+    );
 }
 
 async fn evict_of_removes_exactly_the_named_calls(backend: &Backend) {
