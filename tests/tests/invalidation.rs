@@ -430,27 +430,38 @@ async fn a_load_across_a_pattern_invalidation_of_its_entry_stores_nothing(backen
     }
 }
 
-async fn a_tag_invalidation_refuses_the_write_of_a_load_in_flight(backend: &Backend) {
-    let cache = backend.cache();
-    let s = Service::new(cache.clone());
-    // A slow load of placement 1 (video 101) reads version 1 ...
+/// Starts a slow load of placement 1 (video 101) through [`Slow`]; returns
+/// once it has read version 1.
+async fn slow_load_begun(s: &Service) -> tokio::task::JoinHandle<Option<Placement>> {
     let read = Arc::new(tokio::sync::Notify::new());
     let slow = Slow {
         inner: s.clone(),
         read: Arc::clone(&read),
     };
-    let load = tokio::spawn(async move { slow.get(1, 101).await });
+    let load = tokio::spawn(async move { slow.get(1, 101).await.expect("loads") });
     read.notified().await;
-    // ... the row changes and the video's tag is invalidated meanwhile ...
+    load
+}
+
+/// Changes placement 1 to version 2 and invalidates its video's tag; then
+/// `load` (begun before) returns the version 1 it read.
+async fn changed_and_retagged_during(
+    s: &Service,
+    load: tokio::task::JoinHandle<Option<Placement>>,
+) {
     s.set_version(1, 2);
     s.retag(101).await.expect("evicts");
-    assert_eq!(
-        load.await
-            .expect("joins")
-            .expect("loads")
-            .map(|p| p.version),
-        Some(1)
-    );
+    let loaded = load.await.expect("joins").map(|p| p.version);
+    assert_eq!(loaded, Some(1), "the load read before the change");
+}
+
+async fn a_tag_invalidation_refuses_the_write_of_a_load_in_flight(backend: &Backend) {
+    let cache = backend.cache();
+    let s = Service::new(cache.clone());
+    // A slow load of placement 1 (video 101) reads version 1; the row
+    // changes and the video's tag is invalidated meanwhile ...
+    let load = slow_load_begun(&s).await;
+    changed_and_retagged_during(&s, load).await;
     // ... so the old row must not have been stored.
     assert_eq!(
         cache.get::<Placement>("placement:1").await,
@@ -967,29 +978,14 @@ async fn a_write_through_whose_claim_was_lost_leaves_no_older_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tagged_load_whose_tag_index_was_removed_meanwhile_stores_nothing() {
     let server = RedisServer::start();
-    let cache = redis_cache(&server);
-    let s = Service::new(cache.clone());
-    let read = Arc::new(tokio::sync::Notify::new());
-    let slow = Slow {
-        inner: s.clone(),
-        read: Arc::clone(&read),
-    };
-    let load = tokio::spawn(async move { slow.get(1, 101).await });
-    read.notified().await;
+    let s = Service::new(redis_cache(&server));
+    let load = slow_load_begun(&s).await;
     // The index goes (a `*` sweep, an eviction) ...
     let indexes: Vec<String> = server.cmd(&["KEYS", "*~tag:video:101"]);
     assert_eq!(indexes.len(), 1, "{indexes:?}");
     server.cmd::<()>(&["DEL", &indexes[0]]);
     // ... then the row changes and its tag is invalidated.
-    s.set_version(1, 2);
-    s.retag(101).await.expect("evicts");
-    assert_eq!(
-        load.await
-            .expect("joins")
-            .expect("loads")
-            .map(|p| p.version),
-        Some(1)
-    );
+    changed_and_retagged_during(&s, load).await;
     assert_eq!(
         s.get(1, 101).await.expect("loads").map(|p| p.version),
         Some(2),
