@@ -380,40 +380,40 @@ impl<T: Cacheable> CacheBatch<T> for &Runner<T> {
         // are one entry: read, loaded and stored once, and answered for
         // each of them.
         let mut keys: Vec<String> = ids.iter().map(&key).collect();
-        let (unique, repeats) = {
-            let mut first: std::collections::HashMap<&str, usize, foldhash::fast::RandomState> =
+        // Each id's place among the distinct keys, in order of first sight.
+        let place: Vec<usize> = {
+            let mut seen: std::collections::HashMap<&str, usize, foldhash::fast::RandomState> =
                 std::collections::HashMap::with_capacity_and_hasher(keys.len(), Default::default());
-            // For each id, the index of the first id of its key.
-            let of: Vec<usize> = keys
+            keys.iter()
+                .map(|k| {
+                    let next = seen.len();
+                    *seen.entry(k.as_str()).or_insert(next)
+                })
+                .collect()
+        };
+        let distinct = place.iter().max().map_or(0, |&last| last + 1);
+        let (unique, repeats) = if distinct == ids.len() {
+            (ids, None)
+        } else {
+            // The first id of each key: the one whose place is new.
+            let mut kept = 0;
+            let first: Vec<bool> = place
                 .iter()
-                .enumerate()
-                .map(|(i, k)| *first.entry(k.as_str()).or_insert(i))
+                .map(|&at| {
+                    let new = at == kept;
+                    kept += usize::from(new);
+                    new
+                })
                 .collect();
-            if of.iter().enumerate().all(|(i, &f)| i == f) {
-                (ids, None)
-            } else {
-                let firsts: Vec<bool> = of.iter().enumerate().map(|(i, &f)| i == f).collect();
-                // Each id's place among the ids kept.
-                let mut place = Vec::with_capacity(of.len());
-                let mut kept = 0;
-                for (i, &f) in of.iter().enumerate() {
-                    if i == f {
-                        place.push(kept);
-                        kept += 1;
-                    } else {
-                        place.push(place[f]);
-                    }
-                }
-                let mut again = firsts.iter();
-                keys.retain(|_| *again.next().unwrap_or(&false));
-                let mut again = firsts.iter();
-                let unique: Vec<K> = ids
-                    .iter()
-                    .filter(|_| *again.next().unwrap_or(&false))
-                    .cloned()
-                    .collect();
-                (unique, Some((ids, place)))
-            }
+            let mut again = first.iter();
+            keys.retain(|_| *again.next().unwrap_or(&false));
+            let unique: Vec<K> = ids
+                .iter()
+                .zip(&first)
+                .filter(|(_, first)| **first)
+                .map(|(id, _)| id.clone())
+                .collect();
+            (unique, Some((ids, place)))
         };
         // A site's tag templates are the same for every id: an id without
         // tags means a batch without (nothing made per id, then).
