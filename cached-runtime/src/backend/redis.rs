@@ -2663,9 +2663,12 @@ fn version_text(reply: redis::Value) -> redis::RedisResult<Option<String>> {
 /// command, two requests on the target's shared connection: redirected
 /// commands sent at once can take each other's `ASKING` and come back
 /// redirected (seen: an invalidation of ten entries of a migrating slot
-/// failed with `ASK`). Those are sent again one at a time (another
-/// caller's redirected command can still come between: the invalidation
-/// then fails, and is retried).
+/// failed with `ASK`). Those are sent again one at a time, each straight
+/// to the node its `ASK` named, behind `ASKING` in one pipeline (so that
+/// nothing comes between them). Left to the cluster connection, a retry
+/// could be redirected back and forth, with backoff, for seconds: an
+/// invalidation of 20 entries of a half-moved slot timed out at 2 s now
+/// and then in CI.
 async fn unlink_where_they_are(
     conn: &ClusterConnection,
     keys: Vec<String>,
@@ -2685,14 +2688,57 @@ async fn unlink_where_they_are(
     for (key, result) in futures_util::future::join_all(keys.into_iter().map(unlink_one)).await {
         match result {
             Ok(n) => removed += n,
-            Err(e) if redirected(&e) => again.push(key),
+            Err(e) if redirected(&e) => {
+                // `ASK {slot} {host}:{port}`.
+                let asked = (e.code() == Some("ASK"))
+                    .then(|| e.redirect_node())
+                    .flatten()
+                    .and_then(|(addr, _slot)| addr.rsplit_once(':'))
+                    .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)));
+                again.push((key, asked));
+            }
             Err(e) => return Err(e),
         }
     }
-    for key in again {
+    for (key, asked) in again {
+        if let Some((host, port)) = asked {
+            match unlink_asked(conn, host, port, &key).await {
+                Ok(n) => {
+                    removed += n;
+                    continue;
+                }
+                // Redirected again (the migration moved on): as below.
+                Err(e) if redirected(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
         removed += unlink_one(key).await.1?;
     }
     Ok(removed)
+}
+
+/// `UNLINK key` on the node at `host:port`, behind `ASKING` in one
+/// pipeline: a node importing the key's slot answers for it.
+async fn unlink_asked(
+    conn: &ClusterConnection,
+    host: String,
+    port: u16,
+    key: &str,
+) -> redis::RedisResult<u64> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING").cmd("UNLINK").arg(key);
+    let node = SingleNodeRoutingInfo::ByAddress { host, port };
+    let mut replies = conn
+        .clone()
+        .route_pipeline(pipe, 0, 2, node)
+        .await?
+        .into_iter();
+    replies
+        .next()
+        .map(redis::Value::extract_error)
+        .transpose()?;
+    let reply = replies.next().unwrap_or(redis::Value::Nil);
+    Ok(redis::from_redis_value(reply.extract_error()?)?)
 }
 
 /// [`RedisBackend::unlink_each`]'s work: the leases `first`, then the
