@@ -94,12 +94,27 @@ pub enum Compression {
 }
 
 /// What a cache writes: its codec, and compression above a size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Format {
     pub(crate) codec: Codec,
     pub(crate) compression: Compression,
     /// Payloads of at most this many bytes are stored uncompressed.
     pub(crate) compress_above: usize,
+    /// Payloads of more bytes than this are stored uncompressed too: no
+    /// reader of the same setting would decompress them (see
+    /// [`compressed_claim`]).
+    pub(crate) max_decompressed: usize,
+}
+
+impl Default for Format {
+    fn default() -> Self {
+        Format {
+            codec: Codec::default(),
+            compression: Compression::default(),
+            compress_above: 0,
+            max_decompressed: MAX_DECOMPRESSED,
+        }
+    }
 }
 
 impl Format {
@@ -175,6 +190,9 @@ pub(crate) enum DecodeError {
     WrongKind,
     /// The stored value is over the size limit (bytes): not read whole.
     TooLarge(usize),
+    /// The stored payload is compressed and would expand past the limit
+    /// (bytes): not decompressed.
+    Expands(usize),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -191,6 +209,10 @@ impl std::fmt::Display for DecodeError {
             DecodeError::TooLarge(limit) => {
                 write!(f, "larger than max_value_bytes ({limit} bytes); not read")
             }
+            DecodeError::Expands(limit) => write!(
+                f,
+                "would decompress to more than max_decompressed_bytes ({limit} bytes); not decompressed"
+            ),
         }
     }
 }
@@ -305,6 +327,7 @@ pub(crate) fn encode_as<T: Serialize>(
     let payload_len = out.len() - HEADER_LEN;
     if format.compression != Compression::None
         && payload_len > format.compress_above
+        && payload_len <= format.max_decompressed
         && let Some((flag, compressed)) = compress(&out[HEADER_LEN..], format.compression)?
         // Only when it saves something (`<=` there would store the same
         // number of bytes compressed: equivalent, as scripts/mutants says).
@@ -682,6 +705,18 @@ pub(crate) fn decoded_len(bytes: &[u8]) -> usize {
         Some(len) => (u32::from_le_bytes(*len) as usize).min(MAX_DECOMPRESSED),
         None => 0,
     }
+}
+
+/// How many bytes the payload of envelope `bytes` claims to expand to, if
+/// it is compressed: what a reader checks against its bound before it
+/// decompresses anything. `None` for an uncompressed payload (bounded by
+/// its stored size) and for bytes that are not an envelope.
+pub(crate) fn compressed_claim(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < HEADER_LEN || bytes[0] != MAGIC || bytes[FLAGS_AT] & COMPRESSION_MASK == 0 {
+        return None;
+    }
+    let len = bytes[HEADER_LEN..].first_chunk::<4>()?;
+    Some(u32::from_le_bytes(*len) as usize)
 }
 
 /// An envelope (of `T = String`) whose payload claims to be compressed
@@ -1139,6 +1174,7 @@ mod tests {
                     codec: Codec::MessagePack,
                     compression,
                     compress_above: 0,
+                    ..Format::default()
                 };
                 let text = "long enough to compress ".repeat(8);
                 valid.push(encode_as(Some(&text), &meta(), &format).expect("encodes"));
@@ -1209,6 +1245,7 @@ mod tests {
                     codec,
                     compression,
                     compress_above: 64,
+                    ..Format::default()
                 };
                 let bytes = encode_as(Some(&doc()), &meta(), &format).expect("encodes");
                 // One decoder for every format: the flags say which.

@@ -353,3 +353,98 @@ async fn the_size_limit_applies_to_the_compressed_size() {
         "stored compressed, then a hit"
     );
 }
+
+/// A compressed entry is not decompressed past the reader's
+/// `max_decompressed_bytes`: a few kilobytes of LZ4 or zstd can claim tens
+/// of megabytes, and a reader that believed them would allocate that much
+/// on every hit (a review made 2 KB of zstd into 64 MiB hits). The entry
+/// reads as a miss, counted as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_entry_is_not_decompressed_past_the_readers_bound() {
+    use cached_runtime::Compression;
+    let server = RedisServer::start();
+    let docs = |bound: Option<usize>| Docs {
+        cache: redis_cache_with(&server, |b| {
+            let b = b
+                .max_value_bytes(16 << 10)
+                .compression(Compression::Lz4, 1024)
+                .op_timeout(Duration::from_secs(2));
+            match bound {
+                Some(bytes) => b.max_decompressed_bytes(bytes),
+                None => b,
+            }
+        }),
+        source: Source::new(),
+    };
+    // About 55 KB of JSON, within the default bound (16 x 16 KiB).
+    let writer = docs(None);
+    let value = writer.get(1).await;
+    assert_eq!(writer.get(1).await, value);
+    assert_eq!(writer.source.loads(), 1, "stored compressed, then a hit");
+    let stored = server.cmd::<usize>(&["STRLEN", &format!("{}:doc:1", cached_tests::NAMESPACE)]);
+    assert!(stored < 16 << 10, "stored compressed: {stored} bytes");
+
+    let reader = docs(Some(32 << 10));
+    assert_eq!(reader.get(1).await, value);
+    assert_eq!(
+        reader.source.loads(),
+        1,
+        "an entry expanding past the reader's bound was decompressed"
+    );
+    assert!(reader.cache.stats_for("doc").expect("stats").errors > 0);
+}
+
+/// A writer does not compress a payload longer than its
+/// `max_decompressed_bytes` (no reader of its setting would read it): it
+/// stores it uncompressed when it fits `max_value_bytes`, and counts it as
+/// oversize when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_past_the_bound_is_stored_uncompressed_or_not_at_all() {
+    use cached_runtime::Compression;
+    let server = RedisServer::start();
+    let docs = |max_value: usize| Docs {
+        cache: redis_cache_with(&server, |b| {
+            b.max_value_bytes(max_value)
+                .compression(Compression::Lz4, 1024)
+                .max_decompressed_bytes(32 << 10)
+                .op_timeout(Duration::from_secs(2))
+        }),
+        source: Source::new(),
+    };
+    let roomy = docs(1 << 20);
+    let value = roomy.get(1).await;
+    assert_eq!(roomy.get(1).await, value);
+    assert_eq!(roomy.source.loads(), 1, "stored, then a hit");
+    let stored = server.cmd::<usize>(&["STRLEN", &format!("{}:doc:1", cached_tests::NAMESPACE)]);
+    assert!(stored > 32 << 10, "stored compressed: {stored} bytes");
+    assert_eq!(roomy.cache.stats_for("doc").expect("stats").errors, 0);
+
+    let tight = docs(16 << 10);
+    tight.get(2).await;
+    tight.get(2).await;
+    assert_eq!(
+        tight.source.loads(),
+        2,
+        "over 16 KiB uncompressed: not stored"
+    );
+    assert_eq!(tight.cache.stats_for("doc").expect("stats").oversize, 2);
+}
+
+/// `build` refuses a bound over what any reader decompresses (64 MiB).
+#[test]
+fn a_decompression_bound_over_64_mib_is_refused() {
+    let refused = Cache::builder()
+        .redis("redis://127.0.0.1:1")
+        .max_decompressed_bytes((64 << 20) + 1)
+        .build()
+        .expect_err("refused");
+    assert!(
+        refused.to_string().contains("max_decompressed_bytes"),
+        "{refused}"
+    );
+    Cache::builder()
+        .redis("redis://127.0.0.1:1")
+        .max_decompressed_bytes(64 << 20)
+        .build()
+        .expect("64 MiB is accepted");
+}

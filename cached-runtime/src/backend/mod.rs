@@ -173,6 +173,9 @@ pub(crate) enum Fetched {
     /// The value under the key is larger than the limit (`max_value_bytes`):
     /// only its first bytes were read.
     TooLarge(usize),
+    /// A compressed entry that claims to expand past the limit
+    /// (`max_decompressed_bytes`): not decompressed.
+    Expands(usize),
 }
 
 impl Fetched {
@@ -189,6 +192,7 @@ impl Fetched {
             Fetched::Near(entry) => entry.open(),
             Fetched::WrongKind => Lookup::Unreadable(DecodeError::WrongKind),
             Fetched::TooLarge(limit) => Lookup::Unreadable(DecodeError::TooLarge(limit)),
+            Fetched::Expands(limit) => Lookup::Unreadable(DecodeError::Expands(limit)),
         }
     }
 }

@@ -988,12 +988,17 @@ impl RedisBackend {
 
     /// What a bounded read brought back: GETRANGE answers an empty string
     /// for a missing key (no entry is empty), and one byte over the limit
-    /// for a larger value.
+    /// for a larger value. A compressed entry that would expand past
+    /// `max_decompressed_bytes` is refused here, before anything decodes
+    /// it: a few kilobytes of zstd can claim 64 MiB.
     fn received(&self, bytes: Vec<u8>) -> Fetched {
+        let limit = self.format.max_decompressed;
         if bytes.is_empty() {
             Fetched::Absent
         } else if bytes.len() > self.max_value_bytes {
             Fetched::TooLarge(self.max_value_bytes)
+        } else if codec::compressed_claim(&bytes).is_some_and(|n| n > limit) {
+            Fetched::Expands(limit)
         } else {
             Fetched::Encoded(bytes)
         }

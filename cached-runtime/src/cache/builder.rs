@@ -10,7 +10,7 @@ use crate::backend::near::{NearBackend, NearCache};
 use crate::backend::redis::{RedisBackend, Target};
 use crate::backend::{Backend, memory::MemoryBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
-use crate::codec::{Codec, Compression, Format};
+use crate::codec::{Codec, Compression, Format, MAX_DECOMPRESSED};
 use crate::engine::{AuditSettings, Engine, Settings};
 use crate::error::BuildError;
 use crate::redact::Secret;
@@ -93,6 +93,8 @@ pub struct CacheBuilder {
     ttl_jitter: f64,
     max_entries: u64,
     max_value_bytes: usize,
+    /// Set by `max_decompressed_bytes`; else worked out by `build`.
+    max_decompressed_bytes: Option<usize>,
     breaker: CircuitBreaker,
     strict: bool,
     enabled: bool,
@@ -112,6 +114,7 @@ impl Default for CacheBuilder {
             ttl_jitter: DEFAULT_TTL_JITTER,
             max_entries: DEFAULT_MAX_ENTRIES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_decompressed_bytes: None,
             breaker: CircuitBreaker::default(),
             strict: false,
             enabled: true,
@@ -353,6 +356,20 @@ impl CacheBuilder {
         self
     }
 
+    /// The most bytes a compressed entry may expand to. A reader does not
+    /// decompress an entry that claims more (it reads as a miss, logged as
+    /// unreadable), so that a few kilobytes under a key cannot make it
+    /// allocate tens of megabytes; a writer does not compress a payload
+    /// longer than this (it is stored uncompressed if it fits
+    /// `max_value_bytes`, else counted as `oversize`). Default: 16 times
+    /// `max_value_bytes`, at most 64 MiB, which is also the most `build`
+    /// accepts. Give every process of a fleet the same value: an entry a
+    /// process of a larger setting wrote reads as a miss in the others.
+    pub fn max_decompressed_bytes(mut self, bytes: usize) -> Self {
+        self.max_decompressed_bytes = Some(bytes);
+        self
+    }
+
     /// How values are serialized on Redis: [`Codec::Json`] (the default,
     /// readable in `redis-cli`) or [`Codec::MessagePack`] (the `msgpack`
     /// feature). Every process reads both, so a fleet can switch one
@@ -455,7 +472,19 @@ impl CacheBuilder {
 
     /// Builds the cache. Needs no running server: a Redis connection is made
     /// on first use and re-made whenever it drops.
-    pub fn build(self) -> Result<Cache, BuildError> {
+    pub fn build(mut self) -> Result<Cache, BuildError> {
+        self.format.max_decompressed = match self.max_decompressed_bytes {
+            None => self
+                .max_value_bytes
+                .saturating_mul(16)
+                .min(MAX_DECOMPRESSED),
+            Some(n) if n <= MAX_DECOMPRESSED => n,
+            Some(n) => {
+                return Err(BuildError::InvalidSetting(format!(
+                    "max_decompressed_bytes must be at most {MAX_DECOMPRESSED} bytes (64 MiB), got {n}"
+                )));
+            }
+        };
         if self.op_timeout.is_zero() {
             return Err(BuildError::InvalidSetting(
                 "op_timeout must be greater than zero".into(),
