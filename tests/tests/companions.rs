@@ -232,6 +232,46 @@ async fn a_refresh_that_read_before_an_eviction_does_not_store(backend: &Backend
     );
 }
 
+/// A refresh made while the circuit breaker is open takes no lease and
+/// stores nothing, and returns the source's newer value: the entry it was
+/// to replace goes all the same (invalidations do not wait on the
+/// breaker), so that once the breaker closes no caller is served the value
+/// older than the one the refresh returned (found by a review: it stayed
+/// for its TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_while_the_breaker_is_open_leaves_no_older_entry() {
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let cache = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(Duration::from_millis(200))
+        .circuit_breaker(cached_runtime::CircuitBreaker {
+            failures: 1,
+            min_backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_millis(300),
+        })
+        .build()
+        .expect("builds");
+    let s = Store::new(cache);
+    s.get(5).await.expect("loads");
+    s.set(5, 3);
+    proxy.blackhole(true);
+    s.get(6).await.expect("loads through the outage");
+    proxy.blackhole(false);
+    assert!(s.cache.breaker_open(), "one failure opened the breaker");
+    assert_eq!(s.get_refresh(5).await, Ok(Some(Item { id: 5, version: 3 })));
+    let began = std::time::Instant::now();
+    while s.cache.breaker_open() {
+        assert!(began.elapsed() < Duration::from_secs(5), "never closed");
+        s.get(7).await.expect("loads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.get(5).await,
+        Ok(Some(Item { id: 5, version: 3 })),
+        "the entry older than the refresh's value was served"
+    );
+}
+
 async fn evict_of_removes_exactly_the_named_calls(backend: &Backend) {
     let s = Store::new(backend.cache());
     s.get(1).await.expect("loads");

@@ -625,22 +625,17 @@ impl Engine {
             }
         }
 
-        // A refresh replaces: an entry whose new value is not kept (an
-        // absence without `cache_none`) goes, once its flight has landed
-        // (the removal detaches flights: its own callers would load again).
-        let gone: Vec<String> = if replace {
-            finishes
-                .iter()
-                .zip(&ends)
-                .filter(|(finish, end)| finish.write.is_none() && **end == LeaseEnd::Stored)
-                .map(|(finish, _)| finish.key.to_owned())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // A refresh replaces: an entry it did not replace with its value
+        // goes, as a single key's refresh's does (see `refresh_now`), once
+        // its flight has landed (the removal detaches flights: its own
+        // callers would load again).
+        let mut gone: Vec<String> = Vec::new();
         let mut ends = ends.into_iter();
-        for ((i, guard, lease), value) in items.into_iter().zip(values) {
+        for (((i, guard, lease), value), meta) in items.into_iter().zip(values).zip(&metas) {
             let end = lease.and_then(|_| ends.next());
+            if replace && (end != Some(LeaseEnd::Stored) || meta.is_none()) {
+                gone.push(keys[i].clone());
+            }
             if let Some(mut guard) = guard {
                 if end.is_some_and(|end| end != LeaseEnd::Failed) {
                     guard.lease = None;
@@ -938,6 +933,70 @@ mod tests {
             assert_eq!(calls.load(Ordering::SeqCst), 1, "batch {batch}");
             assert!(waiting.await.expect("joins").is_ok());
             assert_eq!(cache.get::<u32>("item:1").await, Some(2), "batch {batch}");
+        }
+    }
+
+    /// A refresh (batch or single key) that cannot take its key's lease
+    /// (another load holds it past `wait`; or the breaker is open, or the
+    /// request failed) loads without storing, and returns the value it
+    /// loaded: the entry it was to replace goes, rather than stay for its
+    /// TTL older than what the refresh returned (found by a review).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refresh_that_cannot_take_the_lease_leaves_no_older_entry() {
+        let brief = Duration::from_millis(20);
+        for batch in [true, false] {
+            let (cache, engine) = memory();
+            an_older_load_holds_the_lease(&engine).await;
+            the_older_load_stores(&engine).await;
+            // Another load, begun before the refresh, holds the lease and
+            // will hold it past the refresh's `wait`.
+            let got = engine
+                .backend
+                .acquire_lease(
+                    KEY,
+                    OLDER + 1,
+                    WAIT,
+                    LeaseIf::Any,
+                    &[],
+                    Duration::ZERO,
+                    WAIT,
+                )
+                .await;
+            assert!(matches!(got, Ok(LeaseOutcome::Acquired(_))), "{got:?}");
+            let calls = Arc::new(AtomicUsize::new(0));
+            let load = counting_load(&calls, 2);
+            let policy: &'static Policy =
+                Box::leak(Box::new(Policy::new(Duration::from_secs(60)).wait(brief)));
+            let got = with_mode(CallMode::Refresh, async {
+                if batch {
+                    let call = BatchCall {
+                        counters: Cow::Owned(engine.stats.counters("item")),
+                        policy,
+                        tags: &[],
+                    };
+                    let keys = [KEY.to_owned()];
+                    let got = engine.load_batch(&call, &keys, load, None).await;
+                    got.map(|mut v| v.remove(0))
+                } else {
+                    let call: Call<'_, Option<u32>, u32> = Call {
+                        key: KEY.to_owned(),
+                        counters: Cow::Owned(engine.stats.counters("item")),
+                        policy: Cow::Borrowed(policy),
+                        tags: &[],
+                        shape: std::marker::PhantomData,
+                    };
+                    let load = || async move { load(vec![0]).await.map(|mut v| v.remove(0)) };
+                    engine.load_through(call, load, None, None).await
+                }
+            })
+            .await;
+            assert_eq!(got, Ok(Some(2)), "batch {batch}: the refresh's load");
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "batch {batch}");
+            assert_eq!(
+                cache.get::<u32>("item:1").await,
+                None,
+                "batch {batch}: the entry older than the refresh's value stayed"
+            );
         }
     }
 

@@ -597,16 +597,21 @@ impl Engine {
             .load_leased(&call, &mut guard, leased, load, errors)
             .await;
         if result.is_ok() {
-            match ended {
-                Some(LeaseEnd::Stored) => record(Outcome::Refreshed),
-                // Not a value to keep (a `None` without `cache_none`): the
-                // entry it replaces goes, as a write-through of `None`
-                // removes it.
-                Some(LeaseEnd::Released) => {
-                    let _ = self.invalidate_full(std::slice::from_ref(&call.key)).await;
+            if ended == Some(LeaseEnd::Stored) {
+                record(Outcome::Refreshed);
+            } else {
+                // Not stored: not a value to keep (a `None` without
+                // `cache_none`, `Released`); no lease (the breaker open,
+                // another process's load holding it past `wait`, a failed
+                // request); the lease lost or the write failed. The entry
+                // it was to replace goes, as a write-through's does, so
+                // that no reader gets the value older than the one it
+                // returned (an invalidation that fails is retried, and
+                // ends another holder's lease).
+                let _ = self.invalidate_full(std::slice::from_ref(&call.key)).await;
+                if ended == Some(LeaseEnd::Released) {
                     record(Outcome::Refreshed);
                 }
-                _ => {}
             }
         }
         result
