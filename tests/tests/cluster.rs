@@ -1917,6 +1917,52 @@ async fn a_foreign_value_where_a_slots_epoch_is_kept_is_removed() {
     }
 }
 
+/// An invalidation by a process whose slot map is stale (the slot moved
+/// since it last used it; its scripts declare no keys, so no `MOVED`
+/// corrects the map) asks the slot's primary by the map as it is now, and
+/// alone, before any other node: the stale node passes over every key,
+/// and a node importing the slot, asked at the same time, could answer
+/// "not here" before a `MIGRATE` brings the entry (found by a review).
+/// Here the primary holds the entry's every key, so the importing node
+/// is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_through_a_stale_slot_map_asks_the_slots_primary_first() {
+    let cluster = RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    cache.set("e:1", &1u64, Duration::from_secs(600)).await;
+    let value = format!("{{{NAMESPACE}:e:1}}");
+    let slot = cluster.slot_of(&value);
+    let first = cluster.owner_of_slot(slot);
+    let mut others = cluster.primaries().into_iter().filter(|&p| p != first);
+    let (primary, importing) = (
+        others.next().expect("a primary"),
+        others.next().expect("another"),
+    );
+    cluster.move_slots(&[slot], primary);
+    let keys = [
+        format!("{value}:~ltags"),
+        format!("{value}:~lease"),
+        format!("{value}:~tags"),
+        value.clone(),
+    ];
+    let node = &cluster.nodes()[primary];
+    for key in &keys[..3] {
+        let () = node.cmd(&["SET", key, "x"]);
+    }
+    let moved: i64 = node.cmd(&["EXISTS", &value]);
+    assert_eq!(moved, 1, "the entry moved with its slot");
+    cluster.open_migration(slot, primary, importing);
+    let () = cluster.nodes()[importing].cmd(&["CONFIG", "RESETSTAT"]);
+    cache.invalidate("e:1").await.expect("invalidates");
+    let info: String = cluster.nodes()[importing].cmd(&["INFO", "commandstats"]);
+    assert!(
+        !info.contains("cmdstat_asking"),
+        "the importing node was asked before the slot's primary answered"
+    );
+    let left: i64 = node.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+    assert_eq!(left, 0, "removed from the slot's primary");
+}
+
 /// A cluster whose nodes refuse `EVAL` (as one whose servers predate
 /// script flags refuses the script the cluster invalidations send): an
 /// invalidation by key and one by pattern still remove what they name,

@@ -2751,24 +2751,29 @@ async fn unlink_asked(
 /// [`RedisBackend::unlink_each`]'s work: the leases `first`, then the
 /// values `then`. Each node's share at once; a node that passes over a
 /// lease (in a migrating slot, one that has moved, or that never existed)
-/// leaves the values for after it. The leases passed over have left their
-/// slot's primary for good, and go to every primary behind `ASKING`. The
-/// values passed over go to their slot's primary first, since one left
-/// for after its lease may still be there and `MIGRATE` may take it at
-/// any moment: asked at once, the target could answer "not here" before
-/// it arrives and the source "gone" after it left (seen in a review, with
-/// a `MIGRATE` held up by a large key), and the call return `Ok` with the
-/// value on the target. `MIGRATE` removes a key from its source only once
-/// the target has it, so a value its primary passed over is on the
-/// target, or nowhere.
+/// leaves the values for after it.
+///
+/// What the first node passed over is asked again of its slot's primary
+/// by the slot map as it is now (`CLUSTER SLOTS`), alone: redis-rs routes
+/// by its own map, which may be stale (a slot moved since this process
+/// last used it; a script with no declared keys draws no `MOVED` to
+/// correct it), and a node that never served the slot passes over every
+/// key while the keys may still be on the real primary (seen in a review).
+/// The leases that primary passes over have left it for good, and go to
+/// every primary behind `ASKING`. The values it passes over go to it once
+/// more first, since one left for after its lease may still be there and
+/// `MIGRATE` may take it at any moment: asked at once, the target could
+/// answer "not here" before it arrives and the source "gone" after it
+/// left (seen in a review, with a `MIGRATE` held up by a large key), and
+/// the call return `Ok` with the value on the target. `MIGRATE` removes a
+/// key from its source only once the target has it, so a value its
+/// primary passed over is on the target, or nowhere.
 async fn unlink_wherever(
     conn: &ClusterConnection,
     on: Option<&(String, u16)>,
     first: &[String],
     then: &[String],
 ) -> redis::RedisResult<u64> {
-    // Each node's share at once: its leases, then its values (left alone
-    // where a lease was passed over).
     let groups: Vec<(SingleNodeRoutingInfo, Vec<&String>, Vec<&String>)> = match on {
         Some((host, port)) => {
             let node = SingleNodeRoutingInfo::ByAddress {
@@ -2777,8 +2782,37 @@ async fn unlink_wherever(
             };
             vec![(node, first.iter().collect(), then.iter().collect())]
         }
-        None => by_slot(first.iter(), then.iter()),
+        None => by_slot(None, first.iter(), then.iter()),
     };
+    let (mut removed, leases_over, values_over) = unlink_shares(conn, groups).await?;
+    if leases_over.is_empty() && values_over.is_empty() {
+        return Ok(removed);
+    }
+    let map = read_slot_map(conn).await?;
+    let groups = by_slot(Some(&map), leases_over.into_iter(), values_over.into_iter());
+    let (n, leases_over, values_over) = unlink_shares(conn, groups).await?;
+    removed += n;
+    if leases_over.is_empty() && values_over.is_empty() {
+        return Ok(removed);
+    }
+    // A lease its primary passed over has left it (it cannot come back):
+    // it is on the node importing the slot, or nowhere.
+    removed += unlink_elsewhere(conn, &map, leases_over).await?;
+    // A value may still be on its slot's primary (left for after its
+    // lease), and `MIGRATE` may move it at any moment: asked there first,
+    // then, if it had left, where it went.
+    let groups = by_slot(Some(&map), std::iter::empty(), values_over.into_iter());
+    let (n, _, still) = unlink_shares(conn, groups).await?;
+    Ok(removed + n + unlink_elsewhere(conn, &map, still).await?)
+}
+
+/// Sends each node its share at once: its leases, then its values (left
+/// alone where a lease was passed over). Returns how many keys went, and
+/// the leases and the values passed over.
+async fn unlink_shares<'k>(
+    conn: &ClusterConnection,
+    groups: Vec<(SingleNodeRoutingInfo, Vec<&'k String>, Vec<&'k String>)>,
+) -> redis::RedisResult<(u64, Vec<&'k String>, Vec<&'k String>)> {
     let mut removed = 0;
     let (mut leases_over, mut values_over) = (Vec::new(), Vec::new());
     let sent = groups.into_iter().map(|(node, first, then)| async move {
@@ -2795,33 +2829,14 @@ async fn unlink_wherever(
             }
         }
     }
-    if leases_over.is_empty() && values_over.is_empty() {
-        return Ok(removed);
-    }
-    // A lease passed over has left its slot's primary (it cannot come
-    // back): it is on the node importing the slot, or nowhere.
-    removed += unlink_elsewhere(conn, leases_over).await?;
-    // A value may still be on its slot's primary (left for after its
-    // lease), and `MIGRATE` may move it at any moment: asked there first,
-    // then, if it had left, where it went.
-    let mut still = Vec::new();
-    let sent = by_slot(std::iter::empty(), values_over.into_iter())
-        .into_iter()
-        .map(|(node, _, then)| async move {
-            let answer = unlink_here(conn, node, false, &[], &then).await;
-            (answer, then)
-        });
-    for (answer, then) in futures_util::future::join_all(sent).await {
-        let (n, over) = answer?;
-        removed += n;
-        still.extend(over.into_iter().filter_map(|i| then.get(i).copied()));
-    }
-    Ok(removed + unlink_elsewhere(conn, still).await?)
+    Ok((removed, leases_over, values_over))
 }
 
-/// Keys grouped by slot, each group routed to the primary serving it:
-/// the leases `first`, then the values `then`, of each slot.
+/// Keys grouped by slot, each group routed to the primary serving it (by
+/// `map`, else by redis-rs's own map): the leases `first`, then the
+/// values `then`, of each slot.
 fn by_slot<'k>(
+    map: Option<&[cluster::SlotRange]>,
     first: impl Iterator<Item = &'k String>,
     then: impl Iterator<Item = &'k String>,
 ) -> Vec<(SingleNodeRoutingInfo, Vec<&'k String>, Vec<&'k String>)> {
@@ -2838,8 +2853,18 @@ fn by_slot<'k>(
     slots
         .into_iter()
         .map(|(slot, (first, then))| {
-            let route = Route::new(slot, SlotAddr::Master);
-            (SingleNodeRoutingInfo::SpecificNode(route), first, then)
+            let owner = map.and_then(|map| {
+                map.iter()
+                    .find(|range| range.first <= slot && slot <= range.last)
+            });
+            let node = match owner {
+                Some(range) => SingleNodeRoutingInfo::ByAddress {
+                    host: range.host.clone(),
+                    port: range.port,
+                },
+                None => SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+            };
+            (node, first, then)
         })
         .collect()
 }
@@ -2849,11 +2874,15 @@ fn by_slot<'k>(
 /// their slot obeys); those no primary took (a slot migrating to a node
 /// the map does not list yet, which serves no slot) one `UNLINK` a key,
 /// which the cluster connection follows to wherever `ASK` sends it.
-async fn unlink_elsewhere(conn: &ClusterConnection, keys: Vec<&String>) -> redis::RedisResult<u64> {
+async fn unlink_elsewhere(
+    conn: &ClusterConnection,
+    map: &[cluster::SlotRange],
+    keys: Vec<&String>,
+) -> redis::RedisResult<u64> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let nodes = cluster::primaries(&read_slot_map(conn).await?);
+    let nodes = cluster::primaries(map);
     let asks = nodes.iter().map(|(host, port)| {
         let node = SingleNodeRoutingInfo::ByAddress {
             host: host.clone(),
