@@ -1572,6 +1572,34 @@ async fn a_blip_that_times_out_a_tagged_batchs_reads_is_one_failure_for_the_brea
     }
 }
 
+/// With the near tier, a batch whose read of Redis fails still serves
+/// what L1 holds, as single calls of those ids would: only the ids L1 did
+/// not hold go to the function (before, every id did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_behind_the_near_tier_keeps_l1s_hits() {
+    let (_server, proxy, c) = behind_a_proxy(true, false, Duration::from_millis(300)).await;
+    c.get_many(vec![1, 2, 3]).await.expect("loads");
+    let l1_hits = || c.cache.near_stats().expect("a near cache").l1_hits;
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let before = l1_hits();
+        assert_eq!(c.get_many(vec![1, 2, 3]).await, Ok(items(1..=3, 1)));
+        if l1_hits() == before + 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "L1 never served the whole batch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.blackhole(true);
+    assert_eq!(c.get_many(vec![1, 2, 3, 4]).await, Ok(items(1..=4, 1)));
+    proxy.blackhole(false);
+    assert_eq!(
+        c.batches().last(),
+        Some(&vec![4]),
+        "L1's hits were loaded again when Redis failed"
+    );
+}
+
 /// A batch's lease requests go in one round trip on one server, tagged or
 /// not, so a blip that times them out is one failure for the circuit
 /// breaker, not one per id. A refreshing batch (`CallMode::Refresh`) reads

@@ -868,7 +868,21 @@ impl NearBackend {
                 }
             })
             .collect();
-        let fetched = self.redis.fetch_many(&ask, &ask_tags, timeout).await?;
+        let fetched = match self.redis.fetch_many(&ask, &ask_tags, timeout).await {
+            Ok(fetched) => fetched,
+            // L1's hits stay hits, as a single call's would: only the keys
+            // asked of Redis failed. The first of them carries the error
+            // (the one the batch reports), the others say it was not read.
+            Err(e) => {
+                let mut e = Some(e);
+                return Ok(out
+                    .into_iter()
+                    .map(|slot| {
+                        slot.unwrap_or_else(|| Err(e.take().unwrap_or(BackendError::Skipped)))
+                    })
+                    .collect());
+            }
+        };
         let mut answers = ask.iter().zip(noted).zip(fetched);
         Ok(out
             .into_iter()
