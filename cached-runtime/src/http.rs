@@ -335,8 +335,9 @@ impl Precondition {
 #[derive(Debug, Clone)]
 enum EntityTagCondition {
     Absent,
-    /// Present but unusable: it matches nothing, and still overrides
-    /// `If-Modified-Since`, as RFC 9110 asks of any `If-None-Match`.
+    /// Present but unusable: for GET and HEAD it matches nothing, and
+    /// still overrides `If-Modified-Since`, as RFC 9110 asks of any
+    /// `If-None-Match`; any other method fails its precondition.
     Unusable,
     Tags(IfNoneMatch),
 }
@@ -392,7 +393,9 @@ impl ConditionalRequest {
     /// 3. `If-None-Match`: `*` fails if there is a current representation; a
     ///    list fails if one tag equals the ETag by *weak* comparison. False:
     ///    [`Precondition::NotModified`] for GET and HEAD, `Failed` for any
-    ///    other method (`PUT` with `If-None-Match: *` creates only).
+    ///    other method (`PUT` with `If-None-Match: *` creates only). A field
+    ///    that cannot be read holds for GET and HEAD and fails any other
+    ///    method.
     /// 4. Only without `If-None-Match`, for GET and HEAD, `If-Modified-Since`
     ///    as in [`ConditionalRequest::is_not_modified`].
     ///
@@ -439,8 +442,11 @@ impl ConditionalRequest {
                 (Some(_), Some(etag)) => !field.precondition_passes(etag),
                 (Some(_), None) => false,
             },
-            // Matches nothing: the condition holds.
-            EntityTagCondition::Unusable => false,
+            // Matches nothing for GET and HEAD, which get the full answer.
+            // Any other method fails closed, as with an unreadable
+            // If-Match: the client asked for a check (create-only, say)
+            // that cannot be made, and its write must not go ahead.
+            EntityTagCondition::Unusable => !self.get_or_head,
             EntityTagCondition::Absent => {
                 return if current.is_some() && self.is_not_modified(etag, last_modified) {
                     Precondition::NotModified

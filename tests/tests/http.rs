@@ -537,6 +537,27 @@ fn if_none_match_fails_unsafe_methods_and_answers_304_to_safe_ones() {
         evaluate(Method::GET, &[(IF_NONE_MATCH, "*")], false),
         Proceed
     );
+    // Unreadable (`*, "7` meant create-only, or not to overwrite "7"): a
+    // write fails closed, as with If-Match, whether the resource exists or
+    // not; a read gets the full answer.
+    for field in ["*, \"7", "\"a b\"", "\"7"] {
+        for exists in [true, false] {
+            for method in [Method::PUT, Method::DELETE, Method::PATCH, Method::POST] {
+                assert_eq!(
+                    evaluate(method.clone(), &[(IF_NONE_MATCH, field)], exists),
+                    Failed,
+                    "{method} If-None-Match: {field} (exists: {exists})"
+                );
+            }
+            for method in [Method::GET, Method::HEAD] {
+                assert_eq!(
+                    evaluate(method.clone(), &[(IF_NONE_MATCH, field)], exists),
+                    Proceed,
+                    "{method} If-None-Match: {field} (exists: {exists})"
+                );
+            }
+        }
+    }
     // If-Modified-Since: GET and HEAD only, and only without If-None-Match.
     assert_eq!(
         evaluate(Method::GET, &[(IF_MODIFIED_SINCE, AFTER_TEXT)], true),
