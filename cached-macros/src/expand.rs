@@ -708,7 +708,12 @@ fn cached_body(plan: &Plan, parts: &Parts) -> TokenStream {
     let bound_refresh = |body: TokenStream| match &args.hard_timeout {
         Some(t) => {
             let ms = t.millis;
-            quote!(#p::hard_timeout_refresh(#p::Duration::from_millis(#ms), #body))
+            quote!(#p::hard_timeout_refresh(
+                ::core::clone::Clone::clone(__cached_cache),
+                &__CACHED_SITE,
+                #p::Duration::from_millis(#ms),
+                #body
+            ))
         }
         None => body,
     };

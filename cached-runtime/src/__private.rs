@@ -680,12 +680,21 @@ where
 }
 
 /// A background refresh under its function's `hard_timeout`: `None` (the
-/// refresh failed; the entry is kept) past it.
+/// refresh failed; the entry is kept) past it, counted in `load_timeouts`
+/// as a call's is.
 pub async fn hard_timeout_refresh<T>(
+    cache: Cache,
+    site: &'static Site,
     after: Duration,
     refresh: impl Future<Output = Option<T>>,
 ) -> Option<T> {
-    tokio::time::timeout(after, refresh).await.ok().flatten()
+    match tokio::time::timeout(after, refresh).await {
+        Ok(refreshed) => refreshed,
+        Err(_) => {
+            site.counters(&cache).load_timeouts.add();
+            None
+        }
+    }
 }
 
 /// Calls a `cache_if` / `unless` predicate on a value (through a generic

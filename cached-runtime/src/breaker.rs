@@ -116,7 +116,10 @@ impl Breaker {
             backoff: Mutex::new(settings.min_backoff),
             epoch: Instant::now(),
         };
-        breaker.export_state();
+        // The gauge's series exists from the start, at what the other
+        // breakers of the namespace make it: building one is no
+        // transition, and does not close theirs.
+        metrics::gauge!(names::BREAKER_STATE, "namespace" => breaker.name.clone()).increment(0.0);
         breaker
     }
 
@@ -181,7 +184,7 @@ impl Breaker {
             .compare_exchange(CLOSED, OPEN, Relaxed, Relaxed)
             .is_ok()
         {
-            self.export_state();
+            self.export_state(true);
             tracing::warn!(
                 cache = %self.name,
                 failures,
@@ -224,7 +227,7 @@ impl Breaker {
         let was = self.state.swap(CLOSED, Relaxed);
         if was != CLOSED {
             self.failures.store(0, Relaxed);
-            self.export_state();
+            self.export_state(false);
             tracing::info!(cache = %self.name, "cache circuit breaker closed: the backend answers again");
         }
     }
@@ -241,20 +244,32 @@ impl Breaker {
         }
     }
 
-    /// `cache_breaker_state` (0 closed, 1 open) and
-    /// `cache_breaker_transitions_total{to}`, labelled with the namespace.
-    /// The state exported is the one current after the change, so that a
-    /// transition racing another leaves the gauge right.
-    fn export_state(&self) {
-        let closed = self.state.load(Relaxed) == CLOSED;
-        metrics::gauge!(names::BREAKER_STATE, "namespace" => self.name.clone()).set(if closed {
-            0.0
+    /// `cache_breaker_state` (how many breakers of the namespace are open:
+    /// for one cache, 0 closed and 1 open) and
+    /// `cache_breaker_transitions_total{to}`, labelled with the namespace,
+    /// after a transition: to open (`opened`) or closed. Each is called
+    /// once per transition (a compare-and-swap from closed, a swap from
+    /// open), so the gauge adds and takes away exactly one per breaker,
+    /// whatever other caches of the namespace do.
+    fn export_state(&self, opened: bool) {
+        let gauge = metrics::gauge!(names::BREAKER_STATE, "namespace" => self.name.clone());
+        if opened {
+            gauge.increment(1.0);
         } else {
-            1.0
-        });
-        let to = if closed { "closed" } else { "open" };
+            gauge.decrement(1.0);
+        }
+        let to = if opened { "open" } else { "closed" };
         metrics::counter!(names::BREAKER_TRANSITIONS, "namespace" => self.name.clone(), "to" => to)
             .increment(1);
+    }
+}
+
+impl Drop for Breaker {
+    /// A breaker dropped open leaves the namespace's count of open ones.
+    fn drop(&mut self) {
+        if self.state.load(Relaxed) != CLOSED {
+            metrics::gauge!(names::BREAKER_STATE, "namespace" => self.name.clone()).decrement(1.0);
+        }
     }
 }
 

@@ -92,8 +92,9 @@ pub mod names {
     /// Audits that found the served value differing from a source that had
     /// not changed meanwhile, while the entry was still the one served.
     pub const INCONSISTENCIES: &str = "cache_inconsistencies_total";
-    /// 1 while the circuit breaker is open, 0 while closed (labelled
-    /// `namespace`, not `cache`: one breaker serves every cache name).
+    /// How many circuit breakers of the namespace are open: for one
+    /// `Cache`, 1 while open, 0 while closed (labelled `namespace`, not
+    /// `cache`: one breaker serves every cache name of a `Cache`).
     pub const BREAKER_STATE: &str = "cache_breaker_state";
     /// Breaker transitions, by `to` (`open`, `closed`); labelled `namespace`.
     pub const BREAKER_TRANSITIONS: &str = "cache_breaker_transitions_total";

@@ -19,6 +19,7 @@ on_both_backends!(
     batches_follow_the_mode,
     a_refresh_waits_for_a_load_in_flight_then_replaces_its_value,
     a_load_past_its_hard_timeout_fails_its_callers_and_blocks_no_one,
+    a_refresh_past_its_hard_timeout_is_counted,
     a_stale_value_waits_its_soft_timeout_for_the_refresh,
     a_soft_wait_never_takes_a_refresh_of_an_older_entry,
 );
@@ -317,6 +318,40 @@ impl Slow {
         tokio::time::sleep(delay).await;
         Ok(Some(id))
     }
+
+    #[cached(prefix = "slow_stale", ttl = "100ms", stale = "1h", key = id, hard_timeout = "100ms")]
+    async fn aging(&self, id: u64) -> Result<Option<u64>, SlowError> {
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
+        Ok(Some(id))
+    }
+}
+
+/// A background refresh stopped by `hard_timeout` is counted in
+/// `load_timeouts`, as a call's load is (it was not), and the stale entry
+/// stays.
+async fn a_refresh_past_its_hard_timeout_is_counted(backend: &Backend) {
+    let s = Slow {
+        cache: backend.cache(),
+        delay: Arc::default(),
+    };
+    assert_eq!(s.aging(1).await, Ok(Some(1)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    *s.delay.lock().expect("delay") = Duration::from_secs(30);
+    assert_eq!(s.aging(1).await, Ok(Some(1)), "served stale");
+    let started = std::time::Instant::now();
+    loop {
+        let stats = s.cache.stats_for("slow_stale").expect("stats");
+        if stats.load_timeouts == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the refresh's timeout was not counted: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.aging(1).await, Ok(Some(1)), "still served stale");
 }
 
 /// A body that runs past `hard_timeout`: the caller, and the caller who

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 struct Seen {
     counters: HashMap<String, u64>,
     gauge_max: HashMap<String, f64>,
+    /// Each gauge's changes summed: its value, for a gauge only ever
+    /// incremented and decremented (a snapshot drains a gauge to 0).
+    gauge_sum: HashMap<String, f64>,
     samples: HashMap<String, Vec<f64>>,
 }
 
@@ -61,8 +64,9 @@ fn collect() -> std::sync::MutexGuard<'static, Seen> {
         match value {
             DebugValue::Counter(n) => *seen.counters.entry(name).or_default() += n,
             DebugValue::Gauge(g) => {
-                let max = seen.gauge_max.entry(name).or_insert(f64::MIN);
+                let max = seen.gauge_max.entry(name.clone()).or_insert(f64::MIN);
                 *max = max.max(g.into_inner());
+                *seen.gauge_sum.entry(name).or_default() += g.into_inner();
             }
             DebugValue::Histogram(xs) => seen
                 .samples
@@ -129,6 +133,11 @@ impl Service {
 
     #[cached(prefix = "obs_down_rows", ttl = "5m", key = id)]
     async fn down_row(&self, id: u64) -> u64 {
+        id
+    }
+
+    #[cached(prefix = "obs_two_rows", ttl = "5m", key = id)]
+    async fn two_row(&self, id: u64) -> u64 {
         id
     }
 
@@ -298,6 +307,48 @@ async fn backend_errors_by_kind_and_the_breaker_state_are_exported() {
         ),
         1
     );
+}
+
+/// The breaker gauge counts the namespace's open breakers: a second cache
+/// of the namespace, built while the first's is open, leaves it at 1 (it
+/// was set to 0), and building a cache is no transition to `closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_built_beside_an_open_breaker_leaves_it_counted() {
+    recorder();
+    let build = || {
+        cached_tests::unreachable_redis_builder()
+            .namespace("obs_two")
+            .op_timeout(Duration::from_millis(50))
+            .circuit_breaker(CircuitBreaker {
+                failures: 1,
+                ..CircuitBreaker::default()
+            })
+            .build()
+            .expect("cache")
+    };
+    let first = Service { cache: build() };
+    assert_eq!(first.two_row(1).await, 1, "the loader answers");
+    assert!(first.cache.breaker_open());
+    let second = Service { cache: build() };
+    let state = || {
+        collect()
+            .gauge_sum
+            .get(&id(names::BREAKER_STATE, &[("namespace", "obs_two")]))
+            .copied()
+    };
+    assert_eq!(state(), Some(1.0), "one breaker of the namespace is open");
+    let closed = [("namespace", "obs_two"), ("to", "closed")];
+    assert_eq!(counter(names::BREAKER_TRANSITIONS, &closed), 0);
+    drop(first);
+    let began = std::time::Instant::now();
+    while state() != Some(0.0) {
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "the open breaker, dropped, is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!second.cache.breaker_open());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,6 +537,42 @@ async fn repair_removes_an_inconsistent_entry(backend: &cached_tests::Backend) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[derive(Clone)]
+struct Aging {
+    cache: Cache,
+}
+
+impl Aging {
+    #[cached(prefix = "aging", ttl = "100ms", stale = "1h", key = id)]
+    async fn get(&self, id: u64) -> u64 {
+        id
+    }
+}
+
+/// `Cache::get` of an entry past its TTL, in its stale window, answers
+/// `None`: a miss, not a hit and a stale one (it counted both).
+async fn a_stale_entry_read_by_hand_is_a_miss(backend: &cached_tests::Backend) {
+    let s = Aging {
+        cache: backend.cache(),
+    };
+    assert_eq!(s.get(1).await, 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = s.cache.stats_for("aging").expect("stats");
+    assert_eq!(s.cache.get::<u64>("aging:1").await, None);
+    let after = s.cache.stats_for("aging").expect("stats");
+    assert_eq!(
+        (
+            after.hits - before.hits,
+            after.misses - before.misses,
+            after.stale_served - before.stale_served
+        ),
+        (0, 1, 0),
+        "{after:?}"
+    );
+}
+
+cached_tests::on_both_backends!(a_stale_entry_read_by_hand_is_a_miss);
 
 cached_tests::on_both_backends!(
     a_consistent_hit_is_one_audit_and_no_inconsistency,

@@ -113,8 +113,9 @@ impl Cache {
         }
     }
 
-    /// Reads `key` (relative to the namespace). Absent, expired, unreadable
-    /// and failed reads are all `None`; failures are logged and counted.
+    /// Reads `key` (relative to the namespace). Absent, expired (stale ones
+    /// too), unreadable and failed reads are all `None`, counted as misses;
+    /// failures are logged and counted.
     ///
     /// Keys given by hand (here and in [`set`](Cache::set),
     /// [`invalidate`](Cache::invalidate) and [`get_or_load`](Cache::get_or_load))
@@ -140,7 +141,12 @@ impl Cache {
             Some(hit) => (Ok(hit), None),
             None => self.engine.fetch_timed(&full, &[], &counters).await,
         };
-        let read = self.engine.interpret::<T>(&full, &counters, fetched);
+        let read = match self.engine.interpret::<T>(&full, &counters, fetched) {
+            // Past its TTL, in its stale window: not served here (no
+            // refresh would follow), so a miss, not a hit and a stale one.
+            crate::engine::Read::Stale(..) => crate::engine::Read::Miss,
+            read => read,
+        };
         self.engine.count_read(&full, &counters, &read, took);
         match read {
             crate::engine::Read::Fresh(value, _) => value,
