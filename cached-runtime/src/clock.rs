@@ -1,5 +1,6 @@
-//! Wall-clock helpers: entries carry their times as Unix milliseconds, so
-//! that every process reading an entry agrees on when it expires.
+//! Clock helpers. Entries carry their times as Unix milliseconds (the
+//! wall clock), so that every process reading an entry agrees on when it
+//! expires; intervals within one process use a monotonic clock.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,15 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(duration_ms)
         .unwrap_or(0)
+}
+
+/// Milliseconds on a clock that never goes back (a step of the wall clock
+/// does not move it), counted from its first reading in the process: for
+/// intervals within one process (how long since a warning, since a
+/// task's last beat), never for what is stored.
+pub(crate) fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    duration_ms(START.get_or_init(std::time::Instant::now).elapsed())
 }
 
 /// The longest any entry, stale window or tag is kept: about a century.

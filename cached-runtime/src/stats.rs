@@ -387,18 +387,30 @@ impl CacheStats {
 }
 
 /// Lets through one warning a second; counts the rest.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LogLimiter {
+    /// When the last warning went through ([`crate::clock::monotonic_ms`]),
+    /// `u64::MAX` before the first.
     last_ms: AtomicU64,
     suppressed: AtomicU64,
 }
 
+impl Default for LogLimiter {
+    fn default() -> Self {
+        LogLimiter {
+            last_ms: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
 impl LogLimiter {
-    /// `Some(n)` when a warning may be logged now, `n` being how many were
-    /// held back since the last one.
+    /// `Some(n)` when a warning may be logged now (`now_ms`, on a clock
+    /// that does not go back), `n` being how many were held back since the
+    /// last one.
     pub(crate) fn allow(&self, now_ms: u64) -> Option<u64> {
         let last = self.last_ms.load(Relaxed);
-        if now_ms.saturating_sub(last) >= 1000
+        if (last == u64::MAX || now_ms.saturating_sub(last) >= 1000)
             && self
                 .last_ms
                 .compare_exchange(last, now_ms, Relaxed, Relaxed)
@@ -460,6 +472,11 @@ mod tests {
 
     #[test]
     fn limiter_lets_one_warning_through_a_second() {
+        // The first goes through, even at the clock's start.
+        let first = LogLimiter::default();
+        assert_eq!(first.allow(0), Some(0));
+        assert_eq!(first.allow(999), None);
+        assert_eq!(first.allow(1_000), Some(1));
         let l = LogLimiter::default();
         assert_eq!(l.allow(10_000), Some(0));
         assert_eq!(l.allow(10_500), None);

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::backend::BackendError;
-use crate::clock::now_ms;
+use crate::clock::monotonic_ms;
 
 /// The longest pause between two retries of a change. Short: a release
 /// that has not landed keeps every other process's callers of its key
@@ -53,7 +53,9 @@ pub(crate) struct Pending {
     state: Mutex<State>,
     /// Whether a retry task runs.
     retrying: AtomicBool,
-    /// When the retry task last began a turn or an attempt (Unix ms): a
+    /// When the retry task last began a turn or an attempt
+    /// ([`crate::clock::monotonic_ms`]: a wall-clock step back would hide a
+    /// stall for as long as the step): a
     /// task whose runtime is kept but no longer polled stops beating, and
     /// the next change pended starts another (see [`Engine::pend`]).
     beat: AtomicU64,
@@ -356,12 +358,12 @@ impl Engine {
         // retry the same changes at worst, which land once.
         let stalled = self.op_timeout.saturating_mul(2) + MAX_BACKOFF + Duration::from_secs(1);
         if self.pending.retrying.swap(true, Ordering::AcqRel)
-            && now_ms().saturating_sub(self.pending.beat.load(Ordering::Acquire))
+            && monotonic_ms().saturating_sub(self.pending.beat.load(Ordering::Acquire))
                 < crate::clock::duration_ms(stalled)
         {
             return;
         }
-        self.pending.beat.store(now_ms(), Ordering::Release);
+        self.pending.beat.store(monotonic_ms(), Ordering::Release);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to retry from: the next change made inside one
             // starts the task; until then the keys stay blocked.
@@ -467,7 +469,7 @@ impl Drop for RetryStopped {
 async fn beating<T>(beat: &AtomicU64, attempt: impl Future<Output = T>) -> T {
     let mut attempt = std::pin::pin!(attempt);
     std::future::poll_fn(|cx| {
-        beat.store(now_ms(), Ordering::Release);
+        beat.store(monotonic_ms(), Ordering::Release);
         attempt.as_mut().poll(cx)
     })
     .await

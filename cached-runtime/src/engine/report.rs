@@ -4,7 +4,7 @@
 
 use super::Engine;
 use crate::backend::BackendError;
-use crate::clock::now_ms;
+use crate::clock::monotonic_ms;
 use crate::codec::DecodeError;
 use crate::stats::Counters;
 
@@ -42,7 +42,7 @@ impl Engine {
             );
             return;
         }
-        if let Some(held_back) = self.warnings.allow(now_ms()) {
+        if let Some(held_back) = self.warnings.allow(monotonic_ms()) {
             tracing::warn!(cache_key = %key, op, kind = e.kind(), error = %e, held_back, "cache backend failed; serving from the loader");
         }
     }
@@ -68,14 +68,14 @@ impl Engine {
                 "cache entry {key:?} is unreadable ({why}); strict mode surfaces what is otherwise a logged miss"
             );
         }
-        if let Some(held_back) = self.warnings.allow(now_ms()) {
+        if let Some(held_back) = self.warnings.allow(monotonic_ms()) {
             tracing::warn!(cache_key = %key, reason = %why, held_back, "unreadable cache entry treated as a miss; it will be overwritten");
         }
     }
 
     /// Warns (rate-limited) that a background refresh failed.
     pub(super) fn refresh_failed(&self, key: &str) {
-        if let Some(held_back) = self.warnings.allow(now_ms()) {
+        if let Some(held_back) = self.warnings.allow(monotonic_ms()) {
             // Fail-safe: the old value stays until its stale window ends.
             tracing::warn!(cache_key = %key, held_back, "background refresh failed; serving the previous value");
         }
