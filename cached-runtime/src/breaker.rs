@@ -437,10 +437,11 @@ mod tests {
             }
         }
         assert_eq!(gauge, Some(0.0), "closed again");
-        // Made closed, opened once (a failed probe is no transition), closed.
+        // Opened once (a failed probe is no transition), closed once;
+        // made is no transition.
         assert_eq!(
             transitions.into_iter().collect::<Vec<_>>(),
-            [("closed".to_owned(), 2), ("open".to_owned(), 1)]
+            [("closed".to_owned(), 1), ("open".to_owned(), 1)]
         );
     }
 
