@@ -376,7 +376,7 @@ async fn a_compressed_entry_is_not_decompressed_past_the_readers_bound() {
         }),
         source: Source::new(),
     };
-    // About 55 KB of JSON, within the default bound (16 x 16 KiB).
+    // About 55 KB of JSON, within the default bound (64 MiB).
     let writer = docs(None);
     let value = writer.get(1).await;
     assert_eq!(writer.get(1).await, value);
@@ -430,7 +430,8 @@ async fn a_payload_past_the_bound_is_stored_uncompressed_or_not_at_all() {
     assert_eq!(tight.cache.stats_for("doc").expect("stats").oversize, 2);
 }
 
-/// `build` refuses a bound over what any reader decompresses (64 MiB).
+/// `build` refuses a bound over what any reader decompresses (64 MiB), and
+/// one under the compression threshold.
 #[test]
 fn a_decompression_bound_over_64_mib_is_refused() {
     let refused = Cache::builder()
@@ -447,4 +448,22 @@ fn a_decompression_bound_over_64_mib_is_refused() {
         .max_decompressed_bytes(64 << 20)
         .build()
         .expect("64 MiB is accepted");
+    // With compression on, a bound at or under its threshold would
+    // compress nothing: refused, rather than compression silently off.
+    let refused = Cache::builder()
+        .redis("redis://127.0.0.1:1")
+        .compression(cached_runtime::Compression::Lz4, 4096)
+        .max_decompressed_bytes(4096)
+        .build()
+        .expect_err("refused");
+    assert!(
+        refused.to_string().contains("compression threshold"),
+        "{refused}"
+    );
+    Cache::builder()
+        .redis("redis://127.0.0.1:1")
+        .compression(cached_runtime::Compression::Lz4, 4096)
+        .max_decompressed_bytes(4097)
+        .build()
+        .expect("above the threshold");
 }

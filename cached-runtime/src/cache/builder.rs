@@ -361,10 +361,11 @@ impl CacheBuilder {
     /// unreadable), so that a few kilobytes under a key cannot make it
     /// allocate tens of megabytes; a writer does not compress a payload
     /// longer than this (it is stored uncompressed if it fits
-    /// `max_value_bytes`, else counted as `oversize`). Default: 16 times
-    /// `max_value_bytes`, at most 64 MiB, which is also the most `build`
-    /// accepts. Give every process of a fleet the same value: an entry a
-    /// process of a larger setting wrote reads as a miss in the others.
+    /// `max_value_bytes`, else counted as `oversize`). Default and most
+    /// `build` accepts: 64 MiB; with compression on, it must be above the
+    /// compression threshold. Give every process of a fleet the same
+    /// value: an entry a process of a larger setting wrote reads as a miss
+    /// in the others.
     pub fn max_decompressed_bytes(mut self, bytes: usize) -> Self {
         self.max_decompressed_bytes = Some(bytes);
         self
@@ -474,16 +475,22 @@ impl CacheBuilder {
     /// on first use and re-made whenever it drops.
     pub fn build(mut self) -> Result<Cache, BuildError> {
         self.format.max_decompressed = match self.max_decompressed_bytes {
-            None => self
-                .max_value_bytes
-                .saturating_mul(16)
-                .min(MAX_DECOMPRESSED),
-            Some(n) if n <= MAX_DECOMPRESSED => n,
-            Some(n) => {
+            None => MAX_DECOMPRESSED,
+            Some(n) if n > MAX_DECOMPRESSED => {
                 return Err(BuildError::InvalidSetting(format!(
                     "max_decompressed_bytes must be at most {MAX_DECOMPRESSED} bytes (64 MiB), got {n}"
                 )));
             }
+            Some(n)
+                if self.format.compression != Compression::None
+                    && n <= self.format.compress_above =>
+            {
+                return Err(BuildError::InvalidSetting(format!(
+                    "max_decompressed_bytes ({n}) must be above the compression threshold ({}): no payload would be compressed",
+                    self.format.compress_above
+                )));
+            }
+            Some(n) => n,
         };
         if self.op_timeout.is_zero() {
             return Err(BuildError::InvalidSetting(
