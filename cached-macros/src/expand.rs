@@ -148,8 +148,10 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
         " Calls `{name}` without reading the cache and replaces its entry with what it returns \
          (an error changes nothing; a value it would not keep removes the entry): an admin's \
          \"refresh\", or after a change the cache did not see. It loads under the entry's lease \
-         (`CallMode::Refresh`), so a write-through or an eviction that completes meanwhile wins. \
-         Returns what the function returned."
+         (`CallMode::Refresh`), so a write-through or an eviction that completes meanwhile wins; \
+         when it cannot store (no lease within `wait`, the breaker open, a failed write) it \
+         removes the entry instead, as a failed write-through does. Returns what the function \
+         returned."
     );
     // Built without the checks the method's own key and tags make: a part
     // that is not a `KeyPart` is reported there, once.
