@@ -150,8 +150,8 @@ fn companions(plan: &Plan, parts: &Parts) -> TokenStream {
          \"refresh\", or after a change the cache did not see. It loads under the entry's lease \
          (`CallMode::Refresh`), so a write-through or an eviction that completes meanwhile wins; \
          when it cannot store (no lease within `wait`, the breaker open, a failed write) it \
-         removes the entry instead, as a failed write-through does. Returns what the function \
-         returned."
+         removes the entry instead, as a write-through that did not land does. Returns what \
+         the function returned."
     );
     // Built without the checks the method's own key and tags make: a part
     // that is not a `KeyPart` is reported there, once.

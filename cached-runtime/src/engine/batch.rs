@@ -630,11 +630,25 @@ impl Engine {
         // its flight has landed (the removal detaches flights: its own
         // callers would load again).
         let mut gone: Vec<String> = Vec::new();
+        // Redis failed a lease request (the guard may hold the lease) or a
+        // write of these: their removal waits for the retry of pending
+        // changes (see `remove_unreplaced`).
+        let mut failing = false;
         let mut ends = ends.into_iter();
         for (((i, guard, lease), value), meta) in items.into_iter().zip(values).zip(&metas) {
             let end = lease.and_then(|_| ends.next());
-            if replace && (end != Some(LeaseEnd::Stored) || meta.is_none()) {
+            // (A lease lost was ended by a change that came meanwhile: the
+            // key is that change's, as for a single key's refresh.)
+            let replaced = match end {
+                Some(LeaseEnd::Stored) => meta.is_some(),
+                Some(LeaseEnd::Lost) => true,
+                _ => false,
+            };
+            if replace && !replaced {
                 gone.push(keys[i].clone());
+                let requested =
+                    lease.is_none() && guard.as_ref().is_some_and(|g| g.lease.is_some());
+                failing |= requested || end == Some(LeaseEnd::Failed);
             }
             if let Some(mut guard) = guard {
                 if end.is_some_and(|end| end != LeaseEnd::Failed) {
@@ -651,9 +665,7 @@ impl Engine {
             }
             found[i] = value;
         }
-        if !gone.is_empty() {
-            let _ = self.invalidate_full(&gone).await;
-        }
+        self.remove_unreplaced(&gone, failing).await;
         Ok(())
     }
 }

@@ -35,6 +35,24 @@ impl Engine {
         .map(drop)
     }
 
+    /// Removes the entries a refresh was to replace and could not store
+    /// over (see `refresh_now`): now, if Redis answers; else (`failing`:
+    /// Redis failed the refresh's lease request or write, or the breaker
+    /// is open) as a change that did not land, by the retry of pending
+    /// changes, so that the refresh neither waits on a failing backend nor
+    /// adds its failures to the breaker's count. Either way this process
+    /// stops reading the keys from the cache until the removal lands.
+    pub(super) async fn remove_unreplaced(self: &Arc<Self>, keys: &[String], failing: bool) {
+        if !self.enabled || keys.is_empty() {
+            return;
+        }
+        if failing || self.backend.breaker_open() {
+            self.after_change(Changed::Keys(keys), true);
+            return;
+        }
+        let _ = self.invalidate_full(keys).await;
+    }
+
     /// Removes every entry whose full key matches the glob `pattern`.
     pub(crate) async fn invalidate_pattern_full(
         self: &Arc<Self>,

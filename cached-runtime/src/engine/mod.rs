@@ -578,6 +578,7 @@ impl Engine {
         // It leads, whatever runs for the key here: no flight begun before
         // it, or beside it, is shared with it or with later callers.
         let mut guard = self.flights.lead(self, &call.key, blocked);
+        let mut failing = false;
         let leased = if blocked {
             None
         } else {
@@ -590,7 +591,10 @@ impl Engine {
                     None
                 }
                 // Perhaps ours on the server: the guard releases it.
-                Leasing::Failed => None,
+                Leasing::Failed => {
+                    failing = true;
+                    None
+                }
             }
         };
         let (result, ended) = self
@@ -599,16 +603,20 @@ impl Engine {
         if result.is_ok() {
             if ended == Some(LeaseEnd::Stored) {
                 record(Outcome::Refreshed);
-            } else {
+            } else if ended != Some(LeaseEnd::Lost) {
                 // Not stored: not a value to keep (a `None` without
                 // `cache_none`, `Released`); no lease (the breaker open,
                 // another process's load holding it past `wait`, a failed
-                // request); the lease lost or the write failed. The entry
-                // it was to replace goes, as a write-through's does, so
-                // that no reader gets the value older than the one it
-                // returned (an invalidation that fails is retried, and
-                // ends another holder's lease).
-                let _ = self.invalidate_full(std::slice::from_ref(&call.key)).await;
+                // request); the write failed. The entry it was to replace
+                // goes, as a write-through's does, so that no reader gets
+                // the value older than the one it returned (an
+                // invalidation that fails is retried, and ends another
+                // holder's lease). A lease lost was ended by a change that
+                // came meanwhile (a write-through, an invalidation): the
+                // key is that change's.
+                let failing = failing || ended == Some(LeaseEnd::Failed);
+                self.remove_unreplaced(std::slice::from_ref(&call.key), failing)
+                    .await;
                 if ended == Some(LeaseEnd::Released) {
                     record(Outcome::Refreshed);
                 }
