@@ -10,9 +10,12 @@
 //!   completed (source update and cache operation) returns a version at
 //!   least as new. Same process: always a violation. Across processes: a
 //!   violation unless a fault window overlaps [write invoked, read
-//!   completed], or the read began within [`CROSS_WINDOW`] of the write's
-//!   completion (a read shared with a flight begun before the write, the
-//!   documented window); those are reported apart, with their lag.
+//!   completed] and excuses it (see [`excuses`]: a snapshot restore, a
+//!   failover or the writer's own death until the entry's TTL, any other
+//!   fault only until [`AFTER_FAULT`] after it healed), or the read began
+//!   within [`CROSS_WINDOW`] of the write's completion (a read shared with
+//!   a flight begun before the write, the documented window); those are
+//!   reported apart, with their lag.
 //! - **(a2) cancelled writes are not lost**: a write whose body committed
 //!   but whose caller was dropped during the cache operation still counts,
 //!   from [`WRITE_BOUND`] after the drop (the cache operation need not be
@@ -69,6 +72,13 @@ pub const CLUSTER_PATTERN_BOUND: Duration = OP_TIMEOUT.saturating_mul(8).saturat
 pub const CROSS_WINDOW: Duration = OP_TIMEOUT
     .saturating_mul(2)
     .saturating_add(Duration::from_millis(10));
+/// How long after a fault healed another process may still read the value
+/// a change made during it replaced: the retry of a change that did not
+/// land (README: at most 100 ms after Redis takes writes again), its round
+/// trip and a reconnection's (the op timeout each), and scheduling slack.
+pub const AFTER_FAULT: Duration = Duration::from_millis(100)
+    .saturating_add(OP_TIMEOUT.saturating_mul(2))
+    .saturating_add(SLACK);
 /// How long past its deadline a dropped call may take to be gone.
 pub const CANCEL_BOUND: Duration = SLACK;
 
@@ -390,6 +400,21 @@ fn fault_between(faults: &[FaultWindow], from: u64, to: u64) -> Option<&FaultWin
     faults.iter().find(|w| w.start <= to && w.end >= from)
 }
 
+/// Whether fault `f` excuses a read begun at `read_invoke` (another
+/// process's) that missed a write by process `writer`, as README's
+/// windows of Guarantee 2 do: Redis restored from its append-only file or
+/// a failover may lose a change it acknowledged, and a writer killed
+/// before its change landed forgets it (each until the entry's TTL);
+/// another process's death stops no write; any other fault delays a
+/// change that did not land until at most [`AFTER_FAULT`] after it healed.
+fn excuses(f: &FaultWindow, writer: u32, read_invoke: u64) -> bool {
+    match f.kind {
+        "kill_data" | "kill_primary" => true,
+        "worker_kill" => f.detail == format!("worker process {writer} SIGKILLed"),
+        _ => read_invoke <= f.end.saturating_add(ns(AFTER_FAULT)),
+    }
+}
+
 /// The calls of the row around a violation, for the report.
 fn context(calls: &[&Call], from: u64, to: u64, t0: u64) -> String {
     let mut out = String::new();
@@ -416,6 +441,7 @@ fn read_your_writes(
     let grace = ns(input.write_bound());
     let window = ns(CROSS_WINDOW);
     let mut lags_fault = Vec::new();
+    let mut heal_lags = Vec::new();
     let mut lags_window = Vec::new();
     let mut kinds: BTreeMap<(Property, &'static str, &'static str), usize> = BTreeMap::new();
     for calls in by_object.values() {
@@ -460,15 +486,23 @@ fn read_your_writes(
             let mut worst: Option<(&Constraint<'_>, String)> = None;
             let mut lag_max = 0;
             let mut by_fault = false;
+            let mut after_heal = 0;
             for w in &missed {
                 let lag = r.invoke.saturating_sub(w.call.complete);
                 lag_max = lag_max.max(lag);
                 let same = w.call.proc == r.proc;
-                let fault = fault_between(&input.faults, w.call.invoke, r.complete);
+                let fault = input.faults.iter().find(|f| {
+                    f.start <= r.complete
+                        && f.end >= w.call.invoke
+                        && excuses(f, w.call.proc, r.invoke)
+                });
                 let excuse = if same {
                     None
                 } else if let Some(f) = fault {
                     by_fault = true;
+                    if !matches!(f.kind, "kill_data" | "kill_primary" | "worker_kill") {
+                        after_heal = after_heal.max(r.invoke.saturating_sub(f.end));
+                    }
                     Some(format!("fault {} in between", f.kind))
                 } else if lag <= window {
                     Some("within the shared-read window".to_owned())
@@ -478,6 +512,15 @@ fn read_your_writes(
                 if excuse.is_none() {
                     let why = if same {
                         "same process".to_owned()
+                    } else if let Some(f) = fault_between(&input.faults, w.call.invoke, r.complete)
+                    {
+                        format!(
+                            "another process, {:.3} ms after it completed, {:.3} ms after fault {} healed (excused for {:.0} ms)",
+                            ms(lag),
+                            ms(r.invoke.saturating_sub(f.end)),
+                            f.kind,
+                            ms(ns(AFTER_FAULT))
+                        )
                     } else {
                         format!(
                             "another process, no fault in between, {:.3} ms after it completed (window {:.0} ms)",
@@ -497,6 +540,7 @@ fn read_your_writes(
             let Some((w, why)) = worst else {
                 if by_fault {
                     lags_fault.push(lag_max);
+                    heal_lags.push(after_heal);
                 } else {
                     lags_window.push(lag_max);
                 }
@@ -591,6 +635,15 @@ fn read_your_writes(
             ms(percentile(lags, 0.5)),
             ms(percentile(lags, 0.99)),
             ms(percentile(lags, 1.0)),
+        ));
+    }
+    heal_lags.sort_unstable();
+    if let Some(&worst) = heal_lags.last() {
+        report.notes.push(format!(
+            "  of those, the latest began {:.3} ms after its fault healed (p99 {:.3} ms; excused up to {:.0} ms)",
+            ms(worst),
+            ms(percentile(&heal_lags, 0.99)),
+            ms(ns(AFTER_FAULT))
         ));
     }
     report.lags_fault = lags_fault;
@@ -883,5 +936,48 @@ fn recovery(input: &Input, report: &mut Report) {
             input.recovery.len(),
             shown
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AFTER_FAULT, FaultWindow, excuses, ns};
+
+    fn window(kind: &'static str, detail: &str) -> FaultWindow {
+        FaultWindow {
+            kind,
+            start: 1_000_000_000,
+            end: 2_000_000_000,
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// What each fault excuses of a stale read in another process: the
+    /// windows README documents, and no more.
+    #[test]
+    fn a_fault_excuses_a_stale_read_only_within_its_documented_window() {
+        let healed = 2_000_000_000;
+        let bound = ns(AFTER_FAULT);
+        for kind in [
+            "freeze",
+            "blackhole",
+            "cut",
+            "latency",
+            "refuse_oom",
+            "kill_empty",
+        ] {
+            let f = window(kind, "");
+            assert!(excuses(&f, 1, healed + bound), "{kind}: at the bound");
+            assert!(!excuses(&f, 1, healed + bound + 1), "{kind}: past it");
+        }
+        // Until the entry's TTL: Redis may lose an acknowledged change.
+        for kind in ["kill_data", "kill_primary"] {
+            assert!(excuses(&window(kind, ""), 1, healed + 60 * bound), "{kind}");
+        }
+        // A writer killed forgets its change; another's death stops none.
+        let killed = window("worker_kill", "worker process 3 SIGKILLed");
+        assert!(excuses(&killed, 3, healed + 60 * bound));
+        assert!(!excuses(&killed, 1, healed));
+        assert!(!excuses(&killed, 31, healed));
     }
 }

@@ -300,7 +300,13 @@ impl Recorder {
     }
 }
 
-/// Reads every history file in `dir` (a torn last line is skipped).
+/// Reads every history file in `dir`. A torn last line (a worker killed
+/// mid-write) is skipped; any other line that does not parse is a broken
+/// recorder, whose skipped calls could hide a violation: it panics.
+///
+/// # Panics
+///
+/// On a line that does not parse, other than a file's last.
 pub fn read_dir(dir: &Path) -> Vec<Record> {
     let mut records = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -312,9 +318,17 @@ pub fn read_dir(dir: &Path) -> Vec<Record> {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        for line in text.lines() {
-            if let Ok(record) = serde_json::from_str::<Record>(line) {
-                records.push(record);
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<Record>(line) {
+                Ok(record) => records.push(record),
+                Err(_) if n + 1 == lines.len() => {}
+                Err(e) => panic!(
+                    "{}: line {} of {} does not parse ({e}): {line}",
+                    path.display(),
+                    n + 1,
+                    lines.len()
+                ),
             }
         }
     }

@@ -537,6 +537,12 @@ struct Verdict {
     text: String,
 }
 
+/// The fewest reads returned, and writes made, a case must have recorded
+/// to pass: a case whose workers did nothing (or whose history files were
+/// not read) would otherwise pass with no violation.
+const MIN_READS: usize = 200;
+const MIN_WRITES: usize = 20;
+
 fn verdict(case: Case, report: &Report) -> Verdict {
     let violated: Vec<Property> = Property::ALL
         .into_iter()
@@ -558,6 +564,18 @@ fn verdict(case: Case, report: &Report) -> Verdict {
                 passed: false,
                 text: "FAILED: the control shows no violation: the checker does not see the stale-set race".to_owned(),
             }
+        };
+    }
+    // A case that checked next to nothing passes whatever the cache does.
+    let writes = report.calls.saturating_sub(report.reads);
+    if report.reads_returned < MIN_READS || writes < MIN_WRITES {
+        return Verdict {
+            kind: Kind::Failed,
+            passed: false,
+            text: format!(
+                "FAILED: the case exercised too little to check: {} reads returned (at least {MIN_READS}), {writes} writes (at least {MIN_WRITES})",
+                report.reads_returned
+            ),
         };
     }
     if case.mode == Mode::Near && report.l1_hits == 0 {
