@@ -1600,6 +1600,36 @@ async fn a_failed_read_behind_the_near_tier_keeps_l1s_hits() {
     );
 }
 
+/// A single key's refresh whose lease request a blip times out loads, and
+/// leaves the removal of the entry it could not replace to the retry of
+/// pending changes: one failure for the circuit breaker (threshold two),
+/// not a second one for a removal sent into the blip (which also held the
+/// caller another op timeout). The breaker is looked at before the blip
+/// ends (the lease's release, sent after, would add one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_refresh_through_a_blip_is_one_failure_for_the_breaker() {
+    let server = cached_tests::RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let cache = cached_tests::redis_builder_at(proxy.url())
+        .op_timeout(Duration::from_millis(300))
+        .circuit_breaker(cached_runtime::CircuitBreaker {
+            failures: 2,
+            ..cached_runtime::CircuitBreaker::default()
+        })
+        .build()
+        .expect("builds");
+    let c = Catalog::new(cache, 9);
+    assert_eq!(c.get(1).await, Ok(Some(Item { id: 1, version: 1 })));
+    proxy.blackhole(true);
+    let refreshed = cached_runtime::with_mode(cached_runtime::CallMode::Refresh, c.get(1)).await;
+    assert_eq!(refreshed, Ok(Some(Item { id: 1, version: 1 })));
+    assert!(
+        !c.cache.breaker_open(),
+        "the refresh's removal was sent into the blip"
+    );
+    proxy.blackhole(false);
+}
+
 /// A batch's lease requests go in one round trip on one server, tagged or
 /// not, so a blip that times them out is one failure for the circuit
 /// breaker, not one per id. A refreshing batch (`CallMode::Refresh`) reads

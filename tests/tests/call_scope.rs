@@ -157,7 +157,8 @@ async fn refresh_reads_the_source_and_replaces_the_entry(backend: &Backend) {
 }
 
 /// A refresh that read the row before a write-through does not replace
-/// the write-through's value.
+/// the write-through's value, nor remove it (its lease was lost to the
+/// write-through, whose value the key is), single key and batch alike.
 async fn a_write_through_during_a_refresh_wins(backend: &Backend) {
     let s = Store::new(backend.cache());
     s.get(1).await;
@@ -174,6 +175,27 @@ async fn a_write_through_during_a_refresh_wins(backend: &Backend) {
     assert_eq!(
         s.cache.get::<Item>("item:1").await.map(|i| i.version),
         Some(5)
+    );
+
+    *s.delay.lock().expect("delay") = Duration::ZERO;
+    s.get(2).await;
+    *s.delay.lock().expect("delay") = Duration::from_millis(200);
+    let refreshing = tokio::spawn({
+        let s = s.clone();
+        async move { with_mode(CallMode::Refresh, s.get_many(vec![2])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.update(2, 5).await;
+    let got = refreshing.await.expect("joins");
+    assert_eq!(
+        got.get(&2).map(|i| i.version),
+        Some(1),
+        "batch: read before"
+    );
+    assert_eq!(
+        s.cache.get::<Item>("item:2").await.map(|i| i.version),
+        Some(5),
+        "batch: the write-through's value was removed"
     );
 }
 
