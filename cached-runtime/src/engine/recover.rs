@@ -53,11 +53,11 @@ pub(crate) struct Pending {
     state: Mutex<State>,
     /// Whether a retry task runs.
     retrying: AtomicBool,
-    /// When the retry task last began a turn or an attempt
-    /// ([`crate::clock::monotonic_ms`]: a wall-clock step back would hide a
-    /// stall for as long as the step): a
-    /// task whose runtime is kept but no longer polled stops beating, and
-    /// the next change pended starts another (see [`Engine::pend`]).
+    /// When the retry task last began a turn or an attempt, on
+    /// [`crate::clock::monotonic_ms`] (a wall-clock step back would hide a
+    /// stall for as long as the step): a task whose runtime is kept but no
+    /// longer polled stops beating, and the next change pended starts
+    /// another (see [`Engine::pend`]).
     beat: AtomicU64,
 }
 
