@@ -24,6 +24,10 @@ pub enum Fault {
     RefuseOom,
     /// Writes refused with `-READONLY` (a replica of a dead master); reads go on.
     RefuseReadonly,
+    /// Keys evicted at random (`allkeys-random`, maxmemory under the memory
+    /// used): values, leases, tag indexes and epochs alike, as a full
+    /// server under an eviction policy does.
+    Evict,
     /// The proxy passes nothing on, sockets stay open (a silent partition).
     Blackhole,
     /// The proxy holds every byte 20-150 ms each way.
@@ -63,6 +67,7 @@ impl Fault {
             Fault::KillData => "kill_data",
             Fault::RefuseOom => "refuse_oom",
             Fault::RefuseReadonly => "refuse_readonly",
+            Fault::Evict => "evict",
             Fault::Blackhole => "blackhole",
             Fault::Latency => "latency",
             Fault::Cut => "cut",
@@ -265,6 +270,17 @@ fn window(
             server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
             let after = info_field(server, "errorstats", "errorstat_OOM").unwrap_or(0);
             format!("{} writes refused with -OOM", after.saturating_sub(before))
+        }
+        Fault::Evict => {
+            let used = info_field(server, "memory", "used_memory").unwrap_or(1 << 20);
+            let before = info_field(server, "stats", "evicted_keys").unwrap_or(0);
+            server.cmd::<()>(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
+            server.cmd::<()>(&["CONFIG", "SET", "maxmemory", &(used / 2).max(1).to_string()]);
+            std::thread::sleep(hold);
+            server.cmd::<()>(&["CONFIG", "SET", "maxmemory", "0"]);
+            server.cmd::<()>(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+            let after = info_field(server, "stats", "evicted_keys").unwrap_or(0);
+            format!("{} keys evicted", after.saturating_sub(before))
         }
         Fault::RefuseReadonly => {
             let before = info_field(server, "errorstats", "errorstat_READONLY").unwrap_or(0);

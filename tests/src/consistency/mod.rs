@@ -196,6 +196,7 @@ fn cases() -> Vec<Case> {
         Fault::KillData,
         Fault::RefuseOom,
         Fault::RefuseReadonly,
+        Fault::Evict,
         Fault::Blackhole,
         Fault::Latency,
         Fault::Cut,
