@@ -2734,7 +2734,18 @@ async fn unlink_asked(
 ) -> redis::RedisResult<u64> {
     let mut pipe = redis::pipe();
     pipe.cmd("ASKING").cmd("UNLINK").arg(key);
-    let node = SingleNodeRoutingInfo::ByAddress { host, port };
+    second_of_two(conn, SingleNodeRoutingInfo::ByAddress { host, port }, pipe).await
+}
+
+/// Sends `pipe`, a command and the one it prepares (`ASKING` or `PING`
+/// before the command), to `node` on one connection; answers the second
+/// reply, or the first's error (a refused `ASKING`, from a rule without
+/// it, is the error to report).
+async fn second_of_two<T: redis::FromRedisValue>(
+    conn: &ClusterConnection,
+    node: SingleNodeRoutingInfo,
+    pipe: redis::Pipeline,
+) -> redis::RedisResult<T> {
     let mut replies = conn
         .clone()
         .route_pipeline(pipe, 0, 2, node)
@@ -2977,18 +2988,7 @@ async fn unlink_here(
     let mut pipe = redis::pipe();
     pipe.cmd(if asking { "ASKING" } else { "PING" });
     pipe.add_command(eval);
-    let mut replies = conn
-        .clone()
-        .route_pipeline(pipe, 0, 2, node)
-        .await?
-        .into_iter();
-    // A refused `ASKING` (a rule without it) is the error to report.
-    replies
-        .next()
-        .map(redis::Value::extract_error)
-        .transpose()?;
-    let reply = replies.next().unwrap_or(redis::Value::Nil);
-    Ok(redis::from_redis_value(reply.extract_error()?)?)
+    second_of_two(conn, node, pipe).await
 }
 
 /// Whether an error says the script of [`unlink_here`] cannot run here at
