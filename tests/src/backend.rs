@@ -55,6 +55,31 @@ pub fn redis_builder_at(url: impl Into<String>) -> CacheBuilder {
     Cache::builder().redis(url).namespace(NAMESPACE)
 }
 
+/// A Redis server of the test's own, a fault-injecting proxy in front of
+/// it, and a builder for a cache through the proxy with `op_timeout` and a
+/// circuit breaker that `failures` in a row open, probing again after
+/// `backoff` (doubling up to it, as `min_backoff` and `max_backoff` of
+/// one value; the default's when `None`).
+pub fn behind_a_proxy(
+    op_timeout: std::time::Duration,
+    failures: u32,
+    backoff: Option<std::time::Duration>,
+) -> (RedisServer, crate::Proxy, CacheBuilder) {
+    let server = RedisServer::start();
+    let proxy = crate::Proxy::start(server.port());
+    let mut breaker = cached_runtime::CircuitBreaker {
+        failures,
+        ..cached_runtime::CircuitBreaker::default()
+    };
+    if let Some(backoff) = backoff {
+        (breaker.min_backoff, breaker.max_backoff) = (backoff, backoff);
+    }
+    let builder = redis_builder_at(proxy.url())
+        .op_timeout(op_timeout)
+        .circuit_breaker(breaker);
+    (server, proxy, builder)
+}
+
 /// A builder for a cache on a loopback port nothing listens on (every
 /// connection is refused), namespace [`NAMESPACE`].
 pub fn unreachable_redis_builder() -> CacheBuilder {

@@ -19,8 +19,8 @@ pub mod proxy;
 pub mod source;
 pub mod tls;
 pub use backend::{
-    ACL_PASSWORD, ACL_USER, Backend, NAMESPACE, acl_user_args, memory_builder, redis_builder,
-    redis_builder_at, redis_cache, redis_cache_with, unreachable_redis_builder,
+    ACL_PASSWORD, ACL_USER, Backend, NAMESPACE, acl_user_args, behind_a_proxy, memory_builder,
+    redis_builder, redis_builder_at, redis_cache, redis_cache_with, unreachable_redis_builder,
 };
 pub use cluster::RedisCluster;
 pub use proxy::Proxy;

@@ -1474,14 +1474,7 @@ async fn behind_a_proxy(
     tagged: bool,
     op_timeout: Duration,
 ) -> (cached_tests::RedisServer, cached_tests::Proxy, Catalog) {
-    let server = cached_tests::RedisServer::start();
-    let proxy = cached_tests::Proxy::start(server.port());
-    let mut builder = cached_tests::redis_builder_at(proxy.url())
-        .op_timeout(op_timeout)
-        .circuit_breaker(cached_runtime::CircuitBreaker {
-            failures: 3,
-            ..cached_runtime::CircuitBreaker::default()
-        });
+    let (server, proxy, mut builder) = cached_tests::behind_a_proxy(op_timeout, 3, None);
     if near {
         builder = builder.near_cache(cached_runtime::NearCache::new());
     }
@@ -1608,17 +1601,9 @@ async fn a_failed_read_behind_the_near_tier_keeps_l1s_hits() {
 /// ends (the lease's release, sent after, would add one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_refresh_through_a_blip_is_one_failure_for_the_breaker() {
-    let server = cached_tests::RedisServer::start();
-    let proxy = cached_tests::Proxy::start(server.port());
-    let cache = cached_tests::redis_builder_at(proxy.url())
-        .op_timeout(Duration::from_millis(300))
-        .circuit_breaker(cached_runtime::CircuitBreaker {
-            failures: 2,
-            ..cached_runtime::CircuitBreaker::default()
-        })
-        .build()
-        .expect("builds");
-    let c = Catalog::new(cache, 9);
+    let (_server, proxy, builder) =
+        cached_tests::behind_a_proxy(Duration::from_millis(300), 2, None);
+    let c = Catalog::new(builder.build().expect("builds"), 9);
     assert_eq!(c.get(1).await, Ok(Some(Item { id: 1, version: 1 })));
     proxy.blackhole(true);
     let refreshed = cached_runtime::with_mode(cached_runtime::CallMode::Refresh, c.get(1)).await;

@@ -434,8 +434,7 @@ async fn a_payload_past_the_bound_is_stored_uncompressed_or_not_at_all() {
 /// one under the compression threshold.
 #[test]
 fn a_decompression_bound_over_64_mib_is_refused() {
-    let refused = Cache::builder()
-        .redis("redis://127.0.0.1:1")
+    let refused = cached_tests::unreachable_redis_builder()
         .max_decompressed_bytes((64 << 20) + 1)
         .build()
         .expect_err("refused");
@@ -443,15 +442,13 @@ fn a_decompression_bound_over_64_mib_is_refused() {
         refused.to_string().contains("max_decompressed_bytes"),
         "{refused}"
     );
-    Cache::builder()
-        .redis("redis://127.0.0.1:1")
+    cached_tests::unreachable_redis_builder()
         .max_decompressed_bytes(64 << 20)
         .build()
         .expect("64 MiB is accepted");
     // With compression on, a bound at or under its threshold would
     // compress nothing: refused, rather than compression silently off.
-    let refused = Cache::builder()
-        .redis("redis://127.0.0.1:1")
+    let refused = cached_tests::unreachable_redis_builder()
         .compression(cached_runtime::Compression::Lz4, 4096)
         .max_decompressed_bytes(4096)
         .build()
@@ -460,8 +457,7 @@ fn a_decompression_bound_over_64_mib_is_refused() {
         refused.to_string().contains("compression threshold"),
         "{refused}"
     );
-    Cache::builder()
-        .redis("redis://127.0.0.1:1")
+    cached_tests::unreachable_redis_builder()
         .compression(cached_runtime::Compression::Lz4, 4096)
         .max_decompressed_bytes(4097)
         .build()

@@ -240,18 +240,12 @@ async fn a_refresh_that_read_before_an_eviction_does_not_store(backend: &Backend
 /// for its TTL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_while_the_breaker_is_open_leaves_no_older_entry() {
-    let server = cached_tests::RedisServer::start();
-    let proxy = cached_tests::Proxy::start(server.port());
-    let cache = cached_tests::redis_builder_at(proxy.url())
-        .op_timeout(Duration::from_millis(200))
-        .circuit_breaker(cached_runtime::CircuitBreaker {
-            failures: 1,
-            min_backoff: Duration::from_millis(300),
-            max_backoff: Duration::from_millis(300),
-        })
-        .build()
-        .expect("builds");
-    let s = Store::new(cache);
+    let (_server, proxy, builder) = cached_tests::behind_a_proxy(
+        Duration::from_millis(200),
+        1,
+        Some(Duration::from_millis(300)),
+    );
+    let s = Store::new(builder.build().expect("builds"));
     s.get(5).await.expect("loads");
     s.set(5, 3);
     proxy.blackhole(true);
