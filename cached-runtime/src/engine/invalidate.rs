@@ -41,7 +41,9 @@ impl Engine {
     /// is open) as a change that did not land, by the retry of pending
     /// changes, so that the refresh neither waits on a failing backend nor
     /// adds its failures to the breaker's count. Either way this process
-    /// stops reading the keys from the cache until the removal lands.
+    /// stops reading the keys from the cache until the removal lands. A
+    /// refresh dropped while the removal is under way pends it, as a
+    /// dropped invalidation does: its joiners already have the new value.
     pub(super) async fn remove_unreplaced(self: &Arc<Self>, keys: &[String], failing: bool) {
         if !self.enabled || keys.is_empty() {
             return;
@@ -50,7 +52,9 @@ impl Engine {
             self.after_change(Changed::Keys(keys), true);
             return;
         }
-        let _ = self.invalidate_full(keys).await;
+        let _ = self
+            .guarded(keys, &[], &[], self.invalidate_full(keys))
+            .await;
     }
 
     /// Removes every entry whose full key matches the glob `pattern`.
