@@ -2008,14 +2008,18 @@ async fn invalidations_land_on_a_cluster_that_refuses_their_script() {
             .await;
         assert_eq!(loaded, Ok(n));
     }
-    let migration = half_moved(&cluster, &key(0), 10);
-    // Patient: one key at a time is slow, and this asks whether it lands.
+    // Patient: one command per key (value, lease, tag keys; some after
+    // `ASK`), about 80, under one operation timeout, and this asks whether
+    // they land, not how fast. Two seconds timed out once in CI; its
+    // connections made before the clock starts, five.
     let patient = Cache::builder()
         .redis_cluster(cluster.urls())
         .namespace(NAMESPACE)
-        .op_timeout(Duration::from_secs(2))
+        .op_timeout(Duration::from_secs(5))
         .build()
         .expect("builds");
+    assert_eq!(patient.get::<usize>(&key(1)).await, Some(1), "warmed");
+    let migration = half_moved(&cluster, &key(0), 10);
     let removed = patient.invalidate_many((0..20).map(key)).await;
     let left = held::<usize>(&cache, 0..20, key).await;
     finish_moving(&cluster, migration);
