@@ -527,8 +527,12 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
     );
     let stats = s.cache.stats_for("soft").expect("stats");
     assert_eq!(
-        (stats.soft_timeouts, s.loads.load(SeqCst)),
-        (16, 2),
+        (
+            stats.soft_timeouts,
+            stats.stale_served,
+            s.loads.load(SeqCst)
+        ),
+        (16, 16, 2),
         "{stats:?}"
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -549,6 +553,10 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
     assert_eq!(s.loads.load(SeqCst), 3, "one refresh");
     let stats = s.cache.stats_for("soft").expect("stats");
     assert_eq!(stats.soft_timeouts, 16, "none timed out");
+    assert_eq!(
+        stats.stale_served, 16,
+        "the refreshed value was served, not a stale one"
+    );
 
     // Failing: the stale value without waiting the soft timeout out.
     stale().await;
@@ -556,6 +564,8 @@ async fn a_stale_value_waits_its_soft_timeout_for_the_refresh(backend: &Backend)
     let (got, slowest) = s.sixteen().await;
     assert_eq!(got, vec![3; 16], "stale, the refresh having failed");
     assert!(slowest < Duration::from_millis(55), "{slowest:?}");
+    let stats = s.cache.stats_for("soft").expect("stats");
+    assert_eq!(stats.stale_served, 32, "16 more served stale");
 
     // Another process holds the key's lease (its refresh runs there): this
     // process's refresh gives way, and its callers do not wait for it.

@@ -359,7 +359,8 @@ impl Engine {
     {
         call.counters.hits.add();
         call.counters.coalesced.add();
-        if matches!(shared, Shared::Stale(_)) {
+        // With a soft timeout, counted by `serve_stale` if served stale.
+        if matches!(shared, Shared::Stale(_)) && call.policy.soft_timeout.is_none() {
             call.counters.stale_served.add();
         }
         self.refresh_after_hit(call, value, shared, refresh);

@@ -79,7 +79,9 @@ impl Engine {
         }
     }
 
-    /// Counts a read as a hit or a miss and traces it.
+    /// Counts a read as a hit or a miss and traces it. A stale hit is
+    /// counted as served stale by its caller, once it serves it (see
+    /// [`Engine::open_as`]).
     pub(crate) fn count_read<V>(
         &self,
         key: &str,
@@ -92,9 +94,6 @@ impl Engine {
             counters.hits.add();
         } else {
             counters.misses.add();
-        }
-        if matches!(read, Read::Stale(..)) {
-            counters.stale_served.add();
         }
         match took {
             Some(took) => {
@@ -128,6 +127,11 @@ impl Engine {
         };
         if count {
             self.count_read(&call.key, &call.counters, &read, took);
+            // With a soft timeout the caller may yet be served the refresh's
+            // value instead: `serve_stale` counts what it serves.
+            if matches!(read, Read::Stale(..)) && call.policy.soft_timeout.is_none() {
+                call.counters.stale_served.add();
+            }
         }
         read
     }

@@ -68,7 +68,8 @@ impl Engine {
     /// entry `seen`) waits up to the timeout for this process's refresh of
     /// that entry (which `refresh_after_hit` started, or found running) and
     /// is served the refreshed value if it comes in time; else the stale one, while the
-    /// refresh goes on and stores. Records the outcome either way.
+    /// refresh goes on and stores. Records the outcome either way, and counts
+    /// a stale value served (a refreshed one is not).
     pub(super) async fn serve_stale<V, T>(
         &self,
         call: &Call<'_, V, T>,
@@ -93,6 +94,7 @@ impl Engine {
                 Err(_) => call.counters.soft_timeouts.add(),
             }
         }
+        call.counters.stale_served.add();
         record(Outcome::Stale);
         value
     }
