@@ -88,6 +88,13 @@ impl Store {
         Ok(version.map(|version| Item { id, version }))
     }
 
+    /// `get` of the same entries, waiting at most 100 ms for another
+    /// process's load of one.
+    #[cached(prefix = "item", ttl = "5m", key = id, wait = "100ms")]
+    async fn get_brief(&self, id: u64) -> Result<Option<Item>, DbError> {
+        self.get_uncached(id).await
+    }
+
     #[cached(prefix = "pair", ttl = "5m", key = "{a}:x:{b}")]
     async fn pair(&self, a: u64, b: String) -> String {
         self.loads.fetch_add(1, SeqCst);
@@ -264,6 +271,81 @@ async fn a_refresh_while_the_breaker_is_open_leaves_no_older_entry() {
         Ok(Some(Item { id: 5, version: 3 })),
         "the entry older than the refresh's value was served"
     );
+}
+
+/// A refresh that could not store (another process's load holds the
+/// key's lease past its `wait`) removes the entry it was to replace. Dropped
+/// while that removal is under way, and the removal lost on its way (the
+/// connections went silently dead), it leaves the removal pending, as a
+/// dropped invalidation does: this process goes on loading the key from the
+/// source until the removal lands, rather than serve, once connected again,
+/// the entry older than the value its joiners were given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_dropped_while_removing_the_older_entry_leaves_it_pending() {
+    let (server, proxy, builder) = cached_tests::behind_a_proxy(
+        Duration::from_millis(500),
+        3,
+        Some(Duration::from_millis(200)),
+    );
+    let s = Store::new(builder.build().expect("builds"));
+    let other = Store::new(
+        cached_tests::redis_builder_at(server.url())
+            .build()
+            .expect("builds"),
+    );
+    assert_eq!(s.get(5).await, Ok(Some(Item { id: 5, version: 1 })));
+    // Another process refreshes the key: its lease, held for its load.
+    other.slow(Duration::from_secs(8));
+    let holder = tokio::spawn({
+        let other = other.clone();
+        async move { other.get_refresh(5).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.set(5, 2);
+    s.slow(Duration::from_millis(300));
+    let refresh = tokio::spawn({
+        let s = s.clone();
+        async move {
+            // Lease held (100 ms), load (300 ms), removal (lost): dropped
+            // in the removal's round trip, well before its timeout.
+            tokio::time::timeout(Duration::from_millis(650), s.get_brief_refresh(5)).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let joiner = tokio::spawn({
+        let s = s.clone();
+        async move { s.get_brief(5).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.strand();
+    assert!(
+        refresh.await.expect("joins").is_err(),
+        "dropped before the removal answered"
+    );
+    assert_eq!(
+        joiner.await.expect("joins"),
+        Ok(Some(Item { id: 5, version: 2 })),
+        "the joiner shares the refresh's value"
+    );
+    s.slow(Duration::ZERO);
+    let began = std::time::Instant::now();
+    loop {
+        assert_eq!(
+            s.get_brief(5).await,
+            Ok(Some(Item { id: 5, version: 2 })),
+            "the entry older than the refresh's value was served ({:?} after the drop)",
+            began.elapsed()
+        );
+        if s.cache.get::<Item>("item:5").await == Some(Item { id: 5, version: 2 }) {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "never cached again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.abort();
 }
 
 async fn evict_of_removes_exactly_the_named_calls(backend: &Backend) {
