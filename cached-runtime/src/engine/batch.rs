@@ -1009,6 +1009,13 @@ mod tests {
                 None,
                 "batch {batch}: the entry older than the refresh's value stayed"
             );
+            // The backend answers: removed before the refresh returned, not
+            // left to the retry of changes that did not land.
+            assert_eq!(
+                engine.pending.len(),
+                0,
+                "batch {batch}: the removal was pended"
+            );
         }
     }
 
