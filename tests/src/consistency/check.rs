@@ -13,9 +13,9 @@
 //!   completed] and excuses it (see [`excuses`]: a snapshot restore, a
 //!   failover or the writer's own death until the entry's TTL, any other
 //!   fault only until [`AFTER_FAULT`] after it healed), or the read began
-//!   within [`CROSS_WINDOW`] of the write's completion (a read shared with
-//!   a flight begun before the write, the documented window); those are
-//!   reported apart, with their lag.
+//!   within [`CROSS_WINDOW`] of the write's completion and may have shared
+//!   a flight begun before the write (the documented window: see
+//!   [`may_share`]); those are reported apart, with their lag.
 //! - **(a2) cancelled writes are not lost**: a write whose body committed
 //!   but whose caller was dropped during the cache operation still counts,
 //!   from [`WRITE_BOUND`] after the drop (the cache operation need not be
@@ -158,6 +158,9 @@ pub struct Input {
     /// The workers ran on a Redis Cluster: a pattern or prefix
     /// invalidation is bounded by [`CLUSTER_PATTERN_BOUND`].
     pub cluster: bool,
+    /// The workers read through the near tier: a hit in L1 may be served
+    /// until the push of another process's change arrives.
+    pub near: bool,
 }
 
 impl Input {
@@ -443,6 +446,7 @@ fn read_your_writes(
     let mut lags_fault = Vec::new();
     let mut heal_lags = Vec::new();
     let mut lags_window = Vec::new();
+    let mut window_served: BTreeMap<(&'static str, &str), usize> = BTreeMap::new();
     let mut kinds: BTreeMap<(Property, &'static str, &'static str), usize> = BTreeMap::new();
     for calls in by_object.values() {
         let mut constraints: Vec<Constraint<'_>> = calls
@@ -504,7 +508,7 @@ fn read_your_writes(
                         after_heal = after_heal.max(r.invoke.saturating_sub(f.end));
                     }
                     Some(format!("fault {} in between", f.kind))
-                } else if lag <= window {
+                } else if lag <= window && may_share(r, input.near) {
                     Some("within the shared-read window".to_owned())
                 } else {
                     None
@@ -521,11 +525,17 @@ fn read_your_writes(
                             f.kind,
                             ms(ns(AFTER_FAULT))
                         )
-                    } else {
+                    } else if may_share(r, input.near) {
                         format!(
                             "another process, no fault in between, {:.3} ms after it completed (window {:.0} ms)",
                             ms(lag),
                             ms(window)
+                        )
+                    } else {
+                        format!(
+                            "another process, no fault in between, {:.3} ms after it completed, served {} (no shared-read window)",
+                            ms(lag),
+                            r.served.as_deref().unwrap_or("by the hand-written system")
                         )
                     };
                     let better = match &worst {
@@ -543,6 +553,9 @@ fn read_your_writes(
                     heal_lags.push(after_heal);
                 } else {
                     lags_window.push(lag_max);
+                    *window_served
+                        .entry((r.op.name(), r.served.as_deref().unwrap_or("-")))
+                        .or_default() += 1;
                 }
                 continue;
             };
@@ -647,7 +660,33 @@ fn read_your_writes(
         ));
     }
     report.lags_fault = lags_fault;
+    if !window_served.is_empty() {
+        let by: Vec<String> = window_served
+            .iter()
+            .map(|((op, served), n)| format!("{op} {served}: {n}"))
+            .collect();
+        report.notes.push(format!(
+            "stale cross-process reads within the shared-read window, by what served them: {}",
+            by.join(", ")
+        ));
+    }
     report.lags_window = lags_window;
+}
+
+/// Whether read `r` may have been served by a read or load begun before
+/// a change another process made (README, Guarantee 2's windows): it
+/// shared another caller's (`Coalesced`); it is a batch's row (a batch
+/// waits for the flights other callers here lead, and its outcome is the
+/// whole call's); or, through the near tier, a hit (L1 serves an entry
+/// until the change's push arrives). A hit or a load of its own cannot
+/// be: its read began after the change had landed.
+fn may_share(r: &Call, near: bool) -> bool {
+    match r.served.as_deref() {
+        Some("Coalesced") => true,
+        Some("Hit" | "Stale") => near || r.op == Op::BatchRead,
+        Some(_) => r.op == Op::BatchRead,
+        None => false,
+    }
 }
 
 fn convergence(
@@ -941,7 +980,62 @@ fn recovery(input: &Input, report: &mut Report) {
 
 #[cfg(test)]
 mod tests {
-    use super::{AFTER_FAULT, FaultWindow, excuses, ns};
+    use super::{AFTER_FAULT, FaultWindow, Input, Property, check, excuses, ns};
+    use crate::consistency::history::{Call, Op, Outcome, Variant};
+
+    /// A call of process `proc` on row 1, from `at` for 1 ms.
+    fn call(proc: u32, op: Op, at: u64, outcome: Outcome, served: Option<&str>) -> Call {
+        Call {
+            proc,
+            task: 0,
+            op,
+            variant: Variant::Plain,
+            key: 1,
+            invoke: at,
+            complete: at + 1_000_000,
+            outcome,
+            committed: None,
+            own_ns: 0,
+            loads: 0,
+            deadline_ns: None,
+            served: served.map(str::to_owned),
+        }
+    }
+
+    /// A read in another process 5 ms after a write completed, returning
+    /// the version before it: excused only if it may have shared a read or
+    /// load begun before the write (README, Guarantee 2's windows), not if
+    /// it hit or loaded on its own.
+    #[test]
+    fn the_shared_read_window_excuses_only_reads_that_may_have_shared() {
+        for (op, served, near, excused) in [
+            (Op::Read, Some("Coalesced"), false, true),
+            (Op::Read, Some("Hit"), false, false),
+            (Op::Read, Some("Loaded"), false, false),
+            (Op::Read, None, false, false),
+            (Op::Read, Some("Hit"), true, true),
+            (Op::Read, Some("Loaded"), true, false),
+            (Op::BatchRead, Some("Hit"), false, true),
+            (Op::BatchRead, Some("Loaded"), false, true),
+        ] {
+            let input = Input {
+                calls: vec![
+                    call(1, Op::Read, 0, Outcome::Read(1), Some("Loaded")),
+                    call(1, Op::Put, 10_000_000, Outcome::Wrote(2), None),
+                    call(2, op, 16_000_000, Outcome::Read(1), served),
+                ],
+                near,
+                ..Input::default()
+            };
+            let report = check(&input);
+            assert_eq!(
+                report.count(Property::A) == 0,
+                excused,
+                "{op:?} served {served:?} (near: {near}): {:?}",
+                report.violations
+            );
+        }
+    }
 
     fn window(kind: &'static str, detail: &str) -> FaultWindow {
         FaultWindow {

@@ -144,6 +144,11 @@ pub struct Call {
     pub loads: u32,
     /// The deadline the caller gave the call, if any, ns.
     pub deadline_ns: Option<u64>,
+    /// What the cache did for a read that returned (the name of its
+    /// `cached_runtime::Outcome`: `Hit`, `Coalesced`, ...; a batch's, for
+    /// each of its rows). `None` for writes and the hand-written system.
+    #[serde(default)]
+    pub served: Option<String>,
 }
 
 impl Call {

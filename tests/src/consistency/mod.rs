@@ -1036,6 +1036,7 @@ fn redis_case(
         recovery,
         problems,
         t0,
+        near: case.mode == Mode::Near,
         ..Input::default()
     }
 }

@@ -311,9 +311,21 @@ impl TaskCtx {
     async fn read(&self, variant: Variant, key: u64, deadline: Deadline) {
         let ctx = Ctx::default();
         let invoke = now_ns();
-        let got = match &self.system {
-            System::Framework(f) => deadline.run(f.read(variant, key, ctx.clone())).await,
-            System::HandWritten(h) => deadline.run(h.read(variant, key, ctx.clone())).await,
+        let (got, served) = match &self.system {
+            System::Framework(f) => {
+                match deadline
+                    .run(cached_runtime::with_outcome(f.read(
+                        variant,
+                        key,
+                        ctx.clone(),
+                    )))
+                    .await
+                {
+                    Some((got, served)) => (Some(got), served),
+                    None => (None, None),
+                }
+            }
+            System::HandWritten(h) => (deadline.run(h.read(variant, key, ctx.clone())).await, None),
         };
         let complete = now_ns();
         let outcome = match got {
@@ -331,6 +343,7 @@ impl TaskCtx {
             outcome,
             &ctx,
             deadline,
+            served,
         );
     }
 
@@ -342,9 +355,17 @@ impl TaskCtx {
         };
         let ctx = Ctx::default();
         let invoke = now_ns();
-        let got = deadline
-            .run(f.read_many(variant, ids.clone(), ctx.clone()))
-            .await;
+        let (got, served) = match deadline
+            .run(cached_runtime::with_outcome(f.read_many(
+                variant,
+                ids.clone(),
+                ctx.clone(),
+            )))
+            .await
+        {
+            Some((got, served)) => (Some(got), served),
+            None => (None, None),
+        };
         let complete = now_ns();
         for id in ids {
             let outcome = match &got {
@@ -367,6 +388,7 @@ impl TaskCtx {
                 outcome,
                 &ctx,
                 deadline,
+                served,
             );
         }
     }
@@ -397,7 +419,9 @@ impl TaskCtx {
             Some(Ok(row)) => Outcome::Wrote(row.version),
             Some(Err(e)) => Outcome::Error(format!("{e:?}")),
         };
-        self.record(op, variant, key, invoke, complete, outcome, &ctx, deadline);
+        self.record(
+            op, variant, key, invoke, complete, outcome, &ctx, deadline, None,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -411,6 +435,7 @@ impl TaskCtx {
         outcome: Outcome,
         ctx: &Ctx,
         deadline: Deadline,
+        served: Option<cached_runtime::Outcome>,
     ) {
         self.recorder.record(Record::Call(Call {
             proc: self.proc,
@@ -425,6 +450,7 @@ impl TaskCtx {
             own_ns: ctx.own_ns(),
             loads: ctx.loads(),
             deadline_ns: deadline.ns(),
+            served: served.map(|o| format!("{o:?}")),
         }));
     }
 }
