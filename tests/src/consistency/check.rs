@@ -337,10 +337,12 @@ fn counts(input: &Input, report: &mut Report) {
         .filter(|c| c.outcome == Outcome::Dropped && c.committed.is_some())
         .count();
     let procs: std::collections::BTreeSet<u32> = input.calls.iter().map(|c| c.proc).collect();
+    let refreshes = input.calls.iter().filter(|c| c.op == Op::Refresh).count();
     report.notes.push(format!(
-        "{} calls ({} reads, {} writes) from {} processes; {} dropped by their deadline ({} writes of them after committing)",
+        "{} calls ({} reads, {} of them refreshes; {} writes) from {} processes; {} dropped by their deadline ({} writes of them after committing)",
         input.calls.len(),
         reads,
+        refreshes,
         input.calls.len() - reads,
         procs.len(),
         dropped,

@@ -58,6 +58,11 @@ pub enum Op {
     /// A `#[cached(batch)]` reader of the row and a few others (one call
     /// recorded per row, with the batch's times).
     BatchRead,
+    /// The reader's `{name}_refresh` companion: reads the source and
+    /// replaces the entry (returns the version it read, so it is checked
+    /// as a read; what it stores, by the reads after it). Serialized last,
+    /// so that histories recorded before it still parse.
+    Refresh,
     /// Source update, then `#[cache_put]` of the new row.
     Put,
     /// Source update, then `#[cache_evict(keys = ...)]`.
@@ -89,13 +94,14 @@ impl Op {
     }
 
     pub fn is_read(self) -> bool {
-        matches!(self, Op::Read | Op::BatchRead)
+        matches!(self, Op::Read | Op::BatchRead | Op::Refresh)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Op::Read => "read",
             Op::BatchRead => "batch_read",
+            Op::Refresh => "refresh",
             Op::Put => "put",
             Op::EvictKey => "evict_key",
             Op::EvictPatternOne => "evict_pattern_one",

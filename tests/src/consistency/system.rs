@@ -473,6 +473,18 @@ impl Framework {
         }
     }
 
+    /// The reader's `_refresh` companion: the row read from the source,
+    /// replacing its entry (`stale`: the reader without `soft_timeout`).
+    pub async fn refresh(&self, variant: Variant, id: u64, ctx: Ctx) -> Result<Row, DbError> {
+        let g = group(id);
+        match variant {
+            Variant::Plain => self.plain.read_refresh(id, g, ctx).await,
+            Variant::Stale => self.stale.read_refresh(id, g, ctx).await,
+            Variant::Early => self.early.read_refresh(id, g, ctx).await,
+            Variant::Tagged => self.tagged.read_refresh(id, g, ctx).await,
+        }
+    }
+
     /// A batch read of `ids` (the variants with a batch reader: `plain`,
     /// `early`, and `tagged`, whose ids are of one group).
     pub async fn read_many(
@@ -510,7 +522,7 @@ impl Framework {
                     Op::EvictPatternOne => $v.evict_pattern_one(id, ctx).await,
                     Op::EvictPatternAll => $v.evict_pattern_all(id, ctx).await,
                     Op::EvictPrefix => $v.evict_prefix(id, ctx).await,
-                    Op::EvictTag | Op::Read | Op::BatchRead => {
+                    Op::EvictTag | Op::Read | Op::BatchRead | Op::Refresh => {
                         unreachable!("not a write of every variant")
                     }
                 }

@@ -247,6 +247,11 @@ fn write_share(variant: Variant) -> f64 {
 /// Share of the `plain`, `early` and `tagged` reads made in a batch.
 const BATCH_SHARE: f64 = 0.25;
 
+/// Share of the single reads made through the reader's `_refresh`
+/// companion (small: the `stale` and `early` rows must live past, or near,
+/// their TTL between changes).
+const REFRESH_SHARE: f64 = 0.05;
+
 /// A random call: what, on which row.
 fn pick(rng: &mut fastrand::Rng, hand_written: bool, only: &[Op]) -> (Op, Variant, u64) {
     let variant = Variant::ALL[rng.usize(..Variant::ALL.len())];
@@ -257,7 +262,14 @@ fn pick(rng: &mut fastrand::Rng, hand_written: bool, only: &[Op]) -> (Op, Varian
         let batch = !hand_written
             && matches!(variant, Variant::Plain | Variant::Early | Variant::Tagged)
             && rng.f64() < BATCH_SHARE;
-        return (if batch { Op::BatchRead } else { Op::Read }, variant, key);
+        let op = if batch {
+            Op::BatchRead
+        } else if !hand_written && rng.f64() < REFRESH_SHARE {
+            Op::Refresh
+        } else {
+            Op::Read
+        };
+        return (op, variant, key);
     }
     if hand_written {
         return (Op::EvictKey, variant, key);
@@ -302,25 +314,26 @@ impl TaskCtx {
                 }
                 self.batch_read(variant, ids, deadline).await;
             } else {
-                self.read(variant, key, deadline).await;
+                self.read(op, variant, key, deadline).await;
             }
             tokio::time::sleep(Duration::from_micros(rng.u64(0..2000))).await;
         }
     }
 
-    async fn read(&self, variant: Variant, key: u64, deadline: Deadline) {
+    /// A single read (`Op::Read`), or a refresh (`Op::Refresh`).
+    async fn read(&self, op: Op, variant: Variant, key: u64, deadline: Deadline) {
         let ctx = Ctx::default();
         let invoke = now_ns();
         let (got, served) = match &self.system {
             System::Framework(f) => {
-                match deadline
-                    .run(cached_runtime::with_outcome(f.read(
-                        variant,
-                        key,
-                        ctx.clone(),
-                    )))
-                    .await
-                {
+                let call = async {
+                    if op == Op::Refresh {
+                        f.refresh(variant, key, ctx.clone()).await
+                    } else {
+                        f.read(variant, key, ctx.clone()).await
+                    }
+                };
+                match deadline.run(cached_runtime::with_outcome(call)).await {
                     Some((got, served)) => (Some(got), served),
                     None => (None, None),
                 }
@@ -335,15 +348,7 @@ impl TaskCtx {
             Some(Err(e)) => Outcome::Error(format!("{e:?}")),
         };
         self.record(
-            Op::Read,
-            variant,
-            key,
-            invoke,
-            complete,
-            outcome,
-            &ctx,
-            deadline,
-            served,
+            op, variant, key, invoke, complete, outcome, &ctx, deadline, served,
         );
     }
 
