@@ -6,7 +6,8 @@
 //! loader, with no added wait). Once the backoff has passed, one probe (a
 //! `PING` from a task of its own, so that no caller pays for it) tests the
 //! backend: an answer closes the breaker, a failure doubles the backoff up to
-//! its bound. Any operation that succeeds while open (a write-through, an
+//! its bound; a probe that does not report in its own bound (its runtime no
+//! longer runs it) is replaced by another. Any operation that succeeds while open (a write-through, an
 //! invalidation or a leaseholder's write, which are always attempted)
 //! closes it too.
 
@@ -90,7 +91,9 @@ pub(crate) struct Breaker {
     name: String,
     state: AtomicU8,
     failures: AtomicU32,
-    /// When the next probe may start, ms since `epoch`.
+    /// Open: when the next probe may start. Probing: by when the probe
+    /// running must have reported, past which another may start. Ms since
+    /// `epoch`.
     probe_at_ms: AtomicU64,
     backoff: Mutex<Duration>,
     epoch: Instant,
@@ -128,20 +131,49 @@ impl Breaker {
     }
 
     /// Whether an operation may go to the backend now. One atomic load while
-    /// closed.
+    /// closed. A probe it starts has `probe_bound()` to report; one that has
+    /// not by then (its task is on a runtime that no longer runs it: kept,
+    /// but not polled) is given up on, and the next caller starts another,
+    /// rather than every call skip the backend for good.
     #[inline]
-    pub(crate) fn admit(&self) -> Admit {
-        match self.state.load(Relaxed) {
-            CLOSED => Admit::Pass,
-            OPEN if self.now_ms() >= self.probe_at_ms.load(Relaxed)
-                && self
-                    .state
-                    .compare_exchange(OPEN, PROBING, Relaxed, Relaxed)
-                    .is_ok() =>
-            {
-                Admit::SkipAndProbe
+    pub(crate) fn admit(&self, probe_bound: impl FnOnce() -> Duration) -> Admit {
+        let state = self.state.load(Relaxed);
+        if state == CLOSED {
+            return Admit::Pass;
+        }
+        let now = self.now_ms();
+        let due = self.probe_at_ms.load(Relaxed);
+        // One caller wins the probe due now: the first after the backoff,
+        // or another once the running one is overdue.
+        if now < due
+            || self
+                .probe_at_ms
+                .compare_exchange(
+                    due,
+                    now.saturating_add(crate::clock::duration_ms(probe_bound())),
+                    Relaxed,
+                    Relaxed,
+                )
+                .is_err()
+        {
+            return Admit::Skip;
+        }
+        let won = if state == OPEN {
+            self.state
+                .compare_exchange(OPEN, PROBING, Relaxed, Relaxed)
+                .is_ok()
+        } else {
+            // Still probing: the probe did not report in its bound.
+            let overdue = self.state.load(Relaxed) == PROBING;
+            if overdue {
+                tracing::debug!(cache = %self.name, "cache breaker probe overdue; probing again");
             }
-            _ => Admit::Skip,
+            overdue
+        };
+        if won {
+            Admit::SkipAndProbe
+        } else {
+            Admit::Skip
         }
     }
 
@@ -277,6 +309,9 @@ impl Drop for Breaker {
 mod tests {
     use super::*;
 
+    /// A probe's bound to report, longer than any test here waits.
+    const BOUND: Duration = Duration::from_secs(60);
+
     fn breaker(failures: u32) -> Breaker {
         Breaker::new(
             CircuitBreaker {
@@ -296,28 +331,47 @@ mod tests {
         b.succeeded();
         b.failed();
         b.failed();
-        assert_eq!(b.admit(), Admit::Pass);
+        assert_eq!(b.admit(|| BOUND), Admit::Pass);
         b.failed();
-        assert_eq!(b.admit(), Admit::Skip);
+        assert_eq!(b.admit(|| BOUND), Admit::Skip);
     }
 
     #[test]
     fn one_probe_after_the_backoff_and_recovery() {
         let b = breaker(1);
         b.failed();
-        assert_eq!(b.admit(), Admit::Skip);
+        assert_eq!(b.admit(|| BOUND), Admit::Skip);
         std::thread::sleep(Duration::from_millis(25));
-        assert_eq!(b.admit(), Admit::SkipAndProbe);
-        assert_eq!(b.admit(), Admit::Skip, "one probe at a time");
+        assert_eq!(b.admit(|| BOUND), Admit::SkipAndProbe);
+        assert_eq!(b.admit(|| BOUND), Admit::Skip, "one probe at a time");
         b.probed(false);
         // Backoff doubled to 40 ms: not yet.
         std::thread::sleep(Duration::from_millis(25));
-        assert_eq!(b.admit(), Admit::Skip);
+        assert_eq!(b.admit(|| BOUND), Admit::Skip);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(b.admit(), Admit::SkipAndProbe);
+        assert_eq!(b.admit(|| BOUND), Admit::SkipAndProbe);
         b.probed(true);
-        assert_eq!(b.admit(), Admit::Pass);
+        assert_eq!(b.admit(|| BOUND), Admit::Pass);
         assert!(b.is_closed());
+    }
+
+    /// A probe that does not report within its bound is given up on: one
+    /// caller (not every one) starts another; one that reports in time is
+    /// never doubled. A late report still counts.
+    #[test]
+    fn an_overdue_probe_is_replaced_by_one_more() {
+        let b = breaker(1);
+        let bound = || Duration::from_millis(40);
+        b.failed();
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(b.admit(bound), Admit::SkipAndProbe);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.admit(bound), Admit::Skip, "within the probe's bound");
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(b.admit(bound), Admit::SkipAndProbe, "overdue: another");
+        assert_eq!(b.admit(bound), Admit::Skip, "one more, not one each");
+        b.probed(true);
+        assert_eq!(b.admit(bound), Admit::Pass);
     }
 
     #[test]
@@ -348,9 +402,9 @@ mod tests {
         // Two failures after the recovery: fewer than three in a row.
         b.failed();
         b.failed();
-        assert_eq!(b.admit(), Admit::Pass, "the count started again");
+        assert_eq!(b.admit(|| BOUND), Admit::Pass, "the count started again");
         b.failed();
-        assert_eq!(b.admit(), Admit::Skip);
+        assert_eq!(b.admit(|| BOUND), Admit::Skip);
     }
 
     #[test]
@@ -370,7 +424,7 @@ mod tests {
         b.failed();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(
-            b.admit(),
+            b.admit(|| BOUND),
             Admit::SkipAndProbe,
             "probed 100 ms after opening"
         );
@@ -380,10 +434,10 @@ mod tests {
     fn a_success_while_open_closes_it() {
         let b = breaker(1);
         b.failed();
-        assert_eq!(b.admit(), Admit::Skip);
+        assert_eq!(b.admit(|| BOUND), Admit::Skip);
         b.succeeded();
         assert!(b.is_closed());
-        assert_eq!(b.admit(), Admit::Pass);
+        assert_eq!(b.admit(|| BOUND), Admit::Pass);
         // A probe that fails after that success leaves it closed.
         b.probed(false);
         assert!(b.is_closed());
@@ -451,6 +505,6 @@ mod tests {
         for _ in 0..100 {
             b.failed();
         }
-        assert_eq!(b.admit(), Admit::Pass);
+        assert_eq!(b.admit(|| BOUND), Admit::Pass);
     }
 }

@@ -457,7 +457,10 @@ impl RedisBackend {
     /// from the backend): the probe is what replaces connections gone
     /// silent, which the retries alone would wait on for ever.
     pub(crate) fn let_probe(&self, timeout: Duration) {
-        if matches!(self.breaker.admit(), Admit::SkipAndProbe) {
+        if matches!(
+            self.breaker.admit(|| self.probe_bound(timeout)),
+            Admit::SkipAndProbe
+        ) {
             self.probe(timeout);
         }
     }
@@ -465,7 +468,7 @@ impl RedisBackend {
     /// Whether the breaker lets an operation through: `Skipped` if not,
     /// after starting its probe when one is due.
     fn admitted(&self, timeout: Duration) -> Result<(), BackendError> {
-        match self.breaker.admit() {
+        match self.breaker.admit(|| self.probe_bound(timeout)) {
             Admit::Pass => Ok(()),
             Admit::Skip => Err(BackendError::Skipped),
             Admit::SkipAndProbe => {
@@ -524,6 +527,13 @@ impl RedisBackend {
     /// Tests the backend with a PING on a fresh connection, from a task of
     /// its own so that no caller waits on it; an answer makes that
     /// connection the one callers use (see [`Connections`]).
+    /// How long a probe started with `timeout` may take to report: its
+    /// three steps (a `PING` on a new connection, the scripts loaded, the
+    /// lease connection's `PING`), each with its connect and its timeout.
+    fn probe_bound(&self, timeout: Duration) -> Duration {
+        (timeout + self.probe_timeout).saturating_mul(3)
+    }
+
     fn probe(&self, timeout: Duration) {
         let breaker = Arc::clone(&self.breaker);
         let (Ok(runtime), Ok(mut fresh)) =

@@ -154,3 +154,45 @@ fn a_probe_cut_off_by_its_runtime_ending_does_not_leave_the_breaker_waiting() {
         "the breaker still waits for a probe that will never report",
     ));
 }
+
+/// A probe started from a runtime that is then kept but no longer polled
+/// (a `current_thread` runtime driven now and then by `block_on`, as a
+/// synchronous program's) cannot report: the breaker must not wait for it
+/// forever, skipping Redis on every call. Past the probe's own bound, a
+/// caller starts another, on its own runtime.
+#[test]
+fn a_probe_on_a_runtime_no_longer_polled_does_not_leave_the_breaker_waiting() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut server = RedisServer::start();
+    let s = with_breaker(&server, 1, 50, 100);
+    main.block_on(async {
+        let _ = s.get(1).await; // connects
+    });
+    server.freeze();
+    main.block_on(async {
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
+        assert!(s.cache.breaker_open());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    });
+    // The probe is due: a call on another runtime starts it there, and that
+    // runtime is never polled again.
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    idle.block_on(async {
+        let _ = timed(Duration::from_secs(2), s.get(1)).await;
+    });
+    server.thaw();
+    main.block_on(until_closed(
+        &s,
+        1,
+        Duration::from_secs(5),
+        "the breaker still waits for a probe on a runtime nobody polls",
+    ));
+    drop(idle);
+}
