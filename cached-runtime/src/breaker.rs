@@ -234,7 +234,7 @@ impl Breaker {
         }
         let backoff = {
             let mut backoff = self.backoff_lock();
-            *backoff = (*backoff * 2).min(self.settings.max_backoff);
+            *backoff = backoff.saturating_mul(2).min(self.settings.max_backoff);
             *backoff
         };
         self.arm(backoff);

@@ -984,19 +984,22 @@ async fn track(shared: Weak<Shared>, tracker: TrackerSettings) {
         // timeouts; only a server that stalls mid-subscribe tells `+` from
         // `-` here, which the consistency checker's `near/freeze` does, not
         // the targets `scripts/mutants` runs for this file.)
-        let subscribed = tokio::time::timeout(tracker.connect_timeout + tracker.timeout, async {
-            let mut conn = tracker
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let mut cmd = redis::cmd("CLIENT");
-            cmd.arg("TRACKING").arg("ON").arg("BCAST");
-            if !tracker.prefix.is_empty() {
-                cmd.arg("PREFIX").arg(&tracker.prefix);
-            }
-            cmd.query_async::<()>(&mut conn).await?;
-            Ok::<_, redis::RedisError>(conn)
-        })
+        let subscribed = tokio::time::timeout(
+            tracker.connect_timeout.saturating_add(tracker.timeout),
+            async {
+                let mut conn = tracker
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                let mut cmd = redis::cmd("CLIENT");
+                cmd.arg("TRACKING").arg("ON").arg("BCAST");
+                if !tracker.prefix.is_empty() {
+                    cmd.arg("PREFIX").arg(&tracker.prefix);
+                }
+                cmd.query_async::<()>(&mut conn).await?;
+                Ok::<_, redis::RedisError>(conn)
+            },
+        )
         .await;
         let mut conn = match subscribed {
             Ok(Ok(conn)) => conn,

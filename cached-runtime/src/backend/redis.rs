@@ -531,7 +531,7 @@ impl RedisBackend {
     /// three steps (a `PING` on a new connection, the scripts loaded, the
     /// lease connection's `PING`), each with its connect and its timeout.
     fn probe_bound(&self, timeout: Duration) -> Duration {
-        (timeout + self.probe_timeout).saturating_mul(3)
+        timeout.saturating_add(self.probe_timeout).saturating_mul(3)
     }
 
     fn probe(&self, timeout: Duration) {
@@ -543,7 +543,7 @@ impl RedisBackend {
             return;
         };
         let conns = Arc::clone(&self.conns);
-        let timeout = timeout + self.probe_timeout;
+        let timeout = timeout.saturating_add(self.probe_timeout);
         // Reports a failure if the task is dropped unfinished (its runtime
         // shut down): the breaker must not wait for a probe forever.
         let mut report = ProbeReport(Some(breaker));

@@ -356,7 +356,11 @@ impl Engine {
         // A task that has not beaten for this long is not being polled (its
         // runtime is kept idle): another is started beside it. Two tasks
         // retry the same changes at worst, which land once.
-        let stalled = self.op_timeout.saturating_mul(2) + MAX_BACKOFF + Duration::from_secs(1);
+        let stalled = self
+            .op_timeout
+            .saturating_mul(2)
+            .saturating_add(MAX_BACKOFF)
+            .saturating_add(Duration::from_secs(1));
         if self.pending.retrying.swap(true, Ordering::AcqRel)
             && monotonic_ms().saturating_sub(self.pending.beat.load(Ordering::Acquire))
                 < crate::clock::duration_ms(stalled)
