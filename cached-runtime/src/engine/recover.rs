@@ -531,11 +531,14 @@ async fn retry(engine: Weak<Engine>, mut stopped: RetryStopped) {
                     }
                     engine.pending.landed(&change);
                 }
-                Err(_) => failed = true,
+                // The breaker's probe, when due, is what replaces
+                // connections gone silent: asked after each failure, not
+                // once a round of them (each may wait its timeout) is over.
+                Err(_) => {
+                    failed = true;
+                    engine.backend.let_probe(engine.op_timeout);
+                }
             }
-        }
-        if failed {
-            engine.backend.let_probe(engine.op_timeout);
         }
         backoff = if failed {
             (backoff * 2).min(MAX_BACKOFF)

@@ -121,6 +121,45 @@ async fn a_pending_tag_over_stranded_connections_lands() {
     assert_eq!(s.tagged(1).await.name, "v2");
 }
 
+/// Many changes pending over connections gone silent: the retry asks the
+/// breaker for its probe after each change that fails, not once a whole
+/// round has, so the connections are replaced within a few timeouts
+/// whatever the number pending (found by a review: a round of 100 pending
+/// tags waited out 100 timeouts before the first probe, 5 s, during which
+/// the process read nothing from the cache and other processes served what
+/// the changes removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pending_changes_over_stranded_connections_land_soon() {
+    let server = RedisServer::start();
+    let proxy = cached_tests::Proxy::start(server.port());
+    let s = Rows::new(
+        builder(&server)
+            .redis(proxy.url())
+            .build()
+            .expect("a valid cache"),
+    );
+    assert_eq!(s.tagged(1).await.name, "v1 of 1");
+    let entry = format!("{}:trow:1:row", cached_tests::NAMESPACE);
+    assert_eq!(server.cmd::<i64>(&["EXISTS", &entry]), 1);
+    proxy.strand();
+    let mut changes = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let cache = s.cache.clone();
+        changes.spawn(async move { cache.invalidate_tag(&format!("other{i}")).await });
+    }
+    let pended = changes.join_all().await;
+    assert!(pended.iter().all(Result::is_err), "each timed out, pended");
+    s.rename_all_tagged(1, "v2".into()).await;
+    until_gone(
+        &server,
+        &entry,
+        Duration::from_millis(1500),
+        "the tag's eviction waited behind the others' timeouts",
+    )
+    .await;
+    assert_eq!(s.tagged(1).await.name, "v2");
+}
+
 /// `Cache::invalidate_pattern` (and its siblings) whose caller is dropped
 /// mid-way (a request timeout) while Redis is frozen: what it was to
 /// remove is retried, as `#[cache_evict]`'s is, not lost with the future.
