@@ -311,12 +311,13 @@ async fn a_refresh_dropped_while_removing_the_older_entry_leaves_it_pending() {
             tokio::time::timeout(Duration::from_millis(650), s.get_brief_refresh(5)).await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Joins while the refresh waits for the lease, before its load began.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let joiner = tokio::spawn({
         let s = s.clone();
         async move { s.get_brief(5).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
     proxy.strand();
     assert!(
         refresh.await.expect("joins").is_err(),
@@ -346,6 +347,60 @@ async fn a_refresh_dropped_while_removing_the_older_entry_leaves_it_pending() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     holder.abort();
+}
+
+/// A refresh without the key's lease (another process's load holds it
+/// past `wait`) cannot confirm that no change landed while it loaded: as a
+/// load without a lease, it is shared only with callers who joined before
+/// its load began (README, Guarantee 2). A caller that comes during the
+/// load, after another process's eviction completed, starts afresh rather
+/// than take the value read before the eviction (found by a review: it
+/// joined the refresh and got the older value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_without_the_lease_is_not_shared_with_later_callers() {
+    let server = cached_tests::RedisServer::start();
+    let cache = || {
+        cached_tests::redis_builder(&server)
+            .build()
+            .expect("builds")
+    };
+    let s = Store::new(cache());
+    // Another process of the same service (the same source).
+    let writer = Store {
+        cache: cache(),
+        ..s.clone()
+    };
+    // A third process, whose slow load holds the key's lease.
+    let holder = Store::new(cache());
+    assert_eq!(s.get(5).await, Ok(Some(Item { id: 5, version: 1 })));
+    holder.slow(Duration::from_secs(8));
+    let held = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.get_refresh(5).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.slow(Duration::from_millis(400));
+    // Lease held past its 100 ms `wait`: loads version 1 without it.
+    let refresh = tokio::spawn({
+        let s = s.clone();
+        async move { s.get_brief_refresh(5).await }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    writer.set(5, 2);
+    writer.get_invalidate(&5).await;
+    // (With the default `wait`: it would wait out the refresh's load.)
+    let later = s.get(5).await;
+    assert_eq!(
+        refresh.await.expect("joins"),
+        Ok(Some(Item { id: 5, version: 1 })),
+        "the refresh returns what it read"
+    );
+    assert_eq!(
+        later,
+        Ok(Some(Item { id: 5, version: 2 })),
+        "a caller after the eviction got the value read before it"
+    );
+    held.abort();
 }
 
 async fn evict_of_removes_exactly_the_named_calls(backend: &Backend) {

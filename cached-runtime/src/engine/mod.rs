@@ -585,15 +585,20 @@ impl Engine {
         } else {
             let token = fastrand::u64(1..);
             guard.lease = Some(token);
+            // Without the lease the load cannot confirm that no change
+            // landed while it ran: as `lead`'s, it is shared only with
+            // callers who joined before it began.
             match self.take_lease(&call, token, Ask::Replace).await {
                 Leasing::Ours(epoch) => Some(Lease { token, epoch }),
                 Leasing::Value(_) | Leasing::NotOurs => {
                     guard.lease = None;
+                    guard.close();
                     None
                 }
                 // Perhaps ours on the server: the guard releases it.
                 Leasing::Failed => {
                     failing = true;
+                    guard.close();
                     None
                 }
             }
