@@ -26,6 +26,7 @@ on_both_backends!(
     stale_set_race_leaves_no_stale_keys,
     stale_set_race_control_catches_stale_keys,
     a_call_is_served_only_entries_its_tags_reach,
+    a_pattern_leaves_the_cache_s_own_records_of_tags,
 );
 
 cached_tests::on_cluster!(
@@ -42,6 +43,7 @@ cached_tests::on_cluster!(
     stale_set_race_leaves_no_stale_keys,
     stale_set_race_control_catches_stale_keys,
     a_call_is_served_only_entries_its_tags_reach,
+    a_pattern_leaves_the_cache_s_own_records_of_tags,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +272,31 @@ async fn patterns_prefixes_and_tags_remove_their_entries_only(backend: &Backend)
     assert_eq!(s.loads(), loads, "other prefixes stay");
     s.get(2, 102).await.expect("loads");
     assert_eq!(s.loads(), loads + 1);
+}
+
+/// A pattern reaches the entries whose keys it matches, never the cache's
+/// own records kept in the namespace: on one server a tag's index
+/// (`{namespace}:~tag:video:101`) matched `*:101`, was removed while the
+/// entries it listed stayed, and the tag's invalidation then reached none
+/// of them (found by a review; the memory backend matched entries only).
+async fn a_pattern_leaves_the_cache_s_own_records_of_tags(backend: &Backend) {
+    let cache = backend.cache();
+    let s = Service::new(cache.clone());
+    s.get(1, 101).await.expect("loads");
+    let removed = cache
+        .invalidate_pattern("*:101")
+        .await
+        .expect("invalidates");
+    assert_eq!(removed, 0, "no entry's key matches");
+    cache
+        .invalidate_tag("video:101")
+        .await
+        .expect("invalidates");
+    assert_eq!(
+        cache.get::<Placement>("placement:1").await,
+        None,
+        "the tag's invalidation missed the entry"
+    );
 }
 
 async fn cache_methods_invalidate_by_key_pattern_and_tag(backend: &Backend) {

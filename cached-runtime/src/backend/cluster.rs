@@ -166,6 +166,24 @@ pub(crate) fn value_pattern(pattern: &str) -> String {
     value_key(&crate::glob::closed(pattern))
 }
 
+/// Whether `key`, as named on the cluster, is one of the cache's own
+/// records in `namespace` that a pattern's glob (`{ns:...}`) can match (a
+/// tag's version, `{ns:~tag:t}`), not an entry or a lease: its logical
+/// name begins with `~` after the namespace.
+pub(crate) fn is_record(key: &str, namespace: &str) -> bool {
+    let Some(logical) = key.strip_prefix('{') else {
+        return false;
+    };
+    let logical = if namespace.is_empty() {
+        Some(logical)
+    } else {
+        logical
+            .strip_prefix(namespace)
+            .and_then(|rest| rest.strip_prefix(':'))
+    };
+    logical.is_some_and(|rest| rest.starts_with('~'))
+}
+
 /// The version key of the full tag key `tag`: `{tag}`.
 pub(crate) fn version_key(tag: &str) -> String {
     value_key(tag)
@@ -596,6 +614,11 @@ mod tests {
         }
         assert_eq!(value_pattern("ns:p:*"), "{ns:p:*}");
         assert_eq!(version_key("ns:~tag:t"), "{ns:~tag:t}");
+        assert!(is_record(&version_key("ns:~tag:t"), "ns"));
+        assert!(is_record("{~tag:t}", ""));
+        assert!(!is_record("{ns:item:7}", "ns"));
+        assert!(!is_record("{ns:item:7}:~lease", "ns"));
+        assert!(!is_record("{other:~tag:t}", "ns"));
     }
 
     #[test]

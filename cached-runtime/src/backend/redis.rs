@@ -1244,6 +1244,10 @@ impl RedisBackend {
                 return self.invalidate_pattern_cluster(pattern, timeout).await;
             }
         };
+        // `{namespace}:~` (`~` without a namespace): where the epoch and
+        // the tags' indexes live, `~` and all.
+        debug_assert!(epoch_key.ends_with(EPOCH));
+        let records = &epoch_key[..epoch_key.len() - EPOCH.len() + 1];
         let mut conn = self.conn()?;
         // The epoch made first if absent (see `epoch_seed`); the `INCR`'s
         // answer is the one that counts (an `-OOM` refusal included).
@@ -1301,10 +1305,14 @@ impl RedisBackend {
                 .run(Gate::Always, timeout, scan.query_async(&mut conn))
                 .await?;
             let keys = ours(keys);
-            // Never the epoch itself (`*` matches it): removed, it would
-            // read as 0 again, as when a load in flight took its lease,
-            // and the load would store what it read before the change.
-            let keys: Vec<&String> = keys.iter().filter(|k| *k != epoch_key).collect();
+            // Never the cache's own records in the namespace, whose names
+            // begin with `~` (a pattern as `*` or `*:7` matches them): the
+            // epoch, removed, would read as 0 again, as when a load in
+            // flight took its lease, and the load would store what it read
+            // before the change; a tag's index, removed while the entries
+            // it lists stay, would leave them out of the tag's next
+            // invalidation. The memory backend matches entries only.
+            let keys: Vec<&String> = keys.iter().filter(|k| !k.starts_with(records)).collect();
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
                 for key in keys {
@@ -1563,7 +1571,12 @@ impl RedisBackend {
                 .await?;
             let (next, keys): (u64, Vec<Vec<u8>>) =
                 redis::from_redis_value(reply).map_err(|e| BackendError::Redis(e.into()))?;
-            let keys = ours(keys);
+            let mut keys = ours(keys);
+            // Never the cache's own records (tags' versions), as on one
+            // server: only entries and their leases.
+            if let Layout::Cluster { namespace } = &self.layout {
+                keys.retain(|k| !cluster::is_record(k, namespace));
+            }
             if !keys.is_empty() {
                 // Where they are now (see `unlink_each`): a key of a slot
                 // that migrates may have left this node since the scan.
