@@ -93,7 +93,10 @@ pub(crate) fn analyse(f: &ItemFn, kind: Kind, errors: &mut Errors) -> Option<FnI
                 has_self = true;
             }
             FnArg::Typed(pt) => {
-                if let Type::ImplTrait(it) = &*pt.ty {
+                // Anywhere in the type (`&impl KeyPart`, `Option<impl
+                // KeyPart>`): each is a type parameter, and two types that
+                // render alike would share one key.
+                if let Some(it) = impl_trait_in(&pt.ty) {
                     errors.push(syn::Error::new_spanned(
                         it,
                         format!(
@@ -103,6 +106,17 @@ pub(crate) fn analyse(f: &ItemFn, kind: Kind, errors: &mut Errors) -> Option<FnI
                     ));
                 }
                 match &*pt.pat {
+                    // The expansion's own names begin with `__cached`: a
+                    // parameter so named would be shadowed by one of them.
+                    Pat::Ident(pi) if pi.ident.to_string().starts_with("__cached") => {
+                        errors.push(syn::Error::new_spanned(
+                            &pi.ident,
+                            format!(
+                                "#[{attr}] reserves names beginning with `__cached` for the code it \
+                                 generates; rename this parameter"
+                            ),
+                        ))
+                    }
                     Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                         params.push(pi.ident.clone())
                     }
@@ -232,6 +246,19 @@ fn not_storable(ty: &Type, attr: &str) -> Option<String> {
 /// The span to blame for a missing `cache = ...` on a free function.
 pub(crate) fn name_span(f: &ItemFn) -> Span {
     f.sig.ident.span()
+}
+
+/// The first `impl Trait` anywhere in `ty`, if any.
+fn impl_trait_in(ty: &Type) -> Option<&syn::TypeImplTrait> {
+    struct Finder<'a>(Option<&'a syn::TypeImplTrait>);
+    impl<'a> syn::visit::Visit<'a> for Finder<'a> {
+        fn visit_type_impl_trait(&mut self, it: &'a syn::TypeImplTrait) {
+            self.0.get_or_insert(it);
+        }
+    }
+    let mut finder = Finder(None);
+    syn::visit::Visit::visit_type(&mut finder, ty);
+    finder.0
 }
 
 #[cfg(test)]
