@@ -653,8 +653,25 @@ fn full_keys(list: &[(LitStr, Vec<Piece>)], start: &TokenStream, suffix: &str) -
 /// The value type check, spanned at the user's type.
 fn value_check(info: &FnInfo, p: &TokenStream) -> TokenStream {
     let value_ty = &info.value_ty;
+    // A plain value, or a `Result`'s, that is a `Result` or an `Option`
+    // behind an alias would be cached whole, errors and `None` included.
+    let shape = match info.shape {
+        Shape::Plain => Some(quote!(__cached_shape)),
+        Shape::Result => Some(quote!(__cached_ok_shape)),
+        Shape::Option | Shape::ResultOption => None,
+    };
+    let shape = shape.map(|method| {
+        quote_spanned! {value_ty.span()=>
+            {
+                #[allow(unused_imports)]
+                use #p::check::{AliasedOption as _, AliasedShape as _, PlainShape as _};
+                #p::check::written((&&#p::check::ShapeProbe::<#value_ty>::NEW).#method());
+            }
+        }
+    });
     quote_spanned! {value_ty.span()=>
         #p::check::cacheable::<#value_ty>();
+        #shape
     }
 }
 

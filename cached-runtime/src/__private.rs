@@ -863,6 +863,72 @@ pub mod check {
     /// Asserts a key part.
     #[inline(always)]
     pub fn key_part<T: KeyPart + ?Sized>(_: &T) {}
+
+    /// Tells apart, by the type itself, what the attribute read from the
+    /// signature's text: a type it took for a plain value (or for the
+    /// value in `Result<T, E>`) may be a `Result` or an `Option` behind a
+    /// type alias (`type Res<T> = Result<T, MyError>`), which the macro
+    /// cannot see through. `(&&ShapeProbe::<T>::NEW).__cached_shape()`
+    /// picks [`AliasedShape`]'s method when `T` is one (a receiver one
+    /// reference deeper wins), [`PlainShape`]'s otherwise, and
+    /// [`written`] accepts only the latter's answer.
+    #[derive(Debug)]
+    pub struct ShapeProbe<T: ?Sized>(core::marker::PhantomData<T>);
+
+    impl<T: ?Sized> ShapeProbe<T> {
+        pub const NEW: Self = ShapeProbe(core::marker::PhantomData);
+    }
+
+    /// What [`PlainShape`] answers: a type that is neither.
+    #[derive(Debug)]
+    pub struct AsWritten;
+
+    /// What [`AliasedShape`] answers: a `Result` or an `Option` that the
+    /// signature does not spell as one.
+    #[derive(Debug)]
+    pub struct ResultOrOptionBehindAnAlias;
+
+    /// A `Result` (for a plain value) or an `Option` (for a plain value or
+    /// the value in a `Result`) probed.
+    pub trait AliasedShape {
+        fn __cached_shape(&self) -> ResultOrOptionBehindAnAlias {
+            ResultOrOptionBehindAnAlias
+        }
+    }
+    impl<T, E> AliasedShape for &ShapeProbe<Result<T, E>> {}
+    impl<T> AliasedShape for &ShapeProbe<Option<T>> {}
+
+    /// An `Option` probed (for the value in a `Result`).
+    pub trait AliasedOption {
+        fn __cached_ok_shape(&self) -> ResultOrOptionBehindAnAlias {
+            ResultOrOptionBehindAnAlias
+        }
+    }
+    impl<T> AliasedOption for &ShapeProbe<Option<T>> {}
+
+    /// Any other type probed.
+    pub trait PlainShape {
+        fn __cached_shape(&self) -> AsWritten {
+            AsWritten
+        }
+        fn __cached_ok_shape(&self) -> AsWritten {
+            AsWritten
+        }
+    }
+    impl<T: ?Sized> PlainShape for ShapeProbe<T> {}
+
+    /// Implemented by [`AsWritten`] only.
+    #[diagnostic::on_unimplemented(
+        message = "this return type is a `Result` or an `Option` behind a type alias, which the attribute cannot see through",
+        label = "the attribute reads `Result` and `Option` from the signature's text: with an alias it would cache errors, or `None`, as values",
+        note = "write `Result<T, E>` or `Option<T>` in the signature (`Result<T, MyError>`, not `type Res<T> = Result<T, MyError>`)"
+    )]
+    pub trait WrittenInTheSignature {}
+    impl WrittenInTheSignature for AsWritten {}
+
+    /// Asserts the probe's answer (see [`ShapeProbe`]).
+    #[inline(always)]
+    pub fn written<M: WrittenInTheSignature>(_: M) {}
 }
 
 /// A `ttl` computed per call (`ttl = self.ttl`, `ttl = ttl_for(tier)`):
