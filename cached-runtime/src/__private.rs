@@ -762,10 +762,25 @@ impl<C: AsCache, F: FnOnce() -> C> AsCache for std::sync::LazyLock<C, F> {
 }
 
 impl<C: AsCache> AsCache for std::sync::OnceLock<C> {
+    /// The cache set in the lock; before it is set, a cache that is
+    /// switched off (`enabled(false)`: calls run their functions, nothing
+    /// is stored), with a warning, rather than a panic in the caller (a
+    /// startup that calls a cached function before it sets its cache).
     fn as_cache(&self) -> &Cache {
+        static UNSET: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(|| {
+            tracing::warn!(
+                "#[cached]: a function's cache (a OnceLock) was used before it was set; \
+                 its calls run uncached until it is"
+            );
+            Cache::builder()
+                .enabled(false)
+                .namespace("unset")
+                .build()
+                .unwrap_or_else(|_| Cache::memory())
+        });
         match self.get() {
             Some(c) => c.as_cache(),
-            None => panic!("#[cached]: the cache's OnceLock was read before it was set"),
+            None => &UNSET,
         }
     }
 }

@@ -237,6 +237,29 @@ async fn free_functions_use_the_named_cache() {
     assert_eq!(SHARED.get::<u64>("square:12").await, Some(144));
 }
 
+static LATE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+static LATE_SQUARES: LazyLock<Source> = LazyLock::new(Source::new);
+
+#[cached(prefix = "square", ttl = "1m", key = n, cache = LATE)]
+async fn late_square(n: u64) -> u64 {
+    LATE_SQUARES.count_load();
+    n * n
+}
+
+/// A cache in a `OnceLock` used before it is set (a startup that calls a
+/// cached function first): the calls run the function, uncached, rather
+/// than panic (found by a review: Guarantee 4); once set, it caches.
+#[tokio::test]
+async fn a_cache_in_a_once_lock_not_yet_set_runs_the_function_uncached() {
+    assert_eq!(late_square(5).await, 25);
+    assert_eq!(late_square(5).await, 25);
+    assert_eq!(LATE_SQUARES.loads(), 2, "uncached until the lock is set");
+    assert!(LATE.set(Cache::memory()).is_ok());
+    assert_eq!(late_square(5).await, 25);
+    assert_eq!(late_square(5).await, 25);
+    assert_eq!(LATE_SQUARES.loads(), 3, "cached once set");
+}
+
 #[tokio::test]
 async fn glob_characters_in_user_text_are_stored_in_keys_as_they_are() {
     let s = Service::new(Cache::memory());
