@@ -196,3 +196,32 @@ fn a_probe_on_a_runtime_no_longer_polled_does_not_leave_the_breaker_waiting() {
     ));
     drop(idle);
 }
+
+/// While a probe runs (within its bound), callers do not start more: one
+/// probe's connection, not one per call, however many calls come while the
+/// backend stays silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_start_one_probe_at_a_time_while_it_runs() {
+    let (_server, proxy, builder) = cached_tests::behind_a_proxy(
+        Duration::from_millis(100),
+        1,
+        Some(Duration::from_millis(50)),
+    );
+    let s = Service::new(builder.build().expect("builds"));
+    let _ = s.get(1).await; // connects
+    proxy.blackhole(true);
+    let _ = timed(Duration::from_secs(2), s.get(2)).await;
+    assert!(s.cache.breaker_open());
+    let before = proxy.connections();
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    for id in 0..20 {
+        let _ = timed(Duration::from_secs(2), s.get(id)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let probes = proxy.connections() - before;
+    proxy.blackhole(false);
+    assert!(
+        (1..=2).contains(&probes),
+        "{probes} connections opened by probes while one ran"
+    );
+}
