@@ -91,13 +91,9 @@ async fn until_gone(server: &RedisServer, key: &str, within: Duration, what: &st
     }
 }
 
-/// A tag eviction over connections gone silent (stranded) is pending, and
-/// a pending tag keeps every read of this process from the cache: no read
-/// then asks the breaker, whose probe is what replaces a silent
-/// connection. The retries must still get the change to Redis (other
-/// processes serve the entry until then).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pending_tag_over_stranded_connections_lands() {
+/// A server behind a proxy, a cache through it holding the tagged row 1
+/// (whose Redis key is returned), and then every connection stranded.
+async fn tagged_row_then_stranded() -> (RedisServer, cached_tests::Proxy, Rows, String) {
     let server = RedisServer::start();
     let proxy = cached_tests::Proxy::start(server.port());
     let s = Rows::new(
@@ -110,6 +106,17 @@ async fn a_pending_tag_over_stranded_connections_lands() {
     let entry = format!("{}:trow:1:row", cached_tests::NAMESPACE);
     assert_eq!(server.cmd::<i64>(&["EXISTS", &entry]), 1);
     proxy.strand();
+    (server, proxy, s, entry)
+}
+
+/// A tag eviction over connections gone silent (stranded) is pending, and
+/// a pending tag keeps every read of this process from the cache: no read
+/// then asks the breaker, whose probe is what replaces a silent
+/// connection. The retries must still get the change to Redis (other
+/// processes serve the entry until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_tag_over_stranded_connections_lands() {
+    let (server, _proxy, s, entry) = tagged_row_then_stranded().await;
     s.rename_all_tagged(1, "v2".into()).await;
     until_gone(
         &server,
@@ -130,18 +137,7 @@ async fn a_pending_tag_over_stranded_connections_lands() {
 /// the changes removed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_pending_changes_over_stranded_connections_land_soon() {
-    let server = RedisServer::start();
-    let proxy = cached_tests::Proxy::start(server.port());
-    let s = Rows::new(
-        builder(&server)
-            .redis(proxy.url())
-            .build()
-            .expect("a valid cache"),
-    );
-    assert_eq!(s.tagged(1).await.name, "v1 of 1");
-    let entry = format!("{}:trow:1:row", cached_tests::NAMESPACE);
-    assert_eq!(server.cmd::<i64>(&["EXISTS", &entry]), 1);
-    proxy.strand();
+    let (server, _proxy, s, entry) = tagged_row_then_stranded().await;
     let mut changes = tokio::task::JoinSet::new();
     for i in 0..100 {
         let cache = s.cache.clone();
