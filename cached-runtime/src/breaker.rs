@@ -7,9 +7,9 @@
 //! `PING` from a task of its own, so that no caller pays for it) tests the
 //! backend: an answer closes the breaker, a failure doubles the backoff up to
 //! its bound; a probe that does not report in its own bound (its runtime no
-//! longer runs it) is replaced by another. Any operation that succeeds while open (a write-through, an
-//! invalidation or a leaseholder's write, which are always attempted)
-//! closes it too.
+//! longer runs it) is replaced by another. Any operation that succeeds while
+//! open (a write-through, an invalidation or a leaseholder's write, which are
+//! always attempted) closes it too.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -356,8 +356,8 @@ mod tests {
     }
 
     /// A probe that does not report within its bound is given up on: one
-    /// caller (not every one) starts another; one that reports in time is
-    /// never doubled. A late report still counts.
+    /// caller (not every one) starts another, and the first report to
+    /// arrive counts.
     #[test]
     fn an_overdue_probe_is_replaced_by_one_more() {
         let b = breaker(1);
