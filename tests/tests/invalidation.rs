@@ -703,9 +703,12 @@ async fn stale_set_race_leaves_no_stale_keys(backend: &Backend) {
 async fn stale_set_race_control_catches_stale_keys(backend: &Backend) {
     let cache = backend.cache();
     // Plain cache-aside (`lock = false`) under the same workload: the test
-    // above is only meaningful if this one sees the race.
+    // above is only meaningful if this one sees the race. It usually does
+    // in the first run; under a loaded machine (the suite's tests in
+    // parallel on 2 cores) three runs once saw none on the near tier, so
+    // it may take up to six.
     let mut stale = 0;
-    for _ in 0..3 {
+    for _ in 0..6 {
         stale = race(cache.clone(), false, Duration::from_secs(2)).await;
         if stale > 0 {
             break;
