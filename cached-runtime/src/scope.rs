@@ -26,6 +26,9 @@ pub enum CallMode {
     Normal,
     /// Neither read nor write: every cached call runs its function, as if
     /// the cache were off (`CacheBuilder::enabled(false)`) for this scope.
+    /// Write-throughs and evictions made inside it (`#[cache_put]`,
+    /// `#[cache_evict]`, `Cache::set`, `Cache::invalidate*`) still reach
+    /// the cache, so that no entry outlives the change they make.
     Bypass,
     /// Do not read: each cached call loads from the source and replaces
     /// its entry, under the key's lease (a write-through or an invalidation

@@ -135,6 +135,29 @@ async fn bypass_neither_reads_nor_writes(backend: &Backend) {
     // Outside the scope, the cache again.
     assert_eq!(s.get(1).await.map(|i| i.version), Some(1));
     assert_eq!(s.loads(), 3);
+    // Changes made inside the scope still reach the cache: no entry
+    // outlives them.
+    with_mode(CallMode::Bypass, async {
+        s.cache
+            .set(
+                "item:5",
+                &Item { id: 5, version: 7 },
+                Duration::from_secs(60),
+            )
+            .await;
+        s.cache.invalidate("item:1").await.expect("invalidates");
+    })
+    .await;
+    assert_eq!(
+        s.cache.get::<Item>("item:5").await.map(|i| i.version),
+        Some(7),
+        "a write-through inside the scope"
+    );
+    assert_eq!(
+        s.cache.get::<Item>("item:1").await,
+        None,
+        "an eviction inside the scope"
+    );
 }
 
 async fn refresh_reads_the_source_and_replaces_the_entry(backend: &Backend) {
