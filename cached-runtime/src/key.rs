@@ -318,6 +318,22 @@ pub(crate) fn is_reserved(key: &str) -> bool {
     key.contains('~') && key.split(':').any(|segment| RESERVED.contains(&segment))
 }
 
+/// Whether `key`, a full name as the engine builds it, is one of the
+/// records the cache keeps for itself across a namespace (its epoch, a
+/// tag's index or version), not an entry or a lease: its name begins with
+/// `~` after the namespace (`{namespace}:~...`, or `~...` without one). Text
+/// parts of keys escape `~`, so no entry's name begins so; a pattern as `*`
+/// or `*:7` matches these names all the same, and invalidation skips them.
+pub(crate) fn is_record(key: &str, namespace: &str) -> bool {
+    let rest = if namespace.is_empty() {
+        Some(key)
+    } else {
+        key.strip_prefix(namespace)
+            .and_then(|rest| rest.strip_prefix(':'))
+    };
+    rest.is_some_and(|rest| rest.starts_with('~'))
+}
+
 /// The stats name of a key relative to the namespace: its first segment.
 pub(crate) fn stats_name(key: &str) -> &str {
     key.split(':').next().unwrap_or(key)
@@ -408,6 +424,19 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use super::*;
+
+    #[test]
+    fn records_are_the_names_that_begin_with_a_tilde_after_the_namespace() {
+        assert!(is_record("ns:~tag:video:7", "ns"));
+        assert!(is_record("ns:~epoch", "ns"));
+        assert!(is_record("~epoch", ""));
+        assert!(!is_record("ns:item:7", "ns"));
+        assert!(!is_record("ns:item:7:~lease", "ns"));
+        assert!(!is_record("other:~tag:t", "ns"));
+        assert!(!is_record("ns~:tag", "ns"));
+        assert!(!is_record("nsx:~tag:t", "ns"));
+        assert!(!is_record("item:7", ""));
+    }
 
     #[test]
     fn keys_keep_user_text_and_patterns_escape_it() {

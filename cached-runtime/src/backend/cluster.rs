@@ -168,20 +168,11 @@ pub(crate) fn value_pattern(pattern: &str) -> String {
 
 /// Whether `key`, as named on the cluster, is one of the cache's own
 /// records in `namespace` that a pattern's glob (`{ns:...}`) can match (a
-/// tag's version, `{ns:~tag:t}`), not an entry or a lease: its logical
-/// name begins with `~` after the namespace.
+/// tag's version, `{ns:~tag:t}`), not an entry or a lease (see
+/// [`key::is_record`](crate::key::is_record)).
 pub(crate) fn is_record(key: &str, namespace: &str) -> bool {
-    let Some(logical) = key.strip_prefix('{') else {
-        return false;
-    };
-    let logical = if namespace.is_empty() {
-        Some(logical)
-    } else {
-        logical
-            .strip_prefix(namespace)
-            .and_then(|rest| rest.strip_prefix(':'))
-    };
-    logical.is_some_and(|rest| rest.starts_with('~'))
+    key.strip_prefix('{')
+        .is_some_and(|logical| crate::key::is_record(logical, namespace))
 }
 
 /// The version key of the full tag key `tag`: `{tag}`.

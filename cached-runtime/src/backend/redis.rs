@@ -149,7 +149,10 @@ enum Layout {
     /// One server: keys as the engine names them, tag indexes as sets, and
     /// `{namespace}:~epoch`, bumped by every pattern invalidation (see
     /// [`Lease`]).
-    Single { epoch_key: String },
+    Single {
+        epoch_key: String,
+        namespace: String,
+    },
     /// A Redis Cluster: keys laid out for slots (see
     /// [`cluster`](super::cluster)).
     Cluster { namespace: String },
@@ -169,7 +172,7 @@ impl Layout {
 
     fn entry<'a>(&'a self, key: &'a str) -> EntryKeys<'a> {
         match self {
-            Layout::Single { epoch_key } => EntryKeys {
+            Layout::Single { epoch_key, .. } => EntryKeys {
                 value: Cow::Borrowed(key),
                 lease: lease_key(key),
                 epoch: Cow::Borrowed(epoch_key),
@@ -407,7 +410,10 @@ impl RedisBackend {
                 };
                 (
                     Source::Single { client, config },
-                    Layout::Single { epoch_key },
+                    Layout::Single {
+                        epoch_key,
+                        namespace: namespace.to_owned(),
+                    },
                 )
             }
             Target::Cluster(client) => {
@@ -1238,16 +1244,15 @@ impl RedisBackend {
         timeout: Duration,
         sweep: bool,
     ) -> Result<u64, BackendError> {
-        let epoch_key = match &self.layout {
-            Layout::Single { epoch_key } => epoch_key,
+        let (epoch_key, namespace) = match &self.layout {
+            Layout::Single {
+                epoch_key,
+                namespace,
+            } => (epoch_key, namespace),
             Layout::Cluster { .. } => {
                 return self.invalidate_pattern_cluster(pattern, timeout).await;
             }
         };
-        // `{namespace}:~` (`~` without a namespace): where the epoch and
-        // the tags' indexes live, `~` and all.
-        debug_assert!(epoch_key.ends_with(EPOCH));
-        let records = &epoch_key[..epoch_key.len() - EPOCH.len() + 1];
         let mut conn = self.conn()?;
         // The epoch made first if absent (see `epoch_seed`); the `INCR`'s
         // answer is the one that counts (an `-OOM` refusal included).
@@ -1312,7 +1317,10 @@ impl RedisBackend {
             // before the change; a tag's index, removed while the entries
             // it lists stay, would leave them out of the tag's next
             // invalidation. The memory backend matches entries only.
-            let keys: Vec<&String> = keys.iter().filter(|k| !k.starts_with(records)).collect();
+            let keys: Vec<&String> = keys
+                .iter()
+                .filter(|k| !crate::key::is_record(k, namespace))
+                .collect();
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
                 for key in keys {
