@@ -1593,6 +1593,46 @@ async fn a_failed_read_behind_the_near_tier_keeps_l1s_hits() {
     );
 }
 
+/// A batch whose lease request the open circuit breaker skips loads
+/// without a lease, and that load is shared only with those who joined
+/// before it began, as a single call's is (README's windows): a caller
+/// arriving during it, after another process's eviction, loads again
+/// rather than get the value read before the eviction. (A forced refresh
+/// reads nothing, so its lease request is the first the breaker skips.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_lease_the_breaker_skips_is_not_shared_with_later_callers() {
+    let (server, proxy, builder) =
+        cached_tests::behind_a_proxy(Duration::from_millis(200), 1, Some(Duration::from_secs(30)));
+    let c = Catalog::new(builder.build().expect("builds"), 9);
+    c.get_many(vec![9]).await.expect("warms both connections");
+    // Another process of the same service, straight to the server.
+    let writer = c.with_cache(
+        cached_tests::redis_builder(&server)
+            .build()
+            .expect("builds"),
+    );
+    // One timeout opens the breaker (threshold one) for 30 s.
+    proxy.blackhole(true);
+    assert_eq!(c.get(8).await, Ok(Some(Item { id: 8, version: 1 })));
+    proxy.blackhole(false);
+    assert!(c.cache.breaker_open(), "the breaker did not open");
+    let refresh = c.refresh_of_one_begun(Duration::from_millis(400)).await;
+    c.slow(Duration::ZERO);
+    writer.set_version(1, 2);
+    writer.changed(1).await.expect("evicts");
+    let later = c.get(1).await;
+    assert_eq!(
+        refresh.await.expect("joins"),
+        Ok(items([1], 1)),
+        "the refresh returns what it read"
+    );
+    assert_eq!(
+        later,
+        Ok(Some(Item { id: 1, version: 2 })),
+        "a caller after the eviction got the value read before it"
+    );
+}
+
 /// A single key's refresh whose lease request a blip times out loads, and
 /// leaves the removal of the entry it could not replace to the retry of
 /// pending changes: one failure for the circuit breaker (threshold two),

@@ -343,16 +343,15 @@ impl Engine {
                         guard.lease = None;
                         contested.push((i, guard));
                     }
-                    // Loaded, not stored. Never sent (skipped by the
-                    // breaker): nothing to release. A request that failed
-                    // leaves the load without a lease: shared only with
-                    // those who joined before it (see `FlightGuard::close`).
+                    // Loaded without a lease, not stored: shared only with
+                    // those who joined before (see `FlightGuard::close`),
+                    // as a single call's. Never sent (skipped by the
+                    // breaker): nothing to release.
                     Err(skipped) => {
                         if skipped {
                             guard.lease = None;
-                        } else {
-                            guard.close();
                         }
+                        guard.close();
                         now.push((i, Some(guard), None));
                     }
                 }
