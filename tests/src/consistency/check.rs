@@ -27,7 +27,10 @@
 //! - **(c) bounded calls**: no call takes longer than its own loader or
 //!   write body plus [`READ_BOUND`] / [`WRITE_BOUND`] (on a cluster,
 //!   [`CLUSTER_PATTERN_BOUND`] for pattern and prefix invalidations; and any scheduler
-//!   stall of its process); no error reaches a caller; a dropped call is
+//!   stall of its process); no error reaches a caller but the source's
+//!   failures (one load in 25 fails on purpose), and those only from a
+//!   load of the call's own or one of its row that failed while it ran (it
+//!   may have shared it): an error is never cached; a dropped call is
 //!   gone within [`CANCEL_BOUND`] of its deadline; every worker stops.
 //! - **(d) no orphaned lease**: a read waits out `wait` for another's load
 //!   only while a fault is on or a killed worker's lease may live (loads
@@ -246,6 +249,7 @@ fn describe(c: &Call, t0: u64) -> String {
             None => "DROPPED".to_owned(),
         },
         Outcome::Error(e) => format!("ERROR {e}"),
+        Outcome::Failed => "FAILED (the source, on purpose)".to_owned(),
     };
     let deadline = c
         .deadline_ns
@@ -836,7 +840,16 @@ fn bounded(input: &Input, report: &mut Report) {
                     );
                 }
             }
-            Outcome::Read(_) | Outcome::Wrote(_) => {
+            Outcome::Failed if !failure_shared(input, c) => {
+                flag(
+                    report,
+                    format!(
+                        "the source's failure reached a caller whose loads did not fail, with no failed load of its row during the call to share:\n      {}",
+                        describe(c, t0)
+                    ),
+                );
+            }
+            Outcome::Read(_) | Outcome::Wrote(_) | Outcome::Failed => {
                 let write = usize::from(c.op.is_write());
                 let bound = ns(input.bound(c.op));
                 let excess = c.took_ns().saturating_sub(c.own_ns + stall);
@@ -861,6 +874,18 @@ fn bounded(input: &Input, report: &mut Report) {
     for p in &input.problems {
         flag(report, p.clone());
     }
+    let failed: Vec<&Call> = input
+        .calls
+        .iter()
+        .filter(|c| c.outcome == Outcome::Failed)
+        .collect();
+    if !failed.is_empty() {
+        let shared = failed.iter().filter(|c| c.failed_loads == 0).count();
+        report.notes.push(format!(
+            "source failures on purpose returned: {} ({shared} of them another caller's load, shared)",
+            failed.len()
+        ));
+    }
     report.max_excess_ms = ms(worst[0].0.max(worst[1].0));
     for (i, what, bound) in [(0, "read", READ_BOUND), (1, "write", input.write_bound())] {
         if let (excess, Some(c)) = worst[i] {
@@ -872,6 +897,20 @@ fn bounded(input: &Input, report: &mut Report) {
             ));
         }
     }
+}
+
+/// Whether the source's failure that `c` returned was one of its own loads'
+/// or of a load of its row that failed while it ran (a flight's leader
+/// hands its error to those who waited for it): an error is never cached,
+/// so a failure from nowhere was kept and served.
+fn failure_shared(input: &Input, c: &Call) -> bool {
+    c.failed_loads > 0
+        || input.calls.iter().any(|o| {
+            o.failed_loads > 0
+                && o.object() == c.object()
+                && o.invoke <= c.complete
+                && o.complete >= c.invoke
+        })
 }
 
 /// A read that waited out `wait` for another's load when no leaseholder
@@ -999,6 +1038,7 @@ mod tests {
             committed: None,
             own_ns: 0,
             loads: 0,
+            failed_loads: 0,
             deadline_ns: None,
             served: served.map(str::to_owned),
         }
@@ -1034,6 +1074,47 @@ mod tests {
                 report.count(Property::A) == 0,
                 excused,
                 "{op:?} served {served:?} (near: {near}): {:?}",
+                report.violations
+            );
+        }
+    }
+
+    /// The source's failure reaches a caller only from a load that failed
+    /// during the call: its own, or one of its row it may have shared.
+    #[test]
+    fn a_failure_reaches_only_the_callers_of_a_load_that_failed() {
+        let failed = |proc, at, own: u32, key| Call {
+            failed_loads: own,
+            key,
+            ..call(proc, Op::Read, at, Outcome::Failed, None)
+        };
+        for (calls, shared, what) in [
+            (vec![failed(1, 0, 1, 1)], true, "its own load failed"),
+            (vec![failed(1, 0, 0, 1)], false, "no load failed"),
+            (
+                vec![failed(1, 0, 1, 1), failed(2, 500_000, 0, 1)],
+                true,
+                "the row's load failed while it waited",
+            ),
+            (
+                vec![failed(1, 0, 1, 1), failed(2, 2_000_000, 0, 1)],
+                false,
+                "the row's load failed before it began",
+            ),
+            (
+                vec![failed(1, 0, 1, 2), failed(2, 500_000, 0, 1)],
+                false,
+                "another row's load failed",
+            ),
+        ] {
+            let report = check(&Input {
+                calls,
+                ..Input::default()
+            });
+            assert_eq!(
+                report.count(Property::C) == 0,
+                shared,
+                "{what}: {:?}",
                 report.violations
             );
         }

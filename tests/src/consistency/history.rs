@@ -123,8 +123,12 @@ pub enum Outcome {
     Wrote(u64),
     /// The caller was dropped (its deadline passed) before the call returned.
     Dropped,
-    /// The call returned an error (none should: the source never fails).
+    /// The call returned an error (none should: the source never fails
+    /// but on purpose).
     Error(String),
+    /// The call returned the source's failure on purpose
+    /// (`DbError::Failed`): of a load of its own, or of one it shared.
+    Failed,
 }
 
 /// One call.
@@ -148,6 +152,9 @@ pub struct Call {
     pub own_ns: u64,
     /// How many times this call's own loader ran.
     pub loads: u32,
+    /// How many of those loads failed on purpose.
+    #[serde(default)]
+    pub failed_loads: u32,
     /// The deadline the caller gave the call, if any, ns.
     pub deadline_ns: Option<u64>,
     /// What the cache did for a read that returned (the name of its

@@ -1143,6 +1143,7 @@ async fn probe(cache: Cache, source_url: &str) -> Vec<Entry> {
 /// without waiting on a lease, and the second or third from the cache.
 async fn recover(cache: Cache, source_url: &str) -> Vec<Recovery> {
     let framework = worker::framework(cache, source_url).await;
+    framework.svc.failures.store(false, SeqCst);
     let mut set = tokio::task::JoinSet::new();
     for variant in Variant::ALL {
         for key in 0..KEYS {

@@ -42,7 +42,15 @@ pub enum DbError {
     /// reached the caller).
     #[allow(dead_code)] // read through `Debug`, in the history
     Source(String),
+    /// A query that failed on purpose: one load in [`FAILING_LOADS`]
+    /// reads its row and then fails, as a query cut by a deadlock or a
+    /// statement timeout does. Never cached: it reaches the caller whose
+    /// load it was, and those who shared that load.
+    Failed,
 }
+
+/// One load in this many fails ([`DbError::Failed`]).
+pub const FAILING_LOADS: u32 = 25;
 
 impl From<redis::RedisError> for DbError {
     fn from(e: redis::RedisError) -> DbError {
@@ -61,6 +69,7 @@ pub struct Ctx(Arc<CtxInner>);
 struct CtxInner {
     own_ns: AtomicU64,
     loads: AtomicU32,
+    failed: AtomicU32,
     committed: AtomicU64,
 }
 
@@ -76,6 +85,11 @@ impl Ctx {
 
     pub fn loads(&self) -> u32 {
         self.0.loads.load(SeqCst)
+    }
+
+    /// How many of [`Ctx::loads`] failed on purpose ([`DbError::Failed`]).
+    pub fn failed(&self) -> u32 {
+        self.0.failed.load(SeqCst)
     }
 
     /// The version a write's body committed, once it returned.
@@ -172,6 +186,9 @@ pub struct Svc {
     /// Probe mode: every loader fails at once, so a call returns only what
     /// the cache holds (fresh or stale) and stores nothing.
     pub probe: Arc<AtomicBool>,
+    /// Whether loads fail on purpose now and then ([`DbError::Failed`]):
+    /// while the workers run, not in the recovery after them.
+    pub failures: Arc<AtomicBool>,
 }
 
 impl Svc {
@@ -180,6 +197,7 @@ impl Svc {
             cache,
             db,
             probe: Arc::default(),
+            failures: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -191,10 +209,15 @@ impl Svc {
         ctx.0.loads.fetch_add(1, SeqCst);
         let version = self.db.read_slowly(variant, id).await;
         ctx.spent(started);
+        let version = version?;
+        if self.failures.load(SeqCst) && fastrand::u32(..FAILING_LOADS) == 0 {
+            ctx.0.failed.fetch_add(1, SeqCst);
+            return Err(DbError::Failed);
+        }
         Ok(Row {
             variant,
             id,
-            version: version?,
+            version,
         })
     }
 

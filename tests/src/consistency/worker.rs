@@ -14,7 +14,7 @@ use cached_runtime::Cache;
 use serde::{Deserialize, Serialize};
 
 use super::history::{Call, Counters, Op, Outcome, Record, Recorder, Variant, now_ns};
-use super::system::{Ctx, Db, Framework, HandWritten, KEYS, Svc, System, group};
+use super::system::{Ctx, Db, DbError, Framework, HandWritten, KEYS, Svc, System, group};
 
 /// Set (to the JSON of a [`WorkerConfig`]) in a worker process.
 pub const ENV: &str = "CONSISTENCY_WORKER";
@@ -345,6 +345,7 @@ impl TaskCtx {
             None => Outcome::Dropped,
             Some(Ok(row)) if row.variant == variant && row.id == key => Outcome::Read(row.version),
             Some(Ok(row)) => Outcome::Error(format!("another row's value: {row:?}")),
+            Some(Err(DbError::Failed)) => Outcome::Failed,
             Some(Err(e)) => Outcome::Error(format!("{e:?}")),
         };
         self.record(
@@ -382,6 +383,7 @@ impl TaskCtx {
                     Some(row) => Outcome::Error(format!("another row's value: {row:?}")),
                     None => Outcome::Error("absent from the batch's map".into()),
                 },
+                Some(Err(DbError::Failed)) => Outcome::Failed,
                 Some(Err(e)) => Outcome::Error(format!("{e:?}")),
             };
             self.record(
@@ -454,6 +456,7 @@ impl TaskCtx {
             committed: ctx.committed(),
             own_ns: ctx.own_ns(),
             loads: ctx.loads(),
+            failed_loads: ctx.failed(),
             deadline_ns: deadline.ns(),
             served: served.map(|o| format!("{o:?}")),
         }));
