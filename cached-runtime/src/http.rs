@@ -347,11 +347,7 @@ impl ConditionalRequest {
     pub fn new(method: &Method, headers: &HeaderMap) -> Self {
         let if_none_match = if !headers.contains_key(IF_NONE_MATCH) {
             EntityTagCondition::Absent
-        } else if headers
-            .get_all(IF_NONE_MATCH)
-            .iter()
-            .all(quoted_parts_are_clean)
-        {
+        } else if well_formed_tags(headers.get_all(IF_NONE_MATCH).iter()) {
             headers
                 .typed_get::<IfNoneMatch>()
                 .map_or(EntityTagCondition::Unusable, EntityTagCondition::Tags)
@@ -360,7 +356,7 @@ impl ConditionalRequest {
         };
         let if_match = if !headers.contains_key(IF_MATCH) {
             MatchCondition::Absent
-        } else if headers.get_all(IF_MATCH).iter().all(quoted_parts_are_clean) {
+        } else if well_formed_tags(headers.get_all(IF_MATCH).iter()) {
             headers
                 .typed_get::<IfMatch>()
                 .map_or(MatchCondition::Unusable, MatchCondition::Tags)
@@ -398,6 +394,10 @@ impl ConditionalRequest {
     ///    method.
     /// 4. Only without `If-None-Match`, for GET and HEAD, `If-Modified-Since`
     ///    as in [`ConditionalRequest::is_not_modified`].
+    ///
+    /// An `If-Match` or `If-None-Match` can be read when its lines, taken
+    /// together, are `*` alone or a list of entity-tags (`"x"`, `W/"x"`):
+    /// `*, *`, `*, "8"`, a bare `7` or a tag with a space in it cannot.
     ///
     /// ```
     /// use cached_runtime::http::{CacheHeaders, ConditionalRequest, Precondition, strong_etag};
@@ -536,20 +536,59 @@ impl ConditionalRequest {
     }
 }
 
-/// Whether an `If-None-Match` value is safe to hand to `headers`: balanced
-/// quotes, no whitespace inside them. `headers` 0.4 debug-asserts that a tag
-/// holds no whitespace while it compares, so such a value (invalid anyway:
-/// `etagc` excludes whitespace) must not reach it.
-fn quoted_parts_are_clean(value: &HeaderValue) -> bool {
-    let mut quoted = false;
-    for &byte in value.as_bytes() {
-        match byte {
-            b'"' => quoted = !quoted,
-            b' ' | b'\t' if quoted => return false,
-            _ => {}
+/// Whether the field lines of an `If-Match` or `If-None-Match`, combined,
+/// are what RFC 9110 allows: `"*"` alone, or a list of one or more
+/// entity-tags (`"x"`, `W/"x"`; empty list elements and whitespace around
+/// them are ignored). Anything else (`*` among tags, a bare token, a tag
+/// with whitespace or an unbalanced quote, no tag at all) cannot be read:
+/// `headers` would skip such members and keep the rest, so a write sent
+/// with `*, *` or `"7` would go ahead without the check it asked for; and
+/// `headers` 0.4 debug-asserts that a tag holds no whitespace.
+fn well_formed_tags<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> bool {
+    let (mut members, mut any) = (0usize, false);
+    for line in lines {
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        loop {
+            while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b',') {
+                i += 1;
+            }
+            if i == bytes.len() {
+                break;
+            }
+            if bytes[i] == b'*' {
+                any = true;
+                i += 1;
+            } else {
+                if bytes[i..].starts_with(b"W/") {
+                    i += 2;
+                }
+                if bytes.get(i) != Some(&b'"') {
+                    return false;
+                }
+                i += 1;
+                // etagc: %x21 / %x23-7E / obs-text.
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if !matches!(bytes[i], 0x21 | 0x23..=0x7E | 0x80..=0xFF) {
+                        return false;
+                    }
+                    i += 1;
+                }
+                if i == bytes.len() {
+                    return false;
+                }
+                i += 1;
+            }
+            members += 1;
+            while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+                i += 1;
+            }
+            if i < bytes.len() && bytes[i] != b',' {
+                return false;
+            }
         }
     }
-    !quoted
+    members > 0 && (!any || members == 1)
 }
 
 /// The end of year 9999, the last instant an HTTP-date can express.

@@ -454,6 +454,16 @@ fn if_match_compares_strongly_and_fails_closed() {
         // Unreadable: the check the client asked for cannot be made.
         ("\"7", true, Failed),
         ("\"a b\"", true, Failed),
+        // `*` among tags, a bare token, no tag at all: not a field RFC 9110
+        // allows, so unreadable too (not a list of what could be read).
+        ("*, *", true, Failed),
+        ("\"7\", *", true, Failed),
+        ("7", true, Failed),
+        ("\"7\", 8", true, Failed),
+        ("", true, Failed),
+        // Empty elements, whitespace, a comma inside a tag: readable.
+        (" \"6\" ,, \"7\" ", true, Proceed),
+        ("\"x,y\", \"7\"", true, Proceed),
     ];
     for (field, exists, want) in cases {
         for method in [Method::PUT, Method::DELETE, Method::GET] {
@@ -464,6 +474,25 @@ fn if_match_compares_strongly_and_fails_closed() {
             );
         }
     }
+}
+
+/// A field of several lines is read as one list (RFC 9110 section 5.3):
+/// each line must be readable, and `*` must stand alone across them.
+#[test]
+fn a_precondition_of_several_lines_is_one_list() {
+    use Precondition::{Failed, NotModified, Proceed};
+    let star_twice = [(IF_NONE_MATCH, "*"), (IF_NONE_MATCH, "*")];
+    assert_eq!(evaluate(Method::PUT, &star_twice, false), Failed);
+    assert_eq!(evaluate(Method::GET, &star_twice, true), Proceed);
+    let tags = [(IF_NONE_MATCH, "\"6\""), (IF_NONE_MATCH, "W/\"7\"")];
+    assert_eq!(evaluate(Method::GET, &tags, true), NotModified);
+    assert_eq!(evaluate(Method::PUT, &tags, true), Failed);
+    let one_bad = [(IF_NONE_MATCH, "\"8\""), (IF_NONE_MATCH, "9")];
+    assert_eq!(evaluate(Method::PUT, &one_bad, true), Failed);
+    let matches = [(IF_MATCH, "\"6\""), (IF_MATCH, "\"7\"")];
+    assert_eq!(evaluate(Method::PUT, &matches, true), Proceed);
+    let any_and_tag = [(IF_MATCH, "*"), (IF_MATCH, "\"7\"")];
+    assert_eq!(evaluate(Method::PUT, &any_and_tag, true), Failed);
 }
 
 #[test]
@@ -540,7 +569,21 @@ fn if_none_match_fails_unsafe_methods_and_answers_304_to_safe_ones() {
     // Unreadable (`*, "7` meant create-only, or not to overwrite "7"): a
     // write fails closed, as with If-Match, whether the resource exists or
     // not; a read gets the full answer.
-    for field in ["*, \"7", "\"a b\"", "\"7"] {
+    for field in [
+        "*, \"7",
+        "\"a b\"",
+        "\"7",
+        "*, *",
+        "*, \"8\"",
+        "\"8\", *",
+        "7",
+        "garbage",
+        "W/7",
+        "\"7\" \"8\"",
+        "\"8\"x",
+        "",
+        " , ",
+    ] {
         for exists in [true, false] {
             for method in [Method::PUT, Method::DELETE, Method::PATCH, Method::POST] {
                 assert_eq!(
