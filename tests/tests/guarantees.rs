@@ -19,6 +19,7 @@ on_both_backends!(
     a_prefix_eviction_removes_the_entry_of_a_function_without_key_parameters,
     duration_max_means_never_expires_and_never_panics,
     a_caller_waits_on_a_load_in_its_own_process_no_longer_than_wait,
+    a_caller_waits_no_longer_than_wait_however_often_its_load_is_displaced,
     a_caller_joining_a_load_others_wait_on_longer_waits_only_its_own_wait,
     a_background_refresh_never_replaces_a_newer_write_through,
     a_pattern_eviction_stops_a_load_in_flight_from_storing_what_it_read_before,
@@ -94,6 +95,28 @@ impl Docs {
     #[cached(prefix = "slow", ttl = "5m", key = id, wait = "100ms")]
     async fn slow_first(&self, id: u32) -> u32 {
         self.first_load_slow(id).await
+    }
+
+    /// Every load takes 250 ms; a caller waits 300 ms for another's.
+    #[cached(prefix = "displaced", ttl = "5m", key = id, wait = "300ms")]
+    async fn displaced(&self, id: u32) -> u32 {
+        self.source.count_load();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        id
+    }
+
+    /// The same entries, waiting up to 10 s for another's lease.
+    #[cached(
+        prefix = "displaced",
+        ttl = "5m",
+        key = id,
+        wait = "10s",
+        name = "displaced_patiently"
+    )]
+    async fn displaced_patiently(&self, id: u32) -> u32 {
+        self.source.count_load();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        id
     }
 
     /// Two call sites of one key with different `wait`s (as a list page and
@@ -316,6 +339,52 @@ async fn a_caller_waits_on_a_load_in_its_own_process_no_longer_than_wait(backend
         "the wait that ran out is counted"
     );
     assert_eq!(first.await.expect("the leader finishes"), 1);
+}
+
+/// `wait` bounds a caller's whole wait, not each load it waits on: a load
+/// displaced before it lands (by a forced refresh here, of a call site
+/// that waits long for the lease; by a write or an eviction as well) sends
+/// its waiters to the next one, and with a displacement every 50 ms, before
+/// any 250 ms load could land, a caller that started its wait afresh each
+/// time waited as long as they went on.
+async fn a_caller_waits_no_longer_than_wait_however_often_its_load_is_displaced(backend: &Backend) {
+    let docs = Arc::new(Docs::new(backend.cache()));
+    let first = tokio::spawn({
+        let docs = Arc::clone(&docs);
+        async move { docs.displaced(1).await }
+    });
+    while docs.loads() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let waiter = tokio::spawn({
+        let docs = Arc::clone(&docs);
+        async move {
+            let started = std::time::Instant::now();
+            let got = docs.displaced(1).await;
+            (got, started.elapsed())
+        }
+    });
+    let displacing = std::time::Instant::now();
+    let mut refreshes = Vec::new();
+    while displacing.elapsed() < Duration::from_millis(2000) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let docs = Arc::clone(&docs);
+        refreshes.push(tokio::spawn(async move {
+            let refresh = docs.displaced_patiently(1);
+            cached_runtime::with_mode(cached_runtime::CallMode::Refresh, refresh).await
+        }));
+    }
+    let (got, waited) = waiter.await.expect("the waiter finishes");
+    for refresh in refreshes {
+        refresh.abort();
+    }
+    assert_eq!(got, 1);
+    // `wait` (300 ms), then a load of its own (250 ms), and slack.
+    assert!(
+        waited < Duration::from_millis(850),
+        "waited {waited:?} with `wait` 300 ms and loads of 250 ms"
+    );
+    assert_eq!(first.await.expect("the first load finishes"), 1);
 }
 
 /// A caller's `wait` is its own, whoever joined the load before it: a
@@ -683,4 +752,77 @@ async fn a_cache_switched_off_runs_every_call_and_stores_nothing(backend: &Backe
         let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
         assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
     }
+}
+
+/// One process's view of a key another process loads slowly.
+#[derive(Clone)]
+struct Leased {
+    cache: Cache,
+    slow: bool,
+    loads: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Leased {
+    #[cached(prefix = "leased", ttl = "5m", key = id, wait = "600ms")]
+    async fn get(&self, id: u32) -> u32 {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.slow {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        id
+    }
+}
+
+/// `wait` bounds a caller's wait for loads here and for another process's
+/// lease together: a caller that waited 450 ms on a load in its own
+/// process, displaced then (a pattern invalidation detaches every flight),
+/// leads and finds the key's lease held by another process's 3 s load; it
+/// waits for that lease only the 150 ms left of its `wait` (600 ms), not
+/// another 600 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_load_here_and_then_for_a_lease_is_one_wait() {
+    let server = RedisServer::start();
+    let holder = Leased {
+        cache: redis_cache(&server),
+        slow: true,
+        loads: Arc::default(),
+    };
+    let here = Leased {
+        cache: redis_cache(&server),
+        slow: false,
+        loads: Arc::default(),
+    };
+    let held = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.get(1).await }
+    });
+    while holder.loads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The first caller here waits for the other process's lease.
+    let first = tokio::spawn({
+        let here = here.clone();
+        async move { here.get(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let waiter = tokio::spawn({
+        let here = here.clone();
+        async move {
+            let started = std::time::Instant::now();
+            (here.get(1).await, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    here.cache
+        .invalidate_pattern("other:*")
+        .await
+        .expect("invalidates");
+    let (got, waited) = waiter.await.expect("the waiter finishes");
+    assert_eq!(got, 1);
+    assert!(
+        waited < Duration::from_millis(850),
+        "waited {waited:?} in all, `wait` 600 ms"
+    );
+    assert_eq!(first.await.expect("the first caller finishes"), 1);
+    held.abort();
 }

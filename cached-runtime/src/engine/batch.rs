@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Engine;
-use super::flight::{FlightGuard, Landed, Role, Shared, landing};
+use super::flight::{FlightGuard, Landed, Patience, Role, Shared, landing};
 use super::lease::{Ask, LeaseEnd, Leasing};
 use super::policy::{Call, CountersRef, ErrorSharing, Keep, Policy, Shape};
 use super::read::Read;
@@ -112,6 +112,8 @@ impl Engine {
             load(indexes)
         };
         let mut round = 0;
+        // One wait for the whole batch, over every round (see `Patience`).
+        let mut patience = Patience::new(call.policy.wait);
         while !todo.is_empty() {
             round += 1;
             // The cache is off, or leaders kept going away: load, store
@@ -128,8 +130,17 @@ impl Engine {
                 }
                 break;
             }
-            todo = Box::pin(self.batch_round(call, keys, todo, &load, errors, &mut found, refresh))
-                .await?;
+            let next = self.batch_round(
+                call,
+                keys,
+                todo,
+                &load,
+                errors,
+                &mut found,
+                refresh,
+                &mut patience,
+            );
+            todo = Box::pin(next).await?;
         }
         if bypass {
             record(Outcome::Bypassed);
@@ -151,6 +162,7 @@ impl Engine {
         errors: Option<ErrorSharing<E>>,
         found: &mut [Option<T>],
         refresh: bool,
+        patience: &mut Patience,
     ) -> Result<Vec<usize>, E>
     where
         T: Cacheable,
@@ -256,7 +268,7 @@ impl Engine {
                 Role::Lead(self.flights.lead(self, &keys[i], after_change))
             } else {
                 self.flights
-                    .join_or_lead_as(self, &keys[i], policy.wait, after_change)
+                    .join_or_lead_within(self, &keys[i], patience, after_change)
             };
             match (role, cond) {
                 (Role::Lead(guard), Some(cond)) => asks.push((i, guard, cond)),
@@ -370,6 +382,10 @@ impl Engine {
         // refresh, which takes no value another holder stores: it may be
         // the one being replaced) their leases waited for, to replace them.
         let ask = if refresh { Ask::Replace } else { Ask::ForLoad };
+        if !contested.is_empty() {
+            patience.began();
+        }
+        let by = patience.deadline();
         let polls = contested.into_iter().map(|(i, mut guard)| async move {
             let token = fastrand::u64(1..);
             guard.lease = Some(token);
@@ -380,7 +396,7 @@ impl Engine {
                 tags: call.tags(i),
                 shape: std::marker::PhantomData,
             };
-            let leasing = self.take_lease(&single, token, ask).await;
+            let leasing = self.take_lease(&single, token, ask, by).await;
             (i, guard, token, leasing)
         });
         let waits = joined
@@ -680,7 +696,7 @@ mod tests {
     use crate::EntryMeta;
     use crate::backend::{Lease, LeaseIf, LeaseOutcome};
     use crate::engine::Engine;
-    use crate::engine::flight::{Landed, Role, Shared, landing};
+    use crate::engine::flight::{Landed, Patience, Role, Shared, landing};
     use crate::engine::policy::{Call, Policy};
     use crate::scope::{CallMode, with_mode};
 
@@ -736,6 +752,52 @@ mod tests {
             calls.fetch_add(1, Ordering::SeqCst);
             std::future::ready(Ok(indexes.iter().map(|_| Some(value)).collect()))
         }
+    }
+
+    /// A batch's `wait` spans its rounds: joined 200 ms into a 300 ms
+    /// wait, the next leader's flight (whose own timer runs a minute) is
+    /// waited on for the 100 ms left, and the batch then loads for itself.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_waits_its_wait_in_all_over_its_rounds() {
+        let (_cache, engine) = memory();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let minute = Duration::from_secs(60);
+        let Role::Lead(leader) = engine.flights.join_or_lead(&engine, KEY, minute) else {
+            panic!("the test leads first");
+        };
+        let batch = tokio::spawn({
+            let (engine, load) = (Arc::clone(&engine), counting_load(&calls, 7));
+            async move {
+                let policy = Policy::new(minute).wait(Duration::from_millis(300));
+                let call = BatchCall {
+                    counters: Cow::Owned(engine.stats.counters("item")),
+                    policy: &policy,
+                    tags: &[],
+                };
+                engine
+                    .load_batch(&call, &[KEY.to_owned()], load, None)
+                    .await
+            }
+        });
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(leader);
+        let Role::Lead(next) = engine.flights.join_or_lead(&engine, KEY, minute) else {
+            panic!("the batch has not run yet");
+        };
+        let Role::Wait(_patient) = engine.flights.join_or_lead(&engine, KEY, minute) else {
+            panic!("a waiter of a minute sets the flight's timer");
+        };
+        settle().await;
+        assert!(!batch.is_finished(), "waits on the next leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            batch.is_finished(),
+            "waited 400 ms, `wait` 300 ms in all over its rounds"
+        );
+        assert_eq!(batch.await.expect("joins"), Ok(vec![Some(7)]));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        drop(next);
     }
 
     /// A batch whose key's leader here goes away, again and again, waits
@@ -857,8 +919,18 @@ mod tests {
                 let call = batch_call(&engine);
                 let mut found = vec![None];
                 let keys = [KEY.to_owned()];
+                let mut patience = Patience::new(WAIT);
                 let again = engine
-                    .batch_round(&call, &keys, vec![0], &load, None, &mut found, true)
+                    .batch_round(
+                        &call,
+                        &keys,
+                        vec![0],
+                        &load,
+                        None,
+                        &mut found,
+                        true,
+                        &mut patience,
+                    )
                     .await;
                 (again, found)
             }

@@ -99,7 +99,7 @@ struct Flight {
     wait: Duration,
     deadline: Option<tokio::time::Instant>,
     /// Led by a caller a pending change kept from the backend (see
-    /// [`Flights::join_or_lead_as`]): its value comes from the
+    /// [`Flights::join_or_lead_within`]): its value comes from the
     /// loader, never from a read of what the change was to replace.
     after_change: bool,
 }
@@ -123,7 +123,20 @@ impl From<watch::Receiver<Landed>> for Waiter {
 }
 
 impl Flight {
-    fn subscribe(&mut self, wait: Duration) -> Waiter {
+    /// A waiter of this flight for `wait`, or until `by` if sooner (the end
+    /// of a wait begun on an earlier flight: see [`Patience`]).
+    fn subscribe(&mut self, wait: Duration, by: Option<tokio::time::Instant>) -> Waiter {
+        let mut waiter = self.subscribe_for(wait);
+        if let Some(by) = by
+            && waiter.until.is_none_or(|until| by < until)
+            && self.deadline.is_none_or(|flight| by < flight)
+        {
+            waiter.until = Some(by);
+        }
+        waiter
+    }
+
+    fn subscribe_for(&mut self, wait: Duration) -> Waiter {
         if let Some(tx) = &self.tx {
             let rx = tx.subscribe();
             // Without a timer (no runtime) nothing could time a wait; a
@@ -195,6 +208,7 @@ impl Flights {
 
     /// Joins the get-or-load of `key` running in this process, or leads it.
     /// A waiter waits at most `wait` (the flight's timer).
+    #[cfg(test)]
     pub(super) fn join_or_lead<'a>(
         &self,
         engine: &'a Arc<Engine>,
@@ -204,14 +218,42 @@ impl Flights {
         self.join_or_lead_as(engine, key, wait, false)
     }
 
-    /// [`Flights::join_or_lead`], for a caller a pending change of `key`
-    /// keeps from the backend (it loads and stores nothing) when
-    /// `after_change`: it joins only a flight led the same way. A flight
-    /// led otherwise may hand out a read of the value the change was to
-    /// replace (begun by a caller that started before the change, which
-    /// may see it), so this caller takes the key's place in the map from
-    /// it, as a write detaches a flight: its waiters are told it went away
-    /// and start again.
+    /// Joins the get-or-load of `key` running in this process, or leads
+    /// it. A waiter waits no longer than `patience` has left: its `wait`,
+    /// from the first flight it joined (a flight displaced before it lands
+    /// sends its waiters to the next one).
+    ///
+    /// When `after_change` (a caller a pending change of `key` keeps from
+    /// the backend: it loads and stores nothing), it joins only a flight
+    /// led the same way. A flight led otherwise may hand out a read of the
+    /// value the change was to replace (begun by a caller that started
+    /// before the change, which may see it), so this caller takes the
+    /// key's place in the map from it, as a write detaches a flight: its
+    /// waiters are told it went away and start again.
+    pub(super) fn join_or_lead_within<'a>(
+        &self,
+        engine: &'a Arc<Engine>,
+        key: &'a str,
+        patience: &mut Patience,
+        after_change: bool,
+    ) -> Role<'a> {
+        let role = {
+            let mut running = self.lock();
+            match running.get_mut(key) {
+                Some(flight) if flight.after_change || !after_change => {
+                    Role::Wait(flight.subscribe(patience.wait, patience.by))
+                }
+                _ => Role::Lead(self.lead_in(&mut running, engine, key, after_change)),
+            }
+        };
+        if matches!(role, Role::Wait(_)) {
+            patience.began();
+        }
+        role
+    }
+
+    /// [`Flights::join_or_lead_within`] for a caller's first flight.
+    #[cfg(test)]
     pub(super) fn join_or_lead_as<'a>(
         &self,
         engine: &'a Arc<Engine>,
@@ -219,13 +261,7 @@ impl Flights {
         wait: Duration,
         after_change: bool,
     ) -> Role<'a> {
-        let mut running = self.lock();
-        if let Some(flight) = running.get_mut(key)
-            && (flight.after_change || !after_change)
-        {
-            return Role::Wait(flight.subscribe(wait));
-        }
-        Role::Lead(self.lead_in(&mut running, engine, key, after_change))
+        self.join_or_lead_within(engine, key, &mut Patience::new(wait), after_change)
     }
 
     /// Leads the get-or-load of `key` whatever runs for it here: a forced
@@ -235,7 +271,7 @@ impl Flights {
     /// then read). The flight it displaces is detached, as a write detaches
     /// one: its waiters are told it went away and start again, and may join
     /// this one, whose value is loaded. `after_change` as for
-    /// [`Flights::join_or_lead_as`].
+    /// [`Flights::join_or_lead_within`].
     pub(super) fn lead<'a>(
         &self,
         engine: &'a Arc<Engine>,
@@ -308,11 +344,16 @@ impl Flights {
 
     /// The flight running for `key`, if any: a caller can wait for its
     /// value without reading the backend first (the stampede case).
-    pub(super) fn miss_in_flight(&self, key: &str, wait: Duration) -> Option<Waiter> {
+    pub(super) fn miss_in_flight(&self, key: &str, patience: &mut Patience) -> Option<Waiter> {
         if self.misses.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        self.lock().get_mut(key).map(|f| f.subscribe(wait))
+        let waiter = self
+            .lock()
+            .get_mut(key)
+            .map(|f| f.subscribe(patience.wait, patience.by))?;
+        patience.began();
+        Some(waiter)
     }
 
     /// Removes flight `id`, if it is still the one registered for `key`, and
@@ -377,6 +418,36 @@ impl Flights {
             .get(key)
             .filter(|(_, of)| *of == crate::codec::identity(seen))
             .map(|(tx, _)| tx.subscribe())
+    }
+}
+
+/// How long one call may still wait for others' loads of its key, across
+/// every flight it joins: a flight displaced before it lands (by a write,
+/// an eviction, a forced refresh) sends its waiters to the next one, and
+/// `wait` bounds the whole wait, not each flight's.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Patience {
+    wait: Duration,
+    /// When the wait ends, from the first flight joined (no clock read
+    /// until then: a hit or a leader reads none).
+    by: Option<tokio::time::Instant>,
+}
+
+impl Patience {
+    pub(super) fn new(wait: Duration) -> Patience {
+        Patience { wait, by: None }
+    }
+
+    /// When the wait ends, if it has begun.
+    pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.by
+    }
+
+    /// Starts the wait's clock, unless it runs already.
+    pub(super) fn began(&mut self) {
+        if self.by.is_none() {
+            self.by = tokio::time::Instant::now().checked_add(self.wait);
+        }
     }
 }
 
@@ -604,6 +675,55 @@ mod tests {
         assert_eq!(flights.misses.load(Ordering::Relaxed), 0);
     }
 
+    /// A caller whose flight was displaced joins the next with what is
+    /// left of its wait, however long the next one's timer: begun 80 ms
+    /// into a 100 ms wait, it times out about 20 ms later, not 100 ms.
+    /// A patience of `Duration::MAX` never ends (and never panics).
+    #[tokio::test]
+    async fn a_wait_carries_over_to_the_next_flight() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let wait = Duration::from_millis(100);
+        let mut patience = Patience::new(wait);
+        let Role::Lead(_first) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        let Role::Wait(rx) = flights.join_or_lead_within(&engine, "k", &mut patience, false) else {
+            panic!("waits");
+        };
+        let began = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        flights.detach(&["k"]);
+        assert!(matches!(landing(rx).await, Landed::Abandoned));
+        let Role::Lead(_second) = flights.join_or_lead(&engine, "k", Duration::from_secs(60))
+        else {
+            panic!("leads the next flight");
+        };
+        // The next flight's timer is the first waiter's: a minute.
+        let Role::Wait(_patient) = flights.join_or_lead(&engine, "k", Duration::from_secs(60))
+        else {
+            panic!("waits");
+        };
+        let Role::Wait(rx) = flights.join_or_lead_within(&engine, "k", &mut patience, false) else {
+            panic!("waits again");
+        };
+        let landed = tokio::time::timeout(Duration::from_secs(5), landing(rx))
+            .await
+            .expect("the wait ended");
+        assert!(matches!(landed, Landed::TimedOut));
+        let waited = began.elapsed();
+        assert!(
+            waited < Duration::from_millis(160),
+            "waited {waited:?} in all, `wait` 100 ms"
+        );
+        let mut forever = Patience::new(Duration::MAX);
+        let Role::Wait(_rx) = flights.join_or_lead_within(&engine, "k", &mut forever, false) else {
+            panic!("waits");
+        };
+        assert!(forever.by.is_none());
+        assert!(flights.miss_in_flight("k", &mut forever).is_some());
+    }
+
     /// A waiter whose `wait` ends before the flight's timer (the first
     /// waiter's, however long: past the clock's range too) stops at its
     /// own, and leaves the others waiting.
@@ -639,14 +759,32 @@ mod tests {
         let engine = engine();
         let flights = &engine.flights;
         let wait = Duration::from_secs(5);
-        assert!(flights.miss_in_flight("k", wait).is_none());
+        assert!(
+            flights
+                .miss_in_flight("k", &mut Patience::new(wait))
+                .is_none()
+        );
         let Role::Lead(mut guard) = flights.join_or_lead(&engine, "k", wait) else {
             panic!("leads");
         };
-        assert!(flights.miss_in_flight("k", wait).is_some(), "joinable");
-        assert!(flights.miss_in_flight("other", wait).is_none());
+        assert!(
+            flights
+                .miss_in_flight("k", &mut Patience::new(wait))
+                .is_some(),
+            "joinable"
+        );
+        assert!(
+            flights
+                .miss_in_flight("other", &mut Patience::new(wait))
+                .is_none()
+        );
         guard.land(Landed::Abandoned);
-        assert!(flights.miss_in_flight("k", wait).is_none(), "landed");
+        assert!(
+            flights
+                .miss_in_flight("k", &mut Patience::new(wait))
+                .is_none(),
+            "landed"
+        );
     }
 
     /// Counts its clones.

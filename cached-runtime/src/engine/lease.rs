@@ -71,6 +71,7 @@ impl Engine {
         call: &Call<'_, V, T>,
         token: u64,
         ask: Ask,
+        by: Option<tokio::time::Instant>,
     ) -> Leasing<V>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -111,7 +112,11 @@ impl Engine {
                 // here (unreadable, expired): read, then ask again, at once.
                 Ok(LeaseOutcome::ValuePresent | LeaseOutcome::Changed) => cond = LeaseIf::Any,
                 Ok(LeaseOutcome::Held) => {
-                    if started.elapsed() >= policy.wait {
+                    // `wait`, or what is left of it after this caller's
+                    // wait for loads in this process (see `Patience`).
+                    if started.elapsed() >= policy.wait
+                        || by.is_some_and(|by| tokio::time::Instant::now() >= by)
+                    {
                         counters.wait_timeouts.add();
                         return Leasing::NotOurs;
                     }

@@ -46,7 +46,7 @@ use crate::scope::{CallMode, Outcome, record};
 use crate::stats::{Counters, LogLimiter, Registry};
 
 pub(crate) use flight::Flights;
-use flight::{FlightGuard, Landed, Role, Shared, landing};
+use flight::{FlightGuard, Landed, Patience, Role, Shared, landing};
 use lease::{Ask, LeaseEnd, Leasing};
 use policy::{Call, ErrorSharing, Refresh, Shape};
 pub(crate) use read::Read;
@@ -107,7 +107,7 @@ enum Via {
     /// Loader only, because a change of the key is pending: what the
     /// backend holds may be the value it replaced, so this caller shares
     /// only loads of callers kept from the backend the same way
-    /// ([`Flights::join_or_lead_as`]).
+    /// ([`Flights::join_or_lead_within`]).
     AfterChange,
 }
 
@@ -157,6 +157,7 @@ impl Engine {
         async move {
             let counters = &*call.counters;
             let mut load = load;
+            let mut patience = Patience::new(call.policy.wait);
             let mode = crate::scope::current_mode();
             // The cache is switched off (for this scope, or for good): the
             // function runs, as if uncached.
@@ -172,7 +173,8 @@ impl Engine {
             // may be the value it replaced. Load, and store nothing.
             if self.pending.blocks(&call.key) {
                 counters.misses.add();
-                return Box::pin(self.miss(call, load, errors, Via::AfterChange)).await;
+                let miss = self.miss(call, load, errors, Via::AfterChange, patience);
+                return Box::pin(miss).await;
             }
             // With the near tier, its in-process copy first: a hit there needs
             // no shared read (nor any other step below before the read).
@@ -184,9 +186,15 @@ impl Engine {
                 // Each round waits for another flight to land: only a leader
                 // that went away (cancelled, or detached) brings another.
                 loop {
-                    let rx = match self.flights.join_or_lead(self, &call.key, call.policy.wait) {
+                    let joined =
+                        self.flights
+                            .join_or_lead_within(self, &call.key, &mut patience, false);
+                    let rx = match joined {
                         Role::Lead(guard) => {
-                            return self.lead_read(&call, guard, load, refresh, errors).await;
+                            let by = patience.deadline();
+                            return self
+                                .lead_read(&call, guard, load, refresh, errors, by)
+                                .await;
                         }
                         Role::Wait(rx) => rx,
                     };
@@ -219,7 +227,7 @@ impl Engine {
             // go the usual way.
             if l1.is_none()
                 && call.policy.lock
-                && let Some(rx) = self.flights.miss_in_flight(&call.key, call.policy.wait)
+                && let Some(rx) = self.flights.miss_in_flight(&call.key, &mut patience)
             {
                 match Box::pin(landing(rx)).await {
                     Landed::Value(any) => {
@@ -278,13 +286,14 @@ impl Engine {
                 // still share one load, but none waits on the backend again for
                 // a lease or a write.
                 Read::Failed => {
-                    return Box::pin(self.miss(call, load, errors, Via::LoaderOnly)).await;
+                    let miss = self.miss(call, load, errors, Via::LoaderOnly, patience);
+                    return Box::pin(miss).await;
                 }
             }
             // Boxed: the miss path's state (leases, the loader, the write) would
             // otherwise make every hit's future kilobytes large, which costs a
             // hit its allocation and copy (seen in `concurrent_hit`).
-            Box::pin(self.miss(call, load, errors, Via::Backend)).await
+            Box::pin(self.miss(call, load, errors, Via::Backend, patience)).await
         }
     }
 
@@ -379,6 +388,7 @@ impl Engine {
         load: F,
         refresh: Option<&(dyn Fn() -> Refresh<V> + Send + Sync)>,
         errors: Option<ErrorSharing<E>>,
+        by: Option<tokio::time::Instant>,
     ) -> impl Future<Output = Result<V, E>>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -405,9 +415,11 @@ impl Engine {
                     record(Outcome::Stale);
                     Ok(value)
                 }
-                Read::Miss => Box::pin(self.lead(call, guard, load, errors, Via::Backend)).await,
+                Read::Miss => {
+                    Box::pin(self.lead(call, guard, load, errors, Via::Backend, by)).await
+                }
                 Read::Failed => {
-                    Box::pin(self.lead(call, guard, load, errors, Via::LoaderOnly)).await
+                    Box::pin(self.lead(call, guard, load, errors, Via::LoaderOnly, by)).await
                 }
             }
         }
@@ -420,6 +432,7 @@ impl Engine {
         mut load: F,
         errors: Option<ErrorSharing<E>>,
         via: Via,
+        mut patience: Patience,
     ) -> Result<V, E>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -442,9 +455,12 @@ impl Engine {
             let after_change = via == Via::AfterChange;
             match self
                 .flights
-                .join_or_lead_as(self, &call.key, call.policy.wait, after_change)
+                .join_or_lead_within(self, &call.key, &mut patience, after_change)
             {
-                Role::Lead(guard) => return self.lead(&call, guard, load, errors, via).await,
+                Role::Lead(guard) => {
+                    let by = patience.deadline();
+                    return self.lead(&call, guard, load, errors, via, by).await;
+                }
                 Role::Wait(rx) => match self
                     .settle(landing(rx).await, counters, load, errors, false)
                     .await
@@ -467,6 +483,7 @@ impl Engine {
         load: F,
         errors: Option<ErrorSharing<E>>,
         via: Via,
+        by: Option<tokio::time::Instant>,
     ) -> Result<V, E>
     where
         V: Shape<T> + Clone + Send + Sync + 'static,
@@ -481,7 +498,7 @@ impl Engine {
                 // Held by the guard from the moment the request is sent: a
                 // caller dropped while it is in flight releases it.
                 guard.lease = Some(token);
-                match self.take_lease(call, token, Ask::ForLoad).await {
+                match self.take_lease(call, token, Ask::ForLoad, by).await {
                     Leasing::Ours(epoch) => Some(Lease { token, epoch }),
                     Leasing::Value(value) => {
                         guard.lease.take();
@@ -588,7 +605,7 @@ impl Engine {
             // Without the lease the load cannot confirm that no change
             // landed while it ran: as `lead`'s, it is shared only with
             // callers who joined before it began.
-            match self.take_lease(&call, token, Ask::Replace).await {
+            match self.take_lease(&call, token, Ask::Replace, None).await {
                 Leasing::Ours(epoch) => Some(Lease { token, epoch }),
                 Leasing::Value(_) | Leasing::NotOurs => {
                     guard.lease = None;

@@ -131,7 +131,10 @@ impl Engine {
             };
             let token = fastrand::u64(1..);
             guard.lease = Some(token);
-            let epoch = match engine.take_lease(&call, token, Ask::ForRefresh(seen)).await {
+            let epoch = match engine
+                .take_lease(&call, token, Ask::ForRefresh(seen), None)
+                .await
+            {
                 Leasing::Ours(epoch) => epoch,
                 // Perhaps ours on the server: the guard releases it.
                 Leasing::Failed => return,
