@@ -435,10 +435,11 @@ impl CacheBuilder {
         self
     }
 
-    /// Audits this share of hits (0 to 1; default 0, none) against the
-    /// source, at call sites whose attribute sets no `audit` of its own and
-    /// that load in the background (an `audit`, `stale` or `early_refresh`
-    /// option: a `Clone` service and owned arguments). An audit runs after
+    /// Audits this share of hits (0 to 1, else `build` fails; default 0,
+    /// none) against the source, at call sites whose attribute sets no
+    /// `audit` of its own and that load in the background (an `audit`,
+    /// `stale` or `early_refresh` option: a `Clone` service and owned
+    /// arguments). An audit runs after
     /// the caller has its value, compares it with what the function's body
     /// returns now, and counts `audits` and confirmed `inconsistencies` in
     /// [`Cache::stats`](crate::Cache::stats) and the metrics (README,
@@ -501,6 +502,12 @@ impl CacheBuilder {
             return Err(BuildError::InvalidSetting(
                 "connect_timeout must be greater than zero".into(),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.audit.rate) {
+            return Err(BuildError::InvalidSetting(format!(
+                "audit must be a share of hits between 0 and 1, got {}",
+                self.audit.rate
+            )));
         }
         if !(0.0..=1.0).contains(&self.ttl_jitter) {
             return Err(BuildError::InvalidSetting(format!(
@@ -637,6 +644,39 @@ impl CacheBuilder {
         };
         Cache {
             engine: Arc::new(Engine::new(backend, settings)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shares outside 0 to 1 (NaN among them) fail `build` with the
+    /// setting's name, rather than audit every hit or jitter a TTL by a
+    /// nonsense fraction.
+    #[test]
+    fn shares_outside_zero_to_one_are_refused() {
+        for bad in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+            let audit = Cache::builder().audit(bad).build().err();
+            assert!(
+                matches!(&audit, Some(BuildError::InvalidSetting(why)) if why.contains("audit")),
+                "audit({bad}): {audit:?}"
+            );
+            let jitter = Cache::builder().ttl_jitter(bad).build().err();
+            assert!(
+                matches!(&jitter, Some(BuildError::InvalidSetting(why)) if why.contains("ttl_jitter")),
+                "ttl_jitter({bad}): {jitter:?}"
+            );
+        }
+        for good in [0.0, 0.5, 1.0] {
+            assert!(
+                Cache::builder()
+                    .audit(good)
+                    .ttl_jitter(good)
+                    .build()
+                    .is_ok()
+            );
         }
     }
 }

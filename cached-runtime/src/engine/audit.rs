@@ -3,7 +3,10 @@
 //!
 //! After the caller has its value, an audit runs the function's uncached
 //! body (the same background load a refresh uses) and compares what it
-//! returns with the value served, encoded (so no `PartialEq` is needed).
+//! returns with the value served, in their [canonical](crate::canonical)
+//! encodings (so no `PartialEq` is needed, and two equal maps are equal
+//! whatever order a `HashMap` iterates in). The caller pays for a clone of
+//! the value; the encoding, as everything else, runs in the audit's task.
 //! Equal: one consistent audit. Different: that may be an honest race (a
 //! write that committed after the hit, whose write-through or invalidation
 //! is on its way), so the audit looks again after [`RECHECK`]: it counts an
@@ -111,9 +114,7 @@ impl Engine {
         let Some(slot) = self.audits.enter() else {
             return;
         };
-        let Ok(served) = serde_json::to_vec(&value.item()) else {
-            return;
-        };
+        let served = value.clone();
         // Made now, run later: each reads the source when first polled.
         let (first, second) = (refresh(), refresh());
         let engine = Arc::clone(self);
@@ -121,9 +122,12 @@ impl Engine {
         let (key, tags) = (call.key.clone(), call.tags.to_vec());
         runtime.spawn(async move {
             let _slot = slot;
+            let Ok(served) = crate::canonical::to_bytes(&served.item()) else {
+                return;
+            };
             // The source failed: nothing learned, nothing counted.
             let Some(source) = first.await else { return };
-            let Ok(source) = serde_json::to_vec(&source.item()) else {
+            let Ok(source) = crate::canonical::to_bytes(&source.item()) else {
                 return;
             };
             counters.audits.add();
@@ -141,7 +145,7 @@ impl Engine {
                 return;
             }
             let Some(again) = second.await else { return };
-            let Ok(again) = serde_json::to_vec(&again.item()) else {
+            let Ok(again) = crate::canonical::to_bytes(&again.item()) else {
                 return;
             };
             // The source is changing: no verdict either way.
