@@ -57,6 +57,8 @@ struct MemInner {
     /// The write's instant plus its `keep_for`: from then on the entry is
     /// gone, whatever its metadata says.
     gone_at: Instant,
+    /// The full tag keys it was stored under (see [`MemState::prune`]).
+    tags: Box<[String]>,
 }
 
 /// Writes between two sweeps of expired entries, at the least.
@@ -112,16 +114,25 @@ impl MemState {
         }
     }
 
-    /// Forgets tag members whose entries are gone (evicted, expired) and
-    /// whose leases are over, and leases past their expiry: the index stays
-    /// bounded by the live entries, whatever the key space.
+    /// Forgets tag members whose entries are gone (evicted, expired) or were
+    /// stored again under other tags, and whose leases are over, and leases
+    /// past their expiry: the index stays bounded by the live entries and
+    /// their tags, whatever the key space and the tags a key was stored
+    /// under. (Until then a key stored again under other tags stays listed
+    /// under its old ones too, as on Redis until the old tag's index
+    /// expires: their invalidation removes it, the safe direction.)
     fn prune(&mut self, entries: &Entries) {
         let now = Instant::now();
         self.leases.retain(|_, (_, until)| *until > now);
         let leases = &self.leases;
         let mut members = 0;
-        self.tags.retain(|_, keys| {
-            keys.retain(|k| entries.contains_key(k) || leases.contains_key(k));
+        self.tags.retain(|tag, keys| {
+            keys.retain(|k| {
+                leases.contains_key(k)
+                    || entries
+                        .peek(k.as_str())
+                        .is_some_and(|e| e.0.tags.iter().any(|t| t == tag))
+            });
             members += keys.len();
             !keys.is_empty()
         });
@@ -200,6 +211,7 @@ impl MemoryBackend {
         value: Option<&T>,
         meta: EntryMeta,
         keep_for: Duration,
+        tags: &[String],
     ) {
         let value = value.map(|v| Box::new(v.clone()) as Box<dyn Any + Send + Sync>);
         let now = Instant::now();
@@ -207,6 +219,7 @@ impl MemoryBackend {
             value,
             meta,
             gone_at: now + keep_for.min(crate::clock::LONGEST),
+            tags: tags.into(),
         }));
         self.entries.insert(key.to_owned(), entry);
         let _swept = self.sweep_now_and_then(now);
@@ -242,7 +255,7 @@ impl MemoryBackend {
         let mut state = self.lock_state();
         state.leases.remove(key);
         state.tag(key, tags);
-        self.insert(key, value, meta, keep_for);
+        self.insert(key, value, meta, keep_for, tags);
     }
 
     /// A plain fill (a miss of a `lock = false` call): stores the value
@@ -265,7 +278,7 @@ impl MemoryBackend {
             return false;
         }
         state.tag(key, tags);
-        self.insert(key, value, meta, keep_for);
+        self.insert(key, value, meta, keep_for, tags);
         true
     }
 
@@ -372,7 +385,7 @@ impl MemoryBackend {
             Some((held, until)) if *held == token && *until > Instant::now() => {
                 state.leases.remove(key);
                 state.tag(key, tags);
-                self.insert(key, value, meta, keep_for);
+                self.insert(key, value, meta, keep_for, tags);
                 true
             }
             _ => false,
@@ -446,6 +459,33 @@ mod tests {
         backend.put("live", Some(&1u32), meta(), Duration::from_secs(60), &tags);
         assert!(backend.invalidate_tag("t:a") >= 1);
         assert!(!backend.entries.contains_key("live"));
+    }
+
+    /// A live key stored again and again under new tags (a popular item
+    /// in many users' lists) leaves its old tags as the index prunes: the
+    /// index is bounded by what live entries carry, not by every tag a key
+    /// was ever stored under; the latest tag still finds it.
+    #[test]
+    fn the_tag_index_stays_bounded_for_a_live_key_under_ever_new_tags() {
+        let backend = MemoryBackend::new(10);
+        for i in 0..200_000u32 {
+            backend.put(
+                "k",
+                Some(&i),
+                meta(),
+                Duration::from_secs(60),
+                &[format!("t:{i}")],
+            );
+        }
+        let state = backend.lock_state();
+        let (members, tags) = (state.members, state.tags.len());
+        drop(state);
+        assert!(
+            members <= 4 * 1024 && tags <= 4 * 1024,
+            "{members} tag members under {tags} tags for one live entry"
+        );
+        assert_eq!(backend.invalidate_tag("t:199999"), 1);
+        assert!(!backend.entries.contains_key("k"));
     }
 
     fn found(backend: &MemoryBackend, key: &str) -> bool {
@@ -541,7 +581,7 @@ mod tests {
         // Past MIN_SWEEP live entries, the period is the entry count.
         let long = Duration::from_secs(60);
         for i in 0..3 * MIN_SWEEP as u32 {
-            backend.insert(&format!("k{i}"), Some(&i), meta(), long);
+            backend.insert(&format!("k{i}"), Some(&i), meta(), long, &[]);
         }
         let kept = backend.entries.len();
         assert!(kept >= 2 * MIN_SWEEP, "{kept}");
