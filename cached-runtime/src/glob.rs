@@ -22,15 +22,48 @@
 //! - An empty key matches only the empty pattern and the pattern `*` alone
 //!   (`SCAN` and `KEYS` skip the matcher for `*`; the matcher itself needs
 //!   at least one byte for a `*` to be tried).
+//! - A pattern with more than [`MAX_STARS`] runs of `*` followed by more
+//!   pattern matches nothing (Redis 7.0.9 on: its matcher recurses once per
+//!   such run and gives up past that depth, and a match goes through each).
 
 /// Whether `text` matches `pattern` as Redis `SCAN MATCH` would match it.
 pub(crate) fn matches(pattern: &str, text: &str) -> bool {
     matches_bytes(pattern.as_bytes(), text.as_bytes())
 }
 
+/// The most runs of `*` followed by more pattern that Redis follows (see
+/// the module docs).
+const MAX_STARS: usize = 1_000;
+
+/// How many runs of `*` in `p` have more pattern after them, counting up
+/// to `MAX_STARS + 1`.
+fn inner_stars(p: &[u8]) -> usize {
+    let (mut i, mut runs) = (0, 0);
+    while i < p.len() && runs <= MAX_STARS {
+        if p[i] == b'*' {
+            while p.get(i) == Some(&b'*') {
+                i += 1;
+            }
+            if i < p.len() {
+                runs += 1;
+            }
+        } else {
+            // Where an element ends depends on the pattern only.
+            i = element(p, i, 0).0;
+        }
+    }
+    runs
+}
+
 fn matches_bytes(p: &[u8], t: &[u8]) -> bool {
     if t.is_empty() {
         return p.is_empty() || p == b"*";
+    }
+    // Each such run needs a byte of text to be tried, so a pattern of more
+    // runs than that cannot match a shorter text: counted only when the
+    // text is long enough to matter.
+    if t.len() > MAX_STARS && inner_stars(p) > MAX_STARS {
+        return false;
     }
     // Every element other than `*` matches exactly one byte, and where an
     // element ends depends on the pattern only, so one backtrack point, for
@@ -185,7 +218,39 @@ fn class(p: &[u8], mut i: usize, c: u8) -> (usize, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::{closed, matches};
+    use super::{MAX_STARS, closed, inner_stars, matches};
+
+    /// Runs of `*` with more pattern after them, as Redis's matcher
+    /// recurses on them: doubled stars are one run, a trailing run none,
+    /// escaped and class stars are literals.
+    #[test]
+    fn inner_stars_count_the_runs_redis_recurses_on() {
+        for (pattern, runs) in [
+            ("", 0),
+            ("*", 0),
+            ("a*", 0),
+            ("*a", 1),
+            ("**a***", 1),
+            ("*a*b*", 2),
+            (r"\*a", 0),
+            (r"\**a", 1),
+            (r"\*", 0),
+            (r"\*a*", 0),
+            ("[*]a*b", 1),
+            ("*[a*]", 1),
+        ] {
+            assert_eq!(inner_stars(pattern.as_bytes()), runs, "{pattern:?}");
+        }
+        let many = "*a".repeat(5_000);
+        assert_eq!(
+            inner_stars(many.as_bytes()),
+            MAX_STARS + 1,
+            "stops counting"
+        );
+        let text = "a".repeat(5_000);
+        assert!(!matches(&many, &text));
+        assert!(matches(&"*a".repeat(MAX_STARS), &text));
+    }
 
     /// Generated patterns and texts over every metacharacter, a dash, a
     /// backslash and multi-byte characters: the closed pattern selects what

@@ -158,3 +158,66 @@ fn the_memory_matcher_selects_exactly_what_redis_selects() {
         patterns.len()
     );
 }
+
+/// Redis (since 7.0.9) gives up on a pattern whose match goes through more
+/// than 1,000 `*` followed by more pattern (its matcher recurses once per
+/// such `*`, and stops at a depth of 1,000): `KEYS` selects nothing. The
+/// Rust matcher gives up there too, or the memory backend would remove
+/// entries Redis keeps. Keys long enough to need every `*`, patterns just
+/// under and over the limit, with trailing, doubled and escaped stars.
+#[test]
+fn a_pattern_of_more_than_a_thousand_stars_matches_as_on_redis() {
+    let server = RedisServer::start();
+    let mut conn = redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connects");
+    let keys = [
+        "a".repeat(1_100),
+        "a".repeat(999),
+        format!("{}*", "a".repeat(1_100)),
+    ];
+    for key in &keys {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .query(&mut conn)
+            .expect("sets");
+    }
+    let patterns = [
+        "*a".repeat(999),
+        "*a".repeat(1_000),
+        "*a".repeat(1_001),
+        "*a".repeat(1_002),
+        format!("{}*", "*a".repeat(1_000)),
+        format!("{}*", "*a".repeat(1_001)),
+        "**a".repeat(1_000),
+        "**a".repeat(1_001),
+        format!("{}\\*", "*a".repeat(1_000)),
+        format!("{}\\*", "*a".repeat(1_001)),
+        format!("{}[a]", "*?".repeat(1_000)),
+        format!("{}[*]", "*a".repeat(999)),
+    ];
+    for pattern in &patterns {
+        let from_redis: BTreeSet<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query::<Vec<String>>(&mut conn)
+            .expect("KEYS")
+            .into_iter()
+            .collect();
+        let from_rust: BTreeSet<String> = keys
+            .iter()
+            .filter(|k| __glob_matches(pattern, k))
+            .cloned()
+            .collect();
+        let show = |set: &BTreeSet<String>| set.iter().map(String::len).collect::<Vec<_>>();
+        assert_eq!(
+            show(&from_redis),
+            show(&from_rust),
+            "pattern of {} bytes ({:?}...{:?}): keys by length, Redis then Rust",
+            pattern.len(),
+            &pattern[..6],
+            &pattern[pattern.len() - 6..]
+        );
+    }
+}
