@@ -313,7 +313,8 @@ pub enum Precondition {
     /// method.
     Proceed,
     /// A GET or HEAD whose client's copy is current: answer
-    /// `304 Not Modified`.
+    /// `304 Not Modified`, with the ETag and Cache-Control a 200 would
+    /// carry ([`ConditionalRequest::respond`] does both).
     NotModified,
     /// A precondition is false: answer `412 Precondition Failed`, and do
     /// not perform the method.
@@ -844,7 +845,13 @@ mod axum_impls {
     /// `412 Precondition Failed` or `304 Not Modified` from
     /// [`ConditionalRequest::evaluate`](super::ConditionalRequest::evaluate)
     /// (`Proceed` is an empty 200: check for it before answering). A 412
-    /// is `no-store`.
+    /// is `no-store`. A 304 made here carries no headers, where RFC 9110
+    /// wants the ETag and Cache-Control the 200 would have had (a cache
+    /// refreshing its copy takes them from the 304): `NotModified` comes
+    /// only from a GET or HEAD, which
+    /// [`ConditionalRequest::respond`](super::ConditionalRequest::respond)
+    /// answers with the headers given to it. A write's precondition is
+    /// `Proceed` or `Failed`.
     impl IntoResponse for super::Precondition {
         fn into_response(self) -> Response {
             let status = self.status().unwrap_or(StatusCode::OK);
