@@ -57,8 +57,6 @@ struct MemInner {
     /// The write's instant plus its `keep_for`: from then on the entry is
     /// gone, whatever its metadata says.
     gone_at: Instant,
-    /// The full tag keys it was stored under (see [`MemState::prune`]).
-    tags: Box<[String]>,
 }
 
 /// Writes between two sweeps of expired entries, at the least.
@@ -91,8 +89,9 @@ pub(crate) struct MemoryBackend {
 #[derive(Default)]
 struct MemState {
     leases: HashMap<String, (u64, Instant)>,
-    /// Tag key -> entry keys.
-    tags: HashMap<String, HashSet<String>>,
+    /// Tag key -> entry keys, and when the index goes (see
+    /// [`MemState::tag`]).
+    tags: HashMap<String, (HashSet<String>, Instant)>,
     /// Keys recorded under tags, all tags together.
     members: usize,
     /// Members and leases past which the next prune runs: twice what the
@@ -101,38 +100,44 @@ struct MemState {
 }
 
 impl MemState {
-    fn tag(&mut self, key: &str, tags: &[String]) {
+    /// Records `key` under each of `tags`, for at least `keep_for` more:
+    /// a tag's index lives as long as the last entry or lease recorded
+    /// under it can, as a Redis tag set lives `tag_for` from its last
+    /// addition. Until then it lists a key stored again under other tags
+    /// (or none) too, as on Redis, so its invalidation still removes it
+    /// (README: a load under other tags takes over the entry's tags); past
+    /// it, the index is gone, and one live key stored under ever-new tags
+    /// does not keep every tag it ever had.
+    fn tag(&mut self, key: &str, tags: &[String], keep_for: Duration) {
+        if tags.is_empty() {
+            return;
+        }
+        let until = Instant::now() + keep_for.min(crate::clock::LONGEST);
         for tag in tags {
-            if self
+            let (keys, ends) = self
                 .tags
                 .entry(tag.clone())
-                .or_default()
-                .insert(key.to_owned())
-            {
+                .or_insert_with(|| (HashSet::new(), until));
+            *ends = (*ends).max(until);
+            if keys.insert(key.to_owned()) {
                 self.members += 1;
             }
         }
     }
 
-    /// Forgets tag members whose entries are gone (evicted, expired) or were
-    /// stored again under other tags, and whose leases are over, and leases
-    /// past their expiry: the index stays bounded by the live entries and
-    /// their tags, whatever the key space and the tags a key was stored
-    /// under. (Until then a key stored again under other tags stays listed
-    /// under its old ones too, as on Redis until the old tag's index
-    /// expires: their invalidation removes it, the safe direction.)
+    /// Forgets tag members whose entries are gone (evicted, expired) and
+    /// whose leases are over, and leases past their expiry: the index stays
+    /// bounded by the live entries, whatever the key space.
     fn prune(&mut self, entries: &Entries) {
         let now = Instant::now();
         self.leases.retain(|_, (_, until)| *until > now);
         let leases = &self.leases;
         let mut members = 0;
-        self.tags.retain(|tag, keys| {
-            keys.retain(|k| {
-                leases.contains_key(k)
-                    || entries
-                        .peek(k.as_str())
-                        .is_some_and(|e| e.0.tags.iter().any(|t| t == tag))
-            });
+        self.tags.retain(|_, (keys, until)| {
+            if *until <= now {
+                return false;
+            }
+            keys.retain(|k| entries.contains_key(k) || leases.contains_key(k));
             members += keys.len();
             !keys.is_empty()
         });
@@ -183,10 +188,13 @@ impl MemoryBackend {
         };
         if !tags.is_empty() {
             let state = self.lock_state();
-            if !tags
-                .iter()
-                .all(|t| state.tags.get(t).is_some_and(|m| m.contains(key)))
-            {
+            let now = Instant::now();
+            if !tags.iter().all(|t| {
+                state
+                    .tags
+                    .get(t)
+                    .is_some_and(|(m, until)| *until > now && m.contains(key))
+            }) {
                 return Fetched::Absent;
             }
         }
@@ -211,7 +219,6 @@ impl MemoryBackend {
         value: Option<&T>,
         meta: EntryMeta,
         keep_for: Duration,
-        tags: &[String],
     ) {
         let value = value.map(|v| Box::new(v.clone()) as Box<dyn Any + Send + Sync>);
         let now = Instant::now();
@@ -219,7 +226,6 @@ impl MemoryBackend {
             value,
             meta,
             gone_at: now + keep_for.min(crate::clock::LONGEST),
-            tags: tags.into(),
         }));
         self.entries.insert(key.to_owned(), entry);
         let _swept = self.sweep_now_and_then(now);
@@ -254,8 +260,8 @@ impl MemoryBackend {
     ) {
         let mut state = self.lock_state();
         state.leases.remove(key);
-        state.tag(key, tags);
-        self.insert(key, value, meta, keep_for, tags);
+        state.tag(key, tags, keep_for);
+        self.insert(key, value, meta, keep_for);
     }
 
     /// A plain fill (a miss of a `lock = false` call): stores the value
@@ -277,8 +283,8 @@ impl MemoryBackend {
         {
             return false;
         }
-        state.tag(key, tags);
-        self.insert(key, value, meta, keep_for, tags);
+        state.tag(key, tags, keep_for);
+        self.insert(key, value, meta, keep_for);
         true
     }
 
@@ -312,7 +318,18 @@ impl MemoryBackend {
     /// Removes every entry recorded under the tag key, and their leases.
     pub(crate) fn invalidate_tag(&self, tag: &str) -> u64 {
         let mut state = self.lock_state();
-        let keys = state.tags.remove(tag).unwrap_or_default();
+        // An index past its time is gone (see `MemState::tag`).
+        let keys = match state.tags.remove(tag) {
+            Some((keys, until)) => {
+                state.members = state.members.saturating_sub(keys.len());
+                if until > Instant::now() {
+                    keys
+                } else {
+                    HashSet::new()
+                }
+            }
+            None => HashSet::new(),
+        };
         let mut removed = 0;
         for key in keys {
             state.leases.remove(&key);
@@ -364,7 +381,7 @@ impl MemoryBackend {
         );
         // Tagged when the load starts, not when it ends, so a tag
         // invalidation in between finds the lease and destroys it.
-        state.tag(key, tags);
+        state.tag(key, tags, ttl);
         // Pattern invalidations here remove matching leases under this
         // lock, so the memory backend needs no epoch.
         LeaseOutcome::Acquired(0)
@@ -384,8 +401,8 @@ impl MemoryBackend {
         match state.leases.get(key) {
             Some((held, until)) if *held == token && *until > Instant::now() => {
                 state.leases.remove(key);
-                state.tag(key, tags);
-                self.insert(key, value, meta, keep_for, tags);
+                state.tag(key, tags, keep_for);
+                self.insert(key, value, meta, keep_for);
                 true
             }
             _ => false,
@@ -462,21 +479,22 @@ mod tests {
     }
 
     /// A live key stored again and again under new tags (a popular item
-    /// in many users' lists) leaves its old tags as the index prunes: the
-    /// index is bounded by what live entries carry, not by every tag a key
-    /// was ever stored under; the latest tag still finds it.
+    /// in many users' lists) keeps each tag's index only as long as what
+    /// was stored under it can live, as Redis's tag sets expire: not every
+    /// tag it was ever stored under. The latest tag still finds it.
     #[test]
     fn the_tag_index_stays_bounded_for_a_live_key_under_ever_new_tags() {
         let backend = MemoryBackend::new(10);
-        for i in 0..200_000u32 {
-            backend.put(
-                "k",
-                Some(&i),
-                meta(),
-                Duration::from_secs(60),
-                &[format!("t:{i}")],
-            );
+        let brief = Duration::from_millis(1);
+        let started = Instant::now();
+        let mut i = 0u32;
+        while i < 200_000 || started.elapsed() < Duration::from_millis(20) {
+            backend.put("k", Some(&i), meta(), brief, &[format!("t:{i}")]);
+            i += 1;
         }
+        std::thread::sleep(Duration::from_millis(5));
+        let long = Duration::from_secs(60);
+        backend.put("k", Some(&i), meta(), long, &["t:last".to_owned()]);
         let state = backend.lock_state();
         let (members, tags) = (state.members, state.tags.len());
         drop(state);
@@ -484,8 +502,38 @@ mod tests {
             members <= 4 * 1024 && tags <= 4 * 1024,
             "{members} tag members under {tags} tags for one live entry"
         );
-        assert_eq!(backend.invalidate_tag("t:199999"), 1);
+        assert_eq!(backend.invalidate_tag("t:last"), 1);
         assert!(!backend.entries.contains_key("k"));
+    }
+
+    /// A key stored again without a tag (an untagged write-through of a
+    /// tagged function's entry) is still removed by the tag while the
+    /// tag's index lives, prunes or not, as on one Redis server (README: a
+    /// load under other tags takes over the entry's tags); once the index
+    /// is past its time, the tag finds nothing, and a tagged read does not
+    /// take the entry as its own.
+    #[test]
+    fn a_tag_reaches_a_key_stored_again_untagged_while_its_index_lives() {
+        let backend = MemoryBackend::new(100);
+        let long = Duration::from_secs(60);
+        let tag = ["t:a".to_owned()];
+        backend.put("k", Some(&1u32), meta(), long, &tag);
+        backend.put("k", Some(&2u32), meta(), long, &[]);
+        // Enough tag members elsewhere for the index to be pruned.
+        for i in 0..5_000u32 {
+            backend.put("other", Some(&i), meta(), long, &[format!("o:{i}")]);
+        }
+        assert_eq!(backend.invalidate_tag("t:a"), 1);
+        assert!(!found(&backend, "k"));
+
+        let brief = Duration::from_millis(20);
+        backend.put("j", Some(&1u32), meta(), brief, &tag);
+        backend.put("j", Some(&2u32), meta(), long, &[]);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(matches!(backend.fetch("j", &tag), Fetched::Absent));
+        assert!(found(&backend, "j"));
+        assert_eq!(backend.invalidate_tag("t:a"), 0);
+        assert!(found(&backend, "j"));
     }
 
     fn found(backend: &MemoryBackend, key: &str) -> bool {
@@ -581,7 +629,7 @@ mod tests {
         // Past MIN_SWEEP live entries, the period is the entry count.
         let long = Duration::from_secs(60);
         for i in 0..3 * MIN_SWEEP as u32 {
-            backend.insert(&format!("k{i}"), Some(&i), meta(), long, &[]);
+            backend.insert(&format!("k{i}"), Some(&i), meta(), long);
         }
         let kept = backend.entries.len();
         assert!(kept >= 2 * MIN_SWEEP, "{kept}");
