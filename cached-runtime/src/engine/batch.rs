@@ -251,6 +251,9 @@ impl Engine {
         let mut asks = Vec::new();
         let mut now: Vec<ToLoad<'_>> = Vec::new();
         let mut joined = Vec::new();
+        // Joins honour a wait begun in an earlier round, and start none:
+        // the batch waits from step 5 on, after its own load.
+        let mut joining = *patience;
         let flights = unread
             .into_iter()
             .map(|i| (i, None))
@@ -268,7 +271,7 @@ impl Engine {
                 Role::Lead(self.flights.lead(self, &keys[i], after_change))
             } else {
                 self.flights
-                    .join_or_lead_within(self, &keys[i], patience, after_change)
+                    .join_or_lead_within(self, &keys[i], &mut joining, after_change)
             };
             match (role, cond) {
                 (Role::Lead(guard), Some(cond)) => asks.push((i, guard, cond)),
@@ -382,7 +385,9 @@ impl Engine {
         // refresh, which takes no value another holder stores: it may be
         // the one being replaced) their leases waited for, to replace them.
         let ask = if refresh { Ask::Replace } else { Ask::ForLoad };
-        if !contested.is_empty() {
+        // The batch's wait begins here, after its own load (a load's time
+        // is the loader's), unless an earlier round began it.
+        if !contested.is_empty() || !joined.is_empty() {
             patience.began();
         }
         let by = patience.deadline();
@@ -798,6 +803,70 @@ mod tests {
         assert_eq!(batch.await.expect("joins"), Ok(vec![Some(7)]));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         drop(next);
+    }
+
+    /// A batch's wait begins after its own load (a load's time is the
+    /// loader's): with a key another caller here loads (joined), a key
+    /// whose lease another load holds (contested) and a miss whose load
+    /// takes 400 ms, the contested key's lease is still waited for, `wait`
+    /// (300 ms) from the end of that load, and its holder's value taken:
+    /// the source is not asked for it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_waits_for_a_lease_from_after_its_own_load() {
+        let (_cache, engine) = memory();
+        let keys = ["cache:item:a", "cache:item:b", "cache:item:c"].map(str::to_owned);
+        let got = engine
+            .backend
+            .acquire_lease(
+                &keys[1],
+                OLDER,
+                WAIT,
+                LeaseIf::Absent,
+                &[],
+                Duration::ZERO,
+                WAIT,
+            )
+            .await;
+        assert!(matches!(got, Ok(LeaseOutcome::Acquired(_))), "{got:?}");
+        let Role::Lead(mut other) = engine.flights.join_or_lead(&engine, &keys[0], WAIT) else {
+            panic!("the test leads first");
+        };
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batch = tokio::spawn({
+            let (engine, asked, keys) = (Arc::clone(&engine), Arc::clone(&asked), keys.clone());
+            async move {
+                let policy = Policy::new(Duration::from_secs(60)).wait(Duration::from_millis(300));
+                let call = BatchCall {
+                    counters: Cow::Owned(engine.stats.counters("item")),
+                    policy: &policy,
+                    tags: &[],
+                };
+                let load = |indexes: Vec<usize>| {
+                    asked.lock().expect("asked").push(indexes.clone());
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        Ok::<_, ()>(indexes.iter().map(|_| Some(3u32)).collect())
+                    }
+                };
+                engine.load_batch(&call, &keys, load, None).await
+            }
+        });
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        other.land_with(&Some(1u32), Shared::Loaded);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let lease = Lease {
+            token: OLDER,
+            epoch: 0,
+        };
+        let stored = engine
+            .backend
+            .set_if_leased(&keys[1], Some(&2u32), &meta(), WAIT, lease, &[], WAIT)
+            .await;
+        assert_eq!(stored.ok(), Some(true), "its lease still held");
+        let got = batch.await.expect("joins");
+        assert_eq!(got, Ok(vec![Some(1), Some(2), Some(3)]));
+        assert_eq!(*asked.lock().expect("asked"), vec![vec![2]]);
     }
 
     /// A batch whose key's leader here goes away, again and again, waits

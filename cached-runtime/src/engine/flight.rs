@@ -127,9 +127,13 @@ impl Flight {
     /// of a wait begun on an earlier flight: see [`Patience`]).
     fn subscribe(&mut self, wait: Duration, by: Option<tokio::time::Instant>) -> Waiter {
         let mut waiter = self.subscribe_for(wait);
+        // (Outside a runtime nothing can time a wait: see `subscribe_for`.
+        // `<=` for either `<` survives cargo-mutants as equivalent: equal
+        // instants end the wait at the same time.)
         if let Some(by) = by
             && waiter.until.is_none_or(|until| by < until)
             && self.deadline.is_none_or(|flight| by < flight)
+            && tokio::runtime::Handle::try_current().is_ok()
         {
             waiter.until = Some(by);
         }
@@ -722,6 +726,41 @@ mod tests {
         };
         assert!(forever.by.is_none());
         assert!(flights.miss_in_flight("k", &mut forever).is_some());
+    }
+
+    /// Outside a runtime nothing can time a wait: a caller whose flight
+    /// was displaced waits for the next one to land, as on its first,
+    /// rather than panic on a timer it cannot have.
+    #[test]
+    fn a_wait_carried_over_outside_a_runtime_does_not_panic() {
+        let engine = engine();
+        let flights = &engine.flights;
+        let wait = Duration::from_secs(5);
+        let mut patience = Patience::new(wait);
+        let Role::Lead(_first) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads");
+        };
+        let Role::Wait(_rx) = flights.join_or_lead_within(&engine, "k", &mut patience, false)
+        else {
+            panic!("waits");
+        };
+        assert!(patience.by.is_some(), "the wait began");
+        flights.detach(&["k"]);
+        let Role::Lead(mut second) = flights.join_or_lead(&engine, "k", wait) else {
+            panic!("leads the next flight");
+        };
+        let Role::Wait(rx) = flights.join_or_lead_within(&engine, "k", &mut patience, false) else {
+            panic!("waits again");
+        };
+        second.land_with(&1u32, Shared::Loaded);
+        let mut landed = std::pin::pin!(landing(rx));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match landed.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Landed::Value(v)) => {
+                assert_eq!(v.downcast_ref::<u32>(), Some(&1));
+            }
+            _ => panic!("not the value landed"),
+        }
     }
 
     /// A waiter whose `wait` ends before the flight's timer (the first
