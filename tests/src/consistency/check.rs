@@ -900,13 +900,15 @@ fn bounded(input: &Input, report: &mut Report) {
 }
 
 /// Whether the source's failure that `c` returned was one of its own loads'
-/// or of a load of its row that failed while it ran (a flight's leader
-/// hands its error to those who waited for it): an error is never cached,
-/// so a failure from nowhere was kept and served.
+/// or of a load of its row in its process that failed while it ran (a
+/// flight's leader hands its error to those who waited for it; no error
+/// crosses processes): an error is never cached, so a failure from nowhere
+/// was kept and served.
 fn failure_shared(input: &Input, c: &Call) -> bool {
     c.failed_loads > 0
         || input.calls.iter().any(|o| {
             o.failed_loads > 0
+                && o.proc == c.proc
                 && o.object() == c.object()
                 && o.invoke <= c.complete
                 && o.complete >= c.invoke
@@ -1080,7 +1082,8 @@ mod tests {
     }
 
     /// The source's failure reaches a caller only from a load that failed
-    /// during the call: its own, or one of its row it may have shared.
+    /// during the call: its own, or one of its row in its process that it
+    /// may have shared.
     #[test]
     fn a_failure_reaches_only_the_callers_of_a_load_that_failed() {
         let failed = |proc, at, own: u32, key| Call {
@@ -1092,17 +1095,22 @@ mod tests {
             (vec![failed(1, 0, 1, 1)], true, "its own load failed"),
             (vec![failed(1, 0, 0, 1)], false, "no load failed"),
             (
-                vec![failed(1, 0, 1, 1), failed(2, 500_000, 0, 1)],
+                vec![failed(1, 0, 1, 1), failed(1, 500_000, 0, 1)],
                 true,
                 "the row's load failed while it waited",
             ),
             (
-                vec![failed(1, 0, 1, 1), failed(2, 2_000_000, 0, 1)],
+                vec![failed(1, 0, 1, 1), failed(2, 500_000, 0, 1)],
+                false,
+                "the row's load failed in another process",
+            ),
+            (
+                vec![failed(1, 0, 1, 1), failed(1, 2_000_000, 0, 1)],
                 false,
                 "the row's load failed before it began",
             ),
             (
-                vec![failed(1, 0, 1, 2), failed(2, 500_000, 0, 1)],
+                vec![failed(1, 0, 1, 2), failed(1, 500_000, 0, 1)],
                 false,
                 "another row's load failed",
             ),
