@@ -121,11 +121,7 @@ fn the_memory_matcher_selects_exactly_what_redis_selects() {
             .into_iter()
             .map(|k| String::from_utf8(k).expect("every key is UTF-8"))
             .collect();
-        let from_rust: BTreeSet<String> = keys
-            .iter()
-            .filter(|k| __glob_matches(pattern, k))
-            .cloned()
-            .collect();
+        let from_rust = rust_selects(pattern, &keys);
         matched += from_redis.len();
         if from_redis != from_rust {
             bad_patterns += 1;
@@ -205,11 +201,7 @@ fn a_pattern_of_more_than_a_thousand_stars_matches_as_on_redis() {
             .expect("KEYS")
             .into_iter()
             .collect();
-        let from_rust: BTreeSet<String> = keys
-            .iter()
-            .filter(|k| __glob_matches(pattern, k))
-            .cloned()
-            .collect();
+        let from_rust = rust_selects(pattern, &keys);
         let show = |set: &BTreeSet<String>| set.iter().map(String::len).collect::<Vec<_>>();
         assert_eq!(
             show(&from_redis),
@@ -220,4 +212,12 @@ fn a_pattern_of_more_than_a_thousand_stars_matches_as_on_redis() {
             &pattern[pattern.len() - 6..]
         );
     }
+}
+
+/// The keys the memory backend's matcher selects with `pattern`.
+fn rust_selects(pattern: &str, keys: &[String]) -> BTreeSet<String> {
+    keys.iter()
+        .filter(|k| __glob_matches(pattern, k))
+        .cloned()
+        .collect()
 }
