@@ -386,7 +386,10 @@ impl Engine {
         // the one being replaced) their leases waited for, to replace them.
         let ask = if refresh { Ask::Replace } else { Ask::ForLoad };
         // The batch's wait begins here, after its own load (a load's time
-        // is the loader's), unless an earlier round began it.
+        // is the loader's), unless an earlier round began it. (Deleting
+        // the first `!` survives cargo-mutants as equivalent: with leases
+        // to poll and no flight joined, no round follows, and `take_lease`
+        // without a deadline polls `wait` from now all the same.)
         if !contested.is_empty() || !joined.is_empty() {
             patience.began();
         }
